@@ -1,0 +1,373 @@
+//! The content-addressed store on disk: verified blobs, image records and the reference table.
+//!
+//! ```text
+//! <root>/lock                     flock: shared while adding content, exclusive while removing it
+//! <root>/tmp/                     staging on the same filesystem; anything here is garbage after a crash
+//! <root>/blobs/<alg>/<hex>        manifests, configs and layers, only ever renamed in after verification
+//! <root>/layers/<chain-hex>/      unpacked layers (see `layer`)
+//! <root>/images/<alg>/<hex>.json  one record per image (by manifest digest), written after its content
+//! <root>/refs.json                name:tag -> manifest digest, replaced atomically under refs.lock
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Algorithm, Digest, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::limits::Limits;
+use crate::reference::Reference;
+
+/// An open store rooted at one directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+    limits: Limits,
+}
+
+/// A held store lock; released when dropped.
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] File);
+
+/// What the store knows of one image, written once all of its content is in place.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// Digest of the manifest: the identity of the image in a registry.
+    pub manifest: Digest,
+    pub manifest_media_type: String,
+    /// Digest of the config: the image id, as Docker shows it.
+    pub config: Digest,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerRef>,
+    /// `os/arch[/variant]` from the config.
+    pub platform: String,
+    /// When this store first recorded the image.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One layer of an image: the blob as distributed and the unpacked layer it became.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRef {
+    pub blob: Digest,
+    pub blob_size: u64,
+    pub media_type: String,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct RefTable {
+    refs: BTreeMap<String, Digest>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with_limits(root, Limits::default())
+    }
+
+    /// Opens the store with non-default unpacking limits.
+    pub fn open_with_limits(root: impl Into<PathBuf>, limits: Limits) -> Result<Self> {
+        let root = root.into();
+        for d in ["", "tmp", "blobs/sha256", "layers", "images/sha256", "mounts"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        // The store holds other people's files with their owners and setuid bits: keep it private.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).at(&root)?;
+        Ok(Store { root, limits })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Taken by every command that adds to the store; many may hold it at once.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        self.lock(rustix::fs::FlockOperation::LockShared)
+    }
+
+    /// Taken by commands that remove content (rm, prune, repair), alone.
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        self.lock(rustix::fs::FlockOperation::LockExclusive)
+    }
+
+    fn lock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock> {
+        let p = self.root.join("lock");
+        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).at(&p)?;
+        rustix::fs::flock(&f, op).at(&p)?;
+        Ok(StoreLock(f))
+    }
+
+    /// A fresh staging directory on the store's filesystem, removed when dropped.
+    pub fn staging(&self) -> Result<tempfile::TempDir> {
+        let tmp = self.root.join("tmp");
+        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).at(&tmp)
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs").join(d.algorithm().name()).join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Copies `reader` into the store as blob `expected`, checking digest and size before it becomes
+    /// visible. Returns the size. If the blob is present already, `reader` is not read.
+    pub fn put_blob(&self, reader: impl Read, expected: &Digest, expected_size: Option<u64>) -> Result<u64> {
+        let dest = self.blob_path(expected);
+        if let Ok(md) = fs::metadata(&dest) {
+            if let Some(s) = expected_size {
+                if md.len() != s {
+                    return Err(Error::Mismatch {
+                        what: format!("size of blob {expected}"),
+                        expected: s.to_string(),
+                        actual: md.len().to_string(),
+                    });
+                }
+            }
+            return Ok(md.len());
+        }
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&tmp_dir).at(&tmp_dir)?;
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp), expected.algorithm());
+        // Read one byte past the promised size, to notice a blob that is longer than it should be.
+        let copied = match expected_size {
+            Some(s) => io::copy(&mut reader.take(s.saturating_add(1)), &mut w),
+            None => io::copy(&mut { reader }, &mut w),
+        };
+        copied.map_err(|e| Error::invalid(format!("reading blob {expected}: {e}")))?;
+        let (buf, digest, size) = w.finish();
+        if let Some(s) = expected_size {
+            if size != s {
+                return Err(Error::Mismatch {
+                    what: format!("size of blob {expected}"),
+                    expected: s.to_string(),
+                    actual: size.to_string(),
+                });
+            }
+        }
+        if &digest != expected {
+            return Err(Error::Mismatch {
+                what: "blob digest".into(),
+                expected: expected.to_string(),
+                actual: digest.to_string(),
+            });
+        }
+        let tmp = buf.into_inner().map_err(|e| e.into_error()).at(&tmp_dir)?;
+        self.publish(tmp, &dest)?;
+        Ok(size)
+    }
+
+    /// Stores content that we produced ourselves (a manifest or config we wrote), returning its digest.
+    pub fn write_blob(&self, data: &[u8]) -> Result<Digest> {
+        let d = Digest::sha256_of(data);
+        self.put_blob(data, &d, Some(data.len() as u64))?;
+        Ok(d)
+    }
+
+    /// Streams content we produce into a new blob; the digest is known only at the end.
+    pub fn write_blob_with(&self, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<(Digest, u64)> {
+        let tmp_dir = self.root.join("tmp");
+        let tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&tmp_dir).at(&tmp_dir)?;
+        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp), Algorithm::Sha256);
+        f(&mut w)?;
+        let (buf, digest, size) = w.finish();
+        let tmp = buf.into_inner().map_err(|e| e.into_error()).at(&tmp_dir)?;
+        let dest = self.blob_path(&digest);
+        if !dest.exists() {
+            self.publish(tmp, &dest)?;
+        }
+        Ok((digest, size))
+    }
+
+    fn publish(&self, tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+        tmp.as_file().sync_all().at(tmp.path())?;
+        let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&parent).at(&parent)?;
+        tmp.persist(dest).map_err(|e| e.error).at(dest)?;
+        fsync_dir(&parent)
+    }
+
+    /// Opens a blob for reading.
+    pub fn open_blob(&self, d: &Digest) -> Result<File> {
+        let p = self.blob_path(d);
+        File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!("blob {d} is not in the store")),
+            _ => Error::Io { path: p, source: e },
+        })
+    }
+
+    /// Reads a small blob (a manifest or config) whole, checking its digest again on the way.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let f = self.open_blob(d)?;
+        let mut data = Vec::new();
+        f.take(self.limits.max_json_bytes + 1)
+            .read_to_end(&mut data)
+            .at(self.blob_path(d))?;
+        if data.len() as u64 > self.limits.max_json_bytes {
+            return Err(Error::invalid(format!(
+                "blob {d} is larger than {} bytes",
+                self.limits.max_json_bytes
+            )));
+        }
+        let mut h = crate::digest::Hasher::new(d.algorithm());
+        h.update(&data);
+        let actual = h.finish();
+        if &actual != d {
+            return Err(Error::Mismatch {
+                what: "stored blob (run `bulkhead system check --repair`)".into(),
+                expected: d.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Every blob digest in the store.
+    pub fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.root.join("blobs").join(alg.name());
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd {
+                let e = e.at(&dir)?;
+                if let Some(d) = e.file_name().to_str().and_then(|n| Digest::new(alg, n).ok()) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    // ---- image records ----
+
+    fn image_path(&self, manifest: &Digest) -> PathBuf {
+        self.root
+            .join("images")
+            .join(manifest.algorithm().name())
+            .join(format!("{}.json", manifest.hex()))
+    }
+
+    /// Writes an image record; its content must be in the store already.
+    pub fn put_image(&self, rec: &ImageRecord) -> Result<()> {
+        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::invalid(e.to_string()))?;
+        atomic_write(&self.image_path(&rec.manifest), &data)
+    }
+
+    pub fn get_image(&self, manifest: &Digest) -> Result<Option<ImageRecord>> {
+        let p = self.image_path(manifest);
+        match fs::read(&p) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| Error::invalid(format!("{}: corrupt image record: {e}", p.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
+    }
+
+    pub fn remove_image_record(&self, manifest: &Digest) -> Result<()> {
+        let p = self.image_path(manifest);
+        match fs::remove_file(&p) {
+            Ok(()) => fsync_dir(p.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
+    }
+
+    /// Every image record; a record that cannot be read is returned as an error next to the others.
+    pub fn list_images(&self) -> Result<Vec<std::result::Result<ImageRecord, (PathBuf, String)>>> {
+        let mut out = Vec::new();
+        for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+            let dir = self.root.join("images").join(alg.name());
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd {
+                let e = e.at(&dir)?;
+                let p = e.path();
+                if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                    continue;
+                }
+                let rec = fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| serde_json::from_slice::<ImageRecord>(&d).map_err(|e| e.to_string()));
+                out.push(rec.map_err(|e| (p, e)));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- references ----
+
+    /// The reference table: full `name:tag` -> manifest digest.
+    pub fn refs(&self) -> Result<BTreeMap<String, Digest>> {
+        let p = self.root.join("refs.json");
+        match fs::read(&p) {
+            Ok(data) => serde_json::from_slice::<RefTable>(&data)
+                .map(|t| t.refs)
+                .map_err(|e| Error::invalid(format!("{}: corrupt reference table: {e}", p.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
+    }
+
+    /// Changes the reference table under its lock and replaces it atomically.
+    pub fn update_refs<T>(&self, f: impl FnOnce(&mut BTreeMap<String, Digest>) -> Result<T>) -> Result<T> {
+        let lp = self.root.join("refs.lock");
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lp).at(&lp)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).at(&lp)?;
+        let mut refs = self.refs()?;
+        let out = f(&mut refs)?;
+        let data = serde_json::to_vec_pretty(&RefTable { refs }).map_err(|e| Error::invalid(e.to_string()))?;
+        atomic_write(&self.root.join("refs.json"), &data)?;
+        Ok(out)
+    }
+
+    /// Points `reference` (which must carry a tag) at `manifest`.
+    pub fn tag(&self, reference: &Reference, manifest: &Digest) -> Result<()> {
+        let key = tag_key(reference)?;
+        self.update_refs(|refs| {
+            refs.insert(key, manifest.clone());
+            Ok(())
+        })
+    }
+}
+
+/// The key of a tagged reference in the table.
+pub fn tag_key(reference: &Reference) -> Result<String> {
+    match reference.tag() {
+        Some(t) => Ok(format!("{}:{t}", reference.name())),
+        None => Err(Error::InvalidReference {
+            input: reference.to_string(),
+            reason: "a tag is needed here".into(),
+        }),
+    }
+}
+
+/// Writes `data` to `path` so that readers see either the old file or the new one, never a mix,
+/// and the new one survives a crash once this returns.
+pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::invalid(format!("{} has no parent", path.display())))?;
+    fs::create_dir_all(dir).at(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).at(dir)?;
+    tmp.write_all(data).at(tmp.path())?;
+    tmp.as_file().sync_all().at(tmp.path())?;
+    tmp.persist(path).map_err(|e| e.error).at(path)?;
+    fsync_dir(dir)
+}
+
+/// Makes a rename or removal in `dir` durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
