@@ -221,21 +221,19 @@ fn is_alnum(b: u8) -> bool {
 
 fn valid_domain(d: &str) -> bool {
     let (host, port) = if let Some(rest) = d.strip_prefix('[') {
-        // [IPv6]:port
-        match rest.split_once(']') {
-            Some((ip, p)) => {
-                if ip.parse::<std::net::Ipv6Addr>().is_err() {
-                    return false;
-                }
-                (
-                    None,
-                    p.strip_prefix(':')
-                        .map(Some)
-                        .unwrap_or(if p.is_empty() { None } else { return false }),
-                )
-            }
-            None => return false,
+        // [IPv6] or [IPv6]:port
+        let Some((ip, after)) = rest.split_once(']') else { return false };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
         }
+        let port = match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(p) => Some(p),
+                None => return false,
+            },
+        };
+        (None, port)
     } else {
         match d.rsplit_once(':') {
             Some((h, p)) => (Some(h), Some(p)),
@@ -279,6 +277,9 @@ mod tests {
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("host:5000/a/b:v1"), "host:5000/a/b:v1");
         assert_eq!(norm("[::1]:5000/a"), "[::1]:5000/a:latest");
+        assert_eq!(norm("[::1]/a"), "[::1]/a:latest");
+        assert!(Reference::parse("[::1]x/a").is_err());
+        assert!(Reference::parse("[zz]:5000/a").is_err());
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(norm(&format!("host:5000/a/b@{d}")), format!("host:5000/a/b@{d}"));
         assert_eq!(norm(&format!("a:t@{d}")), format!("docker.io/library/a:t@{d}"));
