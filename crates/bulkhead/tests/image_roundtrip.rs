@@ -284,3 +284,53 @@ fn concurrent_imports_of_the_same_image_both_succeed() {
     assert_eq!(ids.len(), 1);
     env.ok(&["system", "check"]);
 }
+
+#[test]
+fn file_capabilities_are_kept_and_listed() {
+    let env = Env::new();
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    std::fs::copy("/bin/busybox", rootfs.join("bin/ping")).unwrap();
+    sh(Command::new("setcap").arg("cap_net_raw+ep").arg(rootfs.join("bin/ping")));
+    env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "caps"]);
+    assert_eq!(
+        env.inspect("caps")["Bulkhead"]["FileCapabilities"],
+        serde_json::json!(["/bin/ping"])
+    );
+    let mnt = env.ok(&["image", "mount", "caps"]);
+    let o = Command::new("getcap").arg(Path::new(mnt.trim()).join("bin/ping")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("cap_net_raw=ep"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    env.ok(&["image", "unmount", "caps"]);
+}
+
+#[test]
+fn imports_zstd_layers() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    two_layer_image(&layout);
+    let zl = env.path("zstd-layout");
+    sh(Command::new("skopeo").args([
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        &format!("oci:{}:t", layout.display()),
+        &format!("oci:{}:z", zl.display()),
+    ]));
+    env.ok(&["image", "import", zl.to_str().unwrap(), "--tag", "z:1"]);
+    let info = env.inspect("z:1");
+    assert!(
+        info["Bulkhead"]["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["MediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{info}"
+    );
+    let mnt = env.ok(&["image", "mount", "z:1"]);
+    assert_eq!(std::fs::read_to_string(Path::new(mnt.trim()).join("etc/added")).unwrap(), "added");
+    env.ok(&["image", "unmount", "z:1"]);
+}

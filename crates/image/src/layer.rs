@@ -91,18 +91,23 @@ impl Store {
                 layer: label.clone(),
                 reason: format!("cannot decompress: {e}"),
             })?;
-        let mut hashing = HashingReader::new(reader, diff_id.algorithm());
+        let hashing = HashingReader::new(reader, diff_id.algorithm());
         let opts = ExtractOptions {
             overlay_whiteouts: true,
             preserve_owner: true,
             lowers,
         };
-        let report = extract(&mut hashing, &diff, &opts, &label)?;
-        // The tar end marker may be followed by padding: the diff_id covers the whole stream.
-        hashing.drain().map_err(|e| Error::UnsafeLayer {
-            layer: label.clone(),
-            reason: format!("reading past the tar end: {e}"),
-        })?;
+        // Inflate and hash on one thread, create files on this one.
+        let (report, hashing) = crate::pipe::pipeline(hashing, |r| {
+            let report = extract(&mut *r, &diff, &opts, &label)?;
+            // The tar end marker may be followed by padding: the diff_id covers the whole stream.
+            io::copy(r, &mut io::sink()).map_err(|e| Error::UnsafeLayer {
+                layer: label.clone(),
+                reason: format!("reading past the tar end: {e}"),
+            })?;
+            Ok::<_, Error>(report)
+        });
+        let report = report?;
         let (actual, _) = hashing.finish();
         if &actual != diff_id {
             return Err(Error::Mismatch {

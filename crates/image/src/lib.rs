@@ -34,6 +34,7 @@ pub mod import;
 pub mod layer;
 pub mod limits;
 pub mod mount;
+pub mod pipe;
 pub mod reference;
 pub mod rootfs;
 pub mod spec;

@@ -134,7 +134,7 @@ impl Compression {
 }
 
 /// Opens a decompressing, limited reader over a layer blob.
-pub fn decompress<'a, R: Read + 'a>(mut blob: R, limits: Limits) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a, R: Read + Send + 'a>(mut blob: R, limits: Limits) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut head = [0u8; 4];
     let mut got = 0;
     while got < head.len() {

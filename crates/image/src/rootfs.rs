@@ -146,6 +146,13 @@ fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
         let ft = md.file_type();
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+        if ft.is_file() || ft.is_dir() {
+            let xattrs = kept_xattrs(entry.path())?;
+            if !xattrs.is_empty() {
+                b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                    .at(entry.path())?;
+            }
+        }
         if ft.is_dir() {
             h.set_size(0);
             let dir_name = if name.ends_with('/') { name.clone() } else { format!("{name}/") };
@@ -171,4 +178,32 @@ fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
         }
     }
     b.finish().at(root)
+}
+
+/// The extended attributes of `path` that a layer may carry (file capabilities and `user.*`), as PAX
+/// `SCHILY.xattr.` records; the extractor keeps the same set.
+fn kept_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::Io {
+                path: path.into(),
+                source: e.into(),
+            })
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        if name != "security.capability" && !name.starts_with("user.") {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, name, &mut value).at(path)?;
+        value.truncate(len);
+        out.push((format!("SCHILY.xattr.{name}"), value));
+    }
+    Ok(out)
 }

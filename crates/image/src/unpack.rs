@@ -83,6 +83,7 @@ pub fn extract<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions, label: &s
         report: ExtractReport::default(),
         dirs: Vec::new(),
         buf: vec![0; 1 << 20],
+        umask: current_umask(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| x.tar_error(e))?;
@@ -91,6 +92,13 @@ pub fn extract<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions, label: &s
         x.apply(entry)?;
     }
     x.finish_dirs()?;
+    if !x.report.dropped_devices.is_empty() {
+        tracing::warn!(
+            layer = label,
+            count = x.report.dropped_devices.len(),
+            "dropped device nodes (listed by `image inspect`)"
+        );
+    }
     Ok(x.report)
 }
 
@@ -147,6 +155,8 @@ struct Extractor<'a> {
     /// Directories whose mtime is set at the end, when no more children will be added to them.
     dirs: Vec<(Vec<OsString>, i64)>,
     buf: Vec<u8>,
+    /// The process umask, which applies to the modes we create files with.
+    umask: u32,
 }
 
 impl Extractor<'_> {
@@ -226,7 +236,7 @@ impl Extractor<'_> {
             if kind.is_dir() {
                 let fd = rustix::fs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
                     .map_err(|e| self.io(&path, e))?;
-                self.set_meta(&fd, &path, &meta)?;
+                self.set_meta(&fd, &path, &meta, true, None)?;
                 self.dirs.push((path, meta.mtime));
                 return Ok(());
             }
@@ -265,17 +275,20 @@ impl Extractor<'_> {
         match kind {
             T::Regular | T::Continuous | T::GNUSparse => {
                 let dir = self.parent(parent)?;
+                // Created with its final permission bits (less the umask): usually no fchmod follows.
+                let perm = meta.mode & 0o777;
                 let file = self.create(&dir, name, &path, |d, n| {
                     rustix::fs::openat(
                         d,
                         n,
                         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
+                        Mode::from_raw_mode(perm),
                     )
                 })?;
                 let mut file = std::fs::File::from(file);
                 self.copy(&mut entry, &mut file, &path)?;
-                self.set_meta(&file, &path, &meta)?;
+                let created = perm & !self.umask;
+                self.set_meta(&file, &path, &meta, false, Some(created))?;
             }
             T::Directory => {
                 let dir = self.parent(parent)?;
@@ -297,7 +310,7 @@ impl Extractor<'_> {
                     Mode::empty(),
                 )
                 .map_err(|e| self.io(&path, e))?;
-                self.set_meta(&fd, &path, &meta)?;
+                self.set_meta(&fd, &path, &meta, true, None)?;
                 self.dirs.push((path.clone(), meta.mtime));
             }
             T::Symlink => {
@@ -399,7 +412,7 @@ impl Extractor<'_> {
                     .map_err(|e| self.io(&path, e))?;
             }
             T::Char | T::Block => {
-                tracing::warn!(layer = self.label, path = %show(&path), "dropping device node");
+                tracing::debug!(layer = self.label, path = %show(&path), "dropping device node");
                 self.report.dropped_devices.push(show(&path));
             }
             T::XGlobalHeader => {}
@@ -451,7 +464,9 @@ impl Extractor<'_> {
         result
     }
 
-    fn set_meta(&mut self, fd: &impl AsFd, path: &[OsString], m: &Meta) -> Result<()> {
+    /// Applies owner, mode, xattrs and (for non-directories) mtime. `created_mode` is the mode the
+    /// object has now, if known, so that an `fchmod` that would change nothing is skipped.
+    fn set_meta(&mut self, fd: &impl AsFd, path: &[OsString], m: &Meta, is_dir: bool, created_mode: Option<u32>) -> Result<()> {
         if self.opts.preserve_owner {
             rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(m.uid)), Some(rustix::fs::Gid::from_raw(m.gid)))
                 .map_err(|e| self.io(path, e))?;
@@ -462,10 +477,9 @@ impl Extractor<'_> {
         } else {
             m.mode & 0o777
         };
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| self.io(path, e))?;
-        let is_dir = rustix::fs::fstat(fd)
-            .map(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory)
-            .unwrap_or(false);
+        if created_mode != Some(mode) {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| self.io(path, e))?;
+        }
         if mode & 0o6000 != 0 && !is_dir {
             self.report.setuid.push(show(path));
         }
@@ -579,6 +593,18 @@ impl Extractor<'_> {
         }
         Ok(())
     }
+}
+
+/// The umask, read from /proc (calling umask(2) would change it for every thread meanwhile). When it
+/// cannot be read, assume the strictest, so that every mode is set explicitly.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
+        })
+        .unwrap_or(0o777)
 }
 
 fn dir_arg(components: &[OsString]) -> PathBuf {
