@@ -175,6 +175,8 @@ pub fn run(ctx: &Ctx, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Tag(a) => {
             let store = ctx.store()?;
+            // Shared: an `rm` or `prune` (exclusive) cannot remove the image between resolve and tag.
+            let _lock = store.lock_shared()?;
             let rec = store.resolve(&a.source)?;
             let target = Reference::parse(&a.target)?;
             if target.digest().is_some() {

@@ -24,6 +24,9 @@ fn skopeo_raw_config_digest(arg: &str) -> String {
     format!("sha256:{}", sha256_hex(&o.stdout))
 }
 
+const LONG_DIR: &str = "usr/share/a-directory-name-that-is-quite-long/and-another-one-below-it-that-is-long-too";
+const LONG_FILE: &str = "a-file-whose-name-alone-is-longer-than-one-hundred-bytes-which-no-ustar-name-field-can-hold-at-all.txt";
+
 fn two_layer_image(layout: &Path) {
     umoci_image(
         layout,
@@ -33,6 +36,10 @@ fn two_layer_image(layout: &Path) {
                 std::fs::create_dir_all(r.join("etc/d")).unwrap();
                 std::fs::write(r.join("etc/d/gone"), "x").unwrap();
                 std::fs::write(r.join("etc/keep"), "keep").unwrap();
+                // Past the 100 bytes of a tar header name: umoci writes PAX records for it.
+                let deep = r.join(LONG_DIR);
+                std::fs::create_dir_all(&deep).unwrap();
+                std::fs::write(deep.join(LONG_FILE), "deep").unwrap();
             },
             &|r: &Path| {
                 std::fs::remove_file(r.join("etc/d/gone")).unwrap();
@@ -65,6 +72,7 @@ fn umoci_layout_round_trips_through_oci_and_docker_archive() {
     assert!(!mnt.join("etc/d/gone").exists());
     assert_eq!(std::fs::read_to_string(mnt.join("etc/added")).unwrap(), "added");
     assert_eq!(std::fs::read_to_string(mnt.join("etc/keep")).unwrap(), "keep");
+    assert_eq!(std::fs::read_to_string(mnt.join(LONG_DIR).join(LONG_FILE)).unwrap(), "deep");
     assert!(std::fs::write(mnt.join("etc/new"), "x").is_err(), "image mount must be read-only");
     env.ok(&["image", "unmount", "example.com/app:1"]);
 
@@ -195,6 +203,11 @@ fn rootfs_import_tag_rm_and_prune() {
     busybox_rootfs(&rootfs);
     std::fs::write(rootfs.join("hello"), "hi").unwrap();
     std::fs::hard_link(rootfs.join("hello"), rootfs.join("hello2")).unwrap();
+    // Our own tar writer uses GNU long-name entries past 100 bytes, and for long link targets.
+    std::fs::create_dir_all(rootfs.join(LONG_DIR)).unwrap();
+    std::fs::write(rootfs.join(LONG_DIR).join(LONG_FILE), "deep").unwrap();
+    std::fs::hard_link(rootfs.join(LONG_DIR).join(LONG_FILE), rootfs.join("deep-link")).unwrap();
+    std::os::unix::fs::symlink(Path::new("/").join(LONG_DIR).join(LONG_FILE), rootfs.join("deep-sym")).unwrap();
     env.ok(&[
         "image",
         "import",
@@ -230,6 +243,13 @@ fn rootfs_import_tag_rm_and_prune() {
     use std::os::unix::fs::MetadataExt;
     let a = std::fs::metadata(Path::new(mnt.trim()).join("hello")).unwrap();
     assert_eq!(a.nlink(), 2);
+    let m = Path::new(mnt.trim());
+    assert_eq!(std::fs::read_to_string(m.join(LONG_DIR).join(LONG_FILE)).unwrap(), "deep");
+    assert_eq!(std::fs::metadata(m.join("deep-link")).unwrap().nlink(), 2);
+    assert_eq!(
+        std::fs::read_link(m.join("deep-sym")).unwrap(),
+        Path::new("/").join(LONG_DIR).join(LONG_FILE)
+    );
     let err = env.fails(&["image", "rm", "bb"]);
     assert!(err.contains("mounted"), "{err}");
     env.ok(&["image", "unmount", "bb"]);
@@ -333,4 +353,30 @@ fn imports_zstd_layers() {
     let mnt = env.ok(&["image", "mount", "z:1"]);
     assert_eq!(std::fs::read_to_string(Path::new(mnt.trim()).join("etc/added")).unwrap(), "added");
     env.ok(&["image", "unmount", "z:1"]);
+}
+
+#[test]
+fn accepts_sha512_addressed_blobs() {
+    use sha2::Digest as _;
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(&layout, &[&|r: &Path| busybox_rootfs(r)]);
+    // Re-address the layer by sha512, as a registry that uses sha512 would.
+    let blob = std::fs::read(layer_blob(&layout, 0)).unwrap();
+    let hex = hex::encode(sha2::Sha512::digest(&blob));
+    std::fs::create_dir_all(layout.join("blobs/sha512")).unwrap();
+    std::fs::write(layout.join("blobs/sha512").join(&hex), &blob).unwrap();
+    tamper_layout(&layout, |m, _| m["layers"][0]["digest"] = format!("sha512:{hex}").into());
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "s512:1"]);
+    let info = env.inspect("s512:1");
+    assert_eq!(info["Bulkhead"]["Layers"][0]["Blob"], format!("sha512:{hex}").as_str());
+    assert!(env.root().join("blobs/sha512").join(&hex).is_file());
+    env.ok(&["system", "check"]);
+    // A sha512 blob whose content does not match is refused like any other.
+    let env2 = Env::new();
+    let mut bad = blob.clone();
+    bad[10] ^= 1;
+    std::fs::write(layout.join("blobs/sha512").join(&hex), &bad).unwrap();
+    let err = env2.fails(&["image", "import", layout.to_str().unwrap(), "--tag", "s512:1"]);
+    assert!(err.contains("blob digest"), "{err}");
 }

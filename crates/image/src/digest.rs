@@ -77,6 +77,21 @@ impl Digest {
         &self.hex
     }
 
+    /// Checks that `data` has this digest; `what` names the data in the error.
+    pub fn verify(&self, data: &[u8], what: &str) -> Result<()> {
+        let mut h = Hasher::new(self.algorithm);
+        h.update(data);
+        let actual = h.finish();
+        if &actual != self {
+            return Err(Error::Mismatch {
+                what: what.into(),
+                expected: self.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// The first 12 hex characters, as Docker shows image ids.
     pub fn short(&self) -> &str {
         &self.hex[..12]

@@ -2,14 +2,11 @@
 //! tags. We turn each into an OCI manifest of our own and import that, so every later step (layers,
 //! records, export) is the same as for an OCI layout.
 
-use std::io::Read;
-
 use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::import::{finish, import_descriptor, Confined, ImportOptions, Imported, Progress};
-use crate::limits::Compression;
 use crate::reference::Reference;
 use crate::spec;
 use crate::store::Store;
@@ -65,13 +62,7 @@ pub(crate) fn import(store: &Store, dir: &Confined, opts: &ImportOptions, progre
                     .map(|_| ())
                     .map_err(|e| Error::invalid(format!("reading {p}: {e}")))
             })?;
-            let mut head = [0u8; 4];
-            let n = store.open_blob(&digest)?.read(&mut head).unwrap_or(0);
-            let media_type = match Compression::detect(&head[..n]) {
-                Compression::None => spec::OCI_LAYER,
-                Compression::Gzip => spec::OCI_LAYER_GZIP,
-                Compression::Zstd => spec::OCI_LAYER_ZSTD,
-            };
+            let media_type = store.sniff_compression(&digest)?.oci_media_type();
             layers.push(serde_json::json!({"mediaType": media_type, "digest": digest.to_string(), "size": size}));
         }
         let manifest = serde_json::json!({

@@ -274,16 +274,7 @@ fn read_verified(src: &dyn BlobSource, digest: &Digest, size: u64) -> Result<Vec
             actual: data.len().to_string(),
         });
     }
-    let mut h = crate::digest::Hasher::new(digest.algorithm());
-    h.update(&data);
-    let actual = h.finish();
-    if &actual != digest {
-        return Err(Error::Mismatch {
-            what: "blob digest".into(),
-            expected: digest.to_string(),
-            actual: actual.to_string(),
-        });
-    }
+    digest.verify(&data, "blob digest")?;
     Ok(data)
 }
 

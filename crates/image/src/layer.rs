@@ -53,13 +53,7 @@ impl Store {
     /// The record of a complete layer, or None if it is not unpacked.
     pub fn get_layer(&self, chain_id: &Digest) -> Result<Option<LayerRecord>> {
         let p = self.layer_dir(chain_id).join(RECORD);
-        match fs::read(&p) {
-            Ok(d) => serde_json::from_slice(&d)
-                .map(Some)
-                .map_err(|e| Error::invalid(format!("{}: corrupt layer record: {e}", p.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { path: p, source: e }),
-        }
+        crate::store::read_json_optional(&p, "layer record")
     }
 
     /// Unpacks blob `blob` as the layer `chain_id` on top of `parent`, unless it is unpacked already.

@@ -122,6 +122,15 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The OCI layer media type for a tar compressed this way.
+    pub fn oci_media_type(self) -> &'static str {
+        match self {
+            Compression::None => crate::spec::OCI_LAYER,
+            Compression::Gzip => crate::spec::OCI_LAYER_GZIP,
+            Compression::Zstd => crate::spec::OCI_LAYER_ZSTD,
+        }
+    }
+
     pub fn detect(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip

@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::digest::{Algorithm, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::import::{finish, import_descriptor, ImportOptions, Imported, Progress};
-use crate::limits::Compression;
 use crate::reference::Reference;
 use crate::spec::{self, PlatformSpec};
 use crate::store::Store;
@@ -60,13 +59,7 @@ pub fn import_rootfs(
             let mut f = File::open(path).at(path)?;
             io::copy(&mut f, w).map(|_| ()).at(path)
         })?;
-        let mut head = [0u8; 4];
-        let n = store.open_blob(&blob)?.read(&mut head).at(path)?;
-        let media_type = match Compression::detect(&head[..n]) {
-            Compression::None => spec::OCI_LAYER,
-            Compression::Gzip => spec::OCI_LAYER_GZIP,
-            Compression::Zstd => spec::OCI_LAYER_ZSTD,
-        };
+        let media_type = store.sniff_compression(&blob)?.oci_media_type();
         let reader = crate::limits::decompress(io::BufReader::new(store.open_blob(&blob)?), store.limits()).at(path)?;
         let mut h = HashingReader::new(reader, Algorithm::Sha256);
         h.drain()

@@ -220,16 +220,7 @@ impl Store {
                 self.limits.max_json_bytes
             )));
         }
-        let mut h = crate::digest::Hasher::new(d.algorithm());
-        h.update(&data);
-        let actual = h.finish();
-        if &actual != d {
-            return Err(Error::Mismatch {
-                what: "stored blob (run `bulkhead system check --repair`)".into(),
-                expected: d.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        d.verify(&data, "stored blob (run `bulkhead system check --repair`)")?;
         Ok(data)
     }
 
@@ -267,13 +258,7 @@ impl Store {
 
     pub fn get_image(&self, manifest: &Digest) -> Result<Option<ImageRecord>> {
         let p = self.image_path(manifest);
-        match fs::read(&p) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map(Some)
-                .map_err(|e| Error::invalid(format!("{}: corrupt image record: {e}", p.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::Io { path: p, source: e }),
-        }
+        read_json_optional(&p, "image record")
     }
 
     pub fn remove_image_record(&self, manifest: &Digest) -> Result<()> {
@@ -311,13 +296,9 @@ impl Store {
     /// The reference table: full `name:tag` -> manifest digest.
     pub fn refs(&self) -> Result<BTreeMap<String, Digest>> {
         let p = self.root.join("refs.json");
-        match fs::read(&p) {
-            Ok(data) => serde_json::from_slice::<RefTable>(&data)
-                .map(|t| t.refs)
-                .map_err(|e| Error::invalid(format!("{}: corrupt reference table: {e}", p.display()))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(Error::Io { path: p, source: e }),
-        }
+        Ok(read_json_optional::<RefTable>(&p, "reference table")?
+            .map(|t| t.refs)
+            .unwrap_or_default())
     }
 
     /// Changes the reference table under its lock and replaces it atomically.
@@ -370,4 +351,27 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> Result<()> {
 /// Makes a rename or removal in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Reads a JSON record of ours, or None if the file does not exist; `what` names it in errors.
+pub(crate) fn read_json_optional<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(d) => serde_json::from_slice(&d)
+            .map(Some)
+            .map_err(|e| Error::invalid(format!("{}: corrupt {what}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io {
+            path: path.into(),
+            source: e,
+        }),
+    }
+}
+
+impl Store {
+    /// How a stored layer blob is compressed, from its first bytes.
+    pub fn sniff_compression(&self, d: &Digest) -> Result<crate::limits::Compression> {
+        let mut head = [0u8; 4];
+        let n = self.open_blob(d)?.read(&mut head).at(self.blob_path(d))?;
+        Ok(crate::limits::Compression::detect(&head[..n]))
+    }
 }
