@@ -1,5 +1,6 @@
 //! `bulkhead`: the command line. Parses flags, calls the libraries, prints one clear line on error.
 
+mod container_cmd;
 mod image_cmd;
 mod output;
 
@@ -41,6 +42,28 @@ enum Command {
     Tag(image_cmd::TagArgs),
     /// Remove images (same as `image rm`).
     Rmi(image_cmd::RmArgs),
+    /// Run a command in a new container (in the foreground; exits with the container's status).
+    Run(Box<container_cmd::RunArgs>),
+    /// List containers (running ones; -a for all).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Kill a running container first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show containers as JSON, with their effective security profile.
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show what a container changed in its filesystem (A added, C changed, D deleted).
+    Diff { container: String },
     /// Manage the store as a whole.
     #[command(subcommand)]
     System(SystemCommand),
@@ -85,12 +108,27 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(125) } else { ExitCode::SUCCESS };
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A plain level applies to bulkhead's own crates; dependencies (libcontainer's notes about
+    // cgroup controllers this host lacks, say) speak only at debug and trace, or when named.
+    let directive = match cli.log_level.as_str() {
+        l @ ("error" | "warn" | "info") => format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l}"),
+        other => other.to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directive).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    let is_run = matches!(cli.command, Command::Run(_));
+    if is_run {
+        // A container must never be able to overwrite the binary that starts it (CVE-2019-5736):
+        // run from a sealed, anonymous copy of ourselves.
+        if let Err(e) = pentacle::ensure_sealed() {
+            eprintln!("bulkhead: error: cannot re-execute from a sealed copy: {e}");
+            return ExitCode::from(container_cmd::ENGINE_ERROR);
+        }
+    }
     let ctx = Ctx {
         root: cli.root,
         format: cli.format,
@@ -102,6 +140,11 @@ fn main() -> ExitCode {
         Command::Tag(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Tag(a)),
         Command::Rmi(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Rm(a)),
         Command::System(SystemCommand::Check { repair }) => image_cmd::system_check(&ctx, repair),
+        Command::Run(a) => container_cmd::run(&ctx, *a),
+        Command::Ps { all } => container_cmd::ps(&ctx, all),
+        Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),
+        Command::Inspect { containers } => container_cmd::inspect(&ctx, &containers),
+        Command::Diff { container } => container_cmd::diff(&ctx, &container),
     };
     match result {
         Ok(code) => code,
@@ -109,7 +152,11 @@ fn main() -> ExitCode {
             // One line a user can act on: the chain of causes, never a backtrace.
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
             eprintln!("bulkhead: error: {}", msg.replace('\n', " "));
-            ExitCode::FAILURE
+            if is_run {
+                ExitCode::from(container_cmd::ENGINE_ERROR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -193,6 +193,12 @@ impl Store {
         let rec = self.resolve(input)?;
         self.refuse_if_mounted(&rec)?;
         let tags = self.tags_of(&rec.manifest)?;
+        let users: Vec<String> = self
+            .leases()?
+            .into_iter()
+            .filter(|(_, d)| *d == rec.manifest)
+            .map(|(h, _)| h[..12.min(h.len())].to_owned())
+            .collect();
         let by_tag = Reference::parse(input).ok().filter(|r| r.tag().is_some() && tags.contains(r));
         let mut out = Vec::new();
         let untag: Vec<Reference> = match &by_tag {
@@ -216,6 +222,12 @@ impl Store {
             out.push(format!("Untagged: {}:{}", t.familiar_name(), t.tag().unwrap_or("latest")));
         }
         if self.tags_of(&rec.manifest)?.is_empty() {
+            if !users.is_empty() {
+                // Untagged but kept: containers still run from it (docker rmi without -f refuses;
+                // we keep the content instead, so removing the tag never breaks a container).
+                out.push(format!("Kept: {} (used by container {})", rec.config, users.join(", ")));
+                return Ok(out);
+            }
             self.remove_image_record(&rec.manifest)?;
             out.push(format!("Deleted: {}", rec.config));
             self.collect_garbage()?;
@@ -227,7 +239,9 @@ impl Store {
     /// refers to. Returns what was removed and the bytes freed.
     pub fn prune(&self) -> Result<(Vec<String>, u64)> {
         let _lock = self.lock_exclusive()?;
-        let tagged: BTreeSet<Digest> = self.refs()?.into_values().collect();
+        let mut tagged: BTreeSet<Digest> = self.refs()?.into_values().collect();
+        // Images that containers use count as tagged: prune never breaks a container.
+        tagged.extend(self.leases()?.into_values());
         let mut removed = Vec::new();
         for rec in self.records()? {
             if !tagged.contains(&rec.manifest) && !self.is_mounted(&rec)? {

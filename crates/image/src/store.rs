@@ -72,7 +72,7 @@ impl Store {
     /// Opens the store with non-default unpacking limits.
     pub fn open_with_limits(root: impl Into<PathBuf>, limits: Limits) -> Result<Self> {
         let root = root.into();
-        for d in ["", "tmp", "blobs/sha256", "layers", "images/sha256", "mounts"] {
+        for d in ["", "tmp", "blobs/sha256", "layers", "images/sha256", "mounts", "leases"] {
             let p = root.join(d);
             fs::create_dir_all(&p).at(&p)?;
         }
@@ -286,6 +286,45 @@ impl Store {
                     .map_err(|e| e.to_string())
                     .and_then(|d| serde_json::from_slice::<ImageRecord>(&d).map_err(|e| e.to_string()));
                 out.push(rec.map_err(|e| (p, e)));
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- leases: who else (a container) keeps an image alive ----
+
+    /// Records that `holder` (a container id) uses the image `manifest`: it is not removed or pruned
+    /// while the lease exists.
+    pub fn add_lease(&self, holder: &str, manifest: &Digest) -> Result<()> {
+        if holder.is_empty() || !holder.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(Error::invalid(format!("invalid lease holder {holder:?}")));
+        }
+        atomic_write(&self.root.join("leases").join(holder), manifest.to_string().as_bytes())
+    }
+
+    pub fn remove_lease(&self, holder: &str) -> Result<()> {
+        let p = self.root.join("leases").join(holder);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Io { path: p, source: e }),
+        }
+    }
+
+    /// holder -> image manifest, for every lease.
+    pub fn leases(&self) -> Result<BTreeMap<String, Digest>> {
+        let dir = self.root.join("leases");
+        let mut out = BTreeMap::new();
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(out) };
+        for e in rd {
+            let e = e.at(&dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let text = fs::read_to_string(e.path()).at(e.path())?;
+            if let Ok(d) = text.trim().parse::<Digest>() {
+                out.insert(name, d);
             }
         }
         Ok(out)

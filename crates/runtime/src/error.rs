@@ -6,6 +6,12 @@ pub enum Error {
     /// A request that cannot be honoured as given (an unknown capability, no command, ...).
     #[error("{0}")]
     Invalid(String),
+    /// A container or other object that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The executor (libcontainer or an OCI runtime) failed.
+    #[error("{0}")]
+    Executor(String),
     /// The image store failed.
     #[error(transparent)]
     Image(#[from] bulkhead_image::Error),

@@ -20,7 +20,13 @@
 //! # Ok::<(), bulkhead_runtime::error::Error>(())
 //! ```
 
+pub mod container;
+pub mod diff;
 pub mod error;
+pub mod executor;
+pub mod idmap;
 pub mod profile;
+pub mod run;
 pub mod seccomp;
 pub mod spec;
+pub mod user;

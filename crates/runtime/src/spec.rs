@@ -161,7 +161,6 @@ pub fn build_spec(profile: &SecurityProfile, p: &ProcessConfig, res: &Resources,
             "env": p.env,
             "cwd": p.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps, "inheritable": [], "ambient": []},
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
             "noNewPrivileges": profile.no_new_privileges,
         },
         "root": {"path": rootfs, "readonly": profile.read_only_rootfs},
@@ -174,11 +173,18 @@ pub fn build_spec(profile: &SecurityProfile, p: &ProcessConfig, res: &Resources,
 
 fn resources(profile: &SecurityProfile, res: &Resources) -> Value {
     // Only the default devices; no others without --device.
-    let dev = |major: i64, minor: i64| json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"});
+    let dev = |major: i64, minor: Option<i64>| {
+        let mut d = json!({"allow": true, "type": "c", "major": major, "access": "rwm"});
+        // No minor means every minor of that major.
+        if let Some(m) = minor {
+            d["minor"] = json!(m);
+        }
+        d
+    };
     let mut r = json!({
         "devices": [
             {"allow": false, "access": "rwm"},
-            dev(1, 3), dev(1, 5), dev(1, 7), dev(1, 8), dev(1, 9), dev(5, 0), dev(5, 2), dev(136, -1),
+            dev(1, Some(3)), dev(1, Some(5)), dev(1, Some(7)), dev(1, Some(8)), dev(1, Some(9)), dev(5, Some(0)), dev(5, Some(2)), dev(136, None),
         ],
     });
     if let Some(n) = profile.pids_limit {

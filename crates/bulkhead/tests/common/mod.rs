@@ -100,6 +100,27 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // Containers a failed test left: remove them (kills, unmounts), then their cgroups.
+        let ids: Vec<String> = std::fs::read_dir(self.root().join("containers"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &ids {
+            let _ = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+                .arg("--root")
+                .arg(self.root())
+                .args(["rm", "-f", id])
+                .output();
+            for ctl in [
+                "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "unified",
+            ] {
+                let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/bulkhead/{id}"));
+            }
+        }
         let prefix = self.dir.path().to_string_lossy().into_owned();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut mounts: Vec<String> = info

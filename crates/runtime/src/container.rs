@@ -1,0 +1,241 @@
+//! Containers on disk: `containers/<id>/` holds the record, the overlay upper and work directories,
+//! the OCI bundle (config.json and the rootfs mount point) and the executor's state.
+//!
+//! ```text
+//! containers/<id>/record.json     ContainerRecord, replaced atomically on every change of state
+//! containers/<id>/upper, work     the container's own layer, owned by its root's host id
+//! containers/<id>/bundle/         config.json + rootfs/ (the overlay, mounted while it runs)
+//! containers/<id>/exec/           the executor's state (libcontainer or runc --root)
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bulkhead_image::{Digest, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::profile::{SecurityProfile, UserNs, ID_RANGE};
+
+/// Where container ranges start: above the ids a host normally hands out (systemd's
+/// container ranges start at 524288), each container gets its own 65536 ids.
+pub const FIRST_HOST_ID: u32 = 1 << 20;
+/// How many distinct ranges exist (up to 2^32 - 2^20 ids).
+const MAX_RANGES: u32 = 65_000;
+
+/// The lifecycle state of a container.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "Status")]
+pub enum State {
+    Created,
+    Running {
+        #[serde(rename = "Pid")]
+        pid: i32,
+        #[serde(rename = "StartedAt")]
+        started: chrono::DateTime<chrono::Utc>,
+    },
+    Exited {
+        #[serde(rename = "ExitCode")]
+        code: i32,
+        #[serde(rename = "FinishedAt")]
+        finished: chrono::DateTime<chrono::Utc>,
+        #[serde(rename = "OOMKilled")]
+        oom_killed: bool,
+    },
+}
+
+/// Everything bulkhead records about one container.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    /// The image as the user named it, and what it resolved to.
+    pub image: String,
+    pub image_id: Digest,
+    /// Chain ids of the image's layers, bottom first.
+    pub layers: Vec<Digest>,
+    pub command: Vec<String>,
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Host id of the container's root (None with `--userns=host`).
+    pub host_id: Option<u32>,
+    /// The executor: "libcontainer", or the path of an OCI runtime.
+    pub runtime: String,
+    /// One line per default that this container weakens.
+    pub warnings: Vec<String>,
+    pub state: State,
+}
+
+/// Containers under one store root.
+#[derive(Clone, Debug)]
+pub struct Containers {
+    dir: PathBuf,
+}
+
+impl Containers {
+    pub fn open(store: &Store) -> Result<Self> {
+        let dir = store.root().join("containers");
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        // The container's own root (an unprivileged host id) must be able to reach its rootfs, and
+        // nothing else: traverse, not list.
+        set_mode(store.root(), 0o711)?;
+        set_mode(&dir, 0o711)?;
+        Ok(Containers { dir })
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir(id).join("bundle")
+    }
+
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("rootfs")
+    }
+
+    /// Every container record, newest first; unreadable ones are skipped with a warning.
+    pub fn list(&self) -> Result<Vec<ContainerRecord>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
+            let e = e.map_err(|e| io(&self.dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(r) => out.push(r),
+                Err(err) => tracing::warn!(dir = %e.path().display(), %err, "skipping unreadable container"),
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.created));
+        Ok(out)
+    }
+
+    pub fn load(&self, id: &str) -> Result<ContainerRecord> {
+        let p = self.dir(id).join("record.json");
+        let data = fs::read(&p).map_err(|e| io(&p, e))?;
+        serde_json::from_slice(&data).map_err(|e| Error::Invalid(format!("{}: corrupt container record: {e}", p.display())))
+    }
+
+    pub fn save(&self, rec: &ContainerRecord) -> Result<()> {
+        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        bulkhead_image::store::atomic_write(&self.dir(&rec.id).join("record.json"), &data).map_err(Error::from)
+    }
+
+    /// Finds a container by full id, unique id prefix, or name.
+    pub fn find(&self, key: &str) -> Result<ContainerRecord> {
+        let all = self.list()?;
+        if let Some(r) = all.iter().find(|r| r.id == key || r.name == key) {
+            return Ok(r.clone());
+        }
+        let matches: Vec<&ContainerRecord> = all.iter().filter(|r| key.len() >= 3 && r.id.starts_with(key)).collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(Error::NotFound(format!("no such container: {key}"))),
+            n => Err(Error::Invalid(format!("{key} matches {n} containers; give more of the id"))),
+        }
+    }
+
+    /// A host id range no other container uses.
+    pub fn allocate_host_id(&self, taken: &[ContainerRecord]) -> Result<u32> {
+        let used: std::collections::BTreeSet<u32> = taken.iter().filter_map(|r| r.host_id).collect();
+        (0..MAX_RANGES)
+            .map(|k| FIRST_HOST_ID + k * ID_RANGE)
+            .find(|h| !used.contains(h))
+            .ok_or_else(|| Error::Invalid("no free user namespace id range left".into()))
+    }
+
+    /// A fresh, random 64-hex-character id.
+    pub fn new_id() -> Result<String> {
+        let mut b = [0u8; 32];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).map_err(|e| io(Path::new("getrandom"), e))?;
+        Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    }
+
+    /// Takes the container-wide lock (creating, naming and removing containers are serialised).
+    pub fn lock(&self) -> Result<fs::File> {
+        let p = self.dir.join(".lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| io(&p, e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e))?;
+        Ok(f)
+    }
+
+    /// Prepares the directories and mounts the root filesystem of a new container.
+    pub fn prepare_rootfs(&self, store: &Store, id: &str, layers: &[Digest], profile: &SecurityProfile) -> Result<()> {
+        let dir = self.dir(id);
+        for d in ["upper", "work", "bundle/rootfs", "exec"] {
+            let p = dir.join(d);
+            fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+        }
+        set_mode(&dir, 0o711)?;
+        set_mode(&self.bundle(id), 0o711)?;
+        let init = self.init_layer(id, profile)?;
+        let lowers: Vec<PathBuf> = std::iter::once(init)
+            .chain(layers.iter().rev().map(|c| store.layer_diff(c)))
+            .collect();
+        match profile.userns {
+            UserNs::Private { host_id } => {
+                crate::idmap::chown_to(&dir.join("upper"), host_id)?;
+                crate::idmap::chown_to(&dir.join("work"), host_id)?;
+                let ns = crate::idmap::user_namespace(host_id, ID_RANGE)?;
+                crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &self.rootfs(id), Some(&ns))
+            }
+            UserNs::Host => crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &self.rootfs(id), None),
+        }
+    }
+
+    /// The container's init layer: a read-only layer just under its own, holding the mount points the
+    /// runtime needs (as Docker's "-init" layer), so that they are neither created in the container's
+    /// layer nor reported by `diff`.
+    pub fn init_layer(&self, id: &str, profile: &SecurityProfile) -> Result<PathBuf> {
+        let init = self.dir(id).join("init");
+        let mut dirs = vec!["dev", "proc", "sys"];
+        if profile.read_only_rootfs {
+            dirs.extend(["tmp", "run", "var/tmp"]);
+        }
+        for d in dirs {
+            let p = init.join(d);
+            fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+            set_mode(&p, 0o755)?;
+        }
+        Ok(init)
+    }
+
+    /// The lower layers of a container as `diff` should see them: its init layer, then the image's.
+    pub fn lowers(&self, store: &Store, rec: &ContainerRecord) -> Vec<PathBuf> {
+        std::iter::once(self.dir(&rec.id).join("init"))
+            .chain(rec.layers.iter().rev().map(|c| store.layer_diff(c)))
+            .collect()
+    }
+
+    /// Unmounts the root filesystem if it is mounted.
+    pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
+        let r = self.rootfs(id);
+        if bulkhead_image::mount::is_mount_point(&r)? {
+            rustix::mount::unmount(&r, rustix::mount::UnmountFlags::DETACH).map_err(|e| io(&r, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything of a stopped container.
+    pub fn remove_dir(&self, id: &str) -> Result<()> {
+        self.unmount_rootfs(id)?;
+        let d = self.dir(id);
+        bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(|e| io(p, e))
+}
+
+pub(crate) fn io(p: &Path, e: impl Into<std::io::Error>) -> Error {
+    Error::Invalid(format!("{}: {}", p.display(), e.into()))
+}

@@ -1,0 +1,225 @@
+//! Creating and running containers: image + request -> record, root filesystem, bundle; then the
+//! executor runs it, and the record follows each change of state.
+
+use bulkhead_image::Store;
+
+use crate::container::{ContainerRecord, Containers, State};
+use crate::error::{Error, Result};
+use crate::executor::{Executor, Exit};
+use crate::profile::{SecurityProfile, UserNs};
+use crate::spec::{build_spec, command_line, environment, ProcessConfig, ProcessOverrides, Resources};
+
+/// What `create` or `run` asks for.
+#[derive(Clone, Debug)]
+pub struct CreateRequest {
+    pub image: String,
+    pub name: Option<String>,
+    pub overrides: ProcessOverrides,
+    /// `-u`; None takes the image's User.
+    pub user: Option<String>,
+    pub profile: SecurityProfile,
+    pub resources: Resources,
+    pub executor: Executor,
+}
+
+/// The cgroup path of a container (the same under every v1 controller, or in the v2 tree).
+pub fn cgroup_path(id: &str) -> String {
+    format!("/bulkhead/{id}")
+}
+
+fn valid_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Creates a container: its record, its mounted root filesystem and its bundle. Nothing runs yet.
+pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<ContainerRecord> {
+    let _lock = cs.lock()?;
+    let image = store.resolve(&req.image)?;
+    let info = store.info(&image)?;
+    let id = Containers::new_id()?;
+    let all = cs.list()?;
+    let name = match req.name {
+        Some(n) if !valid_name(&n) => {
+            return Err(Error::Invalid(format!(
+                "invalid container name {n:?} (allowed: [a-zA-Z0-9][a-zA-Z0-9_.-]*)"
+            )))
+        }
+        Some(n) if all.iter().any(|r| r.name == n) => return Err(Error::Invalid(format!("the container name {n:?} is already in use"))),
+        Some(n) => n,
+        None => format!("bulkhead-{}", &id[..12]),
+    };
+    let mut profile = req.profile;
+    let host_id = match profile.userns {
+        UserNs::Private { .. } => {
+            let h = cs.allocate_host_id(&all)?;
+            profile.userns = UserNs::Private { host_id: h };
+            Some(h)
+        }
+        UserNs::Host => None,
+    };
+    let warnings = profile.warnings()?;
+    if req.executor == Executor::Embedded
+        && !profile.no_new_privileges
+        && !profile.privileged
+        && profile.seccomp != crate::profile::Seccomp::Unconfined
+    {
+        // The kernel installs a seccomp filter without no_new_privs only for CAP_SYS_ADMIN, and
+        // libcontainer 0.7 installs it after dropping capabilities; runc installs it before.
+        return Err(Error::Invalid("no-new-privileges=false with a seccomp filter needs --runtime runc (the embedded libcontainer cannot install the filter without no_new_privs)".into()));
+    }
+    let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
+    store.add_lease(&id, &image.manifest)?;
+    let made = (|| {
+        cs.prepare_rootfs(store, &id, &layers, &profile)?;
+        let rootfs = cs.rootfs(&id);
+        let image_user = info
+            .config
+            .get("config")
+            .and_then(|c| c.get("User"))
+            .and_then(|u| u.as_str())
+            .unwrap_or("");
+        let user = crate::user::resolve(&rootfs, req.user.as_deref().unwrap_or(image_user))?;
+        let hostname = req.overrides.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
+        let args = command_line(&info.config, &req.overrides)?;
+        let mut env = environment(&info.config, &req.overrides, &hostname, |k| std::env::var(k).ok());
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", user.home));
+        }
+        let image_wd = info
+            .config
+            .get("config")
+            .and_then(|c| c.get("WorkingDir"))
+            .and_then(|w| w.as_str())
+            .filter(|w| !w.is_empty());
+        let cwd = req
+            .overrides
+            .workdir
+            .clone()
+            .or(image_wd.map(str::to_owned))
+            .unwrap_or_else(|| "/".into());
+        check_workdir(&cwd)?;
+        let process = ProcessConfig {
+            args: args.clone(),
+            env,
+            cwd,
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            terminal: req.overrides.terminal,
+            hostname,
+        };
+        let mut spec = build_spec(&profile, &process, &req.resources, &rootfs.to_string_lossy())?;
+        if let Some(mut linux) = spec.linux().clone() {
+            linux.set_cgroups_path(Some(cgroup_path(&id).into()));
+            spec.set_linux(Some(linux));
+        }
+        let data = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Invalid(e.to_string()))?;
+        bulkhead_image::store::atomic_write(&cs.bundle(&id).join("config.json"), &data)?;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            name,
+            image: req.image.clone(),
+            image_id: image.config.clone(),
+            layers,
+            command: args,
+            created: chrono::Utc::now(),
+            host_id,
+            runtime: req.executor.name(),
+            warnings,
+            state: State::Created,
+        };
+        cs.save(&rec)?;
+        Ok(rec)
+    })();
+    if made.is_err() {
+        let _ = cs.remove_dir(&id);
+        let _ = store.remove_lease(&id);
+    }
+    made
+}
+
+/// A working directory must be an absolute path outside /proc: through /proc/self/fd a process can
+/// start in a directory the runtime left open on the host (CVE-2024-21626). The executor checks
+/// again after chdir; this gives the user a clear reason first.
+fn check_workdir(cwd: &str) -> Result<()> {
+    if !cwd.starts_with('/') {
+        return Err(Error::Invalid(format!("the working directory {cwd:?} is not absolute")));
+    }
+    let parts: Vec<&str> = cwd.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if parts.contains(&"..") {
+        return Err(Error::Invalid(format!("the working directory {cwd:?} contains '..'")));
+    }
+    if parts.first() == Some(&"proc") {
+        return Err(Error::Invalid(format!(
+            "the working directory {cwd:?} is inside /proc, which is refused (it can reach host file descriptors)"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a created container in the foreground and records how it ended; the root filesystem is
+/// unmounted afterwards (the upper directory stays, for `diff`).
+pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Executor) -> Result<Exit> {
+    let state_dir = cs.dir(&rec.id).join("exec");
+    let exit = executor.run(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup_path(&rec.id), |pid| {
+        let mut running = rec.clone();
+        running.state = State::Running {
+            pid,
+            started: chrono::Utc::now(),
+        };
+        if let Err(e) = cs.save(&running) {
+            tracing::warn!(error = %e, "recording the running state");
+        }
+    });
+    let exit = match exit {
+        Ok(x) => x,
+        Err(e) => {
+            rec.state = State::Exited {
+                code: 125,
+                finished: chrono::Utc::now(),
+                oom_killed: false,
+            };
+            let _ = cs.save(rec);
+            let _ = cs.unmount_rootfs(&rec.id);
+            return Err(e);
+        }
+    };
+    rec.state = State::Exited {
+        code: exit.code,
+        finished: chrono::Utc::now(),
+        oom_killed: exit.oom_killed,
+    };
+    cs.save(rec)?;
+    cs.unmount_rootfs(&rec.id)?;
+    Ok(exit)
+}
+
+/// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,
+/// directory and image lease.
+pub fn remove(store: &Store, cs: &Containers, key: &str, force: bool) -> Result<ContainerRecord> {
+    let _lock = cs.lock()?;
+    let rec = cs.find(key)?;
+    if let State::Running { pid, .. } = rec.state {
+        if is_alive(pid) {
+            if !force {
+                return Err(Error::Invalid(format!(
+                    "container {} is running: stop it first, or use --force",
+                    rec.name
+                )));
+            }
+            // SAFETY: plain kill(2) of the container's first process.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    cs.remove_dir(&rec.id)?;
+    store.remove_lease(&rec.id)?;
+    Ok(rec)
+}
+
+fn is_alive(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
