@@ -181,6 +181,7 @@ impl Containers {
             .collect();
         match profile.userns {
             UserNs::Private { host_id } => {
+                check_reachable(&self.rootfs(id))?;
                 crate::idmap::chown_to(&dir.join("upper"), host_id)?;
                 crate::idmap::chown_to(&dir.join("work"), host_id)?;
                 let ns = crate::idmap::user_namespace(host_id, ID_RANGE)?;
@@ -229,6 +230,23 @@ impl Containers {
         let d = self.dir(id);
         bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))
     }
+}
+
+/// The container's root is an unprivileged host user, which must be able to search every directory
+/// on the way to its root filesystem; say which one it cannot, instead of failing inside the runtime.
+fn check_reachable(rootfs: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in rootfs.ancestors().skip(1) {
+        let Ok(md) = fs::metadata(dir) else { continue };
+        if md.permissions().mode() & 0o001 == 0 {
+            return Err(Error::Invalid(format!(
+                "{} is not searchable by other users (mode {:o}), but a container's root is an unprivileged host user that must reach its root filesystem: use a --root under searchable directories, or chmod o+x it",
+                dir.display(),
+                md.permissions().mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
