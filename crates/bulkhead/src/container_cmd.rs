@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bulkhead_runtime::container::{Containers, State};
 use bulkhead_runtime::executor::Executor;
+use bulkhead_runtime::lifecycle;
 use bulkhead_runtime::profile::{Network, Seccomp, SecurityProfile, UserNs};
 use bulkhead_runtime::run::{create, remove, run_foreground, CreateRequest};
 use bulkhead_runtime::spec::{ProcessOverrides, Resources};
@@ -18,9 +19,18 @@ pub const ENGINE_ERROR: u8 = 125;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Run in the background and print the container id (logs go to `bulkhead logs`).
+    #[arg(short, long)]
+    detach: bool,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
+    /// The signal `stop` sends first (default: the image's StopSignal, else SIGTERM).
+    #[arg(long)]
+    stop_signal: Option<String>,
+    /// Seconds `stop` waits before SIGKILL (default 10).
+    #[arg(long)]
+    stop_timeout: Option<u64>,
     /// A name for the container.
     #[arg(long)]
     name: Option<String>,
@@ -152,11 +162,8 @@ fn profile_from(a: &RunArgs) -> anyhow::Result<SecurityProfile> {
     Ok(p)
 }
 
-/// `bulkhead run`: create the container and run it in the foreground; exits with its status.
-pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
-    let profile = profile_from(&a)?;
+fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
+    let profile = profile_from(a)?;
     let executor = Executor::from_flag(a.runtime.as_deref())?;
     let mut env = Vec::new();
     for f in &a.env_file {
@@ -184,22 +191,58 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
         memory: a.memory.as_deref().map(parse_bytes).transpose()?,
         cpus: a.cpus,
     };
-    let req = CreateRequest {
+    Ok(CreateRequest {
         image: a.image.clone(),
         name: a.name.clone(),
         overrides,
         user: a.user.clone(),
         profile,
         resources,
-        executor: executor.clone(),
-    };
-    let mut rec = {
+        executor,
+        auto_remove,
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+    })
+}
+
+fn create_container(
+    ctx: &Ctx,
+    a: &RunArgs,
+    auto_remove: bool,
+) -> anyhow::Result<(bulkhead_image::Store, Containers, bulkhead_runtime::container::ContainerRecord)> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let req = request(a, auto_remove)?;
+    let rec = {
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?
     };
     for w in &rec.warnings {
         eprintln!("bulkhead: warning: {w}");
     }
+    Ok((store, cs, rec))
+}
+
+/// `bulkhead create`: a container with its root filesystem and bundle, not started.
+pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let (_, cs, rec) = create_container(ctx, &a, a.rm)?;
+    // A created container is started by `start`, which mounts its root filesystem again.
+    cs.unmount_rootfs(&rec.id)?;
+    println!("{}", rec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bulkhead run`: create and run; in the foreground exits with the container's status, with -d
+/// leaves it to its shim and prints its id.
+pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let (store, cs, mut rec) = create_container(ctx, &a, a.detach && a.rm)?;
+    if a.detach {
+        lifecycle::spawn_shim(&ctx.root, &rec.id)?;
+        lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
+        println!("{}", rec.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let executor = Executor::from_flag(a.runtime.as_deref())?;
     let result = run_foreground(&cs, &mut rec, &executor);
     if a.rm {
         if let Err(e) = remove(&store, &cs, &rec.id, true) {
@@ -208,6 +251,157 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let exit = result?;
     Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
+}
+
+/// `bulkhead start`: (re)start stopped or created containers under a new shim.
+pub fn start(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    for n in names {
+        let rec = lifecycle::refresh(&cs, cs.find(n)?)?;
+        if lifecycle::is_running(&rec) {
+            println!("{n}");
+            continue;
+        }
+        {
+            let _lock = store.lock_shared()?;
+            let mut r = rec.clone();
+            r.state = State::Created;
+            r.error = None;
+            cs.save(&r)?;
+        }
+        lifecycle::spawn_shim(&ctx.root, &rec.id)?;
+        lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stop(ctx: &Ctx, names: &[String], timeout: Option<u64>) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    for n in names {
+        let rec = cs.find(n)?;
+        let t = std::time::Duration::from_secs(timeout.unwrap_or(rec.stop_timeout));
+        lifecycle::stop(&cs, &rec, rec.stop_signal, t)?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kill(ctx: &Ctx, names: &[String], sig: &str) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let sig = lifecycle::parse_signal(sig)?;
+    for n in names {
+        lifecycle::signal(&cs.find(n)?, sig)?;
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn wait(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    for n in names {
+        let rec = lifecycle::wait_exited(&cs, &cs.find(n)?.id, None)?;
+        match rec.state {
+            State::Exited { code, .. } => println!("{code}"),
+            _ => println!("0"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    container: String,
+    /// Keep printing new output until the container exits.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<usize>,
+    /// Only records at or after this time (RFC 3339, or a duration like 10m, 2h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Check the hash chain instead of printing: detects edited, removed or cut-off records.
+    #[arg(long)]
+    verify: bool,
+}
+
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .with_context(|| format!("--since {s:?}: a time (RFC 3339) or a duration (30s, 10m, 2h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("--since {s:?}: unknown unit {unit:?} (s, m, h)"),
+    };
+    Ok(chrono::Utc::now() - chrono::Duration::seconds(secs))
+}
+
+pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let rec = cs.find(&a.container)?;
+    let dir = cs.dir(&rec.id).join("logs");
+    if a.verify {
+        let n = bulkhead_runtime::logs::verify(&dir)?;
+        println!("{n} records verified: the log is complete and unaltered");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let since = a.since.as_deref().map(parse_since).transpose()?;
+    let print = |recs: &[bulkhead_runtime::logs::Record]| -> anyhow::Result<()> {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for r in recs {
+            if since.is_some_and(|s| chrono::DateTime::parse_from_rfc3339(&r.time).map(|t| t < s).unwrap_or(false)) {
+                continue;
+            }
+            if r.stream == "stderr" {
+                err.write_all(r.log.as_bytes())?;
+            } else {
+                out.write_all(r.log.as_bytes())?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    };
+    let all = bulkhead_runtime::logs::read(&dir)?;
+    let start = a.tail.map_or(0, |t| all.len().saturating_sub(t));
+    print(&all[start..])?;
+    let mut seen = all.len();
+    if !a.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let running = lifecycle::is_running(&lifecycle::refresh(&cs, cs.load(&rec.id)?)?);
+        let now = bulkhead_runtime::logs::read(&dir)?;
+        // A rotation makes the kept list shorter: then start over from its beginning.
+        let from = if now.len() < seen { 0 } else { seen };
+        print(&now[from..])?;
+        seen = now.len();
+        if !running {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hidden `shim` command: supervise one container until it exits.
+pub fn shim(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    bulkhead_runtime::shim::run_shim(&store, &cs, id)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn ps(ctx: &Ctx, all: bool) -> anyhow::Result<ExitCode> {

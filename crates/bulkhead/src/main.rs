@@ -44,6 +44,38 @@ enum Command {
     Rmi(image_cmd::RmArgs),
     /// Run a command in a new container (in the foreground; exits with the container's status).
     Run(Box<container_cmd::RunArgs>),
+    /// Create a container without starting it (same flags as run).
+    Create(Box<container_cmd::RunArgs>),
+    /// Start created or stopped containers (in the background).
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop containers: their stop signal, then SIGKILL after the timeout.
+    Stop {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Seconds to wait before SIGKILL (default: the container's --stop-timeout, 10).
+        #[arg(short, long)]
+        time: Option<u64>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Wait for containers to exit; print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show a container's output, or check its log's integrity (--verify).
+    Logs(container_cmd::LogsArgs),
+    /// Supervise a container (started by run -d and start; not for people).
+    #[command(hide = true)]
+    Shim { id: String },
     /// List containers (running ones; -a for all).
     Ps {
         #[arg(short, long)]
@@ -120,7 +152,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let is_run = matches!(cli.command, Command::Run(_));
+    let is_run = matches!(cli.command, Command::Run(_) | Command::Shim { .. } | Command::Create(_));
     if is_run {
         // A container must never be able to overwrite the binary that starts it (CVE-2019-5736):
         // run from a sealed, anonymous copy of ourselves.
@@ -141,6 +173,13 @@ fn main() -> ExitCode {
         Command::Rmi(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Rm(a)),
         Command::System(SystemCommand::Check { repair }) => image_cmd::system_check(&ctx, repair),
         Command::Run(a) => container_cmd::run(&ctx, *a),
+        Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
+        Command::Start { containers } => container_cmd::start(&ctx, &containers),
+        Command::Stop { containers, time } => container_cmd::stop(&ctx, &containers, time),
+        Command::Kill { containers, signal } => container_cmd::kill(&ctx, &containers, &signal),
+        Command::Wait { containers } => container_cmd::wait(&ctx, &containers),
+        Command::Logs(a) => container_cmd::logs(&ctx, a),
+        Command::Shim { id } => container_cmd::shim(&ctx, &id),
         Command::Ps { all } => container_cmd::ps(&ctx, all),
         Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),
         Command::Inspect { containers } => container_cmd::inspect(&ctx, &containers),

@@ -63,6 +63,28 @@ pub struct ContainerRecord {
     /// One line per default that this container weakens.
     pub warnings: Vec<String>,
     pub state: State,
+    /// The shim that supervises it while it runs (detached containers).
+    #[serde(default)]
+    pub shim_pid: Option<i32>,
+    /// Why it could not start, if it could not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Remove the container when it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// The signal `stop` sends first, and how long it waits before SIGKILL.
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: i32,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: u64,
+}
+
+fn default_stop_signal() -> i32 {
+    libc::SIGTERM
+}
+
+fn default_stop_timeout() -> u64 {
+    10
 }
 
 /// Containers under one store root.
@@ -215,6 +237,23 @@ impl Containers {
             .collect()
     }
 
+    /// Mounts the root filesystem of an existing container again (to start it once more).
+    pub fn mount_rootfs(&self, store: &Store, rec: &ContainerRecord) -> Result<()> {
+        let rootfs = self.rootfs(&rec.id);
+        if bulkhead_image::mount::is_mount_point(&rootfs)? {
+            return Ok(());
+        }
+        let dir = self.dir(&rec.id);
+        let lowers = self.lowers(store, rec);
+        match rec.host_id {
+            Some(h) => {
+                let ns = crate::idmap::user_namespace(h, ID_RANGE)?;
+                crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, Some(&ns))
+            }
+            None => crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, None),
+        }
+    }
+
     /// Unmounts the root filesystem if it is mounted.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
         let r = self.rootfs(id);
@@ -224,9 +263,11 @@ impl Containers {
         Ok(())
     }
 
-    /// Removes everything of a stopped container.
+    /// Removes everything of a stopped container: mounts, cgroups (left behind when its shim was
+    /// killed before the executor could clean up) and its directory.
     pub fn remove_dir(&self, id: &str) -> Result<()> {
         self.unmount_rootfs(id)?;
+        remove_cgroups(&crate::run::cgroup_path(id));
         let d = self.dir(id);
         bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))
     }
@@ -247,6 +288,24 @@ fn check_reachable(rootfs: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes a container's cgroup directories under every hierarchy mounted in /sys/fs/cgroup (the v1
+/// controllers, or the v2 tree); empty cgroups only, as rmdir allows.
+pub fn remove_cgroups(cgroup: &str) {
+    let rel = cgroup.trim_start_matches('/');
+    let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for r in roots {
+        let p = r.join(rel);
+        if p.is_dir() {
+            if let Err(e) = fs::remove_dir(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "removing a container cgroup");
+            }
+        }
+    }
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {

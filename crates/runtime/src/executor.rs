@@ -1,6 +1,7 @@
 //! Executors: what turns a bundle into running processes. The default embeds youki's libcontainer;
 //! `--runtime runc|PATH` hands the same bundle to an external OCI runtime.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -44,19 +45,94 @@ impl Executor {
         }
     }
 
-    /// Runs the container to completion in the foreground, with this process's stdio.
-    /// `on_start` gets the pid of the container's first process; `cgroup` is the spec's cgroupsPath,
-    /// read for OOM kills before the cgroup goes away.
-    pub fn run(&self, id: &str, bundle: &Path, state_dir: &Path, cgroup: &str, on_start: impl FnOnce(i32)) -> Result<Exit> {
+    /// Starts the container's first process with the given stdio (None: this process's own).
+    pub fn start(&self, id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Result<Started> {
         match self {
-            Executor::Embedded => run_embedded(id, bundle, state_dir, cgroup, on_start),
-            // runc removes the cgroup as the container exits: its OOM kills are not seen.
-            Executor::External(bin) => Ok(Exit {
-                code: run_external(bin, id, bundle, state_dir, on_start)?,
-                oom_killed: false,
-            }),
+            Executor::Embedded => start_embedded(id, bundle, state_dir, stdio),
+            Executor::External(bin) => start_external(bin, id, bundle, state_dir, stdio),
         }
     }
+
+    /// Runs the container to completion with this process's stdio. `on_start` gets the pid of the
+    /// container's first process; `cgroup` is the spec's cgroupsPath, read for OOM kills.
+    pub fn run(&self, id: &str, bundle: &Path, state_dir: &Path, cgroup: &str, on_start: impl FnOnce(i32)) -> Result<Exit> {
+        let mut started = self.start(id, bundle, state_dir, Stdio::default())?;
+        on_start(started.pid());
+        let code = started.wait()?;
+        Ok(started.finish(cgroup, code))
+    }
+}
+
+/// The container's standard streams; None inherits ours.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A container whose first process runs.
+pub struct Started {
+    pid: i32,
+    inner: Inner,
+}
+
+enum Inner {
+    Embedded(Box<libcontainer::container::Container>),
+    /// The external runtime in the foreground (`run`): it exits with the container.
+    External(std::process::Child),
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").field("pid", &self.pid).finish()
+    }
+}
+
+impl Started {
+    /// The pid of the container's first process (0 if an external runtime did not say).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The exit status once the container's first process has ended, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<i32>> {
+        match &mut self.inner {
+            Inner::Embedded(_) => waitpid(self.pid, libc::WNOHANG),
+            Inner::External(child) => child
+                .try_wait()
+                .map(|s| s.map(status_code))
+                .map_err(|e| Error::Executor(format!("waiting for the runtime: {e}"))),
+        }
+    }
+
+    /// Blocks until the container's first process ends; returns its status.
+    pub fn wait(&mut self) -> Result<i32> {
+        match &mut self.inner {
+            Inner::Embedded(_) => waitpid(self.pid, 0).map(|s| s.unwrap_or(255)),
+            Inner::External(child) => child
+                .wait()
+                .map(status_code)
+                .map_err(|e| Error::Executor(format!("waiting for the runtime: {e}"))),
+        }
+    }
+
+    /// After the exit: reads the cgroup for OOM kills, then lets the executor clean up.
+    pub fn finish(self, cgroup: &str, code: i32) -> Exit {
+        let oom = oom_killed(cgroup);
+        if let Inner::Embedded(mut c) = self.inner {
+            if let Err(e) = c.delete(true) {
+                // The workload's status matters more than a cleanup problem (runc and crun do the same).
+                tracing::warn!(pid = self.pid, error = %e, "deleting the container after exit");
+            }
+        }
+        Exit { code, oom_killed: oom }
+    }
+}
+
+fn status_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// libcontainer 0.7 reads the operands of SCMP_CMP_MASKED_EQ the other way round from libseccomp's
@@ -89,16 +165,25 @@ fn libcontainer_bundle(bundle: &Path, state_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn run_embedded(id: &str, bundle: &Path, state_dir: &Path, cgroup: &str, on_start: impl FnOnce(i32)) -> Result<Exit> {
+fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Result<Started> {
     use libcontainer::container::builder::ContainerBuilder;
     let bundle = &libcontainer_bundle(bundle, state_dir)?;
-    use libcontainer::syscall::syscall::SyscallType;
     let err = |what: &str, e: libcontainer::error::LibcontainerError| Error::Executor(format!("{what}: {e}"));
-    let mut c = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    let mut b = ContainerBuilder::new(id.to_owned(), libcontainer::syscall::syscall::SyscallType::default())
         .with_root_path(state_dir)
         .map_err(|e| err("state directory", e))?
         .validate_id()
-        .map_err(|e| err("container id", e))?
+        .map_err(|e| err("container id", e))?;
+    if let Some(fd) = stdio.stdin {
+        b = b.with_stdin(fd);
+    }
+    if let Some(fd) = stdio.stdout {
+        b = b.with_stdout(fd);
+    }
+    if let Some(fd) = stdio.stderr {
+        b = b.with_stderr(fd);
+    }
+    let mut c = b
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -112,35 +197,39 @@ fn run_embedded(id: &str, bundle: &Path, state_dir: &Path, cgroup: &str, on_star
         let _ = c.delete(true);
         return Err(Error::Executor("the container has no process".into()));
     };
-    on_start(pid.as_raw());
-    let status = wait(pid.as_raw());
-    let oom = oom_killed(cgroup);
-    if let Err(e) = c.delete(true) {
-        // The workload's status matters more than a cleanup problem (runc and crun do the same).
-        tracing::warn!(id, error = %e, "deleting the container after exit");
-    }
-    Ok(Exit {
-        code: status?,
-        oom_killed: oom,
+    Ok(Started {
+        pid: pid.as_raw(),
+        inner: Inner::Embedded(Box::new(c)),
     })
 }
 
-fn run_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, on_start: impl FnOnce(i32)) -> Result<i32> {
+fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Result<Started> {
     let pid_file = state_dir.join("pid");
-    let mut child = Command::new(bin)
-        .arg("--root")
+    let _ = std::fs::remove_file(&pid_file);
+    let mut cmd = Command::new(bin);
+    cmd.arg("--root")
         .arg(state_dir)
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
         .arg(&pid_file)
-        .arg(id)
+        .arg(id);
+    if let Some(fd) = stdio.stdin {
+        cmd.stdin(std::process::Stdio::from(fd));
+    }
+    if let Some(fd) = stdio.stdout {
+        cmd.stdout(std::process::Stdio::from(fd));
+    }
+    if let Some(fd) = stdio.stderr {
+        cmd.stderr(std::process::Stdio::from(fd));
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| Error::Executor(format!("starting {}: {e}", bin.display())))?;
     // The runtime writes the pid file once the process exists; wait for it briefly.
     let mut pid = 0;
-    for _ in 0..200 {
+    for _ in 0..500 {
         if let Some(p) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
             pid = p;
             break;
@@ -150,34 +239,37 @@ fn run_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, on_start:
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    on_start(pid);
-    let status = child
-        .wait()
-        .map_err(|e| Error::Executor(format!("waiting for {}: {e}", bin.display())))?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(Started {
+        pid,
+        inner: Inner::External(child),
+    })
 }
 
-fn wait(pid: i32) -> Result<i32> {
+/// waitpid(2) on our own child; `flags` 0 blocks, WNOHANG does not. Returns the status as a shell
+/// reports it, or None if the child is still running.
+fn waitpid(pid: i32, flags: i32) -> Result<Option<i32>> {
     let mut status = 0;
     loop {
         // SAFETY: waiting for our own child; `status` is a valid out-pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
         if r == pid {
             break;
+        }
+        if r == 0 {
+            return Ok(None);
         }
         let e = std::io::Error::last_os_error();
         if e.kind() != std::io::ErrorKind::Interrupted {
             return Err(Error::Executor(format!("waiting for the container: {e}")));
         }
     }
-    Ok(if libc::WIFEXITED(status) {
+    Ok(Some(if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else if libc::WIFSIGNALED(status) {
         128 + libc::WTERMSIG(status)
     } else {
         255
-    })
+    }))
 }
 
 /// Whether the kernel OOM-killed a process of the container's cgroup (v1 memory.oom_control, or v2

@@ -20,6 +20,10 @@ pub struct CreateRequest {
     pub profile: SecurityProfile,
     pub resources: Resources,
     pub executor: Executor,
+    pub auto_remove: bool,
+    /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<u64>,
 }
 
 /// The cgroup path of a container (the same under every v1 controller, or in the v2 tree).
@@ -117,6 +121,16 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             linux.set_cgroups_path(Some(cgroup_path(&id).into()));
             spec.set_linux(Some(linux));
         }
+        let image_stop = info
+            .config
+            .get("config")
+            .and_then(|c| c.get("StopSignal"))
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        let stop_signal = match req.stop_signal.clone().or(image_stop) {
+            Some(s) => crate::lifecycle::parse_signal(&s)?,
+            None => libc::SIGTERM,
+        };
         let data = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Invalid(e.to_string()))?;
         bulkhead_image::store::atomic_write(&cs.bundle(&id).join("config.json"), &data)?;
         let rec = ContainerRecord {
@@ -131,6 +145,11 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             runtime: req.executor.name(),
             warnings,
             state: State::Created,
+            shim_pid: None,
+            error: None,
+            auto_remove: req.auto_remove,
+            stop_signal,
+            stop_timeout: req.stop_timeout.unwrap_or(10),
         };
         cs.save(&rec)?;
         Ok(rec)
@@ -201,25 +220,20 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
 /// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,
 /// directory and image lease.
 pub fn remove(store: &Store, cs: &Containers, key: &str, force: bool) -> Result<ContainerRecord> {
-    let _lock = cs.lock()?;
-    let rec = cs.find(key)?;
-    if let State::Running { pid, .. } = rec.state {
-        if is_alive(pid) {
-            if !force {
-                return Err(Error::Invalid(format!(
-                    "container {} is running: stop it first, or use --force",
-                    rec.name
-                )));
-            }
-            // SAFETY: plain kill(2) of the container's first process.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+    let rec = crate::lifecycle::refresh(cs, cs.find(key)?)?;
+    if crate::lifecycle::is_running(&rec) {
+        if !force {
+            return Err(Error::Invalid(format!(
+                "container {} is running: stop it first, or use --force",
+                rec.name
+            )));
         }
+        crate::lifecycle::signal(&rec, libc::SIGKILL)?;
+        // Let the shim record the exit and unmount; go on regardless after a while.
+        let _ = crate::lifecycle::wait_exited(cs, &rec.id, Some(std::time::Duration::from_secs(10)));
     }
+    let _lock = cs.lock()?;
     cs.remove_dir(&rec.id)?;
     store.remove_lease(&rec.id)?;
     Ok(rec)
-}
-
-fn is_alive(pid: i32) -> bool {
-    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

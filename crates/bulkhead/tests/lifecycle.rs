@@ -1,0 +1,192 @@
+//! Detached containers: the shim, logs with their hash chain, stop/kill/wait/start, and what happens
+//! when the shim or the container is killed with SIGKILL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn image(env: &Env) -> &'static str {
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    for a in ["sleep", "echo", "true"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "life"]);
+    "life"
+}
+
+fn inspect(env: &Env, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const LOOP: &str = "i=0; trap 'echo got-term; exit 3' TERM; while true; do echo out $i; echo err $i >&2; i=$((i+1)); sleep 0.1; done";
+
+#[test]
+fn detached_container_logs_stops_and_restarts() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env.ok(&["run", "-d", "--name", "bg", img, "sh", "-c", LOOP]).trim().to_owned();
+    assert_eq!(id.len(), 64);
+    assert!(env.ok(&["ps"]).contains("bg"));
+    wait_until("output", || env.ok(&["logs", "bg"]).contains("out 3"));
+    let o = env.run(&["logs", "bg"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("err 2"), "stderr goes to stderr");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("err 2"));
+    assert_eq!(
+        env.ok(&["logs", "--tail", "1", "bg"]).lines().count()
+            + String::from_utf8_lossy(&env.run(&["logs", "--tail", "1", "bg"]).stderr)
+                .lines()
+                .count(),
+        1
+    );
+    env.ok(&["logs", "--verify", "bg"]);
+    let err = env.fails(&["rm", "bg"]);
+    assert!(err.contains("is running"), "{err}");
+
+    env.ok(&["stop", "bg"]);
+    let v = inspect(&env, "bg");
+    assert_eq!(v["State"]["Status"], "exited");
+    assert_eq!(v["State"]["ExitCode"], 3, "the TERM trap's status");
+    assert!(env.ok(&["logs", "bg"]).contains("got-term"));
+
+    env.ok(&["start", "bg"]);
+    assert_eq!(inspect(&env, "bg")["State"]["Status"], "running");
+    env.ok(&["kill", "-s", "TERM", "bg"]);
+    assert_eq!(env.ok(&["wait", "bg"]).trim(), "3");
+    // One chain across both runs.
+    assert!(env.ok(&["logs", "--verify", "bg"]).contains("records verified"));
+    env.ok(&["rm", "bg"]);
+    assert!(!env.ok(&["ps", "-a"]).contains("bg"));
+}
+
+#[test]
+fn edited_or_truncated_log_fails_verify() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "v",
+            img,
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6; do echo line $i; done",
+        ])
+        .trim()
+        .to_owned();
+    env.ok(&["wait", "v"]);
+    env.ok(&["logs", "--verify", "v"]);
+    let log = env.root().join("containers").join(&id).join("logs/container.log");
+    let original = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, original.replace("line 3", "line X")).unwrap();
+    let err = env.fails(&["logs", "--verify", "v"]);
+    assert!(err.contains("tampered"), "{err}");
+    let lines: Vec<&str> = original.lines().collect();
+    std::fs::write(&log, lines[..4].join("\n") + "\n").unwrap();
+    let err = env.fails(&["logs", "--verify", "v"]);
+    assert!(err.contains("cut off"), "{err}");
+    env.ok(&["rm", "v"]);
+}
+
+#[test]
+fn stop_kills_what_ignores_its_signal() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        "--stop-timeout",
+        "1",
+        img,
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    ]);
+    let t = Instant::now();
+    env.ok(&["stop", "stubborn"]);
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(inspect(&env, "stubborn")["State"]["ExitCode"], 137);
+    env.ok(&["rm", "stubborn"]);
+}
+
+#[test]
+fn killing_the_container_is_recorded_by_its_shim() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["run", "-d", "--name", "k", img, "sleep", "60"]);
+    let pid = inspect(&env, "k")["State"]["Pid"].as_i64().unwrap();
+    // SAFETY: the container's first process, a child of its shim.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_until("the exit record", || inspect(&env, "k")["State"]["Status"] == "exited");
+    assert_eq!(inspect(&env, "k")["State"]["ExitCode"], 137);
+    env.ok(&["rm", "k"]);
+}
+
+#[test]
+fn killing_the_shim_leaves_a_container_that_rm_cleans_up() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env.ok(&["run", "-d", "--name", "orphan", img, "sleep", "60"]).trim().to_owned();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("containers").join(&id).join("record.json")).unwrap()).unwrap();
+    let shim = rec["shim_pid"].as_i64().unwrap() as i32;
+    // SAFETY: the shim process started by this test's bulkhead.
+    unsafe { libc::kill(shim, libc::SIGKILL) };
+    // The container itself still runs, and ps says so.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(env.ok(&["ps"]).contains("orphan"));
+    env.ok(&["rm", "-f", "orphan"]);
+    assert!(!env.root().join("containers").join(&id).exists());
+    for ctl in ["pids", "memory", "cpu", "devices", "freezer"] {
+        assert!(
+            !std::path::Path::new(&format!("/sys/fs/cgroup/{ctl}/bulkhead/{id}")).exists(),
+            "{ctl} cgroup left behind"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&id), "a mount was left behind");
+}
+
+#[test]
+fn run_detached_with_rm_removes_itself() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["run", "-d", "--rm", "--name", "gone", img, "true"]);
+    wait_until("removal", || !env.ok(&["ps", "-a"]).contains("gone"));
+}
+
+#[test]
+fn logs_follow_returns_when_the_container_exits() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "f",
+        img,
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo step $i; sleep 0.3; done",
+    ]);
+    let t = Instant::now();
+    let out = env.ok(&["logs", "-f", "f"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["step 1", "step 2", "step 3"]);
+    assert!(t.elapsed() < Duration::from_secs(15));
+    env.ok(&["rm", "f"]);
+}

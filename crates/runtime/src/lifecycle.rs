@@ -1,0 +1,169 @@
+//! Starting detached containers through their shim, and the verbs that act on running ones: signals,
+//! stop, wait. The truth about a container is its record plus a check of the kernel: a pid is only
+//! the container's while it is alive and still in the container's cgroup (so a reused pid is never
+//! signalled), and a record that says "running" with no such process is corrected.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::container::{ContainerRecord, Containers, State};
+use crate::error::{Error, Result};
+use crate::run::cgroup_path;
+
+/// Whether `pid` is alive and belongs to container `id` (its cgroup, as the host sees it).
+pub fn owns_pid(id: &str, pid: i32) -> bool {
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|c| c.lines().any(|l| l.ends_with(&cgroup_path(id))))
+            .unwrap_or(false)
+}
+
+/// The record with its state checked against the kernel: a "running" container whose process is
+/// gone, and whose shim is gone too, is recorded as exited (255, shim lost).
+pub fn refresh(cs: &Containers, mut rec: ContainerRecord) -> Result<ContainerRecord> {
+    if let State::Running { pid, .. } = rec.state {
+        let shim_alive = rec.shim_pid.is_some_and(|s| Path::new(&format!("/proc/{s}")).exists());
+        if !owns_pid(&rec.id, pid) && !shim_alive {
+            rec.state = State::Exited {
+                code: 255,
+                finished: chrono::Utc::now(),
+                oom_killed: false,
+            };
+            rec.error = Some("the container's shim died; its exit status is unknown".into());
+            cs.save(&rec)?;
+            let _ = cs.unmount_rootfs(&rec.id);
+        }
+    }
+    Ok(rec)
+}
+
+/// Whether the container's first process runs now.
+pub fn is_running(rec: &ContainerRecord) -> bool {
+    matches!(rec.state, State::Running { pid, .. } if owns_pid(&rec.id, pid))
+}
+
+/// Starts the shim of container `id` in its own session, detached from this process. The binary
+/// is `/proc/self/exe`: the sealed copy we run from.
+pub fn spawn_shim(root: &Path, id: &str) -> Result<()> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("--root").arg(root).arg("shim").arg(id);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map(|_| ())
+        .map_err(|e| Error::Executor(format!("starting the shim: {e}")))
+}
+
+/// Waits until the record leaves `Created` (the shim started it, or failed to).
+pub fn wait_started(cs: &Containers, id: &str, timeout: Duration) -> Result<ContainerRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rec = cs.load(id)?;
+        match &rec.state {
+            State::Created if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            State::Created => return Err(Error::Executor("the container did not start in time".into())),
+            State::Exited { .. } if rec.error.is_some() => return Err(Error::Executor(rec.error.clone().unwrap_or_default())),
+            _ => return Ok(rec),
+        }
+    }
+}
+
+/// Waits until the container has exited (None: forever); returns its record.
+pub fn wait_exited(cs: &Containers, id: &str, timeout: Option<Duration>) -> Result<ContainerRecord> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let rec = refresh(cs, cs.load(id)?)?;
+        if matches!(rec.state, State::Exited { .. } | State::Created) {
+            return Ok(rec);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::Executor(format!("container {} is still running", rec.name)));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `signal` to the container's first process (only if it is still the container's).
+pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
+    match rec.state {
+        State::Running { pid, .. } if owns_pid(&rec.id, pid) => {
+            // SAFETY: kill(2) on a pid just checked to be the container's.
+            if unsafe { libc::kill(pid, signal) } != 0 {
+                return Err(Error::Executor(format!(
+                    "signalling {}: {}",
+                    rec.name,
+                    std::io::Error::last_os_error()
+                )));
+            }
+            Ok(())
+        }
+        _ => Err(Error::Invalid(format!("container {} is not running", rec.name))),
+    }
+}
+
+/// `stop`: the stop signal, then SIGKILL after `timeout`; waits for the shim to record the exit.
+pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: Duration) -> Result<ContainerRecord> {
+    if !is_running(rec) {
+        return refresh(cs, rec.clone());
+    }
+    signal(rec, stop_signal)?;
+    match wait_exited(cs, &rec.id, Some(timeout)) {
+        Ok(r) => Ok(r),
+        Err(_) => {
+            let _ = signal(rec, libc::SIGKILL);
+            wait_exited(cs, &rec.id, Some(Duration::from_secs(10)))
+        }
+    }
+}
+
+/// Parses a signal as `docker kill -s` takes it: a number, or a name with or without SIG.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "ALRM" => libc::SIGALRM,
+        _ => return Err(Error::Invalid(format!("unknown signal {s:?}"))),
+    };
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_signals() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("hup").unwrap(), libc::SIGHUP);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+}
