@@ -396,6 +396,58 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Set an environment variable (KEY=VALUE).
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// USER[:GROUP], resolved in the container's /etc/passwd and /etc/group.
+    #[arg(short, long)]
+    user: Option<String>,
+    container: String,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// `bulkhead exec`: a process in a running container, with the container's restrictions.
+pub fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let rec = lifecycle::refresh(&cs, cs.find(&a.container)?)?;
+    if !lifecycle::is_running(&rec) {
+        bail!("container {} is not running", rec.name);
+    }
+    if let Some(w) = &a.workdir {
+        bulkhead_runtime::run::check_workdir(w)?;
+    }
+    let (uid, gid) = match &a.user {
+        Some(u) => {
+            let r = bulkhead_runtime::user::resolve(&cs.rootfs(&rec.id), u)?;
+            (Some(r.uid), Some(r.gid))
+        }
+        None => (None, None),
+    };
+    for e in &a.env {
+        if !e.contains('=') {
+            bail!("-e {e:?}: expected KEY=VALUE");
+        }
+    }
+    let req = bulkhead_runtime::executor::ExecRequest {
+        args: a.command.clone(),
+        env: a.env.clone(),
+        cwd: a.workdir.clone(),
+        uid,
+        gid,
+    };
+    let executor = Executor::from_flag(Some(&rec.runtime))?;
+    let code = executor.exec(&rec.id, &cs.dir(&rec.id).join("exec"), &req)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
 /// The hidden `shim` command: supervise one container until it exits.
 pub fn shim(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;

@@ -71,6 +71,8 @@ enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a command in a running container, with the same namespaces and restrictions.
+    Exec(container_cmd::ExecArgs),
     /// Show a container's output, or check its log's integrity (--verify).
     Logs(container_cmd::LogsArgs),
     /// Supervise a container (started by run -d and start; not for people).
@@ -152,7 +154,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let is_run = matches!(cli.command, Command::Run(_) | Command::Shim { .. } | Command::Create(_));
+    let is_run = matches!(
+        cli.command,
+        Command::Run(_) | Command::Shim { .. } | Command::Create(_) | Command::Exec(_)
+    );
     if is_run {
         // A container must never be able to overwrite the binary that starts it (CVE-2019-5736):
         // run from a sealed, anonymous copy of ourselves.
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
         Command::Kill { containers, signal } => container_cmd::kill(&ctx, &containers, &signal),
         Command::Wait { containers } => container_cmd::wait(&ctx, &containers),
         Command::Logs(a) => container_cmd::logs(&ctx, a),
+        Command::Exec(a) => container_cmd::exec(&ctx, a),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
         Command::Ps { all } => container_cmd::ps(&ctx, all),
         Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),

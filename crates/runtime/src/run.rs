@@ -164,7 +164,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
 /// A working directory must be an absolute path outside /proc: through /proc/self/fd a process can
 /// start in a directory the runtime left open on the host (CVE-2024-21626). The executor checks
 /// again after chdir; this gives the user a clear reason first.
-fn check_workdir(cwd: &str) -> Result<()> {
+pub fn check_workdir(cwd: &str) -> Result<()> {
     if !cwd.starts_with('/') {
         return Err(Error::Invalid(format!("the working directory {cwd:?} is not absolute")));
     }
