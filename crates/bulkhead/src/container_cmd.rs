@@ -443,8 +443,7 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<ExitCode> {
         uid,
         gid,
     };
-    let executor = Executor::from_flag(Some(&rec.runtime))?;
-    let code = executor.exec(&rec.id, &cs.dir(&rec.id).join("exec"), &req)?;
+    let code = bulkhead_runtime::exec::exec(&cs, &rec, &req)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 

@@ -435,64 +435,76 @@ fn runc_runs_the_same_bundle() {
 fn exec_gets_the_same_restrictions_as_the_container() {
     let env = Env::new();
     let img = image(&env);
-    env.ok(&["run", "-d", "--runtime", "runc", "--name", "ex", img, "sleep", "30"]);
-    // Compare the exec'd process with the container's first process, both read from inside.
-    let (code, out, err) = {
-        let o = env.run(&["exec", "ex", "sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status /proc/self/status; cat /proc/1/uid_map /proc/self/uid_map; probe clone_newuser mount unshare keyctl clone_plain"]);
-        (
-            o.status.code(),
+    for runtime in ["libcontainer", "runc"] {
+        env.ok(&["run", "-d", "--runtime", runtime, "--name", "ex", img, "sleep", "30"]);
+        // Compare the exec'd process with the container's first process, both read from inside.
+        let o = env.run(&[
+            "exec",
+            "ex",
+            "sh",
+            "-c",
+            "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status /proc/self/status; cat /proc/1/uid_map /proc/self/uid_map; cat /proc/self/cgroup; probe clone_newuser mount unshare keyctl clone_plain",
+        ]);
+        let (out, err) = (
             String::from_utf8_lossy(&o.stdout).into_owned(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    assert_eq!(code, Some(0), "{err}");
-    for key in ["CapEff", "CapBnd", "NoNewPrivs", "Seccomp"] {
-        let vals: Vec<&str> = out
-            .lines()
-            .filter(|l| l.contains(&format!("{key}:")))
-            .map(|l| l.rsplit('\t').next().unwrap())
-            .collect();
-        assert_eq!(vals.len(), 2, "{out}");
-        assert_eq!(vals[0], vals[1], "{key} differs between the container and exec: {out}");
+        );
+        assert_eq!(o.status.code(), Some(0), "{runtime}: {err}");
+        for key in ["CapEff", "CapBnd", "NoNewPrivs", "Seccomp"] {
+            let vals: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains(&format!("{key}:")))
+                .map(|l| l.rsplit('\t').next().unwrap())
+                .collect();
+            assert_eq!(vals.len(), 2, "{out}");
+            assert_eq!(vals[0], vals[1], "{runtime}: {key} differs between the container and exec: {out}");
+        }
+        assert!(out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"), "{runtime}: {out}");
+        let maps: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("0 ")).collect();
+        assert_eq!(maps.len(), 2, "{out}");
+        assert_eq!(maps[0], maps[1], "{runtime}: exec is not in the container's user namespace: {out}");
+        assert!(
+            out.lines().filter(|l| l.contains(":pids:")).all(|l| l.ends_with(":/")),
+            "{runtime}: exec is not in the container's cgroup: {out}"
+        );
+        for c in ["clone_newuser", "mount", "unshare", "keyctl"] {
+            assert!(out.contains(&format!("{c} 1")), "{runtime}: {c} was not refused in exec: {out}");
+        }
+        assert!(out.contains("clone_plain 0"), "{out}");
+        // Exit status, user, working directory and environment carry through.
+        let o = env.run(&[
+            "exec",
+            "-u",
+            "1000",
+            "-w",
+            "/tmp",
+            "-e",
+            "FOO=bar",
+            "ex",
+            "sh",
+            "-c",
+            "id -u; pwd; echo $FOO; exit 7",
+        ]);
+        assert_eq!(o.status.code(), Some(7), "{runtime}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(),
+            vec!["1000", "/tmp", "bar"]
+        );
+        env.ok(&["rm", "-f", "ex"]);
     }
-    assert!(out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"), "{out}");
-    let maps: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with("0 ")).collect();
-    assert_eq!(maps.len(), 2, "{out}");
-    assert_eq!(maps[0], maps[1], "exec is not in the container's user namespace: {out}");
-    for c in ["clone_newuser", "mount", "unshare", "keyctl"] {
-        assert!(out.contains(&format!("{c} 1")), "{c} was not refused in exec: {out}");
-    }
-    assert!(out.contains("clone_plain 0"), "{out}");
-    // Exit status, user, working directory and environment carry through.
-    let o = env.run(&[
-        "exec",
-        "-u",
-        "1000",
-        "-w",
-        "/tmp",
-        "-e",
-        "FOO=bar",
-        "ex",
-        "sh",
-        "-c",
-        "id -u; pwd; echo $FOO; exit 7",
-    ]);
-    assert_eq!(o.status.code(), Some(7));
-    assert_eq!(
-        String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(),
-        vec!["1000", "/tmp", "bar"]
-    );
-    env.ok(&["rm", "-f", "ex"]);
 }
 
 #[test]
-fn exec_into_an_embedded_container_is_refused_rather_than_weakened() {
+fn exec_reports_a_missing_command_and_a_stopped_container() {
     let env = Env::new();
     let img = image(&env);
     env.ok(&["run", "-d", "--name", "emb", img, "sleep", "30"]);
+    let o = env.run(&["exec", "emb", "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+    env.ok(&["stop", "-t", "1", "emb"]);
     let o = env.run(&["exec", "emb", "true"]);
     assert_eq!(o.status.code(), Some(125));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--runtime runc") && err.contains("user namespace"), "{err}");
-    env.ok(&["rm", "-f", "emb"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not running"));
+    env.ok(&["rm", "emb"]);
 }

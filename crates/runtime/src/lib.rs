@@ -23,6 +23,7 @@
 pub mod container;
 pub mod diff;
 pub mod error;
+pub mod exec;
 pub mod executor;
 pub mod idmap;
 pub mod lifecycle;
