@@ -49,6 +49,15 @@ pub struct RunArgs {
     /// Override the image's entrypoint ("" clears it).
     #[arg(long)]
     entrypoint: Option<String>,
+    /// Bind-mount a host path: HOST:CONTAINER[:ro] (always nosuid, nodev).
+    #[arg(short, long)]
+    volume: Vec<String>,
+    /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,tmpfs-size=N][,tmpfs-mode=M].
+    #[arg(long)]
+    mount: Vec<String>,
+    /// A tmpfs: CONTAINER[:size=N,mode=M].
+    #[arg(long)]
+    tmpfs: Vec<String>,
     /// Mount the root filesystem read-only (tmpfs on /tmp, /run, /var/tmp).
     #[arg(long)]
     read_only: bool,
@@ -200,6 +209,20 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
+        mounts: {
+            use bulkhead_runtime::mounts::{parse_mount, parse_tmpfs, parse_volume};
+            let mut m = Vec::new();
+            for v in &a.volume {
+                m.push(parse_volume(v)?);
+            }
+            for v in &a.mount {
+                m.push(parse_mount(v)?);
+            }
+            for v in &a.tmpfs {
+                m.push(parse_tmpfs(v)?);
+            }
+            m
+        },
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
     })

@@ -508,3 +508,64 @@ fn exec_reports_a_missing_command_and_a_stopped_container() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not running"));
     env.ok(&["rm", "emb"]);
 }
+
+#[test]
+fn volumes_bind_and_tmpfs() {
+    let env = Env::new();
+    let img = image(&env);
+    let host = env.path("hostdir");
+    std::fs::create_dir(&host).unwrap();
+    // Root in the container is an unprivileged host id: it writes where others may write.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(host.join("from-host"), "h\n").unwrap();
+    let v = format!("{}:/data", host.display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-v",
+            &v,
+            "--tmpfs",
+            "/cache:size=1m",
+            img,
+            "sh",
+            "-c",
+            "cat /data/from-host; echo c > /data/from-container; grep ' /cache ' /proc/mounts | cut -d' ' -f3",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["h", "tmpfs"]);
+    assert_eq!(std::fs::read_to_string(host.join("from-container")).unwrap(), "c\n");
+    let ro = format!("{}:/data:ro", host.display());
+    let (_, out, _) = run(&env, &["-v", &ro, img, "sh", "-c", "echo x > /data/nope; echo rc=$?"]);
+    assert!(out.contains("rc=1"), "{out}");
+    assert!(!host.join("nope").exists());
+    for bad in [
+        format!("{}:/proc/x", host.display()),
+        format!("{}:/", host.display()),
+        "/no/such/dir:/data".to_owned(),
+    ] {
+        let (code, _, err) = run(&env, &["-v", &bad, img, "true"]);
+        assert_eq!(code, 125, "{bad}: {err}");
+    }
+}
+
+#[test]
+fn mount_target_that_the_image_makes_a_symlink_is_refused() {
+    // CVE-2021-30465 class: the image turns the mount target into a symlink to a host path.
+    let env = Env::new();
+    let rootfs = env.path("evil-rootfs");
+    busybox_rootfs(&rootfs);
+    std::os::unix::fs::symlink(env.path("canary"), rootfs.join("data")).unwrap();
+    std::os::unix::fs::symlink("../../../../../../../../..", rootfs.join("up")).unwrap();
+    env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "evil"]);
+    let host = env.path("hostdir");
+    std::fs::create_dir(&host).unwrap();
+    for target in ["/data", "/up"] {
+        let v = format!("{}:{target}", host.display());
+        let (code, _, err) = run(&env, &["-v", &v, "evil", "sh", "-c", "touch /data/pwned /up/pwned"]);
+        assert_eq!(code, 125, "{target}: {err}");
+        assert!(err.contains("symlink"), "{err}");
+    }
+    env.assert_canary_untouched();
+}

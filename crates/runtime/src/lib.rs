@@ -28,6 +28,7 @@ pub mod executor;
 pub mod idmap;
 pub mod lifecycle;
 pub mod logs;
+pub mod mounts;
 pub mod profile;
 pub mod run;
 pub mod seccomp;

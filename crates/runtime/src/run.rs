@@ -21,6 +21,8 @@ pub struct CreateRequest {
     pub resources: Resources,
     pub executor: Executor,
     pub auto_remove: bool,
+    /// `-v`, `--mount`, `--tmpfs`.
+    pub mounts: Vec<crate::mounts::UserMount>,
     /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
@@ -80,6 +82,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
     let made = (|| {
         cs.prepare_rootfs(store, &id, &layers, &profile)?;
         let rootfs = cs.rootfs(&id);
+        crate::mounts::check_targets_in(&rootfs, &req.mounts)?;
         let image_user = info
             .config
             .get("config")
@@ -117,6 +120,13 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             hostname,
         };
         let mut spec = build_spec(&profile, &process, &req.resources, &rootfs.to_string_lossy())?;
+        if !req.mounts.is_empty() {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            for m in &req.mounts {
+                mounts.push(serde_json::from_value(m.to_spec()).map_err(|e| Error::Invalid(format!("mount {}: {e}", m.target())))?);
+            }
+            spec.set_mounts(Some(mounts));
+        }
         if let Some(mut linux) = spec.linux().clone() {
             linux.set_cgroups_path(Some(cgroup_path(&id).into()));
             spec.set_linux(Some(linux));
