@@ -343,7 +343,10 @@ fn ls(ctx: &Ctx) -> anyhow::Result<()> {
 
 pub fn system_check(ctx: &Ctx, repair: bool) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
-    let problems = store.check(repair)?;
+    // Containers first: a repair there releases leases and mounts the image check then sees.
+    let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    let mut problems = bulkhead_runtime::check::check_containers(&store, &cs, repair)?;
+    problems.extend(store.check(repair)?);
     if ctx.output()? == Output::Json {
         json(&serde_json::json!({"problems": problems, "repaired": repair}))?;
     } else {

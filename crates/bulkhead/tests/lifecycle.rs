@@ -190,3 +190,89 @@ fn logs_follow_returns_when_the_container_exits() {
     assert!(t.elapsed() < Duration::from_secs(15));
     env.ok(&["rm", "f"]);
 }
+
+#[test]
+fn cli_killed_during_run_is_repaired_by_system_check() {
+    let env = Env::new();
+    let img = image(&env);
+    let bin = env!("CARGO_BIN_EXE_bulkhead");
+    let mut interrupted = 0;
+    for delay_ms in [1u64, 5, 15, 40, 80, 200] {
+        let mut child = std::process::Command::new(bin)
+            .arg("--root")
+            .arg(env.root())
+            .args(["run", "--rm", img, "sleep", "5"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            interrupted += 1;
+        }
+        child.wait().unwrap();
+        // Whatever state it left: remove what runs, repair the rest, and the store is clean.
+        for id in env.ok(&["ps", "-aq"]).lines() {
+            env.ok(&["rm", "-f", id]);
+        }
+        env.ok(&["system", "check", "--repair"]);
+        let clean = env.ok(&["system", "check"]);
+        assert!(clean.contains("consistent"), "after a kill at {delay_ms} ms: {clean}");
+    }
+    assert!(interrupted > 0, "nothing was interrupted");
+    let prefix = env.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&format!("{prefix}/containers"))),
+        "a container mount was left"
+    );
+    assert!(
+        std::fs::read_dir(env.root().join("leases")).unwrap().next().is_none(),
+        "a lease was left"
+    );
+    let containers: Vec<_> = std::fs::read_dir(env.root().join("containers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(containers.is_empty(), "container directories were left");
+}
+
+#[test]
+fn system_check_finds_and_repairs_container_leftovers() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env.ok(&["run", "-d", img, "sleep", "60"]).trim().to_owned();
+    let dir = env.root().join("containers").join(&id);
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap();
+    let (shim, pid) = (
+        rec["shim_pid"].as_i64().unwrap() as i32,
+        rec["state"]["Pid"].as_i64().unwrap() as i32,
+    );
+    // SAFETY: this test's shim and container.
+    unsafe {
+        libc::kill(shim, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // As if the host had crashed before the record was written.
+    std::fs::remove_file(dir.join("record.json")).unwrap();
+    let o = env.run(&["system", "check"]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("no readable record"), "{out}");
+    env.ok(&["system", "check", "--repair"]);
+    assert!(env.ok(&["system", "check"]).contains("consistent"));
+    assert!(!dir.exists());
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&id),
+        "the rootfs is still mounted"
+    );
+    for ctl in ["pids", "memory", "devices"] {
+        assert!(
+            !std::path::Path::new(&format!("/sys/fs/cgroup/{ctl}/bulkhead/{id}")).exists(),
+            "{ctl} cgroup left"
+        );
+    }
+}

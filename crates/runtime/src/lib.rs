@@ -20,6 +20,7 @@
 //! # Ok::<(), bulkhead_runtime::error::Error>(())
 //! ```
 
+pub mod check;
 pub mod container;
 pub mod diff;
 pub mod error;
