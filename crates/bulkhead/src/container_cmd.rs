@@ -49,6 +49,12 @@ pub struct RunArgs {
     /// Override the image's entrypoint ("" clears it).
     #[arg(long)]
     entrypoint: Option<String>,
+    /// A label KEY=VALUE (shown by inspect).
+    #[arg(short, long)]
+    label: Vec<String>,
+    /// A resource limit NAME=SOFT[:HARD] (nofile, nproc, core, stack, memlock, ...).
+    #[arg(long)]
+    ulimit: Vec<String>,
     /// Bind-mount a host path: HOST:CONTAINER[:ro] (always nosuid, nodev).
     #[arg(short, long)]
     volume: Vec<String>,
@@ -196,11 +202,26 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         terminal: false,
         hostname: a.hostname.clone(),
     };
+    let ulimits = a
+        .ulimit
+        .iter()
+        .map(|u| bulkhead_runtime::spec::parse_ulimit(u))
+        .collect::<Result<Vec<_>, _>>()?;
     let resources = Resources {
         memory: a.memory.as_deref().map(parse_bytes).transpose()?,
         cpus: a.cpus,
+        ulimits,
     };
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &a.label {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("--label {l:?}: expected KEY=VALUE");
+        }
+        labels.insert(k.to_owned(), v.to_owned());
+    }
     Ok(CreateRequest {
+        labels,
         image: a.image.clone(),
         name: a.name.clone(),
         overrides,
@@ -470,6 +491,80 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// `bulkhead top`: the processes of a running container (host pids, container uids).
+pub fn top(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let rec = lifecycle::refresh(&cs, cs.find(name)?)?;
+    if !lifecycle::is_running(&rec) {
+        bail!("container {} is not running", rec.name);
+    }
+    let procs = bulkhead_runtime::inspect_fs::top(&rec)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    match ctx.output()? {
+        Output::Json => json(&serde_json::json!(procs
+            .iter()
+            .map(|p| serde_json::json!({"UID": p.uid, "PID": p.pid, "PPID": p.ppid, "CPUSeconds": p.ticks / hz, "CMD": p.command}))
+            .collect::<Vec<_>>()))?,
+        Output::Table => {
+            let rows: Vec<Vec<String>> = procs
+                .iter()
+                .map(|p| {
+                    let s = p.ticks / hz;
+                    vec![
+                        p.uid.to_string(),
+                        p.pid.to_string(),
+                        p.ppid.to_string(),
+                        format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60),
+                        p.command.clone(),
+                    ]
+                })
+                .collect();
+            table(&["UID", "PID", "PPID", "TIME", "CMD"], &rows)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bulkhead export`: the container's filesystem as a tar, to a file or stdout.
+pub fn export(ctx: &Ctx, name: &str, output: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let rec = cs.find(name)?;
+    match output {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let mut tmp = tempfile_in(dir)?;
+            bulkhead_runtime::inspect_fs::export(&store, &cs, &rec, tmp.as_file_mut())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                bail!("refusing to write a tar archive to a terminal: use -o FILE or a redirection");
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            bulkhead_runtime::inspect_fs::export(&store, &cs, &rec, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".bulkhead-export-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))
+}
+
 /// The hidden `shim` command: supervise one container until it exits.
 pub fn shim(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
@@ -563,7 +658,7 @@ pub fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             "Args": r.command.get(1..).unwrap_or_default(),
             "State": {"Status": status, "Running": running, "Pid": pid, "ExitCode": code, "OOMKilled": oom, "StartedAt": started, "FinishedAt": finished},
             "Image": r.image_id.to_string(),
-            "Config": {"Image": r.image, "Env": spec["process"]["env"], "WorkingDir": spec["process"]["cwd"], "User": format!("{}:{}", spec["process"]["user"]["uid"], spec["process"]["user"]["gid"]), "Hostname": spec["hostname"]},
+            "Config": {"Image": r.image, "Labels": r.labels, "Env": spec["process"]["env"], "WorkingDir": spec["process"]["cwd"], "User": format!("{}:{}", spec["process"]["user"]["uid"], spec["process"]["user"]["gid"]), "Hostname": spec["hostname"]},
             "Bulkhead": {
                 "Runtime": r.runtime,
                 "Warnings": r.warnings,

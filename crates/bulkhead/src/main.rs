@@ -73,6 +73,15 @@ enum Command {
     },
     /// Run a command in a running container, with the same namespaces and restrictions.
     Exec(container_cmd::ExecArgs),
+    /// Show the processes of a running container.
+    Top { container: String },
+    /// Write a container's filesystem as a tar archive.
+    Export {
+        container: String,
+        /// Write to a file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Show a container's output, or check its log's integrity (--verify).
     Logs(container_cmd::LogsArgs),
     /// Supervise a container (started by run -d and start; not for people).
@@ -185,6 +194,8 @@ fn main() -> ExitCode {
         Command::Wait { containers } => container_cmd::wait(&ctx, &containers),
         Command::Logs(a) => container_cmd::logs(&ctx, a),
         Command::Exec(a) => container_cmd::exec(&ctx, a),
+        Command::Top { container } => container_cmd::top(&ctx, &container),
+        Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
         Command::Ps { all } => container_cmd::ps(&ctx, all),
         Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),

@@ -276,3 +276,47 @@ fn system_check_finds_and_repairs_container_leftovers() {
         );
     }
 }
+
+fn tar_entries(path: &std::path::Path) -> Vec<(String, u64, Vec<u8>)> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_string_lossy().trim_end_matches('/').to_owned();
+            let uid = e.header().uid().unwrap();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, uid, data)
+        })
+        .collect()
+}
+
+#[test]
+fn top_and_export() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["run", "-d", "--name", "t", img, "sh", "-c", "echo live > /live; sleep 60"]);
+    wait_until("the file", || env.ok(&["top", "t"]).contains("sleep 60"));
+    let top = env.ok(&["top", "t"]);
+    let row = top.lines().find(|l| l.contains("sleep 60")).unwrap();
+    assert!(row.starts_with("0 "), "the uid inside is 0: {top}");
+    let live = env.path("live.tar");
+    env.ok(&["export", "t", "-o", live.to_str().unwrap()]);
+    assert!(tar_entries(&live).iter().any(|(n, _, d)| n == "live" && d == b"live\n"));
+    env.ok(&["rm", "-f", "t"]);
+
+    env.ok(&["run", "--name", "s", img, "sh", "-c", "echo hi > /new; rm /bin/cat"]);
+    let out = env.path("stopped.tar");
+    env.ok(&["export", "s", "-o", out.to_str().unwrap()]);
+    let entries = tar_entries(&out);
+    let new = entries.iter().find(|(n, _, _)| n == "new").expect("the container's new file");
+    assert_eq!(
+        (new.1, new.2.as_slice()),
+        (0, b"hi\n".as_slice()),
+        "owner and content as the container sees them"
+    );
+    assert!(!entries.iter().any(|(n, _, _)| n == "bin/cat"), "a deleted file was exported");
+    assert!(entries.iter().any(|(n, uid, _)| n == "bin/busybox" && *uid == 0));
+    env.ok(&["rm", "s"]);
+}

@@ -569,3 +569,19 @@ fn mount_target_that_the_image_makes_a_symlink_is_refused() {
     }
     env.assert_canary_untouched();
 }
+
+#[test]
+fn ulimits_and_labels() {
+    let env = Env::new();
+    let img = image(&env);
+    let (code, out, err) = run(&env, &["--ulimit", "nofile=100:200", img, "sh", "-c", "ulimit -n; ulimit -Hn"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["100", "200"]);
+    let (code, _, err) = run(&env, &["--ulimit", "nofile=10:999999999", img, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("above this host's"), "{err}");
+    env.ok(&["run", "--name", "lab", "--label", "team=infra", "--label", "tier=", img, "true"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "lab"])).unwrap();
+    assert_eq!(v[0]["Config"]["Labels"], serde_json::json!({"team": "infra", "tier": ""}));
+    env.ok(&["rm", "lab"]);
+}

@@ -41,7 +41,7 @@ pub fn import_rootfs(
             let gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
             let hashing = HashingWriter::new(gz, Algorithm::Sha256);
             let mut builder = tar::Builder::new(hashing);
-            write_tree(&mut builder, path)?;
+            write_tree(&mut builder, path, &|id| id)?;
             let hashing = builder.into_inner().at(path)?;
             let (gz, d, _) = hashing.finish();
             gz.finish().at(path)?;
@@ -117,8 +117,9 @@ pub fn import_rootfs(
 }
 
 /// Writes the tree under `root` as a tar stream, in name order, never following symlinks, keeping
-/// hard links, owners, modes and times; sockets and device nodes are left out (the runtime makes /dev).
-fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
+/// hard links, owners (passed through `map_id`), modes and times; sockets and device nodes are left
+/// out (the runtime makes /dev). `tar::Builder::finish` is called at the end.
+pub fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, map_id: &dyn Fn(u64) -> u64) -> Result<()> {
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     let walker = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name();
     for entry in walker {
@@ -139,6 +140,8 @@ fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path) -> Result<()> {
         let ft = md.file_type();
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
+        h.set_uid(map_id(md.uid() as u64));
+        h.set_gid(map_id(md.gid() as u64));
         if ft.is_file() || ft.is_dir() {
             let xattrs = kept_xattrs(entry.path())?;
             if !xattrs.is_empty() {

@@ -77,6 +77,9 @@ pub struct ContainerRecord {
     pub stop_signal: i32,
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: u64,
+    /// `--label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_stop_signal() -> i32 {

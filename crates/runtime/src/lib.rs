@@ -27,6 +27,7 @@ pub mod error;
 pub mod exec;
 pub mod executor;
 pub mod idmap;
+pub mod inspect_fs;
 pub mod lifecycle;
 pub mod logs;
 pub mod mounts;

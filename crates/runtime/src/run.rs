@@ -21,6 +21,7 @@ pub struct CreateRequest {
     pub resources: Resources,
     pub executor: Executor,
     pub auto_remove: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
     /// `-v`, `--mount`, `--tmpfs`.
     pub mounts: Vec<crate::mounts::UserMount>,
     /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
@@ -160,6 +161,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             auto_remove: req.auto_remove,
             stop_signal,
             stop_timeout: req.stop_timeout.unwrap_or(10),
+            labels: req.labels.clone(),
         };
         cs.save(&rec)?;
         Ok(rec)

@@ -42,6 +42,50 @@ pub struct Resources {
     pub memory: Option<i64>,
     /// `--cpus`, in CPUs (0.5 = half of one).
     pub cpus: Option<f64>,
+    /// `--ulimit`: (RLIMIT_NAME, soft, hard).
+    pub ulimits: Vec<(String, u64, u64)>,
+}
+
+/// `--ulimit nofile=1024[:2048]`: the name Docker uses, soft and hard. A limit above what this
+/// process may raise to is refused here: inside a user namespace it could not be set anyway.
+pub fn parse_ulimit(s: &str) -> Result<(String, u64, u64)> {
+    let (name, vals) = s
+        .split_once('=')
+        .ok_or_else(|| Error::Invalid(format!("--ulimit {s:?}: expected NAME=SOFT[:HARD]")))?;
+    let (soft, hard) = vals.split_once(':').unwrap_or((vals, vals));
+    let num = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| Error::Invalid(format!("--ulimit {s:?}: {v:?} is not a number")))
+    };
+    let (soft, hard) = (num(soft)?, num(hard)?);
+    if soft > hard {
+        return Err(Error::Invalid(format!("--ulimit {s:?}: the soft limit is above the hard one")));
+    }
+    let (kind, resource) = match name {
+        "nofile" => ("RLIMIT_NOFILE", libc::RLIMIT_NOFILE),
+        "nproc" => ("RLIMIT_NPROC", libc::RLIMIT_NPROC),
+        "core" => ("RLIMIT_CORE", libc::RLIMIT_CORE),
+        "stack" => ("RLIMIT_STACK", libc::RLIMIT_STACK),
+        "memlock" => ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK),
+        "fsize" => ("RLIMIT_FSIZE", libc::RLIMIT_FSIZE),
+        "cpu" => ("RLIMIT_CPU", libc::RLIMIT_CPU),
+        "data" => ("RLIMIT_DATA", libc::RLIMIT_DATA),
+        "as" => ("RLIMIT_AS", libc::RLIMIT_AS),
+        "msgqueue" => ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE),
+        "nice" => ("RLIMIT_NICE", libc::RLIMIT_NICE),
+        "rtprio" => ("RLIMIT_RTPRIO", libc::RLIMIT_RTPRIO),
+        "sigpending" => ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING),
+        _ => return Err(Error::Invalid(format!("--ulimit {s:?}: unknown limit {name:?}"))),
+    };
+    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid out-pointer.
+    if unsafe { libc::getrlimit(resource, &mut cur) } == 0 && cur.rlim_max != libc::RLIM_INFINITY && hard > cur.rlim_max {
+        return Err(Error::Invalid(format!(
+            "--ulimit {s:?}: the hard limit is above this host's ({}), which a container cannot raise",
+            cur.rlim_max
+        )));
+    }
+    Ok((kind.to_owned(), soft, hard))
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -168,6 +212,14 @@ pub fn build_spec(profile: &SecurityProfile, p: &ProcessConfig, res: &Resources,
         "mounts": mounts,
         "linux": linux,
     });
+    let mut spec = spec;
+    if !res.ulimits.is_empty() {
+        spec["process"]["rlimits"] = res
+            .ulimits
+            .iter()
+            .map(|(t, s, h)| json!({"type": t, "soft": s, "hard": h}))
+            .collect();
+    }
     serde_json::from_value(spec).map_err(|e| Error::Invalid(format!("generated runtime spec is invalid: {e}")))
 }
 
@@ -298,6 +350,7 @@ mod tests {
                 &Resources {
                     memory: Some(64 << 20),
                     cpus: Some(0.5),
+                    ulimits: vec![("RLIMIT_NOFILE".into(), 10, 20)],
                 },
                 "rootfs",
             )
@@ -310,6 +363,7 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["rlimits"][0]["hard"], 20);
         assert!(v["mounts"]
             .as_array()
             .unwrap()
