@@ -22,6 +22,12 @@ pub struct RunArgs {
     /// Run in the background and print the container id (logs go to `bulkhead logs`).
     #[arg(short, long)]
     detach: bool,
+    /// Give the container a pseudo-terminal (made in its own devpts).
+    #[arg(short, long)]
+    tty: bool,
+    /// Keep standard input open (it always is in the foreground; accepted for Docker's habits).
+    #[arg(short, long)]
+    interactive: bool,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -199,7 +205,7 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         cmd: a.command.clone(),
         env,
         workdir: a.workdir.clone(),
-        terminal: false,
+        terminal: a.tty,
         hostname: a.hostname.clone(),
     };
     let ulimits = a
@@ -279,6 +285,9 @@ pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 /// `bulkhead run`: create and run; in the foreground exits with the container's status, with -d
 /// leaves it to its shim and prints its id.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
+    if a.detach && a.tty {
+        bail!("-d with -t is not supported yet (a detached container's output goes to its log)");
+    }
     let (store, cs, mut rec) = create_container(ctx, &a, a.detach && a.rm)?;
     if a.detach {
         lifecycle::spawn_shim(&ctx.root, &rec.id)?;
@@ -442,6 +451,12 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// Give the process a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Keep standard input open (it always is; accepted for Docker's habits).
+    #[arg(short, long)]
+    interactive: bool,
     /// Set an environment variable (KEY=VALUE).
     #[arg(short, long)]
     env: Vec<String>,
@@ -486,6 +501,7 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<ExitCode> {
         cwd: a.workdir.clone(),
         uid,
         gid,
+        tty: a.tty,
     };
     let code = bulkhead_runtime::exec::exec(&cs, &rec, &req)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))

@@ -585,3 +585,47 @@ fn ulimits_and_labels() {
     assert_eq!(v[0]["Config"]["Labels"], serde_json::json!({"team": "infra", "tier": ""}));
     env.ok(&["rm", "lab"]);
 }
+
+/// Runs bulkhead with `input` on its standard input.
+fn run_with_input(env: &Env, args: &[&str], input: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).replace('\r', ""))
+}
+
+#[test]
+fn tty_for_run_and_exec() {
+    let env = Env::new();
+    let img = image(&env);
+    let script = "tty; test -t 0 && echo stdin-is-a-tty; read x; echo got:$x; exit 4";
+    for runtime in ["libcontainer", "runc"] {
+        let (code, out) = run_with_input(
+            &env,
+            &["run", "--rm", "-t", "--runtime", runtime, img, "sh", "-c", script],
+            "hello\n",
+        );
+        assert_eq!(code, 4, "{runtime}: {out}");
+        assert!(
+            out.contains("/dev/pts/0") && out.contains("stdin-is-a-tty") && out.contains("got:hello"),
+            "{runtime}: {out}"
+        );
+
+        env.ok(&["run", "-d", "--runtime", runtime, "--name", "t", img, "sleep", "30"]);
+        let (code, out) = run_with_input(&env, &["exec", "-t", "t", "sh", "-c", script], "there\n");
+        assert_eq!(code, 4, "{runtime}: {out}");
+        assert!(out.contains("/dev/pts/") && out.contains("got:there"), "{runtime}: {out}");
+        let (_, out) = run_with_input(&env, &["exec", "t", "sh", "-c", "tty"], "");
+        assert!(out.contains("not a tty"), "{runtime}: without -t there is no terminal: {out}");
+        env.ok(&["rm", "-f", "t"]);
+    }
+}

@@ -46,6 +46,8 @@ struct Plan {
     caps: u64,
     no_new_privs: bool,
     seccomp: Option<ScmpFilterContext>,
+    /// With a terminal: the grandchild's end of the socket that carries the pty master back.
+    tty: Option<OwnedFd>,
 }
 
 fn err(msg: impl Into<String>) -> Error {
@@ -77,7 +79,7 @@ pub fn exec_into(cs: &Containers, rec: &ContainerRecord, req: &ExecRequest) -> R
     let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).map_err(|e| err(format!("{}: {e}", spec_path.display())))?)
         .map_err(|e| err(format!("{}: {e}", spec_path.display())))?;
     let plan = plan(&spec, rec, pid, req)?;
-    run(plan)
+    run(plan, req.tty)
 }
 
 fn plan(spec: &Value, rec: &ContainerRecord, pid: i32, req: &ExecRequest) -> Result<Plan> {
@@ -167,6 +169,7 @@ fn plan(spec: &Value, rec: &ContainerRecord, pid: i32, req: &ExecRequest) -> Res
         caps,
         no_new_privs: process["noNewPrivileges"].as_bool().unwrap_or(true),
         seccomp,
+        tty: None,
     })
 }
 
@@ -228,8 +231,20 @@ fn filter(s: &Value) -> Result<ScmpFilterContext> {
     Ok(ctx)
 }
 
-fn run(plan: Plan) -> Result<i32> {
+fn run(mut plan: Plan, tty: bool) -> Result<i32> {
     let (go_r, go_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| err(format!("pipe: {e}")))?;
+    let mut ours = None;
+    if tty {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| err(format!("socketpair: {e}")))?;
+        ours = Some(a);
+        plan.tty = Some(b);
+    }
     // SAFETY: this process is single-threaded here (the CLI), so the child may allocate; it only
     // ever leaves through exec or _exit.
     let child = unsafe { libc::fork() };
@@ -265,15 +280,33 @@ fn run(plan: Plan) -> Result<i32> {
     }
     let _ = rustix::io::write(&go_w, b"g");
     drop(go_w);
+    // Our copy of the grandchild's end goes, so a child that dies before sending shows as EOF.
+    plan.tty = None;
+    let decode = |status: i32| {
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        }
+    };
+    if let (Some(sock), true) = (ours, joined.is_ok()) {
+        match crate::tty::receive_fd(std::os::fd::AsFd::as_fd(&sock)) {
+            Ok(master) => {
+                return crate::tty::proxy(&master, || {
+                    let mut status = 0;
+                    // SAFETY: polling our own child.
+                    let r = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+                    Ok((r == child).then(|| decode(status)))
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "no pty from the exec'd process"),
+        }
+    }
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
     joined?;
-    Ok(if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    })
+    Ok(decode(status))
 }
 
 /// In the first child: join the namespaces, then fork into the pid namespace and wait.
@@ -308,6 +341,9 @@ fn join_and_fork(plan: &Plan) -> Result<i32> {
 /// Returns only on failure.
 fn become_and_exec(plan: &Plan) -> Error {
     let step = || -> Result<std::convert::Infallible> {
+        if let Some(sock) = &plan.tty {
+            attach_pty(sock)?;
+        }
         // SAFETY: chdir with a valid C string; the mount namespace's root is the container's.
         if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
             return Err(err(format!("chdir {:?}: {}", plan.cwd, std::io::Error::last_os_error())));
@@ -379,6 +415,34 @@ fn become_and_exec(plan: &Plan) -> Error {
         Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+/// In the grandchild: a pty pair from the container's own devpts; the master goes to the CLI, the
+/// slave becomes our controlling terminal and stdio.
+fn attach_pty(sock: &OwnedFd) -> Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let master = rustix::fs::open("/dev/pts/ptmx", OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err(format!("/dev/pts/ptmx: {e}")))?;
+    rustix::pty::unlockpt(&master).map_err(|e| err(format!("unlockpt: {e}")))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| err(format!("ptsname: {e}")))?;
+    let slave =
+        rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).map_err(|e| err(format!("{name:?}: {e}")))?;
+    let fds = [master.as_fd()];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(sock, &[std::io::IoSlice::new(b"pty")], &mut cmsg, rustix::net::SendFlags::empty())
+        .map_err(|e| err(format!("sending the pty: {e}")))?;
+    drop(master);
+    rustix::process::setsid().map_err(|e| err(format!("setsid: {e}")))?;
+    rustix::process::ioctl_tiocsctty(&slave).map_err(|e| err(format!("TIOCSCTTY: {e}")))?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&slave), target) } < 0 {
+            return Err(err(format!("dup2: {}", std::io::Error::last_os_error())));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -55,10 +55,38 @@ impl Executor {
 
     /// Runs the container to completion with this process's stdio. `on_start` gets the pid of the
     /// container's first process; `cgroup` is the spec's cgroupsPath, read for OOM kills.
-    pub fn run(&self, id: &str, bundle: &Path, state_dir: &Path, cgroup: &str, on_start: impl FnOnce(i32)) -> Result<Exit> {
-        let mut started = self.start(id, bundle, state_dir, Stdio::default())?;
+    /// With `console_dir`, the container gets a pty (its spec must say process.terminal), proxied
+    /// to our terminal; the socket that carries its master is made in that directory.
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        state_dir: &Path,
+        cgroup: &str,
+        console_dir: Option<&Path>,
+        on_start: impl FnOnce(i32),
+    ) -> Result<Exit> {
+        let Some(dir) = console_dir else {
+            let mut started = self.start(id, bundle, state_dir, Stdio::default())?;
+            on_start(started.pid());
+            let code = started.wait()?;
+            return Ok(started.finish(cgroup, code));
+        };
+        let console = crate::tty::ConsoleSocket::new(dir)?;
+        let stdio = Stdio {
+            console_socket: Some(console.path().to_path_buf()),
+            ..Stdio::default()
+        };
+        let mut started = self.start(id, bundle, state_dir, stdio)?;
         on_start(started.pid());
-        let code = started.wait()?;
+        let master = match console.receive_master() {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = started.wait();
+                return Err(e);
+            }
+        };
+        let code = crate::tty::proxy(&master, || started.try_wait())?;
         Ok(started.finish(cgroup, code))
     }
 }
@@ -72,6 +100,8 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// A pseudo-terminal, made in the container's devpts.
+    pub tty: bool,
 }
 
 impl Executor {
@@ -96,6 +126,37 @@ impl Executor {
                 if let Some(u) = req.uid {
                     cmd.arg("--user").arg(format!("{u}:{}", req.gid.unwrap_or(0)));
                 }
+                if req.tty {
+                    // As for run: a console socket needs --detach; we adopt the process and proxy.
+                    // The store's tmp/ (state_dir is <root>/containers/<id>/exec) keeps the path short.
+                    let dir = state_dir
+                        .ancestors()
+                        .nth(3)
+                        .map(|r| r.join("tmp"))
+                        .ok_or_else(|| Error::Executor("no store directory".into()))?;
+                    let console = crate::tty::ConsoleSocket::new(&dir)?;
+                    let pid_file = dir.join(format!("{id}.exec.pid"));
+                    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+                        .map_err(|e| Error::Executor(format!("subreaper: {e}")))?;
+                    cmd.arg("--tty")
+                        .arg("--detach")
+                        .arg("--console-socket")
+                        .arg(console.path())
+                        .arg("--pid-file")
+                        .arg(&pid_file);
+                    cmd.arg(id).args(&req.args);
+                    let status = cmd
+                        .status()
+                        .map_err(|e| Error::Executor(format!("running {}: {e}", bin.display())))?;
+                    if !status.success() {
+                        return Ok(status_code(status));
+                    }
+                    let pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
+                    let _ = std::fs::remove_file(&pid_file);
+                    let pid = pid.ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
+                    let master = console.receive_master()?;
+                    return crate::tty::proxy(&master, || waitpid(pid, libc::WNOHANG));
+                }
                 cmd.arg(id).args(&req.args);
                 let status = cmd
                     .status()
@@ -112,6 +173,8 @@ pub struct Stdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// With a terminal: where the runtime sends the pty master (the spec has process.terminal).
+    pub console_socket: Option<PathBuf>,
 }
 
 /// A container whose first process runs.
@@ -124,6 +187,9 @@ enum Inner {
     Embedded(Box<libcontainer::container::Container>),
     /// The external runtime in the foreground (`run`): it exits with the container.
     External(std::process::Child),
+    /// The external runtime detached; its container is our child now (we are its subreaper).
+    /// The runtime and its state directory, for `delete` once it has exited.
+    Adopted(PathBuf, PathBuf, String),
 }
 
 impl std::fmt::Debug for Started {
@@ -141,7 +207,7 @@ impl Started {
     /// The exit status once the container's first process has ended, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<i32>> {
         match &mut self.inner {
-            Inner::Embedded(_) => waitpid(self.pid, libc::WNOHANG),
+            Inner::Embedded(_) | Inner::Adopted(..) => waitpid(self.pid, libc::WNOHANG),
             Inner::External(child) => child
                 .try_wait()
                 .map(|s| s.map(status_code))
@@ -152,7 +218,7 @@ impl Started {
     /// Blocks until the container's first process ends; returns its status.
     pub fn wait(&mut self) -> Result<i32> {
         match &mut self.inner {
-            Inner::Embedded(_) => waitpid(self.pid, 0).map(|s| s.unwrap_or(255)),
+            Inner::Embedded(_) | Inner::Adopted(..) => waitpid(self.pid, 0).map(|s| s.unwrap_or(255)),
             Inner::External(child) => child
                 .wait()
                 .map(status_code)
@@ -163,11 +229,17 @@ impl Started {
     /// After the exit: reads the cgroup for OOM kills, then lets the executor clean up.
     pub fn finish(self, cgroup: &str, code: i32) -> Exit {
         let oom = oom_killed(cgroup);
-        if let Inner::Embedded(mut c) = self.inner {
-            if let Err(e) = c.delete(true) {
-                // The workload's status matters more than a cleanup problem (runc and crun do the same).
-                tracing::warn!(pid = self.pid, error = %e, "deleting the container after exit");
+        match self.inner {
+            Inner::Embedded(mut c) => {
+                if let Err(e) = c.delete(true) {
+                    // The workload's status matters more than a cleanup problem (runc and crun do the same).
+                    tracing::warn!(pid = self.pid, error = %e, "deleting the container after exit");
+                }
             }
+            Inner::Adopted(bin, state, id) => {
+                let _ = Command::new(bin).arg("--root").arg(state).args(["delete", "--force", &id]).output();
+            }
+            Inner::External(_) => {}
         }
         Exit { code, oom_killed: oom }
     }
@@ -226,6 +298,9 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
     if let Some(fd) = stdio.stderr {
         b = b.with_stderr(fd);
     }
+    if let Some(p) = &stdio.console_socket {
+        b = b.with_console_socket(Some(p));
+    }
     let mut c = b
         .as_init(bundle)
         .with_systemd(false)
@@ -256,8 +331,15 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
-        .arg(id);
+        .arg(&pid_file);
+    let detached = stdio.console_socket.is_some();
+    if let Some(p) = &stdio.console_socket {
+        // runc takes a console socket only when it detaches; the container then becomes our child
+        // (we are its subreaper) once runc exits, and we wait for it directly.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| Error::Executor(format!("subreaper: {e}")))?;
+        cmd.arg("--detach").arg("--console-socket").arg(p);
+    }
+    cmd.arg(id);
     if let Some(fd) = stdio.stdin {
         cmd.stdin(std::process::Stdio::from(fd));
     }
@@ -270,6 +352,25 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::Executor(format!("starting {}: {e}", bin.display())))?;
+    if detached {
+        let status = child
+            .wait()
+            .map_err(|e| Error::Executor(format!("waiting for {}: {e}", bin.display())))?;
+        if !status.success() {
+            return Err(Error::Executor(format!(
+                "{} could not start the container ({status})",
+                bin.display()
+            )));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
+        return Ok(Started {
+            pid,
+            inner: Inner::Adopted(bin.to_path_buf(), state_dir.to_path_buf(), id.to_owned()),
+        });
+    }
     // The runtime writes the pid file once the process exists; wait for it briefly.
     let mut pid = 0;
     for _ in 0..500 {

@@ -36,4 +36,5 @@ pub mod run;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod tty;
 pub mod user;

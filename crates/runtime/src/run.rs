@@ -196,16 +196,34 @@ pub fn check_workdir(cwd: &str) -> Result<()> {
 /// unmounted afterwards (the upper directory stays, for `diff`).
 pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Executor) -> Result<Exit> {
     let state_dir = cs.dir(&rec.id).join("exec");
-    let exit = executor.run(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup_path(&rec.id), |pid| {
-        let mut running = rec.clone();
-        running.state = State::Running {
-            pid,
-            started: chrono::Utc::now(),
-        };
-        if let Err(e) = cs.save(&running) {
-            tracing::warn!(error = %e, "recording the running state");
-        }
-    });
+    let spec: serde_json::Value = std::fs::read(cs.bundle(&rec.id).join("config.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
+    // The store's tmp/: a short path for the console socket.
+    let console_dir = if terminal {
+        cs.dir(&rec.id).parent().and_then(|p| p.parent()).map(|root| root.join("tmp"))
+    } else {
+        None
+    };
+    let exit = executor.run(
+        &rec.id,
+        &cs.bundle(&rec.id),
+        &state_dir,
+        &cgroup_path(&rec.id),
+        console_dir.as_deref(),
+        |pid| {
+            let mut running = rec.clone();
+            running.state = State::Running {
+                pid,
+                started: chrono::Utc::now(),
+            };
+            if let Err(e) = cs.save(&running) {
+                tracing::warn!(error = %e, "recording the running state");
+            }
+        },
+    );
     let exit = match exit {
         Ok(x) => x,
         Err(e) => {

@@ -51,6 +51,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
         stdin: Some(null.into()),
         stdout: Some(out_w),
         stderr: Some(err_w),
+        console_socket: None,
     };
     let mut started = executor.start(&rec.id, &cs.bundle(&rec.id), &cs.dir(&rec.id).join("exec"), stdio)?;
     rec.state = State::Running {
