@@ -581,6 +581,24 @@ fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<tempfile::NamedTempFile>
         .with_context(|| format!("creating a file in {}", dir.display()))
 }
 
+/// The hidden `shim-monitor` command: what the shim becomes once its container runs.
+pub fn shim_monitor(ctx: &Ctx, id: &str, pid: i32, out_fd: i32, err_fd: i32, kind: &str, runtime: &str) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::executor::MonitorTarget;
+    let target = match kind {
+        "embedded" => MonitorTarget::Embedded { pid },
+        "external" => MonitorTarget::External { pid },
+        "adopted" => MonitorTarget::Adopted {
+            pid,
+            runtime: runtime.into(),
+        },
+        k => bail!("unknown monitor kind {k:?}"),
+    };
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    bulkhead_runtime::shim::run_monitor(&store, &cs, id, target, out_fd, err_fd)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The hidden `shim` command: supervise one container until it exits.
 pub fn shim(ctx: &Ctx, id: &str) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;

@@ -87,6 +87,21 @@ enum Command {
     /// Supervise a container (started by run -d and start; not for people).
     #[command(hide = true)]
     Shim { id: String },
+    /// The shim once its container runs (exec'd by the shim; not for people).
+    #[command(hide = true)]
+    ShimMonitor {
+        id: String,
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        out_fd: i32,
+        #[arg(long)]
+        err_fd: i32,
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value = "")]
+        runtime: String,
+    },
     /// List containers (running ones; -a for all).
     Ps {
         #[arg(short, long)]
@@ -197,6 +212,14 @@ fn main() -> ExitCode {
         Command::Top { container } => container_cmd::top(&ctx, &container),
         Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
+        Command::ShimMonitor {
+            id,
+            pid,
+            out_fd,
+            err_fd,
+            kind,
+            runtime,
+        } => container_cmd::shim_monitor(&ctx, &id, pid, out_fd, err_fd, &kind, &runtime),
         Command::Ps { all } => container_cmd::ps(&ctx, all),
         Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),
         Command::Inspect { containers } => container_cmd::inspect(&ctx, &containers),

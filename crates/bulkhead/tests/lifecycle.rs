@@ -320,3 +320,28 @@ fn top_and_export() {
     assert!(entries.iter().any(|(n, uid, _)| n == "bin/busybox" && *uid == 0));
     env.ok(&["rm", "s"]);
 }
+
+#[test]
+fn exited_detached_container_leaves_no_cgroup_or_executor_state() {
+    let env = Env::new();
+    let img = image(&env);
+    for runtime in ["libcontainer", "runc"] {
+        let id = env
+            .ok(&["run", "-d", "--runtime", runtime, img, "sh", "-c", "echo done"])
+            .trim()
+            .to_owned();
+        env.ok(&["wait", &id]);
+        assert!(env.ok(&["logs", &id]).contains("done"), "{runtime}");
+        for ctl in ["pids", "memory", "devices", "cpu", "freezer"] {
+            assert!(
+                !std::path::Path::new(&format!("/sys/fs/cgroup/{ctl}/bulkhead/{id}")).exists(),
+                "{runtime}: {ctl} cgroup left"
+            );
+        }
+        assert!(
+            !env.root().join("containers").join(&id).join("exec").join(&id).exists(),
+            "{runtime}: executor state left"
+        );
+        env.ok(&["rm", &id]);
+    }
+}

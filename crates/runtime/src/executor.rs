@@ -245,6 +245,63 @@ impl Started {
     }
 }
 
+/// What a process that takes over from `Started` after an exec (the shim's lean monitor) must
+/// wait for and clean up: it keeps the pid and so the children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorTarget {
+    /// libcontainer's container: reap it, then remove its cgroups and libcontainer's state.
+    Embedded { pid: i32 },
+    /// An external runtime in the foreground: reap the runtime (it exits with the container).
+    External { pid: i32 },
+    /// An external runtime that detached: reap the container, then `RUNTIME --root STATE delete`.
+    Adopted { pid: i32, runtime: PathBuf },
+}
+
+impl MonitorTarget {
+    pub fn pid(&self) -> i32 {
+        match self {
+            MonitorTarget::Embedded { pid } | MonitorTarget::External { pid } | MonitorTarget::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// After the exit: the cleanup the executor would have done.
+    pub fn cleanup(&self, id: &str, state_dir: &Path, cgroup: &str) {
+        match self {
+            MonitorTarget::Embedded { .. } => {
+                crate::container::remove_cgroups(cgroup);
+                let _ = std::fs::remove_dir_all(state_dir.join(id));
+            }
+            MonitorTarget::External { .. } => {}
+            MonitorTarget::Adopted { runtime, .. } => {
+                let _ = Command::new(runtime)
+                    .arg("--root")
+                    .arg(state_dir)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+    }
+}
+
+impl Started {
+    /// Hands the container over to a monitor that will exec in this process's place.
+    pub fn into_monitor(self) -> MonitorTarget {
+        match self.inner {
+            Inner::Embedded(_) => MonitorTarget::Embedded { pid: self.pid },
+            Inner::External(child) => MonitorTarget::External { pid: child.id() as i32 },
+            Inner::Adopted(bin, _, _) => MonitorTarget::Adopted {
+                pid: self.pid,
+                runtime: bin,
+            },
+        }
+    }
+}
+
+/// waitpid for a monitor (the process may not be a `Started` of this process image).
+pub fn reap(pid: i32, block: bool) -> Result<Option<i32>> {
+    waitpid(pid, if block { 0 } else { libc::WNOHANG })
+}
+
 fn status_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))

@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use crate::container::{Containers, State};
 use crate::error::{Error, Result};
-use crate::executor::{Executor, Stdio};
+use crate::executor::{Executor, MonitorTarget, Stdio};
 use crate::logs::{LogWriter, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE};
 use crate::run::cgroup_path;
 
@@ -31,8 +31,6 @@ pub fn run_shim(store: &Store, cs: &Containers, id: &str) -> Result<()> {
         rec.error = Some(e.to_string());
         let _ = cs.save(&rec);
         let _ = cs.unmount_rootfs(id);
-    } else if rec.auto_remove {
-        crate::run::remove(store, cs, id, true)?;
     }
     result
 }
@@ -43,7 +41,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::ContainerRecord, executor: &Executor) -> Result<()> {
     cs.mount_rootfs(store, rec)?;
-    let mut log = LogWriter::open(&cs.dir(&rec.id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let null = std::fs::File::open("/dev/null").map_err(|e| Error::Executor(format!("/dev/null: {e}")))?;
@@ -53,7 +50,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
         stderr: Some(err_w),
         console_socket: None,
     };
-    let mut started = executor.start(&rec.id, &cs.bundle(&rec.id), &cs.dir(&rec.id).join("exec"), stdio)?;
+    let started = executor.start(&rec.id, &cs.bundle(&rec.id), &cs.dir(&rec.id).join("exec"), stdio)?;
     rec.state = State::Running {
         pid: started.pid(),
         started: chrono::Utc::now(),
@@ -61,7 +58,76 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     rec.shim_pid = Some(std::process::id() as i32);
     rec.error = None;
     cs.save(rec)?;
+    // The container runs. Exec a lean monitor in our place: it keeps our pid and so our children,
+    // and leaves behind the pages that starting a container touched (libcontainer, libseccomp).
+    let target = started.into_monitor();
+    for fd in [&out_r, &err_r] {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(|e| Error::Executor(format!("fcntl: {e}")))?;
+    }
+    let (kind, runtime) = match &target {
+        MonitorTarget::Embedded { .. } => ("embedded", String::new()),
+        MonitorTarget::External { .. } => ("external", String::new()),
+        MonitorTarget::Adopted { runtime, .. } => ("adopted", runtime.display().to_string()),
+    };
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let e = std::process::Command::new("/proc/self/exe")
+        .arg("--root")
+        .arg(store.root())
+        .args([
+            "shim-monitor",
+            &rec.id,
+            "--pid",
+            &target.pid().to_string(),
+            "--out-fd",
+            &out_r.as_raw_fd().to_string(),
+            "--err-fd",
+            &err_r.as_raw_fd().to_string(),
+            "--kind",
+            kind,
+            "--runtime",
+            &runtime,
+        ])
+        .exec();
+    // Only on failure: monitor here instead.
+    tracing::warn!(error = %e, "could not exec the shim monitor; monitoring in place");
+    monitor(store, cs, &rec.id, target, out_r, err_r)
+}
 
+/// Entry point of `shim-monitor`: takes over the inherited pipe descriptors (checked to be pipes)
+/// and monitors; a failure is recorded in the container's record.
+pub fn run_monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, out_fd: i32, err_fd: i32) -> Result<()> {
+    let adopt = |fd: i32| -> Result<OwnedFd> {
+        // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(Error::Executor(format!("descriptor {fd} is not open")));
+        }
+        // SAFETY: the descriptor is open, and this process was exec'd by its shim to own it.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let st = rustix::fs::fstat(&owned).map_err(|e| Error::Executor(format!("fstat: {e}")))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Fifo {
+            return Err(Error::Executor(format!("descriptor {fd} is not a pipe")));
+        }
+        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| Error::Executor(format!("fcntl: {e}")))?;
+        Ok(owned)
+    };
+    let result = adopt(out_fd)
+        .and_then(|o| Ok((o, adopt(err_fd)?)))
+        .and_then(|(o, e)| monitor(store, cs, id, target, o, e));
+    if let Err(e) = &result {
+        if let Ok(mut rec) = cs.load(id) {
+            rec.error = Some(e.to_string());
+            let _ = cs.save(&rec);
+        }
+    }
+    result
+}
+
+/// The shim after its exec: copies output into the log until the container exits, records the
+/// exit, cleans up what the executor would have, unmounts, and removes an --rm container.
+pub fn monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, out_r: OwnedFd, err_r: OwnedFd) -> Result<()> {
+    let mut rec = cs.load(id)?;
+    let mut log = LogWriter::open(&cs.dir(id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
     let mut open = [Some(out_r), Some(err_r)];
     let mut buf = vec![0u8; 64 << 10];
     let code = loop {
@@ -80,21 +146,26 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
         }
         drop(fds);
         drain(&mut open, &mut log, &mut buf, false)?;
-        if let Some(code) = started.try_wait()? {
+        if let Some(code) = crate::executor::reap(target.pid(), false)? {
             break code;
         }
     };
     // The first process is gone: the kernel kills the rest of the pid namespace, so the pipes end.
     drain(&mut open, &mut log, &mut buf, true)?;
     log.close()?;
-    let exit = started.finish(&cgroup_path(&rec.id), code);
+    let cgroup = cgroup_path(id);
+    let oom = crate::executor::oom_killed(&cgroup);
+    target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
     rec.state = State::Exited {
-        code: exit.code,
+        code,
         finished: chrono::Utc::now(),
-        oom_killed: exit.oom_killed,
+        oom_killed: oom,
     };
-    cs.save(rec)?;
-    cs.unmount_rootfs(&rec.id)?;
+    cs.save(&rec)?;
+    cs.unmount_rootfs(id)?;
+    if rec.auto_remove {
+        crate::run::remove(store, cs, id, true)?;
+    }
     Ok(())
 }
 
