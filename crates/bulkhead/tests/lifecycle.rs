@@ -345,3 +345,41 @@ fn exited_detached_container_leaves_no_cgroup_or_executor_state() {
         env.ok(&["rm", &id]);
     }
 }
+
+#[test]
+fn foreground_run_passes_signals_to_the_container() {
+    let env = Env::new();
+    let img = image(&env);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "sig",
+            img,
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 9' TERM; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the container", || env.ok(&["ps"]).contains("sig"));
+    // SAFETY: the bulkhead process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "bulkhead run did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(9), "the container's trap decides the exit");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("got-term"), "{out}");
+    assert!(!env.ok(&["ps", "-a"]).contains("sig"), "--rm still cleans up");
+}

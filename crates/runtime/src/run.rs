@@ -222,6 +222,7 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
             if let Err(e) = cs.save(&running) {
                 tracing::warn!(error = %e, "recording the running state");
             }
+            forward_signals(pid);
         },
     );
     let exit = match exit {
@@ -245,6 +246,22 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     cs.save(rec)?;
     cs.unmount_rootfs(&rec.id)?;
     Ok(exit)
+}
+
+/// Passes the signals a user sends to `bulkhead run` (Ctrl-C, kill) on to the container's first
+/// process, as Docker's sig-proxy does, instead of dying and leaving the container unsupervised.
+/// The thread starts after the container was cloned, so the clone still happened single-threaded.
+fn forward_signals(pid: i32) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            // SAFETY: kill(2) of the container's first process, our child until we reap it.
+            unsafe { libc::kill(pid, sig) };
+        }
+    });
 }
 
 /// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,

@@ -115,7 +115,15 @@ pub fn proxy(master: &OwnedFd, mut done: impl FnMut() -> Result<Option<i32>>) ->
     let mut stdin_open = true;
     let mut master_open = true;
     let mut buf = vec![0u8; 32 << 10];
+    let mut size = rustix::termios::tcgetwinsize(std::io::stdout()).ok();
     loop {
+        // Follow our terminal's size (cheaper to look than to catch SIGWINCH in this loop).
+        if let Ok(now) = rustix::termios::tcgetwinsize(std::io::stdout()) {
+            if size.is_none_or(|s| (s.ws_row, s.ws_col) != (now.ws_row, now.ws_col)) {
+                let _ = rustix::termios::tcsetwinsize(master, now);
+                size = Some(now);
+            }
+        }
         if master_open {
             let mut fds = vec![PollFd::new(master, PollFlags::IN)];
             if stdin_open {
