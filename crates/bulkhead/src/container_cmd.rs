@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// Keep standard input open (it always is in the foreground; accepted for Docker's habits).
     #[arg(short, long)]
     interactive: bool,
+    /// Run a small init as PID 1 that reaps zombies and forwards signals to the command.
+    #[arg(long)]
+    init: bool,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -236,6 +239,7 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
+        init: a.init,
         mounts: {
             use bulkhead_runtime::mounts::{parse_mount, parse_tmpfs, parse_volume};
             let mut m = Vec::new();

@@ -10,7 +10,7 @@ use common::*;
 fn image(env: &Env) -> &'static str {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
-    for a in ["sleep", "echo", "true"] {
+    for a in ["sleep", "echo", "true", "cut"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
     env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "life"]);
@@ -382,4 +382,45 @@ fn foreground_run_passes_signals_to_the_container() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(out.contains("got-term"), "{out}");
     assert!(!env.ok(&["ps", "-a"]).contains("sig"), "--rm still cleans up");
+}
+
+#[test]
+fn init_is_pid_1_reaps_and_forwards_signals() {
+    let env = Env::new();
+    let img = image(&env);
+    // PID 1 is the init, the command runs under it, and its status is the container's.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--init",
+        img,
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline; echo; echo pid=$$; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("/dev/init") && out.contains("pid=2"), "{out}");
+    // An orphan is reaped: no zombie is left once it has exited.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--init",
+        img,
+        "sh",
+        "-c",
+        "(sleep 0.1 &); sleep 0.6; cat /proc/[0-9]*/stat | cut -d' ' -f3",
+    ]);
+    let states = String::from_utf8_lossy(&o.stdout);
+    assert!(!states.lines().any(|s| s.trim() == "Z"), "a zombie was left: {states}");
+    // stop's SIGTERM reaches the command through the init: it ends at once, not after the timeout.
+    let id = env
+        .ok(&["run", "-d", "--init", "--stop-timeout", "10", img, "sleep", "60"])
+        .trim()
+        .to_owned();
+    let t = Instant::now();
+    env.ok(&["stop", &id]);
+    assert!(t.elapsed() < Duration::from_secs(5), "the signal did not reach the command");
+    assert_eq!(inspect(&env, &id)["State"]["ExitCode"], 143);
+    env.ok(&["rm", &id]);
 }

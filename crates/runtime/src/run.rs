@@ -22,12 +22,19 @@ pub struct CreateRequest {
     pub executor: Executor,
     pub auto_remove: bool,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `--init`: bulkhead-init as PID 1 (reaps zombies, forwards signals).
+    pub init: bool,
     /// `-v`, `--mount`, `--tmpfs`.
     pub mounts: Vec<crate::mounts::UserMount>,
     /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
 }
+
+/// bulkhead-init (init/init.c), built static by build.rs.
+const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bulkhead-init"));
+/// Where `--init` puts it in the container.
+const INIT_PATH: &str = "/dev/init";
 
 /// The cgroup path of a container (the same under every v1 controller, or in the v2 tree).
 pub fn cgroup_path(id: &str) -> String {
@@ -92,7 +99,23 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             .unwrap_or("");
         let user = crate::user::resolve(&rootfs, req.user.as_deref().unwrap_or(image_user))?;
         let hostname = req.overrides.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
-        let args = command_line(&info.config, &req.overrides)?;
+        let mut args = command_line(&info.config, &req.overrides)?;
+        let mut mounts = req.mounts.clone();
+        if req.init {
+            // The embedded init goes next to the container's state and is bind-mounted read-only
+            // into /dev (the runtime's tmpfs): nothing is written into the container's own layer.
+            let bin = cs.dir(&id).join("init-bin");
+            std::fs::write(&bin, INIT_BINARY).map_err(|e| Error::Invalid(format!("{}: {e}", bin.display())))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o555))
+                .map_err(|e| Error::Invalid(format!("{}: {e}", bin.display())))?;
+            mounts.push(crate::mounts::UserMount::Bind {
+                source: bin.to_string_lossy().into_owned(),
+                target: INIT_PATH.into(),
+                readonly: true,
+            });
+            args.insert(0, INIT_PATH.into());
+        }
         let mut env = environment(&info.config, &req.overrides, &hostname, |k| std::env::var(k).ok());
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));
@@ -121,9 +144,10 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             hostname,
         };
         let mut spec = build_spec(&profile, &process, &req.resources, &rootfs.to_string_lossy())?;
-        if !req.mounts.is_empty() {
+        if !mounts.is_empty() {
+            let user_mounts = mounts;
             let mut mounts = spec.mounts().clone().unwrap_or_default();
-            for m in &req.mounts {
+            for m in &user_mounts {
                 mounts.push(serde_json::from_value(m.to_spec()).map_err(|e| Error::Invalid(format!("mount {}: {e}", m.target())))?);
             }
             spec.set_mounts(Some(mounts));
