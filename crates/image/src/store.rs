@@ -76,9 +76,16 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).at(&p)?;
         }
-        // The store holds other people's files with their owners and setuid bits: keep it private.
+        // The store holds other people's files with their owners and setuid bits: nobody else may
+        // list or change it. Search (x) is left as it is: containers' unprivileged roots need it to
+        // reach their root filesystems (the runtime sets 0711), and taking it away here would race
+        // with a container being started by another command.
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).at(&root)?;
+        let mode = fs::metadata(&root).at(&root)?.permissions().mode() & 0o7777;
+        let private = mode & !0o066;
+        if private != mode {
+            fs::set_permissions(&root, fs::Permissions::from_mode(private)).at(&root)?;
+        }
         Ok(Store { root, limits })
     }
 
