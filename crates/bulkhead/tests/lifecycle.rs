@@ -424,3 +424,17 @@ fn init_is_pid_1_reaps_and_forwards_signals() {
     assert_eq!(inspect(&env, &id)["State"]["ExitCode"], 143);
     env.ok(&["rm", &id]);
 }
+
+#[test]
+fn foreground_output_is_shown_and_logged() {
+    let env = Env::new();
+    let img = image(&env);
+    let o = env.run(&["run", "--name", "fg", img, "sh", "-c", "echo to-out; echo to-err >&2"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "to-out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("to-err"));
+    let logged = env.run(&["logs", "fg"]);
+    assert_eq!(String::from_utf8_lossy(&logged.stdout), "to-out\n");
+    assert!(String::from_utf8_lossy(&logged.stderr).contains("to-err"));
+    env.ok(&["logs", "--verify", "fg"]);
+    env.ok(&["rm", "fg"]);
+}

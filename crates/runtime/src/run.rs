@@ -231,24 +231,26 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     } else {
         None
     };
-    let exit = executor.run(
-        &rec.id,
-        &cs.bundle(&rec.id),
-        &state_dir,
-        &cgroup_path(&rec.id),
-        console_dir.as_deref(),
-        |pid| {
-            let mut running = rec.clone();
-            running.state = State::Running {
-                pid,
-                started: chrono::Utc::now(),
-            };
-            if let Err(e) = cs.save(&running) {
-                tracing::warn!(error = %e, "recording the running state");
-            }
-            forward_signals(pid);
-        },
-    );
+    let running = rec.clone();
+    let on_start = |pid: i32| {
+        let mut r = running.clone();
+        r.state = State::Running {
+            pid,
+            started: chrono::Utc::now(),
+        };
+        if let Err(e) = cs.save(&r) {
+            tracing::warn!(error = %e, "recording the running state");
+        }
+        forward_signals(pid);
+    };
+    let cgroup = cgroup_path(&rec.id);
+    let exit = if console_dir.is_some() {
+        // A pty's output is shown, not logged.
+        executor.run(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup, console_dir.as_deref(), on_start)
+    } else {
+        // Shown on our stdout/stderr and kept in the container's log, as for detached containers.
+        run_logged(cs, &rec.id, executor, &state_dir, &cgroup, on_start)
+    };
     let exit = match exit {
         Ok(x) => x,
         Err(e) => {
@@ -270,6 +272,35 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     cs.save(rec)?;
     cs.unmount_rootfs(&rec.id)?;
     Ok(exit)
+}
+
+/// Runs the container with its stdout/stderr on pipes that we copy to ours and into its log.
+fn run_logged(
+    cs: &Containers,
+    id: &str,
+    executor: &Executor,
+    state_dir: &std::path::Path,
+    cgroup: &str,
+    on_start: impl FnOnce(i32),
+) -> Result<Exit> {
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {e}")));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut log = crate::logs::LogWriter::open(
+        &cs.dir(id).join("logs"),
+        crate::logs::DEFAULT_MAX_SIZE,
+        crate::logs::DEFAULT_MAX_FILES,
+    )?;
+    let stdio = crate::executor::Stdio {
+        stdin: None,
+        stdout: Some(out_w),
+        stderr: Some(err_w),
+        console_socket: None,
+    };
+    let mut started = executor.start(id, &cs.bundle(id), state_dir, stdio)?;
+    on_start(started.pid());
+    let code = crate::shim::copy_output(out_r, err_r, &mut log, true, || started.try_wait())?;
+    Ok(started.finish(cgroup, code))
 }
 
 /// Passes the signals a user sends to `bulkhead run` (Ctrl-C, kill) on to the container's first

@@ -128,6 +128,33 @@ pub fn run_monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarg
 pub fn monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, out_r: OwnedFd, err_r: OwnedFd) -> Result<()> {
     let mut rec = cs.load(id)?;
     let mut log = LogWriter::open(&cs.dir(id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
+    let pid = target.pid();
+    let code = copy_output(out_r, err_r, &mut log, false, || crate::executor::reap(pid, false))?;
+    let cgroup = cgroup_path(id);
+    let oom = crate::executor::oom_killed(&cgroup);
+    target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
+    rec.state = State::Exited {
+        code,
+        finished: chrono::Utc::now(),
+        oom_killed: oom,
+    };
+    cs.save(&rec)?;
+    cs.unmount_rootfs(id)?;
+    if rec.auto_remove {
+        crate::run::remove(store, cs, id, true)?;
+    }
+    Ok(())
+}
+
+/// Copies the container's output into its log (and, with `tee`, to our own stdout and stderr)
+/// until `exited` reports its status; then reads what is left and closes the log.
+pub fn copy_output(
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    log: &mut LogWriter,
+    tee: bool,
+    mut exited: impl FnMut() -> Result<Option<i32>>,
+) -> Result<i32> {
     let mut open = [Some(out_r), Some(err_r)];
     let mut buf = vec![0u8; 64 << 10];
     let code = loop {
@@ -145,32 +172,19 @@ pub fn monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, 
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         drop(fds);
-        drain(&mut open, &mut log, &mut buf, false)?;
-        if let Some(code) = crate::executor::reap(target.pid(), false)? {
+        drain(&mut open, log, &mut buf, false, tee)?;
+        if let Some(code) = exited()? {
             break code;
         }
     };
     // The first process is gone: the kernel kills the rest of the pid namespace, so the pipes end.
-    drain(&mut open, &mut log, &mut buf, true)?;
+    drain(&mut open, log, &mut buf, true, tee)?;
     log.close()?;
-    let cgroup = cgroup_path(id);
-    let oom = crate::executor::oom_killed(&cgroup);
-    target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
-    rec.state = State::Exited {
-        code,
-        finished: chrono::Utc::now(),
-        oom_killed: oom,
-    };
-    cs.save(&rec)?;
-    cs.unmount_rootfs(id)?;
-    if rec.auto_remove {
-        crate::run::remove(store, cs, id, true)?;
-    }
-    Ok(())
+    Ok(code)
 }
 
 /// Copies what the pipes hold into the log; at the end, reads until every writer is gone.
-fn drain(open: &mut [Option<OwnedFd>; 2], log: &mut LogWriter, buf: &mut [u8], to_end: bool) -> Result<()> {
+fn drain(open: &mut [Option<OwnedFd>; 2], log: &mut LogWriter, buf: &mut [u8], to_end: bool, tee: bool) -> Result<()> {
     for (i, slot) in open.iter_mut().enumerate() {
         let stream = if i == 0 { "stdout" } else { "stderr" };
         let Some(fd) = slot.as_ref() else { continue };
@@ -195,7 +209,18 @@ fn drain(open: &mut [Option<OwnedFd>; 2], log: &mut LogWriter, buf: &mut [u8], t
                     *slot = None;
                     break;
                 }
-                Ok(n) => log.write(stream, &buf[..n])?,
+                Ok(n) => {
+                    if tee {
+                        use std::io::Write;
+                        // The user's terminal going away must not stop the log.
+                        let _ = if i == 0 {
+                            std::io::stdout().write_all(&buf[..n]).and_then(|_| std::io::stdout().flush())
+                        } else {
+                            std::io::stderr().write_all(&buf[..n])
+                        };
+                    }
+                    log.write(stream, &buf[..n])?
+                }
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => break,
                 Err(e) => return Err(Error::Executor(format!("reading container output: {}", std::io::Error::from(e)))),
