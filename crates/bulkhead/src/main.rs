@@ -1,4 +1,5 @@
 //! `bulkhead`: the command line. Parses flags, calls the libraries, prints one clear line on error.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod container_cmd;
 mod image_cmd;

@@ -24,6 +24,7 @@
 //! println!("{}", imported[0].record.config);
 //! # Ok::<(), bulkhead_image::Error>(())
 //! ```
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod digest;
 pub mod docker_archive;

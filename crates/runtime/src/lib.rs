@@ -19,6 +19,7 @@
 //! assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), Some(true));
 //! # Ok::<(), bulkhead_runtime::error::Error>(())
 //! ```
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod check;
 pub mod container;
