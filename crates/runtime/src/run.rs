@@ -283,9 +283,8 @@ fn run_logged(
     cgroup: &str,
     on_start: impl FnOnce(i32),
 ) -> Result<Exit> {
-    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {e}")));
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
+    let (out_r, out_w) = crate::shim::pipe()?;
+    let (err_r, err_w) = crate::shim::pipe()?;
     let mut log = crate::logs::LogWriter::open(
         &cs.dir(id).join("logs"),
         crate::logs::DEFAULT_MAX_SIZE,

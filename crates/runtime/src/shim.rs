@@ -35,7 +35,8 @@ pub fn run_shim(store: &Store, cs: &Containers, id: &str) -> Result<()> {
     result
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe (read end, write end) for a container's output.
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {}", std::io::Error::from(e))))
 }
 
