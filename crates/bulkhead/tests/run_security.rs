@@ -123,19 +123,27 @@ fn default_profile_seen_from_inside() {
 
 #[test]
 fn each_container_gets_its_own_id_range() {
-    let env = Env::new();
-    let img = image(&env);
-    let (_, a, _) = run(&env, &[img, "cat", "/proc/self/uid_map"]);
-    env.ok(&["run", "--name", "keep", img, "true"]);
-    let (_, b, _) = run(&env, &[img, "cat", "/proc/self/uid_map"]);
-    let host = |s: &str| s.split_whitespace().nth(1).unwrap().to_owned();
-    // The first range was free again after --rm; "keep" holds one, so the next one differs.
-    let kept = env.ok(&["inspect", "keep"]);
-    let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
-    let kept_host = kept[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"][0]["hostID"].to_string();
-    assert_ne!(host(&b), kept_host);
-    assert_eq!(host(&a), kept_host, "ranges are handed out lowest first");
-    env.ok(&["rm", "keep"]);
+    // Containers that exist at the same time never share a range: in one store, or in two stores
+    // (--root) on the same host (the registry of claims is host-wide).
+    let a = Env::new();
+    let b = Env::new();
+    let (img_a, img_b) = (image(&a), image(&b));
+    let host_of = |env: &Env, name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", name])).unwrap();
+        v[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"][0]["hostID"].to_string()
+    };
+    a.ok(&["run", "-d", "--name", "a1", img_a, "sleep", "30"]);
+    a.ok(&["run", "-d", "--name", "a2", img_a, "sleep", "30"]);
+    b.ok(&["run", "-d", "--name", "b1", img_b, "sleep", "30"]);
+    let hosts = [host_of(&a, "a1"), host_of(&a, "a2"), host_of(&b, "b1")];
+    let distinct: std::collections::BTreeSet<&String> = hosts.iter().collect();
+    assert_eq!(distinct.len(), 3, "ranges shared: {hosts:?}");
+    // And it is what the container itself sees.
+    let out = a.ok(&["exec", "a1", "cat", "/proc/self/uid_map"]);
+    assert_eq!(out.split_whitespace().nth(1).unwrap(), hosts[0]);
+    for (env, n) in [(&a, "a1"), (&a, "a2"), (&b, "b1")] {
+        env.ok(&["rm", "-f", n]);
+    }
 }
 
 #[test]

@@ -22,6 +22,8 @@ use crate::profile::{SecurityProfile, UserNs, ID_RANGE};
 pub const FIRST_HOST_ID: u32 = 1 << 20;
 /// How many distinct ranges exist (up to 2^32 - 2^20 ids).
 const MAX_RANGES: u32 = 65_000;
+/// Host-wide claims of id ranges, shared by every store on the machine.
+pub const RANGE_REGISTRY: &str = "/var/lib/bulkhead-ranges";
 
 /// The lifecycle state of a container.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,13 +164,48 @@ impl Containers {
         }
     }
 
-    /// A host id range no other container uses.
-    pub fn allocate_host_id(&self, taken: &[ContainerRecord]) -> Result<u32> {
+    /// Claims, for container `id` (whose directory must exist), a host id range that no other
+    /// container on this host uses, whatever store it belongs to. Claims live in RANGE_REGISTRY, one
+    /// file per range naming the store and container; a claim whose container directory is gone is
+    /// stale and taken over. `taken` (this store's records) covers containers made before claims.
+    pub fn allocate_host_id(&self, id: &str, taken: &[ContainerRecord]) -> Result<u32> {
+        let reg = Path::new(RANGE_REGISTRY);
+        fs::create_dir_all(reg).map_err(|e| io(reg, e))?;
+        set_mode(reg, 0o700)?;
+        let lock_path = reg.join(".lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&lock_path, e))?;
         let used: std::collections::BTreeSet<u32> = taken.iter().filter_map(|r| r.host_id).collect();
-        (0..MAX_RANGES)
-            .map(|k| FIRST_HOST_ID + k * ID_RANGE)
-            .find(|h| !used.contains(h))
-            .ok_or_else(|| Error::Invalid("no free user namespace id range left".into()))
+        for k in 0..MAX_RANGES {
+            let h = FIRST_HOST_ID + k * ID_RANGE;
+            if used.contains(&h) {
+                continue;
+            }
+            let claim = reg.join(h.to_string());
+            if let Ok(text) = fs::read_to_string(&claim) {
+                let owner = text.lines().next().map(PathBuf::from);
+                if owner.is_some_and(|dir| dir.exists()) {
+                    continue;
+                }
+            }
+            let me = format!("{}\n", self.dir(id).display());
+            bulkhead_image::store::atomic_write(&claim, me.as_bytes())?;
+            return Ok(h);
+        }
+        Err(Error::Invalid("no free user namespace id range left".into()))
+    }
+
+    /// Gives a container's range back (only if the claim is still this container's).
+    fn release_host_id(&self, id: &str, host_id: u32) {
+        let claim = Path::new(RANGE_REGISTRY).join(host_id.to_string());
+        if fs::read_to_string(&claim).is_ok_and(|t| t.lines().next() == Some(&*self.dir(id).to_string_lossy())) {
+            let _ = fs::remove_file(claim);
+        }
     }
 
     /// A fresh, random 64-hex-character id.
@@ -271,6 +308,9 @@ impl Containers {
     pub fn remove_dir(&self, id: &str) -> Result<()> {
         self.unmount_rootfs(id)?;
         remove_cgroups(&crate::run::cgroup_path(id));
+        if let Some(h) = self.load(id).ok().and_then(|r| r.host_id) {
+            self.release_host_id(id, h);
+        }
         let d = self.dir(id);
         bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))
     }

@@ -66,16 +66,21 @@ pub fn spawn_shim(root: &Path, id: &str) -> Result<()> {
         .map_err(|e| Error::Executor(format!("starting the shim: {e}")))
 }
 
-/// Waits until the record leaves `Created` (the shim started it, or failed to).
-pub fn wait_started(cs: &Containers, id: &str, timeout: Duration) -> Result<ContainerRecord> {
+/// Waits until the record leaves `Created` (the shim started it, or failed to). A container that
+/// is gone already ran and removed itself (`--rm`): that is a start too.
+pub fn wait_started(cs: &Containers, id: &str, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let rec = cs.load(id)?;
+        let rec = match cs.load(id) {
+            Ok(r) => r,
+            Err(_) if !cs.dir(id).exists() => return Ok(()),
+            Err(e) => return Err(e),
+        };
         match &rec.state {
             State::Created if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             State::Created => return Err(Error::Executor("the container did not start in time".into())),
             State::Exited { .. } if rec.error.is_some() => return Err(Error::Executor(rec.error.clone().unwrap_or_default())),
-            _ => return Ok(rec),
+            _ => return Ok(()),
         }
     }
 }

@@ -69,7 +69,9 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
     let mut profile = req.profile;
     let host_id = match profile.userns {
         UserNs::Private { .. } => {
-            let h = cs.allocate_host_id(&all)?;
+            // The container's directory first: it is what marks the claim as live.
+            std::fs::create_dir_all(cs.dir(&id)).map_err(|e| Error::Invalid(format!("{}: {e}", cs.dir(&id).display())))?;
+            let h = cs.allocate_host_id(&id, &all)?;
             profile.userns = UserNs::Private { host_id: h };
             Some(h)
         }
