@@ -676,7 +676,18 @@ pub fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
     let cs = Containers::open(&store)?;
     let mut out = Vec::new();
     for n in names {
-        let r = cs.find(n)?;
+        // As `docker inspect`: a container by that name or id, else an image.
+        let r = match cs.find(n) {
+            Ok(r) => r,
+            Err(bulkhead_runtime::error::Error::NotFound(_)) => match store.resolve(n) {
+                Ok(img) => {
+                    out.push(store.info(&img)?.inspect_json());
+                    continue;
+                }
+                Err(_) => bail!("no such container or image: {n}"),
+            },
+            Err(e) => return Err(e.into()),
+        };
         let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(cs.bundle(&r.id).join("config.json"))?)?;
         let (status, running, pid, code, oom, started, finished) = match &r.state {
             State::Created => ("created", false, 0, 0, false, None, None),

@@ -438,3 +438,13 @@ fn foreground_output_is_shown_and_logged() {
     env.ok(&["logs", "--verify", "fg"]);
     env.ok(&["rm", "fg"]);
 }
+
+#[test]
+fn inspect_falls_back_to_images_like_docker() {
+    let env = Env::new();
+    let img = image(&env);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", img])).unwrap();
+    assert!(v[0]["RootFS"]["Layers"].is_array(), "an image's inspect: {v}");
+    let err = env.fails(&["inspect", "nothing-by-this-name"]);
+    assert!(err.contains("no such container or image"), "{err}");
+}
