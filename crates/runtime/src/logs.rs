@@ -64,13 +64,21 @@ fn hash(line: &[u8]) -> String {
 impl LogWriter {
     /// Opens (or continues) the log in `dir`.
     pub fn open(dir: &Path, max_size: u64, max_files: u32) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // A container's output can hold secrets, and container paths show in /proc/self/mountinfo
+        // to every user: the log is root's alone.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io(dir, e))?;
         let head: Head = fs::read(dir.join("head"))
             .ok()
             .and_then(|d| serde_json::from_slice(&d).ok())
             .unwrap_or_default();
         let path = dir.join("container.log");
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
+        let file = open_log(&path)?;
         let size = file.metadata().map_err(|e| io(&path, e))?.len();
         Ok(LogWriter {
             dir: dir.to_path_buf(),
@@ -163,10 +171,20 @@ impl LogWriter {
             }
         }
         let path = name(0);
-        self.file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io(&path, e))?;
+        self.file = open_log(&path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))
 }
 
 /// The log files of a container, oldest first.
@@ -279,6 +297,18 @@ mod tests {
         // Continuing after a restart keeps the chain.
         write_lines(d.path(), 3, 4096);
         verify(d.path()).unwrap();
+    }
+
+    #[test]
+    fn logs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let logs = d.path().join("logs");
+        write_lines(&logs, 300, 4096);
+        assert_eq!(fs::metadata(&logs).unwrap().permissions().mode() & 0o777, 0o700);
+        for f in files(&logs) {
+            assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
+        }
     }
 
     #[test]
