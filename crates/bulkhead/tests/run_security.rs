@@ -637,3 +637,42 @@ fn tty_for_run_and_exec() {
         env.ok(&["rm", "-f", "t"]);
     }
 }
+
+#[test]
+fn other_host_users_cannot_read_a_containers_files() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "priv",
+            img,
+            "sh",
+            "-c",
+            "echo secret > /etc/s; chmod 644 /etc/s; echo logged-secret; sleep 30",
+        ])
+        .trim()
+        .to_owned();
+    let dir = env.root().join("containers").join(&id);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The upper directory's path is in /proc/mounts for all to see; its files must still be root's.
+    for path in [
+        dir.join("upper/etc/s"),
+        dir.join("logs/container.log"),
+        dir.join("bundle/config.json"),
+    ] {
+        let o = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "cat"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "nobody could read {}", path.display());
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("upper/etc/s")).unwrap().contains("secret"),
+        "the file is there, for root"
+    );
+    env.ok(&["rm", "-f", "priv"]);
+}

@@ -235,15 +235,23 @@ impl Containers {
             let p = dir.join(d);
             fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
         }
-        set_mode(&dir, 0o711)?;
-        set_mode(&self.bundle(id), 0o711)?;
+        // Only root, and the container's own root (through its group), may pass: nobody else on the
+        // host reaches its files (the upper directory's path shows in /proc/mounts to everyone).
+        let gid = match profile.userns {
+            UserNs::Private { host_id } => host_id,
+            UserNs::Host => 0,
+        };
+        for d in [dir.clone(), self.bundle(id)] {
+            rustix::fs::chown(&d, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::from_raw(gid))).map_err(|e| io(&d, e))?;
+            set_mode(&d, 0o710)?;
+        }
         let init = self.init_layer(id, profile)?;
         let lowers: Vec<PathBuf> = std::iter::once(init)
             .chain(layers.iter().rev().map(|c| store.layer_diff(c)))
             .collect();
         match profile.userns {
             UserNs::Private { host_id } => {
-                check_reachable(&self.rootfs(id))?;
+                check_reachable(&self.rootfs(id), host_id)?;
                 crate::idmap::chown_to(&dir.join("upper"), host_id)?;
                 crate::idmap::chown_to(&dir.join("work"), host_id)?;
                 let ns = crate::idmap::user_namespace(host_id, ID_RANGE)?;
@@ -318,11 +326,12 @@ impl Containers {
 
 /// The container's root is an unprivileged host user, which must be able to search every directory
 /// on the way to its root filesystem; say which one it cannot, instead of failing inside the runtime.
-fn check_reachable(rootfs: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+fn check_reachable(rootfs: &Path, host_id: u32) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for dir in rootfs.ancestors().skip(1) {
         let Ok(md) = fs::metadata(dir) else { continue };
-        if md.permissions().mode() & 0o001 == 0 {
+        let by_group = md.gid() == host_id && md.permissions().mode() & 0o010 != 0;
+        if md.permissions().mode() & 0o001 == 0 && !by_group {
             return Err(Error::Invalid(format!(
                 "{} is not searchable by other users (mode {:o}), but a container's root is an unprivileged host user that must reach its root filesystem: use a --root under searchable directories, or chmod o+x it",
                 dir.display(),
