@@ -590,7 +590,6 @@ pub fn shim_monitor(ctx: &Ctx, id: &str, pid: i32, out_fd: i32, err_fd: i32, kin
     use bulkhead_runtime::executor::MonitorTarget;
     let target = match kind {
         "embedded" => MonitorTarget::Embedded { pid },
-        "external" => MonitorTarget::External { pid },
         "adopted" => MonitorTarget::Adopted {
             pid,
             runtime: runtime.into(),

@@ -285,24 +285,28 @@ fn fork_bomb_stops_at_the_pids_limit() {
 fn memory_limit_oom_kills_and_inspect_says_so() {
     let env = Env::new();
     let img = image(&env);
-    let o = env.run(&[
-        "run",
-        "--name",
-        "oom",
-        "--memory",
-        "32m",
-        img,
-        "dd",
-        "if=/dev/zero",
-        "of=/dev/null",
-        "bs=128M",
-        "count=1",
-    ]);
-    assert_eq!(o.status.code(), Some(137), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "oom"])).unwrap();
-    assert_eq!(v[0]["State"]["OOMKilled"], true);
-    assert_eq!(v[0]["State"]["ExitCode"], 137);
-    env.ok(&["rm", "oom"]);
+    for runtime in ["libcontainer", "runc"] {
+        let o = env.run(&[
+            "run",
+            "--name",
+            "oom",
+            "--runtime",
+            runtime,
+            "--memory",
+            "32m",
+            img,
+            "dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=128M",
+            "count=1",
+        ]);
+        assert_eq!(o.status.code(), Some(137), "{runtime}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "oom"])).unwrap();
+        assert_eq!(v[0]["State"]["OOMKilled"], true, "{runtime}");
+        assert_eq!(v[0]["State"]["ExitCode"], 137);
+        env.ok(&["rm", "oom"]);
+    }
 }
 
 #[test]

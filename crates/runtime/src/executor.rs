@@ -185,8 +185,6 @@ pub struct Started {
 
 enum Inner {
     Embedded(Box<libcontainer::container::Container>),
-    /// The external runtime in the foreground (`run`): it exits with the container.
-    External(std::process::Child),
     /// The external runtime detached; its container is our child now (we are its subreaper).
     /// The runtime and its state directory, for `delete` once it has exited.
     Adopted(PathBuf, PathBuf, String),
@@ -208,10 +206,6 @@ impl Started {
     pub fn try_wait(&mut self) -> Result<Option<i32>> {
         match &mut self.inner {
             Inner::Embedded(_) | Inner::Adopted(..) => waitpid(self.pid, libc::WNOHANG),
-            Inner::External(child) => child
-                .try_wait()
-                .map(|s| s.map(status_code))
-                .map_err(|e| Error::Executor(format!("waiting for the runtime: {e}"))),
         }
     }
 
@@ -219,10 +213,6 @@ impl Started {
     pub fn wait(&mut self) -> Result<i32> {
         match &mut self.inner {
             Inner::Embedded(_) | Inner::Adopted(..) => waitpid(self.pid, 0).map(|s| s.unwrap_or(255)),
-            Inner::External(child) => child
-                .wait()
-                .map(status_code)
-                .map_err(|e| Error::Executor(format!("waiting for the runtime: {e}"))),
         }
     }
 
@@ -239,7 +229,6 @@ impl Started {
             Inner::Adopted(bin, state, id) => {
                 let _ = Command::new(bin).arg("--root").arg(state).args(["delete", "--force", &id]).output();
             }
-            Inner::External(_) => {}
         }
         Exit { code, oom_killed: oom }
     }
@@ -251,8 +240,6 @@ impl Started {
 pub enum MonitorTarget {
     /// libcontainer's container: reap it, then remove its cgroups and libcontainer's state.
     Embedded { pid: i32 },
-    /// An external runtime in the foreground: reap the runtime (it exits with the container).
-    External { pid: i32 },
     /// An external runtime that detached: reap the container, then `RUNTIME --root STATE delete`.
     Adopted { pid: i32, runtime: PathBuf },
 }
@@ -260,7 +247,7 @@ pub enum MonitorTarget {
 impl MonitorTarget {
     pub fn pid(&self) -> i32 {
         match self {
-            MonitorTarget::Embedded { pid } | MonitorTarget::External { pid } | MonitorTarget::Adopted { pid, .. } => *pid,
+            MonitorTarget::Embedded { pid } | MonitorTarget::Adopted { pid, .. } => *pid,
         }
     }
 
@@ -271,7 +258,6 @@ impl MonitorTarget {
                 crate::container::remove_cgroups(cgroup);
                 let _ = std::fs::remove_dir_all(state_dir.join(id));
             }
-            MonitorTarget::External { .. } => {}
             MonitorTarget::Adopted { runtime, .. } => {
                 let _ = Command::new(runtime)
                     .arg("--root")
@@ -288,7 +274,6 @@ impl Started {
     pub fn into_monitor(self) -> MonitorTarget {
         match self.inner {
             Inner::Embedded(_) => MonitorTarget::Embedded { pid: self.pid },
-            Inner::External(child) => MonitorTarget::External { pid: child.id() as i32 },
             Inner::Adopted(bin, _, _) => MonitorTarget::Adopted {
                 pid: self.pid,
                 runtime: bin,
@@ -381,6 +366,11 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
 fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Result<Started> {
     let pid_file = state_dir.join("pid");
     let _ = std::fs::remove_file(&pid_file);
+    // Always detached, with us as the subreaper: the container becomes our child once the runtime
+    // exits, we reap it ourselves, and its cgroup stays until our `delete`, so an OOM kill can be
+    // read first (a foreground runc removes the cgroup as the container exits). A console socket
+    // also needs --detach.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| Error::Executor(format!("subreaper: {e}")))?;
     let mut cmd = Command::new(bin);
     cmd.arg("--root")
         .arg(state_dir)
@@ -388,13 +378,10 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
-        .arg(&pid_file);
-    let detached = stdio.console_socket.is_some();
+        .arg(&pid_file)
+        .arg("--detach");
     if let Some(p) = &stdio.console_socket {
-        // runc takes a console socket only when it detaches; the container then becomes our child
-        // (we are its subreaper) once runc exits, and we wait for it directly.
-        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| Error::Executor(format!("subreaper: {e}")))?;
-        cmd.arg("--detach").arg("--console-socket").arg(p);
+        cmd.arg("--console-socket").arg(p);
     }
     cmd.arg(id);
     if let Some(fd) = stdio.stdin {
@@ -406,43 +393,27 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
     if let Some(fd) = stdio.stderr {
         cmd.stderr(std::process::Stdio::from(fd));
     }
-    let mut child = cmd
-        .spawn()
+    let status = cmd
+        .status()
         .map_err(|e| Error::Executor(format!("starting {}: {e}", bin.display())))?;
-    if detached {
-        let status = child
-            .wait()
-            .map_err(|e| Error::Executor(format!("waiting for {}: {e}", bin.display())))?;
-        if !status.success() {
-            return Err(Error::Executor(format!(
-                "{} could not start the container ({status})",
-                bin.display()
-            )));
-        }
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
-        return Ok(Started {
-            pid,
-            inner: Inner::Adopted(bin.to_path_buf(), state_dir.to_path_buf(), id.to_owned()),
-        });
+    if !status.success() {
+        let _ = Command::new(bin)
+            .arg("--root")
+            .arg(state_dir)
+            .args(["delete", "--force", id])
+            .output();
+        return Err(Error::Executor(format!(
+            "{} could not start the container ({status})",
+            bin.display()
+        )));
     }
-    // The runtime writes the pid file once the process exists; wait for it briefly.
-    let mut pid = 0;
-    for _ in 0..500 {
-        if let Some(p) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
-            pid = p;
-            break;
-        }
-        if child.try_wait().ok().flatten().is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
     Ok(Started {
         pid,
-        inner: Inner::External(child),
+        inner: Inner::Adopted(bin.to_path_buf(), state_dir.to_path_buf(), id.to_owned()),
     })
 }
 

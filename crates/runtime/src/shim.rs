@@ -67,7 +67,6 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     }
     let (kind, runtime) = match &target {
         MonitorTarget::Embedded { .. } => ("embedded", String::new()),
-        MonitorTarget::External { .. } => ("external", String::new()),
         MonitorTarget::Adopted { runtime, .. } => ("adopted", runtime.display().to_string()),
     };
     use std::os::fd::AsRawFd;
