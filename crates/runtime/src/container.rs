@@ -172,14 +172,7 @@ impl Containers {
         let reg = Path::new(RANGE_REGISTRY);
         fs::create_dir_all(reg).map_err(|e| io(reg, e))?;
         set_mode(reg, 0o700)?;
-        let lock_path = reg.join(".lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io(&lock_path, e))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&lock_path, e))?;
+        let _lock = lock_file(&reg.join(".lock"))?;
         let used: std::collections::BTreeSet<u32> = taken.iter().filter_map(|r| r.host_id).collect();
         for k in 0..MAX_RANGES {
             let h = FIRST_HOST_ID + k * ID_RANGE;
@@ -217,15 +210,7 @@ impl Containers {
 
     /// Takes the container-wide lock (creating, naming and removing containers are serialised).
     pub fn lock(&self) -> Result<fs::File> {
-        let p = self.dir.join(".lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| io(&p, e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e))?;
-        Ok(f)
+        lock_file(&self.dir.join(".lock"))
     }
 
     /// Prepares the directories and mounts the root filesystem of a new container.
@@ -358,6 +343,18 @@ pub fn remove_cgroups(cgroup: &str) {
             }
         }
     }
+}
+
+/// Opens (creating) `p` and holds an exclusive flock on it until the file is dropped.
+fn lock_file(p: &Path) -> Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(p)
+        .map_err(|e| io(p, e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(p, e))?;
+    Ok(f)
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
