@@ -1,5 +1,6 @@
 //! Container commands: run, ps, rm, inspect, diff.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -239,6 +240,7 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
+        open_stdin: a.interactive,
         init: a.init,
         mounts: {
             use bulkhead_runtime::mounts::{parse_mount, parse_tmpfs, parse_volume};
@@ -289,9 +291,6 @@ pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 /// `bulkhead run`: create and run; in the foreground exits with the container's status, with -d
 /// leaves it to its shim and prints its id.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
-    if a.detach && a.tty {
-        bail!("-d with -t is not supported yet (a detached container's output goes to its log)");
-    }
     let (store, cs, mut rec) = create_container(ctx, &a, a.detach && a.rm)?;
     if a.detach {
         lifecycle::spawn_shim(&ctx.root, &rec.id)?;
@@ -585,20 +584,27 @@ fn tempfile_in(dir: &std::path::Path) -> anyhow::Result<tempfile::NamedTempFile>
         .with_context(|| format!("creating a file in {}", dir.display()))
 }
 
-/// The hidden `shim-monitor` command: what the shim becomes once its container runs.
-pub fn shim_monitor(ctx: &Ctx, id: &str, pid: i32, out_fd: i32, err_fd: i32, kind: &str, runtime: &str) -> anyhow::Result<ExitCode> {
+/// The hidden `shim-finish` command: the shim's monitor hands over here after the container exited.
+pub fn shim_finish(
+    ctx: &Ctx,
+    id: &str,
+    pid: i32,
+    runtime: Option<PathBuf>,
+    code: i32,
+    finished: &str,
+    error: Option<String>,
+) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::executor::MonitorTarget;
-    let target = match kind {
-        "embedded" => MonitorTarget::Embedded { pid },
-        "adopted" => MonitorTarget::Adopted {
-            pid,
-            runtime: runtime.into(),
-        },
-        k => bail!("unknown monitor kind {k:?}"),
+    let target = match runtime {
+        None => MonitorTarget::Embedded { pid },
+        Some(runtime) => MonitorTarget::Adopted { pid, runtime },
     };
+    let finished = chrono::DateTime::parse_from_rfc3339(finished)
+        .with_context(|| format!("--finished {finished:?}"))?
+        .with_timezone(&chrono::Utc);
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
-    bulkhead_runtime::shim::run_monitor(&store, &cs, id, target, out_fd, err_fd)?;
+    bulkhead_runtime::shim::finish(&store, &cs, id, &target, code, finished, error)?;
     Ok(ExitCode::SUCCESS)
 }
 

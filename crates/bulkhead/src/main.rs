@@ -88,20 +88,21 @@ enum Command {
     /// Supervise a container (started by run -d and start; not for people).
     #[command(hide = true)]
     Shim { id: String },
-    /// The shim once its container runs (exec'd by the shim; not for people).
+    /// Records the exit of a container (executed by its shim's monitor; not for people).
     #[command(hide = true)]
-    ShimMonitor {
+    ShimFinish {
         id: String,
         #[arg(long)]
         pid: i32,
+        /// The external runtime that ran it (none: the embedded executor).
         #[arg(long)]
-        out_fd: i32,
+        runtime: Option<PathBuf>,
+        #[arg(long, allow_hyphen_values = true)]
+        code: i32,
         #[arg(long)]
-        err_fd: i32,
+        finished: String,
         #[arg(long)]
-        kind: String,
-        #[arg(long, default_value = "")]
-        runtime: String,
+        error: Option<String>,
     },
     /// List containers (running ones; -a for all).
     Ps {
@@ -183,6 +184,12 @@ fn main() -> ExitCode {
         cli.command,
         Command::Run(_) | Command::Shim { .. } | Command::Create(_) | Command::Exec(_)
     );
+    if is_run && !pentacle::is_sealed() {
+        // Where the user's binary is, for the shim's finishing half (which need not run sealed).
+        if let Ok(exe) = std::env::current_exe() {
+            std::env::set_var("BULKHEAD_EXE", exe);
+        }
+    }
     if is_run {
         // A container must never be able to overwrite the binary that starts it (CVE-2019-5736):
         // run from a sealed, anonymous copy of ourselves.
@@ -213,14 +220,14 @@ fn main() -> ExitCode {
         Command::Top { container } => container_cmd::top(&ctx, &container),
         Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
-        Command::ShimMonitor {
+        Command::ShimFinish {
             id,
             pid,
-            out_fd,
-            err_fd,
-            kind,
             runtime,
-        } => container_cmd::shim_monitor(&ctx, &id, pid, out_fd, err_fd, &kind, &runtime),
+            code,
+            finished,
+            error,
+        } => container_cmd::shim_finish(&ctx, &id, pid, runtime, code, &finished, error),
         Command::Ps { all } => container_cmd::ps(&ctx, all),
         Command::Rm { containers, force } => container_cmd::rm(&ctx, &containers, force),
         Command::Inspect { containers } => container_cmd::inspect(&ctx, &containers),

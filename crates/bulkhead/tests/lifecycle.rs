@@ -162,6 +162,45 @@ fn killing_the_shim_leaves_a_container_that_rm_cleans_up() {
     assert!(!mounts.contains(&id), "a mount was left behind");
 }
 
+/// What stays beside a detached container is the small static monitor, not the full binary: no
+/// shared libraries mapped, under 2 MiB resident (the full binary stayed at 6.3 MiB).
+#[test]
+fn the_resident_shim_is_the_small_static_monitor() {
+    let env = Env::new();
+    let img = image(&env);
+    let id = env.ok(&["run", "-d", "--name", "lean", img, "sleep", "60"]).trim().to_owned();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root().join("containers").join(&id).join("record.json")).unwrap()).unwrap();
+    let shim = rec["shim_pid"].as_i64().unwrap();
+    wait_until("the monitor", || {
+        std::fs::read_to_string(format!("/proc/{shim}/comm")).is_ok_and(|c| c.trim() == "bulkhead-shim")
+    });
+    let maps = std::fs::read_to_string(format!("/proc/{shim}/maps")).unwrap();
+    assert!(!maps.contains(".so"), "the monitor maps shared libraries:\n{maps}");
+    let status = std::fs::read_to_string(format!("/proc/{shim}/status")).unwrap();
+    let rss: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss < 2048, "the idle shim holds {rss} kB");
+    // Only the shim itself may record the exit: anyone else calling shim-finish is refused, and the
+    // container stays running.
+    let err = env.fails(&[
+        "shim-finish",
+        &id,
+        "--pid",
+        "1",
+        "--code",
+        "0",
+        "--finished",
+        "2026-01-01T00:00:00Z",
+    ]);
+    assert!(err.contains("is not the shim"), "{err}");
+    assert_eq!(inspect(&env, "lean")["State"]["Status"], "running");
+    env.ok(&["rm", "-f", "lean"]);
+}
+
 #[test]
 fn run_detached_with_rm_removes_itself() {
     let env = Env::new();

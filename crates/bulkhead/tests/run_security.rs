@@ -642,6 +642,61 @@ fn tty_for_run_and_exec() {
     }
 }
 
+/// Docker's habits: `run -dit sh` keeps a shell waiting on its pty, `run -di sh` on an open stdin,
+/// `run -d sh` ends at once (stdin is /dev/null); a pty's output is logged, detached or not.
+#[test]
+fn detached_tty_and_open_stdin_keep_a_shell_and_log_its_output() {
+    let env = Env::new();
+    let img = image(&env);
+    for runtime in ["libcontainer", "runc"] {
+        env.ok(&["run", "-dit", "--runtime", runtime, "--name", "dit", img, "sh"]);
+        env.ok(&["run", "-di", "--runtime", runtime, "--name", "di", img, "sh"]);
+        env.ok(&["run", "-d", "--runtime", runtime, "--name", "d", img, "sh"]);
+        env.ok(&[
+            "run",
+            "-dt",
+            "--runtime",
+            runtime,
+            "--name",
+            "dt",
+            img,
+            "sh",
+            "-c",
+            "tty; echo from-a-pty",
+        ]);
+        assert_eq!(env.ok(&["wait", "d"]).trim(), "0", "{runtime}");
+        assert_eq!(env.ok(&["wait", "dt"]).trim(), "0", "{runtime}");
+        let out = env.ok(&["logs", "dt"]);
+        assert!(
+            out.contains("/dev/pts/0\r\nfrom-a-pty\r\n"),
+            "{runtime}: the pty's output, as written: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let ps = env.ok(&["ps"]);
+        assert!(ps.contains("dit") && ps.contains(" di"), "{runtime}: the shells wait:\n{ps}");
+        assert!(
+            env.ok(&["exec", "dit", "sh", "-c", "readlink /proc/1/fd/0"]).contains("/dev/pts/0"),
+            "{runtime}"
+        );
+        assert!(
+            env.ok(&["exec", "di", "sh", "-c", "readlink /proc/1/fd/0"]).contains("pipe:"),
+            "{runtime}"
+        );
+        assert!(
+            env.ok(&["logs", "dit"]).contains("BusyBox"),
+            "{runtime}: the shell's banner is logged"
+        );
+        env.ok(&["logs", "--verify", "dit"]);
+        env.ok(&["rm", "-f", "dit", "di", "d", "dt"]);
+    }
+    // In the foreground too: shown and logged.
+    let (code, out) = run_with_input(&env, &["run", "-t", "--name", "fg", img, "sh", "-c", "echo shown-and-logged"], "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("shown-and-logged"));
+    assert!(env.ok(&["logs", "fg"]).contains("shown-and-logged"));
+    env.ok(&["rm", "fg"]);
+}
+
 #[test]
 fn other_host_users_cannot_read_a_containers_files() {
     let env = Env::new();

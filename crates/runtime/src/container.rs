@@ -74,6 +74,9 @@ pub struct ContainerRecord {
     /// Remove the container when it exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// `-i`: a detached container's stdin stays open instead of reading /dev/null.
+    #[serde(default)]
+    pub open_stdin: bool,
     /// The signal `stop` sends first, and how long it waits before SIGKILL.
     #[serde(default = "default_stop_signal")]
     pub stop_signal: i32,

@@ -12,6 +12,9 @@ pub enum Error {
     /// The executor (libcontainer or an OCI runtime) failed.
     #[error("{0}")]
     Executor(String),
+    /// The log or the monitor failed.
+    #[error(transparent)]
+    Log(#[from] bulkhead_shim::Error),
     /// The image store failed.
     #[error(transparent)]
     Image(#[from] bulkhead_image::Error),

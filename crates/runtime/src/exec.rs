@@ -292,7 +292,7 @@ fn run(mut plan: Plan, tty: bool) -> Result<i32> {
     if let (Some(sock), true) = (ours, joined.is_ok()) {
         match crate::tty::receive_fd(std::os::fd::AsFd::as_fd(&sock)) {
             Ok(master) => {
-                return crate::tty::proxy(&master, || {
+                return crate::tty::proxy(&master, None, || {
                     let mut status = 0;
                     // SAFETY: polling our own child.
                     let r = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };

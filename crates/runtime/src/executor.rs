@@ -53,25 +53,19 @@ impl Executor {
         }
     }
 
-    /// Runs the container to completion with this process's stdio. `on_start` gets the pid of the
-    /// container's first process; `cgroup` is the spec's cgroupsPath, read for OOM kills.
-    /// With `console_dir`, the container gets a pty (its spec must say process.terminal), proxied
-    /// to our terminal; the socket that carries its master is made in that directory.
-    pub fn run(
+    /// Runs the container to completion with a pty (its spec must say process.terminal) proxied
+    /// to our terminal and copied into `tty.log`. `on_start` gets the pid of the container's first
+    /// process; `cgroup` is the spec's cgroupsPath, read for OOM kills.
+    pub fn run_tty(
         &self,
         id: &str,
         bundle: &Path,
         state_dir: &Path,
         cgroup: &str,
-        console_dir: Option<&Path>,
+        tty: Tty<'_>,
         on_start: impl FnOnce(i32),
     ) -> Result<Exit> {
-        let Some(dir) = console_dir else {
-            let mut started = self.start(id, bundle, state_dir, Stdio::default())?;
-            on_start(started.pid());
-            let code = started.wait()?;
-            return Ok(started.finish(cgroup, code));
-        };
+        let dir = tty.socket_dir;
         let console = crate::tty::ConsoleSocket::new(dir)?;
         let stdio = Stdio {
             console_socket: Some(console.path().to_path_buf()),
@@ -86,9 +80,15 @@ impl Executor {
                 return Err(e);
             }
         };
-        let code = crate::tty::proxy(&master, || started.try_wait())?;
+        let code = crate::tty::proxy(&master, Some(tty.log), || started.try_wait())?;
         Ok(started.finish(cgroup, code))
     }
+}
+
+/// A foreground container's pty: where the socket that carries its master is made, and its log.
+pub struct Tty<'a> {
+    pub socket_dir: &'a Path,
+    pub log: &'a mut crate::logs::LogWriter,
 }
 
 /// A process to run in an existing container (`exec`).
@@ -155,7 +155,7 @@ impl Executor {
                     let _ = std::fs::remove_file(&pid_file);
                     let pid = pid.ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
                     let master = console.receive_master()?;
-                    return crate::tty::proxy(&master, || waitpid(pid, libc::WNOHANG));
+                    return crate::tty::proxy(&master, None, || waitpid(pid, libc::WNOHANG));
                 }
                 cmd.arg(id).args(&req.args);
                 let status = cmd

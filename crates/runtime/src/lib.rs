@@ -30,7 +30,8 @@ pub mod executor;
 pub mod idmap;
 pub mod inspect_fs;
 pub mod lifecycle;
-pub mod logs;
+/// Container logs: the format the shim writes (crate bulkhead-shim).
+pub use bulkhead_shim::logs;
 pub mod mounts;
 pub mod profile;
 pub mod run;

@@ -21,6 +21,8 @@ pub struct CreateRequest {
     pub resources: Resources,
     pub executor: Executor,
     pub auto_remove: bool,
+    /// `-i` on a detached container: its stdin stays open (a pipe nobody writes), as Docker's does.
+    pub open_stdin: bool,
     pub labels: std::collections::BTreeMap<String, String>,
     /// `--init`: bulkhead-init as PID 1 (reaps zombies, forwards signals).
     pub init: bool,
@@ -185,6 +187,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             shim_pid: None,
             error: None,
             auto_remove: req.auto_remove,
+            open_stdin: req.open_stdin,
             stop_signal,
             stop_timeout: req.stop_timeout.unwrap_or(10),
             labels: req.labels.clone(),
@@ -246,9 +249,15 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
         forward_signals(pid);
     };
     let cgroup = cgroup_path(&rec.id);
-    let exit = if console_dir.is_some() {
-        // A pty's output is shown, not logged.
-        executor.run(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup, console_dir.as_deref(), on_start)
+    let exit = if let Some(socket_dir) = console_dir.as_deref() {
+        // A pty's output is shown and logged (as one stream, stdout, like Docker's).
+        let mut log = crate::logs::LogWriter::open(
+            &cs.dir(&rec.id).join("logs"),
+            crate::logs::DEFAULT_MAX_SIZE,
+            crate::logs::DEFAULT_MAX_FILES,
+        )?;
+        let tty = crate::executor::Tty { socket_dir, log: &mut log };
+        executor.run_tty(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup, tty, on_start)
     } else {
         // Shown on our stdout/stderr and kept in the container's log, as for detached containers.
         run_logged(cs, &rec.id, executor, &state_dir, &cgroup, on_start)
@@ -300,7 +309,9 @@ fn run_logged(
     };
     let mut started = executor.start(id, &cs.bundle(id), state_dir, stdio)?;
     on_start(started.pid());
-    let code = crate::shim::copy_output(out_r, err_r, &mut log, true, || started.try_wait())?;
+    let exit = rustix::process::Pid::from_raw(started.pid())
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let code = bulkhead_shim::output::copy_output([Some(out_r), Some(err_r)], exit, &mut log, true, || started.try_wait())?;
     Ok(started.finish(cgroup, code))
 }
 

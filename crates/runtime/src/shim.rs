@@ -4,17 +4,15 @@
 //! filesystem. It stays single-threaded, so the executor's clone happens in a process with one
 //! thread; it polls the output pipes and reaps with WNOHANG in the same loop.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use bulkhead_image::Store;
-use rustix::event::{poll, PollFd, PollFlags};
-use rustix::io::Errno;
 
 use crate::container::{Containers, State};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, MonitorTarget, Stdio};
-use crate::logs::{LogWriter, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE};
 use crate::run::cgroup_path;
+use bulkhead_shim::logs::{LogWriter, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE};
 
 /// Runs container `id` under this process until it exits. Any failure to start is recorded in the
 /// container's record (status 125 and the reason) as well as returned.
@@ -40,18 +38,66 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {}", std::io::Error::from(e))))
 }
 
+/// Where a detached container's output goes before the monitor takes it over.
+enum Output {
+    Pipes {
+        out: OwnedFd,
+        err: OwnedFd,
+    },
+    /// `-t`: the pty master (its slave is the container's stdin, stdout and stderr).
+    Pty(OwnedFd),
+}
+
 fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::ContainerRecord, executor: &Executor) -> Result<()> {
     cs.mount_rootfs(store, rec)?;
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| Error::Executor(format!("/dev/null: {e}")))?;
+    let spec: serde_json::Value = std::fs::read(cs.bundle(&rec.id).join("config.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
+    // `-i`: stdin is a pipe whose write end the monitor holds and never writes, so the container
+    // reads no end of file (a shell waits, as under `docker run -di`). Otherwise /dev/null.
+    let (stdin, hold) = if terminal {
+        (None, None)
+    } else if rec.open_stdin {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        let null = std::fs::File::open("/dev/null").map_err(|e| Error::Executor(format!("/dev/null: {e}")))?;
+        (Some(null.into()), None)
+    };
+    let console = if terminal {
+        Some(crate::tty::ConsoleSocket::new(&store.root().join("tmp"))?)
+    } else {
+        None
+    };
+    let (pipes, stdout, stderr) = if terminal {
+        (None, None, None)
+    } else {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        (Some((out_r, err_r)), Some(out_w), Some(err_w))
+    };
     let stdio = Stdio {
-        stdin: Some(null.into()),
-        stdout: Some(out_w),
-        stderr: Some(err_w),
-        console_socket: None,
+        stdin,
+        stdout,
+        stderr,
+        console_socket: console.as_ref().map(|c| c.path().to_path_buf()),
     };
     let started = executor.start(&rec.id, &cs.bundle(&rec.id), &cs.dir(&rec.id).join("exec"), stdio)?;
+    let output = match (pipes, console) {
+        (Some((out, err)), _) => Output::Pipes { out, err },
+        (None, Some(console)) => match console.receive_master() {
+            Ok(master) => Output::Pty(master),
+            Err(e) => {
+                // SAFETY: kill(2) of our child, which we reap below.
+                unsafe { libc::kill(started.pid(), libc::SIGKILL) };
+                let _ = crate::executor::reap(started.pid(), true);
+                return Err(e);
+            }
+        },
+        (None, None) => unreachable!("a terminal always has a console socket"),
+    };
     rec.state = State::Running {
         pid: started.pid(),
         started: chrono::Utc::now(),
@@ -59,173 +105,129 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     rec.shim_pid = Some(std::process::id() as i32);
     rec.error = None;
     cs.save(rec)?;
-    // The container runs. Exec a lean monitor in our place: it keeps our pid and so our children,
-    // and leaves behind the pages that starting a container touched (libcontainer, libseccomp).
+    // The container runs. Execute the lean monitor in our place: same pid, so still the parent
+    // and the subreaper; it leaves behind every page that starting a container touched.
     let target = started.into_monitor();
-    for fd in [&out_r, &err_r] {
+    let inherited: Vec<&OwnedFd> = match &output {
+        Output::Pipes { out, err } => vec![out, err],
+        Output::Pty(m) => vec![m],
+    };
+    for fd in inherited.into_iter().chain(hold.as_ref()) {
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(|e| Error::Executor(format!("fcntl: {e}")))?;
     }
-    let (kind, runtime) = match &target {
-        MonitorTarget::Embedded { .. } => ("embedded", String::new()),
-        MonitorTarget::Adopted { runtime, .. } => ("adopted", runtime.display().to_string()),
+    let e = exec_monitor(store, cs, &rec.id, &target, &output, hold.as_ref());
+    // Only on failure: monitor here instead.
+    tracing::warn!(error = %e, "could not execute the shim monitor; monitoring in place");
+    let mut log = LogWriter::open(&cs.dir(&rec.id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
+    let pid = target.pid();
+    let streams = match output {
+        Output::Pipes { out, err } => [Some(out), Some(err)],
+        Output::Pty(m) => [Some(m), None],
     };
+    let code = bulkhead_shim::output::copy_output(streams, None, &mut log, false, || crate::executor::reap(pid, false))?;
+    drop(hold);
+    finish(store, cs, &rec.id, &target, code, chrono::Utc::now(), None)
+}
+
+/// The monitor binary (crates/shim), built static by build.rs and embedded.
+static MONITOR: &[u8] = include_bytes!(env!("BULKHEAD_SHIM_BIN"));
+
+/// Executes the embedded monitor from a sealed memfd in this process's place, with the output
+/// pipes and the `shim-finish` command it runs after the exit. Returns only on failure.
+fn exec_monitor(
+    store: &Store,
+    cs: &Containers,
+    id: &str,
+    target: &MonitorTarget,
+    output: &Output,
+    hold: Option<&OwnedFd>,
+) -> std::io::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let e = std::process::Command::new("/proc/self/exe")
+    // The finishing half is the full binary again, from where the user installed it; it never
+    // enters the container, so it need not run sealed.
+    let Some(bulkhead) = std::env::var_os("BULKHEAD_EXE")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+    else {
+        return std::io::Error::other("BULKHEAD_EXE does not name the bulkhead binary");
+    };
+    let memfd = match sealed_memfd("bulkhead-shim", MONITOR) {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    let mut cmd = std::process::Command::new(format!("/proc/self/fd/{}", memfd.as_raw_fd()));
+    cmd.arg0("bulkhead-shim")
+        .arg("--log")
+        .arg(cs.dir(id).join("logs"))
+        .args(["--pid", &target.pid().to_string()]);
+    match output {
+        Output::Pipes { out, err } => cmd.args(["--out", &out.as_raw_fd().to_string(), "--err", &err.as_raw_fd().to_string()]),
+        Output::Pty(master) => cmd.args(["--tty", &master.as_raw_fd().to_string()]),
+    };
+    if let Some(fd) = hold {
+        cmd.args(["--hold", &fd.as_raw_fd().to_string()]);
+    }
+    cmd.arg("--")
+        .arg(bulkhead)
         .arg("--root")
         .arg(store.root())
-        .args([
-            "shim-monitor",
-            &rec.id,
-            "--pid",
-            &target.pid().to_string(),
-            "--out-fd",
-            &out_r.as_raw_fd().to_string(),
-            "--err-fd",
-            &err_r.as_raw_fd().to_string(),
-            "--kind",
-            kind,
-            "--runtime",
-            &runtime,
-        ])
-        .exec();
-    // Only on failure: monitor here instead.
-    tracing::warn!(error = %e, "could not exec the shim monitor; monitoring in place");
-    monitor(store, cs, &rec.id, target, out_r, err_r)
+        .args(["shim-finish", id, "--pid", &target.pid().to_string()]);
+    if let MonitorTarget::Adopted { runtime, .. } = target {
+        cmd.arg("--runtime").arg(runtime);
+    }
+    cmd.exec()
 }
 
-/// Entry point of `shim-monitor`: takes over the inherited pipe descriptors (checked to be pipes)
-/// and monitors; a failure is recorded in the container's record.
-pub fn run_monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, out_fd: i32, err_fd: i32) -> Result<()> {
-    let adopt = |fd: i32| -> Result<OwnedFd> {
-        // SAFETY: fcntl(F_GETFD) only asks whether the descriptor is open.
-        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(Error::Executor(format!("descriptor {fd} is not open")));
-        }
-        // SAFETY: the descriptor is open, and this process was exec'd by its shim to own it.
-        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let st = rustix::fs::fstat(&owned).map_err(|e| Error::Executor(format!("fstat: {e}")))?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Fifo {
-            return Err(Error::Executor(format!("descriptor {fd} is not a pipe")));
-        }
-        rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| Error::Executor(format!("fcntl: {e}")))?;
-        Ok(owned)
-    };
-    let result = adopt(out_fd)
-        .and_then(|o| Ok((o, adopt(err_fd)?)))
-        .and_then(|(o, e)| monitor(store, cs, id, target, o, e));
-    if let Err(e) = &result {
-        if let Ok(mut rec) = cs.load(id) {
-            rec.error = Some(e.to_string());
-            let _ = cs.save(&rec);
+/// A close-on-exec memfd holding `data`, sealed against any change.
+fn sealed_memfd(name: &str, data: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, data)?;
+    let fd = OwnedFd::from(file);
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE)?;
+    Ok(fd)
+}
+
+/// After the exit (`shim-finish`, which the monitor executes in its own place, or the shim itself
+/// when it monitored in place): cleans up what the executor would have, records the exit
+/// atomically, unmounts, and removes an --rm container. Only the container's shim may do this
+/// (the same pid as recorded).
+pub fn finish(
+    store: &Store,
+    cs: &Containers,
+    id: &str,
+    target: &MonitorTarget,
+    code: i32,
+    finished: chrono::DateTime<chrono::Utc>,
+    error: Option<String>,
+) -> Result<()> {
+    let me = std::process::id() as i32;
+    let mut rec = cs.load(id)?;
+    match rec.state {
+        State::Running { pid, .. } if pid == target.pid() && rec.shim_pid == Some(me) => {}
+        _ => {
+            return Err(Error::Invalid(format!(
+                "shim-finish: process {me} is not the shim of a running container {id}"
+            )))
         }
     }
-    result
-}
-
-/// The shim after its exec: copies output into the log until the container exits, records the
-/// exit, cleans up what the executor would have, unmounts, and removes an --rm container.
-pub fn monitor(store: &Store, cs: &Containers, id: &str, target: MonitorTarget, out_r: OwnedFd, err_r: OwnedFd) -> Result<()> {
-    let mut rec = cs.load(id)?;
-    let mut log = LogWriter::open(&cs.dir(id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
-    let pid = target.pid();
-    let code = copy_output(out_r, err_r, &mut log, false, || crate::executor::reap(pid, false))?;
     let cgroup = cgroup_path(id);
     let oom = crate::executor::oom_killed(&cgroup);
     target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
     rec.state = State::Exited {
         code,
-        finished: chrono::Utc::now(),
+        finished,
         oom_killed: oom,
     };
+    if error.is_some() {
+        rec.error = error;
+    }
     cs.save(&rec)?;
     cs.unmount_rootfs(id)?;
     if rec.auto_remove {
         crate::run::remove(store, cs, id, true)?;
-    }
-    Ok(())
-}
-
-/// Copies the container's output into its log (and, with `tee`, to our own stdout and stderr)
-/// until `exited` reports its status; then reads what is left and closes the log.
-pub fn copy_output(
-    out_r: OwnedFd,
-    err_r: OwnedFd,
-    log: &mut LogWriter,
-    tee: bool,
-    mut exited: impl FnMut() -> Result<Option<i32>>,
-) -> Result<i32> {
-    let mut open = [Some(out_r), Some(err_r)];
-    let mut buf = vec![0u8; 64 << 10];
-    let code = loop {
-        let mut fds: Vec<PollFd> = open.iter().flatten().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
-        let timeout = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 200_000_000,
-        };
-        if !fds.is_empty() {
-            match poll(&mut fds, Some(&timeout)) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(Error::Executor(format!("poll: {}", std::io::Error::from(e)))),
-            }
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        drop(fds);
-        drain(&mut open, log, &mut buf, false, tee)?;
-        if let Some(code) = exited()? {
-            break code;
-        }
-    };
-    // The first process is gone: the kernel kills the rest of the pid namespace, so the pipes end.
-    drain(&mut open, log, &mut buf, true, tee)?;
-    log.close()?;
-    Ok(code)
-}
-
-/// Copies what the pipes hold into the log; at the end, reads until every writer is gone.
-fn drain(open: &mut [Option<OwnedFd>; 2], log: &mut LogWriter, buf: &mut [u8], to_end: bool, tee: bool) -> Result<()> {
-    for (i, slot) in open.iter_mut().enumerate() {
-        let stream = if i == 0 { "stdout" } else { "stderr" };
-        let Some(fd) = slot.as_ref() else { continue };
-        loop {
-            // Never block on a quiet pipe. At the end, wait a little for what is still in flight
-            // (a writer we cannot see may keep the pipe open, so EOF is not guaranteed).
-            {
-                let mut p = [PollFd::new(fd, PollFlags::IN)];
-                let wait = rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: if to_end { 300_000_000 } else { 0 },
-                };
-                match poll(&mut p, Some(&wait)) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(Errno::INTR) => continue,
-                    Err(e) => return Err(Error::Executor(format!("poll: {}", std::io::Error::from(e)))),
-                }
-            }
-            match rustix::io::read(fd.as_fd(), &mut *buf) {
-                Ok(0) => {
-                    *slot = None;
-                    break;
-                }
-                Ok(n) => {
-                    if tee {
-                        use std::io::Write;
-                        // The user's terminal going away must not stop the log.
-                        let _ = if i == 0 {
-                            std::io::stdout().write_all(&buf[..n]).and_then(|_| std::io::stdout().flush())
-                        } else {
-                            std::io::stderr().write_all(&buf[..n])
-                        };
-                    }
-                    log.write(stream, &buf[..n])?
-                }
-                Err(Errno::INTR) => continue,
-                Err(Errno::AGAIN) => break,
-                Err(e) => return Err(Error::Executor(format!("reading container output: {}", std::io::Error::from(e)))),
-            }
-        }
     }
     Ok(())
 }

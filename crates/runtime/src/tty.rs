@@ -104,8 +104,8 @@ impl Drop for RawMode {
 }
 
 /// Copies between our stdin/stdout and the pty master until `done` reports the process's exit
-/// status (polled between reads); returns it.
-pub fn proxy(master: &OwnedFd, mut done: impl FnMut() -> Result<Option<i32>>) -> Result<i32> {
+/// status (polled between reads); returns it. What the process writes also goes to `log`.
+pub fn proxy(master: &OwnedFd, mut log: Option<&mut crate::logs::LogWriter>, mut done: impl FnMut() -> Result<Option<i32>>) -> Result<i32> {
     if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdout()) {
         let _ = rustix::termios::tcsetwinsize(master, ws);
     }
@@ -143,7 +143,12 @@ pub fn proxy(master: &OwnedFd, mut done: impl FnMut() -> Result<Option<i32>>) ->
             if master_ready {
                 match rustix::io::read(master, &mut buf) {
                     Ok(0) | Err(Errno::IO) => master_open = false,
-                    Ok(n) => write_all(stdout.as_fd(), &buf[..n])?,
+                    Ok(n) => {
+                        if let Some(log) = log.as_deref_mut() {
+                            log.write("stdout", &buf[..n])?;
+                        }
+                        write_all(stdout.as_fd(), &buf[..n])?
+                    }
                     Err(Errno::INTR) | Err(Errno::AGAIN) => {}
                     Err(e) => return Err(err(format!("reading the pty: {e}"))),
                 }
@@ -165,7 +170,13 @@ pub fn proxy(master: &OwnedFd, mut done: impl FnMut() -> Result<Option<i32>>) ->
                 if n == 0 {
                     break;
                 }
+                if let Some(log) = log.as_deref_mut() {
+                    log.write("stdout", &buf[..n])?;
+                }
                 write_all(stdout.as_fd(), &buf[..n])?;
+            }
+            if let Some(log) = log {
+                log.close()?;
             }
             return Ok(code);
         }

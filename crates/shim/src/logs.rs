@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Rotation: the size of one file, and how many files are kept.
 pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
@@ -54,7 +54,7 @@ pub struct LogWriter {
 }
 
 fn io(p: &Path, e: std::io::Error) -> Error {
-    Error::Invalid(format!("{}: {e}", p.display()))
+    Error(format!("{}: {e}", p.display()))
 }
 
 fn hash(line: &[u8]) -> String {
@@ -128,7 +128,7 @@ impl LogWriter {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             prev: self.last.clone(),
         };
-        let text = serde_json::to_vec(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = serde_json::to_vec(&rec).map_err(|e| Error(e.to_string()))?;
         if self.size > 0 && self.size + text.len() as u64 + 1 > self.max_size {
             self.rotate()?;
         }
@@ -146,9 +146,9 @@ impl LogWriter {
             last: self.last.clone(),
             records: self.records,
         })
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+        .map_err(|e| Error(e.to_string()))?;
         if durable {
-            bulkhead_image::store::atomic_write(&self.dir.join("head"), &data).map_err(Error::from)
+            crate::durable_write(&self.dir.join("head"), &data)
         } else {
             let tmp = self.dir.join(".head.tmp");
             fs::write(&tmp, &data).map_err(|e| io(&tmp, e))?;
@@ -220,7 +220,7 @@ pub fn read(dir: &Path) -> Result<Vec<Record>> {
             if line.is_empty() {
                 continue;
             }
-            out.push(serde_json::from_str(&line).map_err(|e| Error::Invalid(format!("{}: a record is not valid JSON: {e}", f.display())))?);
+            out.push(serde_json::from_str(&line).map_err(|e| Error(format!("{}: a record is not valid JSON: {e}", f.display())))?);
         }
     }
     Ok(out)
@@ -243,8 +243,7 @@ pub fn verify(dir: &Path) -> Result<u64> {
                 continue;
             }
             let where_ = format!("{} line {}", f.display(), i + 1);
-            let rec: Record =
-                serde_json::from_slice(&line).map_err(|_| Error::Invalid(format!("log tampered: {where_} is not a valid record")))?;
+            let rec: Record = serde_json::from_slice(&line).map_err(|_| Error(format!("log tampered: {where_} is not a valid record")))?;
             let expected = match &prev {
                 Some(p) => p.clone(),
                 // The oldest kept record: the first ever (genesis), unless older files were rotated away.
@@ -252,7 +251,7 @@ pub fn verify(dir: &Path) -> Result<u64> {
                 None => GENESIS.to_owned(),
             };
             if rec.prev != expected {
-                return Err(Error::Invalid(format!(
+                return Err(Error(format!(
                     "log tampered: {where_} does not follow the record before it (edited, removed or reordered)"
                 )));
             }
@@ -262,13 +261,13 @@ pub fn verify(dir: &Path) -> Result<u64> {
     }
     let head: Option<Head> = fs::read(dir.join("head")).ok().and_then(|d| serde_json::from_slice(&d).ok());
     match head {
-        Some(h) if Some(&h.last) != prev.as_ref() && !(h.records == 0 && prev.is_none()) => Err(Error::Invalid(format!(
+        Some(h) if Some(&h.last) != prev.as_ref() && !(h.records == 0 && prev.is_none()) => Err(Error(format!(
             "log tampered: the last record is not the last one written ({} records were written; records were cut off or replaced)",
             h.records
         ))),
         Some(_) => Ok(n),
         None if n == 0 => Ok(0),
-        None => Err(Error::Invalid("log tampered: its head record is missing".into())),
+        None => Err(Error("log tampered: its head record is missing".into())),
     }
 }
 
