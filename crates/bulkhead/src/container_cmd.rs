@@ -291,7 +291,7 @@ pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 /// `bulkhead run`: create and run; in the foreground exits with the container's status, with -d
 /// leaves it to its shim and prints its id.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (store, cs, mut rec) = create_container(ctx, &a, a.detach && a.rm)?;
+    let (store, cs, mut rec) = create_container(ctx, &a, a.rm)?;
     if a.detach {
         lifecycle::spawn_shim(&ctx.root, &rec.id)?;
         lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;

@@ -184,7 +184,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Run(_) | Command::Shim { .. } | Command::Create(_) | Command::Exec(_)
     );
-    if is_run && !pentacle::is_sealed() {
+    if is_run && !bulkhead_runtime::sealed::is_sealed() {
         // Where the user's binary is, for the shim's finishing half (which need not run sealed).
         if let Ok(exe) = std::env::current_exe() {
             std::env::set_var("BULKHEAD_EXE", exe);
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
     if is_run {
         // A container must never be able to overwrite the binary that starts it (CVE-2019-5736):
         // run from a sealed, anonymous copy of ourselves.
-        if let Err(e) = pentacle::ensure_sealed() {
+        if let Err(e) = bulkhead_runtime::sealed::ensure_sealed() {
             eprintln!("bulkhead: error: cannot re-execute from a sealed copy: {e}");
             return ExitCode::from(container_cmd::ENGINE_ERROR);
         }

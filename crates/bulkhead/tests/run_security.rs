@@ -697,6 +697,43 @@ fn detached_tty_and_open_stdin_keep_a_shell_and_log_its_output() {
     env.ok(&["rm", "fg"]);
 }
 
+/// CVE-2019-5736: the exploit keeps a descriptor to the runtime's /proc/PID/exe and, once the
+/// runtime is gone (no more ETXTBSY), reopens it for writing. Against bulkhead's sealed copy that
+/// fails: the file it runs is on a read-only overlayfs attached nowhere.
+#[test]
+fn runtime_binary_cannot_be_written_through_proc_exe() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let env = Env::new();
+    let img = image(&env);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .args(["run", "--rm", img, "sleep", "1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let exe = format!("/proc/{}/exe", child.id());
+    // Once the process has re-executed itself (its exe is no longer the file we spawned).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_link(&exe).is_ok_and(|p| p == Path::new(env!("CARGO_BIN_EXE_bulkhead"))) {
+        assert!(std::time::Instant::now() < deadline, "bulkhead never re-executed itself");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let path = std::ffi::CString::new(exe.clone()).unwrap();
+    // SAFETY: open(2) with a valid path; the descriptor is owned below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    assert!(fd >= 0, "{exe}: {}", std::io::Error::last_os_error());
+    // SAFETY: just opened, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A read-only overlayfs here; a sealed memfd (tmpfs) where overlayfs cannot be mounted.
+    let on_overlay = rustix::fs::fstatfs(&fd).unwrap().f_type as i64 == 0x794c_7630;
+    assert!(child.wait().unwrap().success());
+    let again = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let err = std::fs::OpenOptions::new().write(true).open(&again).unwrap_err();
+    let expected = if on_overlay { libc::EROFS } else { libc::EPERM };
+    assert_eq!(err.raw_os_error(), Some(expected), "{err}");
+}
+
 #[test]
 fn other_host_users_cannot_read_a_containers_files() {
     let env = Env::new();

@@ -149,8 +149,19 @@ impl Containers {
     }
 
     pub fn save(&self, rec: &ContainerRecord) -> Result<()> {
+        self.write_record(rec, !rec.auto_remove)
+    }
+
+    /// Saves a state that is worthless after a reboot (running, with this pid): replaced
+    /// atomically, but not forced to disk. After a power loss, the record says what it said before
+    /// (created or exited), which `refresh` would conclude anyway.
+    pub fn save_volatile(&self, rec: &ContainerRecord) -> Result<()> {
+        self.write_record(rec, false)
+    }
+
+    fn write_record(&self, rec: &ContainerRecord, durable: bool) -> Result<()> {
         let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::Invalid(e.to_string()))?;
-        bulkhead_image::store::atomic_write(&self.dir(&rec.id).join("record.json"), &data).map_err(Error::from)
+        bulkhead_image::store::replace_file(&self.dir(&rec.id).join("record.json"), &data, durable).map_err(Error::from)
     }
 
     /// Finds a container by full id, unique id prefix, or name.
@@ -171,7 +182,9 @@ impl Containers {
     /// container on this host uses, whatever store it belongs to. Claims live in RANGE_REGISTRY, one
     /// file per range naming the store and container; a claim whose container directory is gone is
     /// stale and taken over. `taken` (this store's records) covers containers made before claims.
-    pub fn allocate_host_id(&self, id: &str, taken: &[ContainerRecord]) -> Result<u32> {
+    /// Without `durable` (an `--rm` container) a power loss may lose the claim along with the
+    /// container.
+    pub fn allocate_host_id(&self, id: &str, taken: &[ContainerRecord], durable: bool) -> Result<u32> {
         let reg = Path::new(RANGE_REGISTRY);
         fs::create_dir_all(reg).map_err(|e| io(reg, e))?;
         set_mode(reg, 0o700)?;
@@ -190,7 +203,7 @@ impl Containers {
                 }
             }
             let me = format!("{}\n", self.dir(id).display());
-            bulkhead_image::store::atomic_write(&claim, me.as_bytes())?;
+            bulkhead_image::store::replace_file(&claim, me.as_bytes(), durable)?;
             return Ok(h);
         }
         Err(Error::Invalid("no free user namespace id range left".into()))

@@ -35,6 +35,7 @@ pub use bulkhead_shim::logs;
 pub mod mounts;
 pub mod profile;
 pub mod run;
+pub mod sealed;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

@@ -73,7 +73,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         UserNs::Private { .. } => {
             // The container's directory first: it is what marks the claim as live.
             std::fs::create_dir_all(cs.dir(&id)).map_err(|e| Error::Invalid(format!("{}: {e}", cs.dir(&id).display())))?;
-            let h = cs.allocate_host_id(&id, &all)?;
+            let h = cs.allocate_host_id(&id, &all, !req.auto_remove)?;
             profile.userns = UserNs::Private { host_id: h };
             Some(h)
         }
@@ -90,7 +90,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         return Err(Error::Invalid("no-new-privileges=false with a seccomp filter needs --runtime runc (the embedded libcontainer cannot install the filter without no_new_privs)".into()));
     }
     let layers: Vec<_> = image.layers.iter().map(|l| l.chain_id.clone()).collect();
-    store.add_lease(&id, &image.manifest)?;
+    store.add_lease(&id, &image.manifest, !req.auto_remove)?;
     let made = (|| {
         cs.prepare_rootfs(store, &id, &layers, &profile)?;
         let rootfs = cs.rootfs(&id);
@@ -171,7 +171,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             None => libc::SIGTERM,
         };
         let data = serde_json::to_vec_pretty(&spec).map_err(|e| Error::Invalid(e.to_string()))?;
-        bulkhead_image::store::atomic_write(&cs.bundle(&id).join("config.json"), &data)?;
+        bulkhead_image::store::replace_file(&cs.bundle(&id).join("config.json"), &data, !req.auto_remove)?;
         let rec = ContainerRecord {
             id: id.clone(),
             name,
@@ -243,7 +243,7 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
             pid,
             started: chrono::Utc::now(),
         };
-        if let Err(e) = cs.save(&r) {
+        if let Err(e) = cs.save_volatile(&r) {
             tracing::warn!(error = %e, "recording the running state");
         }
         forward_signals(pid);
@@ -251,16 +251,12 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     let cgroup = cgroup_path(&rec.id);
     let exit = if let Some(socket_dir) = console_dir.as_deref() {
         // A pty's output is shown and logged (as one stream, stdout, like Docker's).
-        let mut log = crate::logs::LogWriter::open(
-            &cs.dir(&rec.id).join("logs"),
-            crate::logs::DEFAULT_MAX_SIZE,
-            crate::logs::DEFAULT_MAX_FILES,
-        )?;
+        let mut log = container_log(cs, &rec.id, rec.auto_remove)?;
         let tty = crate::executor::Tty { socket_dir, log: &mut log };
         executor.run_tty(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup, tty, on_start)
     } else {
         // Shown on our stdout/stderr and kept in the container's log, as for detached containers.
-        run_logged(cs, &rec.id, executor, &state_dir, &cgroup, on_start)
+        run_logged(cs, rec, executor, &state_dir, &cgroup, on_start)
     };
     let exit = match exit {
         Ok(x) => x,
@@ -285,10 +281,20 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     Ok(exit)
 }
 
+/// The log of container `id`; one that is removed at its exit is not forced to disk.
+pub(crate) fn container_log(cs: &Containers, id: &str, auto_remove: bool) -> Result<crate::logs::LogWriter> {
+    let log = crate::logs::LogWriter::open(
+        &cs.dir(id).join("logs"),
+        crate::logs::DEFAULT_MAX_SIZE,
+        crate::logs::DEFAULT_MAX_FILES,
+    )?;
+    Ok(if auto_remove { log.volatile() } else { log })
+}
+
 /// Runs the container with its stdout/stderr on pipes that we copy to ours and into its log.
 fn run_logged(
     cs: &Containers,
-    id: &str,
+    rec: &ContainerRecord,
     executor: &Executor,
     state_dir: &std::path::Path,
     cgroup: &str,
@@ -296,11 +302,8 @@ fn run_logged(
 ) -> Result<Exit> {
     let (out_r, out_w) = crate::shim::pipe()?;
     let (err_r, err_w) = crate::shim::pipe()?;
-    let mut log = crate::logs::LogWriter::open(
-        &cs.dir(id).join("logs"),
-        crate::logs::DEFAULT_MAX_SIZE,
-        crate::logs::DEFAULT_MAX_FILES,
-    )?;
+    let id = rec.id.as_str();
+    let mut log = container_log(cs, id, rec.auto_remove)?;
     let stdio = crate::executor::Stdio {
         stdin: None,
         stdout: Some(out_w),

@@ -12,7 +12,6 @@ use crate::container::{Containers, State};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, MonitorTarget, Stdio};
 use crate::run::cgroup_path;
-use bulkhead_shim::logs::{LogWriter, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE};
 
 /// Runs container `id` under this process until it exits. Any failure to start is recorded in the
 /// container's record (status 125 and the reason) as well as returned.
@@ -104,7 +103,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     };
     rec.shim_pid = Some(std::process::id() as i32);
     rec.error = None;
-    cs.save(rec)?;
+    cs.save_volatile(rec)?;
     // The container runs. Execute the lean monitor in our place: same pid, so still the parent
     // and the subreaper; it leaves behind every page that starting a container touched.
     let target = started.into_monitor();
@@ -118,7 +117,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     let e = exec_monitor(store, cs, &rec.id, &target, &output, hold.as_ref());
     // Only on failure: monitor here instead.
     tracing::warn!(error = %e, "could not execute the shim monitor; monitoring in place");
-    let mut log = LogWriter::open(&cs.dir(&rec.id).join("logs"), DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
+    let mut log = crate::run::container_log(cs, &rec.id, rec.auto_remove)?;
     let pid = target.pid();
     let streams = match output {
         Output::Pipes { out, err } => [Some(out), Some(err)],
@@ -167,6 +166,9 @@ fn exec_monitor(
     };
     if let Some(fd) = hold {
         cmd.args(["--hold", &fd.as_raw_fd().to_string()]);
+    }
+    if cs.load(id).is_ok_and(|r| r.auto_remove) {
+        cmd.arg("--volatile");
     }
     cmd.arg("--")
         .arg(bulkhead)

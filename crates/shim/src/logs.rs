@@ -51,6 +51,7 @@ pub struct LogWriter {
     max_size: u64,
     max_files: u32,
     partial: [Vec<u8>; 2],
+    durable: bool,
 }
 
 fn io(p: &Path, e: std::io::Error) -> Error {
@@ -89,7 +90,14 @@ impl LogWriter {
             max_size: max_size.max(4096),
             max_files: max_files.max(1),
             partial: [Vec::new(), Vec::new()],
+            durable: true,
         })
+    }
+
+    /// A log that `close` does not force to disk: for a container removed when it exits.
+    pub fn volatile(mut self) -> Self {
+        self.durable = false;
+        self
     }
 
     /// Takes output of a stream ("stdout" or "stderr"); complete lines become records.
@@ -117,8 +125,10 @@ impl LogWriter {
                 self.append(stream, &line)?;
             }
         }
-        self.file.sync_all().map_err(|e| io(&self.dir, e))?;
-        self.save_head(true)
+        if self.durable {
+            self.file.sync_all().map_err(|e| io(&self.dir, e))?;
+        }
+        self.save_head(self.durable)
     }
 
     fn append(&mut self, stream: &str, line: &[u8]) -> Result<()> {

@@ -13,7 +13,8 @@
 //!
 //! `--out`/`--err` are the read ends of the container's stdout and stderr pipes; `--tty` is the
 //! master of its pty instead (held open, so a shell waits for input as with `docker run -dit`);
-//! `--hold` keeps a descriptor open without using it (the write end of an `-i` container's stdin).
+//! `--hold` keeps a descriptor open without using it (the write end of an `-i` container's stdin);
+//! `--volatile` does not force the log to disk at the end (the container is removed at its exit).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::OsString;
@@ -32,11 +33,13 @@ struct Args {
     err: Option<i32>,
     tty: Option<i32>,
     hold: Vec<i32>,
+    volatile: bool,
     then: Vec<OsString>,
 }
 
 fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Args> {
     let (mut log, mut pid, mut out, mut err, mut tty, mut hold) = (None, None, None, None, None, Vec::new());
+    let mut volatile = false;
     let number = |v: Option<OsString>, name: &str| -> Result<i32> {
         v.and_then(|v| v.to_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| Error(format!("{name} needs a number")))
@@ -52,6 +55,7 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Args> {
             Some("--err") => err = Some(number(args.next(), "--err")?),
             Some("--tty") => tty = Some(number(args.next(), "--tty")?),
             Some("--hold") => hold.push(number(args.next(), "--hold")?),
+            Some("--volatile") => volatile = true,
             Some("--") => break,
             _ => return Err(Error(format!("unexpected argument {a:?}"))),
         }
@@ -72,6 +76,7 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Args> {
         err,
         tty,
         hold,
+        volatile,
         then,
     })
 }
@@ -133,6 +138,9 @@ fn monitor(args: &Args) -> Result<i32> {
     let pid = rustix::process::Pid::from_raw(args.pid).ok_or_else(|| Error("--pid must be positive".into()))?;
     let exit = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok();
     let mut log = LogWriter::open(&args.log, DEFAULT_MAX_SIZE, DEFAULT_MAX_FILES)?;
+    if args.volatile {
+        log = log.volatile();
+    }
     bulkhead_shim::output::copy_output(streams, exit, &mut log, false, || reap(args.pid, false))
 }
 
@@ -182,8 +190,21 @@ mod tests {
         .unwrap();
         assert_eq!((a.pid, a.out, a.err, a.tty), (7, Some(3), Some(4), None));
         assert_eq!(a.then, vec![OsString::from("/bin/x"), OsString::from("finish")]);
-        let a = parse(os(&["--log", "/l", "--pid", "7", "--tty", "5", "--hold", "6", "--", "p"])).unwrap();
-        assert_eq!((a.tty, a.hold), (Some(5), vec![6]));
+        let a = parse(os(&[
+            "--log",
+            "/l",
+            "--pid",
+            "7",
+            "--tty",
+            "5",
+            "--hold",
+            "6",
+            "--volatile",
+            "--",
+            "p",
+        ]))
+        .unwrap();
+        assert_eq!((a.tty, a.hold, a.volatile), (Some(5), vec![6], true));
         for bad in [
             &["--log", "/l", "--pid", "7", "--out", "3", "--err", "4"][..],
             &["--log", "/l", "--pid", "x", "--out", "3", "--err", "4", "--", "p"],
