@@ -57,7 +57,63 @@ pub fn check_containers(store: &Store, cs: &Containers, repair: bool) -> Result<
                 remove_cgroups(&crate::run::cgroup_path(&holder));
                 store.remove_lease(&holder)?;
             }
+            known.insert(holder);
+        }
+    }
+    // Cgroups are host-wide: one of ours whose container exists in no store (this one's records,
+    // or any store's id-range claims) and that holds no process, or only the orphaned setup
+    // processes of a start whose CLI was killed, is left over, whatever left it.
+    for id in stray_cgroups(&known) {
+        problems.push(fixed(format!("cgroup bulkhead/{id}: no container, and no container process in it")));
+        if repair {
+            crate::container::kill_cgroup_processes(&crate::run::cgroup_path(&id));
+            remove_cgroups(&crate::run::cgroup_path(&id));
         }
     }
     Ok(problems)
+}
+
+/// Whether `pid` is an orphaned setup process of the embedded executor (its parent, the CLI or
+/// shim that started it, is gone; it waits forever for a message that will not come).
+fn orphaned_setup_process(pid: i32) -> bool {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let ppid = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_owned())));
+    comm.starts_with("youki:[") && ppid.as_deref() == Some("1")
+}
+
+/// Ids of bulkhead cgroups (under any controller) that belong to no known container and hold no
+/// process but orphaned setup processes.
+fn stray_cgroups(known: &std::collections::BTreeSet<String>) -> std::collections::BTreeSet<String> {
+    let claimed: std::collections::BTreeSet<String> = fs::read_dir(crate::container::RANGE_REGISTRY)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let dir = std::path::PathBuf::from(t.lines().next()?);
+            dir.exists().then(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))?
+        })
+        .collect();
+    let mut roots: Vec<std::path::PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    roots.push("/sys/fs/cgroup".into());
+    let ids: std::collections::BTreeSet<String> = roots
+        .iter()
+        .flat_map(|r| fs::read_dir(r.join("bulkhead")).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|id| !known.contains(id) && !claimed.contains(id))
+        .collect();
+    ids.into_iter()
+        .filter(|id| {
+            crate::container::cgroup_processes(&crate::run::cgroup_path(id))
+                .into_iter()
+                .all(orphaned_setup_process)
+        })
+        .collect()
 }

@@ -316,6 +316,9 @@ impl Containers {
     /// killed before the executor could clean up) and its directory.
     pub fn remove_dir(&self, id: &str) -> Result<()> {
         self.unmount_rootfs(id)?;
+        // Whatever still runs in the container's cgroups is the container's (the first process of a
+        // container whose CLI was killed mid-start waits forever for a parent that is gone).
+        kill_cgroup_processes(&crate::run::cgroup_path(id));
         remove_cgroups(&crate::run::cgroup_path(id));
         if let Some(h) = self.load(id).ok().and_then(|r| r.host_id) {
             self.release_host_id(id, h);
@@ -343,20 +346,47 @@ fn check_reachable(rootfs: &Path, host_id: u32) -> Result<()> {
     Ok(())
 }
 
-/// Removes a container's cgroup directories under every hierarchy mounted in /sys/fs/cgroup (the v1
-/// controllers, or the v2 tree); empty cgroups only, as rmdir allows.
-pub fn remove_cgroups(cgroup: &str) {
+/// The cgroup directories of `cgroup` under every hierarchy mounted in /sys/fs/cgroup.
+fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
     let rel = cgroup.trim_start_matches('/');
     let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     roots.push(PathBuf::from("/sys/fs/cgroup"));
-    for r in roots {
-        let p = r.join(rel);
-        if p.is_dir() {
-            if let Err(e) = fs::remove_dir(&p) {
-                tracing::warn!(path = %p.display(), error = %e, "removing a container cgroup");
-            }
+    roots.into_iter().map(|r| r.join(rel)).filter(|p| p.is_dir()).collect()
+}
+
+/// The processes in `cgroup` (under any hierarchy).
+pub fn cgroup_processes(cgroup: &str) -> std::collections::BTreeSet<i32> {
+    cgroup_dirs(cgroup)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
+/// SIGKILLs every process in `cgroup` until none is left (or a second has passed).
+pub fn kill_cgroup_processes(cgroup: &str) {
+    for _ in 0..100 {
+        let pids = cgroup_processes(cgroup);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill(2); the pid was read from the container's own cgroup just now.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(cgroup, "processes are left in a removed container's cgroup");
+}
+
+/// Removes a container's cgroup directories under every hierarchy mounted in /sys/fs/cgroup (the v1
+/// controllers, or the v2 tree); empty cgroups only, as rmdir allows.
+pub fn remove_cgroups(cgroup: &str) {
+    for p in cgroup_dirs(cgroup) {
+        if let Err(e) = fs::remove_dir(&p) {
+            tracing::warn!(path = %p.display(), error = %e, "removing a container cgroup");
         }
     }
 }
