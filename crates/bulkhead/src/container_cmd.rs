@@ -268,6 +268,7 @@ fn create_container(
 ) -> anyhow::Result<(bulkhead_image::Store, Containers, bulkhead_runtime::container::ContainerRecord)> {
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
+    pull_if_missing(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     let rec = {
         let _lock = store.lock_shared()?;
@@ -277,6 +278,36 @@ fn create_container(
         eprintln!("bulkhead: warning: {w}");
     }
     Ok((store, cs, rec))
+}
+
+/// `run`/`create` of an image the store does not have pull it first, as Docker does. The pull runs
+/// in a child process: this one may create the container itself, and must still be single-threaded
+/// then (the registry client is not).
+fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Result<()> {
+    match store.resolve(image) {
+        Ok(_) => return Ok(()),
+        Err(bulkhead_image::Error::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Only a name can be pulled (not an image id).
+    let Ok(reference) = bulkhead_image::Reference::parse(image) else {
+        return Ok(());
+    };
+    eprintln!("Unable to find image '{reference}' locally");
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config);
+    if ctx.quiet {
+        cmd.arg("-q");
+    }
+    let status = cmd
+        .args(["pull", image])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("starting the pull")?;
+    if !status.success() {
+        bail!("cannot run {image}: the pull failed");
+    }
+    Ok(())
 }
 
 /// `bulkhead create`: a container with its root filesystem and bundle, not started.

@@ -4,6 +4,7 @@
 mod container_cmd;
 mod image_cmd;
 mod output;
+mod registry_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,9 @@ struct Cli {
     /// Where bulkhead keeps its state.
     #[arg(long, global = true, env = "BULKHEAD_ROOT", default_value = "/var/lib/bulkhead")]
     root: PathBuf,
+    /// Registry configuration: registries.json, certs.d/HOST/*.crt, auth.json.
+    #[arg(long, global = true, env = "BULKHEAD_CONFIG", default_value = "/etc/bulkhead")]
+    config: PathBuf,
     /// Output format: table or json (for `image save`: oci, oci-dir or docker-archive).
     #[arg(long, global = true)]
     format: Option<String>,
@@ -43,6 +47,17 @@ enum Command {
     Tag(image_cmd::TagArgs),
     /// Remove images (same as `image rm`).
     Rmi(image_cmd::RmArgs),
+    /// Pull an image from a registry.
+    Pull(registry_cmd::PullArgs),
+    /// Push an image to a registry.
+    Push(registry_cmd::PushArgs),
+    /// Log in to a registry (default: Docker Hub).
+    Login(registry_cmd::LoginArgs),
+    /// Log out from a registry.
+    Logout { server: Option<String> },
+    /// Registry manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
     /// Run a command in a new container (in the foreground; exits with the container's status).
     Run(Box<container_cmd::RunArgs>),
     /// Create a container without starting it (same flags as run).
@@ -130,6 +145,12 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum ManifestCommand {
+    /// Show the manifest (or index) a reference names in its registry.
+    Inspect { reference: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum SystemCommand {
     /// Verify every blob, layer, image record and reference; `--repair` fixes what it finds.
     Check {
@@ -141,6 +162,7 @@ enum SystemCommand {
 /// What every command gets: the store location and output choices.
 pub struct Ctx {
     pub root: PathBuf,
+    pub config: PathBuf,
     pub format: Option<String>,
     pub quiet: bool,
 }
@@ -171,7 +193,7 @@ fn main() -> ExitCode {
     // A plain level applies to bulkhead's own crates; dependencies (libcontainer's notes about
     // cgroup controllers this host lacks, say) speak only at debug and trace, or when named.
     let directive = match cli.log_level.as_str() {
-        l @ ("error" | "warn" | "info") => format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l}"),
+        l @ ("error" | "warn" | "info") => format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l},bulkhead_registry={l}"),
         other => other.to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directive).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -200,6 +222,7 @@ fn main() -> ExitCode {
     }
     let ctx = Ctx {
         root: cli.root,
+        config: cli.config,
         format: cli.format,
         quiet: cli.quiet,
     };
@@ -209,6 +232,11 @@ fn main() -> ExitCode {
         Command::Tag(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Tag(a)),
         Command::Rmi(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Rm(a)),
         Command::System(SystemCommand::Check { repair }) => image_cmd::system_check(&ctx, repair),
+        Command::Pull(a) => registry_cmd::pull(&ctx, a),
+        Command::Push(a) => registry_cmd::push(&ctx, a),
+        Command::Login(a) => registry_cmd::login(&ctx, a),
+        Command::Logout { server } => registry_cmd::logout(&ctx, server),
+        Command::Manifest(ManifestCommand::Inspect { reference }) => registry_cmd::manifest_inspect(&ctx, &reference),
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),

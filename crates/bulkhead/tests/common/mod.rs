@@ -34,6 +34,8 @@ impl Env {
         Command::new(env!("CARGO_BIN_EXE_bulkhead"))
             .arg("--root")
             .arg(self.root())
+            .arg("--config")
+            .arg(self.path("config"))
             .args(args)
             .output()
             .unwrap()

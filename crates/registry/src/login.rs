@@ -1,0 +1,121 @@
+//! `login`: checks credentials against the registry's base endpoint (`GET /v2/`), following its
+//! challenge (Basic, or a Bearer token service as Docker Hub's) the way `docker login` does, and
+//! stores them only if the registry accepts them. oci-client has no call for this (it always
+//! authenticates for a repository), so this one request uses the same reqwest directly.
+
+use crate::{Error, Registries, Result};
+
+/// Parses `Bearer realm="...",service="...",scope="..."` into its parameters.
+fn challenge_params(header: &str) -> Vec<(String, String)> {
+    let rest = header.split_once(' ').map_or("", |(_, r)| r);
+    let mut out = Vec::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let Some((key, after)) = s.split_once('=') else { break };
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.push((key, value.to_owned()));
+        s = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    out
+}
+
+/// Checks `username`/`password` with `host`, then stores them.
+pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn: &dyn Fn(String)) -> Result<()> {
+    let scheme = if regs.is_insecure(host) {
+        warn(format!("{host} is configured as insecure: sending credentials over plain HTTP"));
+        "http"
+    } else {
+        "https"
+    };
+    let mut certs = Vec::new();
+    for pem in regs.ca_certificates(host)? {
+        certs.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
+    }
+    let client = reqwest::Client::builder()
+        .tls_certs_merge(certs)
+        .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Registry(format!("{host}: {e}")))?;
+    let fail = |e: reqwest::Error| {
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg = format!("{msg}: {s}");
+            src = s.source();
+        }
+        regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(msg)))
+    };
+    let denied = || Error::Registry(format!("{host}: login refused: wrong user name or password"));
+    crate::runtime()?.block_on(async {
+        let url = format!("{scheme}://{host}/v2/");
+        let first = client.get(&url).send().await.map_err(fail)?;
+        if first.status().is_success() {
+            return Ok(());
+        }
+        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Err(Error::Registry(format!("{host}: GET /v2/ answered {}", first.status())));
+        }
+        let challenge = first
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if challenge.to_ascii_lowercase().starts_with("bearer") {
+            let params = challenge_params(&challenge);
+            let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let realm = get("realm").ok_or_else(|| Error::Registry(format!("{host}: a Bearer challenge without a realm")))?;
+            let mut query = vec![("account", username.to_owned())];
+            if let Some(service) = get("service") {
+                query.push(("service", service));
+            }
+            let r = client
+                .get(&realm)
+                .query(&query)
+                .basic_auth(username, Some(password))
+                .send()
+                .await
+                .map_err(fail)?;
+            return if r.status().is_success() { Ok(()) } else { Err(denied()) };
+        }
+        let r = client.get(&url).basic_auth(username, Some(password)).send().await.map_err(fail)?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(denied())
+        }
+    })?;
+    regs.store_credentials(host, username, password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let p = challenge_params(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
+        );
+        assert_eq!(p[0], ("realm".into(), "https://auth.docker.io/token".into()));
+        assert_eq!(p[1], ("service".into(), "registry.docker.io".into()));
+        assert_eq!(p[2].1, "repository:library/alpine:pull");
+        assert_eq!(
+            challenge_params(r#"Basic realm="Registry Realm""#),
+            vec![("realm".into(), "Registry Realm".into())]
+        );
+    }
+}

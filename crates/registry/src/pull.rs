@@ -1,0 +1,299 @@
+//! `pull`: manifest (and platform from an index), then the config and layers concurrently, each
+//! hashed while it streams into `downloads/` and moved under `blobs/` only when digest and size
+//! match; then the layers are unpacked and the image is named.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bulkhead_image::import::{import_descriptor, ImportOptions, Progress};
+use bulkhead_image::spec::{self, Kind, PlatformSpec};
+use bulkhead_image::store::ImageRecord;
+use bulkhead_image::{Digest, Reference, Store};
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::{oci_reference, Error, Registries, Result};
+
+/// What happens during a pull, for a progress display.
+#[derive(Clone, Debug)]
+pub enum PullEvent {
+    /// The registry (or mirror) the image comes from.
+    Host(String),
+    /// A blob the store has already: nothing is transferred.
+    Present { digest: Digest, size: u64 },
+    /// A download starts (at `offset` when it resumes an interrupted one).
+    Started { digest: Digest, size: u64, offset: u64 },
+    /// Bytes of a download arrived.
+    Progress { digest: Digest, done: u64, size: u64 },
+    /// A blob is verified and in the store.
+    Verified { digest: Digest },
+    /// Unpacking and recording, as the image store reports it.
+    Import(Progress),
+}
+
+/// The outcome of a pull.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    pub record: ImageRecord,
+    /// The manifest digest (of the platform's manifest when the reference names an index).
+    pub manifest: Digest,
+    /// Bytes of blobs that came over the network.
+    pub transferred: u64,
+    pub host: String,
+}
+
+/// Pulls `reference` into `store`: from its registry's mirrors first, then from the registry.
+pub fn pull(
+    store: &Store,
+    regs: &Registries,
+    reference: &Reference,
+    platform: &PlatformSpec,
+    progress: &(dyn Fn(PullEvent) + Send + Sync),
+    warn: &dyn Fn(String),
+) -> Result<Pulled> {
+    let rt = crate::runtime()?;
+    let hosts = regs.pull_hosts(reference.domain());
+    let mut last = None;
+    for (i, host) in hosts.iter().enumerate() {
+        progress(PullEvent::Host(host.clone()));
+        match rt.block_on(fetch(store, regs, host, reference, platform, progress, warn)) {
+            Ok((manifest, media_type, size, transferred)) => {
+                let opts = ImportOptions {
+                    tag: reference.tag().map(|_| reference.clone()),
+                    platform: platform.clone(),
+                    layout_ref: None,
+                };
+                let _lock = store.lock_shared()?;
+                let record = import_descriptor(store, store, &manifest, &media_type, size, &opts, &|p| {
+                    progress(PullEvent::Import(p))
+                })?;
+                // The name last: only now is every blob of the image verified and unpacked.
+                if reference.tag().is_some() {
+                    store.tag(reference, &record.manifest)?;
+                }
+                return Ok(Pulled {
+                    record,
+                    manifest,
+                    transferred,
+                    host: host.clone(),
+                });
+            }
+            Err(e) if i + 1 < hosts.len() => {
+                warn(format!("mirror {host}: {e}; trying the next"));
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Registry("no registry to pull from".into())))
+}
+
+/// Fetches the manifest and every blob of `reference` from `host` into the store; returns the
+/// manifest's digest, media type, size, and the bytes transferred.
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    store: &Store,
+    regs: &Registries,
+    host: &str,
+    reference: &Reference,
+    platform: &PlatformSpec,
+    progress: &(dyn Fn(PullEvent) + Send + Sync),
+    warn: &dyn Fn(String),
+) -> Result<(Digest, String, u64, u64)> {
+    let client = regs.client(host, warn)?;
+    let auth = regs.auth(host)?;
+    let oref = oci_reference(host, reference);
+    let max = store.limits().max_json_bytes;
+    let fail = |e: oci_client::errors::OciDistributionError| regs.describe(host, &e);
+
+    let (data, _) = client
+        .pull_manifest_raw(&oref, &auth, crate::ACCEPTED_MANIFESTS)
+        .await
+        .map_err(fail)?;
+    if data.len() as u64 > max {
+        return Err(Error::Registry(format!(
+            "{reference}: the manifest is {} bytes, over the {max}-byte limit",
+            data.len()
+        )));
+    }
+    if let Some(want) = reference.digest() {
+        want.verify(&data, "manifest digest")?;
+    }
+    let (mut data, mut media_type) = (data.to_vec(), media_type_of(&data)?);
+    let mut digest = Digest::sha256_of(&data);
+    if spec::kind_of(&media_type) == Some(Kind::Index) {
+        let idx = spec::parse_index(&data)?;
+        let d = spec::select_platform(&idx, platform)?;
+        let child = Digest::try_from(d.digest())?;
+        let (cdata, _) = client
+            .pull_manifest_raw(&oref.clone_with_digest(child.to_string()), &auth, crate::ACCEPTED_MANIFESTS)
+            .await
+            .map_err(fail)?;
+        if cdata.len() as u64 != d.size() {
+            return Err(Error::Registry(format!(
+                "{reference}: manifest {child} is {} bytes, the index says {}",
+                cdata.len(),
+                d.size()
+            )));
+        }
+        child.verify(&cdata, "manifest digest")?;
+        (data, media_type, digest) = (cdata.to_vec(), d.media_type().to_string(), child);
+    }
+    let manifest = spec::parse_manifest(&data, Some(&media_type))?;
+    let mut blobs = vec![(manifest.config_digest.clone(), manifest.config.size())];
+    for (desc, d) in &manifest.layers {
+        blobs.push((d.clone(), desc.size()));
+    }
+    let blobs_seen = blobs.clone();
+    let transferred = Arc::new(AtomicU64::new(0));
+    let downloads = store.root().join("downloads");
+    std::fs::create_dir_all(&downloads).map_err(|e| Error::Registry(format!("{}: {e}", downloads.display())))?;
+    let results: Vec<Result<()>> = futures_util::stream::iter(blobs)
+        .map(|(d, size)| {
+            let (client, oref, store, downloads, transferred) =
+                (client.clone(), oref.clone(), store.clone(), downloads.clone(), transferred.clone());
+            async move {
+                if store.has_blob(&d) {
+                    progress(PullEvent::Present { digest: d.clone(), size });
+                    return Ok(());
+                }
+                fetch_blob(regs, &client, &oref, &store, &downloads, &d, size, &transferred, progress)
+                    .await
+                    .map_err(|e| match e {
+                        Error::Registry(m) if !m.contains(&d.to_string()) => Error::Registry(format!("blob {d}: {m}")),
+                        other => other,
+                    })
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    for r in results {
+        r.map_err(|e| match e {
+            Error::Image(bulkhead_image::Error::Mismatch { what, expected, actual }) => Error::Registry(format!(
+                "{reference}: {what}: expected {expected}, got {actual}; nothing of it was stored"
+            )),
+            other => other,
+        })?;
+    }
+    for (d, _) in &blobs_seen {
+        crate::remember(store, d, host, reference.path());
+    }
+    // Every blob is verified and in the store: now the manifest, which import reads back.
+    store.put_blob(&data[..], &digest, Some(data.len() as u64))?;
+    let size = data.len() as u64;
+    Ok((digest, media_type, size, transferred.load(Ordering::Relaxed)))
+}
+
+/// The media type a manifest or index declares (or that its shape shows, for old ones without).
+fn media_type_of(data: &[u8]) -> Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| Error::Registry(format!("the registry sent a manifest that is not JSON: {e}")))?;
+    if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
+        return Ok(m.to_owned());
+    }
+    Ok(if v.get("manifests").is_some() {
+        "application/vnd.oci.image.index.v1+json".into()
+    } else {
+        "application/vnd.oci.image.manifest.v1+json".into()
+    })
+}
+
+fn partial_path(downloads: &Path, d: &Digest) -> PathBuf {
+    downloads.join(format!("{}-{}", d.algorithm().name(), d.hex()))
+}
+
+/// Downloads blob `d` into `downloads/` (resuming what a previous pull left there), then moves it
+/// into the store, which checks digest and size. A blob that fails the check is deleted.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_blob(
+    regs: &Registries,
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    store: &Store,
+    downloads: &Path,
+    d: &Digest,
+    size: u64,
+    transferred: &AtomicU64,
+    progress: &(dyn Fn(PullEvent) + Send + Sync),
+) -> Result<()> {
+    let path = partial_path(downloads, d);
+    let io = |e: std::io::Error| Error::Registry(format!("{}: {e}", path.display()));
+    let mut have = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+    if have >= size {
+        // Complete (or too long): let the store judge it; a mismatch starts over below.
+        have = 0;
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    let digest = d.to_string();
+    let resp = if have > 0 {
+        client.pull_blob_stream_partial(oref, digest.as_str(), have, None).await
+    } else {
+        client
+            .pull_blob_stream(oref, digest.as_str())
+            .await
+            .map(oci_client::client::BlobResponse::Full)
+    }
+    .map_err(|e| Error::Registry(format!("blob {d}: {}", regs.describe(oref.registry(), &e))))?;
+    let (mut stream, append) = match resp {
+        oci_client::client::BlobResponse::Full(s) => (s.stream, false),
+        oci_client::client::BlobResponse::Partial(s) => (s.stream, true),
+    };
+    if !append {
+        have = 0;
+    }
+    progress(PullEvent::Started {
+        digest: d.clone(),
+        size,
+        offset: have,
+    });
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&path)
+        .await
+        .map_err(io)?;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // What arrived stays, for the next pull to resume.
+                let _ = file.flush().await;
+                return Err(Error::Registry(format!(
+                    "blob {d}: the transfer broke off after {have} of {size} bytes: {e}"
+                )));
+            }
+        };
+        have += chunk.len() as u64;
+        if have > size {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Error::Registry(format!(
+                "blob {d}: the registry sent more than its {size} bytes; nothing of it was stored"
+            )));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+        transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        progress(PullEvent::Progress {
+            digest: d.clone(),
+            done: have,
+            size,
+        });
+    }
+    file.flush().await.map_err(io)?;
+    drop(file);
+    let (store2, path2, d2) = (store.clone(), path.clone(), d.clone());
+    let verified = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&path2).map_err(|e| Error::Registry(format!("{}: {e}", path2.display())))?;
+        store2.put_blob(f, &d2, Some(size)).map_err(Error::from)
+    })
+    .await
+    .map_err(|e| Error::Registry(format!("blob {d}: {e}")))?;
+    let _ = tokio::fs::remove_file(&path).await;
+    verified?;
+    progress(PullEvent::Verified { digest: d.clone() });
+    Ok(())
+}
