@@ -358,3 +358,203 @@ fn wrong_password_unknown_ca_expired_certificate_and_plain_http_fail_with_one_li
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("plain HTTP"));
 }
+
+/// What the proxy does to blob responses, and what it saw.
+#[derive(Default)]
+struct ProxyState {
+    /// Serve this blob with its bytes flipped (same length).
+    corrupt: Option<String>,
+    /// Cut the connection after this many bytes of this blob.
+    cut: Option<(String, usize)>,
+    /// Blob body bytes sent to the client.
+    blob_bytes: usize,
+    /// Range headers of blob requests, with the blob.
+    ranges: Vec<(String, String)>,
+}
+
+/// A one-request-per-connection HTTP proxy in front of a plain-HTTP registry: lets a test serve
+/// wrong bytes, cut a transfer, and count what crosses the wire.
+struct Proxy {
+    host: String,
+    state: std::sync::Arc<std::sync::Mutex<ProxyState>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(ProxyState::default()));
+        let (st, up) = (state.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (st, up) = (st.clone(), up.clone());
+                std::thread::spawn(move || Proxy::serve(conn, &up, &st));
+            }
+        });
+        Proxy { host, state }
+    }
+
+    fn serve(mut client: TcpStream, upstream: &str, state: &std::sync::Mutex<ProxyState>) {
+        use std::io::{Read, Write};
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if client.read(&mut b).unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let blob = path.contains("/blobs/sha256:").then(|| path.rsplit('/').next().unwrap().to_owned());
+        let range = text
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("range:").map(|v| v.trim().to_owned()));
+        // Forward with the connection closed after the response, so reading to EOF ends it.
+        let mut fwd = String::new();
+        for (i, line) in text.split("\r\n").enumerate() {
+            let lower = line.to_ascii_lowercase();
+            if line.is_empty() || lower.starts_with("connection:") || lower.starts_with("host:") {
+                continue;
+            }
+            fwd += line;
+            fwd += "\r\n";
+            if i == 0 {
+                fwd += &format!("Host: {upstream}\r\nConnection: close\r\n");
+            }
+        }
+        fwd += "\r\n";
+        let Ok(mut server) = TcpStream::connect(upstream) else { return };
+        server.write_all(fwd.as_bytes()).unwrap();
+        let mut resp = Vec::new();
+        let _ = server.read_to_end(&mut resp);
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(resp.len());
+        let (rhead, body) = resp.split_at(split);
+        let mut body = body.to_vec();
+        let rhead = String::from_utf8_lossy(rhead).replace("Connection: keep-alive", "Connection: close");
+        let mut limit = body.len();
+        if let (Some(d), true) = (&blob, text.starts_with("GET")) {
+            let mut s = state.lock().unwrap();
+            if let Some(r) = &range {
+                s.ranges.push((d.clone(), r.clone()));
+            }
+            if s.corrupt.as_ref() == Some(d) {
+                for x in body.iter_mut() {
+                    *x ^= 0x5a;
+                }
+            }
+            if let Some((cd, n)) = &s.cut {
+                if cd == d {
+                    limit = (*n).min(body.len());
+                }
+            }
+            s.blob_bytes += limit;
+        }
+        let _ = client.write_all(rhead.as_bytes());
+        let _ = client.write_all(&body[..limit]);
+        let _ = client.flush();
+        // Dropping both ends here is the cut, when there is one.
+    }
+}
+
+/// A plain-HTTP registry holding the test image as test/busybox:1 and :2, behind a proxy that
+/// bulkhead is configured to reach (as an insecure registry). Returns them and the layer digests.
+fn proxied(env: &Env) -> (Registry, Proxy, Vec<String>) {
+    let reg = Registry::start(&env.path("registry"), None, false);
+    let l = layout(env);
+    for tag in ["1", "2"] {
+        let o = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:t", l.display()))
+            .arg(format!("docker://{}/test/busybox:{tag}", reg.host))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/test/busybox:1", reg.host))
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let layers = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let proxy = Proxy::start(&reg.host);
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    std::fs::write(
+        env.path("config").join("registries.json"),
+        format!(r#"{{"insecure": ["{}"]}}"#, proxy.host),
+    )
+    .unwrap();
+    (reg, proxy, layers)
+}
+
+#[test]
+fn wrong_bytes_for_a_blob_fail_the_pull_naming_it_and_store_nothing() {
+    let env = Env::new();
+    let (_reg, proxy, layers) = proxied(&env);
+    let bad = layers.last().unwrap().clone();
+    proxy.state.lock().unwrap().corrupt = Some(bad.clone());
+    let err = env.fails(&["pull", &format!("{}/test/busybox:1", proxy.host)]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(&bad) && err.contains("nothing of it was stored"), "{err}");
+    env.assert_no_images();
+    let hex = bad.trim_start_matches("sha256:");
+    assert!(!env.root().join("blobs/sha256").join(hex).exists(), "the bad blob is in the store");
+    assert!(
+        std::fs::read_dir(env.root().join("downloads")).unwrap().next().is_none(),
+        "the bad download was kept"
+    );
+    // The same pull with honest bytes succeeds.
+    proxy.state.lock().unwrap().corrupt = None;
+    env.ok(&["pull", &format!("{}/test/busybox:1", proxy.host)]);
+}
+
+#[test]
+fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire() {
+    let env = Env::new();
+    let (_reg, proxy, layers) = proxied(&env);
+    // The busybox layer is the big one.
+    let big = layers[0].clone();
+    let name = format!("{}/test/busybox:1", proxy.host);
+    proxy.state.lock().unwrap().cut = Some((big.clone(), 300_000));
+    let err = env.fails(&["pull", &name]);
+    assert!(err.contains(&big) && err.contains("broke off"), "{err}");
+    env.assert_no_images();
+    let partial = env.root().join("downloads").join(big.replace(':', "-"));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 300_000, "what arrived is kept");
+
+    let sent_before = {
+        let mut s = proxy.state.lock().unwrap();
+        s.cut = None;
+        s.blob_bytes
+    };
+    let out = env.ok(&["pull", &name]);
+    assert!(out.contains("test/busybox:1"), "{out}");
+    let s = proxy.state.lock().unwrap();
+    assert!(
+        s.ranges.iter().any(|(d, r)| d == &big && r == "bytes=300000-"),
+        "no resuming range request: {:?}",
+        s.ranges
+    );
+    let blob_size = std::fs::metadata(env.root().join("blobs/sha256").join(big.trim_start_matches("sha256:")))
+        .unwrap()
+        .len() as usize;
+    assert!(
+        s.blob_bytes - sent_before < blob_size,
+        "the resumed pull sent {} bytes of blobs, the big blob alone is {blob_size}",
+        s.blob_bytes - sent_before
+    );
+    drop(s);
+    assert!(!partial.exists());
+
+    // Another tag of the same image: every blob is present, none crosses the wire.
+    let before = proxy.state.lock().unwrap().blob_bytes;
+    let out = env.ok(&["pull", &format!("{}/test/busybox:2", proxy.host)]);
+    assert!(out.contains("(0 bytes transferred)"), "{out}");
+    assert_eq!(proxy.state.lock().unwrap().blob_bytes, before, "blob bytes crossed the proxy");
+}

@@ -20,7 +20,7 @@ mod pull;
 mod push;
 
 pub use config::{Credentials, Registries};
-pub use login::login;
+pub use login::{challenge_params, login};
 pub use pull::{pull, PullEvent, Pulled};
 pub use push::{push, Pushed};
 

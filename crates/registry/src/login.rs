@@ -5,8 +5,9 @@
 
 use crate::{Error, Registries, Result};
 
-/// Parses `Bearer realm="...",service="...",scope="..."` into its parameters.
-fn challenge_params(header: &str) -> Vec<(String, String)> {
+/// Parses a `WWW-Authenticate` challenge (`Bearer realm="...",service="...",scope="..."`), as a
+/// registry sends it, into its parameters (keys lower-cased).
+pub fn challenge_params(header: &str) -> Vec<(String, String)> {
     let rest = header.split_once(' ').map_or("", |(_, r)| r);
     let mut out = Vec::new();
     let mut s = rest.trim();

@@ -259,6 +259,14 @@ async fn fetch_blob(
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
+            Err(e) if have >= size => {
+                // Every byte arrived and oci-client's own check refused them: wrong content.
+                drop(file);
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(Error::Registry(format!(
+                    "blob {d}: the registry sent wrong content ({e}); nothing of it was stored"
+                )));
+            }
             Err(e) => {
                 // What arrived stays, for the next pull to resume.
                 let _ = file.flush().await;
