@@ -58,6 +58,9 @@ enum Command {
     /// Registry manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Artifacts attached to images in registries (OCI referrers).
+    #[command(subcommand)]
+    Artifact(registry_cmd::ArtifactCommand),
     /// Run a command in a new container (in the foreground; exits with the container's status).
     Run(Box<container_cmd::RunArgs>),
     /// Create a container without starting it (same flags as run).
@@ -237,6 +240,7 @@ fn main() -> ExitCode {
         Command::Login(a) => registry_cmd::login(&ctx, a),
         Command::Logout { server } => registry_cmd::logout(&ctx, server),
         Command::Manifest(ManifestCommand::Inspect { reference }) => registry_cmd::manifest_inspect(&ctx, &reference),
+        Command::Artifact(c) => registry_cmd::artifact(&ctx, c),
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),

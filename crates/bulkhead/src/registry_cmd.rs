@@ -217,3 +217,67 @@ pub fn manifest_inspect(ctx: &Ctx, reference: &str) -> anyhow::Result<ExitCode> 
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ArtifactCommand {
+    /// Attach a file to an image in its registry (an OCI 1.1 artifact whose subject is the image).
+    Attach {
+        reference: String,
+        /// The artifact's type, e.g. application/spdx+json.
+        #[arg(long)]
+        artifact_type: String,
+        /// The media type of the file (default: the artifact type).
+        #[arg(long)]
+        media_type: Option<String>,
+        /// KEY=VALUE annotations of the artifact.
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+        file: std::path::PathBuf,
+    },
+    /// List the artifacts attached to an image.
+    Ls {
+        reference: String,
+        #[arg(long)]
+        artifact_type: Option<String>,
+    },
+}
+
+pub fn artifact(ctx: &Ctx, c: ArtifactCommand) -> anyhow::Result<ExitCode> {
+    let regs = registries(ctx)?;
+    match c {
+        ArtifactCommand::Attach {
+            reference,
+            artifact_type,
+            media_type,
+            annotations,
+            file,
+        } => {
+            let r = Reference::parse(&reference)?;
+            let data = std::fs::read(&file).with_context(|| file.display().to_string())?;
+            let mut notes = std::collections::BTreeMap::new();
+            for a in annotations {
+                let (k, v) = a.split_once('=').with_context(|| format!("--annotation {a:?} is not KEY=VALUE"))?;
+                notes.insert(k.to_owned(), v.to_owned());
+            }
+            let media_type = media_type.unwrap_or_else(|| artifact_type.clone());
+            let d = bulkhead_registry::attach(&regs, &r, &artifact_type, &media_type, &data, &notes, &warn)?;
+            println!("{d}");
+        }
+        ArtifactCommand::Ls { reference, artifact_type } => {
+            let r = Reference::parse(&reference)?;
+            let list = bulkhead_registry::referrers(&regs, &r, artifact_type.as_deref(), &warn)?;
+            if ctx.output()? == crate::output::Output::Json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|x| serde_json::json!({"digest": x.digest, "artifactType": x.artifact_type, "size": x.size, "annotations": x.annotations}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for x in list {
+                    println!("{}  {}  {}", x.digest, x.artifact_type.as_deref().unwrap_or("-"), x.size);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -558,3 +558,84 @@ fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire()
     assert!(out.contains("(0 bytes transferred)"), "{out}");
     assert_eq!(proxy.state.lock().unwrap().blob_bytes, before, "blob bytes crossed the proxy");
 }
+
+/// docker-registry 2.8 has no referrers API: attaching keeps the referrers tag schema's index up
+/// to date, listing reads it, filtered by type; skopeo sees the index under its tag.
+#[test]
+fn artifacts_attach_to_an_image_through_the_referrers_tag_schema() {
+    let env = Env::new();
+    let reg = Registry::start(&env.path("registry"), Some(make_tls(false)), true);
+    let l = layout(&env);
+    skopeo_push(&reg, &l, "test/busybox:1");
+    trust_and_login(&env, &reg);
+    let name = format!("{}/test/busybox:1", reg.host);
+    let subject = skopeo_digest(&reg, "test/busybox:1");
+    assert!(env.ok(&["artifact", "ls", &name]).trim().is_empty(), "no referrers yet");
+
+    std::fs::write(env.path("sbom.json"), r#"{"spdxVersion": "SPDX-2.3"}"#).unwrap();
+    std::fs::write(env.path("sig"), b"not really a signature").unwrap();
+    let a = env.run(&[
+        "artifact",
+        "attach",
+        &name,
+        "--artifact-type",
+        "application/spdx+json",
+        "--annotation",
+        "made-by=test",
+        env.path("sbom.json").to_str().unwrap(),
+    ]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let sbom = String::from_utf8_lossy(&a.stdout).trim().to_owned();
+    let sig = env
+        .ok(&[
+            "artifact",
+            "attach",
+            &name,
+            "--artifact-type",
+            "application/vnd.bulkhead.test.sig",
+            env.path("sig").to_str().unwrap(),
+        ])
+        .trim()
+        .to_owned();
+    let all: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "artifact", "ls", &name])).unwrap();
+    let digests: Vec<&str> = all.as_array().unwrap().iter().map(|x| x["digest"].as_str().unwrap()).collect();
+    assert!(digests.contains(&sbom.as_str()) && digests.contains(&sig.as_str()), "{all}");
+    let only: serde_json::Value = serde_json::from_str(&env.ok(&[
+        "--format",
+        "json",
+        "artifact",
+        "ls",
+        &name,
+        "--artifact-type",
+        "application/spdx+json",
+    ]))
+    .unwrap();
+    assert_eq!(only.as_array().unwrap().len(), 1, "{only}");
+    assert_eq!(only[0]["digest"], sbom);
+    // The index is where the tag schema says, and the artifact manifest names the image.
+    let tag = subject.replace(':', "-");
+    let certs = reg.skopeo_certs();
+    let index = reg.skopeo(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--creds",
+        &format!("{USER}:{PASS}"),
+        &format!("docker://{}/test/busybox:{tag}", reg.host),
+    ]);
+    assert!(index.contains(&sbom) && index.contains(&sig), "{index}");
+    let artifact = reg.skopeo(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--creds",
+        &format!("{USER}:{PASS}"),
+        &format!("docker://{}/test/busybox@{sbom}", reg.host),
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&artifact).unwrap();
+    assert_eq!(m["subject"]["digest"], subject);
+    assert_eq!(m["artifactType"], "application/spdx+json");
+    assert_eq!(m["annotations"]["made-by"], "test");
+}

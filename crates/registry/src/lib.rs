@@ -16,13 +16,15 @@
 
 pub mod config;
 mod login;
-mod pull;
+pub(crate) mod pull;
 mod push;
+mod referrers;
 
 pub use config::{Credentials, Registries};
 pub use login::{challenge_params, login};
 pub use pull::{pull, PullEvent, Pulled};
 pub use push::{push, Pushed};
+pub use referrers::{attach, referrers, Referrer};
 
 use bulkhead_image::{Digest, Store};
 

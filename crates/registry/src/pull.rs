@@ -187,7 +187,7 @@ async fn fetch(
 }
 
 /// The media type a manifest or index declares (or that its shape shows, for old ones without).
-fn media_type_of(data: &[u8]) -> Result<String> {
+pub(crate) fn media_type_of(data: &[u8]) -> Result<String> {
     let v: serde_json::Value =
         serde_json::from_slice(data).map_err(|e| Error::Registry(format!("the registry sent a manifest that is not JSON: {e}")))?;
     if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
