@@ -198,6 +198,20 @@ fn skopeo_push(reg: &Registry, layout: &Path, repo: &str) {
     ]);
 }
 
+/// What the registry holds under `repo` (a tag or a digest), as skopeo reads it.
+fn skopeo_raw(reg: &Registry, repo: &str) -> String {
+    let certs = reg.skopeo_certs();
+    reg.skopeo(&[
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--creds",
+        &format!("{USER}:{PASS}"),
+        &format!("docker://{}/{repo}", reg.host),
+    ])
+}
+
 fn skopeo_digest(reg: &Registry, repo: &str) -> String {
     let certs = reg.skopeo_certs();
     let out = reg.skopeo(&[
@@ -614,26 +628,9 @@ fn artifacts_attach_to_an_image_through_the_referrers_tag_schema() {
     assert_eq!(only[0]["digest"], sbom);
     // The index is where the tag schema says, and the artifact manifest names the image.
     let tag = subject.replace(':', "-");
-    let certs = reg.skopeo_certs();
-    let index = reg.skopeo(&[
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        certs.to_str().unwrap(),
-        "--creds",
-        &format!("{USER}:{PASS}"),
-        &format!("docker://{}/test/busybox:{tag}", reg.host),
-    ]);
+    let index = skopeo_raw(&reg, &format!("test/busybox:{tag}"));
     assert!(index.contains(&sbom) && index.contains(&sig), "{index}");
-    let artifact = reg.skopeo(&[
-        "inspect",
-        "--raw",
-        "--cert-dir",
-        certs.to_str().unwrap(),
-        "--creds",
-        &format!("{USER}:{PASS}"),
-        &format!("docker://{}/test/busybox@{sbom}", reg.host),
-    ]);
+    let artifact = skopeo_raw(&reg, &format!("test/busybox@{sbom}"));
     let m: serde_json::Value = serde_json::from_str(&artifact).unwrap();
     assert_eq!(m["subject"]["digest"], subject);
     assert_eq!(m["artifactType"], "application/spdx+json");
