@@ -571,6 +571,11 @@ fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire()
     let out = env.ok(&["pull", &format!("{}/test/busybox:2", proxy.host)]);
     assert!(out.contains("(0 bytes transferred)"), "{out}");
     assert_eq!(proxy.state.lock().unwrap().blob_bytes, before, "blob bytes crossed the proxy");
+    // Every tag of the repository at once.
+    env.ok(&["rmi", &format!("{}/test/busybox:1", proxy.host)]);
+    env.ok(&["pull", "--all-tags", &format!("{}/test/busybox", proxy.host)]);
+    let images = env.ok(&["images"]);
+    assert!(images.matches("test/busybox").count() == 2, "{images}");
 }
 
 /// docker-registry 2.8 has no referrers API: attaching keeps the referrers tag schema's index up
