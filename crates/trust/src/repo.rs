@@ -1,0 +1,452 @@
+//! One TUF repository per image repository: root, targets, snapshot and timestamp roles, each with
+//! its keys and threshold; a target per tag whose hash and length are the manifest's. Made and
+//! signed here with tough's editor (the root by hand: tough has no root builder), verified with
+//! tough's loader, which walks the root chain, checks thresholds, expiry, and versions against what
+//! the client trusted before (its datastore).
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use bulkhead_image::Digest;
+use tough::editor::signed::SignedRole;
+use tough::editor::RepositoryEditor;
+use tough::key_source::KeySource;
+use tough::schema::{Hashes, KeyHolder, RoleKeys, RoleType, Root, Target};
+use tough::{ExpirationEnforcement, RepositoryLoader, TargetName};
+
+use crate::keys::{MemoryKeySource, PrivateKey};
+use crate::{Error, Result};
+
+/// How long each role's metadata stays valid (TUF's defaults for a registry: the timestamp is
+/// re-signed often, the root rarely).
+#[derive(Clone, Debug)]
+pub struct Expiry {
+    pub root: jiff::SignedDuration,
+    pub targets: jiff::SignedDuration,
+    pub snapshot: jiff::SignedDuration,
+    pub timestamp: jiff::SignedDuration,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        let days = |d: i64| jiff::SignedDuration::from_hours(24 * d);
+        Expiry {
+            root: days(365),
+            targets: days(90),
+            snapshot: days(30),
+            timestamp: days(7),
+        }
+    }
+}
+
+/// The keys and threshold of one role.
+#[derive(Clone, Debug)]
+pub struct RoleSpec {
+    pub keys: Vec<Arc<PrivateKey>>,
+    pub threshold: u64,
+}
+
+/// The four top-level roles of a new repository.
+#[derive(Clone, Debug)]
+pub struct Roles {
+    pub root: RoleSpec,
+    pub targets: RoleSpec,
+    pub snapshot: RoleSpec,
+    pub timestamp: RoleSpec,
+}
+
+/// What a tag resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: Digest,
+    pub length: u64,
+    pub custom: HashMap<String, serde_json::Value>,
+}
+
+fn tuf(e: impl std::fmt::Display) -> Error {
+    // tough's messages carry the role, version and date at fault; keep them on one line.
+    Error::Metadata(e.to_string().replace('\n', " "))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Metadata(format!("runtime: {e}")))
+}
+
+fn sources(keys: &[Arc<PrivateKey>]) -> Vec<Box<dyn KeySource>> {
+    keys.iter()
+        .map(|k| Box::new(MemoryKeySource(k.clone())) as Box<dyn KeySource>)
+        .collect()
+}
+
+fn dir_url(dir: &Path) -> Result<url::Url> {
+    let abs = std::path::absolute(dir).map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?;
+    url::Url::from_directory_path(&abs).map_err(|_| Error::Metadata(format!("{} is not a usable directory", abs.display())))
+}
+
+/// The newest root in `dir` (`N.root.json` with the highest N).
+pub fn latest_root(dir: &Path) -> Result<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in std::fs::read_dir(dir).map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))? {
+        let e = e.map_err(|e| Error::Metadata(e.to_string()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_suffix(".root.json").and_then(|v| v.parse::<u64>().ok()) {
+            if best.as_ref().is_none_or(|(b, _)| n > *b) {
+                best = Some((n, e.path()));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+        .ok_or_else(|| Error::Metadata(format!("{}: no N.root.json", dir.display())))
+}
+
+/// Creates a repository's metadata in `dir`: `1.root.json` signed by the root keys, and empty
+/// targets, snapshot and timestamp at version 1.
+pub fn init(dir: &Path, roles: &Roles, expiry: &Expiry) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?;
+    let now = jiff::Timestamp::now();
+    let mut keys = HashMap::new();
+    let mut role_keys = HashMap::new();
+    for (role, spec) in [
+        (RoleType::Root, &roles.root),
+        (RoleType::Targets, &roles.targets),
+        (RoleType::Snapshot, &roles.snapshot),
+        (RoleType::Timestamp, &roles.timestamp),
+    ] {
+        let threshold = NonZeroU64::new(spec.threshold).ok_or_else(|| Error::Metadata(format!("{role}: a threshold of 0")))?;
+        if (spec.keys.len() as u64) < spec.threshold {
+            return Err(Error::Metadata(format!(
+                "{role}: threshold {} with only {} key(s)",
+                spec.threshold,
+                spec.keys.len()
+            )));
+        }
+        let mut ids = Vec::new();
+        for k in &spec.keys {
+            let tk = k.tuf_key()?;
+            let id = tk.key_id().map_err(tuf)?;
+            keys.insert(id.clone(), tk);
+            ids.push(id);
+        }
+        role_keys.insert(
+            role,
+            RoleKeys {
+                keyids: ids,
+                threshold,
+                _extra: HashMap::new(),
+            },
+        );
+    }
+    let root = Root {
+        spec_version: "1.0.0".into(),
+        consistent_snapshot: false,
+        version: NonZeroU64::MIN,
+        expires: now + expiry.root,
+        keys,
+        roles: role_keys,
+        _extra: HashMap::new(),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let rng = SystemRandom::new();
+        let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources(&roles.root.keys), &rng)
+            .await
+            .map_err(tuf)?;
+        let root_path = dir.join("1.root.json");
+        std::fs::write(&root_path, signed.buffer()).map_err(|e| Error::Metadata(format!("{}: {e}", root_path.display())))?;
+        let mut editor = RepositoryEditor::new(&root_path).await.map_err(tuf)?;
+        editor
+            .targets_version(NonZeroU64::MIN)
+            .map_err(tuf)?
+            .targets_expires(now + expiry.targets)
+            .map_err(tuf)?
+            .snapshot_version(NonZeroU64::MIN)
+            .snapshot_expires(now + expiry.snapshot)
+            .timestamp_version(NonZeroU64::MIN)
+            .timestamp_expires(now + expiry.timestamp);
+        let all: Vec<Arc<PrivateKey>> = [&roles.targets, &roles.snapshot, &roles.timestamp]
+            .iter()
+            .flat_map(|r| r.keys.iter().cloned())
+            .collect();
+        let repo = editor.sign(&sources(&all)).await.map_err(tuf)?;
+        repo.write(dir).await.map_err(tuf)
+    })
+}
+
+/// Loads the repository in `dir` as its owner does to edit it (expiry not enforced: refreshing
+/// expired metadata is what editing is for).
+async fn load_for_edit(dir: &Path) -> Result<(PathBuf, tough::Repository)> {
+    let root_path = latest_root(dir)?;
+    let root = std::fs::read(&root_path).map_err(|e| Error::Metadata(format!("{}: {e}", root_path.display())))?;
+    let url = dir_url(dir)?;
+    let repo = RepositoryLoader::new(&root, url.clone(), url)
+        .expiration_enforcement(ExpirationEnforcement::Unsafe)
+        .load()
+        .await
+        .map_err(tuf)?;
+    Ok((root_path, repo))
+}
+
+/// Adds (or replaces) target `name` = the manifest `digest` of `length` bytes, and signs new
+/// targets, snapshot and timestamp versions with `keys`.
+pub fn sign_target(
+    dir: &Path,
+    name: &str,
+    digest: &Digest,
+    length: u64,
+    custom: HashMap<String, serde_json::Value>,
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    if digest.algorithm() != bulkhead_image::digest::Algorithm::Sha256 {
+        return Err(Error::Metadata(format!("{digest}: targets are named by sha256")));
+    }
+    let target = Target {
+        length,
+        hashes: Hashes {
+            sha256: hex::decode(digest.hex()).map_err(|e| Error::Metadata(e.to_string()))?.into(),
+            _extra: HashMap::new(),
+        },
+        custom,
+        _extra: HashMap::new(),
+    };
+    edit(dir, keys, expiry, |editor| {
+        editor.add_target(TargetName::new(name).map_err(tuf)?, target).map_err(tuf)?;
+        Ok(())
+    })
+}
+
+/// Removes target `name` (a revoked tag) and signs new versions.
+pub fn remove_target(dir: &Path, name: &str, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<()> {
+    edit(dir, keys, expiry, |editor| {
+        editor.remove_target(&TargetName::new(name).map_err(tuf)?).map_err(tuf)?;
+        Ok(())
+    })
+}
+
+fn edit(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry, change: impl FnOnce(&mut RepositoryEditor) -> Result<()>) -> Result<()> {
+    runtime()?.block_on(async {
+        let (root_path, repo) = load_for_edit(dir).await?;
+        let next = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
+        let (tv, sv, tsv) = (
+            next(repo.targets().signed.version)?,
+            next(repo.snapshot().signed.version)?,
+            next(repo.timestamp().signed.version)?,
+        );
+        let mut editor = RepositoryEditor::from_repo(&root_path, repo).await.map_err(tuf)?;
+        change(&mut editor)?;
+        let now = jiff::Timestamp::now();
+        editor
+            .targets_version(tv)
+            .map_err(tuf)?
+            .targets_expires(now + expiry.targets)
+            .map_err(tuf)?
+            .snapshot_version(sv)
+            .snapshot_expires(now + expiry.snapshot)
+            .timestamp_version(tsv)
+            .timestamp_expires(now + expiry.timestamp);
+        let signed = editor.sign(&sources(keys)).await.map_err(tuf)?;
+        signed.write(dir).await.map_err(tuf)
+    })
+}
+
+/// Verifies the metadata in `dir` starting from `trusted_root` (pinned by the policy) and against
+/// what this client trusted before (kept in `state`), and resolves target `name`.
+pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Result<Resolved> {
+    std::fs::create_dir_all(state).map_err(|e| Error::Metadata(format!("{}: {e}", state.display())))?;
+    let url = dir_url(dir)?;
+    runtime()?.block_on(async {
+        let repo = RepositoryLoader::new(&trusted_root, url.clone(), url)
+            .datastore(state)
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .load()
+            .await
+            .map_err(tuf)?;
+        let key = TargetName::new(name).map_err(tuf)?;
+        let t = repo
+            .targets()
+            .signed
+            .targets
+            .get(&key)
+            .ok_or_else(|| Error::NotSigned(name.to_owned()))?;
+        let digest = Digest::new(bulkhead_image::digest::Algorithm::Sha256, &hex::encode(&*t.hashes.sha256))?;
+        Ok(Resolved {
+            digest,
+            length: t.length,
+            custom: t.custom.clone(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyKind;
+
+    fn key(kind: KeyKind) -> Arc<PrivateKey> {
+        Arc::new(PrivateKey::generate(kind).unwrap())
+    }
+
+    fn one(k: &Arc<PrivateKey>) -> RoleSpec {
+        RoleSpec {
+            keys: vec![k.clone()],
+            threshold: 1,
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        root_key: Arc<PrivateKey>,
+        online: Vec<Arc<PrivateKey>>,
+    }
+
+    impl Fixture {
+        fn new(expiry: &Expiry) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let root_key = key(KeyKind::Ed25519);
+            let (t, s, ts) = (key(KeyKind::EcdsaP256), key(KeyKind::Ed25519), key(KeyKind::Ed25519));
+            let roles = Roles {
+                root: one(&root_key),
+                targets: one(&t),
+                snapshot: one(&s),
+                timestamp: one(&ts),
+            };
+            init(&dir.path().join("meta"), &roles, expiry).unwrap();
+            Fixture {
+                dir,
+                root_key,
+                online: vec![t, s, ts],
+            }
+        }
+        fn meta(&self) -> PathBuf {
+            self.dir.path().join("meta")
+        }
+        fn root(&self) -> Vec<u8> {
+            std::fs::read(self.meta().join("1.root.json")).unwrap()
+        }
+        fn state(&self) -> PathBuf {
+            self.dir.path().join("state")
+        }
+    }
+
+    fn digest(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    #[test]
+    fn a_signed_tag_resolves_to_its_manifest_digest() {
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1.4", &digest(1), 1234, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        let r = resolve(&f.root(), &f.meta(), &f.state(), "1.4").unwrap();
+        assert_eq!((r.digest, r.length), (digest(1), 1234));
+        let err = resolve(&f.root(), &f.meta(), &f.state(), "1.5").unwrap_err().to_string();
+        assert!(err.contains("not signed"), "{err}");
+        // Re-signing moves the tag; revoking removes it.
+        sign_target(&f.meta(), "1.4", &digest(2), 99, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "1.4").unwrap().digest, digest(2));
+        remove_target(&f.meta(), "1.4", &f.online, &Expiry::default()).unwrap();
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "1.4").is_err());
+    }
+
+    #[test]
+    fn expired_timestamp_is_refused_naming_it() {
+        let expiry = Expiry {
+            timestamp: jiff::SignedDuration::from_secs(-60),
+            ..Expiry::default()
+        };
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &expiry).unwrap();
+        let err = resolve(&f.root(), &f.meta(), &f.state(), "1").unwrap_err().to_string();
+        assert!(
+            err.to_lowercase().contains("timestamp") && err.to_lowercase().contains("expire"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1);
+    }
+
+    #[test]
+    fn a_rollback_to_older_metadata_is_refused() {
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        let old = f.dir.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        for e in std::fs::read_dir(f.meta()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), old.join(e.file_name())).unwrap();
+        }
+        sign_target(&f.meta(), "1", &digest(2), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "1").unwrap().digest, digest(2));
+        // The registry now serves the older, validly signed metadata: the client has seen newer.
+        let err = resolve(&f.root(), &old, &f.state(), "1").unwrap_err().to_string();
+        assert!(
+            err.contains("version") || err.contains("rollback") || err.contains("older"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn edited_targets_and_foreign_keys_are_refused() {
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        // Point the tag elsewhere without signing: the snapshot's hash of targets no longer matches.
+        let t = f.meta().join("targets.json");
+        let text = std::fs::read_to_string(&t).unwrap();
+        let edited = text.replace(digest(1).hex(), digest(9).hex());
+        assert_ne!(text, edited);
+        std::fs::write(&t, edited).unwrap();
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "1").is_err());
+        // Signing with keys the root does not list produces metadata no client accepts.
+        let g = Fixture::new(&Expiry::default());
+        let strangers = vec![key(KeyKind::Ed25519), key(KeyKind::Ed25519), key(KeyKind::Ed25519)];
+        assert!(sign_target(&g.meta(), "1", &digest(1), 1, HashMap::new(), &strangers, &Expiry::default()).is_err());
+        // A root pinned for another repository does not verify this one.
+        let err = resolve(&g.root(), &f.meta(), &f.dir.path().join("state2"), "1")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.is_empty());
+        let _ = &f.root_key;
+    }
+
+    #[test]
+    fn a_threshold_of_two_needs_two_signatures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (key(KeyKind::Ed25519), key(KeyKind::EcdsaP256));
+        let (s, ts) = (key(KeyKind::Ed25519), key(KeyKind::Ed25519));
+        let roles = Roles {
+            root: one(&key(KeyKind::Ed25519)),
+            targets: RoleSpec {
+                keys: vec![a.clone(), b.clone()],
+                threshold: 2,
+            },
+            snapshot: one(&s),
+            timestamp: one(&ts),
+        };
+        let meta = dir.path().join("meta");
+        init(&meta, &roles, &Expiry::default()).unwrap();
+        let root = std::fs::read(meta.join("1.root.json")).unwrap();
+        // One of two targets keys: the new targets version is not trusted.
+        let half = vec![a.clone(), s.clone(), ts.clone()];
+        // The tools refuse to sign with one of two targets keys.
+        assert!(sign_target(&meta, "1", &digest(1), 1, HashMap::new(), &half, &Expiry::default()).is_err());
+        assert!(resolve(&root, &meta, &dir.path().join("state"), "1")
+            .unwrap_err()
+            .to_string()
+            .contains("not signed"));
+        let both = vec![a, b, s, ts];
+        sign_target(&meta, "1", &digest(1), 1, HashMap::new(), &both, &Expiry::default()).unwrap();
+        assert_eq!(resolve(&root, &meta, &dir.path().join("state3"), "1").unwrap().digest, digest(1));
+        // And a client refuses targets metadata that carries one of the two signatures.
+        let t = meta.join("targets.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&t).unwrap()).unwrap();
+        assert_eq!(v["signatures"].as_array().unwrap().len(), 2);
+        v["signatures"].as_array_mut().unwrap().pop();
+        std::fs::write(&t, serde_json::to_vec(&v).unwrap()).unwrap();
+        let err = resolve(&root, &meta, &dir.path().join("state4"), "1").unwrap_err().to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
