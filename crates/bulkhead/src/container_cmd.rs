@@ -284,8 +284,16 @@ fn create_container(
 /// in a child process: this one may create the container itself, and must still be single-threaded
 /// then (the registry client is not).
 fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Result<()> {
+    // A tag the trust policy covers is verified on every run (the pull is quick when the signed
+    // image is in the store, and re-tags the name if it points elsewhere).
+    let covered = bulkhead_image::Reference::parse(image)
+        .ok()
+        .map(|r| crate::trust_cmd::covers(ctx, &r))
+        .transpose()?
+        .unwrap_or(false);
     match store.resolve(image) {
-        Ok(_) => return Ok(()),
+        Ok(_) if !covered => return Ok(()),
+        Ok(_) => {}
         Err(bulkhead_image::Error::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
@@ -293,9 +301,14 @@ fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> any
     let Ok(reference) = bulkhead_image::Reference::parse(image) else {
         return Ok(());
     };
-    eprintln!("Unable to find image '{reference}' locally");
+    if !covered {
+        eprintln!("Unable to find image '{reference}' locally");
+    }
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config);
+    if let Some(p) = &ctx.policy {
+        cmd.arg("--policy").arg(p);
+    }
     if ctx.quiet {
         cmd.arg("-q");
     }

@@ -5,6 +5,7 @@ mod container_cmd;
 mod image_cmd;
 mod output;
 mod registry_cmd;
+mod trust_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ struct Cli {
     /// Registry configuration: registries.json, certs.d/HOST/*.crt, auth.json.
     #[arg(long, global = true, env = "BULKHEAD_CONFIG", default_value = "/etc/bulkhead")]
     config: PathBuf,
+    /// The trust policy (default: <config>/policy.toml).
+    #[arg(long, global = true, env = "BULKHEAD_POLICY")]
+    policy: Option<PathBuf>,
     /// Output format: table or json (for `image save`: oci, oci-dir or docker-archive).
     #[arg(long, global = true)]
     format: Option<String>,
@@ -58,6 +62,9 @@ enum Command {
     /// Registry manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Content trust: signed tags (TUF), keys, the policy that enforces them.
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCommand),
     /// Artifacts attached to images in registries (OCI referrers).
     #[command(subcommand)]
     Artifact(registry_cmd::ArtifactCommand),
@@ -166,6 +173,7 @@ enum SystemCommand {
 pub struct Ctx {
     pub root: PathBuf,
     pub config: PathBuf,
+    pub policy: Option<PathBuf>,
     pub format: Option<String>,
     pub quiet: bool,
 }
@@ -226,6 +234,7 @@ fn main() -> ExitCode {
     let ctx = Ctx {
         root: cli.root,
         config: cli.config,
+        policy: cli.policy,
         format: cli.format,
         quiet: cli.quiet,
     };
@@ -241,6 +250,7 @@ fn main() -> ExitCode {
         Command::Logout { server } => registry_cmd::logout(&ctx, server),
         Command::Manifest(ManifestCommand::Inspect { reference }) => registry_cmd::manifest_inspect(&ctx, &reference),
         Command::Artifact(c) => registry_cmd::artifact(&ctx, c),
+        Command::Trust(c) => trust_cmd::run(&ctx, c),
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),

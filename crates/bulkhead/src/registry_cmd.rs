@@ -21,6 +21,9 @@ pub struct PullArgs {
     /// Pull every tag of the repository.
     #[arg(short, long)]
     all_tags: bool,
+    /// Pull a tag the trust policy covers without verifying its signature (warns; the policy may forbid it).
+    #[arg(long)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Args, Debug)]
@@ -131,8 +134,15 @@ pub fn pull(ctx: &Ctx, a: PullArgs) -> anyhow::Result<ExitCode> {
     };
     let display = Display::new(ctx.quiet);
     for r in references {
-        let pulled =
-            bulkhead_registry::pull(&store, &regs, &r, &platform, &|e| display.event(e), &warn).with_context(|| format!("pulling {r}"))?;
+        // A tag the trust policy covers is pulled by the digest its signed metadata names, then
+        // given the tag here.
+        let signed = crate::trust_cmd::enforce(ctx, &regs, &r, a.insecure_skip_verify)?;
+        let fetch = signed.as_ref().map_or_else(|| r.clone(), |d| r.with_digest(d.clone()));
+        let pulled = bulkhead_registry::pull(&store, &regs, &fetch, &platform, &|e| display.event(e), &warn)
+            .with_context(|| format!("pulling {r}"))?;
+        if signed.is_some() {
+            store.tag(&r, &pulled.record.manifest)?;
+        }
         if ctx.quiet {
             println!("{r}");
         } else {

@@ -641,3 +641,128 @@ fn artifacts_attach_to_an_image_through_the_referrers_tag_schema() {
     assert_eq!(m["artifactType"], "application/spdx+json");
     assert_eq!(m["annotations"]["made-by"], "test");
 }
+
+/// PUTs `manifest` under `tag` in `repo`, as anyone who can write to the registry could (the
+/// registry is not trusted: this is how a test plays the attacker).
+fn put_manifest(reg: &Registry, repo: &str, tag: &str, manifest: &str) {
+    let ca = reg.dir.join("put-ca.crt");
+    std::fs::write(&ca, &reg.tls.as_ref().unwrap().ca).unwrap();
+    let script = r#"
+import base64, ssl, sys, urllib.request
+url, ca, user, pw, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.stdin.buffer.read()
+ctx = ssl.create_default_context(cafile=ca)
+req = urllib.request.Request(url, data=body, method="PUT")
+req.add_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+urllib.request.urlopen(req, context=ctx)
+"#;
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(format!("https://{}/v2/{repo}/manifests/{tag}", reg.host))
+        .arg(&ca)
+        .args([USER, PASS])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "PUT of the manifest failed");
+}
+
+/// Signed tags, end to end: `trust init` pins the new root in the local policy; `pull` of a
+/// covered tag resolves it through the registry's signed metadata; an unsigned tag, a tag the
+/// registry moved, a revoked tag and metadata rolled back to an older version are refused or
+/// ignored as TUF says; uncovered references follow the policy's default.
+#[test]
+fn signed_tags_are_enforced_through_the_registrys_metadata() {
+    for role in ["ROOT", "TARGETS", "SNAPSHOT", "TIMESTAMP"] {
+        std::env::set_var(format!("BULKHEAD_TRUST_{role}_PASSPHRASE"), format!("{role} passphrase"));
+    }
+    let env = Env::new();
+    let reg = Registry::start(&env.path("registry"), Some(make_tls(false)), true);
+    let l = layout(&env);
+    skopeo_push(&reg, &l, "test/app:1");
+    // A second, different image.
+    let l2 = env.path("layout2");
+    sh(Command::new("cp").arg("-a").arg(&l).arg(&l2));
+    sh(Command::new("umoci").args(["config", "--image", &format!("{}:t", l2.display()), "--config.env", "SECOND=1"]));
+    skopeo_push(&reg, &l2, "test/app:2");
+    let (one, two) = (skopeo_digest(&reg, "test/app:1"), skopeo_digest(&reg, "test/app:2"));
+    assert_ne!(one, two);
+    trust_and_login(&env, &reg);
+    let repo = format!("{}/test/app", reg.host);
+
+    let root = env.ok(&["trust", "init", &repo]).trim().to_owned();
+    assert_eq!(root.len(), 64);
+    let policy = std::fs::read_to_string(env.path("config").join("policy.toml")).unwrap();
+    assert!(policy.contains(&root) && policy.contains(&repo), "{policy}");
+    assert!(env.path("config/trust/private").join(format!("{root}.key")).exists());
+
+    // Signed: the pull goes by the signed digest.
+    env.ok(&["trust", "sign", &format!("{repo}:1")]);
+    let o = env.run(&["pull", &format!("{repo}:1")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("is signed as {one}")));
+    assert_eq!(env.inspect(&format!("{repo}:1"))["Bulkhead"]["ManifestDigest"], one);
+    let view: serde_json::Value = serde_json::from_str(&env.ok(&["trust", "inspect", &repo])).unwrap();
+    assert_eq!(view["tags"]["1"]["digest"], one, "{view}");
+    assert_eq!(view["targets"]["version"], 2, "{view}");
+    assert_eq!(view["roles"]["root"]["keys"][0], root, "{view}");
+
+    // Not signed: refused, one line naming the tag.
+    let err = env.fails(&["pull", &format!("{repo}:2")]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("not signed") && err.contains("\"2\""), "{err}");
+
+    // The registry moves :1 to the other image: the client still gets what was signed.
+    skopeo_push(&reg, &l2, "test/app:1");
+    env.ok(&["rmi", &format!("{repo}:1")]);
+    env.ok(&["pull", &format!("{repo}:1")]);
+    assert_eq!(env.inspect(&format!("{repo}:1"))["Bulkhead"]["ManifestDigest"], one);
+    // `run` of a covered tag verifies too: a local name pointing elsewhere is put right.
+    env.ok(&["tag", &format!("{repo}:1"), "elsewhere:1"]);
+    assert!(env
+        .ok(&["run", "--rm", &format!("{repo}:1"), "cat", "/etc/greeting"])
+        .contains("hello from the registry"));
+
+    // Rollback: the registry serves older, validly signed metadata; this machine has seen newer.
+    let old = skopeo_raw(&reg, "test/app:_bulkhead.trust");
+    env.ok(&["trust", "sign", &format!("{repo}:2")]);
+    assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
+    put_manifest(&reg, "test/app", "_bulkhead.trust", &old);
+    let err = env.fails(&["pull", &format!("{repo}:1")]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("version") || err.contains("rollback") || err.contains("older"),
+        "{err}"
+    );
+
+    // Revoked: refused (after the publisher signs again over the rolled-back copy).
+    env.ok(&["trust", "revoke", &format!("{repo}:2")]);
+    let err = env.fails(&["pull", &format!("{repo}:2")]);
+    assert!(err.contains("not signed"), "{err}");
+    assert!(env.run(&["pull", &format!("{repo}:1")]).status.success());
+
+    // --insecure-skip-verify warns; the policy can forbid it; default deny refuses the uncovered.
+    let o = env.run(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("without checking its signature"));
+    skopeo_push(&reg, &l, "other/app:1");
+    let o = env.run(&["pull", &format!("{}/other/app:1", reg.host)]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not covered by a trust policy"));
+    let p = env.path("config").join("policy.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!(
+            "default = \"deny\"\nforbid_skip_verify = true\n{}",
+            text.replace("default = \"notice\"\n", "")
+                .replace("forbid_skip_verify = false\n", "")
+        ),
+    )
+    .unwrap();
+    let err = env.fails(&["pull", &format!("{}/other/app:1", reg.host)]);
+    assert!(err.contains("default is deny"), "{err}");
+    let err = env.fails(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
+    assert!(err.contains("forbidden by the trust policy"), "{err}");
+}

@@ -15,12 +15,14 @@
 //! `<config>/certs.d/HOST[:PORT]/*.crt`; plain HTTP only for registries listed as insecure.
 
 pub mod config;
+mod files;
 mod login;
 pub(crate) mod pull;
 mod push;
 mod referrers;
 
 pub use config::{Credentials, Registries};
+pub use files::{fetch_files, push_files, Files};
 pub use login::{challenge_params, login};
 pub use pull::{pull, PullEvent, Pulled};
 pub use push::{push, Pushed};

@@ -7,7 +7,9 @@
 //! kept encrypted with a passphrase ([`keys`]).
 
 pub mod keys;
+pub mod policy;
 pub mod repo;
+pub mod store;
 
 pub use keys::{KeyKind, PrivateKey};
 pub use repo::{Expiry, Resolved, RoleSpec, Roles};
@@ -22,6 +24,9 @@ pub enum Error {
     #[error("trust: {0}")]
     Metadata(String),
     /// The metadata verifies but does not name this tag.
+    /// The policy file.
+    #[error("policy: {0}")]
+    Policy(String),
     #[error("trust: no signed target {0:?}: the tag is not signed (or was revoked)")]
     NotSigned(String),
     #[error(transparent)]

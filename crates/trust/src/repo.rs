@@ -255,18 +255,24 @@ fn edit(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry, change: impl FnOn
     })
 }
 
+/// Loads the metadata in `dir` as a client: from `trusted_root`, expiry enforced, versions checked
+/// against (and then recorded in) the datastore `state`.
+async fn load_verified(trusted_root: &[u8], dir: &Path, state: &Path) -> Result<tough::Repository> {
+    std::fs::create_dir_all(state).map_err(|e| Error::Metadata(format!("{}: {e}", state.display())))?;
+    let url = dir_url(dir)?;
+    RepositoryLoader::new(&trusted_root, url.clone(), url)
+        .datastore(state)
+        .expiration_enforcement(ExpirationEnforcement::Safe)
+        .load()
+        .await
+        .map_err(tuf)
+}
+
 /// Verifies the metadata in `dir` starting from `trusted_root` (pinned by the policy) and against
 /// what this client trusted before (kept in `state`), and resolves target `name`.
 pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Result<Resolved> {
-    std::fs::create_dir_all(state).map_err(|e| Error::Metadata(format!("{}: {e}", state.display())))?;
-    let url = dir_url(dir)?;
     runtime()?.block_on(async {
-        let repo = RepositoryLoader::new(&trusted_root, url.clone(), url)
-            .datastore(state)
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .load()
-            .await
-            .map_err(tuf)?;
+        let repo = load_verified(trusted_root, dir, state).await?;
         let key = TargetName::new(name).map_err(tuf)?;
         let t = repo
             .targets()
@@ -280,6 +286,36 @@ pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Res
             length: t.length,
             custom: t.custom.clone(),
         })
+    })
+}
+
+/// The verified state of the metadata in `dir` (as [`resolve`] checks it): each signed tag with
+/// its digest and length, and each role's version and expiry.
+pub fn describe(trusted_root: &[u8], dir: &Path, state: &Path) -> Result<serde_json::Value> {
+    runtime()?.block_on(async {
+        let repo = load_verified(trusted_root, dir, state).await?;
+        let mut tags = serde_json::Map::new();
+        for (name, t) in &repo.targets().signed.targets {
+            tags.insert(
+                name.raw().to_owned(),
+                serde_json::json!({"digest": format!("sha256:{}", hex::encode(&*t.hashes.sha256)), "length": t.length}),
+            );
+        }
+        let role = |v: NonZeroU64, e: &jiff::Timestamp| serde_json::json!({"version": v.get(), "expires": e.to_string()});
+        let root = &repo.root().signed;
+        let thresholds: serde_json::Map<String, serde_json::Value> = root
+            .roles
+            .iter()
+            .map(|(r, k)| (r.to_string(), serde_json::json!({"threshold": k.threshold.get(), "keys": k.keyids.iter().map(|i| hex::encode(&**i)).collect::<Vec<_>>()})))
+            .collect();
+        Ok(serde_json::json!({
+            "tags": tags,
+            "roles": thresholds,
+            "root": role(root.version, &root.expires),
+            "targets": role(repo.targets().signed.version, &repo.targets().signed.expires),
+            "snapshot": role(repo.snapshot().signed.version, &repo.snapshot().signed.expires),
+            "timestamp": role(repo.timestamp().signed.version, &repo.timestamp().signed.expires),
+        }))
     })
 }
 

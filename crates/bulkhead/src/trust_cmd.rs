@@ -1,0 +1,266 @@
+//! `trust ...`: signing tags, and the verified resolution of tags that `pull` and `run` use for
+//! every reference the policy covers.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bulkhead_image::Reference;
+use bulkhead_registry::Registries;
+use bulkhead_trust::policy::{Default_, Policy};
+use bulkhead_trust::store::TrustDir;
+use bulkhead_trust::{Expiry, KeyKind};
+use clap::Subcommand;
+
+use crate::Ctx;
+
+/// The tag under which a repository's trust metadata is kept, and its artifact type.
+pub const TRUST_TAG: &str = "_bulkhead.trust";
+const ARTIFACT_TYPE: &str = "application/vnd.bulkhead.tuf.v1";
+const METADATA_TYPE: &str = "application/vnd.tuf.metadata+json";
+/// Bounds on what a registry may hand over as trust metadata.
+const MAX_FILE: u64 = 4 << 20;
+const MAX_FILES: usize = 256;
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Create a repository's trust metadata and keys, publish it, and pin its root here.
+    Init {
+        /// The image repository (registry/name).
+        repository: String,
+        #[arg(long = "type", default_value = "ed25519")]
+        kind: String,
+    },
+    /// Sign a tag: its target becomes the manifest the registry has for it now.
+    Sign { image: String },
+    /// Remove a tag's signature: it no longer resolves.
+    Revoke { image: String },
+    /// Show the verified signed tags of a repository.
+    Inspect { repository: String },
+    /// The local trust policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Generate a key, encrypted with $BULKHEAD_TRUST_KEY_PASSPHRASE.
+    Generate {
+        name: String,
+        #[arg(long = "type", default_value = "ed25519")]
+        kind: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Require signatures for a repository (or registry), rooted in these pinned root keys.
+    Add {
+        repository: String,
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<String>,
+    },
+    /// Show the policy.
+    Show,
+}
+
+fn policy_path(ctx: &Ctx) -> std::path::PathBuf {
+    ctx.policy.clone().unwrap_or_else(|| Policy::path(&ctx.config))
+}
+
+fn warn(msg: String) {
+    eprintln!("bulkhead: warning: {msg}");
+}
+
+/// `host/path` of a reference: what the policy and the trust directory name.
+pub fn repository_of(r: &Reference) -> String {
+    format!("{}/{}", r.domain(), r.path())
+}
+
+/// The repository a user names (no tag or digest allowed).
+fn parse_repository(s: &str) -> anyhow::Result<Reference> {
+    let r = Reference::parse_name_only(s)?;
+    if r.tag().is_some() || r.digest().is_some() {
+        bail!("{s}: give a repository, without a tag or digest");
+    }
+    Ok(r)
+}
+
+fn publish(ctx: &Ctx, regs: &Registries, td: &TrustDir, repo: &Reference) -> anyhow::Result<()> {
+    let files = td.metadata_files(&td.repo_dir(&repository_of(repo))?)?;
+    let _ = ctx;
+    bulkhead_registry::push_files(regs, repo, TRUST_TAG, ARTIFACT_TYPE, METADATA_TYPE, &files, &warn)
+        .with_context(|| format!("publishing the trust metadata of {}", repository_of(repo)))?;
+    Ok(())
+}
+
+/// The registry's trust metadata for `r`'s repository, in a temporary directory, with its first
+/// root checked against the pinned `root_keys`; and this machine's state for it (what it trusted
+/// before). The rest of TUF's checks run when it is loaded from there.
+fn fetch_metadata(
+    ctx: &Ctx,
+    regs: &Registries,
+    r: &Reference,
+    root_keys: &[String],
+) -> anyhow::Result<(tempfile::TempDir, Vec<u8>, std::path::PathBuf)> {
+    let repo = repository_of(r);
+    let files = bulkhead_registry::fetch_files(regs, r, TRUST_TAG, ARTIFACT_TYPE, MAX_FILE, MAX_FILES, &warn)?
+        .with_context(|| format!("{repo} must be signed (trust policy), but the registry has no trust metadata for it"))?;
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    for (name, data) in &files {
+        std::fs::write(dir.path().join(name), data).with_context(|| name.clone())?;
+    }
+    let root = files
+        .iter()
+        .find(|(n, _)| n == "1.root.json")
+        .map(|(_, d)| d.clone())
+        .with_context(|| format!("{repo}: the trust metadata has no 1.root.json"))?;
+    bulkhead_trust::store::verify_pinned_root(&root, root_keys)?;
+    let state = ctx.root.join("trust").join(repo.replace(':', "_"));
+    Ok((dir, root, state))
+}
+
+/// The verified target of `r` (a tag), from metadata rooted in the pinned `root_keys`.
+pub fn resolve(ctx: &Ctx, regs: &Registries, r: &Reference, root_keys: &[String]) -> anyhow::Result<bulkhead_trust::Resolved> {
+    let tag = r.tag().context("only a tag is resolved through trust metadata")?;
+    let (dir, root, state) = fetch_metadata(ctx, regs, r, root_keys)?;
+    Ok(bulkhead_trust::repo::resolve(&root, dir.path(), &state, tag)?)
+}
+
+/// What `pull` does with a reference under the policy: Some(digest) to pull instead of the tag
+/// (covered), None (not covered: a notice, or an error if the policy denies).
+pub fn enforce(ctx: &Ctx, regs: &Registries, r: &Reference, skip_verify: bool) -> anyhow::Result<Option<bulkhead_image::Digest>> {
+    let policy = Policy::load(&policy_path(ctx))?;
+    let repo = repository_of(r);
+    if skip_verify {
+        if policy.forbid_skip_verify {
+            bail!("--insecure-skip-verify is forbidden by the trust policy");
+        }
+        warn(format!("--insecure-skip-verify: {r} is pulled without checking its signature"));
+        return Ok(None);
+    }
+    match policy.rule_for(&repo) {
+        Some(rule) if r.digest().is_none() => {
+            let resolved = resolve(ctx, regs, r, &rule.root_keys).with_context(|| format!("verifying {r}"))?;
+            if !ctx.quiet {
+                eprintln!("trust: {r} is signed as {}", resolved.digest);
+            }
+            Ok(Some(resolved.digest))
+        }
+        Some(_) => Ok(None),
+        None if policy.default == Default_::Deny => {
+            bail!("{r} is not covered by the trust policy, whose default is deny")
+        }
+        None => {
+            if !ctx.quiet {
+                eprintln!("notice: {repo} is not covered by a trust policy: its tags are not verified");
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Whether `run` must go through a verifying pull even for an image the store has.
+pub fn covers(ctx: &Ctx, r: &Reference) -> anyhow::Result<bool> {
+    let policy = Policy::load(&policy_path(ctx))?;
+    Ok(r.digest().is_none() && policy.rule_for(&repository_of(r)).is_some())
+}
+
+pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
+    let td = TrustDir::new(&ctx.config);
+    let regs = Registries::load(&ctx.config)?;
+    match c {
+        TrustCommand::Key(KeyCommand::Generate { name, kind }) => {
+            let kind: KeyKind = kind.parse()?;
+            let pass = bulkhead_trust::store::passphrase("key")?;
+            let id = td.generate_key(&name, kind, &pass)?;
+            println!("{id}");
+        }
+        TrustCommand::Init { repository, kind } => {
+            let repo = parse_repository(&repository)?;
+            let kind: KeyKind = kind.parse()?;
+            let root = td.init_repo(&repository_of(&repo), kind, &Expiry::default())?;
+            publish(ctx, &regs, &td, &repo)?;
+            let path = policy_path(ctx);
+            let mut policy = Policy::load(&path)?;
+            policy.pin(&repository_of(&repo), vec![root.clone()]);
+            policy.save(&path)?;
+            eprintln!(
+                "trust: {} initialised; its root key {root} is pinned in {} (keep that key offline)",
+                repository_of(&repo),
+                path.display()
+            );
+            println!("{root}");
+        }
+        TrustCommand::Sign { image } => {
+            let r = Reference::parse(&image)?;
+            let tag = r.tag().context("sign a tag: NAME:TAG")?.to_owned();
+            let (data, digest) = bulkhead_registry::fetch_manifest(&regs, &r, &warn)?;
+            let dir = td.repo_dir(&repository_of(&r))?;
+            let keys = td.online_keys(&dir)?;
+            bulkhead_trust::repo::sign_target(
+                &dir,
+                &tag,
+                &digest,
+                data.len() as u64,
+                Default::default(),
+                &keys,
+                &Expiry::default(),
+            )?;
+            publish(ctx, &regs, &td, &r)?;
+            println!("{r}: signed {digest}");
+        }
+        TrustCommand::Revoke { image } => {
+            let r = Reference::parse(&image)?;
+            let tag = r.tag().context("revoke a tag: NAME:TAG")?.to_owned();
+            let dir = td.repo_dir(&repository_of(&r))?;
+            let keys = td.online_keys(&dir)?;
+            bulkhead_trust::repo::remove_target(&dir, &tag, &keys, &Expiry::default())?;
+            publish(ctx, &regs, &td, &r)?;
+            println!("{r}: revoked");
+        }
+        TrustCommand::Inspect { repository } => {
+            let repo = parse_repository(&repository)?;
+            let policy = Policy::load(&policy_path(ctx))?;
+            let rule = policy.rule_for(&repository_of(&repo)).with_context(|| {
+                format!(
+                    "{} is not in the trust policy: pin its root first (trust policy add)",
+                    repository_of(&repo)
+                )
+            })?;
+            let view = inspect(ctx, &regs, &repo, &rule.root_keys)?;
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        }
+        TrustCommand::Policy(PolicyCommand::Add { repository, root_keys }) => {
+            let path = policy_path(ctx);
+            let mut policy = Policy::load(&path)?;
+            let keys = root_keys
+                .iter()
+                .map(|k| {
+                    td.key_id(k).or_else(|_| {
+                        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            Ok(k.clone())
+                        } else {
+                            bail!("{k}: not a key name or a 64-hex key id")
+                        }
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            policy.pin(&repository, keys);
+            policy.save(&path)?;
+        }
+        TrustCommand::Policy(PolicyCommand::Show) => {
+            print!("{}", std::fs::read_to_string(policy_path(ctx)).unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The verified metadata of `repo`: every signed tag with its digest, and each role's version and
+/// expiry.
+fn inspect(ctx: &Ctx, regs: &Registries, repo: &Reference, root_keys: &[String]) -> anyhow::Result<serde_json::Value> {
+    let (dir, root, state) = fetch_metadata(ctx, regs, repo, root_keys)?;
+    Ok(bulkhead_trust::repo::describe(&root, dir.path(), &state)?)
+}

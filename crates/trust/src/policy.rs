@@ -1,0 +1,112 @@
+//! Which references must be signed, and by whom: `<config>/policy.toml` (or `--policy`).
+//!
+//! ```toml
+//! default = "notice"            # unsigned (uncovered) references: "notice" or "deny"
+//! forbid_skip_verify = false    # true: --insecure-skip-verify is refused
+//!
+//! [[trust]]
+//! repository = "registry.example/app"   # a repository, or a registry (every repository in it)
+//! root_keys = ["<key id>"]             # pinned: the repository's root must be signed by these
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What happens to references no rule covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Default_ {
+    #[default]
+    Notice,
+    Deny,
+}
+
+/// One covered repository (or registry) and its pinned root keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub repository: String,
+    pub root_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub default: Default_,
+    /// Refuse `--insecure-skip-verify`.
+    #[serde(default)]
+    pub forbid_skip_verify: bool,
+    #[serde(default)]
+    pub trust: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn path(config_dir: &Path) -> PathBuf {
+        config_dir.join("policy.toml")
+    }
+
+    /// Reads the policy at `path` (missing: nothing covered, notices only).
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => toml::from_str(&t).map_err(|e| Error::Policy(format!("{}: {}", path.display(), e.to_string().replace('\n', " ")))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
+            Err(e) => Err(Error::Policy(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the policy to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Policy(e.to_string()))?;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::Policy(format!("{}: {e}", d.display())))?;
+        }
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::Policy(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::Policy(format!("{}: {e}", path.display())))
+    }
+
+    /// The rule covering repository `repo` (`host/path`): the most specific one.
+    pub fn rule_for(&self, repo: &str) -> Option<&Rule> {
+        self.trust
+            .iter()
+            .filter(|r| repo == r.repository || repo.starts_with(&format!("{}/", r.repository)))
+            .max_by_key(|r| r.repository.len())
+    }
+
+    /// Pins `keys` as the root keys of `repo` (replacing an existing rule for exactly it).
+    pub fn pin(&mut self, repo: &str, keys: Vec<String>) {
+        self.trust.retain(|r| r.repository != repo);
+        self.trust.push(Rule {
+            repository: repo.to_owned(),
+            root_keys: keys,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_specific_rule_covers() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("policy.toml");
+        assert_eq!(Policy::load(&p).unwrap(), Policy::default());
+        let mut pol = Policy::default();
+        pol.pin("reg:5000", vec!["a".into()]);
+        pol.pin("reg:5000/team/app", vec!["b".into()]);
+        pol.default = Default_::Deny;
+        pol.save(&p).unwrap();
+        let pol = Policy::load(&p).unwrap();
+        assert_eq!(pol.rule_for("reg:5000/team/app").unwrap().root_keys, vec!["b".to_owned()]);
+        assert_eq!(pol.rule_for("reg:5000/other").unwrap().root_keys, vec!["a".to_owned()]);
+        assert!(pol.rule_for("reg:50001/x").is_none());
+        assert!(pol.rule_for("reg:5000/team/application").unwrap().root_keys == vec!["a".to_owned()]);
+        std::fs::write(&p, "defualt = \"deny\"\n").unwrap();
+        assert!(Policy::load(&p).unwrap_err().to_string().contains("unknown field"));
+    }
+}
