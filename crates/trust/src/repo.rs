@@ -66,6 +66,12 @@ pub struct Resolved {
     pub custom: HashMap<String, serde_json::Value>,
 }
 
+/// An expiry `d` from `now`, in whole seconds: the TUF specification's date format has none finer
+/// (python-tuf refuses fractions).
+fn expires(now: jiff::Timestamp, d: jiff::SignedDuration) -> jiff::Timestamp {
+    jiff::Timestamp::from_second((now + d).as_second()).unwrap_or(now)
+}
+
 fn tuf(e: impl std::fmt::Display) -> Error {
     // tough's messages carry the role, version and date at fault; keep them on one line.
     Error::Metadata(e.to_string().replace('\n', " "))
@@ -146,7 +152,7 @@ pub fn init(dir: &Path, roles: &Roles, expiry: &Expiry) -> Result<()> {
         spec_version: "1.0.0".into(),
         consistent_snapshot: false,
         version: NonZeroU64::MIN,
-        expires: now + expiry.root,
+        expires: expires(now, expiry.root),
         keys,
         roles: role_keys,
         _extra: HashMap::new(),
@@ -163,12 +169,12 @@ pub fn init(dir: &Path, roles: &Roles, expiry: &Expiry) -> Result<()> {
         editor
             .targets_version(NonZeroU64::MIN)
             .map_err(tuf)?
-            .targets_expires(now + expiry.targets)
+            .targets_expires(expires(now, expiry.targets))
             .map_err(tuf)?
             .snapshot_version(NonZeroU64::MIN)
-            .snapshot_expires(now + expiry.snapshot)
+            .snapshot_expires(expires(now, expiry.snapshot))
             .timestamp_version(NonZeroU64::MIN)
-            .timestamp_expires(now + expiry.timestamp);
+            .timestamp_expires(expires(now, expiry.timestamp));
         let all: Vec<Arc<PrivateKey>> = [&roles.targets, &roles.snapshot, &roles.timestamp]
             .iter()
             .flat_map(|r| r.keys.iter().cloned())
@@ -244,12 +250,12 @@ fn edit(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry, change: impl FnOn
         editor
             .targets_version(tv)
             .map_err(tuf)?
-            .targets_expires(now + expiry.targets)
+            .targets_expires(expires(now, expiry.targets))
             .map_err(tuf)?
             .snapshot_version(sv)
-            .snapshot_expires(now + expiry.snapshot)
+            .snapshot_expires(expires(now, expiry.snapshot))
             .timestamp_version(tsv)
-            .timestamp_expires(now + expiry.timestamp);
+            .timestamp_expires(expires(now, expiry.timestamp));
         let signed = editor.sign(&sources(keys)).await.map_err(tuf)?;
         signed.write(dir).await.map_err(tuf)
     })
