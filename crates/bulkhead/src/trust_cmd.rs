@@ -37,6 +37,9 @@ pub enum TrustCommand {
     Sign { image: String },
     /// Remove a tag's signature: it no longer resolves.
     Revoke { image: String },
+    /// Rotate a role's keys (root: a new root key, signed by the old and the new one; needs the
+    /// root passphrase, and keeps it for the new key).
+    Rotate { repository: String, role: String },
     /// Show the verified signed tags of a repository.
     Inspect { repository: String },
     /// The local trust policy.
@@ -112,12 +115,29 @@ fn fetch_metadata(
     for (name, data) in &files {
         std::fs::write(dir.path().join(name), data).with_context(|| name.clone())?;
     }
-    let root = files
+    // The newest root that the pinned keys sign is where trust starts (after a root rotation,
+    // machines that pinned the new key start there; those that pinned the old one walk to it).
+    let mut roots: Vec<(u64, &Vec<u8>)> = files
         .iter()
-        .find(|(n, _)| n == "1.root.json")
-        .map(|(_, d)| d.clone())
-        .with_context(|| format!("{repo}: the trust metadata has no 1.root.json"))?;
-    bulkhead_trust::store::verify_pinned_root(&root, root_keys)?;
+        .filter_map(|(n, d)| n.strip_suffix(".root.json").and_then(|v| v.parse().ok()).map(|v| (v, d)))
+        .collect();
+    roots.sort_by_key(|(v, _)| std::cmp::Reverse(*v));
+    let mut last = None;
+    let mut root = None;
+    for (_, d) in roots {
+        match bulkhead_trust::store::verify_pinned_root(d, root_keys) {
+            Ok(()) => {
+                root = Some(d.clone());
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let root = match (root, last) {
+        (Some(r), _) => r,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => bail!("{repo}: the trust metadata has no root"),
+    };
     let state = ctx.root.join("trust").join(repo.replace(':', "_"));
     Ok((dir, root, state))
 }
@@ -220,6 +240,21 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             bulkhead_trust::repo::remove_target(&dir, &tag, &keys, &Expiry::default())?;
             publish(ctx, &regs, &td, &r)?;
             println!("{r}: revoked");
+        }
+        TrustCommand::Rotate { repository, role } => {
+            let repo = parse_repository(&repository)?;
+            if role != "root" {
+                bail!("rotating the {role} keys is not supported yet (root is)");
+            }
+            let name = repository_of(&repo);
+            let new = td.rotate_root(&name, KeyKind::Ed25519, &Expiry::default())?;
+            publish(ctx, &regs, &td, &repo)?;
+            let path = policy_path(ctx);
+            let mut policy = Policy::load(&path)?;
+            policy.pin(&name, vec![new.clone()]);
+            policy.save(&path)?;
+            eprintln!("trust: {name} has a new root key {new}, pinned in {}", path.display());
+            println!("{new}");
         }
         TrustCommand::Inspect { repository } => {
             let repo = parse_repository(&repository)?;

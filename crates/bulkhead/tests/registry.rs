@@ -743,6 +743,22 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(err.contains("not signed"), "{err}");
     assert!(env.run(&["pull", &format!("{repo}:1")]).status.success());
 
+    // Root rotation: the new root key is pinned here; a machine that pinned the old one walks the
+    // root chain to the new root (signed by both) and still verifies.
+    let new_root = env.ok(&["trust", "rotate", &repo, "root"]).trim().to_owned();
+    assert_ne!(new_root, root);
+    assert!(std::fs::read_to_string(env.path("config").join("policy.toml"))
+        .unwrap()
+        .contains(&new_root));
+    env.ok(&["trust", "sign", &format!("{repo}:2")]);
+    assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
+    let other = Env::new();
+    trust_and_login(&other, &reg);
+    other.ok(&["trust", "policy", "add", &repo, "--root-key", &root]);
+    let o = other.run(&["pull", &format!("{repo}:2")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(other.inspect(&format!("{repo}:2"))["Bulkhead"]["ManifestDigest"], two);
+
     // --insecure-skip-verify warns; the policy can forbid it; default deny refuses the uncovered.
     let o = env.run(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -210,6 +210,74 @@ pub fn init(dir: &Path, roles: &Roles, expiry: &Expiry) -> Result<()> {
     })
 }
 
+/// Rotates the root keys: root version N+1 lists `new_keys` (with `threshold`) for the root role
+/// and is signed by both the old root keys (`old_keys`, which the clients trust) and the new ones,
+/// as TUF requires of every step of the root chain. Written as `N+1.root.json`.
+pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<PrivateKey>], threshold: u64, expiry: &Expiry) -> Result<()> {
+    let latest = latest_root(dir)?;
+    let old: tough::schema::Signed<Root> =
+        serde_json::from_slice(&std::fs::read(&latest).map_err(|e| Error::Metadata(format!("{}: {e}", latest.display())))?)
+            .map_err(|e| Error::Metadata(format!("{}: {e}", latest.display())))?;
+    let threshold = NonZeroU64::new(threshold).ok_or_else(|| Error::Metadata("root: a threshold of 0".into()))?;
+    if (new_keys.len() as u64) < threshold.get() {
+        return Err(Error::Metadata(format!(
+            "root: threshold {threshold} with only {} key(s)",
+            new_keys.len()
+        )));
+    }
+    let mut root = old.signed.clone();
+    root.version = root
+        .version
+        .checked_add(1)
+        .ok_or_else(|| Error::Metadata("version overflow".into()))?;
+    root.expires = expires(jiff::Timestamp::now(), expiry.root);
+    let mut ids = Vec::new();
+    for k in new_keys {
+        let tk = k.tuf_key()?;
+        let id = tk.key_id().map_err(tuf)?;
+        root.keys.insert(id.clone(), tk);
+        ids.push(id);
+    }
+    let retired: Vec<_> = root.roles.get(&RoleType::Root).map(|r| r.keyids.clone()).unwrap_or_default();
+    root.roles.insert(
+        RoleType::Root,
+        RoleKeys {
+            keyids: ids,
+            threshold,
+            _extra: HashMap::new(),
+        },
+    );
+    // Keys no role lists any more leave the root.
+    for id in retired {
+        if !root.roles.values().any(|r| r.keyids.contains(&id)) {
+            root.keys.remove(&id);
+        }
+    }
+    let rng = SystemRandom::new();
+    let (by_new, by_old) = runtime()?.block_on(async {
+        let by_new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &sources(new_keys), &rng)
+            .await
+            .map_err(tuf)?;
+        let by_old = SignedRole::new(root.clone(), &KeyHolder::Root(old.signed.clone()), &sources(old_keys), &rng)
+            .await
+            .map_err(tuf)?;
+        Ok::<_, Error>((by_new, by_old))
+    })?;
+    let mut signed = by_new.signed().clone();
+    for sig in &by_old.signed().signatures {
+        if !signed.signatures.iter().any(|s| s.keyid == sig.keyid) {
+            signed.signatures.push(sig.clone());
+        }
+    }
+    let data = serde_json::to_vec(&signed).map_err(|e| Error::Metadata(e.to_string()))?;
+    let path = dir.join(format!("{}.root.json", root.version));
+    let tmp = dir.join(format!(".{}.root.json.tmp", root.version));
+    std::fs::write(&tmp, &data)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
+}
+
 /// Writes signed metadata into `dir` so that a reader (or a crash) sees each file old or new, never
 /// cut short: tough writes files in place, so it writes into a staging directory first, and each
 /// file is then renamed over the old one.
@@ -513,6 +581,63 @@ mod tests {
             .to_string();
         assert!(!err.is_empty());
         let _ = &f.root_key;
+    }
+
+    #[test]
+    fn a_rotated_root_is_followed_and_a_rotation_the_old_root_did_not_sign_is_refused() {
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "1").unwrap().digest, digest(1));
+        // The publisher rotates the root key; a client that trusted version 1 walks to version 2.
+        let new_root = key(KeyKind::EcdsaP256);
+        rotate_root(
+            &f.meta(),
+            std::slice::from_ref(&f.root_key),
+            std::slice::from_ref(&new_root),
+            1,
+            &Expiry::default(),
+        )
+        .unwrap();
+        assert!(f.meta().join("2.root.json").exists());
+        sign_target(&f.meta(), "2", &digest(2), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "2").unwrap().digest, digest(2));
+        // An attacker's version 3, signed by a key of its own but not by the current root key.
+        let thief = key(KeyKind::Ed25519);
+        // The tools refuse to sign it with keys the current root does not list...
+        assert!(rotate_root(
+            &f.meta(),
+            std::slice::from_ref(&thief),
+            std::slice::from_ref(&thief),
+            1,
+            &Expiry::default()
+        )
+        .is_err());
+        // ...so it is made by hand: version 3 naming the thief's key, signed by it alone.
+        let v2: tough::schema::Signed<Root> = serde_json::from_slice(&std::fs::read(f.meta().join("2.root.json")).unwrap()).unwrap();
+        let mut v3 = v2.signed.clone();
+        v3.version = NonZeroU64::new(3).unwrap();
+        let tk = thief.tuf_key().unwrap();
+        let id = tk.key_id().unwrap();
+        v3.keys.insert(id.clone(), tk);
+        v3.roles.get_mut(&RoleType::Root).unwrap().keyids = vec![id];
+        let forged = runtime()
+            .unwrap()
+            .block_on(SignedRole::new(
+                v3.clone(),
+                &KeyHolder::Root(v3),
+                &sources(&[thief]),
+                &SystemRandom::new(),
+            ))
+            .unwrap();
+        std::fs::write(f.meta().join("3.root.json"), forged.buffer()).unwrap();
+        let err = resolve(&f.root(), &f.meta(), &f.dir.path().join("fresh"), "2")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("root") || err.contains("signature") || err.contains("threshold"),
+            "{err}"
+        );
     }
 
     #[test]

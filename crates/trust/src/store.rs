@@ -138,6 +138,44 @@ impl TrustDir {
         spec["root"].key_id()
     }
 
+    /// `trust rotate REPO root`: a new root key (encrypted with the root passphrase) replaces the
+    /// current ones, in root version N+1 signed by both. Returns the new key id.
+    pub fn rotate_root(&self, repo: &str, kind: KeyKind, expiry: &Expiry) -> Result<String> {
+        let dir = self.repo_dir(repo)?;
+        let root = crate::repo::latest_root(&dir)?;
+        let signed: tough::schema::Signed<tough::schema::Root> =
+            serde_json::from_slice(&std::fs::read(&root).map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?)
+                .map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?;
+        let current = signed
+            .signed
+            .roles
+            .get(&tough::schema::RoleType::Root)
+            .ok_or_else(|| Error::Metadata("the root has no root role".into()))?;
+        let mut old = Vec::new();
+        for id in &current.keyids {
+            let id = hex::encode(&**id);
+            if self.has_key(&id) {
+                old.push(self.load_key(&id, "root")?);
+            }
+        }
+        if (old.len() as u64) < current.threshold.get() {
+            return Err(Error::Key(format!(
+                "rotating the root needs {} of its current keys here; {} are",
+                current.threshold,
+                old.len()
+            )));
+        }
+        let version = signed.signed.version.get() + 1;
+        let id = self.generate_key(
+            &format!("{}-root-{version}", repo.replace(['/', ':'], "-")),
+            kind,
+            &passphrase("root")?,
+        )?;
+        let new = self.load_key(&id, "root")?;
+        crate::repo::rotate_root(&dir, &old, &[new], 1, expiry)?;
+        Ok(id)
+    }
+
     /// The keys this machine holds for the online roles of the repository in `dir`, decrypted.
     pub fn online_keys(&self, dir: &Path) -> Result<Vec<Arc<PrivateKey>>> {
         let root = crate::repo::latest_root(dir)?;
