@@ -40,6 +40,9 @@ pub enum TrustCommand {
     /// Rotate a role's keys (root: a new root key, signed by the old and the new one; needs the
     /// root passphrase, and keeps it for the new key).
     Rotate { repository: String, role: String },
+    /// The timestamp role (for cron or CI).
+    #[command(subcommand)]
+    Timestamp(TimestampCommand),
     /// Show the verified signed tags of a repository.
     Inspect { repository: String },
     /// The local trust policy.
@@ -55,6 +58,12 @@ pub enum KeyCommand {
         #[arg(long = "type", default_value = "ed25519")]
         kind: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TimestampCommand {
+    /// Re-sign the timestamp with a fresh expiry (needs only the timestamp key), and publish it.
+    Refresh { repository: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,6 +264,14 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             policy.save(&path)?;
             eprintln!("trust: {name} has a new root key {new}, pinned in {}", path.display());
             println!("{new}");
+        }
+        TrustCommand::Timestamp(TimestampCommand::Refresh { repository }) => {
+            let repo = parse_repository(&repository)?;
+            let dir = td.repo_dir(&repository_of(&repo))?;
+            let keys = td.role_keys(&dir, "timestamp")?;
+            let v = bulkhead_trust::repo::refresh_timestamp(&dir, &keys, &Expiry::default())?;
+            publish(ctx, &regs, &td, &repo)?;
+            println!("{}: timestamp version {v}", repository_of(&repo));
         }
         TrustCommand::Inspect { repository } => {
             let repo = parse_repository(&repository)?;

@@ -759,6 +759,10 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(other.inspect(&format!("{repo}:2"))["Bulkhead"]["ManifestDigest"], two);
 
+    // A cron job re-signs the timestamp with the timestamp key alone; clients accept the newer one.
+    assert!(env.ok(&["trust", "timestamp", "refresh", &repo]).contains("timestamp version"));
+    assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
+
     // --insecure-skip-verify warns; the policy can forbid it; default deny refuses the uncovered.
     let o = env.run(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -278,6 +278,39 @@ pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<Pri
         .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
 }
 
+/// `trust timestamp refresh`: a new timestamp version with a fresh expiry, signed by the timestamp
+/// keys alone (what a cron job or CI holds), the snapshot it names unchanged.
+pub fn refresh_timestamp(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<u64> {
+    let read = |name: &str| -> Result<Vec<u8>> {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| Error::Metadata(format!("{}: {e}", p.display())))
+    };
+    let root: tough::schema::Signed<Root> =
+        serde_json::from_slice(&read(&latest_root(dir)?.file_name().unwrap_or_default().to_string_lossy())?)
+            .map_err(|e| Error::Metadata(format!("root: {e}")))?;
+    let ts: tough::schema::Signed<tough::schema::Timestamp> =
+        serde_json::from_slice(&read("timestamp.json")?).map_err(|e| Error::Metadata(format!("timestamp: {e}")))?;
+    let mut next = ts.signed.clone();
+    next.version = next
+        .version
+        .checked_add(1)
+        .ok_or_else(|| Error::Metadata("version overflow".into()))?;
+    next.expires = expires(jiff::Timestamp::now(), expiry.timestamp);
+    let version = next.version.get();
+    let signed = runtime()?.block_on(async {
+        SignedRole::new(next, &KeyHolder::Root(root.signed), &sources(keys), &SystemRandom::new())
+            .await
+            .map_err(tuf)
+    })?;
+    let path = dir.join("timestamp.json");
+    let tmp = dir.join(".timestamp.json.tmp");
+    std::fs::write(&tmp, signed.buffer())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?;
+    Ok(version)
+}
+
 /// Writes signed metadata into `dir` so that a reader (or a crash) sees each file old or new, never
 /// cut short: tough writes files in place, so it writes into a staging directory first, and each
 /// file is then renamed over the old one.
@@ -538,6 +571,22 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.lines().count(), 1);
+    }
+
+    #[test]
+    fn an_expired_timestamp_is_refreshed_with_the_timestamp_key_alone() {
+        let stale = Expiry {
+            timestamp: jiff::SignedDuration::from_secs(-60),
+            ..Expiry::default()
+        };
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &stale).unwrap();
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "1").is_err());
+        let timestamp_key = &f.online[2..];
+        assert_eq!(refresh_timestamp(&f.meta(), timestamp_key, &Expiry::default()).unwrap(), 3);
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "1").unwrap().digest, digest(1));
+        // Another key cannot do it.
+        assert!(refresh_timestamp(&f.meta(), &f.online[..1], &Expiry::default()).is_err());
     }
 
     #[test]

@@ -178,24 +178,35 @@ impl TrustDir {
 
     /// The keys this machine holds for the online roles of the repository in `dir`, decrypted.
     pub fn online_keys(&self, dir: &Path) -> Result<Vec<Arc<PrivateKey>>> {
+        let mut out = Vec::new();
+        for role in ONLINE_ROLES {
+            out.extend(self.role_keys(dir, role)?);
+        }
+        Ok(out)
+    }
+
+    /// The keys this machine holds for `role` of the repository in `dir`, decrypted with that
+    /// role's passphrase.
+    pub fn role_keys(&self, dir: &Path, role: &str) -> Result<Vec<Arc<PrivateKey>>> {
         let root = crate::repo::latest_root(dir)?;
         let signed: tough::schema::Signed<tough::schema::Root> =
             serde_json::from_slice(&std::fs::read(&root).map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?)
                 .map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?;
+        let rt: tough::schema::RoleType = serde_plain_role(role)?;
+        let keys = signed
+            .signed
+            .roles
+            .get(&rt)
+            .ok_or_else(|| Error::Metadata(format!("the root has no {role} role")))?;
         let mut out = Vec::new();
-        for role in ONLINE_ROLES {
-            let rt: tough::schema::RoleType = serde_plain_role(role)?;
-            let keys = signed
-                .signed
-                .roles
-                .get(&rt)
-                .ok_or_else(|| Error::Metadata(format!("the root has no {role} role")))?;
-            for id in &keys.keyids {
-                let id = hex::encode(&**id);
-                if self.has_key(&id) {
-                    out.push(self.load_key(&id, role)?);
-                }
+        for id in &keys.keyids {
+            let id = hex::encode(&**id);
+            if self.has_key(&id) {
+                out.push(self.load_key(&id, role)?);
             }
+        }
+        if out.is_empty() {
+            return Err(Error::Key(format!("this machine holds no {role} key of {}", dir.display())));
         }
         Ok(out)
     }
