@@ -226,7 +226,21 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
         TrustCommand::Sign { image } => {
             let r = Reference::parse(&image)?;
             let tag = r.tag().context("sign a tag: NAME:TAG")?.to_owned();
-            let (data, digest) = bulkhead_registry::fetch_manifest(&regs, &r, &warn)?;
+            // What is signed is the image in this store under that name (the one the publisher
+            // pushed), checked to be in the registry byte for byte; only an image this store does
+            // not have is taken as the registry names it now, with a warning.
+            let local = ctx.store().ok().and_then(|s| s.resolve(&image).ok());
+            let (data, digest) = match &local {
+                Some(rec) => bulkhead_registry::fetch_manifest(&regs, &r.with_digest(rec.manifest.clone()), &warn)
+                    .with_context(|| format!("{r}: the local image {} is not in the registry (push it first)", rec.manifest))?,
+                None => {
+                    let (data, digest) = bulkhead_registry::fetch_manifest(&regs, &r, &warn)?;
+                    warn(format!(
+                        "{r} is not in the local store: signing what the registry names now, {digest}"
+                    ));
+                    (data, digest)
+                }
+            };
             let dir = td.repo_dir(&repository_of(&r))?;
             let keys = td.online_keys(&dir)?;
             bulkhead_trust::repo::sign_target(

@@ -719,6 +719,8 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     env.ok(&["rmi", &format!("{repo}:1")]);
     env.ok(&["pull", &format!("{repo}:1")]);
     assert_eq!(env.inspect(&format!("{repo}:1"))["Bulkhead"]["ManifestDigest"], one);
+    // Re-signing signs the image this store has under the name, not what the registry now says.
+    assert!(env.ok(&["trust", "sign", &format!("{repo}:1")]).contains(&one));
     // `run` of a covered tag verifies too: a local name pointing elsewhere is put right.
     env.ok(&["tag", &format!("{repo}:1"), "elsewhere:1"]);
     assert!(env
