@@ -33,8 +33,16 @@ pub enum TrustCommand {
         #[arg(long = "type", default_value = "ed25519")]
         kind: String,
     },
-    /// Sign a tag: its target becomes the manifest the registry has for it now.
-    Sign { image: String },
+    /// Sign a tag: its target becomes the local image of that name (as the registry has it).
+    Sign {
+        image: String,
+        /// Sign in this delegated role (with its key) instead of the top-level targets.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Signers: delegated targets roles, each trusted for tags matching its patterns.
+    #[command(subcommand)]
+    Signer(SignerCommand),
     /// Remove a tag's signature: it no longer resolves.
     Revoke { image: String },
     /// Rotate a role's keys (root: a new root key, signed by the old and the new one; needs the
@@ -57,6 +65,20 @@ pub enum KeyCommand {
         name: String,
         #[arg(long = "type", default_value = "ed25519")]
         kind: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SignerCommand {
+    /// Delegate tags matching --paths (e.g. '1.*') to role ROLE, signed with key KEY (a name from
+    /// `trust key generate`, whose passphrase is BULKHEAD_TRUST_<ROLE>_PASSPHRASE).
+    Add {
+        key: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "paths", required = true)]
+        paths: Vec<String>,
+        repository: String,
     },
 }
 
@@ -223,7 +245,24 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             );
             println!("{root}");
         }
-        TrustCommand::Sign { image } => {
+        TrustCommand::Signer(SignerCommand::Add {
+            key,
+            role,
+            paths,
+            repository,
+        }) => {
+            let repo = parse_repository(&repository)?;
+            if ["root", "targets", "snapshot", "timestamp"].contains(&role.as_str()) {
+                bail!("{role} is a top-level role; a signer gets a role of its own");
+            }
+            let dir = td.repo_dir(&repository_of(&repo))?;
+            let signer = td.load_key(&td.key_id(&key)?, &role)?;
+            let keys = td.online_keys(&dir)?;
+            bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &[signer], 1, &keys, &Expiry::default())?;
+            publish(ctx, &regs, &td, &repo)?;
+            println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
+        }
+        TrustCommand::Sign { image, role } => {
             let r = Reference::parse(&image)?;
             let tag = r.tag().context("sign a tag: NAME:TAG")?.to_owned();
             // What is signed is the image in this store under that name (the one the publisher
@@ -243,15 +282,14 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             };
             let dir = td.repo_dir(&repository_of(&r))?;
             let keys = td.online_keys(&dir)?;
-            bulkhead_trust::repo::sign_target(
-                &dir,
-                &tag,
-                &digest,
-                data.len() as u64,
-                Default::default(),
-                &keys,
-                &Expiry::default(),
-            )?;
+            let length = data.len() as u64;
+            match &role {
+                None => bulkhead_trust::repo::sign_target(&dir, &tag, &digest, length, Default::default(), &keys, &Expiry::default())?,
+                Some(role) => {
+                    let signer = td.delegated_keys(&dir, role)?;
+                    bulkhead_trust::repo::sign_delegated_target(&dir, role, &tag, &digest, length, &signer, &keys, &Expiry::default())?
+                }
+            }
             publish(ctx, &regs, &td, &r)?;
             println!("{r}: signed {digest}");
         }

@@ -761,6 +761,28 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(other.inspect(&format!("{repo}:2"))["Bulkhead"]["ManifestDigest"], two);
 
+    // A signer trusted for 3.* only: signs 3.0; cannot sign 4.0.
+    std::env::set_var("BULKHEAD_TRUST_KEY_PASSPHRASE", "RELEASES passphrase");
+    std::env::set_var("BULKHEAD_TRUST_RELEASES_PASSPHRASE", "RELEASES passphrase");
+    env.ok(&["trust", "key", "generate", "releaser", "--type", "ecdsa-p256"]);
+    env.ok(&["trust", "signer", "add", "releaser", "--role", "releases", "--paths", "3.*", &repo]);
+    env.ok(&["tag", &format!("{repo}:2"), &format!("{repo}:3.0")]);
+    env.ok(&["tag", &format!("{repo}:2"), &format!("{repo}:4.0")]);
+    env.ok(&["push", &format!("{repo}:3.0")]);
+    env.ok(&["push", &format!("{repo}:4.0")]);
+    env.ok(&["trust", "sign", "--role", "releases", &format!("{repo}:3.0")]);
+    let err = env.fails(&["trust", "sign", "--role", "releases", &format!("{repo}:4.0")]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    env.ok(&["rmi", &format!("{repo}:3.0"), &format!("{repo}:4.0")]);
+    assert_eq!(
+        {
+            env.ok(&["pull", &format!("{repo}:3.0")]);
+            env.inspect(&format!("{repo}:3.0"))["Bulkhead"]["ManifestDigest"].clone()
+        },
+        two
+    );
+    assert!(env.fails(&["pull", &format!("{repo}:4.0")]).contains("not signed"));
+
     // A cron job re-signs the timestamp with the timestamp key alone; clients accept the newer one.
     assert!(env.ok(&["trust", "timestamp", "refresh", &repo]).contains("timestamp version"));
     assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());

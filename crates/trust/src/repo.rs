@@ -278,6 +278,119 @@ pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<Pri
         .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
 }
 
+/// Delegates the tags matching `patterns` (shell-style, e.g. `1.*`) to a new targets role `role`
+/// with `signers` (whose keys are needed to sign its first, empty version) and `threshold`; the
+/// top-level targets (with `keys`' targets key), snapshot and timestamp are signed anew.
+pub fn add_delegation(
+    dir: &Path,
+    role: &str,
+    patterns: &[String],
+    signers: &[Arc<PrivateKey>],
+    threshold: u64,
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    use tough::schema::{PathPattern, PathSet};
+    let threshold = NonZeroU64::new(threshold).ok_or_else(|| Error::Metadata(format!("{role}: a threshold of 0")))?;
+    let paths = patterns
+        .iter()
+        .map(|p| PathPattern::new(p.as_str()).map_err(tuf))
+        .collect::<Result<Vec<_>>>()?;
+    let role = role.to_owned();
+    let signers = sources(signers);
+    let until = expires(jiff::Timestamp::now(), expiry.targets);
+    edit(dir, keys, expiry, move |editor| {
+        Box::pin(async move {
+            editor
+                .delegate_role(&role, &signers, PathSet::Paths(paths), false, threshold, until, NonZeroU64::MIN)
+                .await
+                .map_err(tuf)?;
+            Ok(())
+        })
+    })
+}
+
+/// Signs tag `name` in the delegated role `role` with that role's keys (`role_keys`); snapshot
+/// and timestamp are signed anew with `keys`, which must hold the top-level targets key too
+/// (tough's editor re-signs the unchanged top-level targets). A tag outside the role's patterns is
+/// refused (tough validates the delegation hierarchy before it signs).
+#[allow(clippy::too_many_arguments)]
+pub fn sign_delegated_target(
+    dir: &Path,
+    role: &str,
+    name: &str,
+    digest: &Digest,
+    length: u64,
+    role_keys: &[Arc<PrivateKey>],
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    let target = Target {
+        length,
+        hashes: Hashes {
+            sha256: hex::decode(digest.hex()).map_err(|e| Error::Metadata(e.to_string()))?.into(),
+            _extra: HashMap::new(),
+        },
+        custom: HashMap::new(),
+        _extra: HashMap::new(),
+    };
+    let tname = TargetName::new(name).map_err(tuf)?;
+    runtime()?.block_on(async {
+        let (root_path, repo) = load_for_edit(dir).await?;
+        let delegated = repo
+            .targets()
+            .signed
+            .delegated_targets(role)
+            .map_err(|_| Error::Metadata(format!("no delegated role {role:?}")))?;
+        let next = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
+        let (top_version, top_expires) = (repo.targets().signed.version, repo.targets().signed.expires);
+        let (dv, sv, tsv) = (
+            next(delegated.signed.version)?,
+            next(repo.snapshot().signed.version)?,
+            next(repo.timestamp().signed.version)?,
+        );
+        let mut editor = RepositoryEditor::from_repo(&root_path, repo).await.map_err(tuf)?;
+        let now = jiff::Timestamp::now();
+        // tough's editor always opens the top-level targets for editing; they are closed signed
+        // as they are (same version) before the delegated role is opened.
+        editor
+            .targets_version(top_version)
+            .map_err(tuf)?
+            .targets_expires(top_expires)
+            .map_err(tuf)?;
+        editor.sign_targets_editor(&sources(keys)).await.map_err(tuf)?;
+        editor.change_delegated_targets(role).map_err(tuf)?;
+        editor.add_target(tname, target).map_err(tuf)?;
+        editor
+            .targets_version(dv)
+            .map_err(tuf)?
+            .targets_expires(expires(now, expiry.targets))
+            .map_err(tuf)?;
+        editor.sign_targets_editor(&sources(role_keys)).await.map_err(tuf)?;
+        sign_and_write(editor, sv, tsv, keys, expiry, dir).await
+    })
+}
+
+/// The end of every edit: new snapshot and timestamp versions, everything signed with `keys`,
+/// written atomically into `dir`.
+async fn sign_and_write(
+    mut editor: RepositoryEditor,
+    snapshot: NonZeroU64,
+    timestamp: NonZeroU64,
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+    dir: &Path,
+) -> Result<()> {
+    let now = jiff::Timestamp::now();
+    editor
+        .snapshot_version(snapshot)
+        .snapshot_expires(expires(now, expiry.snapshot))
+        .timestamp_version(timestamp)
+        .timestamp_expires(expires(now, expiry.timestamp));
+    let signed = editor.sign(&sources(keys)).await.map_err(tuf)?;
+    write_atomically(&signed, dir).await
+}
+
 /// `trust timestamp refresh`: a new timestamp version with a fresh expiry, signed by the timestamp
 /// keys alone (what a cron job or CI holds), the snapshot it names unchanged.
 pub fn refresh_timestamp(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<u64> {
@@ -381,22 +494,34 @@ pub fn sign_targets(dir: &Path, targets: &[NewTarget], keys: &[Arc<PrivateKey>],
         made.push((TargetName::new(name.as_str()).map_err(tuf)?, target));
     }
     edit(dir, keys, expiry, |editor| {
-        for (name, target) in made {
-            editor.add_target(name, target).map_err(tuf)?;
-        }
-        Ok(())
+        Box::pin(async move {
+            for (name, target) in made {
+                editor.add_target(name, target).map_err(tuf)?;
+            }
+            Ok(())
+        })
     })
 }
 
 /// Removes target `name` (a revoked tag) and signs new versions.
 pub fn remove_target(dir: &Path, name: &str, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<()> {
+    let name = TargetName::new(name).map_err(tuf)?;
     edit(dir, keys, expiry, |editor| {
-        editor.remove_target(&TargetName::new(name).map_err(tuf)?).map_err(tuf)?;
-        Ok(())
+        Box::pin(async move {
+            editor.remove_target(&name).map_err(tuf)?;
+            Ok(())
+        })
     })
 }
 
-fn edit(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry, change: impl FnOnce(&mut RepositoryEditor) -> Result<()>) -> Result<()> {
+/// Loads the repository in `dir`, lets `change` edit it (asynchronously: tough's editor is async),
+/// bumps and re-signs the targets, snapshot and timestamp versions with `keys`, and writes it.
+fn edit(
+    dir: &Path,
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+    change: impl for<'a> FnOnce(&'a mut RepositoryEditor) -> futures_util::future::LocalBoxFuture<'a, Result<()>>,
+) -> Result<()> {
     runtime()?.block_on(async {
         let (root_path, repo) = load_for_edit(dir).await?;
         let next = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
@@ -406,19 +531,14 @@ fn edit(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry, change: impl FnOn
             next(repo.timestamp().signed.version)?,
         );
         let mut editor = RepositoryEditor::from_repo(&root_path, repo).await.map_err(tuf)?;
-        change(&mut editor)?;
+        change(&mut editor).await?;
         let now = jiff::Timestamp::now();
         editor
             .targets_version(tv)
             .map_err(tuf)?
             .targets_expires(expires(now, expiry.targets))
-            .map_err(tuf)?
-            .snapshot_version(sv)
-            .snapshot_expires(expires(now, expiry.snapshot))
-            .timestamp_version(tsv)
-            .timestamp_expires(expires(now, expiry.timestamp));
-        let signed = editor.sign(&sources(keys)).await.map_err(tuf)?;
-        write_atomically(&signed, dir).await
+            .map_err(tuf)?;
+        sign_and_write(editor, sv, tsv, keys, expiry, dir).await
     })
 }
 
@@ -442,12 +562,12 @@ pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Res
     runtime()?.block_on(async {
         let repo = load_verified(trusted_root, dir, state).await?;
         let key = TargetName::new(name).map_err(tuf)?;
+        // Through delegations, each only for the paths it was delegated (TUF 5.6.7).
         let t = repo
             .targets()
             .signed
-            .targets
-            .get(&key)
-            .ok_or_else(|| Error::NotSigned(name.to_owned()))?;
+            .find_target(&key, false)
+            .map_err(|_| Error::NotSigned(name.to_owned()))?;
         let digest = Digest::new(bulkhead_image::digest::Algorithm::Sha256, &hex::encode(&*t.hashes.sha256))?;
         Ok(Resolved {
             digest,
@@ -463,7 +583,7 @@ pub fn describe(trusted_root: &[u8], dir: &Path, state: &Path) -> Result<serde_j
     runtime()?.block_on(async {
         let repo = load_verified(trusted_root, dir, state).await?;
         let mut tags = serde_json::Map::new();
-        for (name, t) in &repo.targets().signed.targets {
+        for (name, t) in repo.targets().signed.targets_iter() {
             tags.insert(
                 name.raw().to_owned(),
                 serde_json::json!({"digest": format!("sha256:{}", hex::encode(&*t.hashes.sha256)), "length": t.length}),
@@ -687,6 +807,69 @@ mod tests {
             err.contains("root") || err.contains("signature") || err.contains("threshold"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_delegated_role_signs_only_within_its_patterns() {
+        let f = Fixture::new(&Expiry::default());
+        let releaser = key(KeyKind::EcdsaP256);
+        add_delegation(
+            &f.meta(),
+            "releases",
+            &["1.*".to_owned()],
+            std::slice::from_ref(&releaser),
+            1,
+            &f.online,
+            &Expiry::default(),
+        )
+        .unwrap();
+        assert!(f.meta().join("releases.json").exists());
+        let mechanics = &f.online[..];
+        sign_delegated_target(
+            &f.meta(),
+            "releases",
+            "1.2",
+            &digest(12),
+            12,
+            std::slice::from_ref(&releaser),
+            mechanics,
+            &Expiry::default(),
+        )
+        .unwrap();
+        let r = resolve(&f.root(), &f.meta(), &f.state(), "1.2").unwrap();
+        assert_eq!((r.digest, r.length), (digest(12), 12));
+        // Outside its patterns: the tools refuse, and nothing resolves.
+        let err = sign_delegated_target(
+            &f.meta(),
+            "releases",
+            "2.0",
+            &digest(20),
+            1,
+            &[releaser],
+            mechanics,
+            &Expiry::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "2.0")
+            .unwrap_err()
+            .to_string()
+            .contains("not signed"));
+        // Someone else's key cannot sign for the role.
+        let stranger = key(KeyKind::Ed25519);
+        assert!(sign_delegated_target(
+            &f.meta(),
+            "releases",
+            "1.3",
+            &digest(13),
+            1,
+            &[stranger],
+            mechanics,
+            &Expiry::default()
+        )
+        .is_err());
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "1.3").is_err());
     }
 
     #[test]

@@ -211,6 +211,32 @@ impl TrustDir {
         Ok(out)
     }
 
+    /// The keys this machine holds for the delegated role `role` (listed in the top-level targets'
+    /// delegations), decrypted with that role's passphrase.
+    pub fn delegated_keys(&self, dir: &Path, role: &str) -> Result<Vec<Arc<PrivateKey>>> {
+        let path = dir.join("targets.json");
+        let targets: tough::schema::Signed<tough::schema::Targets> =
+            serde_json::from_slice(&std::fs::read(&path).map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?)
+                .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?;
+        let d = targets
+            .signed
+            .delegations
+            .as_ref()
+            .and_then(|d| d.roles.iter().find(|r| r.name == role))
+            .ok_or_else(|| Error::Metadata(format!("no delegated role {role:?}")))?;
+        let mut out = Vec::new();
+        for id in &d.keyids {
+            let id = hex::encode(&**id);
+            if self.has_key(&id) {
+                out.push(self.load_key(&id, role)?);
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Key(format!("this machine holds no key of the {role} role")));
+        }
+        Ok(out)
+    }
+
     /// Every metadata file of the repository in `dir` (name, content), for publishing.
     pub fn metadata_files(&self, dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
