@@ -66,6 +66,14 @@ pub enum KeyCommand {
         #[arg(long = "type", default_value = "ed25519")]
         kind: String,
     },
+    /// Print a key's public part and id (TUF JSON); with --private, the encrypted key file.
+    Export {
+        name: String,
+        #[arg(long)]
+        private: bool,
+    },
+    /// Store an encrypted private key (PEM) under NAME; $BULKHEAD_TRUST_KEY_PASSPHRASE must open it.
+    Import { name: String, file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +235,17 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let kind: KeyKind = kind.parse()?;
             let pass = bulkhead_trust::store::passphrase("key")?;
             let id = td.generate_key(&name, kind, &pass)?;
+            println!("{id}");
+        }
+        TrustCommand::Key(KeyCommand::Export { name, private }) => {
+            print!("{}", td.export_key(&name, private)?);
+            if !private {
+                println!();
+            }
+        }
+        TrustCommand::Key(KeyCommand::Import { name, file }) => {
+            let pem = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let id = td.import_key(&name, &pem, &bulkhead_trust::store::passphrase("key")?)?;
             println!("{id}");
         }
         TrustCommand::Init { repository, kind } => {

@@ -765,6 +765,18 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     std::env::set_var("BULKHEAD_TRUST_KEY_PASSPHRASE", "RELEASES passphrase");
     std::env::set_var("BULKHEAD_TRUST_RELEASES_PASSPHRASE", "RELEASES passphrase");
     env.ok(&["trust", "key", "generate", "releaser", "--type", "ecdsa-p256"]);
+    // Keys move between machines encrypted; the public part names the same id.
+    let exported: serde_json::Value = serde_json::from_str(&env.ok(&["trust", "key", "export", "releaser"])).unwrap();
+    std::fs::write(
+        env.path("releaser.pem"),
+        env.ok(&["trust", "key", "export", "--private", "releaser"]),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(env.path("releaser.pem"))
+        .unwrap()
+        .contains("ENCRYPTED PRIVATE KEY"));
+    let imported = other.ok(&["trust", "key", "import", "releaser", env.path("releaser.pem").to_str().unwrap()]);
+    assert_eq!(imported.trim(), exported["keyid"].as_str().unwrap());
     env.ok(&["trust", "signer", "add", "releaser", "--role", "releases", "--paths", "3.*", &repo]);
     env.ok(&["tag", &format!("{repo}:2"), &format!("{repo}:3.0")]);
     env.ok(&["tag", &format!("{repo}:2"), &format!("{repo}:4.0")]);

@@ -81,6 +81,36 @@ impl TrustDir {
         Ok(id)
     }
 
+    /// Key `name_or_id` for another machine: the public key (TUF's JSON form, with its id), or with
+    /// `private` the encrypted private key file as it is stored (never decrypted on the way out).
+    pub fn export_key(&self, name_or_id: &str, private: bool) -> Result<String> {
+        let id = self.key_id(name_or_id)?;
+        let path = self.dir.join("private").join(format!("{id}.key"));
+        let pem = std::fs::read_to_string(&path).map_err(|e| Error::Key(format!("{}: {e}", path.display())))?;
+        if private {
+            return Ok(pem);
+        }
+        let key = PrivateKey::from_encrypted_pem(&pem, &passphrase("key")?)?;
+        let public = serde_json::to_value(key.tuf_key()?).map_err(|e| Error::Key(e.to_string()))?;
+        serde_json::to_string_pretty(&serde_json::json!({"keyid": id, "key": public})).map_err(|e| Error::Key(e.to_string()))
+    }
+
+    /// Stores an encrypted private key file (from [`TrustDir::export_key`] or openssl) as `name`,
+    /// after checking that `passphrase` opens it. Returns its key id.
+    pub fn import_key(&self, name: &str, pem: &str, passphrase: &str) -> Result<String> {
+        let key = PrivateKey::from_encrypted_pem(pem, passphrase)?;
+        let mut names = self.names()?;
+        if names.contains_key(name) {
+            return Err(Error::Key(format!("a key named {name:?} exists already")));
+        }
+        let id = key.key_id()?;
+        key.save(&self.dir.join("private").join(format!("{id}.key")), passphrase)?;
+        names.insert(name.to_owned(), id.clone());
+        let data = serde_json::to_vec_pretty(&names).map_err(|e| Error::Key(e.to_string()))?;
+        std::fs::write(self.names_path(), data).map_err(|e| Error::Key(format!("{}: {e}", self.names_path().display())))?;
+        Ok(id)
+    }
+
     /// The key id of `name_or_id`.
     pub fn key_id(&self, name_or_id: &str) -> Result<String> {
         if let Some(id) = self.names()?.get(name_or_id) {
