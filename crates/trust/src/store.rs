@@ -26,10 +26,40 @@ pub struct TrustDir {
     dir: PathBuf,
 }
 
-/// The passphrase for `role`'s keys, from the environment.
+/// The passphrase for `role`'s keys: from the environment, else asked for on the terminal
+/// (without echo).
 pub fn passphrase(role: &str) -> Result<String> {
     let var = format!("BULKHEAD_TRUST_{}_PASSPHRASE", role.to_ascii_uppercase());
-    std::env::var(&var).map_err(|_| Error::Key(format!("the {role} key's passphrase is needed: set {var}")))
+    if let Ok(p) = std::env::var(&var) {
+        return Ok(p);
+    }
+    let what = if role == "key" {
+        "the key".to_owned()
+    } else {
+        format!("the {role} key")
+    };
+    prompt(&format!("Passphrase for {what}: "))
+        .ok_or_else(|| Error::Key(format!("{what}'s passphrase is needed: set {var}, or run on a terminal")))
+}
+
+/// Reads a line from the controlling terminal with echo off; None without a terminal.
+fn prompt(question: &str) -> Option<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead as _, Write as _};
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
+    let saved = tcgetattr(&tty).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&tty, OptionalActions::Now, &quiet).ok()?;
+    let mut out = &tty;
+    let _ = write!(out, "{question}");
+    let _ = out.flush();
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Now, &saved);
+    let _ = writeln!(out);
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// The metadata directory name of an image repository (`host/path`), confined to safe names.

@@ -1,0 +1,83 @@
+//! Trust commands that need no registry: the passphrase prompt on a terminal (no echo), and the
+//! one-line refusal without one.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn the_passphrase_is_asked_for_on_the_terminal_without_echo() {
+    let env = Env::new();
+    // python's pty.fork gives the child a controlling terminal, as a user's shell would.
+    let script = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+deadline = time.time() + 20
+while b"Passphrase" not in out and time.time() < deadline:
+    out += os.read(fd, 1000)
+os.write(fd, b"typed secret\n")
+try:
+    while True:
+        chunk = os.read(fd, 1000)
+        if not chunk:
+            break
+        out += chunk
+except OSError:
+    pass
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_bulkhead"), "--root"])
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["trust", "key", "generate", "k1"])
+        .env_remove("BULKHEAD_TRUST_KEY_PASSPHRASE")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("Passphrase for the key:"), "{out}");
+    assert!(!out.contains("typed secret"), "the passphrase was echoed: {out}");
+    let id = out
+        .lines()
+        .rev()
+        .find(|l| l.trim().len() == 64)
+        .expect("a key id")
+        .trim()
+        .to_owned();
+    let pem = std::fs::read_to_string(env.path("config/trust/private").join(format!("{id}.key"))).unwrap();
+    assert!(pem.contains("ENCRYPTED PRIVATE KEY"));
+    // Without a terminal (a session of its own has none) and without the variable: one line
+    // saying what to do.
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    // SAFETY: setsid in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let o = cmd
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["trust", "key", "generate", "k2"])
+        .env_remove("BULKHEAD_TRUST_KEY_PASSPHRASE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("BULKHEAD_TRUST_KEY_PASSPHRASE"), "{err}");
+}
