@@ -32,6 +32,12 @@ pub enum TrustCommand {
         repository: String,
         #[arg(long = "type", default_value = "ed25519")]
         kind: String,
+        /// Existing keys (names) for the targets role, instead of a new one: several signers.
+        #[arg(long = "targets-key")]
+        targets_keys: Vec<String>,
+        /// How many of the targets keys must sign a release.
+        #[arg(long, default_value = "1")]
+        targets_threshold: u64,
     },
     /// Sign a tag: its target becomes the local image of that name (as the registry has it).
     Sign {
@@ -39,6 +45,10 @@ pub enum TrustCommand {
         /// Sign in this delegated role (with its key) instead of the top-level targets.
         #[arg(long)]
         role: Option<String>,
+        /// Add this machine's signature to a release that needs several signers (the first
+        /// signer proposes it; it is published once enough have signed).
+        #[arg(long)]
+        partial: bool,
     },
     /// Signers: delegated targets roles, each trusted for tags matching its patterns.
     #[command(subcommand)]
@@ -248,10 +258,16 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let id = td.import_key(&name, &pem, &bulkhead_trust::store::passphrase("key")?)?;
             println!("{id}");
         }
-        TrustCommand::Init { repository, kind } => {
+        TrustCommand::Init {
+            repository,
+            kind,
+            targets_keys,
+            targets_threshold,
+        } => {
             let repo = parse_repository(&repository)?;
             let kind: KeyKind = kind.parse()?;
-            let root = td.init_repo(&repository_of(&repo), kind, &Expiry::default())?;
+            let targets = (!targets_keys.is_empty()).then_some((targets_keys.as_slice(), targets_threshold));
+            let root = td.init_repo(&repository_of(&repo), kind, &Expiry::default(), targets)?;
             publish(ctx, &regs, &td, &repo)?;
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
@@ -281,7 +297,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             publish(ctx, &regs, &td, &repo)?;
             println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
         }
-        TrustCommand::Sign { image, role } => {
+        TrustCommand::Sign { image, role, partial } => {
             let r = Reference::parse(&image)?;
             let tag = r.tag().context("sign a tag: NAME:TAG")?.to_owned();
             // What is signed is the image in this store under that name (the one the publisher
@@ -300,8 +316,38 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let dir = td.repo_dir(&repository_of(&r))?;
-            let keys = td.online_keys(&dir)?;
             let length = data.len() as u64;
+            if partial {
+                let mine = td.role_keys(&dir, "targets")?;
+                let status = match bulkhead_trust::threshold::pending_targets(&dir)? {
+                    None => {
+                        let change = vec![(tag.clone(), digest.clone(), length, Default::default())];
+                        bulkhead_trust::threshold::propose(&dir, &change, &mine, &Expiry::default())?;
+                        bulkhead_trust::threshold::countersign(&dir, &[])?
+                    }
+                    Some(pending) => {
+                        // A signer vouches for what they have: the pending tag must be this image.
+                        if !pending.iter().any(|(n, h)| n == &tag && h == digest.hex()) {
+                            bail!("the pending release does not sign {tag} as {digest}: not countersigning");
+                        }
+                        bulkhead_trust::threshold::countersign(&dir, &mine)?
+                    }
+                };
+                let mut mechanics = td.role_keys(&dir, "snapshot")?;
+                mechanics.extend(td.role_keys(&dir, "timestamp")?);
+                let done = bulkhead_trust::threshold::finish(&dir, &mechanics, &Expiry::default())?;
+                publish(ctx, &regs, &td, &r)?;
+                if done {
+                    println!("{r}: signed {digest} ({} of {} signatures)", status.0, status.1);
+                } else {
+                    println!(
+                        "{r}: {} of {} signatures; pending until another signer runs trust sign --partial",
+                        status.0, status.1
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let keys = td.online_keys(&dir)?;
             match &role {
                 None => bulkhead_trust::repo::sign_target(&dir, &tag, &digest, length, Default::default(), &keys, &Expiry::default())?,
                 Some(role) => {

@@ -821,4 +821,43 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(err.contains("default is deny"), "{err}");
     let err = env.fails(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
     assert!(err.contains("forbidden by the trust policy"), "{err}");
+
+    // Two signers, a threshold of two: Alice's signature alone publishes nothing verifiable; with
+    // Bob's the release is signed.
+    std::env::set_var("BULKHEAD_TRUST_KEY_PASSPHRASE", "TARGETS passphrase");
+    env.ok(&["trust", "key", "generate", "alice"]);
+    env.ok(&["trust", "key", "generate", "bob", "--type", "ecdsa-p256"]);
+    let team = format!("{}/test/team", reg.host);
+    env.ok(&[
+        "trust",
+        "init",
+        &team,
+        "--targets-key",
+        "alice",
+        "--targets-key",
+        "bob",
+        "--targets-threshold",
+        "2",
+    ]);
+    env.ok(&["tag", &format!("{repo}:1"), &format!("{team}:1")]);
+    env.ok(&["push", &format!("{team}:1")]);
+    // Alice's machine holds only her key.
+    let bob_key = env.path("config/trust/private").join(format!(
+        "{}.key",
+        serde_json::from_str::<serde_json::Value>(&env.ok(&["trust", "key", "export", "bob"])).unwrap()["keyid"]
+            .as_str()
+            .unwrap()
+    ));
+    let aside = env.path("bob.key");
+    std::fs::rename(&bob_key, &aside).unwrap();
+    assert!(env
+        .ok(&["trust", "sign", "--partial", &format!("{team}:1")])
+        .contains("1 of 2 signatures"));
+    assert!(env.fails(&["pull", &format!("{team}:1")]).contains("not signed"));
+    // Bob's turn: his key is back; Alice's signature is already there and is not added twice.
+    std::fs::rename(&aside, &bob_key).unwrap();
+    let out = env.ok(&["trust", "sign", "--partial", &format!("{team}:1")]);
+    assert!(out.contains("signed") && out.contains("2 of 2"), "{out}");
+    env.ok(&["pull", &format!("{team}:1")]);
+    assert_eq!(env.inspect(&format!("{team}:1"))["Bulkhead"]["ManifestDigest"], one);
 }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod policy;
 pub mod repo;
 pub mod store;
+pub mod threshold;
 
 pub use keys::{KeyKind, PrivateKey};
 pub use repo::{Expiry, Resolved, RoleSpec, Roles};

@@ -77,7 +77,7 @@ fn tuf(e: impl std::fmt::Display) -> Error {
     Error::Metadata(e.to_string().replace('\n', " "))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -325,15 +325,7 @@ pub fn sign_delegated_target(
     keys: &[Arc<PrivateKey>],
     expiry: &Expiry,
 ) -> Result<()> {
-    let target = Target {
-        length,
-        hashes: Hashes {
-            sha256: hex::decode(digest.hex()).map_err(|e| Error::Metadata(e.to_string()))?.into(),
-            _extra: HashMap::new(),
-        },
-        custom: HashMap::new(),
-        _extra: HashMap::new(),
-    };
+    let target = target_of(digest, length, HashMap::new())?;
     let tname = TargetName::new(name).map_err(tuf)?;
     runtime()?.block_on(async {
         let (root_path, repo) = load_for_edit(dir).await?;
@@ -472,6 +464,22 @@ pub fn sign_target(
     sign_targets(dir, &[(name.to_owned(), digest.clone(), length, custom)], keys, expiry)
 }
 
+/// The TUF target for a manifest: its sha256 and length.
+pub(crate) fn target_of(digest: &Digest, length: u64, custom: HashMap<String, serde_json::Value>) -> Result<Target> {
+    if digest.algorithm() != bulkhead_image::digest::Algorithm::Sha256 {
+        return Err(Error::Metadata(format!("{digest}: targets are named by sha256")));
+    }
+    Ok(Target {
+        length,
+        hashes: Hashes {
+            sha256: hex::decode(digest.hex()).map_err(|e| Error::Metadata(e.to_string()))?.into(),
+            _extra: HashMap::new(),
+        },
+        custom,
+        _extra: HashMap::new(),
+    })
+}
+
 /// A tag to sign: its name, manifest digest and length, and custom fields.
 pub type NewTarget = (String, Digest, u64, HashMap<String, serde_json::Value>);
 
@@ -479,18 +487,7 @@ pub type NewTarget = (String, Digest, u64, HashMap<String, serde_json::Value>);
 pub fn sign_targets(dir: &Path, targets: &[NewTarget], keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<()> {
     let mut made = Vec::new();
     for (name, digest, length, custom) in targets {
-        if digest.algorithm() != bulkhead_image::digest::Algorithm::Sha256 {
-            return Err(Error::Metadata(format!("{digest}: targets are named by sha256")));
-        }
-        let target = Target {
-            length: *length,
-            hashes: Hashes {
-                sha256: hex::decode(digest.hex()).map_err(|e| Error::Metadata(e.to_string()))?.into(),
-                _extra: HashMap::new(),
-            },
-            custom: custom.clone(),
-            _extra: HashMap::new(),
-        };
+        let target = target_of(digest, *length, custom.clone())?;
         made.push((TargetName::new(name.as_str()).map_err(tuf)?, target));
     }
     edit(dir, keys, expiry, |editor| {

@@ -170,7 +170,9 @@ impl TrustDir {
 
     /// `trust init`: a new root key (`<repo>-root`) and one key per online role, each encrypted with
     /// its role's passphrase, and version 1 of the repository's metadata. Returns the root key id.
-    pub fn init_repo(&self, repo: &str, kind: KeyKind, expiry: &Expiry) -> Result<String> {
+    /// With `targets`, the targets role gets those existing keys (names or ids) and threshold
+    /// instead of a new key of its own (several signers: `trust sign --partial`).
+    pub fn init_repo(&self, repo: &str, kind: KeyKind, expiry: &Expiry, targets: Option<(&[String], u64)>) -> Result<String> {
         let dir = self.repo_dir(repo)?;
         if dir.join("1.root.json").exists() {
             return Err(Error::Metadata(format!(
@@ -180,6 +182,9 @@ impl TrustDir {
         let base = repo.replace(['/', ':'], "-");
         let mut spec = BTreeMap::new();
         for role in ["root", "targets", "snapshot", "timestamp"] {
+            if role == "targets" && targets.is_some() {
+                continue;
+            }
             let pass = passphrase(role)?;
             let id = self.generate_key(&format!("{base}-{role}"), kind, &pass)?;
             spec.insert(role, self.load_key(&id, role)?);
@@ -188,9 +193,19 @@ impl TrustDir {
             keys: vec![spec[role].clone()],
             threshold: 1,
         };
+        let targets = match targets {
+            None => one("targets"),
+            Some((names, threshold)) => RoleSpec {
+                keys: names
+                    .iter()
+                    .map(|n| self.load_key(&self.key_id(n)?, "targets"))
+                    .collect::<Result<Vec<_>>>()?,
+                threshold,
+            },
+        };
         let roles = Roles {
             root: one("root"),
-            targets: one("targets"),
+            targets,
             snapshot: one("snapshot"),
             timestamp: one("timestamp"),
         };
