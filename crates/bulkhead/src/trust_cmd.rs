@@ -148,6 +148,40 @@ fn publish(ctx: &Ctx, regs: &Registries, td: &TrustDir, repo: &Reference) -> any
     Ok(())
 }
 
+/// Before a signer adds to a release: a machine that has no copy of the repository's metadata
+/// takes the registry's (verified from the pinned root, like any client's), and a pending release
+/// that another signer published is merged with the local one.
+fn sync_for_signing(ctx: &Ctx, regs: &Registries, td: &TrustDir, r: &Reference) -> anyhow::Result<()> {
+    let policy = Policy::load(&policy_path(ctx))?;
+    let Some(rule) = policy.rule_for(&repository_of(r)) else {
+        return Ok(());
+    };
+    let local = td.repo_dir(&repository_of(r))?;
+    let (fetched, root, state) = fetch_metadata(ctx, regs, r, &rule.root_keys)?;
+    let version = |dir: &std::path::Path| -> u64 {
+        std::fs::read(dir.join("timestamp.json"))
+            .ok()
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+            .and_then(|v| v["signed"]["version"].as_u64())
+            .unwrap_or(0)
+    };
+    // No copy here, or the registry's is newer (another signer finished a release): take it.
+    if !local.join("1.root.json").exists() || version(fetched.path()) > version(&local) {
+        bulkhead_trust::repo::describe(&root, fetched.path(), &state)?;
+        let _ = std::fs::remove_file(local.join("pending.targets.json"));
+        std::fs::create_dir_all(&local)?;
+        for e in std::fs::read_dir(fetched.path())? {
+            let e = e?;
+            std::fs::copy(e.path(), local.join(e.file_name()))?;
+        }
+        return Ok(());
+    }
+    if let Ok(pending) = std::fs::read(fetched.path().join("pending.targets.json")) {
+        bulkhead_trust::threshold::merge_pending(&local, &pending)?;
+    }
+    Ok(())
+}
+
 /// The registry's trust metadata for `r`'s repository, in a temporary directory, with its first
 /// root checked against the pinned `root_keys`; and this machine's state for it (what it trusted
 /// before). The rest of TUF's checks run when it is loaded from there.
@@ -318,6 +352,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let dir = td.repo_dir(&repository_of(&r))?;
             let length = data.len() as u64;
             if partial {
+                sync_for_signing(ctx, &regs, &td, &r)?;
                 let mine = td.role_keys(&dir, "targets")?;
                 let status = match bulkhead_trust::threshold::pending_targets(&dir)? {
                     None => {
@@ -333,12 +368,27 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                         bulkhead_trust::threshold::countersign(&dir, &mine)?
                     }
                 };
-                let mut mechanics = td.role_keys(&dir, "snapshot")?;
-                mechanics.extend(td.role_keys(&dir, "timestamp")?);
-                let done = bulkhead_trust::threshold::finish(&dir, &mechanics, &Expiry::default())?;
+                // Finishing needs the snapshot and timestamp keys; a signer without them leaves the
+                // complete proposal for a machine that has them (it runs trust sign --partial too).
+                let mechanics = match (td.role_keys(&dir, "snapshot"), td.role_keys(&dir, "timestamp")) {
+                    (Ok(mut s), Ok(t)) => {
+                        s.extend(t);
+                        Some(s)
+                    }
+                    _ => None,
+                };
+                let done = match &mechanics {
+                    Some(keys) => bulkhead_trust::threshold::finish(&dir, keys, &Expiry::default())?,
+                    None => false,
+                };
                 publish(ctx, &regs, &td, &r)?;
                 if done {
                     println!("{r}: signed {digest} ({} of {} signatures)", status.0, status.1);
+                } else if status.0 as u64 >= status.1 {
+                    println!(
+                        "{r}: {} of {} signatures; a holder of the snapshot and timestamp keys publishes it (trust sign --partial)",
+                        status.0, status.1
+                    );
                 } else {
                     println!(
                         "{r}: {} of {} signatures; pending until another signer runs trust sign --partial",

@@ -822,42 +822,54 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     let err = env.fails(&["pull", "--insecure-skip-verify", &format!("{repo}:2")]);
     assert!(err.contains("forbidden by the trust policy"), "{err}");
 
-    // Two signers, a threshold of two: Alice's signature alone publishes nothing verifiable; with
-    // Bob's the release is signed.
+    // Two signers on two machines, a threshold of two: Alice's signature alone publishes nothing
+    // verifiable; Bob adds his on his machine; Alice's (which holds the snapshot and timestamp
+    // keys) then publishes the release.
     std::env::set_var("BULKHEAD_TRUST_KEY_PASSPHRASE", "TARGETS passphrase");
     env.ok(&["trust", "key", "generate", "alice"]);
     env.ok(&["trust", "key", "generate", "bob", "--type", "ecdsa-p256"]);
     let team = format!("{}/test/team", reg.host);
-    env.ok(&[
-        "trust",
-        "init",
-        &team,
-        "--targets-key",
-        "alice",
-        "--targets-key",
-        "bob",
-        "--targets-threshold",
-        "2",
-    ]);
+    let team_root = env
+        .ok(&[
+            "trust",
+            "init",
+            &team,
+            "--targets-key",
+            "alice",
+            "--targets-key",
+            "bob",
+            "--targets-threshold",
+            "2",
+        ])
+        .trim()
+        .to_owned();
     env.ok(&["tag", &format!("{repo}:1"), &format!("{team}:1")]);
     env.ok(&["push", &format!("{team}:1")]);
-    // Alice's machine holds only her key.
-    let bob_key = env.path("config/trust/private").join(format!(
-        "{}.key",
-        serde_json::from_str::<serde_json::Value>(&env.ok(&["trust", "key", "export", "bob"])).unwrap()["keyid"]
-            .as_str()
-            .unwrap()
-    ));
-    let aside = env.path("bob.key");
-    std::fs::rename(&bob_key, &aside).unwrap();
+    // Bob's key moves to Bob's machine.
+    std::fs::write(env.path("bob.pem"), env.ok(&["trust", "key", "export", "--private", "bob"])).unwrap();
+    let bob_id: serde_json::Value = serde_json::from_str(&env.ok(&["trust", "key", "export", "bob"])).unwrap();
+    std::fs::remove_file(
+        env.path("config/trust/private")
+            .join(format!("{}.key", bob_id["keyid"].as_str().unwrap())),
+    )
+    .unwrap();
+    other.ok(&["trust", "key", "import", "bob", env.path("bob.pem").to_str().unwrap()]);
+    other.ok(&["trust", "policy", "add", &team, "--root-key", &team_root]);
+
     assert!(env
         .ok(&["trust", "sign", "--partial", &format!("{team}:1")])
         .contains("1 of 2 signatures"));
     assert!(env.fails(&["pull", &format!("{team}:1")]).contains("not signed"));
-    // Bob's turn: his key is back; Alice's signature is already there and is not added twice.
-    std::fs::rename(&aside, &bob_key).unwrap();
+    let out = other.ok(&["trust", "sign", "--partial", &format!("{team}:1")]);
+    assert!(
+        out.contains("2 of 2 signatures") && out.contains("snapshot and timestamp keys"),
+        "{out}"
+    );
+    assert!(other.fails(&["pull", &format!("{team}:1")]).contains("not signed"));
     let out = env.ok(&["trust", "sign", "--partial", &format!("{team}:1")]);
     assert!(out.contains("signed") && out.contains("2 of 2"), "{out}");
     env.ok(&["pull", &format!("{team}:1")]);
     assert_eq!(env.inspect(&format!("{team}:1"))["Bulkhead"]["ManifestDigest"], one);
+    other.ok(&["pull", &format!("{team}:1")]);
+    assert_eq!(other.inspect(&format!("{team}:1"))["Bulkhead"]["ManifestDigest"], one);
 }

@@ -129,6 +129,35 @@ pub fn countersign(dir: &Path, keys: &[Arc<PrivateKey>]) -> Result<(usize, u64)>
     Ok((pending.signatures.len(), threshold))
 }
 
+/// Takes in the signatures of another copy of the pending version (`other`, e.g. what a signer on
+/// another machine published): the same content, signatures united; where this machine has no
+/// pending version, `other` becomes it. Refuses a different proposal.
+pub fn merge_pending(dir: &Path, other: &[u8]) -> Result<()> {
+    let theirs: Signed<Targets> = serde_json::from_slice(other).map_err(|e| Error::Metadata(format!("pending targets: {e}")))?;
+    let merged = if dir.join(PENDING).exists() {
+        let mut ours: Signed<Targets> = read(dir, PENDING)?;
+        let same = serde_json::to_value(&ours.signed).ok() == serde_json::to_value(&theirs.signed).ok();
+        if !same {
+            return Err(Error::Metadata(
+                "another signer proposed a different release: finish or discard one of them first".into(),
+            ));
+        }
+        for sig in theirs.signatures {
+            if !ours.signatures.iter().any(|s| s.keyid == sig.keyid) {
+                ours.signatures.push(sig);
+            }
+        }
+        ours
+    } else {
+        theirs
+    };
+    write(
+        dir,
+        PENDING,
+        &serde_json::to_vec_pretty(&merged).map_err(|e| Error::Metadata(e.to_string()))?,
+    )
+}
+
 /// What a signer is asked to sign: the pending version's tags (name → sha256 hex).
 pub fn pending_targets(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
     if !dir.join(PENDING).exists() {
