@@ -55,8 +55,8 @@ pub enum TrustCommand {
     Signer(SignerCommand),
     /// Remove a tag's signature: it no longer resolves.
     Revoke { image: String },
-    /// Rotate a role's keys (root: a new root key, signed by the old and the new one; needs the
-    /// root passphrase, and keeps it for the new key).
+    /// Rotate a role's keys: root (a new root key, signed by the old and the new one), or targets,
+    /// snapshot, timestamp (a new key in a new root version, which needs the root key).
     Rotate { repository: String, role: String },
     /// The timestamp role (for cron or CI).
     #[command(subcommand)]
@@ -419,10 +419,14 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
         }
         TrustCommand::Rotate { repository, role } => {
             let repo = parse_repository(&repository)?;
-            if role != "root" {
-                bail!("rotating the {role} keys is not supported yet (root is)");
-            }
             let name = repository_of(&repo);
+            if role != "root" {
+                let id = td.rotate_online(&name, &role, KeyKind::Ed25519, &Expiry::default())?;
+                publish(ctx, &regs, &td, &repo)?;
+                eprintln!("trust: {name} has a new {role} key {id}");
+                println!("{id}");
+                return Ok(ExitCode::SUCCESS);
+            }
             let new = td.rotate_root(&name, KeyKind::Ed25519, &Expiry::default())?;
             publish(ctx, &regs, &td, &repo)?;
             let path = policy_path(ctx);

@@ -795,6 +795,12 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     );
     assert!(env.fails(&["pull", &format!("{repo}:4.0")]).contains("not signed"));
 
+    // The targets key rotates too (the root key signs the change); clients follow.
+    env.ok(&["trust", "rotate", &repo, "targets"]);
+    env.ok(&["trust", "sign", &format!("{repo}:2")]);
+    assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
+    assert!(other.run(&["pull", &format!("{repo}:2")]).status.success());
+
     // A cron job re-signs the timestamp with the timestamp key alone; clients accept the newer one.
     assert!(env.ok(&["trust", "timestamp", "refresh", &repo]).contains("timestamp version"));
     assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());

@@ -214,14 +214,71 @@ pub fn init(dir: &Path, roles: &Roles, expiry: &Expiry) -> Result<()> {
 /// and is signed by both the old root keys (`old_keys`, which the clients trust) and the new ones,
 /// as TUF requires of every step of the root chain. Written as `N+1.root.json`.
 pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<PrivateKey>], threshold: u64, expiry: &Expiry) -> Result<()> {
+    let (version, data) = next_root(dir, RoleType::Root, old_keys, new_keys, threshold, expiry)?;
+    let path = dir.join(format!("{version}.root.json"));
+    let tmp = dir.join(format!(".{version}.root.json.tmp"));
+    std::fs::write(&tmp, &data)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
+}
+
+/// Rotates the keys of an online role (targets, snapshot or timestamp): root version N+1 lists
+/// `new_keys` (with `threshold`) for it, signed by the current root keys `root_keys`, and every
+/// online role is signed anew under it with `online_keys` (which hold the new keys), in one step:
+/// metadata signed by a retired key never stands beside a root that retired it.
+pub fn rotate(
+    dir: &Path,
+    role: RoleType,
+    root_keys: &[Arc<PrivateKey>],
+    new_keys: &[Arc<PrivateKey>],
+    threshold: u64,
+    online_keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    if role == RoleType::Root {
+        return rotate_root(dir, root_keys, new_keys, threshold, expiry);
+    }
+    let (_, data) = next_root(dir, role, root_keys, new_keys, threshold, expiry)?;
+    let staged = tempfile::NamedTempFile::new().map_err(|e| Error::Metadata(format!("a temporary file: {e}")))?;
+    std::fs::write(staged.path(), &data).map_err(|e| Error::Metadata(format!("{}: {e}", staged.path().display())))?;
+    runtime()?.block_on(async {
+        // Loaded under the current root; signed under the new one.
+        let (_, repo) = load_for_edit(dir).await?;
+        let next = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
+        let (tv, sv, tsv) = (
+            next(repo.targets().signed.version)?,
+            next(repo.snapshot().signed.version)?,
+            next(repo.timestamp().signed.version)?,
+        );
+        let mut editor = RepositoryEditor::from_repo(staged.path(), repo).await.map_err(tuf)?;
+        editor
+            .targets_version(tv)
+            .map_err(tuf)?
+            .targets_expires(expires(jiff::Timestamp::now(), expiry.targets))
+            .map_err(tuf)?;
+        sign_and_write(editor, sv, tsv, online_keys, expiry, dir).await
+    })
+}
+
+/// Root version N+1 with `new_keys` (and `threshold`) for `role`, signed by the current root keys
+/// `old_keys` and, when the root role itself rotates, by the new keys too.
+fn next_root(
+    dir: &Path,
+    role: RoleType,
+    old_keys: &[Arc<PrivateKey>],
+    new_keys: &[Arc<PrivateKey>],
+    threshold: u64,
+    expiry: &Expiry,
+) -> Result<(u64, Vec<u8>)> {
     let latest = latest_root(dir)?;
     let old: tough::schema::Signed<Root> =
         serde_json::from_slice(&std::fs::read(&latest).map_err(|e| Error::Metadata(format!("{}: {e}", latest.display())))?)
             .map_err(|e| Error::Metadata(format!("{}: {e}", latest.display())))?;
-    let threshold = NonZeroU64::new(threshold).ok_or_else(|| Error::Metadata("root: a threshold of 0".into()))?;
+    let threshold = NonZeroU64::new(threshold).ok_or_else(|| Error::Metadata(format!("{role}: a threshold of 0")))?;
     if (new_keys.len() as u64) < threshold.get() {
         return Err(Error::Metadata(format!(
-            "root: threshold {threshold} with only {} key(s)",
+            "{role}: threshold {threshold} with only {} key(s)",
             new_keys.len()
         )));
     }
@@ -238,9 +295,9 @@ pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<Pri
         root.keys.insert(id.clone(), tk);
         ids.push(id);
     }
-    let retired: Vec<_> = root.roles.get(&RoleType::Root).map(|r| r.keyids.clone()).unwrap_or_default();
+    let retired: Vec<_> = root.roles.get(&role).map(|r| r.keyids.clone()).unwrap_or_default();
     root.roles.insert(
-        RoleType::Root,
+        role,
         RoleKeys {
             keyids: ids,
             threshold,
@@ -254,8 +311,10 @@ pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<Pri
         }
     }
     let rng = SystemRandom::new();
+    // The new root keys sign the new root; for another role, the root keys are unchanged.
+    let new_root_keys = if role == RoleType::Root { new_keys } else { old_keys };
     let (by_new, by_old) = runtime()?.block_on(async {
-        let by_new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &sources(new_keys), &rng)
+        let by_new = SignedRole::new(root.clone(), &KeyHolder::Root(root.clone()), &sources(new_root_keys), &rng)
             .await
             .map_err(tuf)?;
         let by_old = SignedRole::new(root.clone(), &KeyHolder::Root(old.signed.clone()), &sources(old_keys), &rng)
@@ -270,12 +329,7 @@ pub fn rotate_root(dir: &Path, old_keys: &[Arc<PrivateKey>], new_keys: &[Arc<Pri
         }
     }
     let data = serde_json::to_vec(&signed).map_err(|e| Error::Metadata(e.to_string()))?;
-    let path = dir.join(format!("{}.root.json", root.version));
-    let tmp = dir.join(format!(".{}.root.json.tmp", root.version));
-    std::fs::write(&tmp, &data)
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
+    Ok((root.version.get(), data))
 }
 
 /// Delegates the tags matching `patterns` (shell-style, e.g. `1.*`) to a new targets role `role`
@@ -867,6 +921,30 @@ mod tests {
         )
         .is_err());
         assert!(resolve(&f.root(), &f.meta(), &f.state(), "1.3").is_err());
+    }
+
+    #[test]
+    fn a_rotated_targets_key_signs_and_the_old_one_no_longer_does() {
+        let f = Fixture::new(&Expiry::default());
+        sign_target(&f.meta(), "1", &digest(1), 1, HashMap::new(), &f.online, &Expiry::default()).unwrap();
+        assert!(resolve(&f.root(), &f.meta(), &f.state(), "1").is_ok());
+        let new_targets = key(KeyKind::Ed25519);
+        let rotated = vec![new_targets.clone(), f.online[1].clone(), f.online[2].clone()];
+        rotate(
+            &f.meta(),
+            RoleType::Targets,
+            std::slice::from_ref(&f.root_key),
+            std::slice::from_ref(&new_targets),
+            1,
+            &rotated,
+            &Expiry::default(),
+        )
+        .unwrap();
+        sign_target(&f.meta(), "2", &digest(2), 1, HashMap::new(), &rotated, &Expiry::default()).unwrap();
+        // The client walks to root version 2 and accepts targets signed by the new key.
+        assert_eq!(resolve(&f.root(), &f.meta(), &f.state(), "2").unwrap().digest, digest(2));
+        // The retired key cannot sign any more.
+        assert!(sign_target(&f.meta(), "3", &digest(3), 1, HashMap::new(), &f.online, &Expiry::default()).is_err());
     }
 
     #[test]

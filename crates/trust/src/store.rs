@@ -251,6 +251,37 @@ impl TrustDir {
         Ok(id)
     }
 
+    /// `trust rotate REPO targets|snapshot|timestamp`: a new key for the role (encrypted with its
+    /// passphrase) in root version N+1, signed by the root keys, and every online role signed anew
+    /// under it. Returns the new key id.
+    pub fn rotate_online(&self, repo: &str, role: &str, kind: KeyKind, expiry: &Expiry) -> Result<String> {
+        let rt = serde_plain_role(role)?;
+        if !ONLINE_ROLES.contains(&role) {
+            return Err(Error::Metadata(format!(
+                "{role} is not an online role (targets, snapshot or timestamp)"
+            )));
+        }
+        let dir = self.repo_dir(repo)?;
+        let root_keys = self.role_keys(&dir, "root")?;
+        let version = crate::repo::latest_root(&dir)?
+            .file_name()
+            .and_then(|n| n.to_string_lossy().split('.').next().and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(0)
+            + 1;
+        let id = self.generate_key(
+            &format!("{}-{role}-{version}", repo.replace(['/', ':'], "-")),
+            kind,
+            &passphrase(role)?,
+        )?;
+        let new = self.load_key(&id, role)?;
+        let mut online = vec![new.clone()];
+        for other in ONLINE_ROLES.iter().filter(|r| **r != role) {
+            online.extend(self.role_keys(&dir, other)?);
+        }
+        crate::repo::rotate(&dir, rt, &root_keys, &[new], 1, &online, expiry)?;
+        Ok(id)
+    }
+
     /// The keys this machine holds for the online roles of the repository in `dir`, decrypted.
     pub fn online_keys(&self, dir: &Path) -> Result<Vec<Arc<PrivateKey>>> {
         let mut out = Vec::new();
