@@ -96,6 +96,18 @@ pub enum SignerCommand {
         role: String,
         #[arg(long = "paths", required = true)]
         paths: Vec<String>,
+        /// More keys for the role (names), for a threshold above one.
+        #[arg(long = "key")]
+        more_keys: Vec<String>,
+        /// How many of the role's keys must sign.
+        #[arg(long, default_value = "1")]
+        threshold: u64,
+        repository: String,
+    },
+    /// Remove a delegated role: its tags stop resolving (needs the top-level targets key).
+    Remove {
+        #[arg(long)]
+        role: String,
         repository: String,
     },
 }
@@ -314,10 +326,22 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             );
             println!("{root}");
         }
+        TrustCommand::Signer(SignerCommand::Remove { role, repository }) => {
+            let repo = parse_repository(&repository)?;
+            let dir = td.repo_dir(&repository_of(&repo))?;
+            let targets = td.role_keys(&dir, "targets")?;
+            let mut mechanics = td.role_keys(&dir, "snapshot")?;
+            mechanics.extend(td.role_keys(&dir, "timestamp")?);
+            bulkhead_trust::threshold::remove_delegation(&dir, &role, &targets, &mechanics, &Expiry::default())?;
+            publish(ctx, &regs, &td, &repo)?;
+            println!("{}: {role} removed", repository_of(&repo));
+        }
         TrustCommand::Signer(SignerCommand::Add {
             key,
             role,
             paths,
+            more_keys,
+            threshold,
             repository,
         }) => {
             let repo = parse_repository(&repository)?;
@@ -325,9 +349,12 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 bail!("{role} is a top-level role; a signer gets a role of its own");
             }
             let dir = td.repo_dir(&repository_of(&repo))?;
-            let signer = td.load_key(&td.key_id(&key)?, &role)?;
+            let signers = std::iter::once(&key)
+                .chain(&more_keys)
+                .map(|k| td.load_key(&td.key_id(k)?, &role))
+                .collect::<Result<Vec<_>, _>>()?;
             let keys = td.online_keys(&dir)?;
-            bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &[signer], 1, &keys, &Expiry::default())?;
+            bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &signers, threshold, &keys, &Expiry::default())?;
             publish(ctx, &regs, &td, &repo)?;
             println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
         }
@@ -397,10 +424,19 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let keys = td.online_keys(&dir)?;
+            let keys = match &role {
+                None => td.online_keys(&dir)?,
+                Some(_) => {
+                    let mut k = td.role_keys(&dir, "snapshot")?;
+                    k.extend(td.role_keys(&dir, "timestamp")?);
+                    k
+                }
+            };
             match &role {
                 None => bulkhead_trust::repo::sign_target(&dir, &tag, &digest, length, Default::default(), &keys, &Expiry::default())?,
                 Some(role) => {
+                    // A team's signer needs its own key and the snapshot and timestamp keys, not
+                    // the top-level targets key.
                     let signer = td.delegated_keys(&dir, role)?;
                     bulkhead_trust::repo::sign_delegated_target(&dir, role, &tag, &digest, length, &signer, &keys, &Expiry::default())?
                 }

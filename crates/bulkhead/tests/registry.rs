@@ -794,6 +794,10 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
         two
     );
     assert!(env.fails(&["pull", &format!("{repo}:4.0")]).contains("not signed"));
+    // Removing the signer: its tags stop resolving.
+    env.ok(&["trust", "signer", "remove", "--role", "releases", &repo]);
+    env.ok(&["rmi", &format!("{repo}:3.0")]);
+    assert!(env.fails(&["pull", &format!("{repo}:3.0")]).contains("not signed"));
 
     // The targets key rotates too (the root key signs the change); clients follow.
     env.ok(&["trust", "rotate", &repo, "targets"]);

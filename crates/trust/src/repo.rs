@@ -365,9 +365,8 @@ pub fn add_delegation(
 }
 
 /// Signs tag `name` in the delegated role `role` with that role's keys (`role_keys`); snapshot
-/// and timestamp are signed anew with `keys`, which must hold the top-level targets key too
-/// (tough's editor re-signs the unchanged top-level targets). A tag outside the role's patterns is
-/// refused (tough validates the delegation hierarchy before it signs).
+/// and timestamp are signed anew with `keys` (no top-level targets key is needed). A tag outside
+/// the role's patterns is refused.
 #[allow(clippy::too_many_arguments)]
 pub fn sign_delegated_target(
     dir: &Path,
@@ -379,42 +378,14 @@ pub fn sign_delegated_target(
     keys: &[Arc<PrivateKey>],
     expiry: &Expiry,
 ) -> Result<()> {
-    let target = target_of(digest, length, HashMap::new())?;
-    let tname = TargetName::new(name).map_err(tuf)?;
-    runtime()?.block_on(async {
-        let (root_path, repo) = load_for_edit(dir).await?;
-        let delegated = repo
-            .targets()
-            .signed
-            .delegated_targets(role)
-            .map_err(|_| Error::Metadata(format!("no delegated role {role:?}")))?;
-        let next = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
-        let (top_version, top_expires) = (repo.targets().signed.version, repo.targets().signed.expires);
-        let (dv, sv, tsv) = (
-            next(delegated.signed.version)?,
-            next(repo.snapshot().signed.version)?,
-            next(repo.timestamp().signed.version)?,
-        );
-        let mut editor = RepositoryEditor::from_repo(&root_path, repo).await.map_err(tuf)?;
-        let now = jiff::Timestamp::now();
-        // tough's editor always opens the top-level targets for editing; they are closed signed
-        // as they are (same version) before the delegated role is opened.
-        editor
-            .targets_version(top_version)
-            .map_err(tuf)?
-            .targets_expires(top_expires)
-            .map_err(tuf)?;
-        editor.sign_targets_editor(&sources(keys)).await.map_err(tuf)?;
-        editor.change_delegated_targets(role).map_err(tuf)?;
-        editor.add_target(tname, target).map_err(tuf)?;
-        editor
-            .targets_version(dv)
-            .map_err(tuf)?
-            .targets_expires(expires(now, expiry.targets))
-            .map_err(tuf)?;
-        editor.sign_targets_editor(&sources(role_keys)).await.map_err(tuf)?;
-        sign_and_write(editor, sv, tsv, keys, expiry, dir).await
-    })
+    crate::threshold::sign_delegated(
+        dir,
+        role,
+        &[(name.to_owned(), digest.clone(), length, HashMap::new())],
+        role_keys,
+        keys,
+        expiry,
+    )
 }
 
 /// The end of every edit: new snapshot and timestamp versions, everything signed with `keys`,
@@ -428,13 +399,20 @@ async fn sign_and_write(
     dir: &Path,
 ) -> Result<()> {
     let now = jiff::Timestamp::now();
+    let before = std::fs::read(dir.join("snapshot.json")).ok();
     editor
         .snapshot_version(snapshot)
         .snapshot_expires(expires(now, expiry.snapshot))
         .timestamp_version(timestamp)
         .timestamp_expires(expires(now, expiry.timestamp));
     let signed = editor.sign(&sources(keys)).await.map_err(tuf)?;
-    write_atomically(&signed, dir).await
+    write_atomically(&signed, dir).await?;
+    // tough's editor lists only the roles delegated now; TUF clients refuse a snapshot that drops
+    // a file the previous one listed (a removed signer's), so such entries are carried over.
+    if let Some(before) = before {
+        crate::threshold::keep_snapshot_entries(dir, &before, keys).await?;
+    }
+    Ok(())
 }
 
 /// `trust timestamp refresh`: a new timestamp version with a fresh expiry, signed by the timestamp
@@ -875,7 +853,8 @@ mod tests {
         )
         .unwrap();
         assert!(f.meta().join("releases.json").exists());
-        let mechanics = &f.online[..];
+        // The releaser's key and the snapshot and timestamp keys: not the top-level targets key.
+        let mechanics = &f.online[1..];
         sign_delegated_target(
             &f.meta(),
             "releases",
@@ -921,6 +900,12 @@ mod tests {
         )
         .is_err());
         assert!(resolve(&f.root(), &f.meta(), &f.state(), "1.3").is_err());
+        // Removing the signer: its tags stop resolving.
+        crate::threshold::remove_delegation(&f.meta(), "releases", &f.online[..1], &f.online[1..], &Expiry::default()).unwrap();
+        let err = resolve(&f.root(), &f.meta(), &f.state(), "1.2")
+            .map(|r| r.digest.to_string())
+            .map_err(|e| e.to_string());
+        assert!(err.as_ref().is_err_and(|e| e.contains("not signed")), "{err:?}");
     }
 
     #[test]

@@ -49,6 +49,17 @@ fn sign_with(root: &Root, signed: &mut Signed<Targets>, keys: &[Arc<PrivateKey>]
         .roles
         .get(&RoleType::Targets)
         .ok_or_else(|| Error::Metadata("the root has no targets role".into()))?;
+    sign_as(&role.keyids, "targets", signed, keys)
+}
+
+/// Adds signatures by `keys`, each of which must be one of `keyids` (the keys of `role`), to
+/// `signed`, over the canonical JSON TUF signs; a key that signed already is skipped.
+fn sign_as(
+    keyids: &[tough::schema::decoded::Decoded<tough::schema::decoded::Hex>],
+    role: &str,
+    signed: &mut Signed<Targets>,
+    keys: &[Arc<PrivateKey>],
+) -> Result<usize> {
     let mut data = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut data, olpc_cjson::CanonicalFormatter::new());
     signed.signed.serialize(&mut ser).map_err(|e| Error::Metadata(e.to_string()))?;
@@ -56,9 +67,9 @@ fn sign_with(root: &Root, signed: &mut Signed<Targets>, keys: &[Arc<PrivateKey>]
     let mut added = 0;
     for k in keys {
         let id = k.tuf_key()?.key_id().map_err(|e| Error::Metadata(e.to_string()))?;
-        if !role.keyids.contains(&id) {
+        if !keyids.contains(&id) {
             return Err(Error::Key(format!(
-                "key {} is not a targets key of this repository",
+                "key {} is not a {role} key of this repository",
                 hex::encode(&*id)
             )));
         }
@@ -195,8 +206,16 @@ pub fn finish(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<b
     if root.signed.verify_role(&pending).is_err() {
         return Ok(false);
     }
-    let mut targets_bytes = serde_json::to_vec_pretty(&pending).map_err(|e| Error::Metadata(e.to_string()))?;
-    targets_bytes.push(b'\n');
+    publish_role(dir, &root.signed, "targets.json", &pending, keys, expiry)?;
+    std::fs::remove_file(dir.join(PENDING)).map_err(|e| Error::Metadata(format!("{PENDING}: {e}")))?;
+    Ok(true)
+}
+
+/// Writes the targets-type role `signed` as `file` and signs new snapshot (its meta updated for
+/// that file, the rest kept) and timestamp versions over it with `keys`, as tough builds them.
+fn publish_role(dir: &Path, root: &Root, file: &str, signed: &Signed<Targets>, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(signed).map_err(|e| Error::Metadata(e.to_string()))?;
+    bytes.push(b'\n');
     let old_snapshot: Signed<Snapshot> = read(dir, "snapshot.json")?;
     let old_timestamp: Signed<Timestamp> = read(dir, "timestamp.json")?;
     let bump = |v: NonZeroU64| v.checked_add(1).ok_or_else(|| Error::Metadata("version overflow".into()));
@@ -204,10 +223,8 @@ pub fn finish(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<b
     let at = |d: jiff::SignedDuration| jiff::Timestamp::from_second((now + d).as_second()).unwrap_or(now);
     let mut snapshot = Snapshot::new("1.0.0".into(), bump(old_snapshot.signed.version)?, at(expiry.snapshot));
     snapshot.meta = old_snapshot.signed.meta.clone();
-    snapshot
-        .meta
-        .insert("targets.json".into(), metafile(pending.signed.version, &targets_bytes));
-    let holder = KeyHolder::Root(root.signed.clone());
+    snapshot.meta.insert(file.into(), metafile(signed.signed.version, &bytes));
+    let holder = KeyHolder::Root(root.clone());
     let sources: Vec<Box<dyn tough::key_source::KeySource>> = keys
         .iter()
         .map(|k| Box::new(crate::keys::MemoryKeySource(k.clone())) as Box<dyn tough::key_source::KeySource>)
@@ -224,11 +241,142 @@ pub fn finish(dir: &Path, keys: &[Arc<PrivateKey>], expiry: &Expiry) -> Result<b
     let signed_timestamp = crate::repo::runtime()?
         .block_on(SignedRole::new(timestamp, &holder, &sources, &rng))
         .map_err(|e| Error::Metadata(format!("timestamp: {e}")))?;
-    write(dir, "targets.json", &targets_bytes)?;
+    write(dir, file, &bytes)?;
     write(dir, "snapshot.json", signed_snapshot.buffer())?;
-    write(dir, "timestamp.json", signed_timestamp.buffer())?;
-    std::fs::remove_file(dir.join(PENDING)).map_err(|e| Error::Metadata(format!("{PENDING}: {e}")))?;
-    Ok(true)
+    write(dir, "timestamp.json", signed_timestamp.buffer())
+}
+
+/// After an edit by tough's editor: entries of the previous snapshot (`before`, its file) that the
+/// new snapshot dropped are put back, and snapshot and timestamp re-signed (same versions: neither
+/// was published yet).
+pub(crate) async fn keep_snapshot_entries(dir: &Path, before: &[u8], keys: &[Arc<PrivateKey>]) -> Result<()> {
+    let old: Signed<Snapshot> = serde_json::from_slice(before).map_err(|e| Error::Metadata(format!("snapshot: {e}")))?;
+    let new: Signed<Snapshot> = read(dir, "snapshot.json")?;
+    let missing: Vec<_> = old.signed.meta.iter().filter(|(k, _)| !new.signed.meta.contains_key(*k)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = root(dir)?;
+    let mut snapshot = new.signed.clone();
+    for (k, v) in missing {
+        snapshot.meta.insert(k.clone(), v.clone());
+    }
+    let timestamp: Signed<Timestamp> = read(dir, "timestamp.json")?;
+    let holder = KeyHolder::Root(root.signed.clone());
+    let sources: Vec<Box<dyn tough::key_source::KeySource>> = keys
+        .iter()
+        .map(|k| Box::new(crate::keys::MemoryKeySource(k.clone())) as Box<dyn tough::key_source::KeySource>)
+        .collect();
+    let rng = SystemRandom::new();
+    let signed_snapshot = SignedRole::new(snapshot, &holder, &sources, &rng)
+        .await
+        .map_err(|e| Error::Metadata(format!("snapshot: {e}")))?;
+    let mut ts = timestamp.signed.clone();
+    ts.meta.insert(
+        "snapshot.json".into(),
+        metafile(signed_snapshot.signed().signed.version, signed_snapshot.buffer()),
+    );
+    let signed_timestamp = SignedRole::new(ts, &holder, &sources, &rng)
+        .await
+        .map_err(|e| Error::Metadata(format!("timestamp: {e}")))?;
+    write(dir, "snapshot.json", signed_snapshot.buffer())?;
+    write(dir, "timestamp.json", signed_timestamp.buffer())
+}
+
+/// Signs tags in the delegated role `role` with its keys (`role_keys`, which must meet its
+/// threshold), and snapshot and timestamp over it with `keys`: no top-level targets key is needed,
+/// so a team's signer holds only its own. A tag outside the role's path patterns is refused.
+pub fn sign_delegated(
+    dir: &Path,
+    role: &str,
+    changes: &[NewTarget],
+    role_keys: &[Arc<PrivateKey>],
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    let root = root(dir)?;
+    let top: Signed<Targets> = read(dir, "targets.json")?;
+    let delegations = top
+        .signed
+        .delegations
+        .as_ref()
+        .ok_or_else(|| Error::Metadata("the repository delegates nothing".into()))?;
+    let entry = delegations
+        .roles
+        .iter()
+        .find(|r| r.name == role)
+        .ok_or_else(|| Error::Metadata(format!("no delegated role {role:?}")))?;
+    // Only this role's patterns count: a copy of the delegations with it alone.
+    let mut only = delegations.clone();
+    only.roles.retain(|r| r.name == role);
+    let file = format!("{role}.json");
+    let mut signed: Signed<Targets> = read(dir, &file)?;
+    next_version(&mut signed, expiry)?;
+    for (name, digest, length, custom) in changes {
+        let tname = TargetName::new(name.as_str()).map_err(|e| Error::Metadata(e.to_string()))?;
+        if !only.target_is_delegated(&tname) {
+            return Err(Error::Metadata(format!("{role} may not sign {name:?}: outside its path patterns")));
+        }
+        signed
+            .signed
+            .targets
+            .insert(tname, crate::repo::target_of(digest, *length, custom.clone())?);
+    }
+    let n = sign_as(&entry.keyids, role, &mut signed, role_keys)?;
+    if (n as u64) < entry.threshold.get() {
+        return Err(Error::Key(format!(
+            "{role} needs {} signatures; the given keys make {n}",
+            entry.threshold
+        )));
+    }
+    publish_role(dir, &root.signed, &file, &signed, keys, expiry)
+}
+
+/// The next version of a targets-type role: unsigned, version + 1, a fresh expiry.
+fn next_version(signed: &mut Signed<Targets>, expiry: &Expiry) -> Result<()> {
+    signed.signatures.clear();
+    signed.signed.version = signed
+        .signed
+        .version
+        .checked_add(1)
+        .ok_or_else(|| Error::Metadata("version overflow".into()))?;
+    signed.signed.expires =
+        jiff::Timestamp::from_second((jiff::Timestamp::now() + expiry.targets).as_second()).unwrap_or(signed.signed.expires);
+    Ok(())
+}
+
+/// `trust signer remove`: the delegated role `role` and its keys leave the top-level targets,
+/// signed anew by `targets_keys` (meeting the root's targets threshold); snapshot and timestamp
+/// are signed with `keys`. Its tags stop resolving.
+pub fn remove_delegation(
+    dir: &Path,
+    role: &str,
+    targets_keys: &[Arc<PrivateKey>],
+    keys: &[Arc<PrivateKey>],
+    expiry: &Expiry,
+) -> Result<()> {
+    let root = root(dir)?;
+    let mut top: Signed<Targets> = read(dir, "targets.json")?;
+    let delegations = top
+        .signed
+        .delegations
+        .as_mut()
+        .ok_or_else(|| Error::Metadata("the repository delegates nothing".into()))?;
+    let before = delegations.roles.len();
+    delegations.roles.retain(|r| r.name != role);
+    if delegations.roles.len() == before {
+        return Err(Error::Metadata(format!("no delegated role {role:?}")));
+    }
+    let used: std::collections::HashSet<_> = delegations.roles.iter().flat_map(|r| r.keyids.iter().cloned()).collect();
+    delegations.keys.retain(|id, _| used.contains(id));
+    next_version(&mut top, expiry)?;
+    sign_with(&root.signed, &mut top, targets_keys)?;
+    root.signed
+        .verify_role(&top)
+        .map_err(|e| Error::Key(format!("targets: not enough signatures: {e}")))?;
+    // The role's file stays, and stays in the snapshot (TUF forbids a snapshot to drop a targets
+    // file the previous one listed); nothing delegates to it any more.
+    publish_role(dir, &root.signed, "targets.json", &top, keys, expiry)
 }
 
 #[cfg(test)]
