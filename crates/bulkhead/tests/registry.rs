@@ -882,4 +882,12 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert_eq!(env.inspect(&format!("{team}:1"))["Bulkhead"]["ManifestDigest"], one);
     other.ok(&["pull", &format!("{team}:1")]);
     assert_eq!(other.inspect(&format!("{team}:1"))["Bulkhead"]["ManifestDigest"], one);
+
+    // Metadata over the size limit is refused before a byte of it is fetched.
+    let mut forged: serde_json::Value = serde_json::from_str(&skopeo_raw(&reg, "test/team:_bulkhead.trust")).unwrap();
+    forged["layers"][0]["size"] = serde_json::json!(1u64 << 40);
+    put_manifest(&reg, "test/team", "_bulkhead.trust", &forged.to_string());
+    let err = env.fails(&["pull", &format!("{team}:1")]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("over the") && err.contains("limit"), "{err}");
 }
