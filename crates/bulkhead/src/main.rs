@@ -188,8 +188,14 @@ impl Ctx {
         }
     }
 
+    /// The store, its names signed with this machine's key (`<config>/trust/names.key`).
     pub fn store(&self) -> anyhow::Result<bulkhead_image::Store> {
-        Ok(bulkhead_image::Store::open(&self.root)?)
+        Ok(bulkhead_image::Store::open(&self.root)?.with_names_key(self.names_key()))
+    }
+
+    /// The key that signs the store's names.
+    pub fn names_key(&self) -> bulkhead_image::names::NamesKey {
+        bulkhead_image::names::NamesKey::new(&self.config.join("trust"), &self.root)
     }
 }
 

@@ -81,3 +81,44 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("BULKHEAD_TRUST_KEY_PASSPHRASE"), "{err}");
 }
+
+/// Names are recorded under this machine's key: an image imported here runs; pointing its name at
+/// another image by editing the store (not through bulkhead) is refused, with one line, and
+/// `system check --repair` drops the names it cannot trust.
+#[test]
+fn names_changed_outside_bulkhead_are_refused() {
+    let env = Env::new();
+    let a = env.path("a");
+    busybox_rootfs(&a);
+    std::fs::write(a.join("which"), "a\n").unwrap();
+    let b = env.path("b");
+    busybox_rootfs(&b);
+    std::fs::write(b.join("which"), "b\n").unwrap();
+    env.ok(&["image", "import", "--rootfs", a.to_str().unwrap(), "--tag", "app:1"]);
+    env.ok(&["image", "import", "--rootfs", b.to_str().unwrap(), "--tag", "other:1"]);
+    assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/which"]), "a\n");
+    let key = env.path("config/trust/names.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // Someone with write access to the store, but not to the key, swaps the names.
+    let refs_path = env.root().join("refs.json");
+    let mut refs: serde_json::Value = serde_json::from_slice(&std::fs::read(&refs_path).unwrap()).unwrap();
+    let (ka, kb) = ("docker.io/library/app:1", "docker.io/library/other:1");
+    let (da, db) = (refs["refs"][ka].clone(), refs["refs"][kb].clone());
+    refs["refs"][ka] = db;
+    refs["refs"][kb] = da;
+    std::fs::write(&refs_path, serde_json::to_vec(&refs).unwrap()).unwrap();
+    let err = env.fails(&["run", "--rm", "app:1", "cat", "/which"]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("changed outside bulkhead"), "{err}");
+    // Stripping the signature does not help.
+    refs.as_object_mut().unwrap().remove("signature");
+    std::fs::write(&refs_path, serde_json::to_vec(&refs).unwrap()).unwrap();
+    assert!(env.fails(&["images"]).contains("signature is missing"));
+    // system check reports it; --repair drops the untrusted names; the images stay, by id.
+    let o = env.run(&["system", "check"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("changed outside bulkhead"));
+    env.run(&["system", "check", "--repair"]);
+    env.ok(&["image", "import", "--rootfs", a.to_str().unwrap(), "--tag", "app:1"]);
+    assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/which"]), "a\n");
+}

@@ -35,6 +35,7 @@ pub mod import;
 pub mod layer;
 pub mod limits;
 pub mod mount;
+pub mod names;
 pub mod pipe;
 pub mod reference;
 pub mod rootfs;

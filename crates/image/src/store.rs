@@ -26,6 +26,8 @@ use crate::reference::Reference;
 pub struct Store {
     root: PathBuf,
     limits: Limits,
+    /// Signs and checks the reference table (see [`crate::names`]); None: unsigned names.
+    names_key: Option<crate::names::NamesKey>,
 }
 
 /// A held store lock; released when dropped.
@@ -61,6 +63,8 @@ pub struct LayerRef {
 #[derive(Default, Serialize, Deserialize)]
 struct RefTable {
     refs: BTreeMap<String, Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<crate::names::NamesSignature>,
 }
 
 impl Store {
@@ -86,7 +90,11 @@ impl Store {
         if private != mode {
             fs::set_permissions(&root, fs::Permissions::from_mode(private)).at(&root)?;
         }
-        Ok(Store { root, limits })
+        Ok(Store {
+            root,
+            limits,
+            names_key: None,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -342,9 +350,18 @@ impl Store {
     /// The reference table: full `name:tag` -> manifest digest.
     pub fn refs(&self) -> Result<BTreeMap<String, Digest>> {
         let p = self.root.join("refs.json");
-        Ok(read_json_optional::<RefTable>(&p, "reference table")?
-            .map(|t| t.refs)
-            .unwrap_or_default())
+        let table = read_json_optional::<RefTable>(&p, "reference table")?.unwrap_or_default();
+        // No names (a missing table included) is nothing to redirect: only names are checked.
+        if let (Some(k), false) = (&self.names_key, table.refs.is_empty()) {
+            k.verify(&names_bytes(&table.refs)?, table.signature.as_ref())?;
+        }
+        Ok(table.refs)
+    }
+
+    /// Signs the reference table with `key` from now on, and checks it when reading.
+    pub fn with_names_key(mut self, key: crate::names::NamesKey) -> Self {
+        self.names_key = Some(key);
+        self
     }
 
     /// Changes the reference table under its lock and replaces it atomically.
@@ -354,8 +371,15 @@ impl Store {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).at(&lp)?;
         let mut refs = self.refs()?;
         let out = f(&mut refs)?;
-        let data = serde_json::to_vec_pretty(&RefTable { refs }).map_err(|e| Error::invalid(e.to_string()))?;
+        let signature = match &self.names_key {
+            Some(k) => Some(k.sign(&names_bytes(&refs)?)?),
+            None => None,
+        };
+        let data = serde_json::to_vec_pretty(&RefTable { refs, signature }).map_err(|e| Error::invalid(e.to_string()))?;
         atomic_write(&self.root.join("refs.json"), &data)?;
+        if let Some(k) = &self.names_key {
+            k.committed()?;
+        }
         Ok(out)
     }
 
@@ -367,6 +391,11 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// The bytes the names signature is over: the table in its (sorted) JSON form.
+fn names_bytes(refs: &BTreeMap<String, Digest>) -> Result<Vec<u8>> {
+    serde_json::to_vec(refs).map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// The key of a tagged reference in the table.
