@@ -63,8 +63,7 @@ enum Command {
     #[command(subcommand)]
     Manifest(ManifestCommand),
     /// Content trust: signed tags (TUF), keys, the policy that enforces them.
-    #[command(subcommand)]
-    Trust(trust_cmd::TrustCommand),
+    Trust(trust_cmd::TrustArgs),
     /// Artifacts attached to images in registries (OCI referrers).
     #[command(subcommand)]
     Artifact(registry_cmd::ArtifactCommand),
@@ -256,7 +255,7 @@ fn main() -> ExitCode {
         Command::Logout { server } => registry_cmd::logout(&ctx, server),
         Command::Manifest(ManifestCommand::Inspect { reference }) => registry_cmd::manifest_inspect(&ctx, &reference),
         Command::Artifact(c) => registry_cmd::artifact(&ctx, c),
-        Command::Trust(c) => trust_cmd::run(&ctx, c),
+        Command::Trust(a) => trust_cmd::run(&ctx, a),
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),

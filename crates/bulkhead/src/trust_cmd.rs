@@ -21,6 +21,42 @@ const METADATA_TYPE: &str = "application/vnd.tuf.metadata+json";
 const MAX_FILE: u64 = 4 << 20;
 const MAX_FILES: usize = 256;
 
+/// `trust`: how long what it signs stays valid, and what to do.
+#[derive(clap::Args, Debug)]
+pub struct TrustArgs {
+    /// Days the root metadata it signs stays valid.
+    #[arg(long, global = true, default_value = "365")]
+    root_expiry_days: i64,
+    /// Days the targets metadata (and delegated roles) stay valid.
+    #[arg(long, global = true, default_value = "90")]
+    targets_expiry_days: i64,
+    /// Days the snapshot stays valid.
+    #[arg(long, global = true, default_value = "30")]
+    snapshot_expiry_days: i64,
+    /// Days the timestamp stays valid (refresh it from cron or CI: trust timestamp refresh).
+    #[arg(long, global = true, default_value = "7")]
+    timestamp_expiry_days: i64,
+    #[command(subcommand)]
+    command: TrustCommand,
+}
+
+impl TrustArgs {
+    fn expiry(&self) -> anyhow::Result<Expiry> {
+        let days = |d: i64, what: &str| -> anyhow::Result<jiff::SignedDuration> {
+            if !(1..=3650).contains(&d) {
+                bail!("--{what}-expiry-days must be between 1 and 3650");
+            }
+            Ok(jiff::SignedDuration::from_hours(24 * d))
+        };
+        Ok(Expiry {
+            root: days(self.root_expiry_days, "root")?,
+            targets: days(self.targets_expiry_days, "targets")?,
+            snapshot: days(self.snapshot_expiry_days, "snapshot")?,
+            timestamp: days(self.timestamp_expiry_days, "timestamp")?,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TrustCommand {
     /// Signing keys.
@@ -283,7 +319,9 @@ pub fn covers(ctx: &Ctx, r: &Reference) -> anyhow::Result<bool> {
     Ok(r.digest().is_none() && policy.rule_for(&repository_of(r)).is_some())
 }
 
-pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
+pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
+    let expiry = a.expiry()?;
+    let c = a.command;
     let td = TrustDir::new(&ctx.config);
     let regs = Registries::load(&ctx.config)?;
     match c {
@@ -313,7 +351,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let repo = parse_repository(&repository)?;
             let kind: KeyKind = kind.parse()?;
             let targets = (!targets_keys.is_empty()).then_some((targets_keys.as_slice(), targets_threshold));
-            let root = td.init_repo(&repository_of(&repo), kind, &Expiry::default(), targets)?;
+            let root = td.init_repo(&repository_of(&repo), kind, &expiry, targets)?;
             publish(ctx, &regs, &td, &repo)?;
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
@@ -332,7 +370,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let targets = td.role_keys(&dir, "targets")?;
             let mut mechanics = td.role_keys(&dir, "snapshot")?;
             mechanics.extend(td.role_keys(&dir, "timestamp")?);
-            bulkhead_trust::threshold::remove_delegation(&dir, &role, &targets, &mechanics, &Expiry::default())?;
+            bulkhead_trust::threshold::remove_delegation(&dir, &role, &targets, &mechanics, &expiry)?;
             publish(ctx, &regs, &td, &repo)?;
             println!("{}: {role} removed", repository_of(&repo));
         }
@@ -354,7 +392,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 .map(|k| td.load_key(&td.key_id(k)?, &role))
                 .collect::<Result<Vec<_>, _>>()?;
             let keys = td.online_keys(&dir)?;
-            bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &signers, threshold, &keys, &Expiry::default())?;
+            bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &signers, threshold, &keys, &expiry)?;
             publish(ctx, &regs, &td, &repo)?;
             println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
         }
@@ -384,7 +422,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 let status = match bulkhead_trust::threshold::pending_targets(&dir)? {
                     None => {
                         let change = vec![(tag.clone(), digest.clone(), length, Default::default())];
-                        bulkhead_trust::threshold::propose(&dir, &change, &mine, &Expiry::default())?;
+                        bulkhead_trust::threshold::propose(&dir, &change, &mine, &expiry)?;
                         bulkhead_trust::threshold::countersign(&dir, &[])?
                     }
                     Some(pending) => {
@@ -405,7 +443,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                     _ => None,
                 };
                 let done = match &mechanics {
-                    Some(keys) => bulkhead_trust::threshold::finish(&dir, keys, &Expiry::default())?,
+                    Some(keys) => bulkhead_trust::threshold::finish(&dir, keys, &expiry)?,
                     None => false,
                 };
                 publish(ctx, &regs, &td, &r)?;
@@ -433,12 +471,12 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             match &role {
-                None => bulkhead_trust::repo::sign_target(&dir, &tag, &digest, length, Default::default(), &keys, &Expiry::default())?,
+                None => bulkhead_trust::repo::sign_target(&dir, &tag, &digest, length, Default::default(), &keys, &expiry)?,
                 Some(role) => {
                     // A team's signer needs its own key and the snapshot and timestamp keys, not
                     // the top-level targets key.
                     let signer = td.delegated_keys(&dir, role)?;
-                    bulkhead_trust::repo::sign_delegated_target(&dir, role, &tag, &digest, length, &signer, &keys, &Expiry::default())?
+                    bulkhead_trust::repo::sign_delegated_target(&dir, role, &tag, &digest, length, &signer, &keys, &expiry)?
                 }
             }
             publish(ctx, &regs, &td, &r)?;
@@ -449,7 +487,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let tag = r.tag().context("revoke a tag: NAME:TAG")?.to_owned();
             let dir = td.repo_dir(&repository_of(&r))?;
             let keys = td.online_keys(&dir)?;
-            bulkhead_trust::repo::remove_target(&dir, &tag, &keys, &Expiry::default())?;
+            bulkhead_trust::repo::remove_target(&dir, &tag, &keys, &expiry)?;
             publish(ctx, &regs, &td, &r)?;
             println!("{r}: revoked");
         }
@@ -457,13 +495,13 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let repo = parse_repository(&repository)?;
             let name = repository_of(&repo);
             if role != "root" {
-                let id = td.rotate_online(&name, &role, KeyKind::Ed25519, &Expiry::default())?;
+                let id = td.rotate_online(&name, &role, KeyKind::Ed25519, &expiry)?;
                 publish(ctx, &regs, &td, &repo)?;
                 eprintln!("trust: {name} has a new {role} key {id}");
                 println!("{id}");
                 return Ok(ExitCode::SUCCESS);
             }
-            let new = td.rotate_root(&name, KeyKind::Ed25519, &Expiry::default())?;
+            let new = td.rotate_root(&name, KeyKind::Ed25519, &expiry)?;
             publish(ctx, &regs, &td, &repo)?;
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
@@ -476,7 +514,7 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
             let repo = parse_repository(&repository)?;
             let dir = td.repo_dir(&repository_of(&repo))?;
             let keys = td.role_keys(&dir, "timestamp")?;
-            let v = bulkhead_trust::repo::refresh_timestamp(&dir, &keys, &Expiry::default())?;
+            let v = bulkhead_trust::repo::refresh_timestamp(&dir, &keys, &expiry)?;
             publish(ctx, &regs, &td, &repo)?;
             println!("{}: timestamp version {v}", repository_of(&repo));
         }
@@ -490,7 +528,37 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                 )
             })?;
             let view = inspect(ctx, &regs, &repo, &rule.root_keys)?;
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            if ctx.output()? == crate::output::Output::Json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                let mut rows = Vec::new();
+                for (tag, t) in view["tags"].as_object().into_iter().flatten() {
+                    rows.push(vec![
+                        tag.clone(),
+                        t["digest"].as_str().unwrap_or("").to_owned(),
+                        t["length"].to_string(),
+                    ]);
+                }
+                crate::output::table(&["TAG", "DIGEST", "SIZE"], &rows)?;
+                println!();
+                let mut rows = Vec::new();
+                for role in ["root", "targets", "snapshot", "timestamp"] {
+                    let keys = view["roles"][role]["keys"].as_array().map(|k| {
+                        k.iter()
+                            .map(|i| i.as_str().unwrap_or("").chars().take(12).collect::<String>())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    });
+                    rows.push(vec![
+                        role.to_owned(),
+                        view[role]["version"].to_string(),
+                        view[role]["expires"].as_str().unwrap_or("").to_owned(),
+                        view["roles"][role]["threshold"].to_string(),
+                        keys.unwrap_or_default(),
+                    ]);
+                }
+                crate::output::table(&["ROLE", "VERSION", "EXPIRES", "THRESHOLD", "KEYS"], &rows)?;
+            }
         }
         TrustCommand::Policy(PolicyCommand::Add { repository, root_keys }) => {
             let path = policy_path(ctx);
@@ -501,8 +569,13 @@ pub fn run(ctx: &Ctx, c: TrustCommand) -> anyhow::Result<ExitCode> {
                     td.key_id(k).or_else(|_| {
                         if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
                             Ok(k.clone())
+                        } else if std::path::Path::new(k).is_file() {
+                            // A public key as `trust key export` prints it.
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&std::fs::read(k)?).with_context(|| format!("{k}: not a key file"))?;
+                            v["keyid"].as_str().map(str::to_owned).with_context(|| format!("{k}: no keyid"))
                         } else {
-                            bail!("{k}: not a key name or a 64-hex key id")
+                            bail!("{k}: not a key name, a 64-hex key id or a key file")
                         }
                     })
                 })

@@ -309,13 +309,18 @@ fn system_check_finds_and_repairs_container_leftovers() {
     std::thread::sleep(Duration::from_millis(300));
     // As if the host had crashed before the record was written.
     std::fs::remove_file(dir.join("record.json")).unwrap();
+    // And the temporary files of atomic replacements a killed command leaves beside their targets.
+    std::fs::write(env.root().join("leases/.tmp-killed"), "half").unwrap();
+    std::fs::write(env.root().join(".tmp-refs"), "half").unwrap();
     let o = env.run(&["system", "check"]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("no readable record"), "{out}");
+    assert!(out.contains("leases/.tmp-killed") && out.contains(".tmp-refs"), "{out}");
     env.ok(&["system", "check", "--repair"]);
     assert!(env.ok(&["system", "check"]).contains("consistent"));
     assert!(!dir.exists());
+    assert!(!env.root().join("leases/.tmp-killed").exists());
     assert!(
         !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&id),
         "the rootfs is still mounted"

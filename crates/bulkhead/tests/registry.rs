@@ -704,7 +704,12 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("is signed as {one}")));
     assert_eq!(env.inspect(&format!("{repo}:1"))["Bulkhead"]["ManifestDigest"], one);
-    let view: serde_json::Value = serde_json::from_str(&env.ok(&["trust", "inspect", &repo])).unwrap();
+    let view: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "trust", "inspect", &repo])).unwrap();
+    let table = env.ok(&["trust", "inspect", &repo]);
+    assert!(
+        table.contains("TAG") && table.contains(&one) && table.contains("timestamp"),
+        "{table}"
+    );
     assert_eq!(view["tags"]["1"]["digest"], one, "{view}");
     assert_eq!(view["targets"]["version"], 2, "{view}");
     assert_eq!(view["roles"]["root"]["keys"][0], root, "{view}");
@@ -756,7 +761,16 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
     let other = Env::new();
     trust_and_login(&other, &reg);
-    other.ok(&["trust", "policy", "add", &repo, "--root-key", &root]);
+    // The root key as a file (what `trust key export` prints), as a publisher would hand it over.
+    std::fs::write(env.path("root-key.json"), serde_json::json!({"keyid": root}).to_string()).unwrap();
+    other.ok(&[
+        "trust",
+        "policy",
+        "add",
+        &repo,
+        "--root-key",
+        env.path("root-key.json").to_str().unwrap(),
+    ]);
     let o = other.run(&["pull", &format!("{repo}:2")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(other.inspect(&format!("{repo}:2"))["Bulkhead"]["ManifestDigest"], two);
@@ -806,7 +820,12 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     assert!(other.run(&["pull", &format!("{repo}:2")]).status.success());
 
     // A cron job re-signs the timestamp with the timestamp key alone; clients accept the newer one.
-    assert!(env.ok(&["trust", "timestamp", "refresh", &repo]).contains("timestamp version"));
+    assert!(env
+        .ok(&["trust", "timestamp", "refresh", "--timestamp-expiry-days", "1", &repo])
+        .contains("timestamp version"));
+    let view: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "trust", "inspect", &repo])).unwrap();
+    let expires: jiff::Timestamp = view["timestamp"]["expires"].as_str().unwrap().parse().unwrap();
+    assert!(expires < jiff::Timestamp::now() + jiff::SignedDuration::from_hours(25), "{expires}");
     assert!(env.run(&["pull", &format!("{repo}:2")]).status.success());
 
     // --insecure-skip-verify warns; the policy can forbid it; default deny refuses the uncovered.

@@ -405,6 +405,25 @@ impl Store {
                 remove_tree(&p)?;
             }
         }
+        // Temporary files of atomic replacements (records, leases, the reference table) that a
+        // killed command left beside their target. Writers hold the store lock shared; we hold it
+        // exclusive, so none is in flight.
+        for dir in [
+            self.root().to_path_buf(),
+            self.root().join("leases"),
+            self.root().join("images/sha256"),
+        ] {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd {
+                let e = e.at(&dir)?;
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    problems.push(fixed(format!("leftover from an interrupted command: {}", e.path().display())));
+                    if repair {
+                        fs::remove_file(e.path()).at(e.path())?;
+                    }
+                }
+            }
+        }
         Ok(problems)
     }
 }
