@@ -161,6 +161,9 @@ pub enum PolicyCommand {
         repository: String,
         #[arg(long = "root-key", required = true)]
         root_keys: Vec<String>,
+        /// Roles that must each have signed a tag (e.g. releases); default: any trusted role.
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
     /// Show the policy.
     Show,
@@ -295,6 +298,18 @@ pub fn enforce(ctx: &Ctx, regs: &Registries, r: &Reference, skip_verify: bool) -
     match policy.rule_for(&repo) {
         Some(rule) if r.digest().is_none() => {
             let resolved = resolve(ctx, regs, r, &rule.root_keys).with_context(|| format!("verifying {r}"))?;
+            let missing: Vec<&String> = rule.roles.iter().filter(|role| !resolved.signed_by.contains(role)).collect();
+            if !missing.is_empty() {
+                bail!(
+                    "verifying {r}: the policy requires signatures by {}; it is signed by {}",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    if resolved.signed_by.is_empty() {
+                        "none of them".to_owned()
+                    } else {
+                        resolved.signed_by.join(", ")
+                    }
+                );
+            }
             if !ctx.quiet {
                 eprintln!("trust: {r} is signed as {}", resolved.digest);
             }
@@ -560,7 +575,11 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
                 crate::output::table(&["ROLE", "VERSION", "EXPIRES", "THRESHOLD", "KEYS"], &rows)?;
             }
         }
-        TrustCommand::Policy(PolicyCommand::Add { repository, root_keys }) => {
+        TrustCommand::Policy(PolicyCommand::Add {
+            repository,
+            root_keys,
+            roles,
+        }) => {
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
             let keys = root_keys
@@ -581,6 +600,10 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             policy.pin(&repository, keys);
+            // The roles as given (none: any role the metadata trusts).
+            if let Some(rule) = policy.trust.iter_mut().find(|r| r.repository == repository) {
+                rule.roles = roles;
+            }
             policy.save(&path)?;
         }
         TrustCommand::Policy(PolicyCommand::Show) => {

@@ -808,6 +808,21 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
         two
     );
     assert!(env.fails(&["pull", &format!("{repo}:4.0")]).contains("not signed"));
+    // A policy that requires the releases role: its tags pass, top-level ones do not.
+    env.ok(&[
+        "trust",
+        "policy",
+        "add",
+        &repo,
+        "--root-key",
+        &new_root_or(&env, &repo),
+        "--role",
+        "releases",
+    ]);
+    env.ok(&["pull", &format!("{repo}:3.0")]);
+    let err = env.fails(&["pull", &format!("{repo}:1")]);
+    assert!(err.contains("requires signatures by releases"), "{err}");
+    env.ok(&["trust", "policy", "add", &repo, "--root-key", &new_root_or(&env, &repo)]);
     // Removing the signer: its tags stop resolving.
     env.ok(&["trust", "signer", "remove", "--role", "releases", &repo]);
     env.ok(&["rmi", &format!("{repo}:3.0")]);
@@ -909,4 +924,15 @@ fn signed_tags_are_enforced_through_the_registrys_metadata() {
     let err = env.fails(&["pull", &format!("{team}:1")]);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("over the") && err.contains("limit"), "{err}");
+}
+
+/// The root key id the policy pins for `repo` now (read back from the policy file).
+fn new_root_or(env: &Env, repo: &str) -> String {
+    let text = std::fs::read_to_string(env.path("config").join("policy.toml")).unwrap();
+    let start = text.find(&format!("repository = \"{repo}\"")).expect("the repository is pinned");
+    let rest = &text[start..];
+    let keys = rest.find("root_keys").unwrap();
+    let q = rest[keys..].find('"').unwrap() + keys + 1;
+    let end = rest[q..].find('"').unwrap() + q;
+    rest[q..end].to_owned()
 }

@@ -7,6 +7,7 @@
 //! [[trust]]
 //! repository = "registry.example/app"   # a repository, or a registry (every repository in it)
 //! root_keys = ["<key id>"]             # pinned: the repository's root must be signed by these
+//! roles = ["releases"]                 # optional: these roles must each have signed the tag
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub enum Default_ {
 pub struct Rule {
     pub repository: String,
     pub root_keys: Vec<String>,
+    /// Roles that must have signed a tag (`targets`, or delegated roles such as `releases`); none:
+    /// any role the metadata trusts for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,10 +84,17 @@ impl Policy {
 
     /// Pins `keys` as the root keys of `repo` (replacing an existing rule for exactly it).
     pub fn pin(&mut self, repo: &str, keys: Vec<String>) {
+        let roles = self
+            .trust
+            .iter()
+            .find(|r| r.repository == repo)
+            .map(|r| r.roles.clone())
+            .unwrap_or_default();
         self.trust.retain(|r| r.repository != repo);
         self.trust.push(Rule {
             repository: repo.to_owned(),
             root_keys: keys,
+            roles,
         });
     }
 }

@@ -64,6 +64,9 @@ pub struct Resolved {
     pub digest: Digest,
     pub length: u64,
     pub custom: HashMap<String, serde_json::Value>,
+    /// The roles whose verified metadata names this very target (`targets`, or a delegated role
+    /// trusted for the tag's path): what a policy can require.
+    pub signed_by: Vec<String>,
 }
 
 /// An expiry `d` from `now`, in whole seconds: the TUF specification's date format has none finer
@@ -598,10 +601,32 @@ pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Res
             .find_target(&key, false)
             .map_err(|_| Error::NotSigned(name.to_owned()))?;
         let digest = Digest::new(bulkhead_image::digest::Algorithm::Sha256, &hex::encode(&*t.hashes.sha256))?;
+        let top = &repo.targets().signed;
+        let mut signed_by = Vec::new();
+        if top.targets.get(&key).is_some_and(|x| x.hashes.sha256 == t.hashes.sha256) {
+            signed_by.push("targets".to_owned());
+        }
+        if let Some(delegations) = &top.delegations {
+            for role in &delegations.roles {
+                // Trusted for this path (a copy of the delegations with this role alone), and
+                // naming the same target in its verified metadata.
+                let mut only = delegations.clone();
+                only.roles.retain(|r| r.name == role.name);
+                let names_it = role
+                    .targets
+                    .as_ref()
+                    .and_then(|d| d.signed.targets.get(&key))
+                    .is_some_and(|x| x.hashes.sha256 == t.hashes.sha256);
+                if names_it && only.target_is_delegated(&key) {
+                    signed_by.push(role.name.clone());
+                }
+            }
+        }
         Ok(Resolved {
             digest,
             length: t.length,
             custom: t.custom.clone(),
+            signed_by,
         })
     })
 }
@@ -868,6 +893,7 @@ mod tests {
         .unwrap();
         let r = resolve(&f.root(), &f.meta(), &f.state(), "1.2").unwrap();
         assert_eq!((r.digest, r.length), (digest(12), 12));
+        assert_eq!(r.signed_by, vec!["releases".to_owned()]);
         // Outside its patterns: the tools refuse, and nothing resolves.
         let err = sign_delegated_target(
             &f.meta(),
