@@ -191,9 +191,8 @@ fn parse_repository(s: &str) -> anyhow::Result<Reference> {
     Ok(r)
 }
 
-fn publish(ctx: &Ctx, regs: &Registries, td: &TrustDir, repo: &Reference) -> anyhow::Result<()> {
+fn publish(regs: &Registries, td: &TrustDir, repo: &Reference) -> anyhow::Result<()> {
     let files = td.metadata_files(&td.repo_dir(&repository_of(repo))?)?;
-    let _ = ctx;
     bulkhead_registry::push_files(regs, repo, TRUST_TAG, ARTIFACT_TYPE, METADATA_TYPE, &files, &warn)
         .with_context(|| format!("publishing the trust metadata of {}", repository_of(repo)))?;
     Ok(())
@@ -367,7 +366,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             let kind: KeyKind = kind.parse()?;
             let targets = (!targets_keys.is_empty()).then_some((targets_keys.as_slice(), targets_threshold));
             let root = td.init_repo(&repository_of(&repo), kind, &expiry, targets)?;
-            publish(ctx, &regs, &td, &repo)?;
+            publish(&regs, &td, &repo)?;
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
             policy.pin(&repository_of(&repo), vec![root.clone()]);
@@ -386,7 +385,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             let mut mechanics = td.role_keys(&dir, "snapshot")?;
             mechanics.extend(td.role_keys(&dir, "timestamp")?);
             bulkhead_trust::threshold::remove_delegation(&dir, &role, &targets, &mechanics, &expiry)?;
-            publish(ctx, &regs, &td, &repo)?;
+            publish(&regs, &td, &repo)?;
             println!("{}: {role} removed", repository_of(&repo));
         }
         TrustCommand::Signer(SignerCommand::Add {
@@ -408,7 +407,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Result<Vec<_>, _>>()?;
             let keys = td.online_keys(&dir)?;
             bulkhead_trust::repo::add_delegation(&dir, &role, &paths, &signers, threshold, &keys, &expiry)?;
-            publish(ctx, &regs, &td, &repo)?;
+            publish(&regs, &td, &repo)?;
             println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
         }
         TrustCommand::Sign { image, role, partial } => {
@@ -461,7 +460,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
                     Some(keys) => bulkhead_trust::threshold::finish(&dir, keys, &expiry)?,
                     None => false,
                 };
-                publish(ctx, &regs, &td, &r)?;
+                publish(&regs, &td, &r)?;
                 if done {
                     println!("{r}: signed {digest} ({} of {} signatures)", status.0, status.1);
                 } else if status.0 as u64 >= status.1 {
@@ -494,7 +493,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
                     bulkhead_trust::repo::sign_delegated_target(&dir, role, &tag, &digest, length, &signer, &keys, &expiry)?
                 }
             }
-            publish(ctx, &regs, &td, &r)?;
+            publish(&regs, &td, &r)?;
             println!("{r}: signed {digest}");
         }
         TrustCommand::Revoke { image } => {
@@ -503,7 +502,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             let dir = td.repo_dir(&repository_of(&r))?;
             let keys = td.online_keys(&dir)?;
             bulkhead_trust::repo::remove_target(&dir, &tag, &keys, &expiry)?;
-            publish(ctx, &regs, &td, &r)?;
+            publish(&regs, &td, &r)?;
             println!("{r}: revoked");
         }
         TrustCommand::Rotate { repository, role } => {
@@ -511,13 +510,13 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             let name = repository_of(&repo);
             if role != "root" {
                 let id = td.rotate_online(&name, &role, KeyKind::Ed25519, &expiry)?;
-                publish(ctx, &regs, &td, &repo)?;
+                publish(&regs, &td, &repo)?;
                 eprintln!("trust: {name} has a new {role} key {id}");
                 println!("{id}");
                 return Ok(ExitCode::SUCCESS);
             }
             let new = td.rotate_root(&name, KeyKind::Ed25519, &expiry)?;
-            publish(ctx, &regs, &td, &repo)?;
+            publish(&regs, &td, &repo)?;
             let path = policy_path(ctx);
             let mut policy = Policy::load(&path)?;
             policy.pin(&name, vec![new.clone()]);
@@ -530,7 +529,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             let dir = td.repo_dir(&repository_of(&repo))?;
             let keys = td.role_keys(&dir, "timestamp")?;
             let v = bulkhead_trust::repo::refresh_timestamp(&dir, &keys, &expiry)?;
-            publish(ctx, &regs, &td, &repo)?;
+            publish(&regs, &td, &repo)?;
             println!("{}: timestamp version {v}", repository_of(&repo));
         }
         TrustCommand::Inspect { repository } => {

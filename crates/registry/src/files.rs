@@ -18,8 +18,7 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 128 && !n.starts_with('.') && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn repo_ref(regs: &Registries, repo: &Reference, tag: &str) -> (String, oci_client::Reference) {
-    let _ = regs;
+fn repo_ref(repo: &Reference, tag: &str) -> (String, oci_client::Reference) {
     let host = crate::config::api_host(repo.domain()).to_owned();
     let r = oci_client::Reference::with_tag(host.clone(), repo.path().to_owned(), tag.to_owned());
     (host, r)
@@ -36,7 +35,7 @@ pub fn push_files(
     files: &[(String, Vec<u8>)],
     warn: &dyn Fn(String),
 ) -> Result<Digest> {
-    let (host, oref) = repo_ref(regs, repo, tag);
+    let (host, oref) = repo_ref(repo, tag);
     let client = regs.client(&host, warn)?;
     let auth = regs.auth(&host)?;
     let fail = |e: oci_client::errors::OciDistributionError| regs.describe(&host, &e);
@@ -87,7 +86,7 @@ pub fn fetch_files(
     warn: &dyn Fn(String),
 ) -> Result<Option<Files>> {
     use oci_client::errors::OciDistributionError as E;
-    let (host, oref) = repo_ref(regs, repo, tag);
+    let (host, oref) = repo_ref(repo, tag);
     let client = regs.client(&host, warn)?;
     let auth = regs.auth(&host)?;
     let fail = |e: E| regs.describe(&host, &e);
