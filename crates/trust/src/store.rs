@@ -218,9 +218,7 @@ impl TrustDir {
     pub fn rotate_root(&self, repo: &str, kind: KeyKind, expiry: &Expiry) -> Result<String> {
         let dir = self.repo_dir(repo)?;
         let root = crate::repo::latest_root(&dir)?;
-        let signed: tough::schema::Signed<tough::schema::Root> =
-            serde_json::from_slice(&std::fs::read(&root).map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?)
-                .map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?;
+        let signed: tough::schema::Signed<tough::schema::Root> = read_json(&root)?;
         let current = signed
             .signed
             .roles
@@ -295,43 +293,38 @@ impl TrustDir {
     /// role's passphrase.
     pub fn role_keys(&self, dir: &Path, role: &str) -> Result<Vec<Arc<PrivateKey>>> {
         let root = crate::repo::latest_root(dir)?;
-        let signed: tough::schema::Signed<tough::schema::Root> =
-            serde_json::from_slice(&std::fs::read(&root).map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?)
-                .map_err(|e| Error::Metadata(format!("{}: {e}", root.display())))?;
+        let signed: tough::schema::Signed<tough::schema::Root> = read_json(&root)?;
         let rt: tough::schema::RoleType = serde_plain_role(role)?;
         let keys = signed
             .signed
             .roles
             .get(&rt)
             .ok_or_else(|| Error::Metadata(format!("the root has no {role} role")))?;
-        let mut out = Vec::new();
-        for id in &keys.keyids {
-            let id = hex::encode(&**id);
-            if self.has_key(&id) {
-                out.push(self.load_key(&id, role)?);
-            }
-        }
-        if out.is_empty() {
-            return Err(Error::Key(format!("this machine holds no {role} key of {}", dir.display())));
-        }
-        Ok(out)
+        self.held_keys(&keys.keyids, role)
     }
 
     /// The keys this machine holds for the delegated role `role` (listed in the top-level targets'
     /// delegations), decrypted with that role's passphrase.
     pub fn delegated_keys(&self, dir: &Path, role: &str) -> Result<Vec<Arc<PrivateKey>>> {
         let path = dir.join("targets.json");
-        let targets: tough::schema::Signed<tough::schema::Targets> =
-            serde_json::from_slice(&std::fs::read(&path).map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?)
-                .map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?;
+        let targets: tough::schema::Signed<tough::schema::Targets> = read_json(&path)?;
         let d = targets
             .signed
             .delegations
             .as_ref()
             .and_then(|d| d.roles.iter().find(|r| r.name == role))
             .ok_or_else(|| Error::Metadata(format!("no delegated role {role:?}")))?;
+        self.held_keys(&d.keyids, role)
+    }
+
+    /// Those of `keyids` this machine holds, decrypted with `role`'s passphrase; at least one.
+    fn held_keys(
+        &self,
+        keyids: &[tough::schema::decoded::Decoded<tough::schema::decoded::Hex>],
+        role: &str,
+    ) -> Result<Vec<Arc<PrivateKey>>> {
         let mut out = Vec::new();
-        for id in &d.keyids {
+        for id in keyids {
             let id = hex::encode(&**id);
             if self.has_key(&id) {
                 out.push(self.load_key(&id, role)?);
@@ -359,6 +352,12 @@ impl TrustDir {
         out.sort();
         Ok(out)
     }
+}
+
+/// Reads TUF metadata (or any JSON) from `path`.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&data).map_err(|e| Error::Metadata(format!("{}: {e}", path.display())))
 }
 
 fn serde_plain_role(role: &str) -> Result<tough::schema::RoleType> {
