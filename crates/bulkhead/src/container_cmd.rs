@@ -269,6 +269,7 @@ fn create_container(
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
     pull_if_missing(ctx, &store, &a.image)?;
+    crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     let rec = {
         let _lock = store.lock_shared()?;

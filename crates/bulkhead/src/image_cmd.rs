@@ -201,7 +201,12 @@ pub fn run(ctx: &Ctx, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCommand::Prune { .. } => {
-            let (removed, freed) = ctx.store()?.prune()?;
+            let store = ctx.store()?;
+            let (removed, freed) = store.prune()?;
+            {
+                let _lock = store.lock_exclusive()?;
+                bulkhead_scan::walk::prune_cache(&store)?;
+            }
             if !ctx.quiet {
                 removed.iter().for_each(|l| println!("{l}"));
             }

@@ -5,6 +5,7 @@ mod container_cmd;
 mod image_cmd;
 mod output;
 mod registry_cmd;
+mod scan_cmd;
 mod trust_cmd;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ struct Cli {
     /// The trust policy (default: <config>/policy.toml).
     #[arg(long, global = true, env = "BULKHEAD_POLICY")]
     policy: Option<PathBuf>,
-    /// Output format: table or json (for `image save`: oci, oci-dir or docker-archive).
+    /// Output format: table or json (image save: oci, oci-dir, docker-archive; sbom: cyclonedx-json, spdx-json; scan: sarif, cyclonedx-json).
     #[arg(long, global = true)]
     format: Option<String>,
     /// Print only ids (listings) or nothing but the result.
@@ -64,6 +65,13 @@ enum Command {
     Manifest(ManifestCommand),
     /// Content trust: signed tags (TUF), keys, the policy that enforces them.
     Trust(trust_cmd::TrustArgs),
+    /// The bill of materials of an image, layer by layer (table, json, cyclonedx-json, spdx-json).
+    Sbom(scan_cmd::SbomArgs),
+    /// Match an image's packages against the vulnerability database (offline).
+    Scan(scan_cmd::ScanArgs),
+    /// The vulnerability database (OSV advisories).
+    #[command(subcommand)]
+    Db(scan_cmd::DbCommand),
     /// Artifacts attached to images in registries (OCI referrers).
     #[command(subcommand)]
     Artifact(registry_cmd::ArtifactCommand),
@@ -256,6 +264,9 @@ fn main() -> ExitCode {
         Command::Manifest(ManifestCommand::Inspect { reference }) => registry_cmd::manifest_inspect(&ctx, &reference),
         Command::Artifact(c) => registry_cmd::artifact(&ctx, c),
         Command::Trust(a) => trust_cmd::run(&ctx, a),
+        Command::Sbom(a) => scan_cmd::sbom(&ctx, a),
+        Command::Scan(a) => scan_cmd::scan(&ctx, a),
+        Command::Db(c) => scan_cmd::db(&ctx, c),
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),

@@ -173,6 +173,11 @@ fn policy_path(ctx: &Ctx) -> std::path::PathBuf {
     ctx.policy.clone().unwrap_or_else(|| Policy::path(&ctx.config))
 }
 
+/// The machine's policy (`--policy`, else `<config>/policy.toml`).
+pub fn load_policy(ctx: &Ctx) -> anyhow::Result<Policy> {
+    Ok(Policy::load(&policy_path(ctx))?)
+}
+
 fn warn(msg: String) {
     eprintln!("bulkhead: warning: {msg}");
 }

@@ -15,6 +15,7 @@
 //! `<config>/certs.d/HOST[:PORT]/*.crt`; plain HTTP only for registries listed as insecure.
 
 pub mod config;
+pub mod download;
 mod files;
 mod login;
 pub(crate) mod pull;

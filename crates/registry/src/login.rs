@@ -32,6 +32,26 @@ pub fn challenge_params(header: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A client for single requests outside the registry API (login's ping, downloads).
+pub(crate) fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tls_certs_merge(extra_roots)
+        .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+}
+
+/// An error with all of its causes, on one line.
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
 /// Checks `username`/`password` with `host`, then stores them.
 pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn: &dyn Fn(String)) -> Result<()> {
     let scheme = if regs.is_insecure(host) {
@@ -44,21 +64,8 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
     for pem in regs.ca_certificates(host)? {
         certs.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
     }
-    let client = reqwest::Client::builder()
-        .tls_certs_merge(certs)
-        .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|e| Error::Registry(format!("{host}: {e}")))?;
-    let fail = |e: reqwest::Error| {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg = format!("{msg}: {s}");
-            src = s.source();
-        }
-        regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(msg)))
-    };
+    let client = http_client(certs).map_err(|e| Error::Registry(format!("{host}: {e}")))?;
+    let fail = |e: reqwest::Error| regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(error_chain(&e))));
     let denied = || Error::Registry(format!("{host}: login refused: wrong user name or password"));
     crate::runtime()?.block_on(async {
         let url = format!("{scheme}://{host}/v2/");

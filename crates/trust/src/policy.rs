@@ -47,6 +47,60 @@ pub struct Policy {
     pub forbid_skip_verify: bool,
     #[serde(default)]
     pub trust: Vec<Rule>,
+    /// What `run` does with what the vulnerability scanner finds.
+    #[serde(default, skip_serializing_if = "ScanPolicy::is_default")]
+    pub scan: ScanPolicy,
+}
+
+/// What `run` does when a vulnerability database is present and the image has findings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    /// One line on stderr naming what was found; the container runs.
+    #[default]
+    Warn,
+    /// The container does not run.
+    Deny,
+    /// No scan at run time.
+    Off,
+}
+
+/// `[scan]` in the policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanPolicy {
+    #[serde(default)]
+    pub gate: Gate,
+    /// The lowest severity that counts: critical, high, medium or low.
+    #[serde(default = "ScanPolicy::default_fail_on")]
+    pub fail_on: String,
+    /// What an advisory without any rating counts as.
+    #[serde(default = "ScanPolicy::default_fail_on")]
+    pub unknown_as: String,
+    /// A file of ignore rules (`[[ignore]] id, reason, expires`), as `scan --ignore` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<PathBuf>,
+}
+
+impl Default for ScanPolicy {
+    fn default() -> Self {
+        ScanPolicy {
+            gate: Gate::Warn,
+            fail_on: Self::default_fail_on(),
+            unknown_as: Self::default_fail_on(),
+            ignore: None,
+        }
+    }
+}
+
+impl ScanPolicy {
+    fn default_fail_on() -> String {
+        "high".into()
+    }
+
+    fn is_default(&self) -> bool {
+        *self == ScanPolicy::default()
+    }
 }
 
 impl Policy {

@@ -1,0 +1,77 @@
+//! dpkg: `var/lib/dpkg/status`, `status.d/` (distroless), and the `.list` files of owned paths.
+
+use super::{package, paragraphs, Parsed};
+use crate::Ecosystem;
+
+/// Every package dpkg considers present (any state but `not-installed` and `config-files`, the
+/// same set `dpkg-query -W` lists), with its source package and version.
+pub fn parse_status(data: &[u8]) -> Result<Parsed, String> {
+    let text = std::str::from_utf8(data).map_err(|e| format!("dpkg status is not UTF-8: {e}"))?;
+    let mut out = Parsed::default();
+    for fields in paragraphs(text) {
+        let get = |k: &str| fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| *v);
+        let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
+            continue;
+        };
+        if let Some(status) = get("Status") {
+            if matches!(status.split_whitespace().last(), Some("not-installed" | "config-files")) {
+                continue;
+            }
+        }
+        let mut p = package(name, version, Ecosystem::Debian, "dpkg");
+        p.arch = get("Architecture").map(str::to_string);
+        let (src, src_version) = match get("Source") {
+            Some(s) => match s.split_once('(') {
+                Some((n, v)) => (n.trim(), v.trim().trim_end_matches(')').trim()),
+                None => (s.trim(), version),
+            },
+            None => (name, version),
+        };
+        p.source_name = Some(src.to_string());
+        p.source_version = Some(src_version.to_string());
+        out.packages.push(p);
+    }
+    Ok(out)
+}
+
+/// One absolute path per line.
+pub fn parse_list(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_and_state_are_read() {
+        let status = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u4\nDescription: GNU C\n Library\n\n\
+Package: libssl3\nStatus: install ok installed\nSource: openssl (3.0.11-1~deb12u2)\nVersion: 3.0.11-1~deb12u2+b1\n\n\
+Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n\
+Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n";
+        let p = parse_status(status).unwrap().packages;
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].source_name.as_deref(), p[0].source_version.as_deref()),
+            (Some("glibc"), Some("2.36-9+deb12u4"))
+        );
+        assert_eq!(
+            (p[1].source_name.as_deref(), p[1].source_version.as_deref()),
+            (Some("openssl"), Some("3.0.11-1~deb12u2"))
+        );
+        assert_eq!(
+            (p[2].source_name.as_deref(), p[2].source_version.as_deref()),
+            (Some("bash"), Some("5.2.15-2+b2"))
+        );
+    }
+
+    #[test]
+    fn garbage_is_no_package() {
+        assert!(parse_status(b"\xff\xfe").is_err());
+        assert!(parse_status(b"Package: x\n\nVersion\n: :\n").unwrap().packages.is_empty());
+    }
+}

@@ -1,0 +1,204 @@
+//! Java archives: `META-INF/maven/**/pom.properties`, `META-INF/MANIFEST.MF`, and nested archives
+//! (Spring Boot's `BOOT-INF/lib`, `WEB-INF/lib`, shaded jars), read from memory with limits: a
+//! nesting depth, a size cap per entry, and a budget of bytes inflated per outer archive, so a zip
+//! bomb costs at most the budget and becomes a warning.
+
+use std::io::{Cursor, Read};
+
+use super::{package, Parsed};
+use crate::{Ecosystem, Package};
+
+const MAX_DEPTH: usize = 4;
+const MAX_SMALL_ENTRY: u64 = 1 << 20;
+const MAX_NESTED: u64 = 256 << 20;
+/// Total bytes inflated for one outer archive, nested archives included.
+const BUDGET: u64 = 512 << 20;
+const MAX_ENTRIES: usize = 200_000;
+
+pub fn parse_archive(path: &str, data: &[u8]) -> Result<Parsed, String> {
+    let mut out = Parsed::default();
+    let mut budget = BUDGET;
+    walk(path, data, 0, &mut budget, &mut out)?;
+    Ok(out)
+}
+
+fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Parsed) -> Result<(), String> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
+    if zip.len() > MAX_ENTRIES {
+        return Err(format!("{label}: {} entries, more than {MAX_ENTRIES}", zip.len()));
+    }
+    let mut poms = Vec::new();
+    let mut manifest = None;
+    let mut nested = Vec::new();
+    for i in 0..zip.len() {
+        let Ok(entry) = zip.by_index_raw(i) else { continue };
+        let name = entry.name().to_string();
+        let lower = name.to_ascii_lowercase();
+        if name.starts_with("META-INF/maven/") && name.ends_with("/pom.properties") {
+            poms.push(i);
+        } else if lower == "meta-inf/manifest.mf" {
+            manifest = Some(i);
+        } else if lower.ends_with(".jar") || lower.ends_with(".war") || lower.ends_with(".ear") {
+            nested.push(i);
+        }
+    }
+    let mut found = Vec::new();
+    for i in poms {
+        let text = read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget).map_err(|e| format!("{label}: {e}"))?;
+        if let Some(p) = from_pom_properties(&String::from_utf8_lossy(&text)) {
+            found.push(p);
+        }
+    }
+    if found.is_empty() {
+        let mf = match manifest {
+            Some(i) => read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget).map_err(|e| format!("{label}: {e}"))?,
+            None => Vec::new(),
+        };
+        if let Some(p) = from_manifest_or_name(label, &String::from_utf8_lossy(&mf)) {
+            found.push(p);
+        }
+    }
+    for mut p in found {
+        p.path = label.to_string();
+        out.packages.push(p);
+    }
+    for i in nested {
+        let inner_name = zip.by_index_raw(i).map(|e| e.name().to_string()).unwrap_or_default();
+        let inner_label = format!("{label}:{inner_name}");
+        if depth + 1 > MAX_DEPTH {
+            out.warnings
+                .push(format!("{inner_label}: nested deeper than {MAX_DEPTH} archives, not read"));
+            continue;
+        }
+        match read_entry(&mut zip, i, MAX_NESTED, budget) {
+            Ok(bytes) => {
+                if let Err(e) = walk(&inner_label, &bytes, depth + 1, budget, out) {
+                    out.warnings.push(e);
+                }
+            }
+            Err(e) => out.warnings.push(format!("{inner_label}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, i: usize, cap: u64, budget: &mut u64) -> Result<Vec<u8>, String> {
+    let entry = zip.by_index(i).map_err(|e| e.to_string())?;
+    let limit = cap.min(*budget);
+    let mut buf = Vec::new();
+    // Never trust the declared size: read at most one byte past the limit to see if it is exceeded.
+    entry.take(limit + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.len() as u64 > limit {
+        return Err(if limit < cap {
+            "inflates past the archive's budget (a zip bomb?)".into()
+        } else {
+            format!("entry larger than {cap} bytes")
+        });
+    }
+    *budget -= buf.len() as u64;
+    Ok(buf)
+}
+
+fn properties(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter(|l| !l.trim_start().starts_with('#')).filter_map(|l| {
+        let (k, v) = l.split_once('=').or_else(|| l.split_once(':'))?;
+        Some((k.trim(), v.trim()))
+    })
+}
+
+fn from_pom_properties(text: &str) -> Option<Package> {
+    let (mut g, mut a, mut v) = (None, None, None);
+    for (k, val) in properties(text) {
+        match k {
+            "groupId" => g = Some(val),
+            "artifactId" => a = Some(val),
+            "version" => v = Some(val),
+            _ => {}
+        }
+    }
+    let (g, a, v) = (g?, a?, v?);
+    (!g.is_empty() && !a.is_empty() && !v.is_empty()).then(|| package(&format!("{g}:{a}"), v, Ecosystem::Maven, "java"))
+}
+
+/// Without pom.properties: the manifest's title and version, else `name-1.2.3.jar`. The group is
+/// unknown then, so such a package is listed but matches Maven advisories only by its bare name.
+fn from_manifest_or_name(label: &str, manifest: &str) -> Option<Package> {
+    let (mut title, mut version) = (None, None);
+    for line in manifest.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        match k.trim() {
+            "Implementation-Version" | "Bundle-Version" if version.is_none() => version = Some(v.trim()),
+            "Implementation-Title" | "Bundle-SymbolicName" if title.is_none() => title = Some(v.trim().split(';').next().unwrap_or("")),
+            _ => {}
+        }
+    }
+    let file = label.rsplit(['/', ':']).next().unwrap_or(label);
+    let stem = file.rsplit_once('.').map(|(s, _)| s).unwrap_or(file);
+    let (file_name, file_version) = match stem.rfind('-').filter(|&i| stem[i + 1..].starts_with(|c: char| c.is_ascii_digit())) {
+        Some(i) => (&stem[..i], Some(&stem[i + 1..])),
+        None => (stem, None),
+    };
+    let version = version.filter(|v| !v.is_empty()).or(file_version)?;
+    let name = match title.filter(|t| !t.is_empty() && !t.contains(' ')) {
+        Some(t) => t,
+        None => file_name,
+    };
+    Some(package(name, version, Ecosystem::Maven, "java"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    fn jar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn pom_properties_manifest_and_nesting() {
+        let inner = jar(&[(
+            "META-INF/maven/org.yaml/snakeyaml/pom.properties",
+            b"groupId=org.yaml\nartifactId=snakeyaml\nversion=1.33\n",
+        )]);
+        let outer = jar(&[
+            ("META-INF/MANIFEST.MF", b"Implementation-Title: app\nImplementation-Version: 2.0\n"),
+            ("BOOT-INF/lib/snakeyaml-1.33.jar", &inner),
+        ]);
+        let out = super::parse_archive("/app.jar", &outer).unwrap();
+        let got: Vec<_> = out
+            .packages
+            .iter()
+            .map(|p| format!("{}@{} {}", p.name, p.version, p.path))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "app@2.0 /app.jar",
+                "org.yaml:snakeyaml@1.33 /app.jar:BOOT-INF/lib/snakeyaml-1.33.jar"
+            ]
+        );
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_zip_bomb_costs_the_budget_and_warns() {
+        // 600 MiB of zeros deflates to ~600 KiB: more than the budget allows to inflate.
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("lib/bomb.jar", zip::write::SimpleFileOptions::default().large_file(true))
+            .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..300 {
+            w.write_all(&zeros).unwrap();
+        }
+        let outer = w.finish().unwrap().into_inner();
+        let out = super::parse_archive("/bomb.jar", &outer).unwrap();
+        assert!(out.packages.is_empty());
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(super::parse_archive("/x.jar", b"PK\x03\x04garbage").is_err());
+    }
+}

@@ -1,0 +1,186 @@
+//! rpm: the SQLite database (`var/lib/rpm/rpmdb.sqlite`, `usr/lib/sysimage/rpm/rpmdb.sqlite`),
+//! one header blob per package. The database file (and its write-ahead log, when the layer has
+//! one) is copied to a private directory first: SQLite must never write into a layer, and a WAL
+//! database can only be read where its log can be replayed. It is opened in defensive mode with
+//! schema code untrusted and cell sizes checked, as SQLite advises for files from outside.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{package, Parsed};
+use crate::Ecosystem;
+
+const TAG_NAME: u32 = 1000;
+const TAG_VERSION: u32 = 1001;
+const TAG_RELEASE: u32 = 1002;
+const TAG_EPOCH: u32 = 1003;
+const TAG_LICENSE: u32 = 1014;
+const TAG_ARCH: u32 = 1022;
+const TAG_SOURCERPM: u32 = 1044;
+const TAG_DIRINDEXES: u32 = 1116;
+const TAG_BASENAMES: u32 = 1117;
+const TAG_DIRNAMES: u32 = 1118;
+/// No real header has more entries than this or a bigger data store.
+const MAX_ENTRIES: usize = 65_536;
+const MAX_FILES: usize = 1 << 20;
+
+pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
+    if !db.starts_with(b"SQLite format 3\0") {
+        return Err("not an SQLite database".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("rpmdb.sqlite");
+    std::fs::write(&path, db).map_err(|e| e.to_string())?;
+    if let Some(wal) = wal {
+        std::fs::write(dir.path().join("rpmdb.sqlite-wal"), wal).map_err(|e| e.to_string())?;
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| e.to_string())?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA cell_size_check = ON; PRAGMA query_only = ON;")
+        .map_err(|e| e.to_string())?;
+    let mut st = conn
+        .prepare("SELECT blob FROM Packages")
+        .map_err(|e| format!("rpm database: {e}"))?;
+    let rows = st
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .map_err(|e| format!("rpm database: {e}"))?;
+    let mut out = Parsed::default();
+    for blob in rows {
+        let blob = blob.map_err(|e| format!("rpm database: {e}"))?;
+        match parse_header(&blob) {
+            Ok(Some((p, files))) => {
+                out.packages.push(p);
+                out.owned.extend(files);
+            }
+            Ok(None) => {}
+            Err(e) => out.warnings.push(format!("an rpm header: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+enum Val<'a> {
+    Str(&'a str),
+    Strs(Vec<&'a str>),
+    Ints(Vec<u32>),
+}
+
+/// One header as rpm stores it: entry count, data size, the entries, the data.
+pub fn parse_header(blob: &[u8]) -> Result<Option<(crate::Package, Vec<String>)>, String> {
+    let be = |at: usize| -> Result<u32, String> {
+        blob.get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .ok_or_else(|| "truncated".to_string())
+    };
+    let (il, dl) = (be(0)? as usize, be(4)? as usize);
+    if il > MAX_ENTRIES {
+        return Err(format!("{il} entries"));
+    }
+    let data_start = 8 + il * 16;
+    let data = blob
+        .get(data_start..data_start.checked_add(dl).ok_or("bad size")?)
+        .ok_or("truncated data")?;
+    let mut vals: BTreeMap<u32, Val> = BTreeMap::new();
+    for i in 0..il {
+        let e = 8 + i * 16;
+        let (tag, ty, off, count) = (be(e)?, be(e + 4)?, be(e + 8)? as usize, be(e + 12)? as usize);
+        if !matches!(
+            tag,
+            TAG_NAME
+                | TAG_VERSION
+                | TAG_RELEASE
+                | TAG_EPOCH
+                | TAG_LICENSE
+                | TAG_ARCH
+                | TAG_SOURCERPM
+                | TAG_DIRINDEXES
+                | TAG_BASENAMES
+                | TAG_DIRNAMES
+        ) {
+            continue;
+        }
+        if count > MAX_FILES || off >= data.len() {
+            return Err(format!("tag {tag}: bad offset or count"));
+        }
+        let strings = |n: usize| -> Result<Vec<&str>, String> {
+            let mut out = Vec::with_capacity(n.min(4096));
+            let mut at = off;
+            for _ in 0..n {
+                let rest = data.get(at..).ok_or("string past the data")?;
+                let end = rest.iter().position(|&b| b == 0).ok_or("unterminated string")?;
+                out.push(std::str::from_utf8(&rest[..end]).map_err(|_| "string not UTF-8")?);
+                at += end + 1;
+            }
+            Ok(out)
+        };
+        let v = match ty {
+            // STRING, I18NSTRING (first)
+            6 | 9 => Val::Str(strings(1)?[0]),
+            8 => Val::Strs(strings(count)?),
+            4 => {
+                let bytes = data.get(off..off + count * 4).ok_or("integers past the data")?;
+                Val::Ints(bytes.chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect())
+            }
+            _ => continue,
+        };
+        vals.insert(tag, v);
+    }
+    let s = |t: u32| match vals.get(&t) {
+        Some(Val::Str(s)) => Some(*s),
+        _ => None,
+    };
+    let (Some(name), Some(version)) = (s(TAG_NAME), s(TAG_VERSION)) else {
+        return Err("no name or version".into());
+    };
+    // The keys rpm imports show as packages named gpg-pubkey; they are not software.
+    if name == "gpg-pubkey" {
+        return Ok(None);
+    }
+    let epoch = match vals.get(&TAG_EPOCH) {
+        Some(Val::Ints(v)) => v.first().copied(),
+        _ => None,
+    };
+    let release = s(TAG_RELEASE);
+    let evr = format!(
+        "{}{version}{}",
+        epoch.map(|e| format!("{e}:")).unwrap_or_default(),
+        release.map(|r| format!("-{r}")).unwrap_or_default()
+    );
+    let mut p = package(name, &evr, Ecosystem::Rpm, "rpm");
+    p.arch = s(TAG_ARCH).map(str::to_string);
+    p.license = s(TAG_LICENSE).map(str::to_string);
+    // "openssl-3.0.7-24.el9.src.rpm" → openssl, 3.0.7-24.el9
+    if let Some(src) = s(TAG_SOURCERPM).and_then(|r| r.strip_suffix(".src.rpm").or_else(|| r.strip_suffix(".nosrc.rpm"))) {
+        if let Some((rest, rel)) = src.rsplit_once('-') {
+            if let Some((n, v)) = rest.rsplit_once('-') {
+                p.source_name = Some(n.to_string());
+                p.source_version = Some(format!("{}{v}-{rel}", epoch.map(|e| format!("{e}:")).unwrap_or_default()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    if let (Some(Val::Strs(base)), Some(Val::Strs(dirs)), Some(Val::Ints(idx))) =
+        (vals.get(&TAG_BASENAMES), vals.get(&TAG_DIRNAMES), vals.get(&TAG_DIRINDEXES))
+    {
+        for (b, i) in base.iter().zip(idx) {
+            if let Some(d) = dirs.get(*i as usize) {
+                files.push(format!("{d}{b}"));
+            }
+        }
+    }
+    Ok(Some((p, files)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostile_headers_are_errors() {
+        assert!(super::parse_header(b"").is_err());
+        assert!(super::parse_header(&[0, 1, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(super::parse_header(&[0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 3, 232, 0, 0, 0, 6, 0, 0, 0, 9, 0, 0, 0, 1, b'x', 0, 0, 0]).is_err());
+        assert!(super::parse_sqlite(b"not sqlite", None).is_err());
+    }
+}

@@ -1,0 +1,326 @@
+//! Walk an image's unpacked layers bottom-up, as overlayfs stacks them, and catalog what each
+//! layer adds, keeping for every package the layer that introduced it.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bulkhead_image::{ImageRecord, Store};
+
+use crate::catalog::{self, Claim, Parsed};
+use crate::{Bom, Distro, Ecosystem, LayerInfo, Package, Result, Warning};
+
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// The bill of materials of an image in the store.
+pub fn catalog_image(store: &Store, rec: &ImageRecord, name: &str) -> Result<Bom> {
+    let history = created_by(store, rec);
+    let mut layers = Vec::new();
+    for (i, l) in rec.layers.iter().enumerate() {
+        let info = LayerInfo {
+            index: i + 1,
+            diff_id: l.diff_id.to_string(),
+            blob: l.blob.to_string(),
+            created_by: history.get(i).cloned().flatten(),
+        };
+        let dir = store.layer_diff(&l.chain_id);
+        if !dir.is_dir() {
+            return Err(crate::Error::Invalid(format!(
+                "layer {} of {name} is not unpacked in the store (run `bulkhead system check`)",
+                i + 1
+            )));
+        }
+        layers.push((info, dir));
+    }
+    let (packages, distro, warnings) = catalog_layers(&layers)?;
+    Ok(Bom {
+        image: name.to_string(),
+        manifest: rec.manifest.to_string(),
+        config: rec.config.to_string(),
+        platform: rec.platform.clone(),
+        distro,
+        layers: layers.into_iter().map(|(l, _)| l).collect(),
+        packages,
+        warnings,
+    })
+}
+
+/// The `created_by` of each non-empty history entry, in layer order.
+fn created_by(store: &Store, rec: &ImageRecord) -> Vec<Option<String>> {
+    let Ok(config) = store.read_blob(&rec.config) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&config) else {
+        return Vec::new();
+    };
+    let Some(history) = v.get("history").and_then(|h| h.as_array()) else {
+        return Vec::new();
+    };
+    history
+        .iter()
+        .filter(|h| h.get("empty_layer").and_then(|e| e.as_bool()) != Some(true))
+        .map(|h| h.get("created_by").and_then(|c| c.as_str()).map(str::to_string))
+        .collect()
+}
+
+/// What one file in the stack currently says.
+struct Entry {
+    layer: usize,
+    parsed: Parsed,
+}
+
+/// What one layer changes.
+#[derive(Default)]
+struct LayerChanges {
+    /// Whiteouts: the path and everything under it is gone.
+    removed: Vec<String>,
+    /// Opaque directories and anything that is not a directory: what lay below under it is gone.
+    hides_below: Vec<String>,
+    /// Files a cataloger claims.
+    claimed: Vec<(String, Claim)>,
+}
+
+/// Catalog a stack of unpacked layer directories, bottom first.
+pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, Option<Distro>, Vec<Warning>)> {
+    let mut state: BTreeMap<String, Entry> = BTreeMap::new();
+    for (info, dir) in layers {
+        let changes = scan_layer(dir)?;
+        for p in &changes.removed {
+            state.remove(p);
+            remove_under(&mut state, p);
+        }
+        for p in &changes.hides_below {
+            remove_under(&mut state, p);
+        }
+        let parsed = parse_all(dir, &changes.claimed);
+        for ((path, _), mut parsed) in changes.claimed.into_iter().zip(parsed) {
+            let old = state.remove(&path);
+            for p in &mut parsed.packages {
+                if p.path.is_empty() {
+                    p.path = format!("/{path}");
+                }
+                match old
+                    .as_ref()
+                    .and_then(|o| o.parsed.packages.iter().find(|q| q.same(p) && q.path == p.path))
+                {
+                    Some(q) => (p.layer, p.layer_digest) = (q.layer, q.layer_digest.clone()),
+                    None => (p.layer, p.layer_digest) = (info.index, info.diff_id.clone()),
+                }
+            }
+            state.insert(path, Entry { layer: info.index, parsed });
+        }
+    }
+    Ok(finish(state))
+}
+
+fn remove_under(state: &mut BTreeMap<String, Entry>, dir: &str) {
+    let prefix = format!("{dir}/");
+    let doomed: Vec<String> = state
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in doomed {
+        state.remove(&k);
+    }
+}
+
+fn scan_layer(dir: &Path) -> Result<LayerChanges> {
+    let mut c = LayerChanges::default();
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| crate::Error::Invalid(format!("{}: {e}", dir.display())))?;
+        let Ok(rel) = entry.path().strip_prefix(dir) else { continue };
+        let Some(rel) = rel.to_str() else { continue };
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            if let Ok(n) = rustix::fs::lgetxattr(entry.path(), OPAQUE_XATTR, &mut [0u8; 4]) {
+                if n >= 1 {
+                    c.hides_below.push(rel.to_string());
+                }
+            }
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .map_err(|e| crate::Error::Invalid(format!("{}: {e}", entry.path().display())))?;
+        if ft.is_char_device() && meta.rdev() == 0 {
+            c.removed.push(rel.to_string());
+            continue;
+        }
+        c.hides_below.push(rel.to_string());
+        if ft.is_file() {
+            if let Some(claim) = catalog::claim(rel, meta.mode(), meta.size()) {
+                c.claimed.push((rel.to_string(), claim));
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Parse the claimed files of one layer, on every core.
+fn parse_all(dir: &Path, claimed: &[(String, Claim)]) -> Vec<Parsed> {
+    let results: Vec<Mutex<Option<Parsed>>> = claimed.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8)
+        .min(claimed.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((path, claim)) = claimed.get(i) else { break };
+                let parsed = parse_one(&dir.join(path), &format!("/{path}"), *claim).unwrap_or_else(|e| Parsed {
+                    warnings: vec![e],
+                    ..Default::default()
+                });
+                *results[i].lock().unwrap() = Some(parsed);
+            });
+        }
+    });
+    results.into_iter().map(|m| m.into_inner().unwrap().unwrap_or_default()).collect()
+}
+
+fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parsed, String> {
+    let f = File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(file)
+        .map_err(|e| e.to_string())?;
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
+    if claim.is_metadata() {
+        if size > catalog::MAX_METADATA {
+            return Err(format!(
+                "{size} bytes, more than the {} a package database may have",
+                catalog::MAX_METADATA
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        f.take(catalog::MAX_METADATA).read_to_end(&mut data).map_err(|e| e.to_string())?;
+        if claim == Claim::RpmDb {
+            // What SQLite has not yet moved from its write-ahead log into the file is in the log
+            // beside it (in the same layer: a later layer's copy of the file comes with its own).
+            let mut wal_path = file.as_os_str().to_owned();
+            wal_path.push("-wal");
+            let wal = match File::options()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&wal_path)
+            {
+                Ok(w) => {
+                    let mut buf = Vec::new();
+                    w.take(catalog::MAX_METADATA).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                    Some(buf)
+                }
+                Err(_) => None,
+            };
+            return catalog::rpm::parse_sqlite(&data, wal.as_deref());
+        }
+        catalog::parse(claim, path, &data)
+    } else {
+        if size < 4 {
+            return Ok(Parsed::default());
+        }
+        // SAFETY: the layer directories of the store are written once, when a layer is unpacked,
+        // and never modified while an image uses them; the mapping is read-only and private.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| e.to_string())?;
+        if claim == Claim::Elf && !map.starts_with(b"\x7fELF") {
+            return Ok(Parsed::default());
+        }
+        catalog::parse(claim, path, &map)
+    }
+}
+
+fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<Warning>) {
+    let distro = ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| state.get(*p).and_then(|e| e.parsed.distro.clone()));
+    let owned: HashSet<&str> = state.values().flat_map(|e| e.parsed.owned.iter().map(String::as_str)).collect();
+    let installed_npm: HashSet<(&str, &str)> = state
+        .values()
+        .flat_map(|e| &e.parsed.packages)
+        .filter(|p| p.found_by == "npm")
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .collect();
+    let mut packages = Vec::new();
+    let mut warnings = Vec::new();
+    for (path, e) in &state {
+        for w in &e.parsed.warnings {
+            warnings.push(Warning {
+                path: format!("/{path}"),
+                layer: e.layer,
+                message: w.clone(),
+            });
+        }
+        for p in &e.parsed.packages {
+            // A version string in a file an OS package installed is that package's; the OS
+            // package is what advisories name.
+            // (dpkg's lists may name /lib/... for what merged-/usr systems hold at /usr/lib/...)
+            let aliased = p.path.strip_prefix("/usr").is_some_and(|rest| owned.contains(rest));
+            if p.found_by == "binary" && (owned.contains(p.path.as_str()) || aliased) {
+                continue;
+            }
+            if p.found_by == "npm-lock" && installed_npm.contains(&(p.name.as_str(), p.version.as_str())) {
+                continue;
+            }
+            let mut p = p.clone();
+            if p.ecosystem == Ecosystem::Debian && distro.as_ref().is_some_and(|d| d.id == "ubuntu") {
+                p.ecosystem = Ecosystem::Ubuntu;
+            }
+            p.purl = crate::purl::for_package(&p, distro.as_ref());
+            packages.push(p);
+        }
+    }
+    (packages, distro, warnings)
+}
+
+/// Bumped whenever a cataloger changes what it reports, so cached bills of materials are redone.
+pub const CATALOG_VERSION: u32 = 1;
+
+/// The bill of materials of a stored image, from the cache beside the store when an earlier run of
+/// this version made one (layers never change, so neither does what is in them).
+pub fn catalog_image_cached(store: &Store, rec: &ImageRecord, name: &str) -> Result<Bom> {
+    let dir = store.root().join("sbom");
+    let path = dir.join(format!("{}.v{CATALOG_VERSION}.json", rec.manifest.hex()));
+    if let Ok(data) = std::fs::read(&path) {
+        if let Ok(mut bom) = serde_json::from_slice::<Bom>(&data) {
+            if bom.manifest == rec.manifest.to_string() {
+                bom.image = name.to_string();
+                return Ok(bom);
+            }
+        }
+    }
+    let bom = catalog_image(store, rec, name)?;
+    if std::fs::create_dir_all(&dir).is_ok() {
+        if let Ok(data) = serde_json::to_vec(&bom) {
+            // A cache: a failed write costs only the next scan's time.
+            let _ = bulkhead_image::store::replace_file(&path, &data, false);
+        }
+    }
+    Ok(bom)
+}
+
+/// Remove cached bills of materials of images the store no longer has (and leftovers of
+/// interrupted writes). Returns how many files went.
+pub fn prune_cache(store: &Store) -> Result<usize> {
+    let dir = store.root().join("sbom");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(0) };
+    let present: HashSet<String> = store.records()?.iter().map(|r| r.manifest.hex().to_string()).collect();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let keep = match name.split_once('.') {
+            Some((hex, rest)) => present.contains(hex) && rest == format!("v{CATALOG_VERSION}.json"),
+            None => false,
+        };
+        if !keep && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
