@@ -40,7 +40,7 @@ pub fn semver_compare(a: &str, b: &str) -> Option<Ordering> {
 // ---- Alpine -------------------------------------------------------------------------------------
 // Written by hand: no maintained crate implements apk-tools' order. This follows the rules of
 // apk-tools' version comparison: digits, a letter, `_suffix` (alpha < beta < pre < rc < (none) <
-// cvs < svn < git < hg < p) with an optional number, and `-rN`. Where two versions differ in the
+// cvs < svn < git < hg < p) with an optional number, `~hash`, and `-rN`. Where two versions differ in the
 // kind of the next token, a pre-release suffix is older, otherwise the version whose token kind
 // comes later in that list is older (so 1.0 < 1.0-r1 < 1.0.1 and 1.0a < 1.0.1).
 
@@ -50,6 +50,8 @@ enum TokKind {
     Letter,
     Suffix,
     SuffixNo,
+    /// `~` and a commit hash, compared as text.
+    Hash,
     Revision,
     End,
 }
@@ -123,8 +125,13 @@ fn apk_tokens(v: &str) -> Vec<Tok<'_>> {
             });
             i = j.max(i + 2);
         } else if c == b'~' {
-            // A commit hash: not ordered.
-            break;
+            let j = i + 1 + b[i + 1..].iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+            out.push(Tok {
+                kind: TokKind::Hash,
+                text: &v[i + 1..j],
+                value: 0,
+            });
+            i = j;
         } else {
             i += 1;
         }
@@ -140,6 +147,7 @@ pub fn apk_compare(a: &str, b: &str) -> Ordering {
         let ord = match x.kind {
             // After the first number, a leading zero makes the numbers compare as decimal fractions.
             TokKind::Digit if i > 0 && (x.text.starts_with('0') || y.text.starts_with('0')) => x.text.cmp(y.text),
+            TokKind::Hash => x.text.cmp(y.text),
             _ => x.value.cmp(&y.value),
         };
         if ord != Ordering::Equal {
@@ -285,6 +293,9 @@ mod tests {
                 ("3.0.11-r0", Less, "3.1.0-r0"),
                 ("2.36.1_git20230101-r0", Greater, "2.36.1-r0"),
                 ("1.0_rc1-r1", Less, "1.0-r0"),
+                ("1.0~abc1", Less, "1.0~abd0"),
+                ("1.0~abc1-r1", Greater, "1.0~abc1-r0"),
+                ("1.0~abc1", Greater, "1.0-r1"),
             ],
         );
     }

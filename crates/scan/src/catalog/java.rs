@@ -186,6 +186,18 @@ mod tests {
     }
 
     #[test]
+    fn nesting_stops_at_the_depth_limit() {
+        let mut inner = jar(&[("META-INF/maven/g/a/pom.properties", b"groupId=g\nartifactId=a\nversion=1\n")]);
+        for i in 0..8 {
+            inner = jar(&[(&format!("lib/level{i}.jar"), &inner)]);
+        }
+        let out = super::parse_archive("/deep.jar", &inner).unwrap();
+        assert!(out.packages.iter().all(|p| p.name != "g:a"), "{:?}", out.packages);
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert!(out.warnings[0].contains("nested deeper"));
+    }
+
+    #[test]
     fn a_zip_bomb_costs_the_budget_and_warns() {
         // 600 MiB of zeros deflates to ~600 KiB: more than the budget allows to inflate.
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
