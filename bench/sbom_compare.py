@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Package counts of three CycloneDX SBOMs (bulkhead, Trivy, Syft) and what each finds that the
 others do not, by purl type, with name@version. Packages are compared by (type, name, version),
-ignoring purl qualifiers and case of PyPI names."""
+ignoring purl qualifiers (but an `epoch` one) and case of PyPI names."""
 import json
 import sys
 from collections import Counter
@@ -12,13 +12,18 @@ def key(c):
     purl = c.get("purl")
     if not purl:
         return None
-    body = purl.split("?")[0].split("#")[0]
+    body, _, query = purl.split("#")[0].partition("?")
     ty, rest = body[4:].split("/", 1)
     name_part, _, version = rest.rpartition("@")
     name = unquote(name_part.split("/")[-1])
+    version = unquote(version)
     if ty == "pypi":
         name = name.lower().replace("_", "-")
-    return (ty, name, unquote(version))
+    # Trivy puts a Debian/RPM epoch in an `epoch` qualifier, bulkhead and Syft in the version.
+    quals = dict(q.split("=", 1) for q in query.split("&") if "=" in q)
+    if "epoch" in quals and ":" not in version:
+        version = f"{quals['epoch']}:{version}"
+    return (ty, name, version)
 
 
 def load(path):

@@ -533,3 +533,47 @@ fn rpm_database_from_rpm_itself() {
         .collect();
     assert_eq!(ids, ["TEST-ROCKY-9"]);
 }
+
+#[test]
+fn an_import_killed_midway_leaves_the_database_as_it_was() {
+    let env = Env::new();
+    env.ok(&["db", "import", osv("rustsec").to_str().unwrap(), "--source", "rustsec"]);
+    let db = env.root().join("vulndb/osv.sqlite3");
+    let count = |env: &Env| -> (i64, usize) {
+        let st = json(&env.ok(&["--format", "json", "db", "status"]));
+        (st["advisories"].as_i64().unwrap(), st["sources"].as_array().unwrap().len())
+    };
+    assert_eq!(count(&env), (1206, 1));
+    // kill -9 an import of another source at moments spread over its run: afterwards the database
+    // holds either all of it or none of it, and every command works.
+    let mut saw_before = false;
+    for delay_ms in (20..800).step_by(60) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("--root")
+            .arg(env.root())
+            .arg("--config")
+            .arg(env.path("config"))
+            .args(["db", "import", osv("pypa").to_str().unwrap(), "--source", "pypa"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        match count(&env) {
+            (1206, 1) => saw_before = true,
+            (3867, 2) => {}
+            other => panic!("after a kill at {delay_ms} ms: {other:?}"),
+        }
+        // Back to one source for the next round.
+        if count(&env).1 == 2 {
+            std::fs::remove_file(&db).unwrap();
+            env.ok(&["db", "import", osv("rustsec").to_str().unwrap(), "--source", "rustsec"]);
+        }
+    }
+    assert!(saw_before, "no kill landed inside an import");
+    // A database that is not one: a one-line error that says what to do.
+    std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
+    let err = env.fails(&["db", "status"]);
+    assert!(err.contains("remove it and import again"), "{err}");
+}

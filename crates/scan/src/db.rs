@@ -162,8 +162,11 @@ impl Db {
         if !path.exists() {
             return Ok(None);
         }
+        // Read-write, then query-only: an import killed mid-way leaves a hot journal that only a
+        // writable connection can roll back (the database is then as before that import).
         let conn =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(db_err(path))?;
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(db_err(path))?;
+        conn.execute_batch("PRAGMA query_only = ON;").map_err(db_err(path))?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
@@ -398,5 +401,11 @@ fn read_capped(path: &Path) -> std::result::Result<Vec<u8>, String> {
 }
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |e| Error::Db(format!("{}: {e}", path.display()))
+    move |e| {
+        let hint = match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => " (remove it and import again)",
+            _ => "",
+        };
+        Error::Db(format!("{}: {e}{hint}", path.display()))
+    }
 }
