@@ -351,11 +351,26 @@ fn binaries_and_broken_databases() {
     let add = |r: &Path| {
         std::fs::create_dir_all(r.join("usr/local/bin")).unwrap();
         std::fs::copy(&app, r.join("usr/local/bin/auditable-app")).unwrap();
+        std::fs::copy(fixtures().join("go-app"), r.join("usr/local/bin/go-app")).unwrap();
         // A vendored library carrying OpenSSL's version text, as a statically linked copy would.
         let mut lib = std::fs::read("/bin/true").unwrap();
         lib.extend_from_slice(b"\0OpenSSL 1.1.1k  25 Mar 2021\0");
         std::fs::create_dir_all(r.join("opt/vendor/lib")).unwrap();
         std::fs::write(r.join("opt/vendor/lib/libvendored.so.1"), lib).unwrap();
+        // Real files from Debian packages, placed where no package manager of the image owns them:
+        // the Python runtime library, a Maven-built jar, and that jar nested in a fat jar.
+        std::fs::create_dir_all(r.join("opt/py/lib")).unwrap();
+        std::fs::copy(
+            "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0",
+            r.join("opt/py/lib/libpython3.11.so.1.0"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("opt/app/lib")).unwrap();
+        std::fs::copy("/usr/share/java/commons-io.jar", r.join("opt/app/lib/commons-io.jar")).unwrap();
+        sh(Command::new("python3")
+            .args(["-c", "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w') as z:\n    z.writestr('META-INF/MANIFEST.MF', 'Manifest-Version: 1.0\\nImplementation-Title: fat\\nImplementation-Version: 9.9\\n')\n    z.write(sys.argv[2], 'BOOT-INF/lib/commons-io-2.11.0.jar')"])
+            .arg(r.join("opt/app/fat.jar"))
+            .arg("/usr/share/java/commons-io.jar"));
         // npm packages as installed.
         std::fs::create_dir_all(r.join("app/node_modules/lodash")).unwrap();
         std::fs::write(
@@ -409,6 +424,57 @@ fn binaries_and_broken_databases() {
     );
     assert_eq!(openssl["purl"], "pkg:generic/openssl@1.1.1k");
     assert_eq!(find(&bom, "lodash").unwrap()["purl"], "pkg:npm/lodash@4.17.20");
+    // The Go module binary: toolchain, main module, vendored dependency.
+    let go: Vec<String> = packages(&bom)
+        .iter()
+        .filter(|p| p["found_by"] == "go-binary")
+        .map(|p| {
+            format!(
+                "{}@{} {}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap(),
+                p["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let toolchain = String::from_utf8(Command::new("go").arg("version").output().unwrap().stdout).unwrap();
+    let toolchain = toolchain.split_whitespace().nth(2).unwrap().trim_start_matches("go").to_string();
+    assert_eq!(
+        go,
+        [
+            format!("stdlib@v{toolchain} /usr/local/bin/go-app"),
+            "example.com/scanfixture@(devel) /usr/local/bin/go-app".to_string(),
+            "golang.org/x/text@v0.7.0 /usr/local/bin/go-app".to_string()
+        ]
+    );
+    let python = find(&bom, "python").unwrap_or_else(|| panic!("{bom:#}"));
+    let debian_python = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "libpython3.11"])
+        .output()
+        .unwrap();
+    let upstream = String::from_utf8_lossy(&debian_python.stdout)
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        (python["version"].as_str(), python["path"].as_str()),
+        (Some(upstream.as_str()), Some("/opt/py/lib/libpython3.11.so.1.0"))
+    );
+    let commons: Vec<&Value> = packages(&bom)
+        .into_iter()
+        .filter(|p| p["name"] == "commons-io:commons-io")
+        .collect();
+    let paths: Vec<&str> = commons.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["/opt/app/fat.jar:BOOT-INF/lib/commons-io-2.11.0.jar", "/opt/app/lib/commons-io.jar"],
+        "{bom:#}"
+    );
+    assert!(commons
+        .iter()
+        .all(|p| p["purl"].as_str().unwrap().starts_with("pkg:maven/commons-io/commons-io@2.")));
+    assert_eq!(find(&bom, "fat").unwrap()["version"], "9.9");
 
     // OSV's archives are zip files: import one made from the RustSec records.
     let zip = env.path("crates.io-all.zip");
@@ -424,6 +490,30 @@ fn binaries_and_broken_databases() {
         .unwrap_or_else(|| panic!("{scan:#}"));
     assert_eq!((f["name"].as_str(), f["installed"].as_str()), (Some("smallvec"), Some("1.6.0")));
     assert_eq!(f["fixed"], serde_json::json!(["1.6.1"]));
+    // Go advisories name module paths and versions without the v (records written for this test:
+    // the shared data has no Go advisories).
+    let go_osv = env.path("go-osv");
+    std::fs::create_dir_all(&go_osv).unwrap();
+    for (id, name, fixed) in [
+        ("TEST-GO-TEXT", "golang.org/x/text", "0.7.1"),
+        ("TEST-GO-OLD", "golang.org/x/text", "0.3.8"),
+        ("TEST-GO-STD", "stdlib", "9.0.0"),
+    ] {
+        let rec = serde_json::json!({"id": id, "affected": [{"package": {"ecosystem": "Go", "name": name},
+            "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}]});
+        std::fs::write(go_osv.join(format!("{id}.json")), rec.to_string()).unwrap();
+    }
+    env.ok(&["db", "import", go_osv.to_str().unwrap()]);
+    let scan = json(&env.ok(&["--format", "json", "scan", "bins:1"]));
+    let mut go_ids: Vec<&str> = scan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["ecosystem"] == "Go")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    go_ids.sort();
+    assert_eq!(go_ids, ["TEST-GO-STD", "TEST-GO-TEXT"]);
     // Importing the same source again replaces it; a file that is not OSV is skipped with a warning.
     let bad = env.path("bad-osv");
     std::fs::create_dir_all(&bad).unwrap();
@@ -433,7 +523,7 @@ fn binaries_and_broken_databases() {
     let status = json(&env.ok(&["--format", "json", "db", "status"]));
     assert_eq!(
         status["sources"].as_array().unwrap().len(),
-        1,
+        2,
         "a failed import changes nothing: {status}"
     );
 }
