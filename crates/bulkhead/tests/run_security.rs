@@ -563,6 +563,130 @@ fn volumes_bind_and_tmpfs() {
 }
 
 #[test]
+fn idmapped_volumes_show_the_owner_as_the_containers_root() {
+    let env = Env::new();
+    let img = image(&env);
+    // A directory of its own user (0755: nobody else may write), as a service's data would be.
+    let host = env.path("owned");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("f"), "data\n").unwrap();
+    for p in [&host, &host.join("f")] {
+        rustix::fs::chown(
+            p.as_path(),
+            Some(rustix::fs::Uid::from_raw(1234)),
+            Some(rustix::fs::Gid::from_raw(1235)),
+        )
+        .unwrap();
+    }
+    let owner = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    // Without idmap: owned by nobody in the container, and not writable for its root.
+    let plain = format!("{}:/data/vol", host.display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-v",
+            &plain,
+            img,
+            "sh",
+            "-c",
+            "stat -c '%u:%g' /data/vol/f; echo x > /data/vol/new; echo rc=$?",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["65534:65534", "rc=1"]);
+    // With idmap: the owner is the container's root, and what it writes belongs to the owner.
+    let mapped = format!("{}:/data/vol:idmap", host.display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-v",
+            &mapped,
+            img,
+            "sh",
+            "-c",
+            "stat -c '%u:%g' /data/vol/f; echo c > /data/vol/new; mkdir /data/vol/d; echo rc=$?",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0:0", "rc=0"]);
+    assert_eq!(owner(&host.join("new")), (1234, 1235));
+    assert_eq!(owner(&host.join("d")), (1234, 1235));
+    // A single file, at a path the image does not have.
+    let file = format!("{}:/etc/app/app.conf:idmap", host.join("f").display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-v",
+            &file,
+            img,
+            "sh",
+            "-c",
+            "stat -c '%u:%g' /etc/app/app.conf; cat /etc/app/app.conf",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "0:0\ndata\n"), "{err}");
+    let (code, out, err) = run(
+        &env,
+        &["--runtime", "runc", "-v", &mapped, img, "stat", "-c", "%u:%g", "/data/vol/new"],
+    );
+    assert_eq!((code, out.as_str()), (0, "0:0\n"), "runc: {err}");
+    // nosuid: a setuid bit set there does not count inside; read-only is read-only.
+    let ro = format!("{}:/mnt/deep/vol:ro,idmap", host.display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-v",
+            &ro,
+            img,
+            "sh",
+            "-c",
+            "cat /mnt/deep/vol/f; echo y > /mnt/deep/vol/ro; echo rc=$?; grep ' /mnt/deep/vol ' /proc/mounts",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["data", "rc=1"]);
+    assert!(
+        lines[2].contains(" ro,") && lines[2].contains("nosuid") && lines[2].contains("nodev"),
+        "{out}"
+    );
+    assert!(!host.join("ro").exists());
+    // A directory of root's is refused: the container's root would create host-root files.
+    let root_dir = env.path("rootdir");
+    std::fs::create_dir(&root_dir).unwrap();
+    let (code, _, err) = run(&env, &["-v", &format!("{}:/data/vol:idmap", root_dir.display()), img, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("belongs to root"), "{err}");
+    let (code, _, err) = run(&env, &["--userns", "host", "-v", &mapped, img, "true"]);
+    assert_eq!(code, 125, "{err}");
+    // A container created now and started later gets its volume again at each start.
+    env.ok(&[
+        "create",
+        "--name",
+        "iv",
+        "-v",
+        &mapped,
+        img,
+        "sh",
+        "-c",
+        "stat -c '%u' /data/vol/f >> /data/vol/starts",
+    ]);
+    for _ in 0..2 {
+        env.ok(&["start", "iv"]);
+        env.ok(&["wait", "iv"]);
+    }
+    assert_eq!(std::fs::read_to_string(host.join("starts")).unwrap(), "0\n0\n");
+    env.ok(&["rm", "iv"]);
+    // Nothing stays mounted on the host.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(host.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
 fn mount_target_that_the_image_makes_a_symlink_is_refused() {
     // CVE-2021-30465 class: the image turns the mount target into a symlink to a host path.
     let env = Env::new();

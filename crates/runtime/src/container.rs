@@ -85,6 +85,29 @@ pub struct ContainerRecord {
     /// `--label KEY=VALUE`.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Bind mounts with `idmap`, attached by bulkhead into the root filesystem at each start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idmapped_volumes: Vec<IdmappedVolume>,
+}
+
+/// `-v SOURCE:TARGET:idmap` (see [`crate::idmap::attach_idmapped_volume`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdmappedVolume {
+    pub source: String,
+    pub target: String,
+    pub readonly: bool,
+}
+
+impl IdmappedVolume {
+    pub fn attach(&self, rootfs: &Path, host_id: Option<u32>) -> Result<()> {
+        let Some(h) = host_id else {
+            return Err(Error::Invalid(format!(
+                "-v {}:{}:idmap needs the container's own user namespace (not --userns=host)",
+                self.source, self.target
+            )));
+        };
+        crate::idmap::attach_idmapped_volume(rootfs, Path::new(&self.source), &self.target, self.readonly, h)
+    }
 }
 
 fn default_stop_signal() -> i32 {
@@ -297,10 +320,15 @@ impl Containers {
         match rec.host_id {
             Some(h) => {
                 let ns = crate::idmap::user_namespace(h, ID_RANGE)?;
-                crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, Some(&ns))
+                crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, Some(&ns))?
             }
-            None => crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, None),
+            None => crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, None)?,
         }
+        let attached = rec.idmapped_volumes.iter().try_for_each(|v| v.attach(&rootfs, rec.host_id));
+        if attached.is_err() {
+            let _ = self.unmount_rootfs(&rec.id);
+        }
+        attached
     }
 
     /// Unmounts the root filesystem if it is mounted.

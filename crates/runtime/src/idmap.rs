@@ -24,6 +24,12 @@ fn sys(what: &str, path: &Path, e: impl Into<std::io::Error>) -> Error {
 
 /// A user namespace whose uid and gid maps send 0..size inside to host_id..host_id+size outside.
 pub fn user_namespace(host_id: u32, size: u32) -> Result<OwnedFd> {
+    let map = format!("0 {host_id} {size}\n");
+    user_namespace_with(&map, &map)
+}
+
+/// A user namespace with these uid and gid maps (`inside outside count` lines).
+pub fn user_namespace_with(uid_map: &str, gid_map: &str) -> Result<OwnedFd> {
     let (ready_r, ready_w) = rustix::pipe::pipe().map_err(|e| sys("pipe", Path::new("-"), e))?;
     let (done_r, done_w) = rustix::pipe::pipe().map_err(|e| sys("pipe", Path::new("-"), e))?;
     // SAFETY: the child only calls async-signal-safe functions (unshare, write, read, _exit) on
@@ -56,10 +62,9 @@ pub fn user_namespace(host_id: u32, size: u32) -> Result<OwnedFd> {
                 "cannot create a user namespace (are user namespaces enabled?)".into(),
             ));
         }
-        let map = format!("0 {host_id} {size}\n");
-        for f in ["uid_map", "gid_map"] {
+        for (f, map) in [("uid_map", uid_map), ("gid_map", gid_map)] {
             let p = PathBuf::from(format!("/proc/{pid}/{f}"));
-            std::fs::write(&p, &map).map_err(|e| sys("writing", &p, e))?;
+            std::fs::write(&p, map).map_err(|e| sys("writing", &p, e))?;
         }
         let p = PathBuf::from(format!("/proc/{pid}/ns/user"));
         let f = std::fs::File::open(&p).map_err(|e| sys("opening", &p, e))?;
@@ -83,6 +88,11 @@ struct MountAttr {
 
 /// A detached, read-only, idmapped view of `dir` (not attached anywhere yet).
 pub fn idmapped_view(dir: &Path, userns: &impl AsFd) -> Result<OwnedFd> {
+    idmapped_clone(dir, userns, MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV)
+}
+
+/// A detached clone of the mount at `dir`, idmapped through `userns`, with `attrs` set.
+fn idmapped_clone(dir: &Path, userns: &impl AsFd, attrs: MountAttrFlags) -> Result<OwnedFd> {
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         dir,
@@ -90,7 +100,7 @@ pub fn idmapped_view(dir: &Path, userns: &impl AsFd) -> Result<OwnedFd> {
     )
     .map_err(|e| sys("open_tree", dir, e))?;
     let attr = MountAttr {
-        attr_set: (MountAttrFlags::MOUNT_ATTR_IDMAP | MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NODEV).bits() as u64,
+        attr_set: (MountAttrFlags::MOUNT_ATTR_IDMAP | attrs).bits() as u64,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_fd().as_raw_fd() as u64,
@@ -148,4 +158,107 @@ pub fn chown_to(dir: &Path, host_id: u32) -> Result<()> {
     let id = Some(rustix::fs::Uid::from_raw(host_id));
     let gid = Some(rustix::fs::Gid::from_raw(host_id));
     rustix::fs::chown(dir, id, gid).map_err(|e| sys("chown", dir, e))
+}
+
+/// A host directory or file bind-mounted with `idmap`: what the host's owner of `source` owns
+/// appears in the container as owned by its root, and what the container's root creates there
+/// belongs on the host to that same owner, never to anyone else. Only the owner's uid and gid are
+/// mapped (other ids show as nobody), and a source owned by host root is refused: mapping it would
+/// let the container create files owned by the host's root (a setuid binary, say) on the host.
+///
+/// The view is attached at the target inside the container's mounted root filesystem, looked up
+/// there with symlinks resolved inside it (the target itself must not be one), missing directories
+/// created for the container's root; it goes away with the root filesystem's mount.
+pub fn attach_idmapped_volume(rootfs: &Path, source: &Path, target: &str, readonly: bool, host_id: u32) -> Result<()> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    let st = rustix::fs::stat(source).map_err(|e| sys("idmapped volume", source, e))?;
+    let (uid, gid) = (st.st_uid, st.st_gid);
+    if uid == 0 || gid == 0 {
+        return Err(Error::Invalid(format!(
+            "-v {}:{target}:idmap: the source belongs to root ({uid}:{gid}); with idmap the container's root would create files owned by the host's root there. Give it an owner of its own (chown) or drop idmap",
+            source.display()
+        )));
+    }
+    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+    let ns = user_namespace_with(&format!("{uid} {host_id} 1\n"), &format!("{gid} {host_id} 1\n"))?;
+    let mut attrs = MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV;
+    if readonly {
+        attrs |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    let view = idmapped_clone(source, &ns, attrs)?;
+
+    let root = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| sys("opening", rootfs, e))?;
+    let in_root = |p: &str, flags: OFlags| {
+        rustix::fs::openat2(
+            &root,
+            p,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let target_path = Path::new(target);
+    let fail = |what: &'static str| move |e: rustix::io::Errno| sys(what, target_path, e);
+    // Each component looked up inside the root; what is missing is made for the container's root:
+    // directories, and at the end a directory or an empty file, as the source is.
+    let mut target_fd = None;
+    for i in 1..=parts.len() {
+        let last = i == parts.len();
+        let flags = if last {
+            OFlags::PATH | OFlags::NOFOLLOW
+        } else {
+            OFlags::PATH | OFlags::DIRECTORY
+        };
+        let fd = match in_root(&parts[..i].join("/"), flags) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                let parent = if i == 1 {
+                    root.try_clone().map_err(|e| sys("dup", rootfs, e))?
+                } else {
+                    in_root(&parts[..i - 1].join("/"), OFlags::PATH | OFlags::DIRECTORY).map_err(fail("opening"))?
+                };
+                let name = parts[i - 1];
+                if last && !is_dir {
+                    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC;
+                    rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(0o644)).map_err(fail("creating"))?;
+                } else {
+                    rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)).map_err(fail("creating"))?;
+                }
+                let made = rustix::fs::openat(&parent, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(fail("opening"))?;
+                let id = (Some(rustix::fs::Uid::from_raw(host_id)), Some(rustix::fs::Gid::from_raw(host_id)));
+                rustix::fs::chownat(&made, "", id.0, id.1, rustix::fs::AtFlags::EMPTY_PATH).map_err(fail("chown"))?;
+                made
+            }
+            Err(e) => return Err(sys("opening", target_path, e)),
+        };
+        if last {
+            target_fd = Some(fd);
+        }
+    }
+    let target_fd = target_fd.ok_or_else(|| Error::Invalid(format!("mount target {target:?}: empty")))?;
+    let tst = rustix::fs::fstat(&target_fd).map_err(|e| sys("stat", target_path, e))?;
+    let tty = FileType::from_raw_mode(tst.st_mode);
+    if tty == FileType::Symlink {
+        return Err(Error::Invalid(format!(
+            "mount target {target} is a symlink in the image; refused (a mount must not be redirected by the image)"
+        )));
+    }
+    if (tty == FileType::Directory) != is_dir {
+        return Err(Error::Invalid(format!(
+            "mount target {target}: a {} cannot be mounted on a {}",
+            if is_dir { "directory" } else { "file" },
+            if tty == FileType::Directory { "directory" } else { "file" }
+        )));
+    }
+    rustix::mount::move_mount(
+        &view,
+        "",
+        &target_fd,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| sys("attaching the idmapped volume at", target_path, e))
 }

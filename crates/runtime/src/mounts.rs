@@ -17,8 +17,18 @@ use crate::error::{Error, Result};
 /// One mount a user asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserMount {
-    Bind { source: String, target: String, readonly: bool },
-    Tmpfs { target: String, options: Vec<String> },
+    /// `idmap`: the host directory's owner appears as the container's root (see
+    /// [`crate::idmap::attach_idmapped_volume`]); attached by bulkhead, not by the runtime.
+    Bind {
+        source: String,
+        target: String,
+        readonly: bool,
+        idmap: bool,
+    },
+    Tmpfs {
+        target: String,
+        options: Vec<String>,
+    },
 }
 
 impl UserMount {
@@ -31,7 +41,9 @@ impl UserMount {
     /// The mount in the OCI runtime spec's shape.
     pub fn to_spec(&self) -> Value {
         match self {
-            UserMount::Bind { source, target, readonly } => {
+            UserMount::Bind {
+                source, target, readonly, ..
+            } => {
                 let mut opts = vec!["rbind", "nosuid", "nodev"];
                 if *readonly {
                     opts.push("ro");
@@ -63,23 +75,27 @@ fn check_target(t: &str) -> Result<()> {
     }
 }
 
-/// `-v HOST:CTR[:ro|rw]`.
+/// `-v HOST:CTR[:OPTIONS]`, options `ro`, `rw`, `idmap`, comma-separated.
 pub fn parse_volume(v: &str) -> Result<UserMount> {
     let parts: Vec<&str> = v.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
-        [s, t] => (*s, *t, None),
-        [s, t, m] => (*s, *t, Some(*m)),
-        _ => return Err(Error::Invalid(format!("-v {v:?}: expected HOST:CONTAINER[:ro]"))),
+        [s, t] => (*s, *t, ""),
+        [s, t, m] => (*s, *t, *m),
+        _ => return Err(Error::Invalid(format!("-v {v:?}: expected HOST:CONTAINER[:ro|rw][,idmap]"))),
     };
-    let readonly = match mode {
-        None | Some("rw") => false,
-        Some("ro") => true,
-        Some(m) => return Err(Error::Invalid(format!("-v {v:?}: unknown mode {m:?} (ro or rw)"))),
-    };
-    bind(source, target, readonly)
+    let (mut readonly, mut idmap) = (false, false);
+    for opt in mode.split(',').filter(|o| !o.is_empty()) {
+        match opt {
+            "rw" => readonly = false,
+            "ro" => readonly = true,
+            "idmap" => idmap = true,
+            m => return Err(Error::Invalid(format!("-v {v:?}: unknown option {m:?} (ro, rw, idmap)"))),
+        }
+    }
+    bind(source, target, readonly, idmap)
 }
 
-fn bind(source: &str, target: &str, readonly: bool) -> Result<UserMount> {
+fn bind(source: &str, target: &str, readonly: bool, idmap: bool) -> Result<UserMount> {
     if !source.starts_with('/') {
         return Err(Error::Invalid(format!(
             "bind source {source:?}: must be an absolute host path (named volumes do not exist yet)"
@@ -95,13 +111,14 @@ fn bind(source: &str, target: &str, readonly: bool) -> Result<UserMount> {
         source: source.into(),
         target: target.into(),
         readonly,
+        idmap,
     })
 }
 
 /// `--mount type=bind,source=S,target=T[,readonly]` or `type=tmpfs,target=T[,tmpfs-size=N][,tmpfs-mode=M]`.
 pub fn parse_mount(m: &str) -> Result<UserMount> {
     let mut kind = None;
-    let (mut source, mut target, mut readonly, mut options) = (None, None, false, Vec::new());
+    let (mut source, mut target, mut readonly, mut idmap, mut options) = (None, None, false, false, Vec::new());
     for kv in m.split(',') {
         let (k, v) = kv.split_once('=').map_or((kv, None), |(k, v)| (k, Some(v)));
         match (k, v) {
@@ -110,6 +127,7 @@ pub fn parse_mount(m: &str) -> Result<UserMount> {
             ("target" | "destination" | "dst", Some(t)) => target = Some(t.to_owned()),
             ("readonly" | "ro", None | Some("true") | Some("1")) => readonly = true,
             ("readonly" | "ro", Some("false") | Some("0")) => readonly = false,
+            ("idmap", None | Some("true") | Some("1")) => idmap = true,
             ("tmpfs-size", Some(s)) => options.push(format!("size={s}")),
             ("tmpfs-mode", Some(s)) => options.push(format!("mode={s}")),
             _ => return Err(Error::Invalid(format!("--mount {m:?}: unknown option {kv:?}"))),
@@ -121,9 +139,13 @@ pub fn parse_mount(m: &str) -> Result<UserMount> {
             &source.ok_or_else(|| Error::Invalid(format!("--mount {m:?}: source is required")))?,
             &target,
             readonly,
+            idmap,
         ),
         Some("tmpfs") => {
             check_target(&target)?;
+            if idmap {
+                return Err(Error::Invalid(format!("--mount {m:?}: idmap applies to bind mounts")));
+            }
             if readonly {
                 options.push("ro".into());
             }
@@ -192,9 +214,23 @@ mod tests {
             UserMount::Bind {
                 source: "/tmp".into(),
                 target: "/data".into(),
-                readonly: true
+                readonly: true,
+                idmap: false
             }
         );
+        assert!(matches!(
+            parse_volume("/tmp:/data:ro,idmap").unwrap(),
+            UserMount::Bind {
+                readonly: true,
+                idmap: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_mount("type=bind,src=/tmp,dst=/d,idmap").unwrap(),
+            UserMount::Bind { idmap: true, .. }
+        ));
+        assert!(parse_mount("type=tmpfs,dst=/d,idmap").is_err());
         assert!(parse_volume("/tmp:/data:zz").is_err());
         assert!(parse_volume("relative:/data").is_err());
         assert!(parse_volume("/does/not/exist/x:/data").is_err());

@@ -95,6 +95,26 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         cs.prepare_rootfs(store, &id, &layers, &profile)?;
         let rootfs = cs.rootfs(&id);
         crate::mounts::check_targets_in(&rootfs, &req.mounts)?;
+        let idmapped_volumes: Vec<crate::container::IdmappedVolume> = req
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                crate::mounts::UserMount::Bind {
+                    source,
+                    target,
+                    readonly,
+                    idmap: true,
+                } => Some(crate::container::IdmappedVolume {
+                    source: source.clone(),
+                    target: target.clone(),
+                    readonly: *readonly,
+                }),
+                _ => None,
+            })
+            .collect();
+        for v in &idmapped_volumes {
+            v.attach(&rootfs, host_id)?;
+        }
         let image_user = info
             .config
             .get("config")
@@ -104,7 +124,12 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         let user = crate::user::resolve(&rootfs, req.user.as_deref().unwrap_or(image_user))?;
         let hostname = req.overrides.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
         let mut args = command_line(&info.config, &req.overrides)?;
-        let mut mounts = req.mounts.clone();
+        let mut mounts: Vec<_> = req
+            .mounts
+            .iter()
+            .filter(|m| !matches!(m, crate::mounts::UserMount::Bind { idmap: true, .. }))
+            .cloned()
+            .collect();
         if req.init {
             // The embedded init goes next to the container's state and is bind-mounted read-only
             // into /dev (the runtime's tmpfs): nothing is written into the container's own layer.
@@ -117,6 +142,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
                 source: bin.to_string_lossy().into_owned(),
                 target: INIT_PATH.into(),
                 readonly: true,
+                idmap: false,
             });
             args.insert(0, INIT_PATH.into());
         }
@@ -191,6 +217,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             stop_signal,
             stop_timeout: req.stop_timeout.unwrap_or(10),
             labels: req.labels.clone(),
+            idmapped_volumes,
         };
         cs.save(&rec)?;
         Ok(rec)
