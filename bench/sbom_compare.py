@@ -14,9 +14,18 @@ def key(c):
         return None
     body, _, query = purl.split("#")[0].partition("?")
     ty, rest = body[4:].split("/", 1)
-    name_part, _, version = rest.rpartition("@")
-    name = unquote(name_part.split("/")[-1])
+    if "@" in rest:
+        name_part, _, version = rest.rpartition("@")
+    else:
+        name_part, version = rest, ""
+    # Go names are whole module paths; the others are compared without their namespace.
+    name = unquote(name_part) if ty == "golang" else unquote(name_part.split("/")[-1])
     version = unquote(version)
+    if ty == "golang":
+        # Trivy leaves the main module's version out, the others say (devel); Syft writes the
+        # toolchain as 1.19.8, Trivy and bulkhead as v1.19.8.
+        version = version or "(devel)"
+        version = version[1:] if version.startswith("v") else version
     if ty == "pypi":
         name = name.lower().replace("_", "-")
     # Trivy puts a Debian/RPM epoch in an `epoch` qualifier, bulkhead and Syft in the version.
