@@ -129,6 +129,7 @@ pub fn sbom(ctx: &Ctx, a: SbomArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             if let Some(o) = &a.output {
                 let mut f = std::fs::File::create(o).with_context(|| o.display().to_string())?;
+                writeln!(f, "NAME\tVERSION\tTYPE\tLAYER\tPATH")?;
                 for r in &rows {
                     writeln!(f, "{}", r.join("\t"))?;
                 }
@@ -169,6 +170,7 @@ fn open_db(ctx: &Ctx) -> anyhow::Result<Db> {
 
 pub fn scan(ctx: &Ctx, a: ScanArgs) -> anyhow::Result<ExitCode> {
     let policy = crate::trust_cmd::load_policy(ctx)?;
+    let fail_on = a.fail_on.as_deref().map(|l| severity(l, "--fail-on")).transpose()?;
     let db = open_db(ctx)?;
     let bom = load_bom(ctx, &a.image, !a.no_cache)?;
     let ignore = a.ignore.clone().or_else(|| policy.scan.ignore.clone());
@@ -226,8 +228,7 @@ pub fn scan(ctx: &Ctx, a: ScanArgs) -> anyhow::Result<ExitCode> {
         )?,
         Some(f) => bail!("unknown --format {f:?} for scan (table, json, sarif or cyclonedx-json)"),
     }
-    if let Some(level) = &a.fail_on {
-        let level = severity(level, "--fail-on")?;
+    if let Some(level) = fail_on {
         let bad = blocking(&findings, level, unknown_as);
         if !bad.is_empty() {
             eprintln!(
@@ -284,7 +285,6 @@ pub fn db(ctx: &Ctx, c: DbCommand) -> anyhow::Result<ExitCode> {
             if ctx.format.as_deref() == Some("json") {
                 crate::output::json(&serde_json::to_value(&st)?)?;
             } else {
-                let now = chrono::Utc::now();
                 let rows: Vec<Vec<String>> = st
                     .sources
                     .iter()
@@ -304,7 +304,6 @@ pub fn db(ctx: &Ctx, c: DbCommand) -> anyhow::Result<ExitCode> {
                 table(&["SOURCE", "ADVISORIES", "IMPORTED", "NEWEST RECORD", "FROM"], &rows)?;
                 let ecos: Vec<String> = st.ecosystems.iter().map(|(e, n)| format!("{e} {n}")).collect();
                 println!("\n{} advisories; by ecosystem: {}", st.advisories, ecos.join(", "));
-                let _ = now;
             }
         }
         DbCommand::Update { ecosystems, mirror } => {

@@ -80,6 +80,9 @@ struct LayerChanges {
     removed: Vec<String>,
     /// Opaque directories and anything that is not a directory: what lay below under it is gone.
     hides_below: Vec<String>,
+    /// Every entry of the layer: whatever a lower layer had at that very path is replaced (a file
+    /// by a symlink, a file by a directory, one package database by another).
+    replaced: Vec<String>,
     /// Files a cataloger claims.
     claimed: Vec<(String, Claim)>,
 }
@@ -89,6 +92,13 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
     let mut state: BTreeMap<String, Entry> = BTreeMap::new();
     for (info, dir) in layers {
         let changes = scan_layer(dir)?;
+        // What lower layers said at the paths this layer parses again, for attribution.
+        let mut olds: std::collections::HashMap<&str, Entry> = std::collections::HashMap::new();
+        for (path, _) in &changes.claimed {
+            if let Some(e) = state.remove(path) {
+                olds.insert(path, e);
+            }
+        }
         for p in &changes.removed {
             state.remove(p);
             remove_under(&mut state, p);
@@ -96,9 +106,12 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
         for p in &changes.hides_below {
             remove_under(&mut state, p);
         }
+        for p in &changes.replaced {
+            state.remove(p);
+        }
         let parsed = parse_all(dir, &changes.claimed);
-        for ((path, _), mut parsed) in changes.claimed.into_iter().zip(parsed) {
-            let old = state.remove(&path);
+        for ((path, _), mut parsed) in changes.claimed.iter().zip(parsed) {
+            let old = olds.remove(path.as_str());
             for p in &mut parsed.packages {
                 if p.path.is_empty() {
                     p.path = format!("/{path}");
@@ -111,7 +124,7 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
                     None => (p.layer, p.layer_digest) = (info.index, info.diff_id.clone()),
                 }
             }
-            state.insert(path, Entry { layer: info.index, parsed });
+            state.insert(path.clone(), Entry { layer: info.index, parsed });
         }
     }
     Ok(finish(state))
@@ -136,6 +149,7 @@ fn scan_layer(dir: &Path) -> Result<LayerChanges> {
         let Ok(rel) = entry.path().strip_prefix(dir) else { continue };
         let Some(rel) = rel.to_str() else { continue };
         let ft = entry.file_type();
+        c.replaced.push(rel.to_string());
         if ft.is_dir() {
             if let Ok(n) = rustix::fs::lgetxattr(entry.path(), OPAQUE_XATTR, &mut [0u8; 4]) {
                 if n >= 1 {
@@ -280,7 +294,7 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
 }
 
 /// Bumped whenever a cataloger changes what it reports, so cached bills of materials are redone.
-pub const CATALOG_VERSION: u32 = 1;
+pub const CATALOG_VERSION: u32 = 2;
 
 /// The bill of materials of a stored image, from the cache beside the store when an earlier run of
 /// this version made one (layers never change, so neither does what is in them).
@@ -323,4 +337,67 @@ pub fn prune_cache(store: &Store) -> Result<usize> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(dir: &Path, name: &str, version: &str) {
+        let d = dir.join(format!("site/{name}-{version}.dist-info"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("METADATA"), format!("Name: {name}\nVersion: {version}\n")).unwrap();
+    }
+
+    fn info(i: usize) -> LayerInfo {
+        LayerInfo {
+            index: i,
+            diff_id: format!("sha256:{i}"),
+            blob: String::new(),
+            created_by: None,
+        }
+    }
+
+    fn names(layers: &[(LayerInfo, PathBuf)]) -> Vec<String> {
+        let (pkgs, _, _) = catalog_layers(layers).unwrap();
+        pkgs.iter().map(|p| format!("{}@{} L{}", p.name, p.version, p.layer)).collect()
+    }
+
+    #[test]
+    fn layers_stack_as_overlayfs_does() {
+        let t = tempfile::tempdir().unwrap();
+        let l: Vec<PathBuf> = (1..=5).map(|i| t.path().join(format!("l{i}"))).collect();
+        l.iter().for_each(|d| std::fs::create_dir_all(d).unwrap());
+        metadata(&l[0], "a", "1");
+        metadata(&l[0], "b", "1");
+        metadata(&l[0], "c", "1");
+        metadata(&l[0], "d", "1");
+        // Layer 2 rewrites a's metadata unchanged (a chmod -R does that): a stays in layer 1.
+        metadata(&l[1], "a", "1");
+        // Layer 3 deletes b with a whiteout (a 0:0 character device) and turns c's metadata into a symlink.
+        std::fs::create_dir_all(l[2].join("site")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            l[2].join("site/b-1.dist-info"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir_all(l[2].join("site/c-1.dist-info")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", l[2].join("site/c-1.dist-info/METADATA")).unwrap();
+        // Layer 4 makes site opaque and puts only d back, at a new version, and e.
+        std::fs::create_dir_all(l[3].join("site")).unwrap();
+        rustix::fs::setxattr(l[3].join("site"), OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty()).unwrap();
+        metadata(&l[3], "d", "2");
+        metadata(&l[3], "e", "1");
+        // Layer 5 replaces the directory of e by a file.
+        std::fs::create_dir_all(l[4].join("site")).unwrap();
+        std::fs::write(l[4].join("site/e-1.dist-info"), "not a directory").unwrap();
+        let stack: Vec<(LayerInfo, PathBuf)> = l.iter().enumerate().map(|(i, d)| (info(i + 1), d.clone())).collect();
+        assert_eq!(names(&stack[..2]), ["a@1 L1", "b@1 L1", "c@1 L1", "d@1 L1"]);
+        assert_eq!(names(&stack[..3]), ["a@1 L1", "d@1 L1"]);
+        assert_eq!(names(&stack[..4]), ["d@2 L4", "e@1 L4"]);
+        assert_eq!(names(&stack), ["d@2 L4"]);
+    }
 }
