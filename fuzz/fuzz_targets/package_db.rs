@@ -5,8 +5,9 @@
 use bulkhead_scan::catalog::{parse, Claim};
 use libfuzzer_sys::fuzz_target;
 
-const CLAIMS: [Claim; 8] = [
+const CLAIMS: [Claim; 9] = [
     Claim::DpkgStatus,
+    Claim::DpkgMd5sums,
     Claim::DpkgStatusD,
     Claim::DpkgFiles,
     Claim::Apk,

@@ -294,7 +294,7 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
 }
 
 /// Bumped whenever a cataloger changes what it reports, so cached bills of materials are redone.
-pub const CATALOG_VERSION: u32 = 2;
+pub const CATALOG_VERSION: u32 = 3;
 
 /// The bill of materials of a stored image, from the cache beside the store when an earlier run of
 /// this version made one (layers never change, so neither does what is in them).

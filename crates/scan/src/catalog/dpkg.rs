@@ -43,6 +43,14 @@ pub fn parse_list(data: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// `md5sum  relative/path` per line.
+pub fn parse_md5sums(data: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(data)
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, p)| format!("/{}", p.trim_start_matches('/'))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +74,14 @@ Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n";
         assert_eq!(
             (p[2].source_name.as_deref(), p[2].source_version.as_deref()),
             (Some("bash"), Some("5.2.15-2+b2"))
+        );
+    }
+
+    #[test]
+    fn md5sums_name_owned_files() {
+        assert_eq!(
+            parse_md5sums(b"0123abcd  usr/lib/x86_64-linux-gnu/libssl.so.3\nbad line\n"),
+            ["/usr/lib/x86_64-linux-gnu/libssl.so.3"]
         );
     }
 

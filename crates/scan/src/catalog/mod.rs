@@ -28,6 +28,8 @@ pub enum Claim {
     DpkgStatusD,
     /// `var/lib/dpkg/info/NAME.list`: the files a package owns.
     DpkgFiles,
+    /// `var/lib/dpkg/status.d/NAME.md5sums`: checksum and path of each file a package owns.
+    DpkgMd5sums,
     Apk,
     /// rpm's SQLite database.
     RpmDb,
@@ -61,7 +63,15 @@ pub fn claim(path: &str, mode: u32, size: u64) -> Option<Claim> {
         _ => {}
     }
     if let Some(rest) = path.strip_prefix("var/lib/dpkg/status.d/") {
-        return (!rest.contains('/') && !rest.ends_with(".md5sums")).then_some(Claim::DpkgStatusD);
+        if rest.contains('/') {
+            return None;
+        }
+        // Distroless images have no .list files: the checksum lists name the files instead.
+        return Some(if rest.ends_with(".md5sums") {
+            Claim::DpkgMd5sums
+        } else {
+            Claim::DpkgStatusD
+        });
     }
     if let Some(rest) = path.strip_prefix("var/lib/dpkg/info/") {
         return (!rest.contains('/') && rest.ends_with(".list")).then_some(Claim::DpkgFiles);
@@ -139,6 +149,10 @@ pub fn parse(claim: Claim, path: &str, data: &[u8]) -> Result<Parsed, String> {
             owned: dpkg::parse_list(data),
             ..Default::default()
         }),
+        Claim::DpkgMd5sums => Ok(Parsed {
+            owned: dpkg::parse_md5sums(data),
+            ..Default::default()
+        }),
         Claim::Apk => apk::parse_installed(data),
         Claim::RpmDb => rpm::parse_sqlite(data, None),
         Claim::Python => python::parse_metadata(data),
@@ -191,7 +205,7 @@ mod tests {
     fn claims_follow_the_paths_package_managers_use() {
         assert_eq!(claim("var/lib/dpkg/status", 0o644, 10), Some(Claim::DpkgStatus));
         assert_eq!(claim("var/lib/dpkg/status.d/base", 0o644, 10), Some(Claim::DpkgStatusD));
-        assert_eq!(claim("var/lib/dpkg/status.d/base.md5sums", 0o644, 10), None);
+        assert_eq!(claim("var/lib/dpkg/status.d/base.md5sums", 0o644, 10), Some(Claim::DpkgMd5sums));
         assert_eq!(claim("var/lib/dpkg/info/bash.list", 0o644, 10), Some(Claim::DpkgFiles));
         assert_eq!(
             claim("usr/lib/python3/dist-packages/requests-2.19.1.dist-info/METADATA", 0o644, 10),
