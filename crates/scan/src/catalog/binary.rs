@@ -54,7 +54,7 @@ fn find_aligned(data: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The build information Go writes into every binary: the toolchain version and, for module builds,
 /// the main module and every dependency (`dep`, with `=>` replacing the one before).
-fn go_build_info(file: &object::File, info: &[u8]) -> Result<Vec<crate::Package>, String> {
+pub fn go_build_info(file: &object::File, info: &[u8]) -> Result<Vec<crate::Package>, String> {
     if info.len() < 32 || !info.starts_with(GO_MAGIC) {
         return Err("no build information header".into());
     }
