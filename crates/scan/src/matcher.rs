@@ -408,3 +408,53 @@ mod tests {
         assert_eq!(got, [r#"PYSEC-1 ["CVE-1", "GHSA-x"]"#, "PYSEC-2 []"]);
     }
 }
+
+#[cfg(test)]
+mod db_tests {
+    use super::*;
+    use crate::catalog::package;
+
+    fn db_with(records: &[serde_json::Value]) -> (tempfile::TempDir, Db) {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("osv");
+        std::fs::create_dir(&dir).unwrap();
+        for (i, r) in records.iter().enumerate() {
+            std::fs::write(dir.join(format!("{i}.json")), r.to_string()).unwrap();
+        }
+        let mut db = Db::open_rw(&t.path().join("db.sqlite3")).unwrap();
+        db.import(&dir, "test", &mut |_| {}).unwrap();
+        (t, db)
+    }
+
+    fn affected(name: &str, fixed: &str) -> serde_json::Value {
+        serde_json::json!([{"package": {"ecosystem": "PyPI", "name": name}, "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}]}])
+    }
+
+    #[test]
+    fn withdrawn_aliases_severity_and_names() {
+        let (_t, db) = db_with(&[
+            serde_json::json!({"id": "PYSEC-1", "aliases": ["CVE-1"], "affected": affected("Some_Pkg", "2.0")}),
+            serde_json::json!({"id": "GHSA-1", "aliases": ["CVE-1"], "affected": affected("some-pkg", "2.0.1"),
+                               "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]}),
+            serde_json::json!({"id": "PYSEC-2", "withdrawn": "2024-01-01T00:00:00Z", "affected": affected("some-pkg", "9.0")}),
+            serde_json::json!({"id": "PYSEC-3", "affected": affected("other", "9.0")}),
+        ]);
+        let mut bom = Bom::default();
+        let mut p = package("some.pkg", "1.5", Ecosystem::PyPI, "python");
+        p.path = "/x/METADATA".into();
+        p.layer = 2;
+        bom.packages.push(p);
+        let f = match_bom(&bom, &db).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].id, "PYSEC-1");
+        assert_eq!(f[0].aliases, ["CVE-1", "GHSA-1"]);
+        assert_eq!(f[0].fixed, ["2.0", "2.0.1"]);
+        assert_eq!((f[0].severity(), f[0].rating.score), (Severity::Critical, Some(9.8)));
+        assert_eq!((f[0].layer, f[0].path.as_str()), (2, "/x/METADATA"));
+        // Gate arithmetic: unknown counts as asked; ignored findings never count.
+        assert_eq!(blocking(&f, Severity::Critical, Severity::Low).len(), 1);
+        let mut ignored = f.clone();
+        ignored[0].ignored = Some("accepted".into());
+        assert!(blocking(&ignored, Severity::Low, Severity::High).is_empty());
+    }
+}
