@@ -150,4 +150,21 @@ mod tests {
         assert!(cvss_score("CVSS:4.0/AV:N/AC:L/AT:N/PR:N/UI:N/VC:H/VI:H/VA:H/SC:N/SI:N/SA:N").is_some_and(|s| s >= 9.0));
         assert_eq!(cvss_score("not a vector"), None);
     }
+
+    #[test]
+    fn a_distribution_rating_wins_for_os_packages() {
+        let adv = crate::db::parse_advisory(
+            br#"{"id": "UBUNTU-CVE-1", "severity": [{"type": "Ubuntu", "score": "medium"}, {"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+                 "affected": [{"package": {"ecosystem": "Ubuntu:22.04:LTS", "name": "openssl"}}]}"#,
+        )
+        .unwrap();
+        let r = rate(&adv, &adv.affected[0], true);
+        assert_eq!((r.severity, r.source.as_str()), (Severity::Medium, "distro"));
+        let r = rate(&adv, &adv.affected[0], false);
+        assert_eq!((r.severity, r.source.as_str()), (Severity::Critical, "cvss"));
+        let bare = crate::db::parse_advisory(br#"{"id": "X", "database_specific": {"severity": "MODERATE"}, "affected": [{}]}"#).unwrap();
+        assert_eq!(rate(&bare, &bare.affected[0], false).severity, Severity::Medium);
+        let none = crate::db::parse_advisory(br#"{"id": "Y", "affected": [{}]}"#).unwrap();
+        assert_eq!(rate(&none, &none.affected[0], false).severity, Severity::Unknown);
+    }
 }
