@@ -200,12 +200,22 @@ fn parse_all(dir: &Path, claimed: &[(String, Claim)]) -> Vec<Parsed> {
     results.into_iter().map(|m| m.into_inner().unwrap().unwrap_or_default()).collect()
 }
 
-fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parsed, String> {
-    let f = File::options()
+/// A layer's file, never through a symlink, read whole up to the metadata limit.
+fn open_in_layer(file: &Path) -> std::io::Result<File> {
+    File::options()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(file)
-        .map_err(|e| e.to_string())?;
+}
+
+fn read_capped(f: File) -> std::result::Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    f.take(catalog::MAX_METADATA).read_to_end(&mut data).map_err(|e| e.to_string())?;
+    Ok(data)
+}
+
+fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parsed, String> {
+    let f = open_in_layer(file).map_err(|e| e.to_string())?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();
     if claim.is_metadata() {
         if size > catalog::MAX_METADATA {
@@ -214,23 +224,14 @@ fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parse
                 catalog::MAX_METADATA
             ));
         }
-        let mut data = Vec::with_capacity(size as usize);
-        f.take(catalog::MAX_METADATA).read_to_end(&mut data).map_err(|e| e.to_string())?;
+        let data = read_capped(f)?;
         if claim == Claim::RpmDb {
             // What SQLite has not yet moved from its write-ahead log into the file is in the log
             // beside it (in the same layer: a later layer's copy of the file comes with its own).
             let mut wal_path = file.as_os_str().to_owned();
             wal_path.push("-wal");
-            let wal = match File::options()
-                .read(true)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&wal_path)
-            {
-                Ok(w) => {
-                    let mut buf = Vec::new();
-                    w.take(catalog::MAX_METADATA).read_to_end(&mut buf).map_err(|e| e.to_string())?;
-                    Some(buf)
-                }
+            let wal = match open_in_layer(Path::new(&wal_path)) {
+                Ok(w) => Some(read_capped(w)?),
                 Err(_) => None,
             };
             return catalog::rpm::parse_sqlite(&data, wal.as_deref());
