@@ -284,7 +284,7 @@ fn create_container(
 /// `run`/`create` of an image the store does not have pull it first, as Docker does. The pull runs
 /// in a child process: this one may create the container itself, and must still be single-threaded
 /// then (the registry client is not).
-fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Result<()> {
+pub(crate) fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Result<()> {
     // A tag the trust policy covers is verified on every run (the pull is quick when the signed
     // image is in the store, and re-tags the name if it points elsewhere).
     let covered = bulkhead_image::Reference::parse(image)

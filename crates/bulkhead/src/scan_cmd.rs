@@ -86,6 +86,9 @@ fn severity(s: &str, what: &str) -> anyhow::Result<Severity> {
 
 fn load_bom(ctx: &Ctx, image: &str, cached: bool) -> anyhow::Result<Bom> {
     let store = ctx.store()?;
+    // A name the store lacks is pulled first, as `run` does (and a tag the trust policy covers is
+    // resolved through its signed metadata): what is scanned is what would run.
+    crate::container_cmd::pull_if_missing(ctx, &store, image)?;
     let _lock = store.lock_shared()?;
     let rec = store.resolve(image)?;
     let bom = if cached {

@@ -249,6 +249,14 @@ fn skopeo_pushes_bulkhead_pulls_the_same_digest_and_runs_it() {
     assert!(again.contains("(0 bytes transferred)"), "{again}");
     // Nothing half-done is left behind.
     assert!(std::fs::read_dir(env.root().join("downloads")).unwrap().next().is_none());
+    // sbom and scan of a name the store lacks pull it first, as run does.
+    env.ok(&["rmi", &name]);
+    let bom: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "sbom", &name])).unwrap();
+    assert_eq!(bom["manifest"], want);
+    assert!(
+        bom["packages"].as_array().unwrap().iter().any(|p| p["name"] == "busybox"),
+        "{bom:#}"
+    );
 }
 
 #[test]
