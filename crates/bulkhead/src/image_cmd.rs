@@ -352,6 +352,7 @@ pub fn system_check(ctx: &Ctx, repair: bool) -> anyhow::Result<ExitCode> {
     let cs = bulkhead_runtime::container::Containers::open(&store)?;
     let mut problems = bulkhead_runtime::check::check_containers(&store, &cs, repair)?;
     problems.extend(store.check(repair)?);
+    problems.extend(crate::scan_cmd::check(ctx, &store, repair)?);
     if ctx.output()? == Output::Json {
         json(&serde_json::json!({"problems": problems, "repaired": repair}))?;
     } else {

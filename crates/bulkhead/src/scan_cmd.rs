@@ -379,3 +379,38 @@ pub fn gate(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Re
         }
     }
 }
+
+/// `system check`: the vulnerability database is sound, and the cached bills of materials belong
+/// to images the store has. With `repair`: stale caches go, and an unreadable database is removed
+/// (it holds only what `db import`/`db update` can bring back; the problem says so).
+pub fn check(ctx: &Ctx, store: &bulkhead_image::Store, repair: bool) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let path = db_path(ctx);
+    let broken = match Db::open_existing(&path) {
+        Ok(None) => None,
+        Ok(Some(db)) => match db.check() {
+            Ok(p) if p.is_empty() => None,
+            Ok(p) => Some(p.join("; ")),
+            Err(e) => Some(e.to_string()),
+        },
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = broken {
+        problems.push(format!(
+            "vulnerability database {} is unreadable ({why}); import the advisories again",
+            path.display()
+        ));
+        if repair {
+            for suffix in ["", "-journal", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    if repair {
+        let _lock = store.lock_exclusive()?;
+        bulkhead_scan::walk::prune_cache(store)?;
+    }
+    Ok(problems)
+}

@@ -666,4 +666,15 @@ fn an_import_killed_midway_leaves_the_database_as_it_was() {
     std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
     let err = env.fails(&["db", "status"]);
     assert!(err.contains("remove it and import again"), "{err}");
+    // system check says so, and --repair removes it (it holds only what an import brings back).
+    let o = env.run(&["system", "check"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("vulnerability database"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    env.ok(&["system", "check", "--repair"]);
+    assert!(!db.exists());
+    env.ok(&["system", "check"]);
 }

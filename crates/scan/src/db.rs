@@ -326,6 +326,18 @@ impl Db {
         Ok(report)
     }
 
+    /// SQLite's own consistency check; an empty list when the database is sound.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let p = &self.path;
+        let mut st = self.conn.prepare("PRAGMA quick_check").map_err(db_err(p))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err(p))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_err(p))?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
     pub fn status(&self) -> Result<Status> {
         let p = &self.path;
         let mut st = self
