@@ -95,7 +95,7 @@ impl TrustDir {
 
     /// Generates key `name`, encrypted with `passphrase`; returns its key id.
     pub fn generate_key(&self, name: &str, kind: KeyKind, passphrase: &str) -> Result<String> {
-        let mut names = self.names()?;
+        let names = self.names()?;
         if names.contains_key(name) {
             return Err(Error::Key(format!("a key named {name:?} exists already")));
         }
@@ -103,12 +103,7 @@ impl TrustDir {
             return Err(Error::Key(format!("{name:?} is not a key name ([A-Za-z0-9._-])")));
         }
         let key = PrivateKey::generate(kind)?;
-        let id = key.key_id()?;
-        key.save(&self.dir.join("private").join(format!("{id}.key")), passphrase)?;
-        names.insert(name.to_owned(), id.clone());
-        let data = serde_json::to_vec_pretty(&names).map_err(|e| Error::Key(e.to_string()))?;
-        std::fs::write(self.names_path(), data).map_err(|e| Error::Key(format!("{}: {e}", self.names_path().display())))?;
-        Ok(id)
+        self.store_key(names, name, &key, passphrase)
     }
 
     /// Key `name_or_id` for another machine: the public key (TUF's JSON form, with its id), or with
@@ -129,10 +124,15 @@ impl TrustDir {
     /// after checking that `passphrase` opens it. Returns its key id.
     pub fn import_key(&self, name: &str, pem: &str, passphrase: &str) -> Result<String> {
         let key = PrivateKey::from_encrypted_pem(pem, passphrase)?;
-        let mut names = self.names()?;
+        let names = self.names()?;
         if names.contains_key(name) {
             return Err(Error::Key(format!("a key named {name:?} exists already")));
         }
+        self.store_key(names, name, &key, passphrase)
+    }
+
+    /// Saves `key` encrypted under its id and records `name` for it. Returns the id.
+    fn store_key(&self, mut names: BTreeMap<String, String>, name: &str, key: &PrivateKey, passphrase: &str) -> Result<String> {
         let id = key.key_id()?;
         key.save(&self.dir.join("private").join(format!("{id}.key")), passphrase)?;
         names.insert(name.to_owned(), id.clone());
