@@ -7,6 +7,17 @@
 //! the grandchild is inside the pid namespace. The grandchild drops the bounding set to the
 //! container's capabilities, sets no_new_privs, takes its uid and gids, sets its capability sets,
 //! loads the same seccomp filter as the container (the spec's, read the way runc reads it), and execs.
+//!
+//! What the exec'd process must not inherit from the caller (the class of runc's CVE-2024-21626):
+//! - descriptors: the caller may hold any descriptor without close-on-exec (a shell's `exec 8</`
+//!   is the host's root directory, and `/proc/self/fd/8/...` inside the container would reach the
+//!   host's files). Every descriptor above stdio is marked close-on-exec in the grandchild, after
+//!   the last one it needs and before the filter is loaded, so none survives the exec;
+//! - the session: the caller's terminal, as a controlling terminal, lets `ioctl(TIOCSTI)` type
+//!   commands into the operator's shell. Every exec'd process starts a session of its own (with
+//!   `-t`, on the container's own pty), and the default filter denies TIOCSTI and TIOCLINUX too;
+//! - inspection: both children are not dumpable until the exec, so processes of the container
+//!   cannot ptrace them or open their /proc entries while they still hold the host's descriptors.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -253,6 +264,9 @@ fn run(mut plan: Plan, tty: bool) -> Result<i32> {
     }
     if child == 0 {
         drop(go_w);
+        // SAFETY: prctl(PR_SET_DUMPABLE, 0) on ourselves; inherited by the grandchild, reset by
+        // the kernel at its exec.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         let mut b = [0u8; 1];
         let _ = rustix::io::read(&go_r, &mut b);
         let code = match join_and_fork(&plan) {
@@ -341,8 +355,11 @@ fn join_and_fork(plan: &Plan) -> Result<i32> {
 /// Returns only on failure.
 fn become_and_exec(plan: &Plan) -> Error {
     let step = || -> Result<std::convert::Infallible> {
-        if let Some(sock) = &plan.tty {
-            attach_pty(sock)?;
+        match &plan.tty {
+            Some(sock) => attach_pty(sock)?,
+            None => {
+                rustix::process::setsid().map_err(|e| err(format!("setsid: {e}")))?;
+            }
         }
         // SAFETY: chdir with a valid C string; the mount namespace's root is the container's.
         if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
@@ -386,6 +403,7 @@ fn become_and_exec(plan: &Plan) -> Error {
             },
         )
         .map_err(|e| err(format!("capabilities: {e}")))?;
+        cloexec_from(3)?;
         if let Some(f) = &plan.seccomp {
             f.load().map_err(|e| err(format!("loading the seccomp filter: {e}")))?;
         }
@@ -415,6 +433,35 @@ fn become_and_exec(plan: &Plan) -> Error {
         Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+/// Marks every descriptor from `first` up close-on-exec (close_range(2) with CLOSE_RANGE_CLOEXEC,
+/// Linux 5.11; before that, one fcntl per open descriptor as /proc/self/fd lists them).
+fn cloexec_from(first: u32) -> Result<()> {
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0 {
+        return Ok(());
+    }
+    let fds = rustix::fs::open(
+        "/proc/self/fd",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| err(format!("/proc/self/fd: {e}")))?;
+    let dir = rustix::fs::Dir::read_from(&fds).map_err(|e| err(format!("/proc/self/fd: {e}")))?;
+    for e in dir.flatten() {
+        let Some(fd) = std::str::from_utf8(e.file_name().to_bytes())
+            .ok()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if fd >= first as i32 {
+            // SAFETY: setting FD_CLOEXEC on a descriptor number; a stale number fails with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
 }
 
 /// In the grandchild: a pty pair from the container's own devpts; the master goes to the CLI, the

@@ -9,7 +9,15 @@
 //!   fsconfig, fsmount, fspick, move_mount, open_tree, mount_setattr, pivot_root), unshare, setns and
 //!   clone with any namespace flag (CLONE_NEWTIME included) are denied; clone3 answers ENOSYS so C
 //!   libraries fall back to clone, whose flags a filter can see;
-//! - socket(2) for AF_ALG and AF_VSOCK is denied.
+//! - socket(2) for AF_ALG and AF_VSOCK is denied, and so are ioctl(2)'s TIOCSTI and TIOCLINUX (a
+//!   container that holds a terminal of the host's could type commands into it).
+//!
+//! Arguments that the kernel reads as 32-bit integers (socket's family, ioctl's request,
+//! personality's persona) are compared on their low 32 bits only: a comparison of all 64 bits lets
+//! `socket(0x1_0000_0028, ...)` pass a "family > AF_VSOCK" rule while the kernel, reading 32 bits,
+//! makes an AF_VSOCK socket. Every rule on such an argument is a masked equality
+//! (`SCMP_CMP_MASKED_EQ` with the upper 32 bits out of the mask); "any value but these" is written
+//! as the set of bit prefixes that cover the rest of the 32-bit range ([`u32_except`]).
 //!
 //! The list is ours, written from the Linux system call table by purpose; Docker's file is only
 //! read by the test that compares them.
@@ -54,7 +62,6 @@ pub const ALLOWED: &[&str] = &[
     "tee",
     "vmsplice",
     "copy_file_range",
-    "ioctl",
     "readahead",
     "fadvise64",
     // file metadata and names
@@ -373,14 +380,41 @@ pub const CLONE_NAMESPACE_FLAGS: u64 =
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
-const AF_ALG: u64 = 38;
-const AF_VSOCK: u64 = 40;
+const AF_ALG: u32 = 38;
+const AF_VSOCK: u32 = 40;
+/// ioctl requests that push input into a terminal (TIOCSTI) or drive the virtual console (TIOCLINUX).
+pub const DENIED_IOCTLS: [u32; 2] = [0x5412, 0x541C];
+
+/// (mask, datum) pairs of masked-equality comparisons that together match every 32-bit value but
+/// the `excluded` ones, ignoring the upper 32 bits of the 64-bit argument: the smallest set of
+/// aligned bit prefixes that covers the rest of the range (at most 32 per excluded value).
+pub fn u32_except(excluded: &[u32]) -> Vec<(u64, u64)> {
+    fn cover(prefix: u64, len: u32, excluded: &[u32], out: &mut Vec<(u64, u64)>) {
+        let span = 32 - len;
+        let inside = |v: &&u32| (u64::from(**v) >> span) == (prefix >> span);
+        if !excluded.iter().any(|v| inside(&v)) {
+            let mask = if len == 0 { 0 } else { (0xffff_ffffu64 >> span) << span };
+            out.push((mask, prefix));
+        } else if len < 32 {
+            let half = 1u64 << (span - 1);
+            cover(prefix, len + 1, excluded, out);
+            cover(prefix | half, len + 1, excluded, out);
+        }
+    }
+    let mut out = Vec::new();
+    cover(0, 0, excluded, &mut out);
+    out
+}
+
+/// A masked-equality comparison of argument `index` on its low 32 bits.
+fn masked(index: u32, mask: u64, datum: u64) -> Value {
+    json!({"index": index, "value": mask, "valueTwo": datum, "op": "SCMP_CMP_MASKED_EQ"})
+}
 
 /// The profile in the OCI runtime spec's `linux.seccomp` shape.
 pub fn default_profile() -> Value {
     let allow = |names: &[&str]| json!({"names": names, "action": "SCMP_ACT_ALLOW"});
     let allow_if = |name: &str, args: Value| json!({"names": [name], "action": "SCMP_ACT_ALLOW", "args": args});
-    let arg = |index: u32, value: u64, op: &str| json!({"index": index, "value": value, "op": op});
     let mut syscalls = vec![allow(ALLOWED)];
     // clone only without namespace flags (the flags are argument 0 on x86_64).
     syscalls.push(allow_if(
@@ -390,12 +424,16 @@ pub fn default_profile() -> Value {
     // clone3 passes its flags in memory a filter cannot read: say it does not exist.
     syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}));
     // socket for every family but AF_ALG (kernel crypto) and AF_VSOCK (the host side of VMs).
-    syscalls.push(allow_if("socket", json!([arg(0, AF_ALG, "SCMP_CMP_LT")])));
-    syscalls.push(allow_if("socket", json!([arg(0, AF_ALG + 1, "SCMP_CMP_EQ")])));
-    syscalls.push(allow_if("socket", json!([arg(0, AF_VSOCK, "SCMP_CMP_GT")])));
+    for (mask, datum) in u32_except(&[AF_ALG, AF_VSOCK]) {
+        syscalls.push(allow_if("socket", json!([masked(0, mask, datum)])));
+    }
+    // ioctl for every request but those that type into or drive a terminal.
+    for (mask, datum) in u32_except(&DENIED_IOCTLS) {
+        syscalls.push(allow_if("ioctl", json!([masked(1, mask, datum)])));
+    }
     // personality only for the harmless personas (Linux, PER_LINUX32 and UNAME26 variants, query).
     for p in [0u64, 0x8, 0x20000, 0x20008, 0xffff_ffff] {
-        syscalls.push(allow_if("personality", json!([arg(0, p, "SCMP_CMP_EQ")])));
+        syscalls.push(allow_if("personality", json!([masked(0, 0xffff_ffff, p)])));
     }
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
@@ -415,6 +453,34 @@ mod tests {
         for n in ALLOWED {
             assert!(seen.insert(*n), "{n} is listed twice");
             assert!(!DENIED.contains(n), "{n} is both allowed and denied");
+        }
+    }
+
+    /// Evaluates the cover the way the filter does: some (mask, datum) with arg & mask == datum.
+    fn allows(rules: &[(u64, u64)], arg: u64) -> bool {
+        rules.iter().any(|(m, d)| arg & m == *d)
+    }
+
+    #[test]
+    fn u32_except_matches_everything_but_the_excluded_low_32_bits() {
+        for excluded in [vec![], vec![0], vec![0xffff_ffff], vec![38, 40], DENIED_IOCTLS.to_vec()] {
+            let rules = u32_except(&excluded);
+            assert!(rules.len() <= 32 * excluded.len().max(1), "{excluded:?}: {} rules", rules.len());
+            for (m, d) in &rules {
+                assert_eq!(m >> 32, 0, "the upper half must be out of every mask");
+                assert_eq!(d & !m, 0);
+            }
+            for &x in &excluded {
+                for high in [0u64, 1 << 32, 0xffff_ffff << 32] {
+                    assert!(!allows(&rules, high | u64::from(x)), "{x:#x} with high bits {high:#x} passes");
+                }
+            }
+            for v in (0u64..2000).chain([0x5411, 0x5413, 0x541b, 0x541d, 0x8000_0000, 0xffff_fffe]) {
+                if !excluded.contains(&(v as u32)) {
+                    assert!(allows(&rules, v), "{v:#x} is refused");
+                    assert!(allows(&rules, v | 0x7 << 40), "{v:#x} with high bits is refused");
+                }
+            }
         }
     }
 }
