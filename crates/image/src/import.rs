@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -78,25 +78,16 @@ impl Confined {
     pub fn open_file(&self, rel: &str) -> Result<File> {
         let comps = crate::unpack::sanitize(rel.as_bytes()).map_err(Error::invalid)?;
         let p: PathBuf = comps.iter().collect();
-        let fd = rustix::fs::openat2(
-            &self.root,
-            &p,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::NOENT => Error::NotFound(format!("{rel} is missing from {}", self.path.display())),
-            e => Error::Io {
-                path: self.path.join(&p),
-                source: e.into(),
-            },
-        })?;
-        let f = File::from(fd);
-        if !f.metadata().at(self.path.join(&p))?.is_file() {
-            return Err(Error::invalid(format!("{rel} in {} is not a regular file", self.path.display())));
-        }
-        Ok(f)
+        crate::tree::open_regular_at(self.root.as_fd(), &p, ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS).map_err(|e| {
+            match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(format!("{rel} is missing from {}", self.path.display())),
+                std::io::ErrorKind::InvalidInput => Error::invalid(format!("{rel} in {}: {e}", self.path.display())),
+                _ => Error::Io {
+                    path: self.path.join(&p),
+                    source: e,
+                },
+            }
+        })
     }
 
     /// Reads a small JSON file whole, refusing one larger than `max`.
@@ -133,7 +124,7 @@ pub fn import_path(store: &Store, path: &Path, opts: &ImportOptions, progress: &
     }
     // An archive: unpack it (files only, confined, no owners) into staging, then read it as a directory.
     let stage = store.staging()?;
-    let f = File::open(path).at(path)?;
+    let f = crate::tree::open_regular_following(path).at(path)?;
     let reader = crate::limits::decompress(io::BufReader::new(f), store.limits()).at(path)?;
     extract(reader, stage.path(), &ExtractOptions::default(), &path.display().to_string())
         .map_err(|e| Error::invalid(format!("{} is not a readable image archive: {e}", path.display())))?;
@@ -298,48 +289,69 @@ fn import_manifest(
     let cfg_data = read_verified(src, &m.config_digest, m.config.size())?;
     let cfg = spec::parse_config(&cfg_data, m.layers.len())?;
     let chains = chain_ids(&cfg.diff_ids);
-    let mut layers = Vec::new();
-    for (i, (desc, blob)) in m.layers.iter().enumerate() {
-        progress(Progress::Copying {
-            digest: blob.clone(),
-            size: desc.size(),
-        });
-        if !store.has_blob(blob) {
-            store.put_blob(src.open(blob)?, blob, Some(desc.size()))?;
-        } else {
-            store.put_blob(io::empty(), blob, Some(desc.size()))?;
+    // Layers this import unpacked itself: if the import is refused, they go again (bad input
+    // changes nothing), unless an image has come to use them meanwhile.
+    let mut fresh = Vec::new();
+    let result = (|| {
+        let mut layers = Vec::new();
+        for (i, (desc, blob)) in m.layers.iter().enumerate() {
+            progress(Progress::Copying {
+                digest: blob.clone(),
+                size: desc.size(),
+            });
+            if !store.has_blob(blob) {
+                store.put_blob(src.open(blob)?, blob, Some(desc.size()))?;
+            } else {
+                store.put_blob(io::empty(), blob, Some(desc.size()))?;
+            }
+            progress(Progress::Unpacking { digest: blob.clone() });
+            let parent = if i == 0 { None } else { Some(&chains[i - 1]) };
+            let existed = store.get_layer(&chains[i])?.is_some();
+            let rec = store.unpack_layer(blob, &cfg.diff_ids[i], &chains[i], parent)?;
+            if !existed {
+                fresh.push(chains[i].clone());
+            }
+            progress(Progress::Unpacked {
+                digest: blob.clone(),
+                bytes: rec.report.bytes,
+            });
+            layers.push(LayerRef {
+                blob: blob.clone(),
+                blob_size: desc.size(),
+                media_type: desc.media_type().to_string(),
+                diff_id: cfg.diff_ids[i].clone(),
+                chain_id: chains[i].clone(),
+            });
         }
-        progress(Progress::Unpacking { digest: blob.clone() });
-        let parent = if i == 0 { None } else { Some(&chains[i - 1]) };
-        let rec = store.unpack_layer(blob, &cfg.diff_ids[i], &chains[i], parent)?;
-        progress(Progress::Unpacked {
-            digest: blob.clone(),
-            bytes: rec.report.bytes,
-        });
-        layers.push(LayerRef {
-            blob: blob.clone(),
-            blob_size: desc.size(),
-            media_type: desc.media_type().to_string(),
-            diff_id: cfg.diff_ids[i].clone(),
-            chain_id: chains[i].clone(),
-        });
+        store.put_blob(&cfg_data[..], &m.config_digest, Some(m.config.size()))?;
+        store.put_blob(data, digest, Some(data.len() as u64))?;
+        let record = match store.get_image(digest)? {
+            Some(existing) => existing,
+            None => {
+                let rec = ImageRecord {
+                    manifest: digest.clone(),
+                    manifest_media_type: m.media_type.clone(),
+                    config: m.config_digest.clone(),
+                    layers,
+                    platform: cfg.platform.clone(),
+                    recorded_at: chrono::Utc::now(),
+                };
+                store.put_image(&rec)?;
+                rec
+            }
+        };
+        // A refused import elsewhere may have taken away a layer this one found unpacked, before
+        // this record said it is used: put it back.
+        for (i, l) in record.layers.iter().enumerate() {
+            if store.get_layer(&l.chain_id)?.is_none() {
+                let parent = if i == 0 { None } else { Some(&record.layers[i - 1].chain_id) };
+                store.unpack_layer(&l.blob, &l.diff_id, &l.chain_id, parent)?;
+            }
+        }
+        Ok(record)
+    })();
+    if result.is_err() {
+        store.discard_unused_layers(&fresh);
     }
-    store.put_blob(&cfg_data[..], &m.config_digest, Some(m.config.size()))?;
-    store.put_blob(data, digest, Some(data.len() as u64))?;
-    let record = match store.get_image(digest)? {
-        Some(existing) => existing,
-        None => {
-            let rec = ImageRecord {
-                manifest: digest.clone(),
-                manifest_media_type: m.media_type.clone(),
-                config: m.config_digest.clone(),
-                layers,
-                platform: cfg.platform.clone(),
-                recorded_at: chrono::Utc::now(),
-            };
-            store.put_image(&rec)?;
-            rec
-        }
-    };
-    Ok(record)
+    result
 }

@@ -41,6 +41,7 @@ pub mod reference;
 pub mod rootfs;
 pub mod spec;
 pub mod store;
+pub mod tree;
 pub mod unpack;
 
 pub use digest::Digest;

@@ -1,10 +1,11 @@
 //! Images made from a plain root filesystem, a directory or a tarball, with a config from flags.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+
+use rustix::fs::FileType;
 
 use crate::digest::{Algorithm, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
@@ -56,7 +57,7 @@ pub fn import_rootfs(
         )
     } else {
         let (blob, size) = store.write_blob_with(|w| {
-            let mut f = File::open(path).at(path)?;
+            let mut f = crate::tree::open_regular_following(path).at(path)?;
             io::copy(&mut f, w).map(|_| ()).at(path)
         })?;
         let media_type = store.sniff_compression(&blob)?.oci_media_type();
@@ -117,70 +118,93 @@ pub fn import_rootfs(
 }
 
 /// Writes the tree under `root` as a tar stream, in name order, never following symlinks, keeping
-/// hard links, owners (passed through `map_id`), modes and times; sockets and device nodes are left
-/// out (the runtime makes /dev). `tar::Builder::finish` is called at the end.
+/// hard links, owners (passed through `map_id`), modes and times; sockets, FIFOs and device nodes
+/// are left out (the runtime makes /dev). `tar::Builder::finish` is called at the end.
+///
+/// The tree may be changing while it is read (a running container's root filesystem): the walk is
+/// [`crate::tree::walk`]'s, which follows no symlink and crosses no mount, every file's content is
+/// the inode whose metadata went into its header, exactly as many bytes as the header says, and an
+/// entry that changes under the walk is left out.
 pub fn write_tree<W: Write>(b: &mut tar::Builder<W>, root: &Path, map_id: &dyn Fn(u64) -> u64) -> Result<()> {
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
-    let walker = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name();
-    for entry in walker {
-        let entry = entry.map_err(|e| Error::invalid(format!("reading {}: {e}", root.display())))?;
-        let rel = entry.path().strip_prefix(root).map_err(|e| Error::invalid(e.to_string()))?;
-        let name = if rel.as_os_str().is_empty() {
-            "./".to_string()
-        } else {
-            rel.to_string_lossy().into_owned()
-        };
-        if rel.to_str().is_none() {
+    let mut skipped = Vec::new();
+    crate::tree::walk(root, |entry| {
+        let rel = &entry.rel;
+        let Some(rel_str) = rel.to_str() else {
             return Err(Error::invalid(format!(
-                "{} is not valid UTF-8; not supported in a root filesystem import",
-                entry.path().display()
+                "{} is not valid UTF-8; not supported in a root filesystem export or import",
+                root.join(rel).display()
             )));
-        }
-        let md = entry.path().symlink_metadata().at(entry.path())?;
-        let ft = md.file_type();
+        };
+        let name = if rel_str.is_empty() { "./".to_string() } else { rel_str.to_owned() };
+        let st = &entry.stat;
         let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
-        h.set_uid(map_id(md.uid() as u64));
-        h.set_gid(map_id(md.gid() as u64));
-        if ft.is_file() || ft.is_dir() {
-            let xattrs = kept_xattrs(entry.path())?;
-            if !xattrs.is_empty() {
-                b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-                    .at(entry.path())?;
+        h.set_mode(st.st_mode & 0o7777);
+        h.set_uid(map_id(u64::from(st.st_uid)));
+        h.set_gid(map_id(u64::from(st.st_gid)));
+        h.set_mtime(st.st_mtime.max(0) as u64);
+        let at = root.join(rel);
+        match entry.file_type() {
+            FileType::Directory => {
+                append_xattrs(b, entry.fd(), &at)?;
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                let dir_name = if name.ends_with('/') { name } else { format!("{name}/") };
+                b.append_data(&mut h, &dir_name, io::empty()).at(&at)?;
             }
-        }
-        if ft.is_dir() {
-            h.set_size(0);
-            let dir_name = if name.ends_with('/') { name.clone() } else { format!("{name}/") };
-            b.append_data(&mut h, &dir_name, io::empty()).at(entry.path())?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(entry.path()).at(entry.path())?;
-            h.set_size(0);
-            b.append_link(&mut h, &name, &target).at(entry.path())?;
-        } else if ft.is_file() {
-            if md.nlink() > 1 {
-                if let Some(first) = links.get(&(md.dev(), md.ino())) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, &name, first).at(entry.path())?;
-                    continue;
+            FileType::Symlink => {
+                let target = entry.read_link()?;
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, &name, &target).at(&at)?;
+            }
+            FileType::RegularFile => {
+                let key = (st.st_dev, st.st_ino);
+                if st.st_nlink > 1 {
+                    if let Some(first) = links.get(&key) {
+                        h.set_entry_type(tar::EntryType::Link);
+                        h.set_size(0);
+                        b.append_link(&mut h, &name, first).at(&at)?;
+                        return Ok(());
+                    }
                 }
-                links.insert((md.dev(), md.ino()), name.clone());
+                let Some(f) = entry.open()? else {
+                    skipped.push(name);
+                    return Ok(());
+                };
+                if st.st_nlink > 1 {
+                    links.insert(key, name.clone());
+                }
+                append_xattrs(b, f.as_fd(), &at)?;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(st.st_size as u64);
+                b.append_data(&mut h, &name, crate::tree::ExactSize::new(f, st.st_size as u64))
+                    .at(&at)?;
             }
-            let f = File::open(entry.path()).at(entry.path())?;
-            b.append_data(&mut h, &name, f).at(entry.path())?;
-        } else {
-            tracing::warn!(path = %entry.path().display(), "leaving out a device node, socket or FIFO");
+            other => tracing::debug!(path = %at.display(), "leaving out {}", crate::tree::describe(other)),
         }
+        Ok(())
+    })?;
+    if !skipped.is_empty() {
+        tracing::debug!(count = skipped.len(), first = %skipped[0], "files changed while they were read; left out");
     }
     b.finish().at(root)
 }
 
+fn append_xattrs<W: Write>(b: &mut tar::Builder<W>, fd: BorrowedFd<'_>, at: &Path) -> Result<()> {
+    let xattrs = kept_xattrs(fd, at)?;
+    if !xattrs.is_empty() {
+        b.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .at(at)?;
+    }
+    Ok(())
+}
+
 /// The extended attributes of `path` that a layer may carry (file capabilities and `user.*`), as PAX
 /// `SCHILY.xattr.` records; the extractor keeps the same set.
-fn kept_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+fn kept_xattrs(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut names = vec![0u8; 4096];
-    let n = match rustix::fs::llistxattr(path, &mut names) {
+    let n = match rustix::fs::flistxattr(fd, &mut names) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
         Err(e) => {
@@ -197,7 +221,7 @@ fn kept_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
             continue;
         }
         let mut value = vec![0u8; 65536];
-        let len = rustix::fs::lgetxattr(path, name, &mut value).at(path)?;
+        let len = rustix::fs::fgetxattr(fd, name, &mut value).at(path)?;
         value.truncate(len);
         out.push((format!("SCHILY.xattr.{name}"), value));
     }

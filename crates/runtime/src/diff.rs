@@ -176,23 +176,16 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
     Ok(out)
 }
 
-/// Every path under `upper`, relative, parents before children, not following symlinks.
+/// Every path under `upper`, relative, parents before children. The upper directory of a running
+/// container changes while it is read: the walk follows no symlink (a directory swapped for a link
+/// to the host's /etc lists nothing of it) and passes over what vanishes under it.
 fn walkdir_upper(upper: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(dir) = stack.pop() {
-        let full = upper.join(&dir);
-        let rd = std::fs::read_dir(&full).map_err(|e| Error::Invalid(format!("{}: {e}", full.display())))?;
-        let mut names: Vec<OsString> = rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
-        names.sort();
-        for n in names {
-            let rel = dir.join(&n);
-            let md = std::fs::symlink_metadata(upper.join(&rel)).map_err(|e| Error::Invalid(format!("{}: {e}", rel.display())))?;
-            if md.is_dir() {
-                stack.push(rel.clone());
-            }
-            out.push(rel);
+    bulkhead_image::tree::walk(upper, |e| {
+        if !e.rel.as_os_str().is_empty() {
+            out.push(e.rel.clone());
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -24,20 +24,17 @@ const MAX_DB: u64 = 4 << 20;
 fn read_confined(rootfs: &Path, rel: &str) -> Result<String> {
     let root = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::Invalid(format!("{}: {}", rootfs.display(), std::io::Error::from(e))))?;
-    let fd = match rustix::fs::openat2(
-        &root,
-        rel,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
+    let f = match bulkhead_image::tree::open_regular_at(
+        std::os::fd::AsFd::as_fd(&root),
+        Path::new(rel),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(String::new()),
-        Err(e) => return Err(Error::Invalid(format!("reading /{rel} in the image: {}", std::io::Error::from(e)))),
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(Error::Invalid(format!("reading /{rel} in the image: {e}"))),
     };
     let mut data = Vec::new();
-    std::fs::File::from(fd)
-        .take(MAX_DB)
+    f.take(MAX_DB)
         .read_to_end(&mut data)
         .map_err(|e| Error::Invalid(format!("reading /{rel} in the image: {e}")))?;
     Ok(String::from_utf8_lossy(&data).into_owned())

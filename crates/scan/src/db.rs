@@ -266,7 +266,14 @@ impl Db {
         } else if input.is_file() {
             take(input.display().to_string(), read_capped(input), &mut report);
         } else {
-            return Err(Error::Invalid(format!("{}: no such file or directory", input.display())));
+            let what = match std::fs::metadata(input) {
+                Ok(m) => format!(
+                    "{}, not a file or directory",
+                    bulkhead_image::tree::describe(rustix::fs::FileType::from_raw_mode(std::os::unix::fs::MetadataExt::mode(&m)))
+                ),
+                Err(e) => e.to_string(),
+            };
+            return Err(Error::Invalid(format!("{}: {what}", input.display())));
         }
         if records.is_empty() {
             return Err(Error::Invalid(format!(
@@ -403,7 +410,7 @@ impl Db {
 }
 
 fn read_capped(path: &Path) -> std::result::Result<Vec<u8>, String> {
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let f = bulkhead_image::tree::open_regular_following(path).map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     f.take(MAX_RECORD + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
     if buf.len() as u64 > MAX_RECORD {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -200,12 +200,9 @@ fn parse_all(dir: &Path, claimed: &[(String, Claim)]) -> Vec<Parsed> {
     results.into_iter().map(|m| m.into_inner().unwrap().unwrap_or_default()).collect()
 }
 
-/// A layer's file, never through a symlink, read whole up to the metadata limit.
+/// A layer's file, never through a symlink, and only a regular file (a FIFO would block forever).
 fn open_in_layer(file: &Path) -> std::io::Result<File> {
-    File::options()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(file)
+    bulkhead_image::tree::open_regular(file)
 }
 
 fn read_capped(f: File) -> std::result::Result<Vec<u8>, String> {
