@@ -17,10 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::profile::{SecurityProfile, UserNs, ID_RANGE};
 
-/// Where container ranges start: above the ids a host normally hands out (systemd's
-/// container ranges start at 524288), each container gets its own 65536 ids.
-pub const FIRST_HOST_ID: u32 = 1 << 20;
-/// How many distinct ranges exist (up to 2^32 - 2^20 ids).
+/// At most this many distinct ranges of 65536 ids are drawn from bulkhead's reservation in
+/// /etc/subuid (crate::subid), each container's its own.
 const MAX_RANGES: u32 = 65_000;
 /// Host-wide claims of id ranges, shared by every store on the machine.
 pub const RANGE_REGISTRY: &str = "/var/lib/bulkhead-ranges";
@@ -212,9 +210,12 @@ impl Containers {
         fs::create_dir_all(reg).map_err(|e| io(reg, e))?;
         set_mode(reg, 0o700)?;
         let _lock = lock_file(&reg.join(".lock"))?;
+        // Under the registry's lock, so that two first runs do not both add the reservation.
+        let (start, count) = crate::subid::reserved(&crate::subid::Files::from_env())?;
+        let ranges = (count / u64::from(ID_RANGE)).min(u64::from(MAX_RANGES)) as u32;
         let used: std::collections::BTreeSet<u32> = taken.iter().filter_map(|r| r.host_id).collect();
-        for k in 0..MAX_RANGES {
-            let h = FIRST_HOST_ID + k * ID_RANGE;
+        for k in 0..ranges {
+            let h = start as u32 + k * ID_RANGE;
             if used.contains(&h) {
                 continue;
             }
@@ -229,7 +230,10 @@ impl Containers {
             bulkhead_image::store::replace_file(&claim, me.as_bytes(), durable)?;
             return Ok(h);
         }
-        Err(Error::Invalid("no free user namespace id range left".into()))
+        Err(Error::Invalid(format!(
+            "no free user namespace id range left in {}'s {count} ids: remove containers or give it more in /etc/subuid and /etc/subgid",
+            crate::subid::USER
+        )))
     }
 
     /// Gives a container's range back (only if the claim is still this container's).

@@ -39,5 +39,6 @@ pub mod sealed;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod subid;
 pub mod tty;
 pub mod user;
