@@ -349,6 +349,13 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
         .with_detach(true)
         .build()
         .map_err(|e| err("creating the container", e))?;
+    // Created, not started: its first process waits for start before it execs.
+    if let Some(pid) = c.pid() {
+        if let Err(e) = loopback_up(pid.as_raw()) {
+            let _ = c.delete(true);
+            return Err(e);
+        }
+    }
     if let Err(e) = c.start() {
         let _ = c.delete(true);
         return Err(err("starting the container", e));
@@ -361,6 +368,48 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
         pid: pid.as_raw(),
         inner: Inner::Embedded(Box::new(c)),
     })
+}
+
+/// Brings `lo` up in the network namespace of `pid`, if it has one of its own. runc does this for
+/// every new network namespace; libcontainer 0.7 does not, and a container cannot (it has no
+/// CAP_NET_ADMIN), so without it nothing in a container could reach 127.0.0.1 or ::1, not even its
+/// own servers. setns(2) moves only the calling thread, so a short-lived thread does it and the
+/// CLI stays single-threaded afterwards.
+fn loopback_up(pid: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = format!("/proc/{pid}/ns/net");
+    let (a, b) = (std::fs::metadata(&theirs), std::fs::metadata("/proc/self/ns/net"));
+    if let (Ok(a), Ok(b)) = (&a, &b) {
+        if a.ino() == b.ino() && a.dev() == b.dev() {
+            return Ok(()); // --network=host
+        }
+    }
+    let ns = std::fs::File::open(&theirs).map_err(|e| Error::Executor(format!("{theirs}: {e}")))?;
+    let up = std::thread::spawn(move || -> std::io::Result<()> {
+        rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(rustix::thread::LinkNameSpaceType::Network))?;
+        let sock = rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::DGRAM, None)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        // SAFETY: ifreq is plain data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we own; ifru_flags is
+        // the union member those requests use.
+        unsafe {
+            if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    });
+    up.join()
+        .map_err(|_| Error::Executor("bringing up loopback: the thread panicked".into()))?
+        .map_err(|e| Error::Executor(format!("bringing up loopback in the container's network namespace: {e}")))
 }
 
 fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Result<Started> {

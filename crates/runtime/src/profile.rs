@@ -86,7 +86,7 @@ pub const MASKED_PATHS: [&str; 13] = [
 pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 /// The default limit on processes in a container: a fork bomb stops here.
-pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+pub const DEFAULT_PIDS_LIMIT: i64 = 2048;
 
 /// Size of the id range a container's user namespace maps (uids and gids 0..65535 inside).
 pub const ID_RANGE: u32 = 65536;

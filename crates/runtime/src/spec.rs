@@ -182,13 +182,28 @@ pub fn build_spec(profile: &SecurityProfile, p: &ProcessConfig, res: &Resources,
         (crate::profile::Seccomp::Default, false) => linux["seccomp"] = seccomp::default_profile(),
         (crate::profile::Seccomp::Custom(v), false) => linux["seccomp"] = v.clone(),
     }
+    // A user namespace may mount a fresh proc only over a pid namespace it owns, and a fresh sysfs
+    // only over a network namespace it owns. Sharing the host's (--pid=host, --network=host) under
+    // the default user namespace, the host's own are bind-mounted instead, as Podman does: /sys
+    // read-only all the way down, /proc with the same masks and read-only paths as ever.
+    let private_userns = matches!(profile.userns, UserNs::Private { .. });
+    let proc_mount = if private_userns && profile.pid_host {
+        json!({"destination": "/proc", "type": "bind", "source": "/proc", "options": ["rbind", "nosuid", "noexec", "nodev"]})
+    } else {
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]})
+    };
+    let sys_mount = if private_userns && profile.network == crate::profile::Network::Host {
+        json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "rro", "nosuid", "noexec", "nodev", "ro"]})
+    } else {
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]})
+    };
     let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        proc_mount,
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        sys_mount,
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
     if profile.read_only_rootfs {
@@ -324,7 +339,7 @@ mod tests {
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["process"]["capabilities"]["effective"].as_array().unwrap().len(), 11);
         assert_eq!(v["process"]["capabilities"]["ambient"], json!([]));
-        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 1024);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 2048);
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert!(v["linux"]["maskedPaths"].as_array().unwrap().iter().any(|p| p == "/sys/fs/selinux"));
         assert!(v["mounts"]
