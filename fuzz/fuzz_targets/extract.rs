@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir(&canary).unwrap();
     let limits = Limits { max_layer_bytes: 16 << 20, ratio_floor: 1 << 20, ..Limits::default() };
     if let Ok(reader) = decompress(data, limits) {
-        let opts = ExtractOptions { overlay_whiteouts: true, preserve_owner: true, lowers: vec![] };
+        let opts = ExtractOptions { overlay_whiteouts: true, preserve_owner: true, lowers: vec![], max_bytes: Some(64 << 20) };
         let _ = extract(reader, &root, &opts, "fuzz");
     }
     let outside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

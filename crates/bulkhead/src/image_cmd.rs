@@ -266,6 +266,9 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
         };
         import_path(&store, &a.path, &opts, &progress).with_context(|| format!("importing {what}"))?
     };
+    for i in &imported {
+        crate::output::warn_findings(&store, &i.record);
+    }
     match ctx.output()? {
         Output::Json => json(&serde_json::json!(imported
             .iter()

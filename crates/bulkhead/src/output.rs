@@ -112,3 +112,13 @@ impl Reporter {
         }
     }
 }
+
+/// Prints, one `warning:` line each, what an imported or pulled image keeps that can raise
+/// privilege and what was left out of it.
+pub fn warn_findings(store: &bulkhead_image::Store, rec: &bulkhead_image::ImageRecord) {
+    if let Ok(info) = store.info(rec) {
+        for line in info.findings() {
+            eprintln!("bulkhead: warning: {line}");
+        }
+    }
+}

@@ -143,6 +143,7 @@ pub fn pull(ctx: &Ctx, a: PullArgs) -> anyhow::Result<ExitCode> {
         if signed.is_some() {
             store.tag(&r, &pulled.record.manifest)?;
         }
+        crate::output::warn_findings(&store, &pulled.record);
         if ctx.quiet {
             println!("{r}");
         } else {

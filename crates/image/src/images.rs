@@ -43,6 +43,47 @@ impl ImageInfo {
             .map(|d| d.with_timezone(&chrono::Utc))
     }
 
+    /// One line each for what a user should know before running the image: files that can raise
+    /// privilege (setuid/setgid, file capabilities) that were kept, and device nodes that were
+    /// dropped; up to five names each, and how many in all (`image inspect` lists every one).
+    pub fn findings(&self) -> Vec<String> {
+        let collect = |f: fn(&LayerRecord) -> &Vec<String>| self.layers.iter().flat_map(f).cloned().collect::<Vec<_>>();
+        let name = |v: &[String]| {
+            let mut s = v.iter().take(5).map(String::as_str).collect::<Vec<_>>().join(", ");
+            if v.len() > 5 {
+                s.push_str(&format!(" and {} more", v.len() - 5));
+            }
+            s
+        };
+        let id = self.record.config.short();
+        let mut out = Vec::new();
+        let setuid = collect(|l| &l.report.setuid);
+        if !setuid.is_empty() {
+            out.push(format!(
+                "image {id} has {} setuid/setgid file(s): {} (no_new_privs keeps them from raising privilege unless it is turned off; `image inspect` lists all)",
+                setuid.len(),
+                name(&setuid)
+            ));
+        }
+        let caps = collect(|l| &l.report.capabilities);
+        if !caps.is_empty() {
+            out.push(format!(
+                "image {id} has {} file(s) with file capabilities: {} (`image inspect` lists all)",
+                caps.len(),
+                name(&caps)
+            ));
+        }
+        let devices = collect(|l| &l.report.dropped_devices);
+        if !devices.is_empty() {
+            out.push(format!(
+                "image {id}: {} device node(s) left out: {} (containers get only the default devices; add others with --device)",
+                devices.len(),
+                name(&devices)
+            ));
+        }
+        out
+    }
+
     /// `docker image inspect` shape, plus a `Bulkhead` section with what the store found.
     pub fn inspect_json(&self) -> Value {
         let c = &self.config;

@@ -90,6 +90,7 @@ impl Store {
             overlay_whiteouts: true,
             preserve_owner: true,
             lowers,
+            max_bytes: Some(self.limits().max_layer_bytes),
         };
         // Inflate and hash on one thread, create files on this one.
         let (report, hashing) = crate::pipe::pipeline(hashing, |r| {
@@ -138,6 +139,35 @@ impl Store {
         fsync_dir(&self.root().join("layers"))?;
         self.get_layer(chain_id)?
             .ok_or_else(|| Error::NotFound(format!("layer {chain_id} vanished")))
+    }
+
+    /// Removes the layers `chains` (unpacked by an import that was then refused) that no image
+    /// record uses. Each is first renamed away and then checked again, so that an import that
+    /// recorded it meanwhile either finds it back in place or unpacks it again (see
+    /// `import_descriptor`).
+    pub(crate) fn discard_unused_layers(&self, chains: &[Digest]) {
+        let used = |c: &Digest| match self.list_images() {
+            Ok(recs) => recs
+                .iter()
+                .any(|r| r.as_ref().map_or(true, |r| r.layers.iter().any(|l| &l.chain_id == c))),
+            Err(_) => true,
+        };
+        for c in chains.iter().rev() {
+            if used(c) {
+                continue;
+            }
+            let dir = self.layer_dir(c);
+            let away = self.root().join("tmp").join(format!("discard-{}-{}", c.hex(), std::process::id()));
+            if fs::rename(&dir, &away).is_err() {
+                continue;
+            }
+            if used(c) && fs::rename(&away, &dir).is_ok() {
+                continue;
+            }
+            if let Err(e) = crate::unpack::remove_all_at(&rustix::fs::CWD, away.as_os_str()) {
+                tracing::warn!(layer = %c, error = %e, "could not remove a layer of a refused import");
+            }
+        }
     }
 
     /// Every complete layer's chain id, and the names of directories under layers/ that are not.

@@ -271,9 +271,48 @@ impl Store {
         atomic_write(&self.image_path(&rec.manifest), &data)
     }
 
+    /// The record of image `manifest`, authenticated against the manifest and config blobs.
     pub fn get_image(&self, manifest: &Digest) -> Result<Option<ImageRecord>> {
         let p = self.image_path(manifest);
-        read_json_optional(&p, "image record")
+        let Some(rec) = read_json_optional::<ImageRecord>(&p, "image record")? else {
+            return Ok(None);
+        };
+        if &rec.manifest != manifest {
+            return Err(self.forged(manifest, "it names another manifest"));
+        }
+        self.authenticate(&rec)?;
+        Ok(Some(rec))
+    }
+
+    /// A record is a cache of what its manifest says, and the file is as writable as any other in
+    /// the store: whoever edits one could otherwise start another image's layers under a name whose
+    /// signature verifies (the signature covers the manifest digest). So every read derives the
+    /// config digest, the layer blobs, diff_ids and chain ids again from the manifest and config
+    /// blobs (whose digests are checked on the way; both are small) and refuses a record that
+    /// differs.
+    fn authenticate(&self, rec: &ImageRecord) -> Result<()> {
+        let data = self.read_blob(&rec.manifest)?;
+        let m = crate::spec::parse_manifest(&data, Some(&rec.manifest_media_type))?;
+        if m.config_digest != rec.config {
+            return Err(self.forged(&rec.manifest, "its config differs"));
+        }
+        if m.layers.len() != rec.layers.len() || m.layers.iter().zip(&rec.layers).any(|((_, b), l)| b != &l.blob) {
+            return Err(self.forged(&rec.manifest, "its layers differ"));
+        }
+        let cfg = crate::spec::parse_config(&self.read_blob(&rec.config)?, m.layers.len())?;
+        let chains = crate::layer::chain_ids(&cfg.diff_ids);
+        for (i, l) in rec.layers.iter().enumerate() {
+            if l.diff_id != cfg.diff_ids[i] || l.chain_id != chains[i] {
+                return Err(self.forged(&rec.manifest, "its layer digests differ"));
+            }
+        }
+        Ok(())
+    }
+
+    fn forged(&self, manifest: &Digest, what: &str) -> Error {
+        Error::invalid(format!(
+            "the store's record of image {manifest} does not match its manifest ({what}): it was edited; run `bulkhead system check --repair`"
+        ))
     }
 
     pub fn remove_image_record(&self, manifest: &Digest) -> Result<()> {
@@ -299,7 +338,13 @@ impl Store {
                 }
                 let rec = fs::read(&p)
                     .map_err(|e| e.to_string())
-                    .and_then(|d| serde_json::from_slice::<ImageRecord>(&d).map_err(|e| e.to_string()));
+                    .and_then(|d| serde_json::from_slice::<ImageRecord>(&d).map_err(|e| e.to_string()))
+                    .and_then(|rec| {
+                        if p.file_stem().and_then(|s| s.to_str()) != Some(rec.manifest.hex()) {
+                            return Err(self.forged(&rec.manifest, "it is stored under another name").to_string());
+                        }
+                        self.authenticate(&rec).map(|()| rec).map_err(|e| e.to_string())
+                    });
                 out.push(rec.map_err(|e| (p, e)));
             }
         }

@@ -45,6 +45,10 @@ pub struct ExtractOptions {
     /// Unpacked lower layers, top-most first: a missing parent directory takes its owner and mode
     /// from there, and a parent that is a symlink or file down there makes the layer unsafe.
     pub lowers: Vec<PathBuf>,
+    /// The most bytes of file content the layer may write, counted as written: a GNU sparse
+    /// entry's holes are made up by the tar reader after the inflating stream's own limit, so they
+    /// count here, before anything is written (`--max-layer-size`).
+    pub max_bytes: Option<u64>,
 }
 
 /// What an extraction found that a user should know about; kept in the layer record.
@@ -92,13 +96,7 @@ pub fn extract<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions, label: &s
         x.apply(entry)?;
     }
     x.finish_dirs()?;
-    if !x.report.dropped_devices.is_empty() {
-        tracing::warn!(
-            layer = label,
-            count = x.report.dropped_devices.len(),
-            "dropped device nodes (listed by `image inspect`)"
-        );
-    }
+    // What was dropped or kept is reported once per image by the command (ImageInfo::findings).
     Ok(x.report)
 }
 
@@ -274,6 +272,25 @@ impl Extractor<'_> {
         use tar::EntryType as T;
         match kind {
             T::Regular | T::Continuous | T::GNUSparse => {
+                // What the entry will write: for a sparse entry, its real size (holes included).
+                let size = if kind.is_gnu_sparse() {
+                    entry.header().as_gnu().and_then(|g| g.real_size().ok()).unwrap_or(u64::MAX)
+                } else {
+                    entry.size()
+                };
+                if let Some(max) = self.opts.max_bytes {
+                    if self.report.bytes.saturating_add(size) > max {
+                        return Err(self.unsafe_layer(format!(
+                            "expands to more than {max} bytes (the limit; raise it with --max-layer-size): {} would write {size} bytes{}",
+                            show(&path),
+                            if kind.is_gnu_sparse() {
+                                " (a sparse file, holes included)"
+                            } else {
+                                ""
+                            }
+                        )));
+                    }
+                }
                 let dir = self.parent(parent)?;
                 // Created with its final permission bits (less the umask): usually no fchmod follows.
                 let perm = meta.mode & 0o777;
