@@ -119,17 +119,38 @@ fn refuses_pax_path_override_that_escapes() {
 fn drops_device_nodes_and_reports_them() {
     let env = Env::new();
     let layout = env.path("layout");
-    umoci_image(&layout, &[&|r: &std::path::Path| busybox_rootfs(r)]);
-    add_raw_layer(
+    umoci_image(
         &layout,
-        &RawTar::new().dir("dev").char_device("dev/mem").file("ok", b"fine").finish(),
+        &[&|r: &std::path::Path| {
+            busybox_rootfs(r);
+            std::fs::write(r.join("bin/su"), "x").unwrap();
+            std::fs::set_permissions(r.join("bin/su"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+        }],
     );
-    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "dev:1"]);
+    let mut devices = RawTar::new().dir("dev");
+    for i in 0..8 {
+        devices = devices.char_device(&format!("dev/mem{i}"));
+    }
+    add_raw_layer(&layout, &devices.file("ok", b"fine").finish());
+    // One plain warning line each, without log decorations, naming what was kept and dropped.
+    let o = env.run(&["image", "import", layout.to_str().unwrap(), "--tag", "dev:1"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(warnings.iter().all(|l| l.starts_with("bulkhead: warning: ")), "{err}");
+    assert!(warnings[0].contains("setuid") && warnings[0].contains("/bin/su"), "{err}");
+    assert!(
+        warnings[1].contains("8 device node(s)") && warnings[1].contains("/dev/mem0") && warnings[1].contains("3 more"),
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "colour codes in a file: {err}");
+
     let info = env.inspect("dev:1");
-    assert_eq!(info["Bulkhead"]["DroppedDevices"], serde_json::json!(["/dev/mem"]));
+    assert_eq!(info["Bulkhead"]["DroppedDevices"].as_array().unwrap().len(), 8);
     let mnt = env.ok(&["image", "mount", "dev:1"]);
     let mnt = std::path::Path::new(mnt.trim());
-    assert!(!mnt.join("dev/mem").exists(), "the device node was created");
+    assert!(!mnt.join("dev/mem0").exists(), "the device node was created");
     assert_eq!(std::fs::read_to_string(mnt.join("ok")).unwrap(), "fine");
     env.ok(&["image", "unmount", "dev:1"]);
 }
@@ -275,4 +296,158 @@ fn opaque_whiteout_after_new_file_yields_the_right_directory() {
     names.sort();
     assert_eq!(names, vec!["new"]);
     env.ok(&["image", "unmount", "opq:1"]);
+}
+
+/// A FIFO where a file is expected would block its reader forever while it holds the store's lock,
+/// and every other command would wait behind it. Each reader refuses it with one line instead.
+#[test]
+fn special_files_where_files_are_expected_are_refused_without_hanging() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(&layout, &[&|r: &std::path::Path| busybox_rootfs(r)]);
+    add_raw_layer(
+        &layout,
+        &RawTar::new()
+            .dir("etc")
+            .fifo("etc/passwd")
+            .dir("var")
+            .dir("var/lib")
+            .dir("var/lib/dpkg")
+            .fifo("var/lib/dpkg/status")
+            .dir("var/lib/rpm")
+            .file("var/lib/rpm/rpmdb.sqlite", b"not a database")
+            .fifo("var/lib/rpm/rpmdb.sqlite-wal")
+            .finish(),
+    );
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "fifo:1"]);
+    // -u resolves the name in the image's /etc/passwd.
+    let o = env.run_bounded(60, &["run", "--rm", "-u", "app", "fifo:1", "true"]);
+    assert_ne!(o.status.code(), Some(124), "run hung on a FIFO /etc/passwd");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("/etc/passwd") && err.contains("a FIFO"),
+        "{err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.contains("error:")).count(), 1, "{err}");
+    // The scanner: the dpkg status is no regular file (not read at all), and the rpm database's
+    // write-ahead log, read beside the database, is a FIFO: a warning for the broken database, and
+    // the scan goes on.
+    let o = env.run_bounded(60, &["sbom", "fifo:1"]);
+    assert_ne!(o.status.code(), Some(124), "sbom hung on a FIFO");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("rpmdb.sqlite"), "{err}");
+    // Files named on the command line.
+    let fifo = env.path("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    for args in [
+        vec!["image", "import", "--rootfs", fifo.to_str().unwrap(), "--tag", "x"],
+        vec!["image", "import", fifo.to_str().unwrap()],
+        vec!["db", "import", fifo.to_str().unwrap()],
+    ] {
+        let o = env.run_bounded(60, &args);
+        assert_ne!(o.status.code(), Some(124), "{args:?} hung on a FIFO");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("FIFO"), "{args:?}: {err}");
+    }
+    env.assert_canary_untouched();
+}
+
+/// A GNU sparse entry's holes are made up by the tar reader, after the inflating stream's limits:
+/// a tiny layer could write gigabytes of zeros. Its real size counts against the layer limit before
+/// anything is written; and the refused import leaves nothing behind, not even the busybox layer it
+/// had unpacked first (bad input changes nothing).
+#[test]
+fn sparse_entry_counts_its_real_size_and_a_refused_import_leaves_no_layer() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(&layout, &[&|r: &std::path::Path| busybox_rootfs(r)]);
+    // 64 MiB, of which one 512-byte block at the end is data and the rest a hole.
+    let real = 64u64 << 20;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("sparse").unwrap();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(512);
+    {
+        let g = h.as_gnu_mut().unwrap();
+        g.sparse[0].set_offset(real - 512);
+        g.sparse[0].set_length(512);
+        g.set_real_size(real);
+    }
+    h.set_cksum();
+    let mut layer = h.as_bytes().to_vec();
+    layer.extend_from_slice(&[b'x'; 512]);
+    layer.extend(std::iter::repeat_n(0u8, 1024));
+    add_raw_layer(&layout, &layer);
+    let err = env.fails(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "sparse:1",
+        "--max-layer-size",
+        "4194304",
+    ]);
+    assert!(err.contains("sparse") && err.contains(&real.to_string()), "{err}");
+    env.assert_no_images();
+    let layers: Vec<_> = std::fs::read_dir(env.root().join("layers")).unwrap().collect();
+    assert!(layers.is_empty(), "the refused import left layers: {layers:?}");
+    env.assert_canary_untouched();
+    // Within a limit that allows it, the same image imports (the check counts, it does not ban).
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "sparse:1"]);
+}
+
+/// The names are signed, but an image record is a file like any other in the store: edit one so
+/// that a verified name's record lists another image's config and layers, and `run` must refuse it
+/// rather than start the other image under the verified name.
+#[test]
+fn an_edited_image_record_is_refused() {
+    let env = Env::new();
+    let records = env.root().join("images/sha256");
+    let import = |name: &str, marker: &'static str| {
+        let layout = env.path(name);
+        umoci_image(
+            &layout,
+            &[&|r: &std::path::Path| busybox_rootfs(r), &move |r: &std::path::Path| {
+                std::fs::write(r.join("marker"), marker).unwrap()
+            }],
+        );
+        env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", &format!("{name}:1")]);
+    };
+    import("good", "good");
+    let good_record = std::fs::read_dir(&records).unwrap().next().unwrap().unwrap().path();
+    import("evil", "evil");
+    let evil_record = std::fs::read_dir(&records)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p != &good_record)
+        .unwrap();
+    let out = env.ok(&["run", "--rm", "good:1", "cat", "/marker"]);
+    assert_eq!(out, "good");
+    let mut good: serde_json::Value = serde_json::from_slice(&std::fs::read(&good_record).unwrap()).unwrap();
+    let evil: serde_json::Value = serde_json::from_slice(&std::fs::read(&evil_record).unwrap()).unwrap();
+    for field in ["config", "layers"] {
+        good[field] = evil[field].clone();
+    }
+    std::fs::write(&good_record, serde_json::to_vec(&good).unwrap()).unwrap();
+    let err = env.fails(&["run", "--rm", "good:1", "cat", "/marker"]);
+    assert!(err.contains("does not match its manifest"), "{err}");
+    // system check names it, and --repair removes the forged record (the other image stays).
+    let o = env.run(&["system", "check", "--repair"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("does not match its manifest"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(env.ok(&["run", "--rm", "evil:1", "cat", "/marker"]), "evil");
 }

@@ -30,7 +30,7 @@ fn image(env: &Env) -> &'static str {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
     for a in [
-        "true", "id", "stat", "touch", "mkdir", "rm", "echo", "seq", "sleep", "dd", "grep", "wc", "mv", "head",
+        "true", "id", "stat", "touch", "mkdir", "rm", "echo", "seq", "sleep", "dd", "grep", "wc", "mv", "head", "ln", "httpd", "wget",
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
@@ -114,7 +114,7 @@ fn default_profile_seen_from_inside() {
         assert_ne!(m[1], "0", "root in the container is root on the host: {out}");
         assert_eq!(m[2], "65536");
     }
-    assert_eq!(out.lines().nth(2), Some("1024"), "{out}");
+    assert_eq!(out.lines().nth(2), Some("2048"), "{out}");
     assert!(
         out.lines().skip(3).all(|l| l.ends_with(":/")),
         "the cgroup namespace is not private: {out}"
@@ -143,6 +143,146 @@ fn each_container_gets_its_own_id_range() {
     assert_eq!(out.split_whitespace().nth(1).unwrap(), hosts[0]);
     for (env, n) in [(&a, "a1"), (&a, "a2"), (&b, "b1")] {
         env.ok(&["rm", "-f", n]);
+    }
+}
+
+/// Every container's ids come from bulkhead's reservation in /etc/subuid and /etc/subgid, made on
+/// first use around the ranges that real users already have there, and a reservation that another
+/// user's range overlaps is refused. (The files are moved into the test's directory.)
+#[test]
+fn id_ranges_come_from_a_reservation_in_subuid_that_overlaps_no_one() {
+    let env = Env::new();
+    let img = image(&env);
+    let (subuid, subgid) = (env.path("subuid"), env.path("subgid"));
+    // alice holds the stretch where the reservation would start by default.
+    std::fs::write(&subuid, "alice:1048576:1048576\n").unwrap();
+    std::fs::write(&subgid, "alice:1048576:1048576\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .env("BULKHEAD_SUBUID", &subuid)
+            .env("BULKHEAD_SUBGID", &subgid)
+            .arg("--root")
+            .arg(env.root())
+            .arg("--config")
+            .arg(env.path("config"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["run", "--rm", img, "cat", "/proc/self/uid_map", "/proc/self/gid_map"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let reservation = std::fs::read_to_string(&subuid).unwrap();
+    let line = reservation
+        .lines()
+        .find(|l| l.starts_with("bulkhead:"))
+        .unwrap_or_else(|| panic!("no reservation: {reservation}"));
+    let f: Vec<u64> = line.split(':').skip(1).map(|x| x.parse().unwrap()).collect();
+    assert!(f[0] >= 2 * 1048576, "the reservation overlaps alice's range: {line}");
+    assert!(std::fs::read_to_string(&subgid).unwrap().contains(line), "subgid differs");
+    for map in out.lines() {
+        let host: u64 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            (f[0]..f[0] + f[1]).contains(&host),
+            "host id {host} is outside the reservation {line}: {out}"
+        );
+    }
+    // A reservation that bob's range overlaps is refused with one line, and nothing starts.
+    std::fs::write(&subuid, "bulkhead:1048576:1048576\nbob:1114112:65536\n").unwrap();
+    std::fs::write(&subgid, "bulkhead:1048576:1048576\n").unwrap();
+    let o = run(&["run", "--rm", img, "true"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bob") && err.contains("overlaps"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("error:")).count(), 1, "{err}");
+}
+
+/// Servers on 127.0.0.1 and ::1 are reachable from inside their own container: loopback is up in
+/// every new network namespace, on both executors (libcontainer does not do it by itself).
+#[test]
+fn loopback_is_up_in_every_container() {
+    let env = Env::new();
+    let img = image(&env);
+    for runtime in ["libcontainer", "runc"] {
+        env.ok(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--name",
+            "web",
+            img,
+            "sh",
+            "-c",
+            "echo served > /tmp/page; httpd -p 127.0.0.1:8080 -h /tmp; httpd -f -p [::1]:8081 -h /tmp",
+        ]);
+        let mut last = String::new();
+        // The servers start in the background of the container: a bounded wait for the first answer.
+        for _ in 0..50 {
+            let o = env.run(&[
+                "exec",
+                "web",
+                "sh",
+                "-c",
+                "wget -qO- http://127.0.0.1:8080/page && wget -qO- http://[::1]:8081/page",
+            ]);
+            last = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            if o.status.success() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(last, "served\nserved\n", "{runtime}: loopback is not usable: {last}");
+        env.ok(&["rm", "-f", "web"]);
+    }
+}
+
+/// --network=host and --pid=host work under the default user namespace (the host's /sys and /proc
+/// are bind-mounted, since a fresh sysfs or proc cannot be mounted there), and the container still
+/// cannot write to /sys or read what the masks hide.
+#[test]
+fn host_network_and_host_pid_start_under_the_user_namespace() {
+    let env = Env::new();
+    let img = image(&env);
+    for runtime in ["libcontainer", "runc"] {
+        let (code, out, err) = run(
+            &env,
+            &[
+                "--runtime",
+                runtime,
+                "--network",
+                "host",
+                img,
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map; ls /sys/class/net; touch /sys/x || echo sys-read-only; touch /sys/kernel/x || echo sub-read-only",
+            ],
+        );
+        assert_eq!(code, 0, "{runtime}: {err}");
+        assert!(err.contains("--network=host"), "{runtime}: the warning stays: {err}");
+        assert!(
+            !out.starts_with("         0          0"),
+            "{runtime}: not in a user namespace: {out}"
+        );
+        let host_links: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for l in &host_links {
+            assert!(out.lines().any(|x| x == l), "{runtime}: host link {l} missing: {out}");
+        }
+        assert!(out.contains("sys-read-only") && out.contains("sub-read-only"), "{runtime}: {out}");
+
+        let (code, out, err) = run(
+            &env,
+            &["--runtime", runtime, "--pid", "host", img, "sh", "-c", "cat /proc/self/uid_map; test -d /proc/1 && echo sees-host-pid-1; stat -c %t:%T /proc/keys /proc/timer_list; echo x > /proc/sysrq-trigger || echo sysrq-refused"],
+        );
+        assert_eq!(code, 0, "{runtime}: {err}");
+        assert!(err.contains("--pid=host"), "{runtime}: {err}");
+        assert!(!out.starts_with("         0          0"), "{runtime}: {out}");
+        assert!(out.contains("sees-host-pid-1") && out.contains("sysrq-refused"), "{runtime}: {out}");
+        for l in out.lines().filter(|l| l.contains(':') && !l.contains(' ')) {
+            assert_eq!(l, "1:3", "{runtime}: a masked path is not /dev/null: {out}");
+        }
     }
 }
 
@@ -182,10 +322,16 @@ fn dangerous_system_calls_fail_with_eperm() {
         "clone_newuser",
         "socket_vsock",
         "socket_alg",
+        // The same with high bits above the 32 the kernel reads.
+        "socket_vsock_hi",
+        "socket_alg_hi",
+        "tiocsti",
+        "tiocsti_hi",
+        "tioclinux",
     ];
     let mut args = vec![img, "probe"];
     args.extend_from_slice(&calls);
-    args.extend_from_slice(&["clone3", "clone_plain", "socket_unix", "getpid"]);
+    args.extend_from_slice(&["clone3", "clone_plain", "socket_unix", "socket_unix_hi", "tcgets", "getpid"]);
     let (code, out, err) = run(&env, &args);
     assert_eq!(code, 0, "{err}");
     let errno = |n: &str| {
@@ -200,6 +346,16 @@ fn dangerous_system_calls_fail_with_eperm() {
     assert_eq!(errno("clone3"), "38", "clone3 must say ENOSYS so libcs fall back to clone");
     assert_eq!(errno("clone_plain"), "0", "plain clone (fork) must work");
     assert_eq!(errno("socket_unix"), "0");
+    assert_eq!(
+        errno("socket_unix_hi"),
+        "0",
+        "the upper half of a 32-bit argument is ignored, as the kernel does"
+    );
+    assert_eq!(
+        errno("tcgets"),
+        "25",
+        "other ioctls reach the kernel (ENOTTY: stdin is no terminal)"
+    );
     assert_eq!(errno("getpid"), "0");
     // The filter, not only missing capabilities, is what stops these: unconfined, they get further.
     let (_, out, err) = run(
@@ -369,6 +525,53 @@ fn image_with_dev_symlink_cannot_redirect_masks() {
     env.assert_canary_untouched();
 }
 
+/// The class of CVE-2018-15664: a container swaps a directory of its root filesystem for a symlink
+/// to a host directory, over and over, while `export` and `diff` read that root from the host.
+/// Neither may ever read, list or copy what is behind the link.
+#[test]
+fn export_and_diff_follow_no_symlink_swapped_in_by_the_container() {
+    let env = Env::new();
+    let img = image(&env);
+    let host_dir = env.path("host-private");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("host-marker"), "HOST-SECRET-CONTENT").unwrap();
+    let swapper = format!(
+        "mkdir -p /d/sub; echo inside > /d/sub/file; \
+         while true; do mv /d /d.real; ln -s {h} /d; mv /d /d.link; mv /d.real /d; rm /d.link; done",
+        h = host_dir.display()
+    );
+    env.ok(&["run", "-d", "--name", "swap", img, "sh", "-c", &swapper]);
+    let mut tars_read = 0;
+    for i in 0..50 {
+        let out = env.path("export.tar");
+        let o = env.run(&["export", "swap", "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "export {i}: {}", String::from_utf8_lossy(&o.stderr));
+        let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        for entry in ar.entries().unwrap() {
+            let mut entry = entry.unwrap_or_else(|e| panic!("export {i}: the tar is not readable: {e}"));
+            let path = entry.path().unwrap().display().to_string();
+            assert!(!path.contains("host-marker"), "export {i} listed the host's directory: {path}");
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&data).contains("HOST-SECRET"),
+                "export {i} copied a host file into {path}"
+            );
+        }
+        tars_read += 1;
+        let o = env.run(&["diff", "swap"]);
+        assert!(o.status.success(), "diff {i}: {}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains("host-marker"), "diff {i} listed the host's directory: {out}");
+    }
+    assert_eq!(tars_read, 50);
+    // The swapper really ran all along.
+    let top = env.ok(&["top", "swap"]);
+    assert!(top.contains("while true"), "{top}");
+    env.ok(&["rm", "-f", "swap"]);
+    env.assert_canary_untouched();
+}
+
 #[test]
 fn diff_lists_exactly_what_changed() {
     let env = Env::new();
@@ -504,6 +707,75 @@ fn exec_gets_the_same_restrictions_as_the_container() {
         );
         env.ok(&["rm", "-f", "ex"]);
     }
+}
+
+/// Runs `cmd` under script(1), so that a real terminal is its stdin, stdout and controlling
+/// terminal, as in an operator's shell; returns what the terminal showed.
+fn on_a_terminal(cmd: &str) -> String {
+    let o = Command::new("script")
+        .args(["-qefc", cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).replace('\r', "")
+}
+
+/// The class of runc's CVE-2024-21626: what the caller of `exec` holds must not reach the
+/// container. A shell's open descriptor to the host's / and its terminal are the attacks.
+#[test]
+fn exec_inherits_no_descriptor_session_or_terminal_from_its_caller() {
+    let env = Env::new();
+    let img = image(&env);
+    let bin = env!("CARGO_BIN_EXE_bulkhead");
+    let root = format!("{} --config {}", env.root().display(), env.path("config").display());
+    for runtime in ["libcontainer", "runc"] {
+        env.ok(&["run", "-d", "--runtime", runtime, "--name", "fdx", img, "sleep", "60"]);
+        // The caller holds fd 7 (the host's /) and 8 (a host file) open without close-on-exec.
+        // A directory anyone may write to, as /tmp is: only the descriptor can be what stops a write.
+        std::fs::create_dir_all(env.path("open")).unwrap();
+        std::fs::set_permissions(env.path("open"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        std::fs::set_permissions(env.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let secret = env.path("host-secret");
+        std::fs::write(&secret, "host-only").unwrap();
+        let out = on_a_terminal(&format!(
+            "exec 7</ 8<{secret}; {bin} --root {root} exec -u 1000 fdx sh -c \
+             'probe fds; echo sid $$; probe session; probe tiocsti tioclinux tiocsti_hi; cat /proc/self/fd/7/etc/hostname /proc/self/fd/8 2>&1; touch /proc/self/fd/7{escaped} 2>&1; echo done'",
+            secret = secret.display(),
+            escaped = env.path("open/escaped").display()
+        ));
+        assert!(out.contains("done"), "{runtime}: {out}");
+        assert!(
+            out.lines().any(|l| l == "fds 0 1 2"),
+            "{runtime}: the exec'd process holds more than stdio: {out}"
+        );
+        let sids: Vec<&str> = out.lines().filter(|l| l.starts_with("sid ")).collect();
+        assert!(
+            sids.len() == 2 && sids[0] == sids[1] && out.contains("tty_nr 0"),
+            "{runtime}: the exec'd shell does not lead a session of its own without a terminal: {out}"
+        );
+        for c in ["tiocsti", "tioclinux", "tiocsti_hi"] {
+            assert!(out.contains(&format!("{c} 1")), "{runtime}: {c} was not refused: {out}");
+        }
+        assert!(!out.contains("host-only"), "{runtime}: read the host's file: {out}");
+        assert!(!env.path("open/escaped").exists(), "{runtime}: wrote a file on the host");
+        // With -t, the process has the container's own pty; TIOCSTI into it is still refused by
+        // the filter (the host's terminal was never its terminal).
+        let out = on_a_terminal(&format!(
+            "exec 7</; {bin} --root {root} exec -t fdx sh -c 'probe fds; probe tiocsti tcgets'"
+        ));
+        assert!(out.lines().any(|l| l.ends_with("fds 0 1 2")), "{runtime}: {out}");
+        assert!(out.contains("tiocsti 1") && out.contains("tcgets 0"), "{runtime}: {out}");
+        env.ok(&["rm", "-f", "fdx"]);
+    }
+    // Without the filter the container's own terminal accepts TIOCSTI: the filter is what refuses it
+    // (unless this kernel refuses TIOCSTI to everyone: dev.tty.legacy_tiocsti = 0).
+    if std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    let out = on_a_terminal(&format!(
+        "{bin} --root {root} run --rm -t --security-opt seccomp=unconfined {img} probe tiocsti"
+    ));
+    assert!(out.contains("tiocsti 0"), "{out}");
 }
 
 #[test]

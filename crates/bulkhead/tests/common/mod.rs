@@ -41,6 +41,22 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs bulkhead under timeout(1): a command that hangs is killed after `secs` seconds and
+    /// shows as exit status 124, so that a hang fails the test instead of stalling the suite.
+    pub fn run_bounded(&self, secs: u32, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["-s", "KILL", &secs.to_string()])
+            .arg(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("--root")
+            .arg(self.root())
+            .arg("--config")
+            .arg(self.path("config"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Runs bulkhead and expects success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
@@ -244,6 +260,12 @@ impl RawTar {
 
     pub fn char_device(mut self, name: &str) -> Self {
         let h = Self::header(name.as_bytes(), tar::EntryType::Char, 0, b"");
+        self.push(&h, b"");
+        self
+    }
+
+    pub fn fifo(mut self, name: &str) -> Self {
+        let h = Self::header(name.as_bytes(), tar::EntryType::Fifo, 0, b"");
         self.push(&h, b"");
         self
     }
