@@ -549,6 +549,27 @@ fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire()
     env.assert_no_images();
     let partial = env.root().join("downloads").join(big.replace(':', "-"));
     assert_eq!(std::fs::metadata(&partial).unwrap().len(), 300_000, "what arrived is kept");
+    // Kept for the store alone: another local user cannot read it, or even list the directory.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(env.root().join("downloads")).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(std::fs::metadata(&partial).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for cmd in [
+        format!("cat {}", partial.display()),
+        format!("ls {}", env.root().join("downloads").display()),
+    ] {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+            "nobody could: {cmd}"
+        );
+    }
 
     let sent_before = {
         let mut s = proxy.state.lock().unwrap();
@@ -943,4 +964,66 @@ fn new_root_or(env: &Env, repo: &str) -> String {
     let q = rest[keys..].find('"').unwrap() + keys + 1;
     let end = rest[q..].find('"').unwrap() + q;
     rest[q..end].to_owned()
+}
+
+/// A "registry" that answers every manifest request with a body that does not end (or with a
+/// Content-Length of 8 GiB): the pull must stop reading at the manifest limit, not buffer it all.
+/// Returns its host and the count of body bytes it managed to send.
+fn endless_manifest_server(declared: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                conn.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                if !text.contains("/manifests/") {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+                    return;
+                }
+                let length = if declared { "Content-Length: 8589934592\r\n" } else { "" };
+                let _ = conn.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n{{\"x\":\"").as_bytes(),
+                );
+                // At most 256 MiB, so that the test ends even if the client never stops.
+                let chunk = vec![b'a'; 64 << 10];
+                for _ in 0..4096 {
+                    if conn.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (host, sent)
+}
+
+#[test]
+fn a_manifest_that_never_ends_is_cut_at_the_limit() {
+    let env = Env::new();
+    for declared in [false, true] {
+        let (host, sent) = endless_manifest_server(declared);
+        std::fs::create_dir_all(env.path("config")).unwrap();
+        std::fs::write(env.path("config").join("registries.json"), format!(r#"{{"insecure": ["{host}"]}}"#)).unwrap();
+        let err = env.fails(&["pull", &format!("{host}/evil/app:1")]);
+        assert!(err.contains("limit"), "{err}");
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 64 << 20, "the client read {sent} bytes of a manifest limited to 4 MiB");
+    }
+    env.assert_no_images();
 }

@@ -91,23 +91,20 @@ pub fn fetch_files(
     let auth = regs.auth(&host)?;
     let fail = |e: E| regs.describe(&host, &e);
     crate::runtime()?.block_on(async {
-        let data = match client
-            .pull_manifest_raw(&oref, &auth, &["application/vnd.oci.image.manifest.v1+json"])
-            .await
+        let max = bulkhead_image::limits::Limits::default().max_json_bytes;
+        let data = match crate::manifest::get_bounded(
+            regs,
+            &host,
+            &client,
+            &oref,
+            &auth,
+            &["application/vnd.oci.image.manifest.v1+json"],
+            max,
+        )
+        .await?
         {
-            Ok((d, _)) => d,
-            Err(E::ImageManifestNotFoundError(_)) => return Ok(None),
-            Err(E::RegistryError { envelope, .. })
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::ManifestUnknown | oci_client::errors::OciErrorCode::NameUnknown
-                    )
-                }) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(fail(e)),
+            crate::manifest::Fetched::Found(d) => d,
+            crate::manifest::Fetched::NotFound => return Ok(None),
         };
         let m: serde_json::Value =
             serde_json::from_slice(&data).map_err(|e| Error::Registry(format!("{repo}:{tag}: not a manifest: {e}")))?;
@@ -138,8 +135,20 @@ pub fn fetch_files(
                 .unwrap_or_default()
                 .parse()
                 .map_err(|e| Error::Registry(format!("{repo}:{tag}: {name}: {e}")))?;
-            let mut buf = Vec::new();
-            client.pull_blob(&oref, d.to_string().as_str(), &mut buf).await.map_err(fail)?;
+            let mut capped = Capped {
+                buf: Vec::new(),
+                max: size,
+            };
+            client
+                .pull_blob(&oref, d.to_string().as_str(), &mut capped)
+                .await
+                .map_err(|e| match e {
+                    E::IoError(io) if io.kind() == std::io::ErrorKind::FileTooLarge => Error::Registry(format!(
+                        "{repo}:{tag}: {name}: the registry sent more than its {size} bytes; stopped reading there"
+                    )),
+                    e => fail(e),
+                })?;
+            let buf = capped.buf;
             if buf.len() as u64 != size {
                 return Err(Error::Registry(format!("{repo}:{tag}: {name} is {} bytes, not {size}", buf.len())));
             }
@@ -148,4 +157,33 @@ pub fn fetch_files(
         }
         Ok(Some(out))
     })
+}
+
+/// An in-memory sink that refuses to grow past `max` bytes: oci-client's `pull_blob` writes
+/// whatever the registry streams, so the bound has to be where the bytes land.
+struct Capped {
+    buf: Vec<u8>,
+    max: u64,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() as u64 + data.len() as u64 > self.max {
+            return std::task::Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "over the declared size")));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }

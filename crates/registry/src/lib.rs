@@ -18,6 +18,7 @@ pub mod config;
 pub mod download;
 mod files;
 mod login;
+mod manifest;
 pub(crate) mod pull;
 mod push;
 mod referrers;
@@ -213,13 +214,11 @@ pub fn fetch_manifest(regs: &Registries, reference: &bulkhead_image::Reference, 
     let client = regs.client(&host, warn)?;
     let auth = regs.auth(&host)?;
     let oref = oci_reference(&host, reference);
-    let data = runtime()?.block_on(async {
-        client
-            .pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS)
-            .await
-            .map(|(d, _)| d.to_vec())
-            .map_err(|e| regs.describe(&host, &e))
-    })?;
+    let max = bulkhead_image::limits::Limits::default().max_json_bytes;
+    let data = match runtime()?.block_on(manifest::get_bounded(regs, &host, &client, &oref, &auth, ACCEPTED_MANIFESTS, max))? {
+        manifest::Fetched::Found(d) => d,
+        manifest::Fetched::NotFound => return Err(Error::Registry(format!("{host}: {reference}: manifest unknown"))),
+    };
     if let Some(want) = reference.digest() {
         want.verify(&data, "manifest digest")?;
     }

@@ -105,18 +105,17 @@ async fn fetch(
     let auth = regs.auth(host)?;
     let oref = oci_reference(host, reference);
     let max = store.limits().max_json_bytes;
-    let fail = |e: oci_client::errors::OciDistributionError| regs.describe(host, &e);
 
-    let (data, _) = client
-        .pull_manifest_raw(&oref, &auth, crate::ACCEPTED_MANIFESTS)
-        .await
-        .map_err(fail)?;
-    if data.len() as u64 > max {
-        return Err(Error::Registry(format!(
-            "{reference}: the manifest is {} bytes, over the {max}-byte limit",
-            data.len()
-        )));
-    }
+    let get = |oref: oci_client::Reference| {
+        let (client, auth) = (&client, &auth);
+        async move {
+            match crate::manifest::get_bounded(regs, host, client, &oref, auth, crate::ACCEPTED_MANIFESTS, max).await? {
+                crate::manifest::Fetched::Found(d) => Ok(d),
+                crate::manifest::Fetched::NotFound => Err(Error::Registry(format!("{host}: {reference}: manifest unknown"))),
+            }
+        }
+    };
+    let data = get(oref.clone()).await?;
     if let Some(want) = reference.digest() {
         want.verify(&data, "manifest digest")?;
     }
@@ -126,10 +125,7 @@ async fn fetch(
         let idx = spec::parse_index(&data)?;
         let d = spec::select_platform(&idx, platform)?;
         let child = Digest::try_from(d.digest())?;
-        let (cdata, _) = client
-            .pull_manifest_raw(&oref.clone_with_digest(child.to_string()), &auth, crate::ACCEPTED_MANIFESTS)
-            .await
-            .map_err(fail)?;
+        let cdata = get(oref.clone_with_digest(child.to_string())).await?;
         if cdata.len() as u64 != d.size() {
             return Err(Error::Registry(format!(
                 "{reference}: manifest {child} is {} bytes, the index says {}",
@@ -148,7 +144,10 @@ async fn fetch(
     let blobs_seen = blobs.clone();
     let transferred = Arc::new(AtomicU64::new(0));
     let downloads = store.root().join("downloads");
+    // Partial downloads are the store's business alone: 0700, files 0600 (an image may be private).
     std::fs::create_dir_all(&downloads).map_err(|e| Error::Registry(format!("{}: {e}", downloads.display())))?;
+    std::fs::set_permissions(&downloads, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| Error::Registry(format!("{}: {e}", downloads.display())))?;
     let results: Vec<Result<()>> = futures_util::stream::iter(blobs)
         .map(|(d, size)| {
             let (client, oref, store, downloads, transferred) =
@@ -253,7 +252,12 @@ async fn fetch_blob(
         .write(true)
         .append(append)
         .truncate(!append)
+        .mode(0o600)
         .open(&path)
+        .await
+        .map_err(io)?;
+    // A file an older version left readable to all.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .await
         .map_err(io)?;
     while let Some(chunk) = stream.next().await {
