@@ -184,7 +184,7 @@ fn warn(msg: String) {
 
 /// `host/path` of a reference: what the policy and the trust directory name.
 pub fn repository_of(r: &Reference) -> String {
-    format!("{}/{}", r.domain(), r.path())
+    r.canonical_repository()
 }
 
 /// The repository a user names (no tag or digest allowed).

@@ -103,6 +103,15 @@ impl Reference {
         self.digest.as_ref()
     }
 
+    /// `domain/path` spelled one way for every spelling that reaches the same repository: the host
+    /// lower-cased (DNS names are case-insensitive), the default HTTPS port dropped, and Docker
+    /// Hub's aliases (`index.docker.io`, `registry-1.docker.io`, `registry.hub.docker.com`) folded
+    /// into `docker.io`, whose one-component names live under `library/`. Policies and trust state
+    /// are keyed by this, so that no spelling reaches a covered repository unverified.
+    pub fn canonical_repository(&self) -> String {
+        canonical_repository(&self.domain, &self.path)
+    }
+
     /// `domain/path`, without tag or digest.
     pub fn name(&self) -> String {
         format!("{}/{}", self.domain, self.path)
@@ -260,6 +269,28 @@ fn valid_domain(d: &str) -> bool {
     }
 }
 
+/// See [`Reference::canonical_repository`]; also for a repository written in a policy by hand
+/// (`host[:port]/path`, or a host alone).
+pub fn canonical_repository(domain: &str, path: &str) -> String {
+    let mut host = domain.to_ascii_lowercase();
+    if let Some(h) = host.strip_suffix(":443") {
+        host = h.to_owned();
+    }
+    if matches!(
+        host.as_str(),
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+    ) {
+        host = DEFAULT_DOMAIN.to_owned();
+    }
+    if path.is_empty() {
+        return host;
+    }
+    if host == DEFAULT_DOMAIN && !path.contains('/') {
+        return format!("{host}/library/{path}");
+    }
+    format!("{host}/{path}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +305,25 @@ mod tests {
         assert_eq!(norm("alpine:3.20"), "docker.io/library/alpine:3.20");
         assert_eq!(norm("user/app"), "docker.io/user/app:latest");
         assert_eq!(norm("index.docker.io/library/busybox"), "docker.io/library/busybox:latest");
+        let canon = |s: &str| Reference::parse(s).unwrap().canonical_repository();
+        for spelling in [
+            "registry.example/app",
+            "REGISTRY.EXAMPLE/app",
+            "Registry.Example:443/app:1",
+            "registry.example:443/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert_eq!(canon(spelling), "registry.example/app", "{spelling}");
+        }
+        assert_eq!(canon("registry.example:5000/app"), "registry.example:5000/app");
+        for spelling in [
+            "x",
+            "docker.io/library/x",
+            "registry-1.docker.io/library/x",
+            "index.docker.io/x",
+            "REGISTRY.HUB.DOCKER.COM/library/x",
+        ] {
+            assert_eq!(canon(spelling), "docker.io/library/x", "{spelling}");
+        }
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
         assert_eq!(norm("host:5000/a/b:v1"), "host:5000/a/b:v1");
         assert_eq!(norm("[::1]:5000/a"), "[::1]:5000/a:latest");

@@ -128,29 +128,42 @@ impl Policy {
         std::fs::rename(&tmp, path).map_err(|e| Error::Policy(format!("{}: {e}", path.display())))
     }
 
-    /// The rule covering repository `repo` (`host/path`): the most specific one.
+    /// The rule covering repository `repo` (`host/path`): the most specific one. Both sides are
+    /// compared in their canonical spelling (bulkhead_image::reference::canonical_repository), so
+    /// `REGISTRY.EXAMPLE/app`, `registry.example:443/app` and, for Docker Hub, every alias of
+    /// `docker.io` are covered by a rule written for any one of them.
     pub fn rule_for(&self, repo: &str) -> Option<&Rule> {
+        let repo = canonical(repo);
         self.trust
             .iter()
-            .filter(|r| repo == r.repository || repo.starts_with(&format!("{}/", r.repository)))
-            .max_by_key(|r| r.repository.len())
+            .map(|r| (canonical(&r.repository), r))
+            .filter(|(c, _)| &repo == c || repo.starts_with(&format!("{c}/")))
+            .max_by_key(|(c, _)| c.len())
+            .map(|(_, r)| r)
     }
 
     /// Pins `keys` as the root keys of `repo` (replacing an existing rule for exactly it).
     pub fn pin(&mut self, repo: &str, keys: Vec<String>) {
+        let repo = &canonical(repo);
         let roles = self
             .trust
             .iter()
-            .find(|r| r.repository == repo)
+            .find(|r| &canonical(&r.repository) == repo)
             .map(|r| r.roles.clone())
             .unwrap_or_default();
-        self.trust.retain(|r| r.repository != repo);
+        self.trust.retain(|r| &canonical(&r.repository) != repo);
         self.trust.push(Rule {
             repository: repo.to_owned(),
             root_keys: keys,
             roles,
         });
     }
+}
+
+/// `host[:port][/path]` in its canonical spelling.
+fn canonical(repo: &str) -> String {
+    let (host, path) = repo.split_once('/').unwrap_or((repo, ""));
+    bulkhead_image::reference::canonical_repository(host, path)
 }
 
 #[cfg(test)]
@@ -172,6 +185,20 @@ mod tests {
         assert_eq!(pol.rule_for("reg:5000/other").unwrap().root_keys, vec!["a".to_owned()]);
         assert!(pol.rule_for("reg:50001/x").is_none());
         assert!(pol.rule_for("reg:5000/team/application").unwrap().root_keys == vec!["a".to_owned()]);
+        assert_eq!(pol.rule_for("REG:5000/team/app").unwrap().root_keys, vec!["b".to_owned()]);
+        let mut hub = Policy::default();
+        hub.pin("registry.example/app", vec!["r".into()]);
+        hub.pin("docker.io/library/x", vec!["h".into()]);
+        for spelling in ["REGISTRY.EXAMPLE/app", "registry.example:443/app", "Registry.Example/app/sub"] {
+            assert_eq!(hub.rule_for(spelling).unwrap().root_keys, vec!["r".to_owned()], "{spelling}");
+        }
+        for spelling in ["registry-1.docker.io/library/x", "index.docker.io/library/x", "docker.io/x"] {
+            assert_eq!(hub.rule_for(spelling).unwrap().root_keys, vec!["h".to_owned()], "{spelling}");
+        }
+        assert!(
+            hub.rule_for("registry.example:5000/app").is_none(),
+            "another port is another registry"
+        );
         std::fs::write(&p, "defualt = \"deny\"\n").unwrap();
         assert!(Policy::load(&p).unwrap_err().to_string().contains("unknown field"));
     }
