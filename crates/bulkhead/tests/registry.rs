@@ -1027,3 +1027,80 @@ fn a_manifest_that_never_ends_is_cut_at_the_limit() {
     }
     env.assert_no_images();
 }
+
+/// The TUF client workflow starts from the newest root this machine has verified, never from what
+/// the registry offers: after a rotation, a registry that replays the originally published set
+/// byte for byte (root v1, signed by keys since retired), or serves metadata newly signed with the
+/// retired keys, is refused, and the machine's trusted root stays where it was.
+#[test]
+fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
+    for role in ["ROOT", "TARGETS", "SNAPSHOT", "TIMESTAMP"] {
+        std::env::set_var(format!("BULKHEAD_TRUST_{role}_PASSPHRASE"), format!("{role} passphrase"));
+    }
+    let env = Env::new();
+    let reg = Registry::start(&env.path("registry"), Some(make_tls(false)), true);
+    let l = layout(&env);
+    skopeo_push(&reg, &l, "test/app:1");
+    skopeo_push(&reg, &l, "test/app:2");
+    trust_and_login(&env, &reg);
+    let repo = format!("{}/test/app", reg.host);
+    env.ok(&["trust", "init", &repo]);
+    env.ok(&["trust", "sign", &format!("{repo}:1")]);
+    env.ok(&["pull", &format!("{repo}:1")]);
+    // What the registry published first: its tag link, and the publisher's files.
+    let link = env.path("registry/data/docker/registry/v2/repositories/test/app/_manifests/tags/_bulkhead.trust/current/link");
+    let first_link = std::fs::read(&link).unwrap();
+    let publisher = env
+        .path("config/trust/repos")
+        .join(format!("{}/test/app", reg.host.replace(':', "_")));
+    let first_files = env.path("first-files");
+    sh(Command::new("cp").arg("-a").arg(&publisher).arg(&first_files));
+
+    // The online keys rotate (root v2); the client follows.
+    env.ok(&["trust", "rotate", &repo, "targets"]);
+    env.ok(&["trust", "rotate", &repo, "snapshot"]);
+    env.ok(&["trust", "rotate", &repo, "timestamp"]);
+    env.ok(&["trust", "sign", &format!("{repo}:1")]);
+    env.ok(&["rmi", &format!("{repo}:1")]);
+    env.ok(&["pull", &format!("{repo}:1")]);
+    let state = env.root().join("trust").join(repo.replace(':', "_"));
+    let trusted = std::fs::read(state.join("trusted-root.json")).unwrap();
+    let version = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["signed"]["version"]
+            .as_u64()
+            .unwrap()
+    };
+    let rotated = version(&trusted);
+    assert!(rotated >= 2, "the rotation made no new root");
+
+    // 1. The registry replays the first set, byte for byte.
+    std::fs::write(&link, &first_link).unwrap();
+    env.ok(&["rmi", &format!("{repo}:1")]);
+    let err = env.fails(&["pull", &format!("{repo}:1")]);
+    assert!(
+        err.contains("root version 1") && err.contains(&format!("root version {rotated}")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("trusted-root.json")).unwrap(),
+        trusted,
+        "the trusted root moved"
+    );
+
+    // 2. Metadata newly signed with the retired keys, at higher versions than ever published.
+    let current = env.path("current-files");
+    sh(Command::new("cp").arg("-a").arg(&publisher).arg(&current));
+    std::fs::remove_dir_all(&publisher).unwrap();
+    sh(Command::new("cp").arg("-a").arg(&first_files).arg(&publisher));
+    for _ in 0..3 {
+        env.ok(&["trust", "timestamp", "refresh", &repo]);
+    }
+    env.ok(&["trust", "sign", &format!("{repo}:2")]);
+    let err = env.fails(&["pull", &format!("{repo}:2")]);
+    assert!(err.contains(&format!("root version {rotated}")), "{err}");
+    assert_eq!(
+        std::fs::read(state.join("trusted-root.json")).unwrap(),
+        trusted,
+        "the trusted root moved"
+    );
+}

@@ -574,18 +574,114 @@ fn edit(
     })
 }
 
-/// Loads the metadata in `dir` as a client: from `trusted_root`, expiry enforced, versions checked
-/// against (and then recorded in) the datastore `state`.
-async fn load_verified(trusted_root: &[u8], dir: &Path, state: &Path) -> Result<tough::Repository> {
+/// Loads the metadata in `dir` as a client (TUF specification 5.3), with expiry enforced.
+///
+/// Trust starts from the newest root this machine has verified for the repository
+/// (`state/trusted-root.json`), never from what the registry offers: `pinned_root` (the newest root
+/// the policy's keys sign) only bootstraps a machine that has verified none. From there the chain
+/// may only walk forward, so a registry that replays an old, consistent set of metadata (root v1
+/// after a rotation to v4, signed by keys that were retired and may since have leaked) is refused
+/// with both versions named. The versions of timestamp, snapshot and targets are kept beside it
+/// (`state/versions.json`) and may never go back either: tough's own checks compare with its
+/// datastore only when the stored file still verifies under the current root, which after a key
+/// rotation it does not, and they were silently skipped. Both files are replaced atomically, after
+/// everything verified.
+async fn load_verified(pinned_root: &[u8], dir: &Path, state: &Path) -> Result<tough::Repository> {
     std::fs::create_dir_all(state).map_err(|e| Error::Metadata(format!("{}: {e}", state.display())))?;
+    let trusted_path = state.join("trusted-root.json");
+    let start = match std::fs::read(&trusted_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => pinned_root.to_vec(),
+        Err(e) => return Err(Error::Metadata(format!("{}: {e}", trusted_path.display()))),
+    };
+    let start_version = root_version(&start)?;
+    let offered = std::fs::read_dir(dir)
+        .map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".root.json")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    if offered < start_version {
+        return Err(Error::Metadata(format!(
+            "the registry offers root version {offered} at most, but this machine already trusts root version {start_version}: refusing to go back (old metadata replayed?)"
+        )));
+    }
     let url = dir_url(dir)?;
-    RepositoryLoader::new(&trusted_root, url.clone(), url)
+    let repo = RepositoryLoader::new(&start, url.clone(), url)
         .transport(WholeFiles)
         .datastore(state)
         .expiration_enforcement(ExpirationEnforcement::Safe)
         .load()
         .await
-        .map_err(tuf)
+        .map_err(tuf)?;
+    let now_root = repo.root().signed.version.get();
+    let mut versions = Versions::load(state)?;
+    let new = Versions {
+        root: now_root,
+        timestamp: repo.timestamp().signed.version.get(),
+        snapshot: repo.snapshot().signed.version.get(),
+        targets: repo.targets().signed.version.get(),
+    };
+    for (role, old, new) in [
+        ("root", versions.root.max(start_version), new.root),
+        ("timestamp", versions.timestamp, new.timestamp),
+        ("snapshot", versions.snapshot, new.snapshot),
+        ("targets", versions.targets, new.targets),
+    ] {
+        if new < old {
+            return Err(Error::Metadata(format!(
+                "{role} version {new} is older than version {old}, which this machine already trusted: refusing to go back"
+            )));
+        }
+    }
+    if now_root > start_version {
+        let p = dir.join(format!("{now_root}.root.json"));
+        let bytes = std::fs::read(&p).map_err(|e| Error::Metadata(format!("{}: {e}", p.display())))?;
+        if root_version(&bytes)? != now_root {
+            return Err(Error::Metadata(format!("{} is not root version {now_root}", p.display())));
+        }
+        bulkhead_image::store::atomic_write(&trusted_path, &bytes)?;
+    } else if !trusted_path.exists() {
+        bulkhead_image::store::atomic_write(&trusted_path, &start)?;
+    }
+    if new != versions {
+        versions = new;
+        versions.save(state)?;
+    }
+    Ok(repo)
+}
+
+/// The version a root metadata file claims (checked by tough when it is loaded).
+fn root_version(data: &[u8]) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| Error::Metadata(format!("a root that is not JSON: {e}")))?;
+    v["signed"]["version"]
+        .as_u64()
+        .ok_or_else(|| Error::Metadata("a root without a version".into()))
+}
+
+/// The newest versions of the four roles this machine has verified for one repository.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Versions {
+    root: u64,
+    timestamp: u64,
+    snapshot: u64,
+    targets: u64,
+}
+
+impl Versions {
+    fn load(state: &Path) -> Result<Self> {
+        let p = state.join("versions.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Metadata(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::Metadata(format!("{}: {e}", p.display()))),
+        }
+    }
+
+    fn save(&self, state: &Path) -> Result<()> {
+        let data = serde_json::to_vec(self).map_err(|e| Error::Metadata(e.to_string()))?;
+        bulkhead_image::store::atomic_write(&state.join("versions.json"), &data)?;
+        Ok(())
+    }
 }
 
 /// Verifies the metadata in `dir` starting from `trusted_root` (pinned by the policy) and against
