@@ -222,12 +222,32 @@ fn sync_for_signing(ctx: &Ctx, regs: &Registries, td: &TrustDir, r: &Reference) 
     };
     // No copy here, or the registry's is newer (another signer finished a release): take it.
     if !local.join("1.root.json").exists() || version(fetched.path()) > version(&local) {
-        bulkhead_trust::repo::describe(&root, fetched.path(), &state)?;
+        // Only what verified is taken: the roots on the chain up to the one the client ended
+        // at, the top-level roles, and the roles the verified targets delegates to. A root the
+        // registry added past the chain (999.root.json) would otherwise become the signer's root.
+        let view = bulkhead_trust::repo::describe(&root, fetched.path(), &state)?;
+        let root_version = view["root"]["version"].as_u64().unwrap_or(0);
+        let delegated: Vec<String> = view["delegations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str().map(|n| format!("{}.json", bulkhead_trust::client::quote(n))))
+            .collect();
+        let verified = |name: &str| {
+            name.strip_suffix(".root.json")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v >= 1 && v <= root_version)
+                || ["timestamp.json", "snapshot.json", "targets.json"].contains(&name)
+                || delegated.iter().any(|d| d == name)
+        };
         let _ = std::fs::remove_file(local.join("pending.targets.json"));
         std::fs::create_dir_all(&local)?;
         for e in std::fs::read_dir(fetched.path())? {
             let e = e?;
-            std::fs::copy(e.path(), local.join(e.file_name()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if verified(&name) {
+                std::fs::copy(e.path(), local.join(&name))?;
+            }
         }
         return Ok(());
     }
@@ -276,7 +296,9 @@ fn fetch_metadata(
         (None, Some(e)) => return Err(e.into()),
         (None, None) => bail!("{repo}: the trust metadata has no root"),
     };
-    let state = ctx.root.join("trust").join(repo.replace(':', "_"));
+    // What this machine trusts for the repository lives with its trust keys and policy, outside
+    // any store, so that every --root on the machine starts from the same newest root.
+    let state = ctx.config.join("trust").join("clients").join(repo.replace(':', "_"));
     Ok((dir, root, state))
 }
 

@@ -389,6 +389,11 @@ fn sparse_entry_counts_its_real_size_and_a_refused_import_leaves_no_layer() {
     layer.extend_from_slice(&[b'x'; 512]);
     layer.extend(std::iter::repeat_n(0u8, 1024));
     add_raw_layer(&layout, &layer);
+    // The same entry in an archive given to `image import`, which is unpacked before it is read.
+    let archive = env.path("sparse.tar");
+    std::fs::write(&archive, &layer).unwrap();
+    let err = env.fails(&["image", "import", archive.to_str().unwrap(), "--max-layer-size", "4194304"]);
+    assert!(err.contains("sparse") && err.contains("expands to more than"), "{err}");
     let err = env.fails(&[
         "image",
         "import",

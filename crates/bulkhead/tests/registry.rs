@@ -1063,8 +1063,8 @@ fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
     env.ok(&["trust", "sign", &format!("{repo}:1")]);
     env.ok(&["rmi", &format!("{repo}:1")]);
     env.ok(&["pull", &format!("{repo}:1")]);
-    let state = env.root().join("trust").join(repo.replace(':', "_"));
-    let trusted = std::fs::read(state.join("trusted-root.json")).unwrap();
+    let state = env.path("config/trust/clients").join(repo.replace(':', "_"));
+    let trusted = std::fs::read(state.join("root.json")).unwrap();
     let version = |b: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(b).unwrap()["signed"]["version"]
             .as_u64()
@@ -1081,11 +1081,7 @@ fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
         err.contains("root version 1") && err.contains(&format!("root version {rotated}")),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read(state.join("trusted-root.json")).unwrap(),
-        trusted,
-        "the trusted root moved"
-    );
+    assert_eq!(std::fs::read(state.join("root.json")).unwrap(), trusted, "the trusted root moved");
 
     // 2. Metadata newly signed with the retired keys, at higher versions than ever published.
     let current = env.path("current-files");
@@ -1098,9 +1094,5 @@ fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
     env.ok(&["trust", "sign", &format!("{repo}:2")]);
     let err = env.fails(&["pull", &format!("{repo}:2")]);
     assert!(err.contains(&format!("root version {rotated}")), "{err}");
-    assert_eq!(
-        std::fs::read(state.join("trusted-root.json")).unwrap(),
-        trusted,
-        "the trusted root moved"
-    );
+    assert_eq!(std::fs::read(state.join("root.json")).unwrap(), trusted, "the trusted root moved");
 }

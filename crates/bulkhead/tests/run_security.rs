@@ -758,6 +758,18 @@ fn exec_inherits_no_descriptor_session_or_terminal_from_its_caller() {
         }
         assert!(!out.contains("host-only"), "{runtime}: read the host's file: {out}");
         assert!(!env.path("open/escaped").exists(), "{runtime}: wrote a file on the host");
+        // The container makes its working directory a link to the caller's descriptor 7 (the
+        // class of CVE-2024-21626 through the working directory): refused, nothing of the host's.
+        env.ok(&["exec", "fdx", "ln", "-s", "/proc/self/fd/7", "/w"]);
+        let out = on_a_terminal(&format!(
+            "exec 7<{dir}; {bin} --root {root} exec -w /w fdx sh -c 'pwd; ls; cat host-secret'; echo status=$?",
+            dir = env.dir.path().display()
+        ));
+        assert!(
+            !out.contains("host-only") && !out.contains("canary"),
+            "{runtime}: the working directory reached the host: {out}"
+        );
+        assert!(!out.contains("status=0"), "{runtime}: {out}");
         // With -t, the process has the container's own pty; TIOCSTI into it is still refused by
         // the filter (the host's terminal was never its terminal).
         let out = on_a_terminal(&format!(

@@ -126,7 +126,13 @@ pub fn import_path(store: &Store, path: &Path, opts: &ImportOptions, progress: &
     let stage = store.staging()?;
     let f = crate::tree::open_regular_following(path).at(path)?;
     let reader = crate::limits::decompress(io::BufReader::new(f), store.limits()).at(path)?;
-    extract(reader, stage.path(), &ExtractOptions::default(), &path.display().to_string())
+    // The archive's content is written out whole before it is read: it gets the layer limit, holes
+    // of sparse entries included.
+    let unpacking = ExtractOptions {
+        max_bytes: Some(store.limits().max_layer_bytes),
+        ..Default::default()
+    };
+    extract(reader, stage.path(), &unpacking, &path.display().to_string())
         .map_err(|e| Error::invalid(format!("{} is not a readable image archive: {e}", path.display())))?;
     let dir = Confined::new(stage.path())?;
     import_dir(store, &dir, opts, progress)

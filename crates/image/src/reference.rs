@@ -269,13 +269,32 @@ fn valid_domain(d: &str) -> bool {
     }
 }
 
+/// A registry host as one spelling: lower case, an IP literal in its standard form, the port as a
+/// number (`0443` is 443) and dropped when it is 443 or 80. Folding both default ports only ever
+/// makes a rule cover more: metadata is still fetched from, and verified against, the registry
+/// that the reference names.
+fn canonical_host(domain: &str) -> String {
+    let lower = domain.to_ascii_lowercase();
+    let (host, port) = match lower.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) => {
+            (h.to_owned(), p.trim_start_matches('0').parse::<u32>().ok().or(Some(0)))
+        }
+        _ => (lower.clone(), None),
+    };
+    let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_or(host.clone(), |a| format!("[{a}]")),
+        None => host.parse::<std::net::Ipv4Addr>().map_or(host.clone(), |a| a.to_string()),
+    };
+    match port {
+        None | Some(443) | Some(80) => host,
+        Some(p) => format!("{host}:{p}"),
+    }
+}
+
 /// See [`Reference::canonical_repository`]; also for a repository written in a policy by hand
 /// (`host[:port]/path`, or a host alone).
 pub fn canonical_repository(domain: &str, path: &str) -> String {
-    let mut host = domain.to_ascii_lowercase();
-    if let Some(h) = host.strip_suffix(":443") {
-        host = h.to_owned();
-    }
+    let mut host = canonical_host(domain);
     if matches!(
         host.as_str(),
         "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
@@ -315,6 +334,12 @@ mod tests {
             assert_eq!(canon(spelling), "registry.example/app", "{spelling}");
         }
         assert_eq!(canon("registry.example:5000/app"), "registry.example:5000/app");
+        for spelling in ["registry.example:0443/app", "REGISTRY.example:00443/app", "registry.example:80/app"] {
+            assert_eq!(canon(spelling), "registry.example/app", "{spelling}");
+        }
+        assert_eq!(canon("registry.example:05000/app"), "registry.example:5000/app");
+        assert_eq!(canonical_repository("[0:0::1]:5000", "app"), "[::1]:5000/app");
+        assert_eq!(canonical_repository("[::1]", "app"), "[::1]/app");
         for spelling in [
             "x",
             "docker.io/library/x",

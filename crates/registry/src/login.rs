@@ -38,6 +38,8 @@ pub(crate) fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Re
         .tls_certs_merge(extra_roots)
         .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(30))
+        // As the registry client's: a server that stops sending is given up on.
+        .read_timeout(std::time::Duration::from_secs(300))
         .build()
 }
 

@@ -52,6 +52,11 @@ pub(crate) async fn get_bounded(
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(Fetched::NotFound);
     }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(describe(oci_client::errors::OciDistributionError::UnauthorizedError {
+            url: url.clone(),
+        }));
+    }
     if let Some(len) = resp.content_length() {
         if len > max {
             return Err(Error::Registry(format!(

@@ -213,19 +213,26 @@ impl Containers {
         // Under the registry's lock, so that two first runs do not both add the reservation.
         let (start, count) = crate::subid::reserved(&crate::subid::Files::from_env())?;
         let ranges = (count / u64::from(ID_RANGE)).min(u64::from(MAX_RANGES)) as u32;
-        let used: std::collections::BTreeSet<u32> = taken.iter().filter_map(|r| r.host_id).collect();
+        // Every range in use, as an interval: this store's records, and each claim whose
+        // container still exists (claims made under another reservation may start anywhere).
+        let mut used: Vec<u64> = taken.iter().filter_map(|r| r.host_id.map(u64::from)).collect();
+        for e in fs::read_dir(reg).map_err(|e| io(reg, e))?.flatten() {
+            let Some(h) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let owner = fs::read_to_string(e.path()).ok().and_then(|t| t.lines().next().map(PathBuf::from));
+            if owner.is_some_and(|dir| dir.exists()) {
+                used.push(u64::from(h));
+            }
+        }
+        let size = u64::from(ID_RANGE);
         for k in 0..ranges {
-            let h = start as u32 + k * ID_RANGE;
-            if used.contains(&h) {
+            let h = start + u64::from(k) * size;
+            if used.iter().any(|&u| u < h + size && h < u + size) {
                 continue;
             }
+            let h = h as u32;
             let claim = reg.join(h.to_string());
-            if let Ok(text) = fs::read_to_string(&claim) {
-                let owner = text.lines().next().map(PathBuf::from);
-                if owner.is_some_and(|dir| dir.exists()) {
-                    continue;
-                }
-            }
             let me = format!("{}\n", self.dir(id).display());
             bulkhead_image::store::replace_file(&claim, me.as_bytes(), durable)?;
             return Ok(h);

@@ -11,8 +11,11 @@
 //! What the exec'd process must not inherit from the caller (the class of runc's CVE-2024-21626):
 //! - descriptors: the caller may hold any descriptor without close-on-exec (a shell's `exec 8</`
 //!   is the host's root directory, and `/proc/self/fd/8/...` inside the container would reach the
-//!   host's files). Every descriptor above stdio is marked close-on-exec in the grandchild, after
-//!   the last one it needs and before the filter is loaded, so none survives the exec;
+//!   host's files). The grandchild closes every descriptor above stdio as soon as it has used the
+//!   last one it needs, before it changes into the working directory: a container whose `/w` is a
+//!   symlink to `/proc/self/fd/8` would otherwise give it the host's directory as its working
+//!   directory, which survives exec. The working directory is resolved inside the container's
+//!   root (no magic links) and refused if it is not under it, as runc does;
 //! - the session: the caller's terminal, as a controlling terminal, lets `ioctl(TIOCSTI)` type
 //!   commands into the operator's shell. Every exec'd process starts a session of its own (with
 //!   `-t`, on the container's own pty), and the default filter denies TIOCSTI and TIOCLINUX too;
@@ -361,10 +364,11 @@ fn become_and_exec(plan: &Plan) -> Error {
                 rustix::process::setsid().map_err(|e| err(format!("setsid: {e}")))?;
             }
         }
-        // SAFETY: chdir with a valid C string; the mount namespace's root is the container's.
-        if unsafe { libc::chdir(plan.cwd.as_ptr()) } != 0 {
-            return Err(err(format!("chdir {:?}: {}", plan.cwd, std::io::Error::last_os_error())));
-        }
+        // Nothing of the caller's may be open from here on: not for the exec (it would survive
+        // it), and not for the chdir below (a working directory survives exec too, and a
+        // container's `/w -> /proc/self/fd/N` would make an inherited descriptor our cwd).
+        close_from(3)?;
+        enter_workdir(&plan.cwd)?;
         for cap in 0..=40u32 {
             if plan.caps & (1 << cap) == 0 {
                 // SAFETY: prctl(PR_CAPBSET_DROP, cap); EINVAL for caps this kernel lacks is fine.
@@ -403,7 +407,6 @@ fn become_and_exec(plan: &Plan) -> Error {
             },
         )
         .map_err(|e| err(format!("capabilities: {e}")))?;
-        cloexec_from(3)?;
         if let Some(f) = &plan.seccomp {
             f.load().map_err(|e| err(format!("loading the seccomp filter: {e}")))?;
         }
@@ -435,31 +438,43 @@ fn become_and_exec(plan: &Plan) -> Error {
     }
 }
 
-/// Marks every descriptor from `first` up close-on-exec (close_range(2) with CLOSE_RANGE_CLOEXEC,
-/// Linux 5.11; before that, one fcntl per open descriptor as /proc/self/fd lists them).
-fn cloexec_from(first: u32) -> Result<()> {
-    // SAFETY: close_range only changes flags of this process's descriptors.
-    if unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0 {
+/// Closes every descriptor from `first` up (close_range(2), Linux 5.9; before that, one close
+/// per open descriptor as /proc/self/fd lists them).
+fn close_from(first: u32) -> Result<()> {
+    // SAFETY: close_range on this process's own descriptors; nothing above `first` is used again.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0 as libc::c_uint) } == 0 {
         return Ok(());
     }
-    let fds = rustix::fs::open(
-        "/proc/self/fd",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| err(format!("/proc/self/fd: {e}")))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: closing a descriptor number of our own; the directory's is already gone (EBADF).
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Changes into `cwd` resolved inside the container's root (symlinks resolve there, magic links
+/// not at all), then refuses a working directory outside that root, as runc does.
+fn enter_workdir(cwd: &CString) -> Result<()> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let root =
+        rustix::fs::open("/", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| err(format!("/: {e}")))?;
+    let dir = rustix::fs::openat2(
+        &root,
+        cwd.as_c_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )
-    .map_err(|e| err(format!("/proc/self/fd: {e}")))?;
-    let dir = rustix::fs::Dir::read_from(&fds).map_err(|e| err(format!("/proc/self/fd: {e}")))?;
-    for e in dir.flatten() {
-        let Some(fd) = std::str::from_utf8(e.file_name().to_bytes())
-            .ok()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if fd >= first as i32 {
-            // SAFETY: setting FD_CLOEXEC on a descriptor number; a stale number fails with EBADF.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
+    .map_err(|e| err(format!("working directory {:?}: {e}", cwd)))?;
+    rustix::process::fchdir(&dir).map_err(|e| err(format!("working directory {:?}: {e}", cwd)))?;
+    let now = rustix::process::getcwd(Vec::new()).map_err(|e| err(format!("getcwd: {e}")))?;
+    if !now.as_bytes().starts_with(b"/") {
+        return Err(err(format!("working directory {cwd:?} is outside the container")));
     }
     Ok(())
 }

@@ -182,6 +182,20 @@ pub fn reserved(files: &Files) -> Result<(u64, u64)> {
                     files.subgid.display()
                 ))
             })?;
+            // shadow-utils' own locks, so that a useradd at the same moment is not lost; the
+            // files are read again under them.
+            let _locks = [ShadowLock::take(&files.subuid)?, ShadowLock::take(&files.subgid)?];
+            let (uids, gids) = (read(&files.subuid)?, read(&files.subgid)?);
+            if parse(&uids)
+                .iter()
+                .chain(parse(&gids).iter())
+                .any(|e| e.owner != USER && e.overlaps(start, start + DEFAULT_COUNT))
+            {
+                return Err(Error::Invalid(format!(
+                    "{} changed while a range for {USER} was being reserved; run again",
+                    files.subuid.display()
+                )));
+            }
             for (path, text) in [(&files.subuid, &uids), (&files.subgid, &gids)] {
                 append_entry(path, text, start, DEFAULT_COUNT)?;
             }
@@ -209,6 +223,46 @@ pub fn reserved(files: &Files) -> Result<(u64, u64)> {
         )));
     }
     Ok((start, count))
+}
+
+/// The lock shadow-utils takes on a file it edits (`FILE.lock`, made exclusively, holding the
+/// locker's pid); a lock whose process is gone is stale and taken over. Removed when dropped.
+struct ShadowLock(PathBuf);
+
+impl ShadowLock {
+    fn take(file: &Path) -> Result<ShadowLock> {
+        use std::io::Write;
+        let mut name = file.as_os_str().to_owned();
+        name.push(".lock");
+        let lock = PathBuf::from(name);
+        for _ in 0..50 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&lock) {
+                Ok(mut f) => {
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(ShadowLock(lock));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = std::fs::read_to_string(&lock).ok().and_then(|t| t.trim().parse::<i32>().ok());
+                    if holder.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                        let _ = std::fs::remove_file(&lock);
+                        continue;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(Error::Invalid(format!("{}: {e}", lock.display()))),
+            }
+        }
+        Err(Error::Invalid(format!(
+            "{} is held by another program (useradd?); try again",
+            lock.display()
+        )))
+    }
+}
+
+impl Drop for ShadowLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Adds `bulkhead:START:COUNT` to a subuid/subgid file, replacing it atomically with the mode it had

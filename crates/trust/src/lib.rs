@@ -6,6 +6,7 @@
 //! of the manifest. Metadata is made and verified with `tough`; keys are Ed25519 or ECDSA P-256,
 //! kept encrypted with a passphrase ([`keys`]).
 
+pub mod client;
 pub mod keys;
 pub mod policy;
 pub mod repo;

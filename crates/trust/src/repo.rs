@@ -574,187 +574,75 @@ fn edit(
     })
 }
 
-/// Loads the metadata in `dir` as a client (TUF specification 5.3), with expiry enforced.
+/// The client workflow ([`crate::client::Updater`]) over the metadata in `dir` (the registry's
+/// trust artifact, unpacked), with `state` as this machine's trusted metadata directory for the
+/// repository.
 ///
-/// Trust starts from the newest root this machine has verified for the repository
-/// (`state/trusted-root.json`), never from what the registry offers: `pinned_root` (the newest root
-/// the policy's keys sign) only bootstraps a machine that has verified none. From there the chain
-/// may only walk forward, so a registry that replays an old, consistent set of metadata (root v1
-/// after a rotation to v4, signed by keys that were retired and may since have leaked) is refused
-/// with both versions named. The versions of timestamp, snapshot and targets are kept beside it
-/// (`state/versions.json`) and may never go back either: tough's own checks compare with its
-/// datastore only when the stored file still verifies under the current root, which after a key
-/// rotation it does not, and they were silently skipped. Both files are replaced atomically, after
-/// everything verified.
-async fn load_verified(pinned_root: &[u8], dir: &Path, state: &Path) -> Result<tough::Repository> {
-    std::fs::create_dir_all(state).map_err(|e| Error::Metadata(format!("{}: {e}", state.display())))?;
-    let trusted_path = state.join("trusted-root.json");
-    let start = match std::fs::read(&trusted_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => pinned_root.to_vec(),
-        Err(e) => return Err(Error::Metadata(format!("{}: {e}", trusted_path.display()))),
-    };
-    let start_version = root_version(&start)?;
+/// Trust starts from the newest root this machine has verified (`state/root.json`), never from
+/// what the registry offers: `pinned_root` (the newest root the policy's keys sign) only bootstraps
+/// a machine that has verified none. The chain only walks forward, so a registry that replays an
+/// old, consistent set (root v1 after a rotation to v4, signed by keys since retired, which may
+/// have leaked) is refused with both versions named; metadata newly signed with retired keys does
+/// not verify under the trusted root. Versions of timestamp and snapshot never go back while their
+/// keys stay (TUF 5.3.11: a rotation of those keys is how a repository recovers from a
+/// fast-forward attack, and the retired keys then sign nothing the root accepts).
+fn updater<'a>(pinned_root: &[u8], dir: &Path, state: &Path, fetch: &'a crate::client::DirFetcher) -> Result<crate::client::Updater<'a>> {
+    let u = crate::client::Updater::new(state, Some(pinned_root), fetch)?;
+    let trusted = u.root_version();
     let offered = std::fs::read_dir(dir)
         .map_err(|e| Error::Metadata(format!("{}: {e}", dir.display())))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".root.json")?.parse::<u64>().ok())
         .max()
         .unwrap_or(0);
-    if offered < start_version {
+    if offered < trusted {
         return Err(Error::Metadata(format!(
-            "the registry offers root version {offered} at most, but this machine already trusts root version {start_version}: refusing to go back (old metadata replayed?)"
+            "the registry offers root version {offered} at most, but this machine already trusts root version {trusted}: refusing to go back (old metadata replayed?)"
         )));
     }
-    let url = dir_url(dir)?;
-    let repo = RepositoryLoader::new(&start, url.clone(), url)
-        .transport(WholeFiles)
-        .datastore(state)
-        .expiration_enforcement(ExpirationEnforcement::Safe)
-        .load()
-        .await
-        .map_err(tuf)?;
-    let now_root = repo.root().signed.version.get();
-    let mut versions = Versions::load(state)?;
-    let new = Versions {
-        root: now_root,
-        timestamp: repo.timestamp().signed.version.get(),
-        snapshot: repo.snapshot().signed.version.get(),
-        targets: repo.targets().signed.version.get(),
-    };
-    for (role, old, new) in [
-        ("root", versions.root.max(start_version), new.root),
-        ("timestamp", versions.timestamp, new.timestamp),
-        ("snapshot", versions.snapshot, new.snapshot),
-        ("targets", versions.targets, new.targets),
-    ] {
-        if new < old {
-            return Err(Error::Metadata(format!(
-                "{role} version {new} is older than version {old}, which this machine already trusted: refusing to go back"
-            )));
-        }
-    }
-    if now_root > start_version {
-        let p = dir.join(format!("{now_root}.root.json"));
-        let bytes = std::fs::read(&p).map_err(|e| Error::Metadata(format!("{}: {e}", p.display())))?;
-        if root_version(&bytes)? != now_root {
-            return Err(Error::Metadata(format!("{} is not root version {now_root}", p.display())));
-        }
-        bulkhead_image::store::atomic_write(&trusted_path, &bytes)?;
-    } else if !trusted_path.exists() {
-        bulkhead_image::store::atomic_write(&trusted_path, &start)?;
-    }
-    if new != versions {
-        versions = new;
-        versions.save(state)?;
-    }
-    Ok(repo)
+    Ok(u)
 }
 
-/// The version a root metadata file claims (checked by tough when it is loaded).
-fn root_version(data: &[u8]) -> Result<u64> {
-    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| Error::Metadata(format!("a root that is not JSON: {e}")))?;
-    v["signed"]["version"]
-        .as_u64()
-        .ok_or_else(|| Error::Metadata("a root without a version".into()))
-}
-
-/// The newest versions of the four roles this machine has verified for one repository.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Versions {
-    root: u64,
-    timestamp: u64,
-    snapshot: u64,
-    targets: u64,
-}
-
-impl Versions {
-    fn load(state: &Path) -> Result<Self> {
-        let p = state.join("versions.json");
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Metadata(format!("{}: {e}", p.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(Error::Metadata(format!("{}: {e}", p.display()))),
-        }
-    }
-
-    fn save(&self, state: &Path) -> Result<()> {
-        let data = serde_json::to_vec(self).map_err(|e| Error::Metadata(e.to_string()))?;
-        bulkhead_image::store::atomic_write(&state.join("versions.json"), &data)?;
-        Ok(())
-    }
-}
-
-/// Verifies the metadata in `dir` starting from `trusted_root` (pinned by the policy) and against
-/// what this client trusted before (kept in `state`), and resolves target `name`.
-pub fn resolve(trusted_root: &[u8], dir: &Path, state: &Path, name: &str) -> Result<Resolved> {
-    runtime()?.block_on(async {
-        let repo = load_verified(trusted_root, dir, state).await?;
-        let key = TargetName::new(name).map_err(tuf)?;
-        // Through delegations, each only for the paths it was delegated (TUF 5.6.7).
-        let t = repo
-            .targets()
-            .signed
-            .find_target(&key, false)
-            .map_err(|_| Error::NotSigned(name.to_owned()))?;
-        let digest = Digest::new(bulkhead_image::digest::Algorithm::Sha256, &hex::encode(&*t.hashes.sha256))?;
-        let top = &repo.targets().signed;
-        let mut signed_by = Vec::new();
-        if top.targets.get(&key).is_some_and(|x| x.hashes.sha256 == t.hashes.sha256) {
-            signed_by.push("targets".to_owned());
-        }
-        if let Some(delegations) = &top.delegations {
-            for role in &delegations.roles {
-                // Trusted for this path (a copy of the delegations with this role alone), and
-                // naming the same target in its verified metadata.
-                let mut only = delegations.clone();
-                only.roles.retain(|r| r.name == role.name);
-                let names_it = role
-                    .targets
-                    .as_ref()
-                    .and_then(|d| d.signed.targets.get(&key))
-                    .is_some_and(|x| x.hashes.sha256 == t.hashes.sha256);
-                if names_it && only.target_is_delegated(&key) {
-                    signed_by.push(role.name.clone());
-                }
-            }
-        }
-        Ok(Resolved {
-            digest,
-            length: t.length,
-            custom: t.custom.clone(),
-            signed_by,
-        })
+/// Verifies the metadata in `dir` (see [`updater`]) and resolves target `name` by the
+/// specification's search through delegations.
+pub fn resolve(pinned_root: &[u8], dir: &Path, state: &Path, name: &str) -> Result<Resolved> {
+    let fetch = crate::client::DirFetcher(dir.to_path_buf());
+    let mut u = updater(pinned_root, dir, state, &fetch)?;
+    let (t, _) = u.target(name)?.ok_or_else(|| Error::NotSigned(name.to_owned()))?;
+    let sha256 = t
+        .sha256()
+        .ok_or_else(|| Error::Metadata(format!("target {name} has no sha256 hash")))?;
+    let digest = Digest::new(bulkhead_image::digest::Algorithm::Sha256, &sha256.to_ascii_lowercase())?;
+    let custom = t
+        .custom
+        .as_ref()
+        .and_then(|c| c.as_object())
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let signed_by = u.signed_by(&t);
+    Ok(Resolved {
+        digest,
+        length: t.length,
+        custom,
+        signed_by,
     })
 }
 
-/// The verified state of the metadata in `dir` (as [`resolve`] checks it): each signed tag with
-/// its digest and length, and each role's version and expiry.
-pub fn describe(trusted_root: &[u8], dir: &Path, state: &Path) -> Result<serde_json::Value> {
-    runtime()?.block_on(async {
-        let repo = load_verified(trusted_root, dir, state).await?;
-        let mut tags = serde_json::Map::new();
-        for (name, t) in repo.targets().signed.targets_iter() {
-            tags.insert(
-                name.raw().to_owned(),
-                serde_json::json!({"digest": format!("sha256:{}", hex::encode(&*t.hashes.sha256)), "length": t.length}),
-            );
-        }
-        let role = |v: NonZeroU64, e: &jiff::Timestamp| serde_json::json!({"version": v.get(), "expires": e.to_string()});
-        let root = &repo.root().signed;
-        let thresholds: serde_json::Map<String, serde_json::Value> = root
-            .roles
-            .iter()
-            .map(|(r, k)| (r.to_string(), serde_json::json!({"threshold": k.threshold.get(), "keys": k.keyids.iter().map(|i| hex::encode(&**i)).collect::<Vec<_>>()})))
-            .collect();
-        Ok(serde_json::json!({
-            "tags": tags,
-            "roles": thresholds,
-            "root": role(root.version, &root.expires),
-            "targets": role(repo.targets().signed.version, &repo.targets().signed.expires),
-            "snapshot": role(repo.snapshot().signed.version, &repo.snapshot().signed.expires),
-            "timestamp": role(repo.timestamp().signed.version, &repo.timestamp().signed.expires),
-        }))
-    })
+/// The verified state of the metadata in `dir` (as [`resolve`] checks it): each tag the
+/// top-level targets role or a role it delegates to signs, with its digest and length, and each
+/// role's version and expiry.
+pub fn describe(pinned_root: &[u8], dir: &Path, state: &Path) -> Result<serde_json::Value> {
+    let fetch = crate::client::DirFetcher(dir.to_path_buf());
+    let mut u = updater(pinned_root, dir, state, &fetch)?;
+    u.refresh()?;
+    let mut tags = serde_json::Map::new();
+    for t in u.all_targets()? {
+        let digest = t.sha256().map(|h| format!("sha256:{}", h.to_ascii_lowercase())).unwrap_or_default();
+        tags.entry(t.path.clone())
+            .or_insert_with(|| serde_json::json!({"digest": digest, "length": t.length}));
+    }
+    let mut v = u.summary()?;
+    v["tags"] = serde_json::Value::Object(tags);
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `bulkhead-tuf-client`: the client side of the TUF conformance suite's CLIENT-CLI protocol,
-//! on the same verification code (tough) as `bulkhead pull`:
+//! on the same client workflow (bulkhead_trust::client) as `bulkhead pull`:
 //!
 //! ```text
 //! bulkhead-tuf-client --metadata-dir DIR init TRUSTED_ROOT
@@ -9,16 +9,21 @@
 //! ```
 //!
 //! Exit status 0 on success, 1 when verification (or anything else) fails, 2 for a bad command.
-//! The metadata directory holds the trusted metadata between runs (tough's datastore).
+//! The metadata directory holds the trusted metadata between runs, exactly as verified, and
+//! nothing else; `--target-name` may be repeated (processed in order, stopping at the first
+//! failure); an artifact already in the target directory with the right length and hashes is not
+//! downloaded again.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use bulkhead_trust::client::{quote, Fetcher, Updater};
 
 #[derive(Default)]
 struct Args {
     metadata_dir: Option<PathBuf>,
     metadata_url: Option<String>,
-    target_name: Option<String>,
+    target_names: Vec<String>,
     target_base_url: Option<String>,
     target_dir: Option<PathBuf>,
     command: Vec<String>,
@@ -32,7 +37,7 @@ fn parse() -> Result<Args, String> {
         match arg.as_str() {
             "--metadata-dir" => a.metadata_dir = Some(value("--metadata-dir")?.into()),
             "--metadata-url" => a.metadata_url = Some(value("--metadata-url")?),
-            "--target-name" => a.target_name = Some(value("--target-name")?),
+            "--target-name" => a.target_names.push(value("--target-name")?),
             "--target-base-url" => a.target_base_url = Some(value("--target-base-url")?),
             "--target-dir" => a.target_dir = Some(value("--target-dir")?.into()),
             _ => a.command.push(arg),
@@ -41,77 +46,111 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Fetches metadata and targets over HTTP(S); a 404 is "no such file", which TUF's root walk
-/// needs to tell from other failures.
-#[derive(Clone, Debug)]
-struct Http(reqwest::Client);
+/// Fetches over HTTP(S) below a base URL, reading at most the stated length; 403 and 404 are "no
+/// such file", which the root walk needs to tell from other failures.
+struct Http {
+    client: reqwest::Client,
+    base: String,
+    rt: std::rc::Rc<tokio::runtime::Runtime>,
+}
 
-#[async_trait::async_trait]
-impl tough::Transport for Http {
-    async fn fetch(&self, url: url::Url) -> Result<tough::TransportStream, tough::TransportError> {
-        use tough::{TransportError, TransportErrorKind};
-        let resp = self
-            .0
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND || resp.status() == reqwest::StatusCode::FORBIDDEN {
-            return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
-        }
-        if !resp.status().is_success() {
-            return Err(TransportError::new_with_cause(
-                TransportErrorKind::Other,
-                url.as_str(),
-                resp.status().to_string(),
-            ));
-        }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e))?;
-        Ok(Box::pin(futures_util::stream::once(async move { Ok(body) })))
+impl Http {
+    fn new(base: &str, rt: std::rc::Rc<tokio::runtime::Runtime>) -> Result<Self, String> {
+        let base = if base.ends_with('/') { base.to_owned() } else { format!("{base}/") };
+        let client = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
+        Ok(Http { client, base, rt })
     }
 }
 
-fn dir_url(u: &str) -> Result<url::Url, String> {
-    let u = if u.ends_with('/') { u.to_owned() } else { format!("{u}/") };
-    url::Url::parse(&u).map_err(|e| format!("{u}: {e}"))
+impl Fetcher for Http {
+    fn fetch(&self, name: &str, max: u64) -> bulkhead_trust::Result<Option<Vec<u8>>> {
+        let err = |e: String| bulkhead_trust::Error::Metadata(format!("{}{name}: {e}", self.base));
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get(format!("{}{name}", self.base))
+                .send()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::FORBIDDEN {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(err(status.to_string()));
+            }
+            if resp.content_length().is_some_and(|l| l > max) {
+                return Err(err(format!("larger than {max} bytes")));
+            }
+            let mut body = Vec::new();
+            let mut resp = resp;
+            while let Some(chunk) = resp.chunk().await.map_err(|e| err(e.to_string()))? {
+                if (body.len() + chunk.len()) as u64 > max {
+                    return Err(err(format!("larger than {max} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Some(body))
+        })
+    }
 }
 
-async fn load(a: &Args, dir: &std::path::Path) -> Result<tough::Repository, String> {
-    let root = std::fs::read(dir.join("root.json")).map_err(|e| format!("{}: {e} (run init first)", dir.join("root.json").display()))?;
-    let metadata = dir_url(a.metadata_url.as_deref().ok_or("--metadata-url is required")?)?;
-    let targets = match &a.target_base_url {
-        Some(t) => dir_url(t)?,
-        None => metadata.clone(),
-    };
-    let client = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
-    tough::RepositoryLoader::new(&root, metadata, targets)
-        .transport(Http(client))
-        .datastore(dir)
-        .expiration_enforcement(tough::ExpirationEnforcement::Safe)
-        .load()
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn run(a: Args) -> Result<(), String> {
+fn run(a: Args) -> Result<(), String> {
     let dir = a.metadata_dir.clone().ok_or("--metadata-dir is required")?;
+    let rt = std::rc::Rc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    let metadata = || -> Result<Http, String> { Http::new(a.metadata_url.as_deref().ok_or("--metadata-url is required")?, rt.clone()) };
     match a.command.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["init", root] => {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            std::fs::copy(root, dir.join("root.json")).map_err(|e| format!("{root}: {e}"))?;
-            Ok(())
+            let data = std::fs::read(root).map_err(|e| format!("{root}: {e}"))?;
+            bulkhead_image::store::atomic_write(&dir.join("root.json"), &data).map_err(|e| e.to_string())
         }
-        ["refresh"] => load(&a, &dir).await.map(|_| ()),
+        ["refresh"] => {
+            let fetch = metadata()?;
+            let mut u = Updater::new(&dir, None, &fetch).map_err(|e| e.to_string())?;
+            u.refresh().map_err(|e| e.to_string())
+        }
         ["download"] => {
-            let name = a.target_name.clone().ok_or("--target-name is required")?;
             let out = a.target_dir.clone().ok_or("--target-dir is required")?;
+            if a.target_names.is_empty() {
+                return Err("--target-name is required".into());
+            }
+            let targets = Http::new(a.target_base_url.as_deref().ok_or("--target-base-url is required")?, rt.clone())?;
             std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let repo = load(&a, &dir).await?;
-            let name = tough::TargetName::new(name).map_err(|e| e.to_string())?;
-            repo.save_target(&name, &out, tough::Prefix::None).await.map_err(|e| e.to_string())
+            let fetch = metadata()?;
+            let mut u = Updater::new(&dir, None, &fetch).map_err(|e| e.to_string())?;
+            for name in &a.target_names {
+                let (t, _) = u
+                    .target(name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("no signed target {name}"))?;
+                let file = out.join(quote(&t.path));
+                // Already here, and still what the metadata says: not downloaded again.
+                if std::fs::read(&file).is_ok_and(|d| t.check(&d).is_ok()) {
+                    continue;
+                }
+                let remote = if u.consistent_snapshot() {
+                    let hash = t.hashes.values().next().ok_or("a target without hashes")?;
+                    match t.path.rsplit_once('/') {
+                        Some((d, b)) => format!("{d}/{hash}.{b}"),
+                        None => format!("{hash}.{}", t.path),
+                    }
+                } else {
+                    t.path.clone()
+                };
+                let data = targets
+                    .fetch(&remote, t.length)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("the repository has no {remote}"))?;
+                t.check(&data).map_err(|e| e.to_string())?;
+                bulkhead_image::store::atomic_write(&file, &data).map_err(|e| e.to_string())?;
+            }
+            Ok(())
         }
         other => Err(format!("unknown command {other:?} (init ROOT | refresh | download)")),
     }
@@ -125,14 +164,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bulkhead-tuf-client: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulkhead-tuf-client: {}", e.replace('\n', " "));
