@@ -21,26 +21,31 @@ const METADATA_TYPE: &str = "application/vnd.tuf.metadata+json";
 const MAX_FILE: u64 = 4 << 20;
 const MAX_FILES: usize = 256;
 
-/// `trust`: how long what it signs stays valid, and what to do.
+/// `trust`: what to do.
 #[derive(clap::Args, Debug)]
 pub struct TrustArgs {
-    /// Days the root metadata it signs stays valid.
-    #[arg(long, global = true, default_value = "365")]
-    root_expiry_days: i64,
-    /// Days the targets metadata (and delegated roles) stay valid.
-    #[arg(long, global = true, default_value = "90")]
-    targets_expiry_days: i64,
-    /// Days the snapshot stays valid.
-    #[arg(long, global = true, default_value = "30")]
-    snapshot_expiry_days: i64,
-    /// Days the timestamp stays valid (refresh it from cron or CI: trust timestamp refresh).
-    #[arg(long, global = true, default_value = "7")]
-    timestamp_expiry_days: i64,
     #[command(subcommand)]
     command: TrustCommand,
 }
 
-impl TrustArgs {
+/// How long what a signing command signs stays valid: only on the commands that sign.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExpiryArgs {
+    /// Days the root metadata it signs stays valid.
+    #[arg(long, default_value = "365")]
+    root_expiry_days: i64,
+    /// Days the targets metadata (and delegated roles) stay valid.
+    #[arg(long, default_value = "90")]
+    targets_expiry_days: i64,
+    /// Days the snapshot stays valid.
+    #[arg(long, default_value = "30")]
+    snapshot_expiry_days: i64,
+    /// Days the timestamp stays valid (refresh it from cron or CI: trust timestamp refresh).
+    #[arg(long, default_value = "7")]
+    timestamp_expiry_days: i64,
+}
+
+impl ExpiryArgs {
     fn expiry(&self) -> anyhow::Result<Expiry> {
         let days = |d: i64, what: &str| -> anyhow::Result<jiff::SignedDuration> {
             if !(1..=3650).contains(&d) {
@@ -54,6 +59,20 @@ impl TrustArgs {
             snapshot: days(self.snapshot_expiry_days, "snapshot")?,
             timestamp: days(self.timestamp_expiry_days, "timestamp")?,
         })
+    }
+}
+
+/// The expiry flags of a command that signs (the defaults for one that does not: never used).
+fn expiry_of(c: &TrustCommand) -> anyhow::Result<Expiry> {
+    match c {
+        TrustCommand::Init { expiry, .. }
+        | TrustCommand::Sign { expiry, .. }
+        | TrustCommand::Revoke { expiry, .. }
+        | TrustCommand::Rotate { expiry, .. }
+        | TrustCommand::Signer(SignerCommand::Add { expiry, .. })
+        | TrustCommand::Signer(SignerCommand::Remove { expiry, .. })
+        | TrustCommand::Timestamp(TimestampCommand::Refresh { expiry, .. }) => expiry.expiry(),
+        _ => Ok(Expiry::default()),
     }
 }
 
@@ -74,6 +93,8 @@ pub enum TrustCommand {
         /// How many of the targets keys must sign a release.
         #[arg(long, default_value = "1")]
         targets_threshold: u64,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
     /// Sign a tag: its target becomes the local image of that name (as the registry has it).
     Sign {
@@ -85,15 +106,26 @@ pub enum TrustCommand {
         /// signer proposes it; it is published once enough have signed).
         #[arg(long)]
         partial: bool,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
     /// Signers: delegated targets roles, each trusted for tags matching its patterns.
     #[command(subcommand)]
     Signer(SignerCommand),
     /// Remove a tag's signature: it no longer resolves.
-    Revoke { image: String },
+    Revoke {
+        image: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
     /// Rotate a role's keys: root (a new root key, signed by the old and the new one), or targets,
     /// snapshot, timestamp (a new key in a new root version, which needs the root key).
-    Rotate { repository: String, role: String },
+    Rotate {
+        repository: String,
+        role: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
     /// The timestamp role (for cron or CI).
     #[command(subcommand)]
     Timestamp(TimestampCommand),
@@ -139,19 +171,27 @@ pub enum SignerCommand {
         #[arg(long, default_value = "1")]
         threshold: u64,
         repository: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
     /// Remove a delegated role: its tags stop resolving (needs the top-level targets key).
     Remove {
         #[arg(long)]
         role: String,
         repository: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TimestampCommand {
     /// Re-sign the timestamp with a fresh expiry (needs only the timestamp key), and publish it.
-    Refresh { repository: String },
+    Refresh {
+        repository: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,6 +278,8 @@ fn sync_for_signing(ctx: &Ctx, regs: &Registries, td: &TrustDir, r: &Reference) 
                 .and_then(|v| v.parse::<u64>().ok())
                 .is_some_and(|v| v >= 1 && v <= root_version)
                 || ["timestamp.json", "snapshot.json", "targets.json"].contains(&name)
+                // A release other signers proposed: checked signature by signature when merged.
+                || name == "pending.targets.json"
                 || delegated.iter().any(|d| d == name)
         };
         let _ = std::fs::remove_file(local.join("pending.targets.json"));
@@ -361,8 +403,8 @@ pub fn covers(ctx: &Ctx, r: &Reference) -> anyhow::Result<bool> {
 }
 
 pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
-    let expiry = a.expiry()?;
     let c = a.command;
+    let expiry = expiry_of(&c)?;
     let td = TrustDir::new(&ctx.config);
     let regs = Registries::load(&ctx.config)?;
     match c {
@@ -388,6 +430,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             kind,
             targets_keys,
             targets_threshold,
+            ..
         } => {
             let repo = parse_repository(&repository)?;
             let kind: KeyKind = kind.parse()?;
@@ -405,7 +448,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             );
             println!("{root}");
         }
-        TrustCommand::Signer(SignerCommand::Remove { role, repository }) => {
+        TrustCommand::Signer(SignerCommand::Remove { role, repository, .. }) => {
             let repo = parse_repository(&repository)?;
             let dir = td.repo_dir(&repository_of(&repo))?;
             let targets = td.role_keys(&dir, "targets")?;
@@ -422,6 +465,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             more_keys,
             threshold,
             repository,
+            ..
         }) => {
             let repo = parse_repository(&repository)?;
             if ["root", "targets", "snapshot", "timestamp"].contains(&role.as_str()) {
@@ -437,7 +481,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             publish(&regs, &td, &repo)?;
             println!("{}: {role} signs {}", repository_of(&repo), paths.join(" "));
         }
-        TrustCommand::Sign { image, role, partial } => {
+        TrustCommand::Sign { image, role, partial, .. } => {
             let r = Reference::parse(&image)?;
             let tag = r.tag().context("sign a tag: NAME:TAG")?.to_owned();
             // What is signed is the image in this store under that name (the one the publisher
@@ -523,7 +567,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             publish(&regs, &td, &r)?;
             println!("{r}: signed {digest}");
         }
-        TrustCommand::Revoke { image } => {
+        TrustCommand::Revoke { image, .. } => {
             let r = Reference::parse(&image)?;
             let tag = r.tag().context("revoke a tag: NAME:TAG")?.to_owned();
             let dir = td.repo_dir(&repository_of(&r))?;
@@ -532,7 +576,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             publish(&regs, &td, &r)?;
             println!("{r}: revoked");
         }
-        TrustCommand::Rotate { repository, role } => {
+        TrustCommand::Rotate { repository, role, .. } => {
             let repo = parse_repository(&repository)?;
             let name = repository_of(&repo);
             if role != "root" {
@@ -551,7 +595,7 @@ pub fn run(ctx: &Ctx, a: TrustArgs) -> anyhow::Result<ExitCode> {
             eprintln!("trust: {name} has a new root key {new}, pinned in {}", path.display());
             println!("{new}");
         }
-        TrustCommand::Timestamp(TimestampCommand::Refresh { repository }) => {
+        TrustCommand::Timestamp(TimestampCommand::Refresh { repository, .. }) => {
             let repo = parse_repository(&repository)?;
             let dir = td.repo_dir(&repository_of(&repo))?;
             let keys = td.role_keys(&dir, "timestamp")?;

@@ -150,3 +150,200 @@ fn the_conformance_client_refreshes_and_downloads_over_http() {
     std::fs::remove_file(out_dir.join("app-1.0")).unwrap();
     assert_eq!(client(&["--target-name", "app-1.0", "download"]).status.code(), Some(1));
 }
+
+/// The scenarios python-tuf builds (tests/python/scenarios.py), in a temporary directory.
+fn scenarios() -> (tempfile::TempDir, serde_json::Value) {
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(python()).arg(script("scenarios.py")).arg(d.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = serde_json::from_slice(&std::fs::read(d.path().join("expected.json")).unwrap()).unwrap();
+    (d, expected)
+}
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Pre-order, depth-first, only into roles whose paths match, a terminating delegation ending the
+/// search, a role the search never reaches never fetched (the repository withholds it), role names
+/// percent-encoded, and the trusted metadata stored byte for byte as served, with nothing else.
+#[test]
+fn delegations_are_searched_as_the_specification_says() {
+    let (d, expected) = scenarios();
+    let meta = d.path().join("good/metadata");
+    let root = std::fs::read(meta.join("1.root.json")).unwrap();
+    let state = d.path().join("state");
+    let digest_of = |name: &str| resolve(&root, &meta, &state, name).unwrap_or_else(|e| panic!("{name}: {e}")).digest;
+    for name in ["a/x1", "b", "q/1", "dir/sub/file"] {
+        assert_eq!(digest_of(name).hex(), expected[name].as_str().unwrap(), "{name}");
+    }
+    assert_ne!(
+        digest_of("b").hex(),
+        expected["b-in-C"].as_str().unwrap(),
+        "C is after the terminating B"
+    );
+    // No role's paths match a two-part name but A's and A1's ("a/*"): not signed.
+    assert!(matches!(
+        resolve(&root, &meta, &state, "z/nowhere"),
+        Err(bulkhead_trust::Error::NotSigned(_))
+    ));
+    // A one-part name the terminating B does not cover leads the search into C, which the
+    // repository withholds: that target cannot be resolved, but nothing above broke.
+    assert!(resolve(&root, &meta, &state, "elsewhere")
+        .unwrap_err()
+        .to_string()
+        .contains("C.json"));
+    assert_eq!(
+        names(&state),
+        [
+            "..%2Fodd%3F%23name.json",
+            "A.json",
+            "A1.json",
+            "B.json",
+            "root.json",
+            "snapshot.json",
+            "targets.json",
+            "timestamp.json"
+        ]
+    );
+    for (stored, served) in [
+        ("..%2Fodd%3F%23name.json", "1...%2Fodd%3F%23name.json"),
+        ("A1.json", "1.A1.json"),
+        ("snapshot.json", "1.snapshot.json"),
+        ("timestamp.json", "timestamp.json"),
+        ("root.json", "1.root.json"),
+    ] {
+        assert_eq!(
+            std::fs::read(state.join(stored)).unwrap(),
+            std::fs::read(meta.join(served)).unwrap(),
+            "{stored} is not what was served"
+        );
+    }
+    assert_eq!(
+        names(d.path()).iter().filter(|n| n.contains("odd")).count(),
+        0,
+        "a role name escaped its directory"
+    );
+}
+
+/// What a client must refuse, each from the same trusted state: an unsigned timestamp, an expired
+/// one, a snapshot that is not the version the timestamp names, a missing snapshot. A role whose
+/// signature does not meet its delegator's threshold breaks only the targets the search reaches
+/// through it. The trusted root never moves.
+#[test]
+fn broken_repositories_are_refused() {
+    let (d, _) = scenarios();
+    let good = d.path().join("good/metadata");
+    let root = std::fs::read(good.join("1.root.json")).unwrap();
+    let trusted = d.path().join("trusted");
+    resolve(&root, &good, &trusted, "a/x1").unwrap();
+    for (variant, says) in [
+        ("unsigned_timestamp", "timestamp: 0 valid signature"),
+        ("expired_timestamp", "timestamp.json has expired"),
+        ("snapshot_version_mismatch", "snapshot"),
+        ("no_snapshot", "snapshot.json"),
+    ] {
+        let state = d.path().join(format!("state-{variant}"));
+        if variant == "no_snapshot" {
+            // From a machine with a snapshot already, the one it has is still the one the
+            // timestamp names (nothing to fetch): a first-time client needs the missing one.
+            std::fs::create_dir(&state).unwrap();
+        } else {
+            sh_cp(&trusted, &state);
+        }
+        let err = match resolve(&root, &d.path().join(variant).join("metadata"), &state, "dir/sub/file") {
+            Ok(r) => panic!("{variant}: accepted ({r:?})"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "{variant}: {err}");
+        assert_eq!(std::fs::read(state.join("root.json")).unwrap(), root, "{variant}");
+    }
+    let state = d.path().join("state-wrong-key");
+    std::fs::create_dir(&state).unwrap();
+    let meta = d.path().join("wrong_key_for_A1/metadata");
+    assert!(
+        resolve(&root, &meta, &state, "dir/sub/file").is_ok(),
+        "A1 is not on the way to dir/sub/file"
+    );
+    let err = resolve(&root, &meta, &state, "a/x1").unwrap_err().to_string();
+    assert!(err.contains("A1: 0 valid signature"), "{err}");
+    assert!(!state.join("A1.json").exists(), "an unverified role was stored");
+}
+
+fn sh_cp(from: &std::path::Path, to: &std::path::Path) {
+    assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+}
+
+/// The conformance client over HTTP against a consistent-snapshot repository: artifacts in
+/// sub-directories fetched by hash-prefixed name and checked against both hashes, several
+/// targets in one run, and an artifact already downloaded not fetched again (served copies gone).
+#[test]
+fn the_conformance_client_downloads_by_consistent_name_and_reuses_what_it_has() {
+    let (d, expected) = scenarios();
+    let served = d.path().join("good");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Server(
+        Command::new(python())
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&served)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the HTTP server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (client_dir, out_dir) = (d.path().join("client"), d.path().join("downloads"));
+    let client = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
+            .arg("--metadata-dir")
+            .arg(&client_dir)
+            .args(["--metadata-url", &format!("http://127.0.0.1:{port}/metadata")])
+            .args(["--target-base-url", &format!("http://127.0.0.1:{port}/targets")])
+            .arg("--target-dir")
+            .arg(&out_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let init = Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
+        .arg("--metadata-dir")
+        .arg(&client_dir)
+        .arg("init")
+        .arg(served.join("metadata/1.root.json"))
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let o = client(&["--target-name", "dir/sub/file", "--target-name", "a/x1", "download"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = std::fs::read(out_dir.join("dir%2Fsub%2Ffile")).unwrap();
+    assert_eq!(Digest::sha256_of(&got).hex(), expected["dir/sub/file"].as_str().unwrap());
+    assert!(out_dir.join("a%2Fx1").exists());
+    // Every file in the metadata directory is trusted metadata, by its role's name.
+    for n in names(&client_dir) {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(client_dir.join(&n)).unwrap()).unwrap();
+        assert!(v["signed"]["_type"].is_string(), "{n} is not metadata");
+    }
+    // The served artifacts go away: what was downloaded is reused, not fetched again.
+    std::fs::remove_dir_all(served.join("targets")).unwrap();
+    let o = client(&["--target-name", "dir/sub/file", "download"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A local copy that no longer matches is fetched again (and here cannot be).
+    std::fs::write(out_dir.join("dir%2Fsub%2Ffile"), b"changed").unwrap();
+    assert_eq!(client(&["--target-name", "dir/sub/file", "download"]).status.code(), Some(1));
+}
