@@ -610,6 +610,32 @@ fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
+/// Parses `data` as each kind of metadata this client reads (a root is also checked against its
+/// own keys), for fuzzing the parsers that registry-supplied bytes meet first; the kind it parsed
+/// as, if any.
+pub fn parse_any(data: &[u8]) -> Option<&'static str> {
+    if let Ok(r) = Root::parse(data) {
+        let _ = r.verify(&r.env, "root");
+        return Some("root");
+    }
+    if Timestamp::parse(data).is_ok() {
+        return Some("timestamp");
+    }
+    if Snapshot::parse(data).is_ok() {
+        return Some("snapshot");
+    }
+    if let Ok(t) = Targets::parse(data) {
+        for d in &t.delegations {
+            let _ = d.matches("a/b");
+        }
+        for (p, v) in &t.targets {
+            let _ = TargetFile::from_json(p, v);
+        }
+        return Some("targets");
+    }
+    None
+}
+
 // ---- the updater ----
 
 /// One run of the client workflow against one repository.
