@@ -319,6 +319,22 @@ pub(crate) fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &
         .status()
         .context("starting the pull")?;
     if !status.success() {
+        // `run real/nginx` means real/nginx:latest, as in Docker: say so when the store has the
+        // repository under other tags.
+        let others: Vec<String> = store
+            .refs()
+            .unwrap_or_default()
+            .keys()
+            .filter_map(|k| bulkhead_image::Reference::parse(k).ok())
+            .filter(|r| r.name() == reference.name() && r.tag() != reference.tag())
+            .map(|r| format!("{}:{}", r.familiar_name(), r.tag().unwrap_or("latest")))
+            .collect();
+        if !others.is_empty() && !image.contains(':') {
+            bail!(
+                "cannot run {image}: the pull of {reference} failed; the store has {} (a name without a tag means :latest)",
+                others.join(", ")
+            );
+        }
         bail!("cannot run {image}: the pull failed");
     }
     Ok(())
@@ -684,11 +700,14 @@ pub fn ps(ctx: &Ctx, all: bool) -> anyhow::Result<ExitCode> {
                         State::Running { started, .. } => format!("Up {}", ago(Some(*started)).trim_end_matches(" ago")),
                         State::Exited { code, finished, .. } => format!("Exited ({code}) {}", ago(Some(*finished))),
                     };
-                    let mut cmd = r.command.join(" ");
-                    if cmd.len() > 30 {
-                        cmd.truncate(27);
-                        cmd.push_str("...");
-                    }
+                    // One line per container: control characters shown escaped (a command may hold
+                    // a newline), and cut by characters, never inside one.
+                    let full: String = r.command.join(" ").chars().flat_map(char::escape_debug).collect();
+                    let cmd = if full.chars().count() > 30 {
+                        format!("{}...", full.chars().take(27).collect::<String>())
+                    } else {
+                        full
+                    };
                     vec![
                         r.id[..12].to_owned(),
                         r.image.clone(),

@@ -20,6 +20,7 @@ pub enum ImageCommand {
     /// Import an OCI layout (directory or archive), a docker-archive, or with --rootfs a root filesystem.
     Import(Box<ImportArgs>),
     /// Write images to an OCI archive (default), an OCI layout directory, or a docker-archive.
+    #[command(after_help = "--format: oci (default), oci-dir, docker-archive")]
     Save(SaveArgs),
     /// List images.
     #[command(visible_alias = "list")]

@@ -28,7 +28,7 @@ struct Cli {
     /// The trust policy (default: <config>/policy.toml).
     #[arg(long, global = true, env = "BULKHEAD_POLICY")]
     policy: Option<PathBuf>,
-    /// Output format: table or json (image save: oci, oci-dir, docker-archive; sbom: cyclonedx-json, spdx-json; scan: sarif, cyclonedx-json).
+    /// Output format: table or json (commands that write other formats list them in their own help).
     #[arg(long, global = true)]
     format: Option<String>,
     /// Print only ids (listings) or nothing but the result.
@@ -66,8 +66,10 @@ enum Command {
     /// Content trust: signed tags (TUF), keys, the policy that enforces them.
     Trust(trust_cmd::TrustArgs),
     /// The bill of materials of an image, layer by layer (table, json, cyclonedx-json, spdx-json).
+    #[command(after_help = "--format: table (default), json, cyclonedx-json, spdx-json")]
     Sbom(scan_cmd::SbomArgs),
     /// Match an image's packages against the vulnerability database (offline).
+    #[command(after_help = "--format: table (default), json, sarif, cyclonedx-json")]
     Scan(scan_cmd::ScanArgs),
     /// The vulnerability database (OSV advisories).
     #[command(subcommand)]
@@ -224,6 +226,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let is_run = matches!(
@@ -298,7 +301,15 @@ fn main() -> ExitCode {
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
             eprintln!("bulkhead: error: {}", msg.replace('\n', " "));
             if is_run {
-                ExitCode::from(container_cmd::ENGINE_ERROR)
+                // Docker's statuses when the command itself cannot be run: 127 not found, 126
+                // found but not executable; 125 for everything else of the engine's.
+                if msg.contains("not found in $PATH") || msg.contains("executable not found") {
+                    ExitCode::from(127)
+                } else if msg.contains("does not have correct permissions") {
+                    ExitCode::from(126)
+                } else {
+                    ExitCode::from(container_cmd::ENGINE_ERROR)
+                }
             } else {
                 ExitCode::FAILURE
             }

@@ -105,7 +105,7 @@ impl Reporter {
                 }
             },
             None => match p {
-                Progress::Copying { digest, size } => eprintln!("Copying blob {} ({})", digest.short(), human_size(size)),
+                Progress::Copying { digest, size } => eprintln!("Storing blob {} ({})", digest.short(), human_size(size)),
                 Progress::Unpacking { .. } => {}
                 Progress::Unpacked { digest, bytes } => eprintln!("Unpacked layer {} ({})", digest.short(), human_size(bytes)),
             },

@@ -794,7 +794,23 @@ fn exec_inherits_no_descriptor_session_or_terminal_from_its_caller() {
 fn exec_reports_a_missing_command_and_a_stopped_container() {
     let env = Env::new();
     let img = image(&env);
-    env.ok(&["run", "-d", "--name", "emb", img, "sleep", "30"]);
+    // Docker's statuses for a command that cannot be run: 127 missing, 126 not executable.
+    assert_eq!(env.run(&["run", "--rm", img, "/nonexistent"]).status.code(), Some(127));
+    assert_eq!(env.run(&["run", "--rm", img, "/etc"]).status.code(), Some(126));
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "emb",
+        img,
+        "sh",
+        "-c",
+        "sleep 30\n#\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+    ]);
+    // A command holding a newline and characters of two bytes each: one row, cut between characters.
+    let ps = env.ok(&["ps"]);
+    assert_eq!(ps.lines().count(), 2, "{ps}");
+    assert!(ps.contains("\\n"), "{ps}");
     let o = env.run(&["exec", "emb", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));

@@ -122,3 +122,36 @@ fn names_changed_outside_bulkhead_are_refused() {
     env.ok(&["image", "import", "--rootfs", a.to_str().unwrap(), "--tag", "app:1"]);
     assert_eq!(env.ok(&["run", "--rm", "app:1", "cat", "/which"]), "a\n");
 }
+
+/// Each command's help lists the flags it takes: the expiry flags only on commands that sign, and
+/// `image import` none of the output formats that belong to save, sbom and scan.
+#[test]
+fn help_lists_only_a_commands_own_flags() {
+    let env = Env::new();
+    let help = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push("--help");
+        env.ok(&all)
+    };
+    for signing in [
+        &["trust", "sign"][..],
+        &["trust", "init"],
+        &["trust", "rotate"],
+        &["trust", "timestamp", "refresh"],
+    ] {
+        assert!(help(signing).contains("--timestamp-expiry-days"), "{signing:?}");
+    }
+    for other in [
+        &["trust", "key", "generate"][..],
+        &["trust", "policy", "add"],
+        &["trust", "inspect"],
+    ] {
+        assert!(!help(other).contains("expiry"), "{other:?}");
+    }
+    let import = help(&["image", "import"]);
+    for foreign in ["sarif", "oci-dir", "spdx-json"] {
+        assert!(!import.contains(foreign), "image import --help names {foreign}: {import}");
+    }
+    assert!(help(&["image", "save"]).contains("docker-archive"));
+    assert!(help(&["scan"]).contains("sarif"));
+}
