@@ -303,9 +303,14 @@ fn main() -> ExitCode {
             if is_run {
                 // Docker's statuses when the command itself cannot be run: 127 not found, 126
                 // found but not executable; 125 for everything else of the engine's.
-                if msg.contains("not found in $PATH") || msg.contains("executable not found") {
+                let exec_failed = msg.contains("exec:") || msg.contains("exec failed");
+                if msg.contains("not found in $PATH")
+                    || msg.contains("executable not found")
+                    || msg.contains("executable file not found")
+                    || (exec_failed && msg.contains("no such file or directory"))
+                {
                     ExitCode::from(127)
-                } else if msg.contains("does not have correct permissions") {
+                } else if msg.contains("does not have correct permissions") || (exec_failed && msg.contains("permission denied")) {
                     ExitCode::from(126)
                 } else {
                     ExitCode::from(container_cmd::ENGINE_ERROR)

@@ -795,8 +795,19 @@ fn exec_reports_a_missing_command_and_a_stopped_container() {
     let env = Env::new();
     let img = image(&env);
     // Docker's statuses for a command that cannot be run: 127 missing, 126 not executable.
-    assert_eq!(env.run(&["run", "--rm", img, "/nonexistent"]).status.code(), Some(127));
-    assert_eq!(env.run(&["run", "--rm", img, "/etc"]).status.code(), Some(126));
+    for runtime in ["libcontainer", "runc"] {
+        let o = env.run(&["run", "--rm", "--runtime", runtime, img, "/nonexistent"]);
+        assert_eq!(o.status.code(), Some(127), "{runtime}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("/nonexistent"),
+            "{runtime}: the reason is named"
+        );
+        assert_eq!(
+            env.run(&["run", "--rm", "--runtime", runtime, img, "/etc"]).status.code(),
+            Some(126),
+            "{runtime}"
+        );
+    }
     env.ok(&[
         "run",
         "-d",

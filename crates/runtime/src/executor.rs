@@ -420,9 +420,15 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
     // read first (a foreground runc removes the cgroup as the container exits). A console socket
     // also needs --detach.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| Error::Executor(format!("subreaper: {e}")))?;
+    let log = state_dir.join("runtime.log");
+    let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(bin);
     cmd.arg("--root")
         .arg(state_dir)
+        // The runtime's own errors go to its log (its stderr is the container's): read back below.
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json"])
         .arg("run")
         .arg("--bundle")
         .arg(bundle)
@@ -451,10 +457,18 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
             .arg(state_dir)
             .args(["delete", "--force", id])
             .output();
-        return Err(Error::Executor(format!(
-            "{} could not start the container ({status})",
-            bin.display()
-        )));
+        // The last error the runtime logged says why (e.g. the command does not exist).
+        let why = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["level"] == "error")
+            .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+            .last();
+        return Err(Error::Executor(match why {
+            Some(msg) => format!("{} could not start the container: {msg}", bin.display()),
+            None => format!("{} could not start the container ({status})", bin.display()),
+        }));
     }
     let pid = std::fs::read_to_string(&pid_file)
         .ok()
