@@ -461,10 +461,10 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
         let why = std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["level"] == "error")
-            .filter_map(|v| v["msg"].as_str().map(str::to_owned))
-            .last();
+            .find_map(|v| v["msg"].as_str().map(str::to_owned));
         return Err(Error::Executor(match why {
             Some(msg) => format!("{} could not start the container: {msg}", bin.display()),
             None => format!("{} could not start the container ({status})", bin.display()),
