@@ -17,7 +17,13 @@ use crate::output::Output;
 
 /// A container platform whose every security feature is on by default.
 #[derive(Parser, Debug)]
-#[command(name = "bulkhead", version, about, propagate_version = true)]
+#[command(
+    name = "bulkhead",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Trust policy: --policy FILE (or $BULKHEAD_POLICY; default <config>/policy.toml), for pull, run, create, sbom, scan and trust."
+)]
 struct Cli {
     /// Where bulkhead keeps its state.
     #[arg(long, global = true, env = "BULKHEAD_ROOT", default_value = "/var/lib/bulkhead")]
@@ -25,8 +31,10 @@ struct Cli {
     /// Registry configuration: registries.json, certs.d/HOST/*.crt, auth.json.
     #[arg(long, global = true, env = "BULKHEAD_CONFIG", default_value = "/etc/bulkhead")]
     config: PathBuf,
-    /// The trust policy (default: <config>/policy.toml).
-    #[arg(long, global = true, env = "BULKHEAD_POLICY")]
+    /// The trust policy (default: <config>/policy.toml). Taken by pull, run, create, sbom, scan and
+    /// trust; hidden from every help but this one's after-help, so that commands that ignore it
+    /// do not list it as theirs.
+    #[arg(long, global = true, env = "BULKHEAD_POLICY", hide = true)]
     policy: Option<PathBuf>,
     /// Output format: table or json (commands that write other formats list them in their own help).
     #[arg(long, global = true)]

@@ -149,7 +149,7 @@ fn help_lists_only_a_commands_own_flags() {
         assert!(!help(other).contains("expiry"), "{other:?}");
     }
     let import = help(&["image", "import"]);
-    for foreign in ["sarif", "oci-dir", "spdx-json"] {
+    for foreign in ["sarif", "oci-dir", "spdx-json", "--policy"] {
         assert!(!import.contains(foreign), "image import --help names {foreign}: {import}");
     }
     assert!(help(&["image", "save"]).contains("docker-archive"));
