@@ -262,34 +262,39 @@ fn sync_for_signing(ctx: &Ctx, regs: &Registries, td: &TrustDir, r: &Reference) 
     };
     // No copy here, or the registry's is newer (another signer finished a release): take it.
     if !local.join("1.root.json").exists() || version(fetched.path()) > version(&local) {
-        // Only what verified is taken: the roots on the chain up to the one the client ended
-        // at, the top-level roles, and the roles the verified targets delegates to. A root the
-        // registry added past the chain (999.root.json) would otherwise become the signer's root.
-        let view = bulkhead_trust::repo::describe(&root, fetched.path(), &state)?;
-        let root_version = view["root"]["version"].as_u64().unwrap_or(0);
-        let delegated: Vec<String> = view["delegations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["name"].as_str().map(|n| format!("{}.json", bulkhead_trust::client::quote(n))))
-            .collect();
-        let verified = |name: &str| {
-            name.strip_suffix(".root.json")
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|v| v >= 1 && v <= root_version)
-                || ["timestamp.json", "snapshot.json", "targets.json"].contains(&name)
-                // A release other signers proposed: checked signature by signature when merged.
-                || name == "pending.targets.json"
-                || delegated.iter().any(|d| d == name)
-        };
+        // Only verified bytes are taken: the role files as this machine's client stored them
+        // after verifying them (the registry's copies may differ: a client that already had a
+        // role reads its own copy and never looks at the registry's again), and the roots the
+        // registry offers only as far as the chain verifies up to the trusted one.
+        bulkhead_trust::repo::describe(&root, fetched.path(), &state)?;
+        let trusted_root = std::fs::read(state.join("root.json"))?;
+        let v = serde_json::from_slice::<serde_json::Value>(&trusted_root)?["signed"]["version"]
+            .as_u64()
+            .context("the trusted root has no version")?;
+        let mut chain = Vec::new();
+        for n in 1..v {
+            chain.push(
+                std::fs::read(fetched.path().join(format!("{n}.root.json")))
+                    .with_context(|| format!("root version {n} is missing from the registry"))?,
+            );
+        }
+        chain.push(trusted_root);
+        bulkhead_trust::client::verify_root_chain(&chain)?;
         let _ = std::fs::remove_file(local.join("pending.targets.json"));
         std::fs::create_dir_all(&local)?;
-        for e in std::fs::read_dir(fetched.path())? {
+        for (i, data) in chain.iter().enumerate() {
+            bulkhead_image::store::atomic_write(&local.join(format!("{}.root.json", i + 1)), data)?;
+        }
+        for e in std::fs::read_dir(&state)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if verified(&name) {
+            if name != "root.json" && name.ends_with(".json") {
                 std::fs::copy(e.path(), local.join(&name))?;
             }
+        }
+        // A release other signers proposed: checked signature by signature when merged.
+        if let Ok(pending) = std::fs::read(fetched.path().join("pending.targets.json")) {
+            bulkhead_image::store::atomic_write(&local.join("pending.targets.json"), &pending)?;
         }
         return Ok(());
     }

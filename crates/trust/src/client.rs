@@ -19,7 +19,8 @@
 //! 4. **targets**, and delegated roles only when a target search reaches them: pre-order,
 //!    depth-first, in the order the delegations list them, only into roles whose paths (or path
 //!    hash prefixes) match, each role visited once, a terminating delegation ending the search,
-//!    at most [`MAX_DELEGATIONS`] roles; each with the length, hashes and version the snapshot says,
+//!    at most [`MAX_DELEGATIONS`] delegated roles (as python-tuf counts them); each with the length,
+//!    hashes and version the snapshot says,
 //!    signed by the threshold its delegator set.
 //! 5. **artifacts**: length and every hash the metadata lists, checked before anything is kept.
 //!
@@ -78,7 +79,9 @@ impl Fetcher for DirFetcher {
 pub fn read_capped(r: impl std::io::Read, max: u64, what: &str) -> Result<Vec<u8>> {
     use std::io::Read as _;
     let mut data = Vec::new();
-    r.take(max + 1).read_to_end(&mut data).map_err(|e| bad(format!("{what}: {e}")))?;
+    r.take(max.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| bad(format!("{what}: {e}")))?;
     if data.len() as u64 > max {
         return Err(bad(format!("{what} is larger than {max} bytes")));
     }
@@ -245,12 +248,19 @@ impl Envelope {
 
     /// At least `role.threshold` distinct keys of `role`, among `keys`, signed this.
     fn verify(&self, keys: &HashMap<String, Key>, role: &RoleKeys, name: &str) -> Result<()> {
-        let mut good = 0u64;
+        // Distinct keys, not distinct key ids: one key listed under two ids counts once.
+        let mut signers: HashSet<&[u8]> = HashSet::new();
         for (keyid, sig) in &self.signatures {
-            if role.keyids.contains(keyid) && keys.get(keyid).is_some_and(|k| k.verify(&self.canonical, sig)) {
-                good += 1;
+            if !role.keyids.contains(keyid) {
+                continue;
+            }
+            if let Some(k @ Key::Known(_, public)) = keys.get(keyid) {
+                if k.verify(&self.canonical, sig) {
+                    signers.insert(public.as_slice());
+                }
             }
         }
+        let good = signers.len() as u64;
         if good < role.threshold {
             return Err(bad(format!("{name}: {good} valid signature(s) of the {} required", role.threshold)));
         }
@@ -481,6 +491,11 @@ impl Targets {
             let mut names = HashSet::new();
             for r in d["roles"].as_array().ok_or_else(|| bad("delegations: no roles list"))? {
                 let name = r["name"].as_str().ok_or_else(|| bad("a delegated role without a name"))?.to_owned();
+                // A delegated role may not take a top-level role's name (its stored file would
+                // replace the trusted root, timestamp or snapshot), nor be nameless.
+                if name.is_empty() || ["root", "timestamp", "snapshot", "targets"].contains(&name.as_str()) {
+                    return Err(bad(format!("a delegated role may not be named {name:?}")));
+                }
                 if !names.insert(name.clone()) {
                     return Err(bad(format!("delegated role {name} is listed twice")));
                 }
@@ -526,36 +541,40 @@ impl Targets {
 /// the same number of `/`-separated parts, each matched as a shell pattern (`*`, `?`, `[...]`).
 pub fn path_matches(pattern: &str, target: &str) -> bool {
     let (p, t): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), target.split('/').collect());
-    p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| fnmatch(p.as_bytes(), t.as_bytes()))
+    p.len() == t.len()
+        && p.iter().zip(&t).all(|(p, t)| {
+            let (p, t): (Vec<char>, Vec<char>) = (p.chars().collect(), t.chars().collect());
+            fnmatch(&p, &t)
+        })
 }
 
-/// Shell-style matching of one path part: `*` any run, `?` one byte, `[abc]`, `[a-z]`, `[!x]`.
+/// Shell-style matching of one path part: `*` any run, `?` one character, `[abc]`, `[a-z]`, `[!x]`.
 /// Written here because no maintained crate does exactly Python's fnmatch (globset and glob treat
 /// `/`, `**` and escapes differently), and this is the rule the delegations were written for.
-fn fnmatch(p: &[u8], t: &[u8]) -> bool {
+fn fnmatch(p: &[char], t: &[char]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
         if pi < p.len() {
             match p[pi] {
-                b'*' => {
+                '*' => {
                     star = Some((pi, ti));
                     pi += 1;
                     continue;
                 }
-                b'?' => {
+                '?' => {
                     pi += 1;
                     ti += 1;
                     continue;
                 }
-                b'[' => {
+                '[' => {
                     if let Some((matched, len)) = class(&p[pi..], t[ti]) {
                         if matched {
                             pi += len;
                             ti += 1;
                             continue;
                         }
-                    } else if t[ti] == b'[' {
+                    } else if t[ti] == '[' {
                         pi += 1;
                         ti += 1;
                         continue;
@@ -578,24 +597,24 @@ fn fnmatch(p: &[u8], t: &[u8]) -> bool {
             None => return false,
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// A `[...]` class at the start of `p`: (whether `c` is in it, the class's length), or None if
 /// the class is not closed (then `[` is literal, as in Python).
-fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+fn class(p: &[char], c: char) -> Option<(bool, usize)> {
     let mut i = 1;
-    let negate = p.get(i).is_some_and(|&b| b == b'!');
+    let negate = p.get(i).is_some_and(|&b| b == '!');
     if negate {
         i += 1;
     }
     let start = i;
     let mut found = false;
     while i < p.len() {
-        if p[i] == b']' && i > start {
+        if p[i] == ']' && i > start {
             return Some((found != negate, i + 1));
         }
-        if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
             if p[i] <= c && c <= p[i + 2] {
                 found = true;
             }
@@ -608,6 +627,25 @@ fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
         }
     }
     None
+}
+
+/// Checks that `roots` (versions 1, 2, ... in order) form a chain: each signed by its own root
+/// keys' threshold and, from the second on, by the previous root's, each one version up. For a
+/// signer that takes a repository's history of roots from a registry.
+pub fn verify_root_chain(roots: &[Vec<u8>]) -> Result<()> {
+    let mut prev: Option<Root> = None;
+    for (i, data) in roots.iter().enumerate() {
+        let r = Root::parse(data)?;
+        if r.env.version != i as u64 + 1 {
+            return Err(bad(format!("root {} is version {}", i + 1, r.env.version)));
+        }
+        r.verify(&r.env, "root")?;
+        if let Some(p) = &prev {
+            p.verify(&r.env, "root")?;
+        }
+        prev = Some(r);
+    }
+    Ok(())
 }
 
 /// Parses `data` as each kind of metadata this client reads (a root is also checked against its
@@ -725,12 +763,14 @@ impl<'a> Updater<'a> {
     fn update_root(&mut self, data: &[u8]) -> Result<()> {
         let new = Root::parse(data)?;
         self.root.verify(&new.env, "root")?;
-        if new.env.version != self.root.env.version + 1 {
-            return Err(bad(format!(
-                "expected root version {}, got version {}",
-                self.root.env.version + 1,
-                new.env.version
-            )));
+        let next = self
+            .root
+            .env
+            .version
+            .checked_add(1)
+            .ok_or_else(|| bad("the trusted root has the last possible version"))?;
+        if new.env.version != next {
+            return Err(bad(format!("expected root version {next}, got version {}", new.env.version)));
         }
         new.verify(&new.env, "root")?;
         self.root = new;
@@ -739,7 +779,7 @@ impl<'a> Updater<'a> {
 
     fn load_root(&mut self) -> Result<()> {
         let first = self.root.env.version;
-        for v in first + 1..first + 1 + MAX_ROOT_ROTATIONS {
+        for v in first.saturating_add(1)..first.saturating_add(1).saturating_add(MAX_ROOT_ROTATIONS) {
             let Some(data) = self.fetch.fetch(&format!("{v}.root.json"), ROOT_MAX)? else {
                 break;
             };
@@ -942,12 +982,12 @@ impl<'a> Updater<'a> {
         Ok(None)
     }
 
-    /// Every target of the top-level targets role and of the roles it delegates to, depth-first
-    /// in delegation order (each role once, at most [`MAX_DELEGATIONS`]), for `trust inspect`. A
-    /// target named by more than one role appears once per role, the most trusted first.
+    /// Every target a search ([`Updater::target`]) resolves, for `trust inspect`: each path any
+    /// reachable role names, as the search resolves it (so a role's entry for a path outside what
+    /// it was delegated, or shadowed by a more trusted role, is not shown as signed).
     pub fn all_targets(&mut self) -> Result<Vec<TargetFile>> {
         self.refresh()?;
-        let mut out = Vec::new();
+        let mut paths = std::collections::BTreeSet::new();
         let mut to_visit = vec![("targets".to_owned(), "root".to_owned())];
         let mut visited = HashSet::new();
         while let Some((role, parent)) = to_visit.pop() {
@@ -956,10 +996,14 @@ impl<'a> Updater<'a> {
             }
             self.load_targets(&role, &parent)?;
             let (t, _) = &self.targets[&role];
-            for (p, v) in &t.targets {
-                out.push(TargetFile::from_json(p, v)?);
-            }
+            paths.extend(t.targets.keys().cloned());
             to_visit.extend(t.delegations.iter().rev().map(|d| (d.name.clone(), role.clone())));
+        }
+        let mut out = Vec::new();
+        for p in paths {
+            if let Some((t, _)) = self.target(&p)? {
+                out.push(t);
+            }
         }
         Ok(out)
     }
@@ -1053,6 +1097,85 @@ mod tests {
         assert!(path_matches("[x", "[x"));
         assert!(path_matches("a*b*c", "aXXbYYc"));
         assert!(!path_matches("a*b*c", "aXXbYY"));
+    }
+
+    /// An Ed25519 key pair and its TUF key object.
+    fn keypair() -> (aws_lc_rs::signature::Ed25519KeyPair, Value) {
+        use aws_lc_rs::signature::KeyPair as _;
+        let pkcs8 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let kp = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let public = hex::encode(kp.public_key().as_ref());
+        (
+            kp,
+            serde_json::json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": public}}),
+        )
+    }
+
+    /// Metadata with `signed`, signed by each (keyid, key).
+    fn signed(signed: Value, by: &[(&str, &aws_lc_rs::signature::Ed25519KeyPair)]) -> Vec<u8> {
+        let mut canonical = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut canonical, olpc_cjson::CanonicalFormatter::new());
+        serde::Serialize::serialize(&signed, &mut ser).unwrap();
+        let sigs: Vec<Value> = by
+            .iter()
+            .map(|(id, k)| serde_json::json!({"keyid": id, "sig": hex::encode(k.sign(&canonical).as_ref())}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"signed": signed, "signatures": sigs})).unwrap()
+    }
+
+    #[test]
+    fn one_key_under_two_ids_counts_once() {
+        let (kp, key) = keypair();
+        let role = serde_json::json!({"keyids": ["a", "b"], "threshold": 2});
+        let body = |v: u64| {
+            serde_json::json!({
+                "_type": "root", "spec_version": "1.0.31", "version": v, "expires": "2100-01-01T00:00:00Z",
+                "consistent_snapshot": false, "keys": {"a": key, "b": key},
+                "roles": {"root": role, "timestamp": role, "snapshot": role, "targets": role},
+            })
+        };
+        let root = Root::parse(&signed(body(1), &[("a", &kp), ("b", &kp)])).unwrap();
+        let err = root.verify(&root.env, "root").unwrap_err().to_string();
+        assert!(err.contains("1 valid signature(s) of the 2"), "{err}");
+    }
+
+    #[test]
+    fn delegated_roles_may_not_take_top_level_names() {
+        let (_, key) = keypair();
+        for name in ["root", "timestamp", "snapshot", "targets", ""] {
+            let t = serde_json::json!({
+                "_type": "targets", "spec_version": "1.0.31", "version": 1, "expires": "2100-01-01T00:00:00Z",
+                "targets": {}, "delegations": {"keys": {"k": key}, "roles": [
+                    {"name": name, "keyids": ["k"], "threshold": 1, "terminating": false, "paths": ["*"]}]},
+            });
+            let err = Targets::parse(&signed(t, &[])).unwrap_err().to_string();
+            assert!(err.contains("may not be named"), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn patterns_match_characters_not_bytes() {
+        assert!(path_matches("?", "\u{e9}"));
+        assert!(!path_matches("??", "\u{e9}"));
+        assert!(path_matches("[\u{e0}-\u{ef}]x", "\u{e9}x"));
+    }
+
+    #[test]
+    fn a_root_of_the_last_version_does_not_overflow() {
+        let (kp, key) = keypair();
+        let role = serde_json::json!({"keyids": ["a"], "threshold": 1});
+        let body = serde_json::json!({
+            "_type": "root", "spec_version": "1.0.31", "version": u64::MAX, "expires": "2100-01-01T00:00:00Z",
+            "consistent_snapshot": false, "keys": {"a": key},
+            "roles": {"root": role, "timestamp": role, "snapshot": role, "targets": role},
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let meta = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.json"), signed(body, &[("a", &kp)])).unwrap();
+        let fetch = DirFetcher(meta.path().to_path_buf());
+        let mut u = Updater::new(dir.path(), None, &fetch).unwrap();
+        let err = u.refresh().unwrap_err().to_string();
+        assert!(err.contains("timestamp"), "{err}");
     }
 
     #[test]

@@ -57,7 +57,12 @@ struct Http {
 impl Http {
     fn new(base: &str, rt: std::rc::Rc<tokio::runtime::Runtime>) -> Result<Self, String> {
         let base = if base.ends_with('/') { base.to_owned() } else { format!("{base}/") };
-        let client = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
+        // A server that accepts and then says nothing is given up on (a slow-retrieval attack).
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Http { client, base, rt })
     }
 }
