@@ -727,8 +727,11 @@ impl<'a> Updater<'a> {
         self.root.env.version
     }
 
+    /// Replaces a role's stored file atomically. Only the root is forced to disk: it is where
+    /// trust starts. Losing a newer timestamp, snapshot or targets file to a power cut only takes
+    /// this machine back to the previous verified one (as python-tuf, which forces none).
     fn persist(&self, role: &str, data: &[u8]) -> Result<()> {
-        bulkhead_image::store::atomic_write(&self.dir.join(format!("{}.json", quote(role))), data)?;
+        bulkhead_image::store::replace_file(&self.dir.join(format!("{}.json", quote(role))), data, role == "root")?;
         Ok(())
     }
 
