@@ -17,6 +17,35 @@ fn python() -> PathBuf {
     p
 }
 
+/// python's http.server on a free loopback port, serving `dir`; stopped when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server(
+        Command::new(python())
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the HTTP server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (server, port)
+}
+
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
 }
@@ -94,28 +123,7 @@ fn the_conformance_client_refreshes_and_downloads_over_http() {
     std::fs::write(targets.join("app-1.0"), content).unwrap();
     std::fs::write(targets.join("app-2.0"), b"not what any metadata says").unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Server(
-        Command::new(python())
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(&served)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the HTTP server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (_server, port) = serve(&served);
     let client_dir = d.path().join("client");
     let out_dir = d.path().join("downloads");
     let client = |args: &[&str]| {
@@ -286,28 +294,7 @@ fn sh_cp(from: &std::path::Path, to: &std::path::Path) {
 fn the_conformance_client_downloads_by_consistent_name_and_reuses_what_it_has() {
     let (d, expected) = scenarios();
     let served = d.path().join("good");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Server(
-        Command::new(python())
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(&served)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the HTTP server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let (_server, port) = serve(&served);
     let (client_dir, out_dir) = (d.path().join("client"), d.path().join("downloads"));
     let client = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
