@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 
 /// A one-layer busybox image plus the hostile `layer`, imported; returns the error line.
@@ -455,4 +457,32 @@ fn an_edited_image_record_is_refused() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert_eq!(env.ok(&["run", "--rm", "evil:1", "cat", "/marker"]), "evil");
+}
+
+/// An rpm database whose `Packages` is a view over an endless recursive query kept `sbom` at
+/// 100 % CPU forever (defensive mode does not stop a recursive query): now refused at once.
+#[test]
+fn an_rpm_database_that_never_ends_is_not_read() {
+    let env = Env::new();
+    let db = env.path("rpmdb.sqlite");
+    sh(Command::new("python3").args([
+        "-c",
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(\"CREATE VIEW Packages AS WITH RECURSIVE n(i, blob) AS (SELECT 1, x'00' UNION ALL SELECT i + 1, x'00' FROM n) SELECT blob FROM n\"); c.commit()",
+        db.to_str().unwrap(),
+    ]));
+    let layout = env.path("layout");
+    let data = std::fs::read(&db).unwrap();
+    umoci_image(
+        &layout,
+        &[&|r: &std::path::Path| {
+            busybox_rootfs(r);
+            std::fs::create_dir_all(r.join("var/lib/rpm")).unwrap();
+            std::fs::write(r.join("var/lib/rpm/rpmdb.sqlite"), &data).unwrap();
+        }],
+    );
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "rpmview:1"]);
+    let o = env.run_bounded(60, &["sbom", "rpmview:1"]);
+    assert_ne!(o.status.code(), Some(124), "sbom did not end");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("Packages is a view"), "{err}");
 }

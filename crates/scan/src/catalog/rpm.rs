@@ -24,6 +24,11 @@ const TAG_DIRNAMES: u32 = 1118;
 /// No real header has more entries than this or a bigger data store.
 const MAX_ENTRIES: usize = 65_536;
 const MAX_FILES: usize = 1 << 20;
+/// The most packages read from one database (Fedora's largest installs have a few thousand).
+pub const MAX_RPM_PACKAGES: usize = 100_000;
+/// The most SQLite virtual-machine steps one database may take to read (a real `Packages`
+/// table of MAX_RPM_PACKAGES rows takes a few million).
+pub const MAX_RPM_STEPS: u64 = 200_000_000;
 
 pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
     if !db.starts_with(b"SQLite format 3\0") {
@@ -41,6 +46,29 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
         .map_err(|e| e.to_string())?;
     conn.execute_batch("PRAGMA trusted_schema = OFF; PRAGMA cell_size_check = ON; PRAGMA query_only = ON;")
         .map_err(|e| e.to_string())?;
+    // Only a real table: `Packages` could be a view over an endless recursive query, which
+    // defensive mode and an untrusted schema do not stop.
+    let kind: Vec<(String, String)> = conn
+        .prepare("SELECT type, sql FROM sqlite_master WHERE name = 'Packages' COLLATE NOCASE")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))?
+                .collect()
+        })
+        .map_err(|e| format!("rpm database: {e}"))?;
+    match kind.as_slice() {
+        [(t, sql)] if t == "table" && sql.trim_start().to_ascii_uppercase().starts_with("CREATE TABLE") => {}
+        [] => return Err("rpm database: no Packages table".into()),
+        [(t, _)] => return Err(format!("rpm database: Packages is a {t}, not a plain table; not read")),
+        _ => return Err("rpm database: more than one object named Packages".into()),
+    }
+    // And a budget of work, however the file is shaped.
+    let steps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = steps.clone();
+    conn.progress_handler(
+        10_000,
+        Some(move || counter.fetch_add(10_000, std::sync::atomic::Ordering::Relaxed) + 10_000 > MAX_RPM_STEPS),
+    )
+    .map_err(|e| e.to_string())?;
     let mut st = conn
         .prepare("SELECT blob FROM Packages")
         .map_err(|e| format!("rpm database: {e}"))?;
@@ -48,16 +76,42 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
         .query_map([], |r| r.get::<_, Vec<u8>>(0))
         .map_err(|e| format!("rpm database: {e}"))?;
     let mut out = Parsed::default();
-    for blob in rows {
-        let blob = blob.map_err(|e| format!("rpm database: {e}"))?;
+    let (mut unreadable, mut first_error) = (0usize, None);
+    for (i, blob) in rows.enumerate() {
+        if i == MAX_RPM_PACKAGES {
+            out.warnings
+                .push(format!("rpm database: more than {MAX_RPM_PACKAGES} packages; the rest is not read"));
+            break;
+        }
+        let blob = match blob {
+            Ok(b) => b,
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted => {
+                out.warnings.push(format!(
+                    "rpm database: reading it took more than {MAX_RPM_STEPS} steps; the rest is not read"
+                ));
+                break;
+            }
+            Err(e) => return Err(format!("rpm database: {e}")),
+        };
         match parse_header(&blob) {
             Ok(Some((p, files))) => {
                 out.packages.push(p);
                 out.owned.extend(files);
             }
             Ok(None) => {}
-            Err(e) => out.warnings.push(format!("an rpm header: {e}")),
+            Err(e) => {
+                unreadable += 1;
+                first_error.get_or_insert(e);
+            }
         }
+    }
+    // One line for all unreadable headers, not one per row of a hostile database.
+    if let Some(e) = first_error {
+        out.warnings.push(if unreadable == 1 {
+            format!("an rpm header: {e}")
+        } else {
+            format!("{unreadable} rpm headers could not be read (the first: {e})")
+        });
     }
     Ok(out)
 }
@@ -182,5 +236,44 @@ mod tests {
         assert!(super::parse_header(&[0, 1, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(super::parse_header(&[0, 0, 0, 1, 0, 0, 0, 4, 0, 0, 3, 232, 0, 0, 0, 6, 0, 0, 0, 9, 0, 0, 0, 1, b'x', 0, 0, 0]).is_err());
         assert!(super::parse_sqlite(b"not sqlite", None).is_err());
+    }
+
+    /// A database made by SQLite itself with `schema`, as bytes.
+    fn db(schema: &str) -> Vec<u8> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        rusqlite::Connection::open(&p).unwrap().execute_batch(schema).unwrap();
+        std::fs::read(&p).unwrap()
+    }
+
+    #[test]
+    fn a_view_over_an_endless_query_is_not_read() {
+        // What a hostile layer shipped: `Packages` as a view over a recursive CTE that never ends.
+        let evil = db("CREATE VIEW Packages AS WITH RECURSIVE n(i, blob) AS (SELECT 1, x'00' UNION ALL SELECT i + 1, x'00' FROM n) SELECT blob FROM n;");
+        let err = super::parse_sqlite(&evil, None).unwrap_err();
+        assert!(err.contains("Packages is a view"), "{err}");
+        // A real table (with a trigger the read never fires): read, its headers judged one by one.
+        let ok = db("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, blob BLOB NOT NULL); INSERT INTO Packages (blob) VALUES (x'0000');");
+        let parsed = super::parse_sqlite(&ok, None).unwrap();
+        assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+        assert!(super::parse_sqlite(&db("CREATE TABLE Other (x);"), None)
+            .unwrap_err()
+            .contains("no Packages table"));
+    }
+
+    #[test]
+    fn too_many_rows_stop_at_the_cap() {
+        let many = db(&format!(
+            "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, blob BLOB NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+             INSERT INTO Packages (blob) SELECT x'00' FROM n;",
+            super::MAX_RPM_PACKAGES + 5
+        ));
+        let parsed = super::parse_sqlite(&many, None).unwrap();
+        assert!(
+            parsed.warnings.last().unwrap().contains("more than 100000 packages"),
+            "{:?}",
+            parsed.warnings.last()
+        );
     }
 }
