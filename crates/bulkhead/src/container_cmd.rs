@@ -310,6 +310,9 @@ pub(crate) fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &
     if let Some(p) = &ctx.policy {
         cmd.arg("--policy").arg(p);
     }
+    if let Some(t) = ctx.lock_timeout {
+        cmd.arg("--lock-timeout").arg(t.to_string());
+    }
     if ctx.quiet {
         cmd.arg("-q");
     }

@@ -242,7 +242,9 @@ fn import(ctx: &Ctx, a: ImportArgs) -> anyhow::Result<()> {
     if let Some(r) = a.max_compression_ratio {
         limits.max_ratio = r;
     }
-    let store = Store::open_with_limits(&ctx.root, limits)?.with_names_key(ctx.names_key());
+    let store = Store::open_with_limits(&ctx.root, limits)?
+        .with_names_key(ctx.names_key())
+        .with_lock_wait(ctx.lock_wait());
     let _lock = store.lock_shared()?;
     let tag = a.tag.as_deref().map(Reference::parse).transpose()?;
     let platform = a.platform.parse()?;

@@ -45,6 +45,10 @@ struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, default_value = "warn")]
     log_level: String,
+    /// Give up waiting for the store's lock after this many seconds (default: wait; after a second
+    /// the command says which process holds it).
+    #[arg(long, global = true, env = "BULKHEAD_LOCK_TIMEOUT")]
+    lock_timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -191,6 +195,8 @@ pub struct Ctx {
     pub root: PathBuf,
     pub config: PathBuf,
     pub policy: Option<PathBuf>,
+    /// `--lock-timeout`, in seconds.
+    pub lock_timeout: Option<u64>,
     pub format: Option<String>,
     pub quiet: bool,
 }
@@ -207,7 +213,17 @@ impl Ctx {
 
     /// The store, its names signed with this machine's key (`<config>/trust/names.key`).
     pub fn store(&self) -> anyhow::Result<bulkhead_image::Store> {
-        Ok(bulkhead_image::Store::open(&self.root)?.with_names_key(self.names_key()))
+        Ok(bulkhead_image::Store::open(&self.root)?
+            .with_names_key(self.names_key())
+            .with_lock_wait(self.lock_wait()))
+    }
+
+    /// How long commands wait for the store's lock, and the notice after a second.
+    pub fn lock_wait(&self) -> bulkhead_image::store::LockWait {
+        bulkhead_image::store::LockWait {
+            timeout: self.lock_timeout.map(std::time::Duration::from_secs),
+            notice: Some(|m: &str| eprintln!("bulkhead: notice: {m}")),
+        }
     }
 
     /// The key that signs the store's names.
@@ -259,6 +275,7 @@ fn main() -> ExitCode {
         root: cli.root,
         config: cli.config,
         policy: cli.policy,
+        lock_timeout: cli.lock_timeout,
         format: cli.format,
         quiet: cli.quiet,
     };

@@ -100,3 +100,58 @@ fn corrupt_blob_and_missing_layer_are_found_and_repaired() {
     env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "a:1"]);
     env.ok(&["system", "check"]);
 }
+
+/// A command waiting for the store's lock says, after a second, which process holds it and what
+/// that process runs; `--lock-timeout` ends the wait with one line naming it.
+#[test]
+fn a_held_store_lock_is_named_and_the_wait_can_end() {
+    let env = Env::new();
+    env.ok(&["images"]);
+    let lock = env.root().join("lock");
+    // -o: flock itself holds the lock (its `sleep` child does not), so killing it frees the lock.
+    let mut holder = std::process::Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    // Bounded wait until the holder has it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&format!(" {} ", holder.id()))
+        && std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .all(|l| !l.contains("FLOCK"))
+    {
+        assert!(std::time::Instant::now() < deadline, "flock did not take the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let err = env.fails(&["--lock-timeout", "2", "image", "prune"]);
+    assert!(
+        err.contains("is locked by pid") && err.contains("sleep 30") && err.contains("--lock-timeout"),
+        "{err}"
+    );
+    // Without a timeout the command waits, says who holds the lock, and goes on once it is free.
+    let waiter = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["image", "prune"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let o = waiter.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("waiting for the store's lock, held by pid") && err.contains("sleep 30"),
+        "{err}"
+    );
+}

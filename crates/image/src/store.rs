@@ -28,6 +28,66 @@ pub struct Store {
     limits: Limits,
     /// Signs and checks the reference table (see [`crate::names`]); None: unsigned names.
     names_key: Option<crate::names::NamesKey>,
+    /// How long to wait for the store's lock (None: for ever), and what to tell the user after a
+    /// second of waiting.
+    lock_wait: LockWait,
+}
+
+/// How a command waits for the store's lock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockWait {
+    /// Give up after this long (`--lock-timeout`); None waits as long as it takes.
+    pub timeout: Option<std::time::Duration>,
+    /// Told, once, after a second of waiting, who holds the lock.
+    pub notice: Option<fn(&str)>,
+}
+
+/// The processes that hold a lock on `f`'s file (from /proc/locks), with what they run.
+fn lock_holders(f: &File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = f.metadata().map(|m| m.ino()) else {
+        return "another process".into();
+    };
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for line in fs::read_to_string("/proc/locks").unwrap_or_default().lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2b:5678 0 EOF" (a "->" marks a waiter).
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&"->") {
+            continue;
+        }
+        let (Some(pid), Some(dev_ino)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        if dev_ino.rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) != Some(ino) || *pid == me {
+            continue;
+        }
+        let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                c.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let entry = format!(
+            "pid {pid} ({})",
+            if cmd.is_empty() {
+                "?".into()
+            } else {
+                cmd.chars().take(120).collect::<String>()
+            }
+        );
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    if out.is_empty() {
+        "another process".into()
+    } else {
+        out.join(", ")
+    }
 }
 
 /// A held store lock; released when dropped.
@@ -94,6 +154,7 @@ impl Store {
             root,
             limits,
             names_key: None,
+            lock_wait: LockWait::default(),
         })
     }
 
@@ -115,11 +176,50 @@ impl Store {
         self.lock(rustix::fs::FlockOperation::LockExclusive)
     }
 
+    /// How lock waits behave (see [`LockWait`]).
+    pub fn with_lock_wait(mut self, wait: LockWait) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// Takes the lock, polling: after a second the user is told which process holds it and what
+    /// it runs, and past the timeout the command ends with one line naming it.
     fn lock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock> {
+        use rustix::fs::FlockOperation as F;
         let p = self.root.join("lock");
         let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).at(&p)?;
-        rustix::fs::flock(&f, op).at(&p)?;
-        Ok(StoreLock(f))
+        let nonblocking = if op == F::LockShared {
+            F::NonBlockingLockShared
+        } else {
+            F::NonBlockingLockExclusive
+        };
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            match rustix::fs::flock(&f, nonblocking) {
+                Ok(()) => return Ok(StoreLock(f)),
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(Error::Io { path: p, source: e.into() }),
+            }
+            let waited = started.elapsed();
+            if let Some(limit) = self.lock_wait.timeout {
+                if waited >= limit {
+                    return Err(Error::Conflict(format!(
+                        "the store {} is locked by {}; gave up after {} s (--lock-timeout)",
+                        self.root.display(),
+                        lock_holders(&f),
+                        limit.as_secs()
+                    )));
+                }
+            }
+            if !told && waited >= std::time::Duration::from_secs(1) {
+                told = true;
+                if let Some(notice) = self.lock_wait.notice {
+                    notice(&format!("waiting for the store's lock, held by {}", lock_holders(&f)));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// A fresh staging directory on the store's filesystem, removed when dropped.
