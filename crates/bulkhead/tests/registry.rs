@@ -1096,3 +1096,84 @@ fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
     assert!(err.contains(&format!("root version {rotated}")), "{err}");
     assert_eq!(std::fs::read(state.join("root.json")).unwrap(), trusted, "the trusted root moved");
 }
+
+/// A registry that serves one fixed manifest and counts the blob requests it gets.
+fn fixed_manifest_server(manifest: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let blobs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = blobs.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut b).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let (ctype, body) = if text.contains("/manifests/") {
+                ("application/vnd.oci.image.manifest.v1+json", manifest.clone())
+            } else {
+                if text.contains("/blobs/") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                ("application/json", "{}".to_owned())
+            };
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (host, blobs)
+}
+
+/// A layer that declares more than the layer limit is refused before anything is fetched, and
+/// partial downloads are reclaimed: `image prune` removes those older than a day, `system check
+/// --repair` every one.
+#[test]
+fn declared_sizes_are_capped_and_partial_downloads_reclaimed() {
+    let env = Env::new();
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d('a'), "size": 100},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('b'), "size": 64u64 << 30}],
+    })
+    .to_string();
+    let (host, blobs) = fixed_manifest_server(manifest);
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    std::fs::write(env.path("config").join("registries.json"), format!(r#"{{"insecure": ["{host}"]}}"#)).unwrap();
+    let err = env.fails(&["pull", &format!("{host}/big/app:1")]);
+    assert!(
+        err.contains("declares 68719476736 bytes") && err.contains("nothing was fetched"),
+        "{err}"
+    );
+    assert_eq!(blobs.load(std::sync::atomic::Ordering::Relaxed), 0, "a blob was requested");
+    let downloads = env.root().join("downloads");
+    assert!(std::fs::read_dir(&downloads).map(|mut d| d.next().is_none()).unwrap_or(true));
+
+    // Partial downloads: a stale one and a fresh one.
+    std::fs::create_dir_all(&downloads).unwrap();
+    let (stale, fresh) = (downloads.join(d('c').replace(':', "-")), downloads.join(d('e').replace(':', "-")));
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 4096]).unwrap();
+    sh(Command::new("touch").args(["-d", "2 days ago"]).arg(&stale));
+    let out = env.ok(&["image", "prune"]);
+    assert!(!stale.exists() && fresh.exists(), "prune removes only the stale one: {out}");
+    let o = env.run(&["system", "check"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("partial download"),
+        "a fresh one is no problem yet"
+    );
+    env.run(&["system", "check", "--repair"]);
+    assert!(!fresh.exists(), "--repair removes every partial download");
+}

@@ -12,6 +12,10 @@ use crate::layer::LayerRecord;
 use crate::reference::Reference;
 use crate::store::{ImageRecord, Store};
 
+/// After this long an unfinished download is stale: `image prune` removes it, `system check`
+/// reports it.
+pub const STALE_DOWNLOAD: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// An image with everything needed to show it.
 #[derive(Clone, Debug)]
 pub struct ImageInfo {
@@ -332,7 +336,31 @@ impl Store {
         for e in fs::read_dir(&tmp).at(&tmp)? {
             remove_tree(&e.at(&tmp)?.path())?;
         }
+        for (p, size, age) in self.partial_downloads()? {
+            if age >= STALE_DOWNLOAD {
+                fs::remove_file(&p).at(&p)?;
+                freed += size;
+                removed.push(format!("deleted partial download: {} ({size} bytes)", p.display()));
+            }
+        }
         Ok((removed, freed))
+    }
+
+    /// Downloads a pull left unfinished in `downloads/` (kept so the next pull resumes them):
+    /// path, size and age.
+    fn partial_downloads(&self) -> Result<Vec<(std::path::PathBuf, u64, std::time::Duration)>> {
+        let dir = self.root().join("downloads");
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.at(&dir)?;
+            let Ok(md) = e.path().symlink_metadata() else { continue };
+            if md.is_file() {
+                let age = md.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+                out.push((e.path(), md.len(), age));
+            }
+        }
+        Ok(out)
     }
 
     /// Verifies the whole store; with `repair`, fixes what it can. Returns one line per problem.
@@ -340,6 +368,21 @@ impl Store {
         let _lock = self.lock_exclusive()?;
         let mut problems = Vec::new();
         let fixed = |s: String| if repair { format!("{s} (repaired)") } else { s };
+
+        // Partial downloads: stale ones are a problem; --repair removes every one (a pull resumes
+        // a fresh one, but repair means back to a store with nothing half-done).
+        for (p, size, age) in self.partial_downloads()? {
+            if age >= STALE_DOWNLOAD || repair {
+                problems.push(fixed(format!(
+                    "partial download {}: {size} bytes, {} h old",
+                    p.display(),
+                    age.as_secs() / 3600
+                )));
+                if repair {
+                    fs::remove_file(&p).at(&p)?;
+                }
+            }
+        }
 
         let mut bad_blobs = BTreeSet::new();
         for b in self.list_blobs()? {

@@ -137,8 +137,25 @@ async fn fetch(
         (data, media_type, digest) = (cdata.to_vec(), d.media_type().to_string(), child);
     }
     let manifest = spec::parse_manifest(&data, Some(&media_type))?;
+    // Declared sizes are checked against the limits before a byte is fetched: a registry that
+    // declares an 8 GiB layer and hangs up after 200 MiB would otherwise leave it in downloads/.
+    let limits = store.limits();
+    if manifest.config.size() > limits.max_json_bytes {
+        return Err(Error::Registry(format!(
+            "{reference}: the config declares {} bytes, over the {}-byte limit; nothing was fetched",
+            manifest.config.size(),
+            limits.max_json_bytes
+        )));
+    }
     let mut blobs = vec![(manifest.config_digest.clone(), manifest.config.size())];
     for (desc, d) in &manifest.layers {
+        if desc.size() > limits.max_layer_bytes {
+            return Err(Error::Registry(format!(
+                "{reference}: layer {d} declares {} bytes, over the {}-byte layer limit (--max-layer-size); nothing was fetched",
+                desc.size(),
+                limits.max_layer_bytes
+            )));
+        }
         blobs.push((d.clone(), desc.size()));
     }
     let blobs_seen = blobs.clone();
