@@ -486,3 +486,13 @@ fn an_rpm_database_that_never_ends_is_not_read() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.contains("Packages is a view"), "{err}");
 }
+
+/// A layer with an entry 2,000 directories deep is refused at import (every later walk and
+/// removal of it would pay for the depth); one at the limit's edge is fine.
+#[test]
+fn refuses_a_layer_deeper_than_the_limit() {
+    let env = Env::new();
+    let deep = vec!["d"; 2000].join("/") + "/f";
+    let err = import_with_layer(&env, RawTar::new().pax(&[("path", &deep)]).file("placeholder", b"x").finish());
+    assert!(err.contains("2001 directories deep") && err.contains("256"), "{err}");
+}

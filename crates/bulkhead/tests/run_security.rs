@@ -1207,3 +1207,27 @@ fn other_host_users_cannot_read_a_containers_files() {
     );
     env.ok(&["rm", "-f", "priv"]);
 }
+
+/// A container that made a tree 2,040 directories deep (`mkdir d; cd d` in a loop) is removed
+/// whole, and only then is its id range given back.
+#[test]
+fn a_container_with_a_very_deep_tree_is_removed() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&[
+        "run",
+        "--name",
+        "deep",
+        img,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 2040 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo x > f",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "deep"])).unwrap();
+    let host = v[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"][0]["hostID"].to_string();
+    let claim = std::path::Path::new("/var/lib/bulkhead-ranges").join(&host);
+    assert!(claim.exists(), "no claim for {host}");
+    env.ok(&["rm", "deep"]);
+    assert!(env.ok(&["ps", "-a", "-q"]).trim().is_empty());
+    assert!(!claim.exists(), "the id range was not given back");
+}

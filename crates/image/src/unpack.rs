@@ -51,6 +51,10 @@ pub struct ExtractOptions {
     pub max_bytes: Option<u64>,
 }
 
+/// The most path components an entry may have. No real image comes near it; a deep tree is
+/// only a way to make every later walk and removal of the layer expensive.
+pub const MAX_DEPTH: usize = 256;
+
 /// What an extraction found that a user should know about; kept in the layer record.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExtractReport {
@@ -225,6 +229,13 @@ impl Extractor<'_> {
     fn apply(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let path = sanitize(&raw).map_err(|r| self.unsafe_layer(r))?;
+        if path.len() > MAX_DEPTH {
+            return Err(self.unsafe_layer(format!(
+                "{}/... is {} directories deep, more than the {MAX_DEPTH} a layer may have",
+                show(&path[..8]),
+                path.len()
+            )));
+        }
         let kind = entry.header().entry_type();
         let meta = self.meta(&mut entry, &path)?;
         self.report.entries += 1;
@@ -640,7 +651,11 @@ fn times(mtime: i64) -> Timestamps {
     }
 }
 
-/// Removes `name` in `dir` (recursively if it is a directory) without following any symlink.
+/// Removes `name` under `dir` and everything below it, never following a symlink, with at most
+/// three descriptors open and no recursion, however deep the tree: a layer (or a container's
+/// `mkdir d; cd d` loop) 2,000 directories deep exhausted descriptors when each level held one, and
+/// deeper trees would have overflowed the stack. It descends through one open directory at a time
+/// and climbs back through `..`, checked to be the directory it came from (device and inode).
 pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
@@ -650,29 +665,92 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return rustix::fs::unlinkat(dir, name, AtFlags::empty());
     }
-    let fd = rustix::fs::openat(
+    let open_dir = |at: &OwnedFd, n: &OsStr| {
+        rustix::fs::openat(
+            at,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut cur = rustix::fs::openat(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut children = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&fd)? {
-        let entry = entry?;
-        let n = entry.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            children.push(OsString::from_vec(n.to_vec()));
+    // The way down: each directory's name in its parent, and the parent's (dev, ino).
+    let mut path: Vec<(OsString, (u64, u64))> = Vec::new();
+    loop {
+        let mut subdir = None;
+        for entry in rustix::fs::Dir::read_from(&cur)? {
+            let entry = entry?;
+            let n = entry.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            let n = OsString::from_vec(n.to_vec());
+            match rustix::fs::statat(&cur, &n, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    subdir = Some(n);
+                    break;
+                }
+                Ok(_) => match rustix::fs::unlinkat(&cur, &n, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(e),
+            }
         }
+        if let Some(n) = subdir {
+            let here = rustix::fs::fstat(&cur)?;
+            let next = open_dir(&cur, &n)?;
+            path.push((n, (here.st_dev, here.st_ino)));
+            cur = next;
+            continue;
+        }
+        // `cur` is empty: remove it from its parent and go on there.
+        let Some((n, (dev, ino))) = path.pop() else {
+            drop(cur);
+            return rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+        };
+        let parent = open_dir(&cur, OsStr::new(".."))?;
+        let st = rustix::fs::fstat(&parent)?;
+        if (st.st_dev, st.st_ino) != (dev, ino) {
+            // Moved while we were below it: stop rather than remove somewhere else.
+            return Err(Errno::STALE);
+        }
+        drop(cur);
+        rustix::fs::unlinkat(&parent, &n, AtFlags::REMOVEDIR)?;
+        cur = parent;
     }
-    for child in children {
-        remove_all_at(&fd, &child)?;
-    }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_the_descriptor_limit_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = rustix::fs::open(d.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        rustix::fs::mkdirat(&root, "top", Mode::from_raw_mode(0o755)).unwrap();
+        let mut cur = rustix::fs::openat(&root, "top", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        // 3,000 levels (the soft descriptor limit is 1,024 here), a file and a symlink on each tenth.
+        for i in 0..3000 {
+            rustix::fs::mkdirat(&cur, "d", Mode::from_raw_mode(0o755)).unwrap();
+            if i % 10 == 0 {
+                drop(rustix::fs::openat(&cur, "f", OFlags::CREATE | OFlags::WRONLY, Mode::from_raw_mode(0o644)).unwrap());
+                rustix::fs::symlinkat("/etc", &cur, "l").unwrap();
+            }
+            cur = rustix::fs::openat(&cur, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        drop(cur);
+        remove_all_at(&root, OsStr::new("top")).unwrap();
+        assert!(!d.path().join("top").exists());
+        assert!(std::path::Path::new("/etc/passwd").exists(), "a symlink was followed");
+    }
 
     #[test]
     fn sanitize_refuses_escapes_and_keeps_normal_paths() {

@@ -359,11 +359,15 @@ impl Containers {
         // container whose CLI was killed mid-start waits forever for a parent that is gone).
         kill_cgroup_processes(&crate::run::cgroup_path(id));
         remove_cgroups(&crate::run::cgroup_path(id));
-        if let Some(h) = self.load(id).ok().and_then(|r| r.host_id) {
+        // The id range goes back only once the files that its ids own are gone: if removal fails,
+        // the container stays, with its range, for the next `rm` to finish.
+        let host_id = self.load(id).ok().and_then(|r| r.host_id);
+        let d = self.dir(id);
+        bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))?;
+        if let Some(h) = host_id {
             self.release_host_id(id, h);
         }
-        let d = self.dir(id);
-        bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, d.as_os_str()).map_err(|e| io(&d, e))
+        Ok(())
     }
 }
 
