@@ -496,3 +496,52 @@ fn refuses_a_layer_deeper_than_the_limit() {
     let err = import_with_layer(&env, RawTar::new().pax(&[("path", &deep)]).file("placeholder", b"x").finish());
     assert!(err.contains("2001 directories deep") && err.contains("256"), "{err}");
 }
+
+/// An 8 MiB distroless dpkg status of repeated stanzas, hard-linked three times (an 88 KB layer
+/// compressed), took `sbom` to 3.3 GB: now each inode is read once, a file gives at most 50,000
+/// packages, and the warnings say what was left out. Peak memory is read by GNU time.
+#[test]
+fn a_package_database_bomb_is_read_within_bounds() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(
+        &layout,
+        &[&|r: &std::path::Path| {
+            busybox_rootfs(r);
+            let dir = r.join("var/lib/dpkg/status.d");
+            std::fs::create_dir_all(&dir).unwrap();
+            let stanza = "Package: p\nVersion: 1.0\nArchitecture: amd64\nStatus: install ok installed\n\n";
+            std::fs::write(dir.join("base"), stanza.repeat((8 << 20) / stanza.len())).unwrap();
+            for l in ["b", "c", "d"] {
+                std::fs::hard_link(dir.join("base"), dir.join(l)).unwrap();
+            }
+        }],
+    );
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "bomb:1"]);
+    let o = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("maxrss_kb=%M")
+        .arg("timeout")
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .args(["sbom", "--no-cache", "--format", "json", "bomb:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let rss: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kb="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("sbom peak RSS: {rss} kB");
+    assert!(rss < 512 << 10, "sbom used {rss} kB (1,020,292 kB before the bounds)");
+    assert!(
+        err.contains("a hard link to") && err.contains("only the first 50000") || err.contains("more than 50000"),
+        "{err}"
+    );
+}

@@ -85,13 +85,33 @@ struct LayerChanges {
     replaced: Vec<String>,
     /// Files a cataloger claims.
     claimed: Vec<(String, Claim)>,
+    /// Claimed files left out (a second name of an inode already claimed, the budget spent), with
+    /// why.
+    skipped: Vec<(String, String)>,
 }
+
+/// The most bytes of package metadata (databases, manifests, archives) read for one image, and
+/// the most packages kept from one file and from one image. Real images are far below each; a
+/// hostile one (an 8 MiB dpkg status of repeated stanzas, hard-linked three times, took `sbom` to
+/// 3.3 GB) stops at them, and the warnings say what was left out.
+pub const MAX_IMAGE_METADATA: u64 = 512 << 20;
+pub const MAX_PACKAGES_PER_FILE: usize = 50_000;
+pub const MAX_PACKAGES_PER_IMAGE: usize = 200_000;
+/// The most owned-file paths one package database may list.
+pub const MAX_OWNED_PER_FILE: usize = 2_000_000;
 
 /// Catalog a stack of unpacked layer directories, bottom first.
 pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, Option<Distro>, Vec<Warning>)> {
     let mut state: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut budget = MAX_IMAGE_METADATA;
+    let mut skipped = Vec::new();
     for (info, dir) in layers {
-        let changes = scan_layer(dir)?;
+        let mut changes = scan_layer(dir, &mut budget)?;
+        skipped.extend(changes.skipped.drain(..).map(|(path, message)| Warning {
+            path: format!("/{path}"),
+            layer: info.index,
+            message,
+        }));
         // What lower layers said at the paths this layer parses again, for attribution.
         let mut olds: std::collections::HashMap<&str, Entry> = std::collections::HashMap::new();
         for (path, _) in &changes.claimed {
@@ -111,6 +131,13 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
         }
         let parsed = parse_all(dir, &changes.claimed);
         for ((path, _), mut parsed) in changes.claimed.iter().zip(parsed) {
+            if parsed.packages.len() > MAX_PACKAGES_PER_FILE {
+                parsed.warnings.push(format!(
+                    "{} packages in one file; only the first {MAX_PACKAGES_PER_FILE} are kept",
+                    parsed.packages.len()
+                ));
+                parsed.packages.truncate(MAX_PACKAGES_PER_FILE);
+            }
             let old = olds.remove(path.as_str());
             for p in &mut parsed.packages {
                 if p.path.is_empty() {
@@ -127,7 +154,20 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
             state.insert(path.clone(), Entry { layer: info.index, parsed });
         }
     }
-    Ok(finish(state))
+    let (mut packages, distro, mut warnings) = finish(state);
+    if packages.len() > MAX_PACKAGES_PER_IMAGE {
+        warnings.push(Warning {
+            path: "/".into(),
+            layer: 0,
+            message: format!(
+                "{} packages in the image; only the first {MAX_PACKAGES_PER_IMAGE} are kept",
+                packages.len()
+            ),
+        });
+        packages.truncate(MAX_PACKAGES_PER_IMAGE);
+    }
+    warnings.extend(skipped);
+    Ok((packages, distro, warnings))
 }
 
 fn remove_under(state: &mut BTreeMap<String, Entry>, dir: &str) {
@@ -142,8 +182,9 @@ fn remove_under(state: &mut BTreeMap<String, Entry>, dir: &str) {
     }
 }
 
-fn scan_layer(dir: &Path) -> Result<LayerChanges> {
+fn scan_layer(dir: &Path, budget: &mut u64) -> Result<LayerChanges> {
     let mut c = LayerChanges::default();
+    let mut inodes: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| crate::Error::Invalid(format!("{}: {e}", dir.display())))?;
         let Ok(rel) = entry.path().strip_prefix(dir) else { continue };
@@ -168,6 +209,24 @@ fn scan_layer(dir: &Path) -> Result<LayerChanges> {
         c.hides_below.push(rel.to_string());
         if ft.is_file() {
             if let Some(claim) = catalog::claim(rel, meta.mode(), meta.size()) {
+                // Each inode is read once: hard links to it name the same packages again.
+                if let Some(first) = inodes.get(&(meta.dev(), meta.ino())) {
+                    c.skipped
+                        .push((rel.to_string(), format!("a hard link to /{first}, which is read instead")));
+                    continue;
+                }
+                inodes.insert((meta.dev(), meta.ino()), rel.to_string());
+                // Package metadata counts against the image's budget (binaries are only searched
+                // for version strings, a bounded read each).
+                let cost = if claim.is_metadata() { meta.size() } else { 0 };
+                if cost > *budget {
+                    c.skipped.push((
+                        rel.to_string(),
+                        format!("not read: the image's {MAX_IMAGE_METADATA}-byte budget of package metadata is spent"),
+                    ));
+                    continue;
+                }
+                *budget -= cost;
                 c.claimed.push((rel.to_string(), claim));
             }
         }

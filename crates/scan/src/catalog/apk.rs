@@ -19,9 +19,13 @@ pub fn parse_installed(data: &[u8]) -> Result<Parsed, String> {
                 "L" => license = Some(v),
                 "F" => {
                     dir = v.to_string();
-                    out.owned.push(format!("/{v}"));
+                    if out.owned.len() < crate::walk::MAX_OWNED_PER_FILE {
+                        out.owned.push(format!("/{v}"));
+                    }
                 }
-                "R" => out.owned.push(if dir.is_empty() { format!("/{v}") } else { format!("/{dir}/{v}") }),
+                "R" if out.owned.len() < crate::walk::MAX_OWNED_PER_FILE => {
+                    out.owned.push(if dir.is_empty() { format!("/{v}") } else { format!("/{dir}/{v}") })
+                }
                 _ => {}
             }
         }
@@ -32,6 +36,19 @@ pub fn parse_installed(data: &[u8]) -> Result<Parsed, String> {
         p.source_name = Some(origin.unwrap_or(name).to_string());
         p.source_version = Some(version.to_string());
         out.packages.push(p);
+        if out.packages.len() == crate::walk::MAX_PACKAGES_PER_FILE {
+            out.warnings.push(format!(
+                "more than {} packages in one database; the rest is not read",
+                crate::walk::MAX_PACKAGES_PER_FILE
+            ));
+            break;
+        }
+    }
+    if out.owned.len() == crate::walk::MAX_OWNED_PER_FILE {
+        out.warnings.push(format!(
+            "more than {} owned files listed; the rest is not read",
+            crate::walk::MAX_OWNED_PER_FILE
+        ));
     }
     Ok(out)
 }

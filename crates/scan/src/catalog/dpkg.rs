@@ -9,6 +9,13 @@ pub fn parse_status(data: &[u8]) -> Result<Parsed, String> {
     let text = std::str::from_utf8(data).map_err(|e| format!("dpkg status is not UTF-8: {e}"))?;
     let mut out = Parsed::default();
     for fields in paragraphs(text) {
+        if out.packages.len() == crate::walk::MAX_PACKAGES_PER_FILE {
+            out.warnings.push(format!(
+                "more than {} packages in one status file; the rest is not read",
+                crate::walk::MAX_PACKAGES_PER_FILE
+            ));
+            break;
+        }
         let get = |k: &str| fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| *v);
         let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
             continue;
