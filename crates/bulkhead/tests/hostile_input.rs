@@ -545,3 +545,45 @@ fn a_package_database_bomb_is_read_within_bounds() {
         "{err}"
     );
 }
+
+/// A jar with 65,000 central-directory entries followed by end records that each name one entry
+/// more than there is: the zip crate read the whole directory again for every one of them (800:
+/// 13 s; 3,000 would take minutes). Now the end records are checked once, linearly, first.
+#[test]
+fn a_jar_with_forged_end_records_is_refused_at_once() {
+    let env = Env::new();
+    let jar = env.path("evil.jar");
+    sh(Command::new("python3").args([
+        "-c",
+        r#"
+import struct, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    for i in range(65000):
+        z.writestr(f"e{i}", b"")
+data = open(sys.argv[1], "rb").read()
+at = data.rindex(b"PK\x05\x06")
+eocd = bytearray(data[at:at + 22])
+entries = struct.unpack_from("<H", eocd, 10)[0]
+struct.pack_into("<HH", eocd, 8, entries + 1, entries + 1)
+open(sys.argv[1], "ab").write(bytes(eocd) * 3000)
+"#,
+        jar.to_str().unwrap(),
+    ]));
+    let data = std::fs::read(&jar).unwrap();
+    let layout = env.path("layout");
+    umoci_image(
+        &layout,
+        &[&|r: &std::path::Path| {
+            busybox_rootfs(r);
+            std::fs::write(r.join("app.jar"), &data).unwrap();
+        }],
+    );
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "zipbomb:1"]);
+    let o = env.run_bounded(60, &["sbom", "--no-cache", "zipbomb:1"]);
+    assert_ne!(o.status.code(), Some(124), "sbom did not end");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("app.jar") && err.contains("not a readable archive"),
+        "{err}"
+    );
+}

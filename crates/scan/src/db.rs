@@ -246,7 +246,8 @@ impl Db {
                 }
             }
         } else if is_zip {
-            let f = std::fs::File::open(input).map_err(crate::io_err(input.display()))?;
+            let mut f = std::fs::File::open(input).map_err(crate::io_err(input.display()))?;
+            crate::zipcheck::check(&mut f).map_err(|e| Error::Invalid(format!("{}: not a readable zip archive: {e}", input.display())))?;
             let mut zip =
                 zip::ZipArchive::new(f).map_err(|e| Error::Invalid(format!("{}: not a readable zip archive: {e}", input.display())))?;
             for i in 0..zip.len() {

@@ -22,6 +22,7 @@ pub mod purl;
 pub mod severity;
 pub mod version;
 pub mod walk;
+pub mod zipcheck;
 
 use serde::{Deserialize, Serialize};
 

@@ -23,6 +23,7 @@ pub fn parse_archive(path: &str, data: &[u8]) -> Result<Parsed, String> {
 }
 
 fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Parsed) -> Result<(), String> {
+    crate::zipcheck::check(&mut Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
     let mut zip = zip::ZipArchive::new(Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
     if zip.len() > MAX_ENTRIES {
         return Err(format!("{label}: {} entries, more than {MAX_ENTRIES}", zip.len()));
