@@ -494,20 +494,17 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         Ok(())
     };
-    let all = bulkhead_runtime::logs::read(&dir)?;
+    let mut follower = bulkhead_runtime::logs::Follower::new(&dir);
+    let all = follower.poll()?;
     let start = a.tail.map_or(0, |t| all.len().saturating_sub(t));
     print(&all[start..])?;
-    let mut seen = all.len();
     if !a.follow {
         return Ok(ExitCode::SUCCESS);
     }
+    // From here on only what was written since the last poll is read.
     loop {
         let running = lifecycle::is_running(&lifecycle::refresh(&cs, cs.load(&rec.id)?)?);
-        let now = bulkhead_runtime::logs::read(&dir)?;
-        // A rotation makes the kept list shorter: then start over from its beginning.
-        let from = if now.len() < seen { 0 } else { seen };
-        print(&now[from..])?;
-        seen = now.len();
+        print(&follower.poll()?)?;
         if !running {
             break;
         }

@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_SIZE: u64 = 10 << 20;
 pub const DEFAULT_MAX_FILES: u32 = 3;
 /// Docker splits lines longer than this into several records.
 const MAX_LINE: usize = 16 << 10;
+/// The head record is written in place at this fixed size.
+const HEAD_SIZE: usize = 160;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One log record.
@@ -52,6 +54,8 @@ pub struct LogWriter {
     max_files: u32,
     partial: [Vec<u8>; 2],
     durable: bool,
+    /// The head file, kept open for in-place updates.
+    head: Option<File>,
 }
 
 fn io(p: &Path, e: std::io::Error) -> Error {
@@ -91,6 +95,7 @@ impl LogWriter {
             max_files: max_files.max(1),
             partial: [Vec::new(), Vec::new()],
             durable: true,
+            head: None,
         })
     }
 
@@ -151,18 +156,36 @@ impl LogWriter {
         self.save_head(false)
     }
 
-    fn save_head(&self, durable: bool) -> Result<()> {
+    fn save_head(&mut self, durable: bool) -> Result<()> {
         let data = serde_json::to_vec(&Head {
             last: self.last.clone(),
             records: self.records,
         })
         .map_err(|e| Error(e.to_string()))?;
         if durable {
+            self.head = None;
             crate::durable_write(&self.dir.join("head"), &data)
         } else {
-            let tmp = self.dir.join(".head.tmp");
-            fs::write(&tmp, &data).map_err(|e| io(&tmp, e))?;
-            fs::rename(&tmp, self.dir.join("head")).map_err(|e| io(&tmp, e))
+            // In place, one pwrite of a fixed-size record (the JSON padded with spaces, which a
+            // reader skips): a temporary file and a rename per record held logging to ~4,000
+            // records a second. Every record still updates the head, so nothing of the tamper
+            // evidence is lost. The head is replaced whole (atomically, forced) at close.
+            use std::os::unix::fs::FileExt;
+            let mut rec = data;
+            rec.resize(HEAD_SIZE.max(rec.len()), b' ');
+            let head = self.dir.join("head");
+            if self.head.is_none() {
+                self.head = Some(
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&head)
+                        .map_err(|e| io(&head, e))?,
+                );
+            }
+            let f = self.head.as_ref().ok_or_else(|| Error("no head file".into()))?;
+            f.write_all_at(&rec, 0).map_err(|e| io(&head, e))
         }
     }
 
@@ -218,6 +241,97 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         out.push(current);
     }
     out
+}
+
+/// Follows a log as it grows (`logs -f`): the first [`Follower::poll`] returns every record kept,
+/// each later one only what was written since, reading from where the last one stopped. A
+/// rotation is noticed by the current file's inode changing: the old file is read to its end
+/// through the descriptor still open on it (renamed, it is the same file), a file rotated away in
+/// between is read whole, then the new file from its start. Re-reading and re-parsing every kept
+/// file on each poll (up to ~30 MiB, five times a second) cost a follower 40 % of a core, and a
+/// count of records could not tell a rotation from nothing new once the log was full.
+pub struct Follower {
+    dir: PathBuf,
+    current: Option<(File, u64)>,
+    pending: Vec<u8>,
+}
+
+impl Follower {
+    pub fn new(dir: &Path) -> Self {
+        Follower {
+            dir: dir.to_path_buf(),
+            current: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Records written since the last call (every kept record on the first).
+    pub fn poll(&mut self) -> Result<Vec<Record>> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let path = self.dir.join("container.log");
+        let now_ino = fs::metadata(&path).map(|m| m.ino()).ok();
+        match &mut self.current {
+            None => {
+                // First call: the rotated files whole, then the current one.
+                for f in files(&self.dir) {
+                    if f == path {
+                        continue;
+                    }
+                    let mut data = Vec::new();
+                    File::open(&f).and_then(|mut h| h.read_to_end(&mut data)).map_err(|e| io(&f, e))?;
+                    self.pending.extend_from_slice(&data);
+                    self.take_lines(&mut out, &f)?;
+                }
+            }
+            Some((file, ino)) => {
+                let mut data = Vec::new();
+                file.read_to_end(&mut data).map_err(|e| io(&path, e))?;
+                self.pending.extend_from_slice(&data);
+                let old = *ino;
+                self.take_lines(&mut out, &path)?;
+                // Same file, or the new one not made yet (mid-rotation): go on next time.
+                if now_ino.is_none() || now_ino == Some(old) {
+                    return Ok(out);
+                }
+                // Rotated: was the file right after ours rotated away too?
+                let next = self.dir.join("container.log.1");
+                if fs::metadata(&next).map(|m| m.ino()).ok().is_some_and(|i| i != old) {
+                    let mut data = Vec::new();
+                    File::open(&next)
+                        .and_then(|mut h| h.read_to_end(&mut data))
+                        .map_err(|e| io(&next, e))?;
+                    self.pending.clear();
+                    self.pending.extend_from_slice(&data);
+                    self.take_lines(&mut out, &next)?;
+                }
+                self.pending.clear();
+            }
+        }
+        self.current = None;
+        if let Ok(mut f) = File::open(&path) {
+            let ino = f.metadata().map(|m| m.ino()).map_err(|e| io(&path, e))?;
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).map_err(|e| io(&path, e))?;
+            self.pending.extend_from_slice(&data);
+            self.take_lines(&mut out, &path)?;
+            self.current = Some((f, ino));
+        }
+        Ok(out)
+    }
+
+    /// Parses the complete lines in `pending`, keeping a partial last one.
+    fn take_lines(&mut self, out: &mut Vec<Record>, f: &Path) -> Result<()> {
+        let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        for line in self.pending[..end].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            out.push(serde_json::from_slice(line).map_err(|e| Error(format!("{}: a record is not valid JSON: {e}", f.display())))?);
+        }
+        self.pending.drain(..=end);
+        Ok(())
+    }
 }
 
 /// Every record still kept, oldest first.
@@ -305,6 +419,32 @@ mod tests {
         assert!(verify(d.path()).unwrap() > 0);
         // Continuing after a restart keeps the chain.
         write_lines(d.path(), 3, 4096);
+        verify(d.path()).unwrap();
+    }
+
+    /// A follower polled between writes sees every record exactly once, in order, across many
+    /// rotations of a full log (three files of 4 KiB), and a verify of the chain still passes
+    /// with the head written in place on every record.
+    #[test]
+    fn a_follower_sees_every_record_once_across_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(d.path(), 4096, 3).unwrap();
+        let mut f = Follower::new(d.path());
+        let mut seen: Vec<String> = f.poll().unwrap().into_iter().map(|r| r.log).collect();
+        for i in 0..3000 {
+            w.write("stdout", format!("line {i}\n").as_bytes()).unwrap();
+            // Poll at uneven moments, never more than a file's worth of records apart.
+            if i % 37 == 0 {
+                seen.extend(f.poll().unwrap().into_iter().map(|r| r.log));
+            }
+        }
+        seen.extend(f.poll().unwrap().into_iter().map(|r| r.log));
+        let want: Vec<String> = (0..3000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(seen.len(), want.len());
+        assert_eq!(seen, want);
+        assert!(d.path().join("container.log.2").exists(), "the log never filled up");
+        verify(d.path()).unwrap();
+        w.close().unwrap();
         verify(d.path()).unwrap();
     }
 
