@@ -323,7 +323,7 @@ pub fn db(ctx: &Ctx, c: DbCommand) -> anyhow::Result<ExitCode> {
             for eco in ecosystems {
                 let url = format!("{}/{}/all.zip", mirror.trim_end_matches('/'), eco);
                 let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-                let n = bulkhead_registry::download::download(&url, tmp.as_file_mut(), 4 << 30)?;
+                let n = bulkhead_registry::download::download(&url, tmp.as_file_mut(), 4 << 30, &regs_deadlines(ctx)?)?;
                 let r = db.import(tmp.path(), &format!("osv-{eco}"), &mut |_| {})?;
                 if !ctx.quiet {
                     println!("osv-{eco}: {} advisories imported ({} MB downloaded)", r.imported, n / 1_000_000);
@@ -413,4 +413,9 @@ pub fn check(ctx: &Ctx, store: &bulkhead_image::Store, repair: bool) -> anyhow::
         bulkhead_scan::walk::prune_cache(store)?;
     }
     Ok(problems)
+}
+
+/// The network deadlines in force (`timeouts` in `<config>/registries.json`).
+fn regs_deadlines(ctx: &Ctx) -> anyhow::Result<bulkhead_registry::deadline::Deadlines> {
+    Ok(bulkhead_registry::Registries::load(&ctx.config)?.deadlines())
 }

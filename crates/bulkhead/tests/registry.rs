@@ -1177,3 +1177,118 @@ fn declared_sizes_are_capped_and_partial_downloads_reclaimed() {
     env.run(&["system", "check", "--repair"]);
     assert!(!fresh.exists(), "--repair removes every partial download");
 }
+
+/// How a stalling test server behaves.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Accepts the connection and never answers.
+    Silent,
+    /// Sends the manifest one byte every 500 ms.
+    Trickle,
+    /// Serves a manifest whose layer's bytes stop after ten.
+    BlobStops,
+}
+
+/// A "registry" on 127.0.0.1 that stalls as told; its threads end when the test process does.
+fn stalling_server(mode: Stall) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let layer = format!("sha256:{}", "b".repeat(64));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha256_hex(b"{}")), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 1000}],
+    })
+    .to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let manifest = manifest.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let hold = || std::thread::sleep(Duration::from_secs(120));
+                match mode {
+                    Stall::Silent => hold(),
+                    _ if !text.contains("/manifests/") && !text.contains("/blobs/") => {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+                    }
+                    Stall::Trickle if text.contains("/manifests/") => {
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+                        );
+                        for byte in manifest.bytes() {
+                            if conn.write_all(&[byte]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                    }
+                    _ if text.contains("/manifests/") => {
+                        let _ = conn.write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{manifest}", manifest.len())
+                                .as_bytes(),
+                        );
+                    }
+                    _ if text.contains(&sha256_hex(b"{}")) => {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+                    }
+                    _ => {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n0123456789");
+                        hold();
+                    }
+                }
+            });
+        }
+    });
+    host
+}
+
+/// Every network command ends, naming the server and what stalled: a server that never answers
+/// (login, pull), a manifest sent one byte at a time, a blob that stops (what arrived is kept for
+/// the next pull). The deadlines are set short in registries.json, as a user may.
+#[test]
+fn stalled_servers_end_the_command_with_one_line() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    for (mode, args, says) in [
+        (Stall::Silent, vec!["login", "-u", "me", "-p", "pw"], "timed out"),
+        (Stall::Silent, vec!["pull"], "timed out"),
+        (Stall::Trickle, vec!["pull"], "bytes/s over the last"),
+        (Stall::BlobStops, vec!["pull"], "timed out"),
+    ] {
+        let host = stalling_server(mode);
+        std::fs::write(
+            env.path("config").join("registries.json"),
+            format!(r#"{{"insecure": ["{host}"], "timeouts": {{"idle_seconds": 2, "window_seconds": 3, "min_bytes_per_second": 100}}}}"#),
+        )
+        .unwrap();
+        let mut all = args.clone();
+        let target = if args[0] == "login" {
+            host.clone()
+        } else {
+            format!("{host}/slow/app:1")
+        };
+        all.push(&target);
+        let o = env.run_bounded(60, &all);
+        assert_ne!(o.status.code(), Some(124), "{args:?} did not end");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains(&host) && lines[0].contains(says), "{args:?}: {err}");
+    }
+    let kept = env.root().join("downloads").join(format!("sha256-{}", "b".repeat(64)));
+    assert_eq!(
+        std::fs::metadata(&kept).map(|m| m.len()).unwrap_or(0),
+        10,
+        "what arrived is kept for resuming"
+    );
+}

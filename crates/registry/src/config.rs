@@ -29,6 +29,8 @@ struct RegistriesFile {
     insecure: Vec<String>,
     #[serde(default)]
     mirrors: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    timeouts: crate::deadline::Deadlines,
 }
 
 /// The registry configuration of this host.
@@ -37,6 +39,7 @@ pub struct Registries {
     dir: PathBuf,
     insecure: Vec<String>,
     mirrors: BTreeMap<String, Vec<String>>,
+    deadlines: crate::deadline::Deadlines,
 }
 
 /// Credentials for one registry.
@@ -108,7 +111,13 @@ impl Registries {
             dir: dir.to_path_buf(),
             insecure: file.insecure,
             mirrors: file.mirrors,
+            deadlines: file.timeouts,
         })
+    }
+
+    /// The deadlines every transfer runs under (`timeouts` in registries.json).
+    pub fn deadlines(&self) -> crate::deadline::Deadlines {
+        self.deadlines
     }
 
     /// The configuration directory.

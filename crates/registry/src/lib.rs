@@ -15,6 +15,7 @@
 //! `<config>/certs.d/HOST[:PORT]/*.crt`; plain HTTP only for registries listed as insecure.
 
 pub mod config;
+pub mod deadline;
 pub mod download;
 mod files;
 mod login;
@@ -87,8 +88,8 @@ impl Registries {
             platform_resolver: None,
             max_concurrent_download: 4,
             max_concurrent_upload: 4,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(300)),
+            connect_timeout: Some(self.deadlines().connect()),
+            read_timeout: Some(self.deadlines().idle()),
             user_agent: concat!("bulkhead/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         }))

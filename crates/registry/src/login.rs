@@ -33,13 +33,13 @@ pub fn challenge_params(header: &str) -> Vec<(String, String)> {
 }
 
 /// A client for single requests outside the registry API (login's ping, downloads).
-pub(crate) fn http_client(extra_roots: Vec<reqwest::Certificate>) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn http_client(extra_roots: Vec<reqwest::Certificate>, d: &crate::deadline::Deadlines) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .tls_certs_merge(extra_roots)
         .user_agent(concat!("bulkhead/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(std::time::Duration::from_secs(30))
-        // As the registry client's: a server that stops sending is given up on.
-        .read_timeout(std::time::Duration::from_secs(300))
+        .connect_timeout(d.connect())
+        // A server that accepts and then says nothing is given up on.
+        .read_timeout(d.idle())
         .build()
 }
 
@@ -66,7 +66,7 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
     for pem in regs.ca_certificates(host)? {
         certs.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
     }
-    let client = http_client(certs).map_err(|e| Error::Registry(format!("{host}: {e}")))?;
+    let client = http_client(certs, &regs.deadlines()).map_err(|e| Error::Registry(format!("{host}: {e}")))?;
     let fail = |e: reqwest::Error| regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(error_chain(&e))));
     let denied = || Error::Registry(format!("{host}: login refused: wrong user name or password"));
     crate::runtime()?.block_on(async {

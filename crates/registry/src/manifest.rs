@@ -35,7 +35,8 @@ pub(crate) async fn get_bounded(
     for pem in regs.ca_certificates(host)? {
         roots.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
     }
-    let http = crate::login::http_client(roots).map_err(|e| Error::Registry(format!("{host}: {}", crate::login::error_chain(&e))))?;
+    let d = regs.deadlines();
+    let http = crate::login::http_client(roots, &d).map_err(|e| Error::Registry(format!("{host}: {}", crate::login::error_chain(&e))))?;
     let registry = oref.resolve_registry();
     let scheme = if regs.is_insecure(host) { "http" } else { "https" };
     let target = oref.digest().unwrap_or_else(|| oref.tag().unwrap_or("latest"));
@@ -47,7 +48,8 @@ pub(crate) async fn get_bounded(
         _ => {}
     }
     let fail = |e: reqwest::Error| Error::Registry(format!("{host}: {}", crate::login::error_chain(&e)));
-    let resp = req.send().await.map_err(fail)?;
+    let what = format!("{host}: the manifest {target}");
+    let resp = d.chunk(req.send(), &what).await.map_err(Error::Registry)?.map_err(fail)?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(Fetched::NotFound);
@@ -66,8 +68,10 @@ pub(crate) async fn get_bounded(
     }
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    let mut rate = d.rate();
+    while let Some(chunk) = d.chunk(stream.next(), &what).await.map_err(Error::Registry)? {
         let chunk = chunk.map_err(fail)?;
+        rate.on(chunk.len(), &what).map_err(Error::Registry)?;
         if body.len() as u64 + chunk.len() as u64 > max {
             return Err(Error::Registry(format!(
                 "{host}: the manifest {target} is over the {max}-byte limit; stopped reading there"

@@ -277,7 +277,19 @@ async fn fetch_blob(
     file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .await
         .map_err(io)?;
-    while let Some(chunk) = stream.next().await {
+    let dl = regs.deadlines();
+    let what = format!("{}: blob {d}", oref.registry());
+    let mut rate = dl.rate();
+    loop {
+        let next = match dl.chunk(stream.next(), &what).await {
+            Ok(n) => n,
+            Err(e) => {
+                // What arrived stays, for the next pull to resume.
+                let _ = file.flush().await;
+                return Err(Error::Registry(format!("{e}; {have} of {size} bytes kept for the next pull")));
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) if have >= size => {
@@ -292,11 +304,18 @@ async fn fetch_blob(
                 // What arrived stays, for the next pull to resume.
                 let _ = file.flush().await;
                 return Err(Error::Registry(format!(
-                    "blob {d}: the transfer broke off after {have} of {size} bytes: {e}"
+                    "{}: blob {d}: the transfer broke off after {have} of {size} bytes: {}",
+                    oref.registry(),
+                    error_chain(&e)
                 )));
             }
         };
         have += chunk.len() as u64;
+        if let Err(e) = rate.on(chunk.len(), &what) {
+            file.write_all(&chunk).await.map_err(io)?;
+            let _ = file.flush().await;
+            return Err(Error::Registry(format!("{e}; {have} of {size} bytes kept for the next pull")));
+        }
         if have > size {
             drop(file);
             let _ = tokio::fs::remove_file(&path).await;
@@ -325,4 +344,18 @@ async fn fetch_blob(
     verified?;
     progress(PullEvent::Verified { digest: d.clone() });
     Ok(())
+}
+
+/// An error with its causes, on one line ("error decoding response body: operation timed out").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        src = s.source();
+    }
+    msg
 }
