@@ -1292,3 +1292,50 @@ fn stalled_servers_end_the_command_with_one_line() {
         "what arrived is kept for resuming"
     );
 }
+
+/// A registry reached without TLS whose challenge sends credentials to another host, and one
+/// whose token service is plain HTTP: the pull is refused before any credential leaves, and the
+/// other host never hears from us.
+#[test]
+fn credentials_never_go_where_the_registry_alone_says() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    // The "token service" on another host (another loopback address), counting connections.
+    let thief = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let thief_addr = thief.local_addr().unwrap().to_string();
+    thief.set_nonblocking(true).unwrap();
+    let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = registry.local_addr().unwrap().to_string();
+    let realm = format!("http://{thief_addr}/token");
+    std::thread::spawn(move || {
+        for mut conn in registry.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if conn.read(&mut b).unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let _ = conn.write_all(
+                format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    std::fs::write(env.path("config").join("registries.json"), format!(r#"{{"insecure": ["{host}"]}}"#)).unwrap();
+    // Credentials stored as `login` stores them (login itself would refuse this registry too).
+    std::fs::write(
+        env.path("config").join("auth.json"),
+        format!(r#"{{"auths": {{"{host}": {{"auth": "dXNlcjpzZWNyZXQ="}}}}}}"#),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.path("config").join("auth.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = env.fails(&["pull", &format!("{host}/app:1")]);
+    assert!(err.contains("another host") && err.contains("refused"), "{err}");
+    let err = env.fails(&["login", &host, "-u", "user", "-p", "secret"]);
+    assert!(err.contains("another host") && err.contains("refused"), "{err}");
+    assert!(thief.accept().is_err(), "the other host was contacted");
+}

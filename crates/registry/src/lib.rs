@@ -95,10 +95,16 @@ impl Registries {
         }))
     }
 
+    /// The credentials to hand the registry client for `host`, once the token service its
+    /// challenge names has been checked (login::check_challenge): no credentials leave for a
+    /// plain-HTTP realm of a TLS registry, or for another host of a plain-HTTP registry.
     pub(crate) fn auth(&self, host: &str) -> Result<oci_client::secrets::RegistryAuth> {
         Ok(match self.credentials(host)? {
             Credentials::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => oci_client::secrets::RegistryAuth::Basic(username, password),
+            Credentials::Basic { username, password } => {
+                crate::login::check_challenge(self, host)?;
+                oci_client::secrets::RegistryAuth::Basic(username, password)
+            }
         })
     }
 }

@@ -54,6 +54,86 @@ pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     msg
 }
 
+/// The most bytes a token service's answer may have.
+pub(crate) const MAX_TOKEN_RESPONSE: usize = 64 << 10;
+
+/// Whether credentials for registry `host` may be sent to the token service `realm` its Bearer
+/// challenge names. Cross-host token services are normal (Docker Hub's is on another host), but
+/// never over plain HTTP unless the registry itself is configured insecure, and never to another
+/// host when the registry is reached without TLS (nothing proved the challenge came from it).
+pub(crate) fn realm_allowed(regs: &Registries, host: &str, realm: &str) -> Result<()> {
+    let (scheme, rest) = realm
+        .split_once("://")
+        .ok_or_else(|| Error::Registry(format!("{host}: token service {realm:?} is not a URL")))?;
+    let realm_host = rest.split(['/', '?', '#']).next().unwrap_or("").to_ascii_lowercase();
+    let insecure = regs.is_insecure(host);
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => {}
+        "http" if insecure => {}
+        "http" => {
+            return Err(Error::Registry(format!(
+                "{host} asks for its credentials to be sent to {realm} over plain HTTP: refused (only a registry listed as insecure may)"
+            )))
+        }
+        other => return Err(Error::Registry(format!("{host}: token service scheme {other:?} refused"))),
+    }
+    if insecure && realm_host != host.to_ascii_lowercase() {
+        return Err(Error::Registry(format!(
+            "{host} is reached without TLS and asks for its credentials to be sent to another host, {realm_host}: refused"
+        )));
+    }
+    tracing::debug!(registry = host, realm, "credentials go to this token service");
+    Ok(())
+}
+
+/// Before credentials for `host` are handed to the registry client, which follows whatever
+/// challenge the registry sends: the challenge is fetched once here and its token service checked
+/// ([`realm_allowed`]). Runs on a thread of its own, so it may be called from sync or async code.
+pub(crate) fn check_challenge(regs: &Registries, host: &str) -> Result<()> {
+    let scheme = if regs.is_insecure(host) { "http" } else { "https" };
+    let mut certs = Vec::new();
+    for pem in regs.ca_certificates(host)? {
+        certs.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
+    }
+    let d = regs.deadlines();
+    let client = http_client(certs, &d).map_err(|e| Error::Registry(format!("{host}: {e}")))?;
+    let url = format!("{scheme}://{host}/v2/");
+    let challenge = std::thread::scope(|s| {
+        s.spawn(|| -> Result<Option<String>> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Registry(e.to_string()))?;
+            rt.block_on(async {
+                let r = d
+                    .chunk(client.get(&url).send(), &format!("{host}: GET /v2/"))
+                    .await
+                    .map_err(Error::Registry)?
+                    .map_err(|e| regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(error_chain(&e)))))?;
+                Ok(r.headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned))
+            })
+        })
+        .join()
+        .map_err(|_| Error::Registry("the challenge check panicked".into()))?
+    })?;
+    match challenge {
+        Some(c) if c.to_ascii_lowercase().starts_with("bearer") => {
+            let params = challenge_params(&c);
+            match params.iter().find(|(k, _)| k == "realm") {
+                Some((_, realm)) => realm_allowed(regs, host, realm),
+                None => Err(Error::Registry(format!("{host}: a Bearer challenge without a realm"))),
+            }
+        }
+        _ => {
+            tracing::debug!(registry = host, "credentials go to the registry itself (Basic)");
+            Ok(())
+        }
+    }
+}
+
 /// Checks `username`/`password` with `host`, then stores them.
 pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn: &dyn Fn(String)) -> Result<()> {
     let scheme = if regs.is_insecure(host) {
@@ -88,6 +168,7 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
             let params = challenge_params(&challenge);
             let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
             let realm = get("realm").ok_or_else(|| Error::Registry(format!("{host}: a Bearer challenge without a realm")))?;
+            realm_allowed(regs, host, &realm)?;
             let mut query = vec![("account", username.to_owned())];
             if let Some(service) = get("service") {
                 query.push(("service", service));
@@ -99,7 +180,21 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
                 .send()
                 .await
                 .map_err(fail)?;
-            return if r.status().is_success() { Ok(()) } else { Err(denied()) };
+            if !r.status().is_success() {
+                return Err(denied());
+            }
+            // The token answer is read no further than a token can be long.
+            let mut r = r;
+            let mut n = 0usize;
+            while let Some(c) = r.chunk().await.map_err(fail)? {
+                n += c.len();
+                if n > MAX_TOKEN_RESPONSE {
+                    return Err(Error::Registry(format!(
+                        "{host}: the token service {realm} answered more than {MAX_TOKEN_RESPONSE} bytes"
+                    )));
+                }
+            }
+            return Ok(());
         }
         let r = client.get(&url).basic_auth(username, Some(password)).send().await.map_err(fail)?;
         if r.status().is_success() {
@@ -114,6 +209,26 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_go_only_where_they_may() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("registries.json"), r#"{"insecure": ["plain.example:5000"]}"#).unwrap();
+        let regs = Registries::load(d.path()).unwrap();
+        // A TLS registry: any https token service (Docker Hub's is on another host), no http one.
+        realm_allowed(&regs, "registry.example", "https://auth.example/token").unwrap();
+        let e = realm_allowed(&regs, "registry.example", "http://registry.example/token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain HTTP: refused"), "{e}");
+        assert!(realm_allowed(&regs, "registry.example", "ftp://x/token").is_err());
+        // A registry reached without TLS: its own host only.
+        realm_allowed(&regs, "plain.example:5000", "http://plain.example:5000/token").unwrap();
+        let e = realm_allowed(&regs, "plain.example:5000", "https://elsewhere.example/token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another host"), "{e}");
+    }
 
     #[test]
     fn bearer_challenges_parse() {
