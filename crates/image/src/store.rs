@@ -45,9 +45,11 @@ pub struct LockWait {
 /// The processes that hold a lock on `f`'s file (from /proc/locks), with what they run.
 fn lock_holders(f: &File) -> String {
     use std::os::unix::fs::MetadataExt;
-    let Ok(ino) = f.metadata().map(|m| m.ino()) else {
+    let Ok((dev, ino)) = f.metadata().map(|m| (m.dev(), m.ino())) else {
         return "another process".into();
     };
+    // /proc/locks names the device as MAJOR:MINOR in hex.
+    let dev_name = format!("{:02x}:{:02x}", rustix::fs::major(dev), rustix::fs::minor(dev));
     let me = std::process::id().to_string();
     let mut out = Vec::new();
     for line in fs::read_to_string("/proc/locks").unwrap_or_default().lines() {
@@ -59,7 +61,8 @@ fn lock_holders(f: &File) -> String {
         let (Some(pid), Some(dev_ino)) = (fields.get(4), fields.get(5)) else {
             continue;
         };
-        if dev_ino.rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) != Some(ino) || *pid == me {
+        let (lock_dev, lock_ino) = dev_ino.rsplit_once(':').unwrap_or(("", ""));
+        if lock_ino.parse::<u64>().ok() != Some(ino) || !lock_dev.eq_ignore_ascii_case(&dev_name) || *pid == me {
             continue;
         }
         let cmd = fs::read(format!("/proc/{pid}/cmdline"))
@@ -71,14 +74,9 @@ fn lock_holders(f: &File) -> String {
                     .join(" ")
             })
             .unwrap_or_default();
-        let entry = format!(
-            "pid {pid} ({})",
-            if cmd.is_empty() {
-                "?".into()
-            } else {
-                cmd.chars().take(120).collect::<String>()
-            }
-        );
+        // Another user's command line, shown on our terminal: no control characters.
+        let cmd: String = cmd.chars().take(120).map(|c| if c.is_control() { '?' } else { c }).collect();
+        let entry = format!("pid {pid} ({})", if cmd.is_empty() { "?" } else { &cmd });
         if !out.contains(&entry) {
             out.push(entry);
         }
@@ -187,7 +185,19 @@ impl Store {
     fn lock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock> {
         use rustix::fs::FlockOperation as F;
         let p = self.root.join("lock");
-        let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).at(&p)?;
+        // Root's alone: any user who can open the file can hold a flock on it, and every command
+        // would wait behind them.
+        let f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&p)
+                .at(&p)?
+        };
+        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).at(&p)?;
         let nonblocking = if op == F::LockShared {
             F::NonBlockingLockShared
         } else {

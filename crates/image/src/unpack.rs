@@ -679,6 +679,8 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    // Never into another filesystem (a mount left below): EXDEV rather than emptying it.
+    let top_dev = rustix::fs::fstat(&cur)?.st_dev;
     // The way down: each directory's name in its parent, and the parent's (dev, ino).
     let mut path: Vec<(OsString, (u64, u64))> = Vec::new();
     loop {
@@ -692,6 +694,9 @@ pub fn remove_all_at(dir: &impl AsFd, name: &OsStr) -> rustix::io::Result<()> {
             let n = OsString::from_vec(n.to_vec());
             match rustix::fs::statat(&cur, &n, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    if st.st_dev != top_dev {
+                        return Err(Errno::XDEV);
+                    }
                     subdir = Some(n);
                     break;
                 }

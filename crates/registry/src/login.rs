@@ -86,6 +86,38 @@ pub(crate) fn realm_allowed(regs: &Registries, host: &str, realm: &str) -> Resul
     Ok(())
 }
 
+/// Every `realm` value in a challenge header (several challenges, or a realm given twice, each
+/// count: the registry client may follow a different one than a parser that stops at the first).
+fn all_realms(header: &str) -> Vec<String> {
+    let lower = header.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = lower[at..].find("realm=") {
+        let start = at + i + "realm=".len();
+        let rest = &header[start..];
+        let value = match rest.strip_prefix('"') {
+            Some(q) => q.split('"').next().unwrap_or(""),
+            None => rest.split([',', ' ']).next().unwrap_or(""),
+        };
+        out.push(value.to_owned());
+        at = start;
+    }
+    out
+}
+
+/// Checks every token service a challenge header names (see [`realm_allowed`]).
+fn challenge_allowed(regs: &Registries, host: &str, header: &str) -> Result<()> {
+    if !header.to_ascii_lowercase().contains("bearer") {
+        tracing::debug!(registry = host, "credentials go to the registry itself (Basic)");
+        return Ok(());
+    }
+    let realms = all_realms(header);
+    if realms.is_empty() {
+        return Err(Error::Registry(format!("{host}: a Bearer challenge without a realm")));
+    }
+    realms.iter().try_for_each(|r| realm_allowed(regs, host, r))
+}
+
 /// Before credentials for `host` are handed to the registry client, which follows whatever
 /// challenge the registry sends: the challenge is fetched once here and its token service checked
 /// ([`realm_allowed`]). Runs on a thread of its own, so it may be called from sync or async code.
@@ -119,19 +151,7 @@ pub(crate) fn check_challenge(regs: &Registries, host: &str) -> Result<()> {
         .join()
         .map_err(|_| Error::Registry("the challenge check panicked".into()))?
     })?;
-    match challenge {
-        Some(c) if c.to_ascii_lowercase().starts_with("bearer") => {
-            let params = challenge_params(&c);
-            match params.iter().find(|(k, _)| k == "realm") {
-                Some((_, realm)) => realm_allowed(regs, host, realm),
-                None => Err(Error::Registry(format!("{host}: a Bearer challenge without a realm"))),
-            }
-        }
-        _ => {
-            tracing::debug!(registry = host, "credentials go to the registry itself (Basic)");
-            Ok(())
-        }
-    }
+    challenge_allowed(regs, host, challenge.as_deref().unwrap_or(""))
 }
 
 /// Checks `username`/`password` with `host`, then stores them.
@@ -151,7 +171,12 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
     let denied = || Error::Registry(format!("{host}: login refused: wrong user name or password"));
     crate::runtime()?.block_on(async {
         let url = format!("{scheme}://{host}/v2/");
-        let first = client.get(&url).send().await.map_err(fail)?;
+        let d = regs.deadlines();
+        let first = d
+            .chunk(client.get(&url).send(), &format!("{host}: GET /v2/"))
+            .await
+            .map_err(Error::Registry)?
+            .map_err(fail)?;
         if first.status().is_success() {
             return Ok(());
         }
@@ -168,7 +193,7 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
             let params = challenge_params(&challenge);
             let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
             let realm = get("realm").ok_or_else(|| Error::Registry(format!("{host}: a Bearer challenge without a realm")))?;
-            realm_allowed(regs, host, &realm)?;
+            challenge_allowed(regs, host, &challenge)?;
             let mut query = vec![("account", username.to_owned())];
             if let Some(service) = get("service") {
                 query.push(("service", service));

@@ -27,9 +27,12 @@ pub(crate) async fn get_bounded(
     max: u64,
 ) -> Result<Fetched> {
     let describe = |e: oci_client::errors::OciDistributionError| regs.describe(host, &e);
-    let token = client
-        .auth(oref, auth, oci_client::RegistryOperation::Pull)
+    // The token dance as a whole gets twice the idle timeout: a token service that answers a
+    // byte at a time (each read under the idle timeout) is not waited for.
+    let d0 = regs.deadlines();
+    let token = tokio::time::timeout(d0.idle() * 2, client.auth(oref, auth, oci_client::RegistryOperation::Pull))
         .await
+        .map_err(|_| Error::Registry(format!("{host}: authentication took more than {} s", (d0.idle() * 2).as_secs())))?
         .map_err(describe)?;
     let mut roots = Vec::new();
     for pem in regs.ca_certificates(host)? {

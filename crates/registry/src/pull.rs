@@ -243,14 +243,26 @@ async fn fetch_blob(
         let _ = tokio::fs::remove_file(&path).await;
     }
     let digest = d.to_string();
-    let resp = if have > 0 {
-        client.pull_blob_stream_partial(oref, digest.as_str(), have, None).await
-    } else {
-        client
-            .pull_blob_stream(oref, digest.as_str())
-            .await
-            .map(oci_client::client::BlobResponse::Full)
-    }
+    // Until the body starts (token dance and headers included): twice the idle timeout.
+    let headers_within = regs.deadlines().idle() * 2;
+    let resp = tokio::time::timeout(headers_within, async {
+        if have > 0 {
+            client.pull_blob_stream_partial(oref, digest.as_str(), have, None).await
+        } else {
+            client
+                .pull_blob_stream(oref, digest.as_str())
+                .await
+                .map(oci_client::client::BlobResponse::Full)
+        }
+    })
+    .await
+    .map_err(|_| {
+        Error::Registry(format!(
+            "{}: blob {d}: no answer within {} s",
+            oref.registry(),
+            headers_within.as_secs()
+        ))
+    })?
     .map_err(|e| Error::Registry(format!("blob {d}: {}", regs.describe(oref.registry(), &e))))?;
     let (mut stream, append) = match resp {
         oci_client::client::BlobResponse::Full(s) => (s.stream, false),

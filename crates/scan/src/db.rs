@@ -246,10 +246,9 @@ impl Db {
                 }
             }
         } else if is_zip {
-            let mut f = std::fs::File::open(input).map_err(crate::io_err(input.display()))?;
-            crate::zipcheck::check(&mut f).map_err(|e| Error::Invalid(format!("{}: not a readable zip archive: {e}", input.display())))?;
+            let f = std::fs::File::open(input).map_err(crate::io_err(input.display()))?;
             let mut zip =
-                zip::ZipArchive::new(f).map_err(|e| Error::Invalid(format!("{}: not a readable zip archive: {e}", input.display())))?;
+                crate::zipcheck::open(f).map_err(|e| Error::Invalid(format!("{}: not a readable zip archive: {e}", input.display())))?;
             for i in 0..zip.len() {
                 let mut entry = zip.by_index(i).map_err(|e| Error::Invalid(format!("{}: {e}", input.display())))?;
                 let name = entry.name().to_string();

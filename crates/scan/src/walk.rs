@@ -339,6 +339,10 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
             if p.found_by == "npm-lock" && installed_npm.contains(&(p.name.as_str(), p.version.as_str())) {
                 continue;
             }
+            if packages.len() == MAX_PACKAGES_PER_IMAGE {
+                // Capped while collecting, not after everything was copied.
+                break;
+            }
             let mut p = p.clone();
             if p.ecosystem == Ecosystem::Debian && distro.as_ref().is_some_and(|d| d.id == "ubuntu") {
                 p.ecosystem = Ecosystem::Ubuntu;

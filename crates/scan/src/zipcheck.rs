@@ -21,8 +21,50 @@ const CDFH: [u8; 4] = *b"PK\x01\x02";
 const LOCATOR64: [u8; 4] = *b"PK\x06\x07";
 const EOCD64: [u8; 4] = *b"PK\x06\x06";
 
-/// Ok if the archive's end records are what the zip crate will take at the first try.
-pub fn check<R: Read + Seek>(r: &mut R) -> Result<(), String> {
+/// Checks the archive ([`check`]), then opens it with the zip crate under a read budget: the
+/// central directory and the end records, once, and a little more. Whatever the check cannot
+/// foresee of the zip crate's search (a field it reads that the check does not), the crate cannot
+/// read the directory twice. The budget is lifted once the archive is open.
+pub fn open<R: Read + Seek>(mut r: R) -> Result<zip::ZipArchive<Budget<R>>, String> {
+    let cd_size = check(&mut r)?;
+    let left = std::rc::Rc::new(std::cell::Cell::new(cd_size.saturating_add(1 << 20)));
+    let zip = zip::ZipArchive::new(Budget {
+        inner: r,
+        left: left.clone(),
+    })
+    .map_err(|e| e.to_string())?;
+    left.set(u64::MAX);
+    Ok(zip)
+}
+
+/// A reader that fails once it has given out its budget of bytes.
+pub struct Budget<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err(std::io::Error::other("read more of the archive than its central directory holds"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for Budget<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// Ok (with the central directory's size) if the archive's end records are what the zip crate
+/// will take at the first try.
+pub fn check<R: Read + Seek>(r: &mut R) -> Result<u64, String> {
     let len = r.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
     if len < 22 {
         return Err("too short to be a zip archive".into());
@@ -47,6 +89,10 @@ pub fn check<R: Read + Seek>(r: &mut R) -> Result<(), String> {
     let comment = u16_at(eocd, 20);
     if eocd_pos + 22 + comment > len {
         return Err("the end record's comment runs past the end of the file".into());
+    }
+    // One disk, and the same count on it as in all: the zip crate reads the one, we the other.
+    if u16_at(eocd, 4) != 0 || u16_at(eocd, 6) != 0 || u16_at(eocd, 8) != u16_at(eocd, 10) {
+        return Err("a multi-disk end record, or one whose entry counts disagree".into());
     }
     let (mut entries, mut cd_size, mut cd_offset) = (u16_at(eocd, 10), u32_at(eocd, 12), u32_at(eocd, 16));
     let mut cd_end = eocd_pos;
@@ -76,7 +122,7 @@ pub fn check<R: Read + Seek>(r: &mut R) -> Result<(), String> {
         return Err(format!("{entries} entries, more than the {MAX_ZIP_ENTRIES} an archive may have"));
     }
     if entries == 0 {
-        return Ok(());
+        return Ok(0);
     }
     // The central directory ends where the end records begin; with junk prepended (a
     // self-extracting jar), everything is shifted by the same amount.
@@ -108,7 +154,7 @@ pub fn check<R: Read + Seek>(r: &mut R) -> Result<(), String> {
         return Err("the central directory holds more than its entries".into());
     }
     r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(cd_size)
 }
 
 #[cfg(test)]
@@ -144,6 +190,17 @@ mod tests {
         let at = lying.windows(4).rposition(|w| w == EOCD).unwrap();
         lying[at + 10..at + 12].copy_from_slice(&500u16.to_le_bytes());
         assert!(check(&mut Cursor::new(&lying)).is_err());
+        // The counts the zip crate and the check read must agree (total 0, on this disk 1).
+        let mut split = empty.clone();
+        let n = split.len();
+        split[n - 22 + 8..n - 22 + 10].copy_from_slice(&1u16.to_le_bytes());
+        assert!(check(&mut Cursor::new(&split)).unwrap_err().contains("disagree"));
+        // And the archive opens, under its budget, with every entry readable afterwards.
+        let mut z = open(Cursor::new(&good)).unwrap();
+        assert_eq!(z.len(), 3);
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut z.by_index(2).unwrap(), &mut s).unwrap();
+        assert_eq!(s, "x");
         assert!(check(&mut Cursor::new(b"PK\x05\x06short")).is_err());
         assert!(check(&mut Cursor::new(b"no zip here at all, just text...")).is_err());
     }

@@ -295,16 +295,22 @@ impl Follower {
                 if now_ino.is_none() || now_ino == Some(old) {
                     return Ok(out);
                 }
-                // Rotated: was the file right after ours rotated away too?
-                let next = self.dir.join("container.log.1");
-                if fs::metadata(&next).map(|m| m.ino()).ok().is_some_and(|i| i != old) {
+                // Rotated, perhaps more than once since the last poll: every rotated file newer
+                // than ours (ours is now `.k`: `.k-1` down to `.1`; all of them if ours is gone)
+                // is read whole, oldest first.
+                self.pending.clear();
+                let rotated: Vec<PathBuf> = files(&self.dir).into_iter().filter(|f| *f != path).collect();
+                let ours = rotated.iter().position(|f| fs::metadata(f).map(|m| m.ino()).ok() == Some(old));
+                let newer = match ours {
+                    Some(k) => &rotated[k + 1..],
+                    None => &rotated[..],
+                };
+                for f in newer {
                     let mut data = Vec::new();
-                    File::open(&next)
-                        .and_then(|mut h| h.read_to_end(&mut data))
-                        .map_err(|e| io(&next, e))?;
-                    self.pending.clear();
+                    File::open(f).and_then(|mut h| h.read_to_end(&mut data)).map_err(|e| io(f, e))?;
                     self.pending.extend_from_slice(&data);
-                    self.take_lines(&mut out, &next)?;
+                    self.take_lines(&mut out, f)?;
+                    self.pending.clear();
                 }
                 self.pending.clear();
             }
@@ -433,8 +439,8 @@ mod tests {
         let mut seen: Vec<String> = f.poll().unwrap().into_iter().map(|r| r.log).collect();
         for i in 0..3000 {
             w.write("stdout", format!("line {i}\n").as_bytes()).unwrap();
-            // Poll at uneven moments, never more than a file's worth of records apart.
-            if i % 37 == 0 {
+            // Poll at uneven moments, sometimes after two rotations (a paused reader).
+            if (i <= 1000 && i % 37 == 0) || (i > 1000 && i % 70 == 0) {
                 seen.extend(f.poll().unwrap().into_iter().map(|r| r.log));
             }
         }

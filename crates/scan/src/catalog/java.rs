@@ -23,8 +23,7 @@ pub fn parse_archive(path: &str, data: &[u8]) -> Result<Parsed, String> {
 }
 
 fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Parsed) -> Result<(), String> {
-    crate::zipcheck::check(&mut Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
-    let mut zip = zip::ZipArchive::new(Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
+    let mut zip = crate::zipcheck::open(Cursor::new(data)).map_err(|e| format!("{label}: not a readable archive: {e}"))?;
     if zip.len() > MAX_ENTRIES {
         return Err(format!("{label}: {} entries, more than {MAX_ENTRIES}", zip.len()));
     }
@@ -83,7 +82,12 @@ fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Pars
     Ok(())
 }
 
-fn read_entry(zip: &mut zip::ZipArchive<Cursor<&[u8]>>, i: usize, cap: u64, budget: &mut u64) -> Result<Vec<u8>, String> {
+fn read_entry(
+    zip: &mut zip::ZipArchive<crate::zipcheck::Budget<Cursor<&[u8]>>>,
+    i: usize,
+    cap: u64,
+    budget: &mut u64,
+) -> Result<Vec<u8>, String> {
     let entry = zip.by_index(i).map_err(|e| e.to_string())?;
     let limit = cap.min(*budget);
     let mut buf = Vec::new();

@@ -24,6 +24,11 @@ const TAG_DIRNAMES: u32 = 1118;
 /// No real header has more entries than this or a bigger data store.
 const MAX_ENTRIES: usize = 65_536;
 const MAX_FILES: usize = 1 << 20;
+/// The most bytes of owned paths one header may make.
+const MAX_OWNED_BYTES: usize = 64 << 20;
+/// The largest string or blob SQLite will make while reading (a generated column could make
+/// gigabytes from a few bytes of schema).
+const MAX_SQLITE_VALUE: i32 = 64 << 20;
 /// The most packages read from one database (Fedora's largest installs have a few thousand).
 pub const MAX_RPM_PACKAGES: usize = 100_000;
 /// The most SQLite virtual-machine steps one database may take to read (a real `Packages`
@@ -56,11 +61,24 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
         })
         .map_err(|e| format!("rpm database: {e}"))?;
     match kind.as_slice() {
-        [(t, sql)] if t == "table" && sql.trim_start().to_ascii_uppercase().starts_with("CREATE TABLE") => {}
+        [(t, sql)] if t == "table" && sql.trim_start().to_ascii_uppercase().starts_with("CREATE TABLE") => {
+            // Stored columns only: a generated (or hidden) column computes on every read, outside
+            // the step budget.
+            let hidden: i64 = conn
+                .query_row("SELECT count(*) FROM pragma_table_xinfo('Packages') WHERE hidden != 0", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| format!("rpm database: {e}"))?;
+            if hidden > 0 {
+                return Err("rpm database: Packages has generated or hidden columns; not read".into());
+            }
+        }
         [] => return Err("rpm database: no Packages table".into()),
         [(t, _)] => return Err(format!("rpm database: Packages is a {t}, not a plain table; not read")),
         _ => return Err("rpm database: more than one object named Packages".into()),
     }
+    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_SQLITE_VALUE)
+        .map_err(|e| e.to_string())?;
     // And a budget of work, however the file is shaped.
     let steps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = steps.clone();
@@ -219,8 +237,17 @@ pub fn parse_header(blob: &[u8]) -> Result<Option<(crate::Package, Vec<String>)>
     if let (Some(Val::Strs(base)), Some(Val::Strs(dirs)), Some(Val::Ints(idx))) =
         (vals.get(&TAG_BASENAMES), vals.get(&TAG_DIRNAMES), vals.get(&TAG_DIRINDEXES))
     {
+        // Paths are made by joining: a 1 MiB directory name times a million base names would be a
+        // terabyte. Bytes and count are capped per header.
+        let mut bytes = 0usize;
         for (b, i) in base.iter().zip(idx) {
             if let Some(d) = dirs.get(*i as usize) {
+                bytes += d.len() + b.len();
+                if bytes > MAX_OWNED_BYTES || files.len() >= MAX_FILES {
+                    return Err(format!(
+                        "more than {MAX_OWNED_BYTES} bytes or {MAX_FILES} owned paths in one header"
+                    ));
+                }
                 files.push(format!("{d}{b}"));
             }
         }
@@ -259,6 +286,17 @@ mod tests {
         assert!(super::parse_sqlite(&db("CREATE TABLE Other (x);"), None)
             .unwrap_err()
             .contains("no Packages table"));
+    }
+
+    #[test]
+    fn a_generated_column_is_not_read() {
+        // A plain table whose blob is computed: 400 MB a row from a few bytes of schema.
+        let evil = db(
+            "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, s, blob AS (CAST(hex(zeroblob(400000000 + s * 0)) AS BLOB)));
+                       INSERT INTO Packages (s) VALUES (1);",
+        );
+        let err = super::parse_sqlite(&evil, None).unwrap_err();
+        assert!(err.contains("generated or hidden"), "{err}");
     }
 
     #[test]
