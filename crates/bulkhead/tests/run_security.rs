@@ -1226,8 +1226,10 @@ fn a_container_with_a_very_deep_tree_is_removed() {
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "deep"])).unwrap();
     let host = v[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"][0]["hostID"].to_string();
     let claim = std::path::Path::new("/var/lib/bulkhead-ranges").join(&host);
-    assert!(claim.exists(), "no claim for {host}");
+    let owner = std::fs::read_to_string(&claim).unwrap_or_else(|_| panic!("no claim for {host}"));
     env.ok(&["rm", "deep"]);
     assert!(env.ok(&["ps", "-a", "-q"]).trim().is_empty());
-    assert!(!claim.exists(), "the id range was not given back");
+    // Given back: gone, or already claimed by another container (tests run side by side).
+    let now = std::fs::read_to_string(&claim).unwrap_or_default();
+    assert!(now.lines().next() != owner.lines().next(), "the id range was not given back");
 }
