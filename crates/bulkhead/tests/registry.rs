@@ -970,7 +970,7 @@ fn new_root_or(env: &Env, repo: &str) -> String {
 /// Content-Length of 8 GiB): the pull must stop reading at the manifest limit, not buffer it all.
 /// Returns its host and the count of body bytes it managed to send.
 fn endless_manifest_server(declared: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
@@ -982,14 +982,7 @@ fn endless_manifest_server(declared: bool) -> (String, std::sync::Arc<std::sync:
             std::thread::spawn(move || {
                 let mut conn = conn;
                 conn.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
+                let Some(head) = request_head(&mut conn) else { return };
                 let text = String::from_utf8_lossy(&head).into_owned();
                 if !text.contains("/manifests/") {
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
@@ -1099,21 +1092,14 @@ fn replayed_or_retired_key_metadata_after_a_rotation_is_refused() {
 
 /// A registry that serves one fixed manifest and counts the blob requests it gets.
 fn fixed_manifest_server(manifest: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let blobs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = blobs.clone();
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if conn.read(&mut b).unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
+            let head = request_head(&mut conn).unwrap_or_default();
             let text = String::from_utf8_lossy(&head).into_owned();
             let (ctype, body) = if text.contains("/manifests/") {
                 ("application/vnd.oci.image.manifest.v1+json", manifest.clone())
@@ -1191,7 +1177,7 @@ enum Stall {
 
 /// A "registry" on 127.0.0.1 that stalls as told; its threads end when the test process does.
 fn stalling_server(mode: Stall) -> String {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let layer = format!("sha256:{}", "b".repeat(64));
@@ -1206,14 +1192,7 @@ fn stalling_server(mode: Stall) -> String {
         for mut conn in listener.incoming().flatten() {
             let manifest = manifest.clone();
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut b).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(b[0]);
-                }
+                let Some(head) = request_head(&mut conn) else { return };
                 let text = String::from_utf8_lossy(&head).into_owned();
                 let hold = || std::thread::sleep(Duration::from_secs(120));
                 match mode {
@@ -1298,7 +1277,7 @@ fn stalled_servers_end_the_command_with_one_line() {
 /// other host never hears from us.
 #[test]
 fn credentials_never_go_where_the_registry_alone_says() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let env = Env::new();
     // The "token service" on another host (another loopback address), counting connections.
     let thief = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
@@ -1309,14 +1288,7 @@ fn credentials_never_go_where_the_registry_alone_says() {
     let realm = format!("http://{thief_addr}/token");
     std::thread::spawn(move || {
         for mut conn in registry.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if conn.read(&mut b).unwrap_or(0) == 0 {
-                    break;
-                }
-                head.push(b[0]);
-            }
+            let _ = request_head(&mut conn);
             let _ = conn.write_all(
                 format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                     .as_bytes(),
@@ -1338,4 +1310,18 @@ fn credentials_never_go_where_the_registry_alone_says() {
     let err = env.fails(&["login", &host, "-u", "user", "-p", "secret"]);
     assert!(err.contains("another host") && err.contains("refused"), "{err}");
     assert!(thief.accept().is_err(), "the other host was contacted");
+}
+
+/// The request line and headers a test server reads from a connection (None at end of stream).
+fn request_head(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut b).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(b[0]);
+    }
+    Some(head)
 }
