@@ -46,6 +46,31 @@ fn serve(dir: &std::path::Path) -> (Server, u16) {
     (server, port)
 }
 
+/// bulkhead-tuf-client (the CLIENT-CLI protocol) against metadata and targets served on `port`.
+fn conformance_client(dir: &std::path::Path, out: &std::path::Path, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
+        .arg("--metadata-dir")
+        .arg(dir)
+        .args(["--metadata-url", &format!("http://127.0.0.1:{port}/metadata")])
+        .args(["--target-base-url", &format!("http://127.0.0.1:{port}/targets")])
+        .arg("--target-dir")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `bulkhead-tuf-client init ROOT` into `dir`.
+fn conformance_init(dir: &std::path::Path, root: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
+        .arg("--metadata-dir")
+        .arg(dir)
+        .arg("init")
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
 }
@@ -126,25 +151,8 @@ fn the_conformance_client_refreshes_and_downloads_over_http() {
     let (_server, port) = serve(&served);
     let client_dir = d.path().join("client");
     let out_dir = d.path().join("downloads");
-    let client = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
-            .arg("--metadata-dir")
-            .arg(&client_dir)
-            .args(["--metadata-url", &format!("http://127.0.0.1:{port}/metadata")])
-            .args(["--target-base-url", &format!("http://127.0.0.1:{port}/targets")])
-            .arg("--target-dir")
-            .arg(&out_dir)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let init = Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
-        .arg("--metadata-dir")
-        .arg(&client_dir)
-        .arg("init")
-        .arg(meta.join("1.root.json"))
-        .output()
-        .unwrap();
+    let client = |args: &[&str]| conformance_client(&client_dir, &out_dir, port, args);
+    let init = conformance_init(&client_dir, &meta.join("1.root.json"));
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let o = client(&["refresh"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -296,25 +304,8 @@ fn the_conformance_client_downloads_by_consistent_name_and_reuses_what_it_has() 
     let served = d.path().join("good");
     let (_server, port) = serve(&served);
     let (client_dir, out_dir) = (d.path().join("client"), d.path().join("downloads"));
-    let client = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
-            .arg("--metadata-dir")
-            .arg(&client_dir)
-            .args(["--metadata-url", &format!("http://127.0.0.1:{port}/metadata")])
-            .args(["--target-base-url", &format!("http://127.0.0.1:{port}/targets")])
-            .arg("--target-dir")
-            .arg(&out_dir)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let init = Command::new(env!("CARGO_BIN_EXE_bulkhead-tuf-client"))
-        .arg("--metadata-dir")
-        .arg(&client_dir)
-        .arg("init")
-        .arg(served.join("metadata/1.root.json"))
-        .output()
-        .unwrap();
+    let client = |args: &[&str]| conformance_client(&client_dir, &out_dir, port, args);
+    let init = conformance_init(&client_dir, &served.join("metadata/1.root.json"));
     assert!(init.status.success());
     let o = client(&["--target-name", "dir/sub/file", "--target-name", "a/x1", "download"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
