@@ -1325,3 +1325,168 @@ fn request_head(conn: &mut TcpStream) -> Option<Vec<u8>> {
     }
     Some(head)
 }
+
+/// What the token service of [`token_registry`] answers.
+#[derive(Clone, Copy, PartialEq)]
+enum TokenAnswer {
+    /// A token, good for `expires_in` seconds (the registry honours it half a second more).
+    Good { expires_in: u64 },
+    /// A body that never ends.
+    Endless,
+    /// A token that would smuggle a header.
+    HeaderInjection,
+}
+
+/// A registry reached without TLS with credentials stored for it, whose first `/v2/` answer names
+/// its own token service and every later one a "thief" on another address; serving `layout`'s
+/// image (if given) to requests whose token is still good, the manifest `delay` late. Returns
+/// the host, the thief (to check it heard nothing) and the tokens issued.
+fn token_registry(
+    env: &Env,
+    answer: TokenAnswer,
+    layout: Option<PathBuf>,
+    delay: Duration,
+) -> (String, std::net::TcpListener, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    let thief = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    thief.set_nonblocking(true).unwrap();
+    let thief_realm = format!("http://{}/token", thief.local_addr().unwrap());
+    let registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = registry.local_addr().unwrap().to_string();
+    let issued: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let pings = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h, iss) = (host.clone(), issued.clone());
+    std::thread::spawn(move || {
+        for mut conn in registry.incoming().flatten() {
+            let (h, iss, pings, thief_realm, layout) = (h.clone(), iss.clone(), pings.clone(), thief_realm.clone(), layout.clone());
+            std::thread::spawn(move || {
+                let Some(head) = request_head(&mut conn) else { return };
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let send = |conn: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
+                    let _ = conn.write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    let _ = conn.write_all(body);
+                };
+                if path == "/v2/" {
+                    let realm = if pings.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        format!("http://{h}/token")
+                    } else {
+                        thief_realm
+                    };
+                    let challenge = format!("WWW-Authenticate: Bearer realm=\"{realm}\",service=\"test\"\r\n");
+                    return send(&mut conn, "401 Unauthorized", &challenge, b"");
+                }
+                if path.starts_with("/token") {
+                    assert!(text.contains("scope=repository%3Aapp%3Apull"), "{text}");
+                    match answer {
+                        TokenAnswer::Endless => {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"token\": \"");
+                            let chunk = vec![b'a'; 1 << 16];
+                            while conn.write_all(&chunk).is_ok() {}
+                        }
+                        TokenAnswer::HeaderInjection => {
+                            send(&mut conn, "200 OK", "", br#"{"token": "abc\r\nX-Evil: 1", "expires_in": 300}"#)
+                        }
+                        TokenAnswer::Good { expires_in } => {
+                            let n = {
+                                let mut v = iss.lock().unwrap();
+                                v.push(Instant::now());
+                                v.len()
+                            };
+                            let body = format!(r#"{{"token": "tok-{n}", "expires_in": {expires_in}}}"#);
+                            send(&mut conn, "200 OK", "", body.as_bytes());
+                        }
+                    }
+                    return;
+                }
+                // Registry API: only with a token that is still good.
+                let good = text
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("authorization: bearer tok-").map(str::to_owned))
+                    .and_then(|n| {
+                        let n: usize = n.trim().parse().ok()?;
+                        let at = *iss.lock().unwrap().get(n - 1)?;
+                        let TokenAnswer::Good { expires_in } = answer else { return None };
+                        (at.elapsed() <= Duration::from_millis(expires_in * 1000 + 500)).then_some(())
+                    });
+                if good.is_none() {
+                    return send(&mut conn, "401 Unauthorized", "", br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#);
+                }
+                let Some(layout) = layout else {
+                    return send(&mut conn, "404 Not Found", "", br#"{"errors":[{"code":"MANIFEST_UNKNOWN"}]}"#);
+                };
+                let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+                let manifest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+                let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).ok();
+                if path.contains("/manifests/") {
+                    std::thread::sleep(delay);
+                    let ct = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+                    send(&mut conn, "200 OK", ct, &blob(&manifest).unwrap());
+                } else if let Some(data) = path.split("/blobs/").nth(1).and_then(blob) {
+                    send(&mut conn, "200 OK", "", &data);
+                } else {
+                    send(&mut conn, "404 Not Found", "", b"");
+                }
+            });
+        }
+    });
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    std::fs::write(
+        env.path("config").join("registries.json"),
+        format!(r#"{{"insecure": ["{host}"], "timeouts": {{"idle_seconds": 10}}}}"#),
+    )
+    .unwrap();
+    std::fs::write(
+        env.path("config").join("auth.json"),
+        format!(r#"{{"auths": {{"{host}": {{"auth": "dXNlcjpzZWNyZXQ="}}}}}}"#),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.path("config").join("auth.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    (host, thief, issued)
+}
+
+/// The token service the registry's challenge names is checked and then followed, the same one:
+/// a registry whose later challenges name another host gets no credentials sent there (before,
+/// the registry client pinged again after the check and followed the second answer). A token
+/// answer that never ends is cut at 64 KiB, and a token that would smuggle a header is refused
+/// (before, the registry client put it through `unwrap` and the pull panicked).
+#[test]
+fn token_services_are_followed_once_and_read_with_bounds() {
+    for (answer, says) in [
+        (TokenAnswer::Endless, "more than 65536 bytes"),
+        (TokenAnswer::HeaderInjection, "spaces or control characters"),
+        (TokenAnswer::Good { expires_in: 300 }, "manifest unknown"),
+    ] {
+        let env = Env::new();
+        let (host, thief, _) = token_registry(&env, answer, None, Duration::ZERO);
+        let o = env.run_bounded(60, &["pull", &format!("{host}/app:1")]);
+        assert_ne!(o.status.code(), Some(124), "the pull did not end");
+        let err = String::from_utf8_lossy(&o.stderr);
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+        assert!(!o.status.success() && errors.len() == 1 && errors[0].contains(says), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(thief.accept().is_err(), "the other host was contacted");
+    }
+}
+
+/// A token that expires during a pull is fetched again (Docker Hub's live 300 s; here 4 s, with
+/// the manifest answered 5 s late): the blobs are requested with a fresh one.
+#[test]
+fn a_token_that_expires_during_a_pull_is_fetched_again() {
+    let env = Env::new();
+    let l = env.path("layout");
+    umoci_image(&l, &[&|r: &Path| std::fs::write(r.join("hello"), "hi\n").unwrap()]);
+    let (host, thief, issued) = token_registry(&env, TokenAnswer::Good { expires_in: 4 }, Some(l), Duration::from_secs(5));
+    let out = env.ok(&["pull", &format!("{host}/app:1")]);
+    assert!(out.contains("sha256:"), "{out}");
+    assert!(issued.lock().unwrap().len() >= 2, "the token was not fetched again");
+    assert!(thief.accept().is_err(), "the other host was contacted");
+}

@@ -37,7 +37,7 @@ pub fn push_files(
 ) -> Result<Digest> {
     let (host, oref) = repo_ref(repo, tag);
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let fail = |e: oci_client::errors::OciDistributionError| regs.describe(&host, &e);
     let empty = Digest::sha256_of(EMPTY);
     let mut layers = Vec::new();
@@ -60,7 +60,7 @@ pub fn push_files(
     let body = serde_json::to_vec(&manifest).map_err(|e| Error::Registry(e.to_string()))?;
     let digest = Digest::sha256_of(&body);
     crate::runtime()?.block_on(async {
-        client.auth(&oref, &auth, oci_client::RegistryOperation::Push).await.map_err(fail)?;
+        authz.authorize(&client, &oref, oci_client::RegistryOperation::Push).await?;
         let blobs = std::iter::once((empty.clone(), EMPTY.to_vec())).chain(files.iter().map(|(_, d)| (Digest::sha256_of(d), d.clone())));
         for (d, data) in blobs {
             if !client.blob_exists(&oref, &d.to_string()).await.map_err(fail)? {
@@ -88,7 +88,7 @@ pub fn fetch_files(
     use oci_client::errors::OciDistributionError as E;
     let (host, oref) = repo_ref(repo, tag);
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let fail = |e: E| regs.describe(&host, &e);
     crate::runtime()?.block_on(async {
         let max = bulkhead_image::limits::Limits::default().max_json_bytes;
@@ -97,7 +97,7 @@ pub fn fetch_files(
             &host,
             &client,
             &oref,
-            &auth,
+            &authz,
             &["application/vnd.oci.image.manifest.v1+json"],
             max,
         )

@@ -14,6 +14,7 @@
 //! TLS always, with the system's roots plus the per-registry CAs of
 //! `<config>/certs.d/HOST[:PORT]/*.crt`; plain HTTP only for registries listed as insecure.
 
+mod auth;
 pub mod config;
 pub mod deadline;
 pub mod download;
@@ -93,19 +94,6 @@ impl Registries {
             user_agent: concat!("bulkhead/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
         }))
-    }
-
-    /// The credentials to hand the registry client for `host`, once the token service its
-    /// challenge names has been checked (login::check_challenge): no credentials leave for a
-    /// plain-HTTP realm of a TLS registry, or for another host of a plain-HTTP registry.
-    pub(crate) fn auth(&self, host: &str) -> Result<oci_client::secrets::RegistryAuth> {
-        Ok(match self.credentials(host)? {
-            Credentials::Anonymous => oci_client::secrets::RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                crate::login::check_challenge(self, host)?;
-                oci_client::secrets::RegistryAuth::Basic(username, password)
-            }
-        })
     }
 }
 
@@ -203,15 +191,29 @@ fn seen_path(store: &Store, d: &Digest) -> std::path::PathBuf {
 pub fn list_tags(regs: &Registries, reference: &bulkhead_image::Reference, warn: &dyn Fn(String)) -> Result<Vec<String>> {
     let host = regs.pull_hosts(reference.domain()).pop().unwrap_or_default();
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let oref = oci_reference(&host, reference);
-    runtime()?.block_on(async {
-        let list = client
-            .list_tags(&oref, &auth, None, None)
-            .await
-            .map_err(|e| regs.describe(&host, &e))?;
-        Ok(list.tags)
-    })
+    let max = bulkhead_image::limits::Limits::default().max_json_bytes;
+    let data = match runtime()?.block_on(manifest::get_bounded_at(
+        regs,
+        &host,
+        &client,
+        &oref,
+        &authz,
+        "tags/list",
+        &["application/json"],
+        max,
+    ))? {
+        manifest::Fetched::Found(d) => d,
+        manifest::Fetched::NotFound => return Err(Error::Registry(format!("{host}: {}: repository unknown", reference.path()))),
+    };
+    #[derive(serde::Deserialize)]
+    struct Tags {
+        #[serde(default)]
+        tags: Option<Vec<String>>,
+    }
+    let t: Tags = serde_json::from_slice(&data).map_err(|e| Error::Registry(format!("{host}: the tag list is not JSON: {e}")))?;
+    Ok(t.tags.unwrap_or_default())
 }
 
 /// The manifest (or index) `reference` names, as the registry sends it, checked against the
@@ -219,10 +221,10 @@ pub fn list_tags(regs: &Registries, reference: &bulkhead_image::Reference, warn:
 pub fn fetch_manifest(regs: &Registries, reference: &bulkhead_image::Reference, warn: &dyn Fn(String)) -> Result<(Vec<u8>, Digest)> {
     let host = regs.pull_hosts(reference.domain()).pop().unwrap_or_default();
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let oref = oci_reference(&host, reference);
     let max = bulkhead_image::limits::Limits::default().max_json_bytes;
-    let data = match runtime()?.block_on(manifest::get_bounded(regs, &host, &client, &oref, &auth, ACCEPTED_MANIFESTS, max))? {
+    let data = match runtime()?.block_on(manifest::get_bounded(regs, &host, &client, &oref, &authz, ACCEPTED_MANIFESTS, max))? {
         manifest::Fetched::Found(d) => d,
         manifest::Fetched::NotFound => return Err(Error::Registry(format!("{host}: {reference}: manifest unknown"))),
     };

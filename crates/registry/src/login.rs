@@ -118,42 +118,6 @@ fn challenge_allowed(regs: &Registries, host: &str, header: &str) -> Result<()> 
     realms.iter().try_for_each(|r| realm_allowed(regs, host, r))
 }
 
-/// Before credentials for `host` are handed to the registry client, which follows whatever
-/// challenge the registry sends: the challenge is fetched once here and its token service checked
-/// ([`realm_allowed`]). Runs on a thread of its own, so it may be called from sync or async code.
-pub(crate) fn check_challenge(regs: &Registries, host: &str) -> Result<()> {
-    let scheme = if regs.is_insecure(host) { "http" } else { "https" };
-    let mut certs = Vec::new();
-    for pem in regs.ca_certificates(host)? {
-        certs.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
-    }
-    let d = regs.deadlines();
-    let client = http_client(certs, &d).map_err(|e| Error::Registry(format!("{host}: {e}")))?;
-    let url = format!("{scheme}://{host}/v2/");
-    let challenge = std::thread::scope(|s| {
-        s.spawn(|| -> Result<Option<String>> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Error::Registry(e.to_string()))?;
-            rt.block_on(async {
-                let r = d
-                    .chunk(client.get(&url).send(), &format!("{host}: GET /v2/"))
-                    .await
-                    .map_err(Error::Registry)?
-                    .map_err(|e| regs.describe(host, &oci_client::errors::OciDistributionError::GenericError(Some(error_chain(&e)))))?;
-                Ok(r.headers()
-                    .get(reqwest::header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned))
-            })
-        })
-        .join()
-        .map_err(|_| Error::Registry("the challenge check panicked".into()))?
-    })?;
-    challenge_allowed(regs, host, challenge.as_deref().unwrap_or(""))
-}
-
 /// Checks `username`/`password` with `host`, then stores them.
 pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn: &dyn Fn(String)) -> Result<()> {
     let scheme = if regs.is_insecure(host) {

@@ -1,9 +1,9 @@
 //! Manifests (and the TUF files' manifests) read with a bound on their size *while* they arrive.
 //!
 //! oci-client's `pull_manifest_raw` buffers the whole body before anyone can look at its length, so
-//! a registry that streams gigabytes as a "manifest" runs the process out of memory. Here oci-client
-//! still does the authentication (its token dance, cached per repository), and this one GET is ours:
-//! refused at once if `Content-Length` is over the limit, and cut off as soon as what arrived is.
+//! a registry that streams gigabytes as a "manifest" runs the process out of memory. This GET is
+//! ours (authorized by [`crate::auth`]): refused at once if `Content-Length` is over the limit, and
+//! cut off as soon as what arrived is.
 
 use futures_util::StreamExt;
 
@@ -22,36 +22,40 @@ pub(crate) async fn get_bounded(
     host: &str,
     client: &oci_client::Client,
     oref: &oci_client::Reference,
-    auth: &oci_client::secrets::RegistryAuth,
+    authz: &crate::auth::Authorizer<'_>,
+    accept: &[&str],
+    max: u64,
+) -> Result<Fetched> {
+    let target = oref.digest().unwrap_or_else(|| oref.tag().unwrap_or("latest"));
+    get_bounded_at(regs, host, client, oref, authz, &format!("manifests/{target}"), accept, max).await
+}
+
+/// GETs `/v2/<repository>/<path>` of `oref`'s repository, reading at most `max` bytes of body.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn get_bounded_at(
+    regs: &Registries,
+    host: &str,
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    authz: &crate::auth::Authorizer<'_>,
+    path: &str,
     accept: &[&str],
     max: u64,
 ) -> Result<Fetched> {
     let describe = |e: oci_client::errors::OciDistributionError| regs.describe(host, &e);
-    // The token dance as a whole gets twice the idle timeout: a token service that answers a
-    // byte at a time (each read under the idle timeout) is not waited for.
-    let d0 = regs.deadlines();
-    let token = tokio::time::timeout(d0.idle() * 2, client.auth(oref, auth, oci_client::RegistryOperation::Pull))
-        .await
-        .map_err(|_| Error::Registry(format!("{host}: authentication took more than {} s", (d0.idle() * 2).as_secs())))?
-        .map_err(describe)?;
-    let mut roots = Vec::new();
-    for pem in regs.ca_certificates(host)? {
-        roots.push(reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config(format!("a CA for {host}: {e}")))?);
-    }
+    let header = authz.authorize(client, oref, oci_client::RegistryOperation::Pull).await?;
     let d = regs.deadlines();
-    let http = crate::login::http_client(roots, &d).map_err(|e| Error::Registry(format!("{host}: {}", crate::login::error_chain(&e))))?;
+    let http = authz.http();
     let registry = oref.resolve_registry();
     let scheme = if regs.is_insecure(host) { "http" } else { "https" };
-    let target = oref.digest().unwrap_or_else(|| oref.tag().unwrap_or("latest"));
-    let url = format!("{scheme}://{registry}/v2/{}/manifests/{target}", oref.repository());
-    let mut req = http.get(&url).header(reqwest::header::ACCEPT, accept.join(", "));
-    match (token, auth) {
-        (Some(t), _) => req = req.bearer_auth(t),
-        (None, oci_client::secrets::RegistryAuth::Basic(user, pass)) => req = req.basic_auth(user, Some(pass)),
-        _ => {}
-    }
+    let noun = match path.strip_prefix("manifests/") {
+        Some(t) => format!("the manifest {t}"),
+        None => path.to_owned(),
+    };
+    let url = format!("{scheme}://{registry}/v2/{}/{path}", oref.repository());
+    let req = header.apply(http.get(&url).header(reqwest::header::ACCEPT, accept.join(", ")));
     let fail = |e: reqwest::Error| Error::Registry(format!("{host}: {}", crate::login::error_chain(&e)));
-    let what = format!("{host}: the manifest {target}");
+    let what = format!("{host}: {noun}");
     let resp = d.chunk(req.send(), &what).await.map_err(Error::Registry)?.map_err(fail)?;
     let status = resp.status();
     if status == reqwest::StatusCode::NOT_FOUND {
@@ -65,7 +69,7 @@ pub(crate) async fn get_bounded(
     if let Some(len) = resp.content_length() {
         if len > max {
             return Err(Error::Registry(format!(
-                "{host}: the manifest {target} is {len} bytes, over the {max}-byte limit; nothing was read"
+                "{host}: {noun} is {len} bytes, over the {max}-byte limit; nothing was read"
             )));
         }
     }
@@ -77,7 +81,7 @@ pub(crate) async fn get_bounded(
         rate.on(chunk.len(), &what).map_err(Error::Registry)?;
         if body.len() as u64 + chunk.len() as u64 > max {
             return Err(Error::Registry(format!(
-                "{host}: the manifest {target} is over the {max}-byte limit; stopped reading there"
+                "{host}: {noun} is over the {max}-byte limit; stopped reading there"
             )));
         }
         body.extend_from_slice(&chunk);

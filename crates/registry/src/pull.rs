@@ -102,14 +102,14 @@ async fn fetch(
     warn: &dyn Fn(String),
 ) -> Result<(Digest, String, u64, u64)> {
     let client = regs.client(host, warn)?;
-    let auth = regs.auth(host)?;
+    let authz = regs.authorizer(host)?;
     let oref = oci_reference(host, reference);
     let max = store.limits().max_json_bytes;
 
     let get = |oref: oci_client::Reference| {
-        let (client, auth) = (&client, &auth);
+        let (client, authz) = (&client, &authz);
         async move {
-            match crate::manifest::get_bounded(regs, host, client, &oref, auth, crate::ACCEPTED_MANIFESTS, max).await? {
+            match crate::manifest::get_bounded(regs, host, client, &oref, authz, crate::ACCEPTED_MANIFESTS, max).await? {
                 crate::manifest::Fetched::Found(d) => Ok(d),
                 crate::manifest::Fetched::NotFound => Err(Error::Registry(format!("{host}: {reference}: manifest unknown"))),
             }
@@ -167,14 +167,20 @@ async fn fetch(
         .map_err(|e| Error::Registry(format!("{}: {e}", downloads.display())))?;
     let results: Vec<Result<()>> = futures_util::stream::iter(blobs)
         .map(|(d, size)| {
-            let (client, oref, store, downloads, transferred) =
-                (client.clone(), oref.clone(), store.clone(), downloads.clone(), transferred.clone());
+            let (client, oref, store, downloads, transferred, authz) = (
+                client.clone(),
+                oref.clone(),
+                store.clone(),
+                downloads.clone(),
+                transferred.clone(),
+                &authz,
+            );
             async move {
                 if store.has_blob(&d) {
                     progress(PullEvent::Present { digest: d.clone(), size });
                     return Ok(());
                 }
-                fetch_blob(regs, &client, &oref, &store, &downloads, &d, size, &transferred, progress)
+                fetch_blob(regs, authz, &client, &oref, &store, &downloads, &d, size, &transferred, progress)
                     .await
                     .map_err(|e| match e {
                         Error::Registry(m) if !m.contains(&d.to_string()) => Error::Registry(format!("blob {d}: {m}")),
@@ -225,6 +231,7 @@ fn partial_path(downloads: &Path, d: &Digest) -> PathBuf {
 #[allow(clippy::too_many_arguments)]
 async fn fetch_blob(
     regs: &Registries,
+    authz: &crate::auth::Authorizer<'_>,
     client: &oci_client::Client,
     oref: &oci_client::Reference,
     store: &Store,
@@ -246,6 +253,11 @@ async fn fetch_blob(
     // Until the body starts (token dance and headers included): twice the idle timeout.
     let headers_within = regs.deadlines().idle() * 2;
     let resp = tokio::time::timeout(headers_within, async {
+        // A token that is due is fetched again here: a pull may outlive it.
+        authz
+            .authorize(client, oref, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| oci_client::errors::OciDistributionError::GenericError(Some(e.to_string())))?;
         if have > 0 {
             client.pull_blob_stream_partial(oref, digest.as_str(), have, None).await
         } else {

@@ -42,10 +42,10 @@ pub fn push(
     let rt = crate::runtime()?;
     rt.block_on(async {
         let client = regs.client(&host, warn)?;
-        let auth = regs.auth(&host)?;
+        let authz = regs.authorizer(&host)?;
         let oref = oci_reference(&host, target);
         let fail = |e: oci_client::errors::OciDistributionError| regs.describe(&host, &e);
-        client.auth(&oref, &auth, oci_client::RegistryOperation::Push).await.map_err(fail)?;
+        authz.authorize(&client, &oref, oci_client::RegistryOperation::Push).await?;
         let mut blobs: Vec<(Digest, u64)> = image.layers.iter().map(|l| (l.blob.clone(), l.blob_size)).collect();
         let config_size = std::fs::metadata(store.blob_path(&image.config))
             .map_err(|e| Error::Registry(format!("config {}: {e}", image.config)))?
@@ -54,6 +54,8 @@ pub fn push(
         let (mut uploaded, mut mounted, mut present) = (0, 0, 0);
         for (d, size) in &blobs {
             let digest = d.to_string();
+            // A token that is due is fetched again: a push may outlive it.
+            authz.authorize(&client, &oref, oci_client::RegistryOperation::Push).await?;
             if client.blob_exists(&oref, &digest).await.map_err(fail)? {
                 present += 1;
                 progress(format!("{}: already there", d.short()));
@@ -86,6 +88,7 @@ pub fn push(
         }
         let content_type = reqwest::header::HeaderValue::from_str(&image.manifest_media_type)
             .map_err(|_| Error::Registry(format!("media type {:?} cannot be sent", image.manifest_media_type)))?;
+        authz.authorize(&client, &oref, oci_client::RegistryOperation::Push).await?;
         client
             .push_manifest_raw(&oref, manifest.clone(), content_type)
             .await

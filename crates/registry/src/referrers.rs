@@ -44,7 +44,7 @@ pub fn attach(
     let (pinned, subject_digest, subject_type, subject_size) = subject_of(regs, subject, warn)?;
     let host = crate::config::api_host(subject.domain()).to_owned();
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let oref = oci_reference(&host, &pinned);
     let fail = |e: oci_client::errors::OciDistributionError| regs.describe(&host, &e);
     let blob = Digest::sha256_of(data);
@@ -63,7 +63,7 @@ pub fn attach(
     let manifest = serde_json::to_vec(&manifest).map_err(|e| Error::Registry(e.to_string()))?;
     let manifest_digest = Digest::sha256_of(&manifest);
     crate::runtime()?.block_on(async {
-        client.auth(&oref, &auth, oci_client::RegistryOperation::Push).await.map_err(fail)?;
+        authz.authorize(&client, &oref, oci_client::RegistryOperation::Push).await?;
         for (d, bytes) in [(&empty, EMPTY), (&blob, data)] {
             if !client.blob_exists(&oref, &d.to_string()).await.map_err(fail)? {
                 client.push_blob(&oref, bytes.to_vec(), &d.to_string()).await.map_err(fail)?;
@@ -108,13 +108,10 @@ pub fn referrers(regs: &Registries, subject: &Reference, artifact_type: Option<&
     let (pinned, ..) = subject_of(regs, subject, warn)?;
     let host = crate::config::api_host(subject.domain()).to_owned();
     let client = regs.client(&host, warn)?;
-    let auth = regs.auth(&host)?;
+    let authz = regs.authorizer(&host)?;
     let oref = oci_reference(&host, &pinned);
     let index = crate::runtime()?.block_on(async {
-        client
-            .auth(&oref, &auth, oci_client::RegistryOperation::Pull)
-            .await
-            .map_err(|e| regs.describe(&host, &e))?;
+        authz.authorize(&client, &oref, oci_client::RegistryOperation::Pull).await?;
         client
             .pull_referrers(&oref, artifact_type)
             .await
