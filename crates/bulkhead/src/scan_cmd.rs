@@ -97,7 +97,8 @@ fn load_bom(ctx: &Ctx, image: &str, cached: bool) -> anyhow::Result<Bom> {
         bulkhead_scan::walk::catalog_image(&store, &rec, image)?
     };
     for w in &bom.warnings {
-        eprintln!("bulkhead: warning: layer {} {}: {} (skipped)", w.layer, w.path, w.message);
+        let kind = if w.incomplete { "incomplete" } else { "skipped" };
+        eprintln!("bulkhead: warning: layer {} {}: {} ({kind})", w.layer, w.path, w.message);
     }
     Ok(bom)
 }
@@ -232,6 +233,11 @@ pub fn scan(ctx: &Ctx, a: ScanArgs) -> anyhow::Result<ExitCode> {
         Some(f) => bail!("unknown --format {f:?} for scan (table, json, sarif or cyclonedx-json)"),
     }
     if let Some(level) = fail_on {
+        let incomplete = bom.warnings.iter().filter(|w| w.incomplete).count();
+        if incomplete > 0 {
+            eprintln!("bulkhead: the scan is incomplete: {incomplete} files not read for a limit (see the warnings above)");
+            return Ok(ExitCode::from(FINDINGS_EXIT));
+        }
         let bad = blocking(&findings, level, unknown_as);
         if !bad.is_empty() {
             eprintln!(
@@ -353,6 +359,23 @@ pub fn gate(ctx: &Ctx, store: &bulkhead_image::Store, image: &str) -> anyhow::Re
     };
     let findings = findings(&bom, &db, policy.scan.ignore.as_deref())?;
     let bad = blocking(&findings, fail_on, unknown_as);
+    // A scan that left files unread for a limit cannot say the image is clean: a hostile image
+    // could hide its packages behind the limits.
+    if let Some(w) = bom.warnings.iter().find(|w| w.incomplete) {
+        let n = bom.warnings.iter().filter(|w| w.incomplete).count();
+        let what = format!(
+            "the scan of {image} is incomplete ({n} files not read, first {} in layer {}: {})",
+            w.path, w.layer, w.message
+        );
+        match policy.scan.gate {
+            bulkhead_trust::policy::Gate::Deny => bail!("refusing to run {image}: {what}"),
+            _ => {
+                if !ctx.quiet {
+                    eprintln!("bulkhead: warning: {what}");
+                }
+            }
+        }
+    }
     if bad.is_empty() {
         return Ok(());
     }

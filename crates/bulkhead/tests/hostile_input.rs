@@ -546,6 +546,78 @@ fn a_package_database_bomb_is_read_within_bounds() {
     );
 }
 
+/// A base layer whose package metadata spends the image's whole budget (8 files of 64 MiB: 512
+/// MiB) hid what the layers above install: the budget was charged bottom first, so the dpkg
+/// database of the top layer went unread and `sbom` listed nothing of it. Now what the merged
+/// view shows is read first, top layer first; what is left out is marked incomplete, and the
+/// scan gate refuses an incomplete scan.
+#[test]
+fn a_base_layer_full_of_metadata_cannot_hide_what_the_layers_above_install() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(
+        &layout,
+        &[
+            &|r: &std::path::Path| {
+                busybox_rootfs(r);
+                for n in 0..8 {
+                    let dir = r.join(format!("usr/lib/python3/dist-packages/filler{n}-1.0.dist-info"));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let mut data = format!("Metadata-Version: 2.1\nName: filler{n}\nVersion: 1.0\n\n").into_bytes();
+                    data.resize(64 << 20, b'\n');
+                    std::fs::write(dir.join("METADATA"), data).unwrap();
+                }
+            },
+            &|r: &std::path::Path| {
+                std::fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
+                std::fs::write(
+                    r.join("var/lib/dpkg/status"),
+                    "Package: vulnerable-lib\nVersion: 1.0\nArchitecture: amd64\nStatus: install ok installed\n\n",
+                )
+                .unwrap();
+            },
+        ],
+    );
+    // (Past the 100:1 compression limit at import, which a hostile image would pad its way around.)
+    env.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "crowded:1",
+        "--max-compression-ratio",
+        "100000",
+    ]);
+    let bom: serde_json::Value = serde_json::from_str(&env.ok(&["sbom", "--no-cache", "--format", "json", "crowded:1"])).unwrap();
+    let names: Vec<&str> = bom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(names.contains(&"vulnerable-lib"), "{names:?}");
+    let incomplete: Vec<&serde_json::Value> = bom["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["incomplete"] == true)
+        .collect();
+    assert_eq!(incomplete.len(), 1, "{}", bom["warnings"]);
+    assert!(incomplete[0]["path"].as_str().unwrap().contains("filler"), "{}", bom["warnings"]);
+    // The gate refuses what it could not fully read.
+    let adv = env.path("osv");
+    std::fs::create_dir_all(&adv).unwrap();
+    let rec = r#"{"id": "TEST-1", "modified": "2026-01-01T00:00:00Z", "affected": [{"package": {"ecosystem": "Debian:12", "name": "other"}, "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}]}"#;
+    std::fs::write(adv.join("TEST-1.json"), rec).unwrap();
+    env.ok(&["db", "import", adv.to_str().unwrap()]);
+    std::fs::create_dir_all(env.path("config")).unwrap();
+    std::fs::write(env.path("config/policy.toml"), "[scan]\ngate = \"deny\"\n").unwrap();
+    let err = env.fails(&["create", "--name", "c", "crowded:1", "/bin/true"]);
+    assert!(err.contains("incomplete") && err.contains("refusing"), "{err}");
+    let o = env.run(&["scan", "--fail-on", "critical", "crowded:1"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("incomplete"));
+}
+
 /// A jar with 65,000 central-directory entries followed by end records that each name one entry
 /// more than there is: the zip crate read the whole directory again for every one of them (800:
 /// 13 s; 3,000 would take minutes). Now the end records are checked once, linearly, first.

@@ -188,6 +188,9 @@ pub struct Warning {
     pub path: String,
     pub layer: usize,
     pub message: String,
+    /// Something was left unread for a limit, so packages may be missing from the bill.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 /// The bill of materials of one image.

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bulkhead_image::{ImageRecord, Store};
@@ -70,6 +70,7 @@ fn created_by(store: &Store, rec: &ImageRecord) -> Vec<Option<String>> {
 /// What one file in the stack currently says.
 struct Entry {
     layer: usize,
+    claim: Claim,
     parsed: Parsed,
 }
 
@@ -83,11 +84,19 @@ struct LayerChanges {
     /// Every entry of the layer: whatever a lower layer had at that very path is replaced (a file
     /// by a symlink, a file by a directory, one package database by another).
     replaced: Vec<String>,
-    /// Files a cataloger claims.
-    claimed: Vec<(String, Claim)>,
-    /// Claimed files left out (a second name of an inode already claimed, the budget spent), with
-    /// why.
+    /// Files a cataloger claims, with their sizes.
+    claimed: Vec<(String, Claim, u64)>,
+    /// Claimed files left out (a second name of an inode already claimed), with why.
     skipped: Vec<(String, String)>,
+}
+
+/// What one layer does to the stack, without its full listing: the claimed files, and the claimed
+/// files of lower layers it removes, hides or replaces.
+struct LayerPlan {
+    claimed: Vec<(String, Claim, u64)>,
+    /// Whether each claimed file is read (the image's budget, spent from the top layer down).
+    admitted: Vec<bool>,
+    drops: Vec<String>,
 }
 
 /// The most bytes of package metadata (databases, manifests, archives) read for one image, and
@@ -99,40 +108,155 @@ pub const MAX_PACKAGES_PER_FILE: usize = 50_000;
 pub const MAX_PACKAGES_PER_IMAGE: usize = 200_000;
 /// The most owned-file paths one package database may list.
 pub const MAX_OWNED_PER_FILE: usize = 2_000_000;
+/// The most owned-file paths all of dpkg's `.list` and `md5sums` files of an image may list
+/// together (a full Debian desktop has about 300,000).
+pub const MAX_OWNED_PER_IMAGE: usize = 4_000_000;
+/// The most bytes inflated from all the Java archives of one image (each archive has its own
+/// budget of 512 MiB besides).
+pub const MAX_IMAGE_ARCHIVE_BYTES: u64 = 4 << 30;
+
+/// What all the files of one image may still cost, shared by the threads that parse them.
+pub struct Budget {
+    archive_bytes: AtomicU64,
+    owned: AtomicUsize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            archive_bytes: AtomicU64::new(MAX_IMAGE_ARCHIVE_BYTES),
+            owned: AtomicUsize::new(MAX_OWNED_PER_IMAGE),
+        }
+    }
+}
+
+/// An atomic amount that can be reserved from and given back to.
+trait Pool<T> {
+    fn take(&self, want: T) -> T;
+    fn give(&self, back: T);
+}
+
+impl Pool<u64> for AtomicU64 {
+    fn take(&self, want: u64) -> u64 {
+        let prev = self
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v - v.min(want)))
+            .unwrap_or(0);
+        prev.min(want)
+    }
+    fn give(&self, back: u64) {
+        self.fetch_add(back, Ordering::Relaxed);
+    }
+}
+
+impl Pool<usize> for AtomicUsize {
+    fn take(&self, want: usize) -> usize {
+        let prev = self
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v - v.min(want)))
+            .unwrap_or(0);
+        prev.min(want)
+    }
+    fn give(&self, back: usize) {
+        self.fetch_add(back, Ordering::Relaxed);
+    }
+}
 
 /// Catalog a stack of unpacked layer directories, bottom first.
+///
+/// Two passes. The first walks every layer and works out which claimed files the merged view
+/// (what a container sees) still shows; the image's metadata budget is then spent on those first,
+/// from the top layer down, and only then on the lower copies that serve to say which layer
+/// brought a package in. A base layer full of metadata can therefore not crowd out what the
+/// layers above it install, and whatever is left out is reported as incomplete, which the scan
+/// gate refuses. The second pass parses what was admitted, bottom first, as overlayfs stacks.
 pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, Option<Distro>, Vec<Warning>)> {
-    let mut state: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut budget = MAX_IMAGE_METADATA;
     let mut skipped = Vec::new();
-    for (info, dir) in layers {
-        let mut changes = scan_layer(dir, &mut budget)?;
-        skipped.extend(changes.skipped.drain(..).map(|(path, message)| Warning {
+    let mut visible: BTreeMap<String, usize> = BTreeMap::new();
+    let mut plans = Vec::with_capacity(layers.len());
+    for (i, (info, dir)) in layers.iter().enumerate() {
+        let changes = scan_layer(dir)?;
+        skipped.extend(changes.skipped.into_iter().map(|(path, message)| Warning {
             path: format!("/{path}"),
             layer: info.index,
             message,
+            incomplete: false,
         }));
+        let mut drops = Vec::new();
+        for p in &changes.removed {
+            if visible.remove(p).is_some() {
+                drops.push(p.clone());
+            }
+            remove_under(&mut visible, p, &mut drops);
+        }
+        for p in &changes.hides_below {
+            remove_under(&mut visible, p, &mut drops);
+        }
+        for p in &changes.replaced {
+            if visible.remove(p).is_some() {
+                drops.push(p.clone());
+            }
+        }
+        for (path, _, _) in &changes.claimed {
+            visible.insert(path.clone(), i);
+        }
+        plans.push(LayerPlan {
+            admitted: vec![false; changes.claimed.len()],
+            claimed: changes.claimed,
+            drops,
+        });
+    }
+    // The budget: what the merged view shows first, top layer first; then the copies below.
+    let mut order: Vec<(bool, usize, usize)> = Vec::new();
+    for (i, plan) in plans.iter().enumerate() {
+        for (j, (path, _, _)) in plan.claimed.iter().enumerate() {
+            order.push((visible.get(path) != Some(&i), i, j));
+        }
+    }
+    order.sort_by_key(|&(hidden, i, j)| (hidden, std::cmp::Reverse(i), j));
+    let mut budget = MAX_IMAGE_METADATA;
+    for (hidden, i, j) in order {
+        let (path, claim, size) = &plans[i].claimed[j];
+        let cost = if claim.is_metadata() { *size } else { 0 };
+        if cost <= budget {
+            budget -= cost;
+            plans[i].admitted[j] = true;
+            continue;
+        }
+        skipped.push(Warning {
+            path: format!("/{path}"),
+            layer: layers[i].0.index,
+            message: if hidden {
+                format!("not read: the image's {MAX_IMAGE_METADATA}-byte budget of package metadata is spent (a later layer replaces this file; the layer a package came from may be named wrongly)")
+            } else {
+                format!("not read: the image's {MAX_IMAGE_METADATA}-byte budget of package metadata is spent")
+            },
+            incomplete: !hidden,
+        });
+    }
+    drop(visible);
+    let shared = Budget::default();
+    let mut state: BTreeMap<String, Entry> = BTreeMap::new();
+    for ((info, dir), plan) in layers.iter().zip(plans) {
+        let admitted: Vec<(String, Claim)> = plan
+            .claimed
+            .iter()
+            .zip(&plan.admitted)
+            .filter(|(_, a)| **a)
+            .map(|((p, c, _), _)| (p.clone(), *c))
+            .collect();
         // What lower layers said at the paths this layer parses again, for attribution.
         let mut olds: std::collections::HashMap<&str, Entry> = std::collections::HashMap::new();
-        for (path, _) in &changes.claimed {
+        for (path, _) in &admitted {
             if let Some(e) = state.remove(path) {
                 olds.insert(path, e);
             }
         }
-        for p in &changes.removed {
-            state.remove(p);
-            remove_under(&mut state, p);
-        }
-        for p in &changes.hides_below {
-            remove_under(&mut state, p);
-        }
-        for p in &changes.replaced {
+        for p in &plan.drops {
             state.remove(p);
         }
-        let parsed = parse_all(dir, &changes.claimed);
-        for ((path, _), mut parsed) in changes.claimed.iter().zip(parsed) {
+        let parsed = parse_all(dir, &admitted, &shared);
+        for ((path, claim), mut parsed) in admitted.iter().zip(parsed) {
             if parsed.packages.len() > MAX_PACKAGES_PER_FILE {
-                parsed.warnings.push(format!(
+                parsed.incomplete.push(format!(
                     "{} packages in one file; only the first {MAX_PACKAGES_PER_FILE} are kept",
                     parsed.packages.len()
                 ));
@@ -151,26 +275,35 @@ pub fn catalog_layers(layers: &[(LayerInfo, PathBuf)]) -> Result<(Vec<Package>, 
                     None => (p.layer, p.layer_digest) = (info.index, info.diff_id.clone()),
                 }
             }
-            state.insert(path.clone(), Entry { layer: info.index, parsed });
+            state.insert(
+                path.clone(),
+                Entry {
+                    layer: info.index,
+                    claim: *claim,
+                    parsed,
+                },
+            );
         }
     }
-    let (mut packages, distro, mut warnings) = finish(state);
-    if packages.len() > MAX_PACKAGES_PER_IMAGE {
+    let (mut packages, distro, mut warnings, dropped) = finish(state);
+    if dropped > 0 {
         warnings.push(Warning {
             path: "/".into(),
             layer: 0,
             message: format!(
-                "{} packages in the image; only the first {MAX_PACKAGES_PER_IMAGE} are kept",
-                packages.len()
+                "{} packages in the image; only the first {MAX_PACKAGES_PER_IMAGE} are kept (OS packages first)",
+                MAX_PACKAGES_PER_IMAGE + dropped
             ),
+            incomplete: true,
         });
-        packages.truncate(MAX_PACKAGES_PER_IMAGE);
     }
+    packages.shrink_to_fit();
     warnings.extend(skipped);
     Ok((packages, distro, warnings))
 }
 
-fn remove_under(state: &mut BTreeMap<String, Entry>, dir: &str) {
+/// Removes every key under directory `dir` from `state`, noting each in `out`.
+fn remove_under<V>(state: &mut BTreeMap<String, V>, dir: &str, out: &mut Vec<String>) {
     let prefix = format!("{dir}/");
     let doomed: Vec<String> = state
         .range(prefix.clone()..)
@@ -179,10 +312,11 @@ fn remove_under(state: &mut BTreeMap<String, Entry>, dir: &str) {
         .collect();
     for k in doomed {
         state.remove(&k);
+        out.push(k);
     }
 }
 
-fn scan_layer(dir: &Path, budget: &mut u64) -> Result<LayerChanges> {
+fn scan_layer(dir: &Path) -> Result<LayerChanges> {
     let mut c = LayerChanges::default();
     let mut inodes: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
@@ -216,18 +350,7 @@ fn scan_layer(dir: &Path, budget: &mut u64) -> Result<LayerChanges> {
                     continue;
                 }
                 inodes.insert((meta.dev(), meta.ino()), rel.to_string());
-                // Package metadata counts against the image's budget (binaries are only searched
-                // for version strings, a bounded read each).
-                let cost = if claim.is_metadata() { meta.size() } else { 0 };
-                if cost > *budget {
-                    c.skipped.push((
-                        rel.to_string(),
-                        format!("not read: the image's {MAX_IMAGE_METADATA}-byte budget of package metadata is spent"),
-                    ));
-                    continue;
-                }
-                *budget -= cost;
-                c.claimed.push((rel.to_string(), claim));
+                c.claimed.push((rel.to_string(), claim, meta.size()));
             }
         }
     }
@@ -235,7 +358,7 @@ fn scan_layer(dir: &Path, budget: &mut u64) -> Result<LayerChanges> {
 }
 
 /// Parse the claimed files of one layer, on every core.
-fn parse_all(dir: &Path, claimed: &[(String, Claim)]) -> Vec<Parsed> {
+fn parse_all(dir: &Path, claimed: &[(String, Claim)], budget: &Budget) -> Vec<Parsed> {
     let results: Vec<Mutex<Option<Parsed>>> = claimed.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism()
@@ -248,7 +371,7 @@ fn parse_all(dir: &Path, claimed: &[(String, Claim)]) -> Vec<Parsed> {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((path, claim)) = claimed.get(i) else { break };
-                let parsed = parse_one(&dir.join(path), &format!("/{path}"), *claim).unwrap_or_else(|e| Parsed {
+                let parsed = parse_one(&dir.join(path), &format!("/{path}"), *claim, budget).unwrap_or_else(|e| Parsed {
                     warnings: vec![e],
                     ..Default::default()
                 });
@@ -270,7 +393,7 @@ fn read_capped(f: File) -> std::result::Result<Vec<u8>, String> {
     Ok(data)
 }
 
-fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parsed, String> {
+fn parse_one(file: &Path, path: &str, claim: Claim, budget: &Budget) -> std::result::Result<Parsed, String> {
     let f = open_in_layer(file).map_err(|e| e.to_string())?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();
     if claim.is_metadata() {
@@ -292,6 +415,28 @@ fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parse
             };
             return catalog::rpm::parse_sqlite(&data, wal.as_deref());
         }
+        if matches!(claim, Claim::DpkgFiles | Claim::DpkgMd5sums) {
+            // Owned paths count against the image's total of them.
+            let grant = budget.owned.take(MAX_OWNED_PER_FILE);
+            let (owned, more) = if claim == Claim::DpkgFiles {
+                catalog::dpkg::parse_list(&data, grant)
+            } else {
+                catalog::dpkg::parse_md5sums(&data, grant)
+            };
+            budget.owned.give(grant - owned.len());
+            let mut out = Parsed {
+                owned,
+                ..Default::default()
+            };
+            if more {
+                // Only the owned-file check of binaries is weaker for it (a version string in a
+                // file a package owns may be reported twice): not an incomplete scan.
+                out.warnings.push(format!(
+                    "more owned files than the {grant} still allowed ({MAX_OWNED_PER_FILE} per file, {MAX_OWNED_PER_IMAGE} per image); the rest is not read"
+                ));
+            }
+            return Ok(out);
+        }
         catalog::parse(claim, path, &data)
     } else {
         if size < 4 {
@@ -303,11 +448,38 @@ fn parse_one(file: &Path, path: &str, claim: Claim) -> std::result::Result<Parse
         if claim == Claim::Elf && !map.starts_with(b"\x7fELF") {
             return Ok(Parsed::default());
         }
+        if claim == Claim::Java {
+            let grant = budget.archive_bytes.take(catalog::java::BUDGET);
+            if grant == 0 {
+                return Ok(Parsed {
+                    incomplete: vec![format!(
+                        "not read: the image's {MAX_IMAGE_ARCHIVE_BYTES}-byte budget for Java archives is spent"
+                    )],
+                    ..Default::default()
+                });
+            }
+            let (parsed, used) = catalog::java::parse_archive_within(path, &map, grant);
+            budget.archive_bytes.give(grant - used.min(grant));
+            return parsed;
+        }
         catalog::parse(claim, path, &map)
     }
 }
 
-fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<Warning>) {
+/// Which files' packages are kept first when an image has more than [`MAX_PACKAGES_PER_IMAGE`]:
+/// the OS package databases, then language packages, then what binaries reveal.
+fn rank(c: Claim) -> u8 {
+    match c {
+        Claim::DpkgStatus | Claim::DpkgStatusD | Claim::Apk | Claim::RpmDb => 0,
+        Claim::Python | Claim::NpmPackage | Claim::NpmLock | Claim::Java => 1,
+        Claim::Elf => 2,
+        _ => 3,
+    }
+}
+
+/// The packages (in path order), the distribution, the warnings, and how many packages were
+/// left out over [`MAX_PACKAGES_PER_IMAGE`].
+fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<Warning>, usize) {
     let distro = ["etc/os-release", "usr/lib/os-release"]
         .iter()
         .find_map(|p| state.get(*p).and_then(|e| e.parsed.distro.clone()));
@@ -318,16 +490,28 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
         .filter(|p| p.found_by == "npm")
         .map(|p| (p.name.as_str(), p.version.as_str()))
         .collect();
-    let mut packages = Vec::new();
     let mut warnings = Vec::new();
     for (path, e) in &state {
-        for w in &e.parsed.warnings {
+        for (w, incomplete) in e
+            .parsed
+            .warnings
+            .iter()
+            .map(|w| (w, false))
+            .chain(e.parsed.incomplete.iter().map(|w| (w, true)))
+        {
             warnings.push(Warning {
                 path: format!("/{path}"),
                 layer: e.layer,
                 message: w.clone(),
+                incomplete,
             });
         }
+    }
+    let mut entries: Vec<(usize, &Entry)> = state.values().enumerate().collect();
+    entries.sort_by_key(|(i, e)| (rank(e.claim), *i));
+    let mut kept: Vec<(usize, Package)> = Vec::new();
+    let mut dropped = 0;
+    for (i, e) in entries {
         for p in &e.parsed.packages {
             // A version string in a file an OS package installed is that package's; the OS
             // package is what advisories name.
@@ -339,23 +523,25 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
             if p.found_by == "npm-lock" && installed_npm.contains(&(p.name.as_str(), p.version.as_str())) {
                 continue;
             }
-            if packages.len() == MAX_PACKAGES_PER_IMAGE {
+            if kept.len() == MAX_PACKAGES_PER_IMAGE {
                 // Capped while collecting, not after everything was copied.
-                break;
+                dropped += 1;
+                continue;
             }
             let mut p = p.clone();
             if p.ecosystem == Ecosystem::Debian && distro.as_ref().is_some_and(|d| d.id == "ubuntu") {
                 p.ecosystem = Ecosystem::Ubuntu;
             }
             p.purl = crate::purl::for_package(&p, distro.as_ref());
-            packages.push(p);
+            kept.push((i, p));
         }
     }
-    (packages, distro, warnings)
+    kept.sort_by_key(|(i, _)| *i);
+    (kept.into_iter().map(|(_, p)| p).collect(), distro, warnings, dropped)
 }
 
 /// Bumped whenever a cataloger changes what it reports, so cached bills of materials are redone.
-pub const CATALOG_VERSION: u32 = 3;
+pub const CATALOG_VERSION: u32 = 4;
 
 /// The bill of materials of a stored image, from the cache beside the store when an earlier run of
 /// this version made one (layers never change, so neither does what is in them).

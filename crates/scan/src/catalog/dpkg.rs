@@ -41,21 +41,31 @@ pub fn parse_status(data: &[u8]) -> Result<Parsed, String> {
     Ok(out)
 }
 
-/// One absolute path per line.
-pub fn parse_list(data: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(data)
-        .lines()
-        .filter(|l| l.starts_with('/'))
-        .map(str::to_string)
-        .collect()
+/// One absolute path per line; at most `max` of them, and whether there were more.
+pub fn parse_list(data: &[u8], max: usize) -> (Vec<String>, bool) {
+    capped(
+        String::from_utf8_lossy(data)
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_string),
+        max,
+    )
 }
 
-/// `md5sum  relative/path` per line.
-pub fn parse_md5sums(data: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(data)
-        .lines()
-        .filter_map(|l| l.split_once("  ").map(|(_, p)| format!("/{}", p.trim_start_matches('/'))))
-        .collect()
+/// `md5sum  relative/path` per line; at most `max` paths, and whether there were more.
+pub fn parse_md5sums(data: &[u8], max: usize) -> (Vec<String>, bool) {
+    capped(
+        String::from_utf8_lossy(data)
+            .lines()
+            .filter_map(|l| l.split_once("  ").map(|(_, p)| format!("/{}", p.trim_start_matches('/')))),
+        max,
+    )
+}
+
+fn capped(mut it: impl Iterator<Item = String>, max: usize) -> (Vec<String>, bool) {
+    let out: Vec<String> = it.by_ref().take(max).collect();
+    let more = it.next().is_some();
+    (out, more)
 }
 
 #[cfg(test)]
@@ -87,7 +97,7 @@ Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n";
     #[test]
     fn md5sums_name_owned_files() {
         assert_eq!(
-            parse_md5sums(b"0123abcd  usr/lib/x86_64-linux-gnu/libssl.so.3\nbad line\n"),
+            parse_md5sums(b"0123abcd  usr/lib/x86_64-linux-gnu/libssl.so.3\nbad line\n", 10).0,
             ["/usr/lib/x86_64-linux-gnu/libssl.so.3"]
         );
     }

@@ -12,14 +12,19 @@ const MAX_DEPTH: usize = 4;
 const MAX_SMALL_ENTRY: u64 = 1 << 20;
 const MAX_NESTED: u64 = 256 << 20;
 /// Total bytes inflated for one outer archive, nested archives included.
-const BUDGET: u64 = 512 << 20;
+pub const BUDGET: u64 = 512 << 20;
 const MAX_ENTRIES: usize = 200_000;
 
 pub fn parse_archive(path: &str, data: &[u8]) -> Result<Parsed, String> {
+    parse_archive_within(path, data, BUDGET).0
+}
+
+/// [`parse_archive`] inflating at most `budget` bytes; also returns how many it inflated.
+pub fn parse_archive_within(path: &str, data: &[u8], budget: u64) -> (Result<Parsed, String>, u64) {
     let mut out = Parsed::default();
-    let mut budget = BUDGET;
-    walk(path, data, 0, &mut budget, &mut out)?;
-    Ok(out)
+    let mut left = budget;
+    let r = walk(path, data, 0, &mut left, &mut out).map(|()| out);
+    (r, budget - left)
 }
 
 fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Parsed) -> Result<(), String> {
@@ -76,11 +81,15 @@ fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Pars
                     out.warnings.push(e);
                 }
             }
+            Err(e) if e == OVER_BUDGET => out.incomplete.push(format!("{inner_label}: {e}")),
             Err(e) => out.warnings.push(format!("{inner_label}: {e}")),
         }
     }
     Ok(())
 }
+
+/// Why an entry was not read when the archive's (or the image's) budget is spent.
+const OVER_BUDGET: &str = "inflates past the archive's budget (a zip bomb?)";
 
 fn read_entry(
     zip: &mut zip::ZipArchive<crate::zipcheck::Budget<Cursor<&[u8]>>>,
@@ -95,7 +104,7 @@ fn read_entry(
     entry.take(limit + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
     if buf.len() as u64 > limit {
         return Err(if limit < cap {
-            "inflates past the archive's budget (a zip bomb?)".into()
+            OVER_BUDGET.into()
         } else {
             format!("entry larger than {cap} bytes")
         });

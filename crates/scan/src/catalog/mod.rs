@@ -117,6 +117,9 @@ pub struct Parsed {
     pub distro: Option<Distro>,
     /// Problems that did not stop the parse (a bad nested archive, say).
     pub warnings: Vec<String>,
+    /// What was left unread for a limit, so that packages may be missing: the scan gate refuses
+    /// an image whose scan is incomplete.
+    pub incomplete: Vec<String>,
 }
 
 /// A package with only what a cataloger knows filled in.
@@ -146,11 +149,11 @@ pub fn parse(claim: Claim, path: &str, data: &[u8]) -> Result<Parsed, String> {
         }),
         Claim::DpkgStatus | Claim::DpkgStatusD => dpkg::parse_status(data),
         Claim::DpkgFiles => Ok(Parsed {
-            owned: dpkg::parse_list(data),
+            owned: dpkg::parse_list(data, crate::walk::MAX_OWNED_PER_FILE).0,
             ..Default::default()
         }),
         Claim::DpkgMd5sums => Ok(Parsed {
-            owned: dpkg::parse_md5sums(data),
+            owned: dpkg::parse_md5sums(data, crate::walk::MAX_OWNED_PER_FILE).0,
             ..Default::default()
         }),
         Claim::Apk => apk::parse_installed(data),
