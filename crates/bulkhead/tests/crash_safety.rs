@@ -155,3 +155,79 @@ fn a_held_store_lock_is_named_and_the_wait_can_end() {
         "{err}"
     );
 }
+
+/// flock(2) alone lets overlapping shared holders keep a writer out forever: a command that
+/// would add to the store queues behind a command waiting to remove from it.
+#[test]
+fn a_waiting_writer_is_not_overtaken_by_new_readers() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    umoci_image(&layout, &[&|r: &std::path::Path| busybox_rootfs(r)]);
+    env.ok(&["images"]);
+    let held_by = |pid: u32| {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(pid.to_string().as_str()))
+    };
+    let wait_until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A long reader (as a pull is), holding the lock shared.
+    let mut reader = Command::new("flock")
+        .args(["-s", "-o"])
+        .arg(env.root().join("lock"))
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    wait_until("flock did not take the lock", &|| held_by(reader.id()));
+    // A writer arrives and waits.
+    let writer = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["image", "prune"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer_pid = writer.id();
+    // It holds the intent file while it waits (old code held nothing: give it time to start).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !held_by(writer_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new reader comes after it: it waits for the writer instead of joining the first reader.
+    let err = env.fails(&[
+        "--lock-timeout",
+        "1",
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "late:1",
+    ]);
+    assert!(
+        err.contains("--lock-timeout") && err.contains("waiting to change the store") && err.contains(&format!("pid {writer_pid} ")),
+        "{err}"
+    );
+    assert!(env.fails(&["image", "inspect", "late:1"]).contains("late:1"));
+    // Once the first reader is done, the writer goes first, then readers again.
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+    let o = writer.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.ok(&[
+        "--lock-timeout",
+        "5",
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--tag",
+        "late:1",
+    ]);
+}

@@ -576,8 +576,47 @@ fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire()
         s.cut = None;
         s.blob_bytes
     };
-    let out = env.ok(&["pull", &name]);
-    assert!(out.contains("test/busybox:1"), "{out}");
+    // While another pull holds the partial file (its lock), this one waits and writes nothing.
+    let mut other = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(&partial)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&format!(" {} ", other.id()))
+    {
+        assert!(std::time::Instant::now() < deadline, "flock did not take the file's lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiting = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["pull", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::metadata(&partial).unwrap().len(),
+        300_000,
+        "written while another pull held it"
+    );
+    assert!(!env.root().join("blobs/sha256").join(big.trim_start_matches("sha256:")).exists());
+    other.kill().unwrap();
+    other.wait().unwrap();
+    let o = waiting.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("test/busybox:1"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let s = proxy.state.lock().unwrap();
     assert!(
         s.ranges.iter().any(|(d, r)| d == &big && r == "bytes=300000-"),
@@ -1162,6 +1201,35 @@ fn declared_sizes_are_capped_and_partial_downloads_reclaimed() {
     );
     env.run(&["system", "check", "--repair"]);
     assert!(!fresh.exists(), "--repair removes every partial download");
+
+    // One a pull is writing (it holds the file's lock) is left alone, however old.
+    std::fs::write(&stale, vec![0u8; 4096]).unwrap();
+    sh(Command::new("touch").args(["-d", "2 days ago"]).arg(&stale));
+    let mut pull = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(&stale)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&format!(" {} ", pull.id()))
+    {
+        assert!(std::time::Instant::now() < deadline, "flock did not take the file's lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.ok(&["image", "prune"]);
+    let o = env.run(&["system", "check", "--repair"]);
+    assert!(stale.exists(), "a download in progress was removed");
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("partial download"),
+        "in use is no problem"
+    );
+    pull.kill().unwrap();
+    pull.wait().unwrap();
+    env.run(&["system", "check", "--repair"]);
+    assert!(!stale.exists(), "once the pull is gone, --repair removes it");
 }
 
 /// How a stalling test server behaves.

@@ -337,8 +337,7 @@ impl Store {
             remove_tree(&e.at(&tmp)?.path())?;
         }
         for (p, size, age) in self.partial_downloads()? {
-            if age >= STALE_DOWNLOAD {
-                fs::remove_file(&p).at(&p)?;
+            if age >= STALE_DOWNLOAD && remove_unused_partial(&p)? {
                 freed += size;
                 removed.push(format!("deleted partial download: {} ({size} bytes)", p.display()));
             }
@@ -373,14 +372,19 @@ impl Store {
         // a fresh one, but repair means back to a store with nothing half-done).
         for (p, size, age) in self.partial_downloads()? {
             if age >= STALE_DOWNLOAD || repair {
+                // One a pull is writing now is not a problem (and not removed): it holds its lock.
+                if repair {
+                    if !remove_unused_partial(&p)? {
+                        continue;
+                    }
+                } else if partial_in_use(&p) {
+                    continue;
+                }
                 problems.push(fixed(format!(
                     "partial download {}: {size} bytes, {} h old",
                     p.display(),
                     age.as_secs() / 3600
                 )));
-                if repair {
-                    fs::remove_file(&p).at(&p)?;
-                }
             }
         }
 
@@ -515,4 +519,41 @@ impl Store {
 /// Removes a tree of the store without following symlinks in it.
 pub(crate) fn remove_tree(p: &std::path::Path) -> Result<()> {
     crate::unpack::remove_all_at(&rustix::fs::CWD, p.as_os_str()).at(p)
+}
+
+/// Opens a partial download without following a link or blocking on a FIFO.
+fn open_partial(p: &std::path::Path) -> Result<Option<fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(p)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).at(p),
+    }
+}
+
+/// Whether a pull holds the partial download `p` (it keeps it locked while it writes).
+fn partial_in_use(p: &std::path::Path) -> bool {
+    let Ok(Some(f)) = open_partial(p) else { return false };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) == Err(rustix::io::Errno::WOULDBLOCK)
+}
+
+/// Removes the partial download `p` unless a pull holds it; whether it was removed. The lock is
+/// held across the unlink, so a pull that opens the file meanwhile sees it replaced and starts a
+/// new one.
+fn remove_unused_partial(p: &std::path::Path) -> Result<bool> {
+    let Some(f) = open_partial(p)? else { return Ok(false) };
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+        Err(e) => return Err(std::io::Error::from(e)).at(p),
+    }
+    match fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).at(p),
+    }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/lock                     flock: shared while adding content, exclusive while removing it
+//! <root>/lock.intent              flock: held by a command waiting to remove, so new adders queue
 //! <root>/tmp/                     staging on the same filesystem; anything here is garbage after a crash
 //! <root>/blobs/<alg>/<hex>        manifests, configs and layers, only ever renamed in after verification
 //! <root>/layers/<chain-hex>/      unpacked layers (see `layer`)
@@ -91,6 +92,15 @@ fn lock_holders(f: &File) -> String {
 /// A held store lock; released when dropped.
 #[derive(Debug)]
 pub struct StoreLock(#[allow(dead_code)] File);
+
+/// Store locks this process holds (see `Store::lock`).
+static HELD_LOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        HELD_LOCKS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 /// What the store knows of one image, written once all of its content is in place.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -182,50 +192,102 @@ impl Store {
 
     /// Takes the lock, polling: after a second the user is told which process holds it and what
     /// it runs, and past the timeout the command ends with one line naming it.
+    ///
+    /// Writers are not starved: flock(2) alone would let a stream of overlapping shared holders
+    /// (pulls, runs) keep an exclusive waiter (prune, repair) out forever. A second file,
+    /// `lock.intent`, orders them: an exclusive waiter holds it exclusively while it waits, and a
+    /// new shared holder passes through it (shared) before taking the lock, so it queues behind
+    /// a waiting writer. A process that holds the store's lock already takes it again without the
+    /// intent step: waiting behind a writer that waits for us would never end.
     fn lock(&self, op: rustix::fs::FlockOperation) -> Result<StoreLock> {
         use rustix::fs::FlockOperation as F;
-        let p = self.root.join("lock");
-        // Root's alone: any user who can open the file can hold a flock on it, and every command
-        // would wait behind them.
-        let f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&p)
-                .at(&p)?
-        };
-        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).at(&p)?;
-        let nonblocking = if op == F::LockShared {
-            F::NonBlockingLockShared
-        } else {
-            F::NonBlockingLockExclusive
-        };
         let started = std::time::Instant::now();
         let mut told = false;
+        let exclusive = op != F::LockShared;
+        let intent = if HELD_LOCKS.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            let f = self.lock_file("lock.intent")?;
+            let mode = if exclusive {
+                F::NonBlockingLockExclusive
+            } else {
+                F::NonBlockingLockShared
+            };
+            self.poll_flock(&f, mode, started, &mut told, "lock.intent")?;
+            Some(f)
+        } else {
+            None
+        };
+        let f = self.lock_file("lock")?;
+        let mode = if exclusive {
+            F::NonBlockingLockExclusive
+        } else {
+            F::NonBlockingLockShared
+        };
+        self.poll_flock(&f, mode, started, &mut told, "lock")?;
+        drop(intent);
+        HELD_LOCKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(StoreLock(f))
+    }
+
+    /// Opens one of the store's lock files. Root's alone: any user who can open the file can hold
+    /// a flock on it, and every command would wait behind them.
+    fn lock_file(&self, name: &str) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.root.join(name);
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&p)
+            .at(&p)?;
+        rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).at(&p)?;
+        Ok(f)
+    }
+
+    fn poll_flock(
+        &self,
+        f: &File,
+        mode: rustix::fs::FlockOperation,
+        started: std::time::Instant,
+        told: &mut bool,
+        name: &str,
+    ) -> Result<()> {
         loop {
-            match rustix::fs::flock(&f, nonblocking) {
-                Ok(()) => return Ok(StoreLock(f)),
+            match rustix::fs::flock(f, mode) {
+                Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::WOULDBLOCK) => {}
-                Err(e) => return Err(Error::Io { path: p, source: e.into() }),
+                Err(e) => {
+                    return Err(Error::Io {
+                        path: self.root.join(name),
+                        source: e.into(),
+                    })
+                }
             }
+            // Whoever holds the intent file is a command waiting its turn for the lock itself.
+            let holders = || {
+                let h = lock_holders(f);
+                if name == "lock" {
+                    h
+                } else {
+                    format!("{h}, waiting to change the store")
+                }
+            };
             let waited = started.elapsed();
             if let Some(limit) = self.lock_wait.timeout {
                 if waited >= limit {
                     return Err(Error::Conflict(format!(
                         "the store {} is locked by {}; gave up after {} s (--lock-timeout)",
                         self.root.display(),
-                        lock_holders(&f),
+                        holders(),
                         limit.as_secs()
                     )));
                 }
             }
-            if !told && waited >= std::time::Duration::from_secs(1) {
-                told = true;
+            if !*told && waited >= std::time::Duration::from_secs(1) {
+                *told = true;
                 if let Some(notice) = self.lock_wait.notice {
-                    notice(&format!("waiting for the store's lock, held by {}", lock_holders(&f)));
+                    notice(&format!("waiting for the store's lock, held by {}", holders()));
                 }
             }
             std::thread::sleep(std::time::Duration::from_millis(50));

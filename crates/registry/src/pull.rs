@@ -243,11 +243,22 @@ async fn fetch_blob(
 ) -> Result<()> {
     let path = partial_path(downloads, d);
     let io = |e: std::io::Error| Error::Registry(format!("{}: {e}", path.display()));
-    let mut have = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
+    // The partial file is locked for as long as this pull owns it: a second pull of the same blob
+    // waits rather than writing into it too, and prune/repair leave it alone (they take it only
+    // if they can lock it).
+    let locked = lock_partial(&path).await.map_err(io)?;
+    if store.has_blob(d) {
+        // Another pull finished it while this one waited (and the file just made is empty).
+        let _ = std::fs::remove_file(&path);
+        progress(PullEvent::Present { digest: d.clone(), size });
+        return Ok(());
+    }
+    // Held to the end: a duplicate of the descriptor keeps the lock while `file` comes and goes.
+    let _guard = locked.try_clone().map_err(io)?;
+    let mut have = locked.metadata().map_err(io)?.len();
     if have >= size {
         // Complete (or too long): let the store judge it; a mismatch starts over below.
         have = 0;
-        let _ = tokio::fs::remove_file(&path).await;
     }
     let digest = d.to_string();
     // Until the body starts (token dance and headers included): twice the idle timeout.
@@ -288,19 +299,23 @@ async fn fetch_blob(
         size,
         offset: have,
     });
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .mode(0o600)
-        .open(&path)
-        .await
-        .map_err(io)?;
-    // A file an older version left readable to all.
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .await
-        .map_err(io)?;
+    {
+        use std::io::Seek as _;
+        let mut f = &locked;
+        if append {
+            f.seek(std::io::SeekFrom::Start(have)).map_err(io)?;
+            // Anything past what is resumed (a longer file judged above) goes.
+            locked.set_len(have).map_err(io)?;
+        } else {
+            locked.set_len(0).map_err(io)?;
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        }
+        // A file an older version left readable to all.
+        locked
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
+    }
+    let mut file = tokio::fs::File::from_std(locked);
     let dl = regs.deadlines();
     let what = format!("{}: blob {d}", oref.registry());
     let mut rate = dl.rate();
@@ -368,6 +383,37 @@ async fn fetch_blob(
     verified?;
     progress(PullEvent::Verified { digest: d.clone() });
     Ok(())
+}
+
+/// Opens (creating) the partial download at `path` and locks it exclusively, waiting while another
+/// pull holds it. A lock taken on a file that was removed or replaced meanwhile (the pull before
+/// finished and removed it, or prune did) is let go and the path opened again.
+async fn lock_partial(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        loop {
+            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (held, now) = (f.metadata()?, std::fs::symlink_metadata(path));
+        if matches!(now, Ok(m) if m.dev() == held.dev() && m.ino() == held.ino()) {
+            return Ok(f);
+        }
+    }
 }
 
 /// An error with its causes, on one line ("error decoding response body: operation timed out").

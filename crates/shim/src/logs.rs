@@ -85,12 +85,25 @@ impl LogWriter {
         let path = dir.join("container.log");
         let file = open_log(&path)?;
         let size = file.metadata().map_err(|e| io(&path, e))?.len();
+        let mut last = if head.last.is_empty() { GENESIS.to_owned() } else { head.last };
+        let mut records = head.records;
+        // A shim killed between writing a record and the head leaves the head one record behind:
+        // the record after it continues the chain, so the chain goes on from that record (and the
+        // head catches up with the next write). Anything else is left for `verify` to report.
+        if let Some(tail) = last_line(&path, size) {
+            if let Ok(rec) = serde_json::from_slice::<Record>(&tail) {
+                if rec.prev == last && hash(&tail) != last {
+                    last = hash(&tail);
+                    records += 1;
+                }
+            }
+        }
         Ok(LogWriter {
             dir: dir.to_path_buf(),
             file,
             size,
-            last: if head.last.is_empty() { GENESIS.into() } else { head.last },
-            records: head.records,
+            last,
+            records,
             max_size: max_size.max(4096),
             max_files: max_files.max(1),
             partial: [Vec::new(), Vec::new()],
@@ -208,6 +221,23 @@ impl LogWriter {
         self.size = 0;
         Ok(())
     }
+}
+
+/// The last complete line of the log file (without its newline), if it is short enough to be a
+/// record.
+fn last_line(path: &Path, size: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let want = size.min(4 * MAX_LINE as u64 + 4096);
+    let mut buf = vec![0u8; want as usize];
+    File::open(path).ok()?.read_exact_at(&mut buf, size - want).ok()?;
+    if buf.pop()? != b'\n' {
+        return None;
+    }
+    let start = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    if start == 0 && want < size {
+        return None;
+    }
+    Some(buf.split_off(start))
 }
 
 fn open_log(path: &Path) -> Result<File> {
@@ -364,6 +394,7 @@ pub fn verify(dir: &Path) -> Result<u64> {
         .map(|f| f.file_name().is_some_and(|n| n != "container.log"))
         .unwrap_or(false);
     let mut prev: Option<String> = None;
+    let mut before_last: Option<String> = None;
     let mut n = 0u64;
     for f in &files {
         let file = File::open(f).map_err(|e| io(f, e))?;
@@ -385,12 +416,17 @@ pub fn verify(dir: &Path) -> Result<u64> {
                     "log tampered: {where_} does not follow the record before it (edited, removed or reordered)"
                 )));
             }
-            prev = Some(hash(&line));
+            before_last = prev.replace(hash(&line));
             n += 1;
         }
     }
     let head: Option<Head> = fs::read(dir.join("head")).ok().and_then(|d| serde_json::from_slice(&d).ok());
     match head {
+        Some(h) if Some(&h.last) == before_last.as_ref() => Err(Error(format!(
+            "log tampered: one record follows the last one the head names ({} records were written): the \
+             container's shim was stopped between writing a record and its head, or a record was appended",
+            h.records
+        ))),
         Some(h) if Some(&h.last) != prev.as_ref() && !(h.records == 0 && prev.is_none()) => Err(Error(format!(
             "log tampered: the last record is not the last one written ({} records were written; records were cut off or replaced)",
             h.records
@@ -413,6 +449,41 @@ mod tests {
         }
         w.write("stdout", b"partial").unwrap();
         w.close().unwrap();
+    }
+
+    #[test]
+    fn a_shim_killed_between_a_record_and_the_head_is_caught_up_on_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        write_lines(d.path(), 10, 1 << 20);
+        // The record the killed shim wrote; its head update never happened.
+        let head: Head = serde_json::from_slice(&fs::read(d.path().join("head")).unwrap()).unwrap();
+        let rec = Record {
+            log: "last words\n".into(),
+            stream: "stdout".into(),
+            time: "2026-12-06T00:00:00Z".into(),
+            prev: head.last.clone(),
+        };
+        let mut f = OpenOptions::new().append(true).open(d.path().join("container.log")).unwrap();
+        f.write_all(&[serde_json::to_vec(&rec).unwrap(), b"\n".to_vec()].concat()).unwrap();
+        drop(f);
+        let err = verify(d.path()).unwrap_err().0;
+        assert!(err.contains("stopped between writing a record and its head"), "{err}");
+        // The next shim continues the chain from that record.
+        write_lines(d.path(), 3, 1 << 20);
+        assert_eq!(verify(d.path()).unwrap(), 16);
+        let head: Head = serde_json::from_slice(&fs::read(d.path().join("head")).unwrap()).unwrap();
+        assert_eq!(head.records, 16);
+        // A record that does not continue the chain is not adopted.
+        let mut f = OpenOptions::new().append(true).open(d.path().join("container.log")).unwrap();
+        let forged = Record {
+            prev: GENESIS.into(),
+            ..rec
+        };
+        f.write_all(&[serde_json::to_vec(&forged).unwrap(), b"\n".to_vec()].concat())
+            .unwrap();
+        drop(f);
+        write_lines(d.path(), 1, 1 << 20);
+        assert!(verify(d.path()).unwrap_err().0.contains("does not follow"));
     }
 
     #[test]
