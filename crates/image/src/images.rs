@@ -336,6 +336,10 @@ impl Store {
         for e in fs::read_dir(&tmp).at(&tmp)? {
             remove_tree(&e.at(&tmp)?.path())?;
         }
+        for p in self.stray_downloads()? {
+            fs::remove_file(&p).at(&p)?;
+            removed.push(format!("deleted {}: not a regular file", p.display()));
+        }
         for (p, size, age) in self.partial_downloads()? {
             if age >= STALE_DOWNLOAD && remove_unused_partial(&p)? {
                 freed += size;
@@ -362,6 +366,21 @@ impl Store {
         Ok(out)
     }
 
+    /// What in `downloads/` is neither a file nor a directory (a FIFO or a link put there, which
+    /// a pull refuses to use): removed by prune and repair.
+    fn stray_downloads(&self) -> Result<Vec<std::path::PathBuf>> {
+        let dir = self.root().join("downloads");
+        let Ok(rd) = fs::read_dir(&dir) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.at(&dir)?;
+            if e.file_type().is_ok_and(|t| !t.is_file() && !t.is_dir()) {
+                out.push(e.path());
+            }
+        }
+        Ok(out)
+    }
+
     /// Verifies the whole store; with `repair`, fixes what it can. Returns one line per problem.
     pub fn check(&self, repair: bool) -> Result<Vec<String>> {
         let _lock = self.lock_exclusive()?;
@@ -370,6 +389,12 @@ impl Store {
 
         // Partial downloads: stale ones are a problem; --repair removes every one (a pull resumes
         // a fresh one, but repair means back to a store with nothing half-done).
+        for p in self.stray_downloads()? {
+            problems.push(fixed(format!("{}: not a regular file", p.display())));
+            if repair {
+                fs::remove_file(&p).at(&p)?;
+            }
+        }
         for (p, size, age) in self.partial_downloads()? {
             if age >= STALE_DOWNLOAD || repair {
                 // One a pull is writing now is not a problem (and not removed): it holds its lock.
@@ -550,6 +575,14 @@ fn remove_unused_partial(p: &std::path::Path) -> Result<bool> {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
         Err(e) => return Err(std::io::Error::from(e)).at(p),
+    }
+    // Still the file locked (a pull may have finished and a new one started since the open).
+    let (held, now) = (f.metadata().at(p)?, fs::symlink_metadata(p));
+    {
+        use std::os::unix::fs::MetadataExt;
+        if !matches!(now, Ok(m) if m.dev() == held.dev() && m.ino() == held.ino()) {
+            return Ok(false);
+        }
     }
     match fs::remove_file(p) {
         Ok(()) => Ok(true),

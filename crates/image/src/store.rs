@@ -238,9 +238,13 @@ impl Store {
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            // Never blocks in open (a FIFO put there) nor follows a link.
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
             .open(&p)
             .at(&p)?;
+        if !f.metadata().at(&p)?.is_file() {
+            return Err(Error::invalid(format!("{}: not a regular file", p.display())));
+        }
         rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o600)).at(&p)?;
         Ok(f)
     }

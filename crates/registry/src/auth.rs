@@ -160,9 +160,11 @@ impl Authorizer<'_> {
         if let Some(s) = service {
             query.push(("service", s.to_owned()));
         }
+        // Checked with or without credentials: an anonymous client still fetches what the realm
+        // names and hands the answer back to the registry.
+        realm_allowed(self.regs, host, realm)?;
         let mut req = self.http.get(realm);
         if let Credentials::Basic { username, password } = &self.credentials {
-            realm_allowed(self.regs, host, realm)?;
             query.push(("account", username.clone()));
             req = req.basic_auth(username, Some(password));
         }

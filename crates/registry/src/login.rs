@@ -77,6 +77,13 @@ pub(crate) fn realm_allowed(regs: &Registries, host: &str, realm: &str) -> Resul
         }
         other => return Err(Error::Registry(format!("{host}: token service scheme {other:?} refused"))),
     }
+    // A registry must not point its clients at their own machine or its link-local neighbours
+    // (a cloud's metadata service): the token answer comes back to the registry.
+    if is_local(&realm_host) && !is_local(&host.to_ascii_lowercase()) {
+        return Err(Error::Registry(format!(
+            "{host} names a token service on this machine or its link ({realm_host}): refused"
+        )));
+    }
     if insecure && realm_host != host.to_ascii_lowercase() {
         return Err(Error::Registry(format!(
             "{host} is reached without TLS and asks for its credentials to be sent to another host, {realm_host}: refused"
@@ -84,6 +91,34 @@ pub(crate) fn realm_allowed(regs: &Registries, host: &str, realm: &str) -> Resul
     }
     tracing::debug!(registry = host, realm, "credentials go to this token service");
     Ok(())
+}
+
+/// Whether `host[:port]` is this machine (loopback) or a link-local address.
+fn is_local(host_port: &str) -> bool {
+    let h = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') {
+                h
+            } else {
+                host_port
+            }
+        }),
+    };
+    let h = h.trim_end_matches('.');
+    if h == "localhost" || h.ends_with(".localhost") {
+        return true;
+    }
+    match h.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback() || a.is_link_local() || a.is_unspecified(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+        Err(_) => false,
+    }
 }
 
 /// Every `realm` value in a challenge header (several challenges, or a realm given twice, each
@@ -162,28 +197,32 @@ pub fn login(regs: &Registries, host: &str, username: &str, password: &str, warn
             if let Some(service) = get("service") {
                 query.push(("service", service));
             }
-            let r = client
-                .get(&realm)
-                .query(&query)
-                .basic_auth(username, Some(password))
-                .send()
-                .await
-                .map_err(fail)?;
-            if !r.status().is_success() {
-                return Err(denied());
-            }
-            // The token answer is read no further than a token can be long.
-            let mut r = r;
-            let mut n = 0usize;
-            while let Some(c) = r.chunk().await.map_err(fail)? {
-                n += c.len();
-                if n > MAX_TOKEN_RESPONSE {
-                    return Err(Error::Registry(format!(
-                        "{host}: the token service {realm} answered more than {MAX_TOKEN_RESPONSE} bytes"
-                    )));
+            let what = format!("{host}: the token service {realm}");
+            // The whole answer within twice the idle timeout, as for pulls: one that trickles is
+            // not waited for.
+            let within = d.idle() * 2;
+            return tokio::time::timeout(within, async {
+                let r = d
+                    .chunk(client.get(&realm).query(&query).basic_auth(username, Some(password)).send(), &what)
+                    .await
+                    .map_err(Error::Registry)?
+                    .map_err(fail)?;
+                if !r.status().is_success() {
+                    return Err(denied());
                 }
-            }
-            return Ok(());
+                // The token answer is read no further than a token can be long.
+                let mut r = r;
+                let mut n = 0usize;
+                while let Some(c) = d.chunk(r.chunk(), &what).await.map_err(Error::Registry)?.map_err(fail)? {
+                    n += c.len();
+                    if n > MAX_TOKEN_RESPONSE {
+                        return Err(Error::Registry(format!("{what} answered more than {MAX_TOKEN_RESPONSE} bytes")));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|_| Error::Registry(format!("{what}: no whole answer within {} s", within.as_secs())))?;
         }
         let r = client.get(&url).basic_auth(username, Some(password)).send().await.map_err(fail)?;
         if r.status().is_success() {
@@ -217,6 +256,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("another host"), "{e}");
+        // Nobody points a remote registry's clients at their own machine or its link.
+        for realm in [
+            "https://127.0.0.1:8080/token",
+            "https://localhost/token",
+            "https://[::1]:443/t",
+            "https://169.254.169.254/latest/meta-data",
+            "https://[fe80::1]/t",
+            "https://[::ffff:127.0.0.1]/t",
+            "https://0.0.0.0/t",
+        ] {
+            let e = realm_allowed(&regs, "registry.example", realm).unwrap_err().to_string();
+            assert!(e.contains("on this machine or its link"), "{realm}: {e}");
+        }
+        // A registry on loopback may have its token service there too.
+        realm_allowed(&regs, "127.0.0.1:5000", "https://127.0.0.1:5001/token").unwrap();
     }
 
     #[test]

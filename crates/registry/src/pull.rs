@@ -246,7 +246,8 @@ async fn fetch_blob(
     // The partial file is locked for as long as this pull owns it: a second pull of the same blob
     // waits rather than writing into it too, and prune/repair leave it alone (they take it only
     // if they can lock it).
-    let locked = lock_partial(&path).await.map_err(io)?;
+    // Waited for no longer than a stalled transfer is (the other pull's own deadline).
+    let locked = lock_partial(&path, regs.deadlines().idle() * 2).await.map_err(io)?;
     if store.has_blob(d) {
         // Another pull finished it while this one waited (and the file just made is empty).
         let _ = std::fs::remove_file(&path);
@@ -372,13 +373,13 @@ async fn fetch_blob(
     }
     file.flush().await.map_err(io)?;
     drop(file);
-    let (store2, path2, d2) = (store.clone(), path.clone(), d.clone());
-    let verified = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&path2).map_err(|e| Error::Registry(format!("{}: {e}", path2.display())))?;
-        store2.put_blob(f, &d2, Some(size)).map_err(Error::from)
-    })
-    .await
-    .map_err(|e| Error::Registry(format!("blob {d}: {e}")))?;
+    // Read back through the locked descriptor, never the path (something else may be there now).
+    let mut f = _guard.try_clone().map_err(io)?;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0)).map_err(io)?;
+    let (store2, d2) = (store.clone(), d.clone());
+    let verified = tokio::task::spawn_blocking(move || store2.put_blob(f, &d2, Some(size)).map_err(Error::from))
+        .await
+        .map_err(|e| Error::Registry(format!("blob {d}: {e}")))?;
     let _ = tokio::fs::remove_file(&path).await;
     verified?;
     progress(PullEvent::Verified { digest: d.clone() });
@@ -388,24 +389,36 @@ async fn fetch_blob(
 /// Opens (creating) the partial download at `path` and locks it exclusively, waiting while another
 /// pull holds it. A lock taken on a file that was removed or replaced meanwhile (the pull before
 /// finished and removed it, or prune did) is let go and the path opened again.
-async fn lock_partial(path: &Path) -> std::io::Result<std::fs::File> {
+async fn lock_partial(path: &Path, wait: std::time::Duration) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     loop {
+        // O_NONBLOCK: a FIFO put there must not block the open.
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
             .open(path)?;
         if !f.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
+            return Err(std::io::Error::other(
+                "not a regular file (`bulkhead system check --repair` removes it)",
+            ));
         }
+        let started = std::time::Instant::now();
         loop {
             match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(rustix::io::Errno::WOULDBLOCK) if started.elapsed() < wait => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(std::io::Error::other(format!(
+                        "another pull has been downloading this blob for {} s and still holds it; try again later",
+                        wait.as_secs()
+                    )))
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -318,7 +318,7 @@ fn remove_under<V>(state: &mut BTreeMap<String, V>, dir: &str, out: &mut Vec<Str
 
 fn scan_layer(dir: &Path) -> Result<LayerChanges> {
     let mut c = LayerChanges::default();
-    let mut inodes: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
+    let mut inodes: std::collections::HashMap<(u64, u64, Claim), String> = std::collections::HashMap::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| crate::Error::Invalid(format!("{}: {e}", dir.display())))?;
         let Ok(rel) = entry.path().strip_prefix(dir) else { continue };
@@ -343,13 +343,15 @@ fn scan_layer(dir: &Path) -> Result<LayerChanges> {
         c.hides_below.push(rel.to_string());
         if ft.is_file() {
             if let Some(claim) = catalog::claim(rel, meta.mode(), meta.size()) {
-                // Each inode is read once: hard links to it name the same packages again.
-                if let Some(first) = inodes.get(&(meta.dev(), meta.ino())) {
+                // Each inode is read once per kind of claim: hard links to it name the same packages
+                // again. (Keyed by the claim too: a decoy link walked first, claimed as something
+                // else, must not make the real database be skipped.)
+                if let Some(first) = inodes.get(&(meta.dev(), meta.ino(), claim)) {
                     c.skipped
                         .push((rel.to_string(), format!("a hard link to /{first}, which is read instead")));
                     continue;
                 }
-                inodes.insert((meta.dev(), meta.ino()), rel.to_string());
+                inodes.insert((meta.dev(), meta.ino(), claim), rel.to_string());
                 c.claimed.push((rel.to_string(), claim, meta.size()));
             }
         }
@@ -371,9 +373,21 @@ fn parse_all(dir: &Path, claimed: &[(String, Claim)], budget: &Budget) -> Vec<Pa
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some((path, claim)) = claimed.get(i) else { break };
-                let parsed = parse_one(&dir.join(path), &format!("/{path}"), *claim, budget).unwrap_or_else(|e| Parsed {
-                    warnings: vec![e],
-                    ..Default::default()
+                let parsed = parse_one(&dir.join(path), &format!("/{path}"), *claim, budget).unwrap_or_else(|e| {
+                    // A package database or metadata file that could not be read hides packages:
+                    // the scan is incomplete. A binary that could not be read is only a warning
+                    // (what binaries reveal is a bonus, not an inventory).
+                    if declares_packages(*claim) {
+                        Parsed {
+                            incomplete: vec![e],
+                            ..Default::default()
+                        }
+                    } else {
+                        Parsed {
+                            warnings: vec![e],
+                            ..Default::default()
+                        }
+                    }
                 });
                 *results[i].lock().unwrap() = Some(parsed);
             });
@@ -466,6 +480,11 @@ fn parse_one(file: &Path, path: &str, claim: Claim, budget: &Budget) -> std::res
     }
 }
 
+/// Whether a file of this kind is where packages are declared (so not reading it hides them).
+fn declares_packages(c: Claim) -> bool {
+    rank(c) <= 1
+}
+
 /// Which files' packages are kept first when an image has more than [`MAX_PACKAGES_PER_IMAGE`]:
 /// the OS package databases, then language packages, then what binaries reveal.
 fn rank(c: Claim) -> u8 {
@@ -541,7 +560,7 @@ fn finish(state: BTreeMap<String, Entry>) -> (Vec<Package>, Option<Distro>, Vec<
 }
 
 /// Bumped whenever a cataloger changes what it reports, so cached bills of materials are redone.
-pub const CATALOG_VERSION: u32 = 4;
+pub const CATALOG_VERSION: u32 = 5;
 
 /// The bill of materials of a stored image, from the cache beside the store when an earlier run of
 /// this version made one (layers never change, so neither does what is in them).

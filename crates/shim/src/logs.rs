@@ -84,7 +84,13 @@ impl LogWriter {
             .unwrap_or_default();
         let path = dir.join("container.log");
         let file = open_log(&path)?;
-        let size = file.metadata().map_err(|e| io(&path, e))?.len();
+        let mut size = file.metadata().map_err(|e| io(&path, e))?.len();
+        // A record cut short by a crash (no newline) was never a record, and the next one must
+        // not be glued onto it: the file is cut back to its last whole line.
+        if let Some(whole) = torn_tail(&path, size) {
+            file.set_len(whole).map_err(|e| io(&path, e))?;
+            size = whole;
+        }
         let mut last = if head.last.is_empty() { GENESIS.to_owned() } else { head.last };
         let mut records = head.records;
         // A shim killed between writing a record and the head leaves the head one record behind:
@@ -223,11 +229,35 @@ impl LogWriter {
     }
 }
 
+/// The longest a record can be: a line of control characters, each written as `\u00XX`, plus
+/// the other fields.
+const MAX_RECORD: u64 = 6 * MAX_LINE as u64 + 4096;
+
+/// Where the last whole line of the log ends, when the file ends in a part of a line no longer
+/// than a record; None when it ends with a newline (or the tail is not a cut record).
+fn torn_tail(path: &Path, size: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let want = size.min(MAX_RECORD);
+    if want == 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; want as usize];
+    File::open(path).ok()?.read_exact_at(&mut buf, size - want).ok()?;
+    if buf.last() == Some(&b'\n') {
+        return None;
+    }
+    match buf.iter().rposition(|&b| b == b'\n') {
+        Some(p) => Some(size - want + p as u64 + 1),
+        None if want == size => Some(0),
+        None => None,
+    }
+}
+
 /// The last complete line of the log file (without its newline), if it is short enough to be a
 /// record.
 fn last_line(path: &Path, size: u64) -> Option<Vec<u8>> {
     use std::os::unix::fs::FileExt;
-    let want = size.min(4 * MAX_LINE as u64 + 4096);
+    let want = size.min(MAX_RECORD);
     let mut buf = vec![0u8; want as usize];
     File::open(path).ok()?.read_exact_at(&mut buf, size - want).ok()?;
     if buf.pop()? != b'\n' {
@@ -484,6 +514,31 @@ mod tests {
         drop(f);
         write_lines(d.path(), 1, 1 << 20);
         assert!(verify(d.path()).unwrap_err().0.contains("does not follow"));
+    }
+
+    #[test]
+    fn a_record_cut_by_a_crash_is_dropped_and_long_records_are_caught_up() {
+        let d = tempfile::tempdir().unwrap();
+        // Records of control characters are six times their line.
+        let mut w = LogWriter::open(d.path(), 1 << 24, 3).unwrap();
+        w.write("stdout", &[1u8; MAX_LINE]).unwrap();
+        w.close().unwrap();
+        let head: Head = serde_json::from_slice(&fs::read(d.path().join("head")).unwrap()).unwrap();
+        let rec = Record {
+            log: "\u{1}".repeat(MAX_LINE),
+            stream: "stdout".into(),
+            time: "2026-12-06T00:00:00Z".into(),
+            prev: head.last.clone(),
+        };
+        let line = serde_json::to_vec(&rec).unwrap();
+        assert!(line.len() > 4 * MAX_LINE + 4096);
+        let mut f = OpenOptions::new().append(true).open(d.path().join("container.log")).unwrap();
+        f.write_all(&[line.clone(), b"\n".to_vec()].concat()).unwrap();
+        // ...and the next record was cut off half-way by the crash.
+        f.write_all(&line[..100]).unwrap();
+        drop(f);
+        write_lines(d.path(), 2, 1 << 24);
+        assert_eq!(verify(d.path()).unwrap(), 5);
     }
 
     #[test]

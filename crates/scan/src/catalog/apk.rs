@@ -37,7 +37,7 @@ pub fn parse_installed(data: &[u8]) -> Result<Parsed, String> {
         p.source_version = Some(version.to_string());
         out.packages.push(p);
         if out.packages.len() == crate::walk::MAX_PACKAGES_PER_FILE {
-            out.warnings.push(format!(
+            out.incomplete.push(format!(
                 "more than {} packages in one database; the rest is not read",
                 crate::walk::MAX_PACKAGES_PER_FILE
             ));

@@ -6,25 +6,32 @@ use crate::Ecosystem;
 /// Every package dpkg considers present (any state but `not-installed` and `config-files`, the
 /// same set `dpkg-query -W` lists), with its source package and version.
 pub fn parse_status(data: &[u8]) -> Result<Parsed, String> {
-    let text = std::str::from_utf8(data).map_err(|e| format!("dpkg status is not UTF-8: {e}"))?;
+    // One stray byte must not hide every package: read what is not UTF-8 as U+FFFD.
+    let text = String::from_utf8_lossy(data);
     let mut out = Parsed::default();
-    for fields in paragraphs(text) {
+    if std::str::from_utf8(data).is_err() {
+        out.warnings
+            .push("dpkg status is not UTF-8; read with the bad bytes replaced".into());
+    }
+    let mut nameless = 0usize;
+    for fields in paragraphs(&text) {
         if out.packages.len() == crate::walk::MAX_PACKAGES_PER_FILE {
-            out.warnings.push(format!(
+            out.incomplete.push(format!(
                 "more than {} packages in one status file; the rest is not read",
                 crate::walk::MAX_PACKAGES_PER_FILE
             ));
             break;
         }
         let get = |k: &str| fields.iter().find(|(f, _)| f.eq_ignore_ascii_case(k)).map(|(_, v)| *v);
-        let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
-            continue;
-        };
         if let Some(status) = get("Status") {
             if matches!(status.split_whitespace().last(), Some("not-installed" | "config-files")) {
                 continue;
             }
         }
+        let (Some(name), Some(version)) = (get("Package"), get("Version")) else {
+            nameless += 1;
+            continue;
+        };
         let mut p = package(name, version, Ecosystem::Debian, "dpkg");
         p.arch = get("Architecture").map(str::to_string);
         let (src, src_version) = match get("Source") {
@@ -37,6 +44,11 @@ pub fn parse_status(data: &[u8]) -> Result<Parsed, String> {
         p.source_name = Some(src.to_string());
         p.source_version = Some(src_version.to_string());
         out.packages.push(p);
+    }
+    if nameless > 0 {
+        // dpkg writes both fields in every stanza: one without is a package not known.
+        out.incomplete
+            .push(format!("{nameless} stanzas without a Package or Version field"));
     }
     Ok(out)
 }
@@ -103,8 +115,20 @@ Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n";
     }
 
     #[test]
+    fn a_status_file_over_the_cap_is_incomplete() {
+        let mut data = "Package: junk\nVersion: 1\n\n".repeat(crate::walk::MAX_PACKAGES_PER_FILE);
+        data.push_str("Package: libssl3\nVersion: 3.0.0\n");
+        let out = parse_status(data.as_bytes()).unwrap();
+        assert_eq!(out.packages.len(), crate::walk::MAX_PACKAGES_PER_FILE);
+        assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
+    }
+
+    #[test]
     fn garbage_is_no_package() {
-        assert!(parse_status(b"\xff\xfe").is_err());
+        assert!(parse_status(b"\xff\xfe").unwrap().packages.is_empty());
+        // One stray byte does not hide the packages around it.
+        let one = parse_status(b"Package: a\nVersion: 1\nDescription: \xff\n\nPackage: libssl3\nVersion: 3.0\n").unwrap();
+        assert_eq!(one.packages.len(), 2);
         assert!(parse_status(b"Package: x\n\nVersion\n: :\n").unwrap().packages.is_empty());
     }
 }

@@ -48,15 +48,25 @@ fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Pars
         }
     }
     let mut found = Vec::new();
+    // Whatever is not read is a package the scan may not know: each is an incomplete mark, and
+    // the walk goes on (one oversized entry must not hide the rest of the archive).
     for i in poms {
-        let text = read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget).map_err(|e| format!("{label}: {e}"))?;
-        if let Some(p) = from_pom_properties(&String::from_utf8_lossy(&text)) {
-            found.push(p);
+        match read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget) {
+            Ok(text) => {
+                if let Some(p) = from_pom_properties(&String::from_utf8_lossy(&text)) {
+                    found.push(p);
+                }
+            }
+            Err(e) => out.incomplete.push(format!("{label}: {e}")),
         }
     }
     if found.is_empty() {
-        let mf = match manifest {
-            Some(i) => read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget).map_err(|e| format!("{label}: {e}"))?,
+        let mf = match manifest.map(|i| read_entry(&mut zip, i, MAX_SMALL_ENTRY, budget)) {
+            Some(Ok(mf)) => mf,
+            Some(Err(e)) => {
+                out.incomplete.push(format!("{label}: {e}"));
+                Vec::new()
+            }
             None => Vec::new(),
         };
         if let Some(p) = from_manifest_or_name(label, &String::from_utf8_lossy(&mf)) {
@@ -71,18 +81,17 @@ fn walk(label: &str, data: &[u8], depth: usize, budget: &mut u64, out: &mut Pars
         let inner_name = zip.by_index_raw(i).map(|e| e.name().to_string()).unwrap_or_default();
         let inner_label = format!("{label}:{inner_name}");
         if depth + 1 > MAX_DEPTH {
-            out.warnings
+            out.incomplete
                 .push(format!("{inner_label}: nested deeper than {MAX_DEPTH} archives, not read"));
             continue;
         }
         match read_entry(&mut zip, i, MAX_NESTED, budget) {
             Ok(bytes) => {
                 if let Err(e) = walk(&inner_label, &bytes, depth + 1, budget, out) {
-                    out.warnings.push(e);
+                    out.incomplete.push(e);
                 }
             }
-            Err(e) if e == OVER_BUDGET => out.incomplete.push(format!("{inner_label}: {e}")),
-            Err(e) => out.warnings.push(format!("{inner_label}: {e}")),
+            Err(e) => out.incomplete.push(format!("{inner_label}: {e}")),
         }
     }
     Ok(())
@@ -174,6 +183,26 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_entry_does_not_hide_the_nested_jars() {
+        let log4j = jar(&[(
+            "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties",
+            b"groupId=org.apache.logging.log4j\nartifactId=log4j-core\nversion=2.14.1\n",
+        )]);
+        let big = vec![b'#'; (1 << 20) + 100];
+        let fat = jar(&[
+            ("META-INF/maven/com.example/app/pom.properties", &big),
+            ("BOOT-INF/lib/log4j-core-2.14.1.jar", &log4j),
+        ]);
+        let out = super::parse_archive("/app.jar", &fat).unwrap();
+        assert!(
+            out.packages.iter().any(|p| p.name.ends_with("log4j-core") && p.version == "2.14.1"),
+            "{:?}",
+            out.packages
+        );
+        assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
+    }
+
+    #[test]
     fn pom_properties_manifest_and_nesting() {
         let inner = jar(&[(
             "META-INF/maven/org.yaml/snakeyaml/pom.properties",
@@ -207,8 +236,8 @@ mod tests {
         }
         let out = super::parse_archive("/deep.jar", &inner).unwrap();
         assert!(out.packages.iter().all(|p| p.name != "g:a"), "{:?}", out.packages);
-        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
-        assert!(out.warnings[0].contains("nested deeper"));
+        assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
+        assert!(out.incomplete[0].contains("nested deeper"));
     }
 
     #[test]
@@ -224,7 +253,7 @@ mod tests {
         let outer = w.finish().unwrap().into_inner();
         let out = super::parse_archive("/bomb.jar", &outer).unwrap();
         assert!(out.packages.is_empty());
-        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert_eq!(out.incomplete.len(), 1, "{:?}", out.incomplete);
         assert!(super::parse_archive("/x.jar", b"PK\x03\x04garbage").is_err());
     }
 }

@@ -20,7 +20,7 @@ pub const MAX_METADATA: u64 = 64 << 20;
 pub const MAX_BINARY: u64 = 1 << 30;
 
 /// What kind of evidence a file is, decided from its path (and, for binaries, its mode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Claim {
     OsRelease,
     DpkgStatus,

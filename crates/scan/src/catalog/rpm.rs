@@ -97,14 +97,14 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
     let (mut unreadable, mut first_error) = (0usize, None);
     for (i, blob) in rows.enumerate() {
         if i == MAX_RPM_PACKAGES {
-            out.warnings
+            out.incomplete
                 .push(format!("rpm database: more than {MAX_RPM_PACKAGES} packages; the rest is not read"));
             break;
         }
         let blob = match blob {
             Ok(b) => b,
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::OperationInterrupted => {
-                out.warnings.push(format!(
+                out.incomplete.push(format!(
                     "rpm database: reading it took more than {MAX_RPM_STEPS} steps; the rest is not read"
                 ));
                 break;
@@ -124,8 +124,9 @@ pub fn parse_sqlite(db: &[u8], wal: Option<&[u8]>) -> Result<Parsed, String> {
         }
     }
     // One line for all unreadable headers, not one per row of a hostile database.
+    // A package whose header cannot be read is a package the scan does not know.
     if let Some(e) = first_error {
-        out.warnings.push(if unreadable == 1 {
+        out.incomplete.push(if unreadable == 1 {
             format!("an rpm header: {e}")
         } else {
             format!("{unreadable} rpm headers could not be read (the first: {e})")
@@ -282,7 +283,7 @@ mod tests {
         // A real table (with a trigger the read never fires): read, its headers judged one by one.
         let ok = db("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY, blob BLOB NOT NULL); INSERT INTO Packages (blob) VALUES (x'0000');");
         let parsed = super::parse_sqlite(&ok, None).unwrap();
-        assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+        assert_eq!(parsed.incomplete.len(), 1, "{:?}", parsed.incomplete);
         assert!(super::parse_sqlite(&db("CREATE TABLE Other (x);"), None)
             .unwrap_err()
             .contains("no Packages table"));
@@ -309,15 +310,15 @@ mod tests {
         ));
         let parsed = super::parse_sqlite(&many, None).unwrap();
         assert!(
-            parsed.warnings.iter().any(|w| w.contains("more than 100000 packages")),
+            parsed.incomplete.iter().any(|w| w.contains("more than 100000 packages")),
             "{:?}",
-            parsed.warnings
+            parsed.incomplete
         );
         assert_eq!(
-            parsed.warnings.len(),
+            parsed.incomplete.len(),
             2,
             "one line for all the unreadable headers: {:?}",
-            parsed.warnings
+            parsed.incomplete
         );
     }
 }
