@@ -101,8 +101,9 @@ pub struct RunArgs {
     /// Every capability, no seccomp, no masked paths (warns).
     #[arg(long)]
     privileged: bool,
-    /// none (default) or host (warns).
-    #[arg(long, default_value = "none")]
+    /// A network's name (default: the network `bulkhead`, made on first use), none (loopback
+    /// only), or host (warns).
+    #[arg(long, default_value = bulkhead_network::DEFAULT_NETWORK)]
     network: String,
     /// host to share the host's pid namespace (warns).
     #[arg(long)]
@@ -154,7 +155,10 @@ fn profile_from(a: &RunArgs) -> anyhow::Result<SecurityProfile> {
     match a.network.as_str() {
         "none" => p.network = Network::None,
         "host" => p.network = Network::Host,
-        n => bail!("--network {n:?}: only none and host exist until bridge networking lands"),
+        n => {
+            bulkhead_network::valid_name(n)?;
+            p.network = Network::Bridge
+        }
     }
     match a.pid.as_deref() {
         None => {}
@@ -258,6 +262,11 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         },
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
+        networks: match a.network.as_str() {
+            "none" | "host" => Vec::new(),
+            "bridge" => vec![bulkhead_network::DEFAULT_NETWORK.to_owned()],
+            n => vec![n.to_owned()],
+        },
     })
 }
 
@@ -271,6 +280,7 @@ fn create_container(
     pull_if_missing(ctx, &store, &a.image)?;
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
+    crate::network_cmd::ensure_networks(ctx, &req.networks)?;
     let rec = {
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?

@@ -3,6 +3,7 @@
 
 mod container_cmd;
 mod image_cmd;
+mod network_cmd;
 mod output;
 mod registry_cmd;
 mod scan_cmd;
@@ -58,6 +59,9 @@ enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network_cmd::NetworkCommand),
     /// List images (same as `image ls`).
     Images(image_cmd::LsArgs),
     /// Give an image another name (same as `image tag`).
@@ -279,7 +283,12 @@ fn main() -> ExitCode {
         format: cli.format,
         quiet: cli.quiet,
     };
+    bulkhead_runtime::hooks::install(Box::new(network_cmd::NetworkHooks {
+        root: ctx.root.clone(),
+        config: ctx.config.clone(),
+    }));
     let result = match cli.command {
+        Command::Network(c) => network_cmd::run(&ctx, c),
         Command::Image(c) => image_cmd::run(&ctx, c),
         Command::Images(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Ls(a)),
         Command::Tag(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Tag(a)),

@@ -86,6 +86,12 @@ pub struct ContainerRecord {
     /// Bind mounts with `idmap`, attached by bulkhead into the root filesystem at each start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idmapped_volumes: Vec<IdmappedVolume>,
+    /// The networks it joins at each start (`--network`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Its host name (also its name on its networks).
+    #[serde(default)]
+    pub hostname: String,
 }
 
 /// `-v SOURCE:TARGET:idmap` (see [`crate::idmap::attach_idmapped_volume`]).

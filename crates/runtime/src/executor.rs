@@ -351,13 +351,15 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
         .map_err(|e| err("creating the container", e))?;
     // Created, not started: its first process waits for start before it execs.
     if let Some(pid) = c.pid() {
-        if let Err(e) = loopback_up(pid.as_raw()) {
+        if let Err(e) = loopback_up(pid.as_raw()).and_then(|()| crate::hooks::created(id, pid.as_raw())) {
             let _ = c.delete(true);
+            crate::hooks::exited(id);
             return Err(e);
         }
     }
     if let Err(e) = c.start() {
         let _ = c.delete(true);
+        crate::hooks::exited(id);
         return Err(err("starting the container", e));
     }
     let Some(pid) = c.pid() else {
@@ -429,12 +431,12 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
         .arg("--log")
         .arg(&log)
         .args(["--log-format", "json"])
-        .arg("run")
+        // Created first, started after the hooks (its networks) had the namespaces to work on.
+        .arg("create")
         .arg("--bundle")
         .arg(bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
-        .arg("--detach");
+        .arg(&pid_file);
     if let Some(p) = &stdio.console_socket {
         cmd.arg("--console-socket").arg(p);
     }
@@ -473,7 +475,39 @@ fn start_external(bin: &Path, id: &str, bundle: &Path, state_dir: &Path, stdio: 
     let pid = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .ok_or_else(|| Error::Executor("the runtime wrote no pid".into()))?;
+        .ok_or_else(|| Error::Executor("the runtime wrote no pid".into()));
+    let delete = || {
+        let _ = Command::new(bin)
+            .arg("--root")
+            .arg(state_dir)
+            .args(["delete", "--force", id])
+            .output();
+        crate::hooks::exited(id);
+    };
+    let pid = match pid.and_then(|pid| crate::hooks::created(id, pid).map(|()| pid)) {
+        Ok(pid) => pid,
+        Err(e) => {
+            delete();
+            return Err(e);
+        }
+    };
+    let started = Command::new(bin)
+        .arg("--root")
+        .arg(state_dir)
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "start", id])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| Error::Executor(format!("starting {}: {e}", bin.display())))?;
+    if !started.status.success() {
+        delete();
+        return Err(Error::Executor(format!(
+            "{} could not start the container: {}",
+            bin.display(),
+            String::from_utf8_lossy(&started.stderr).trim()
+        )));
+    }
     Ok(Started {
         pid,
         inner: Inner::Adopted(bin.to_path_buf(), state_dir.to_path_buf(), id.to_owned()),

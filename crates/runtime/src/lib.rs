@@ -27,6 +27,7 @@ pub mod diff;
 pub mod error;
 pub mod exec;
 pub mod executor;
+pub mod hooks;
 pub mod idmap;
 pub mod inspect_fs;
 pub mod lifecycle;

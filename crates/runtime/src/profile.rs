@@ -113,8 +113,10 @@ pub enum Seccomp {
 /// The network of a container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
-    /// A private network namespace with only loopback (the default until bridges exist).
+    /// A private network namespace with only loopback (`--network none`).
     None,
+    /// A private network namespace joined to bridge networks (the container's record names them).
+    Bridge,
     /// `--network=host`.
     Host,
 }

@@ -31,6 +31,8 @@ pub struct CreateRequest {
     /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
+    /// Networks to join (with `Network::Bridge`).
+    pub networks: Vec<String>,
 }
 
 /// bulkhead-init (init/init.c), built static by build.rs.
@@ -146,6 +148,24 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             });
             args.insert(0, INIT_PATH.into());
         }
+        if !req.networks.is_empty() {
+            // The container's own name files, bind-mounted read-only; /etc/hosts gets its address
+            // when it joins its networks (written in place: the mount holds the inode).
+            for (file, content) in [
+                ("resolv.conf", resolv_conf()),
+                ("hosts", hosts_file(&hostname, &[])),
+                ("hostname", format!("{hostname}\n")),
+            ] {
+                let p = cs.dir(&id).join(file);
+                std::fs::write(&p, content).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+                mounts.push(crate::mounts::UserMount::Bind {
+                    source: p.to_string_lossy().into_owned(),
+                    target: format!("/etc/{file}"),
+                    readonly: true,
+                    idmap: false,
+                });
+            }
+        }
         let mut env = environment(&info.config, &req.overrides, &hostname, |k| std::env::var(k).ok());
         if !env.iter().any(|e| e.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));
@@ -171,8 +191,9 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             gid: user.gid,
             additional_gids: user.additional_gids,
             terminal: req.overrides.terminal,
-            hostname,
+            hostname: hostname.clone(),
         };
+        let process_hostname = hostname;
         let mut spec = build_spec(&profile, &process, &req.resources, &rootfs.to_string_lossy())?;
         if !mounts.is_empty() {
             let user_mounts = mounts;
@@ -218,6 +239,8 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             stop_timeout: req.stop_timeout.unwrap_or(10),
             labels: req.labels.clone(),
             idmapped_volumes,
+            networks: req.networks.clone(),
+            hostname: process_hostname,
         };
         cs.save(&rec)?;
         Ok(rec)
@@ -227,6 +250,46 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         let _ = store.remove_lease(&id);
     }
     made
+}
+
+/// The container's /etc/resolv.conf: the host's resolvers, unless they are on the host's loopback
+/// (systemd-resolved's 127.0.0.53, a local dnsmasq), unreachable from a container: then the
+/// upstream servers systemd-resolved lists, as Docker does; search and options are kept.
+pub fn resolv_conf() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let usable = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(str::trim)
+            .filter(|a| a.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let host = read("/etc/resolv.conf");
+    let mut servers = usable(&host);
+    if servers.is_empty() {
+        servers = usable(&read("/run/systemd/resolve/resolv.conf"));
+    }
+    let mut out = String::from("# written by bulkhead\n");
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    for l in host.lines().map(str::trim) {
+        if l.starts_with("search ") || l.starts_with("options ") {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The container's /etc/hosts: loopback names, and its own name on each of its addresses.
+pub fn hosts_file(hostname: &str, addrs: &[std::net::IpAddr]) -> String {
+    let mut out = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for a in addrs {
+        out.push_str(&format!("{a}\t{hostname}\n"));
+    }
+    out
 }
 
 /// A working directory must be an absolute path outside /proc: through /proc/self/fd a process can
@@ -285,6 +348,7 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
         // Shown on our stdout/stderr and kept in the container's log, as for detached containers.
         run_logged(cs, rec, executor, &state_dir, &cgroup, on_start)
     };
+    crate::hooks::exited(&rec.id);
     let exit = match exit {
         Ok(x) => x,
         Err(e) => {

@@ -20,6 +20,7 @@ pub fn run_shim(store: &Store, cs: &Containers, id: &str) -> Result<()> {
     let executor = Executor::from_flag(Some(&rec.runtime))?;
     let result = supervise(store, cs, &mut rec, &executor);
     if let Err(e) = &result {
+        crate::hooks::exited(id);
         rec.state = State::Exited {
             code: 125,
             finished: chrono::Utc::now(),
@@ -218,6 +219,7 @@ pub fn finish(
     let cgroup = cgroup_path(id);
     let oom = crate::executor::oom_killed(&cgroup);
     target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
+    crate::hooks::exited(id);
     rec.state = State::Exited {
         code,
         finished,

@@ -160,7 +160,7 @@ pub fn build_spec(profile: &SecurityProfile, p: &ProcessConfig, res: &Resources,
     if !profile.pid_host {
         namespaces.push(json!({"type": "pid"}));
     }
-    if profile.network == crate::profile::Network::None {
+    if profile.network != crate::profile::Network::Host {
         namespaces.push(json!({"type": "network"}));
     }
     let mut linux = json!({

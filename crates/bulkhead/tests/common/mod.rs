@@ -18,6 +18,9 @@ impl Env {
         let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
         std::fs::create_dir(dir.path().join("canary")).unwrap();
         std::fs::write(dir.path().join("canary/keep"), "untouched").unwrap();
+        // Test networks come from 198.18.0.0/15 (TESTING.md), never from the private ranges.
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        std::fs::write(dir.path().join("config/networks.json"), r#"{"pools": ["198.18.0.0/16"]}"#).unwrap();
         Env { dir }
     }
 
@@ -138,6 +141,24 @@ impl Drop for Env {
             ] {
                 let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/bulkhead/{id}"));
             }
+        }
+        // Its networks: bridges and the store's nftables table go with the last one.
+        let nets: Vec<String> = std::fs::read_dir(self.root().join("networks"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned))
+                    .filter(|n| n != "leases" && n != "rules")
+                    .collect()
+            })
+            .unwrap_or_default();
+        for n in &nets {
+            let _ = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+                .arg("--root")
+                .arg(self.root())
+                .arg("--config")
+                .arg(self.path("config"))
+                .args(["network", "rm", n])
+                .output();
         }
         let prefix = self.dir.path().to_string_lossy().into_owned();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

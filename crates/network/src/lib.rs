@@ -1,0 +1,530 @@
+//! Bridge networks for bulkhead's containers: each network is a Linux bridge with a subnet; a
+//! container joins it through a veth pair made when its namespaces exist and before its process
+//! starts; addresses are leased from the subnet; one nftables table of bulkhead's own holds the
+//! whole policy (see `firewall`). State lives under `<root>/networks/`:
+//!
+//! ```text
+//! networks/lock            flock: every change to networks, leases or rules
+//! networks/<name>.json     a network
+//! networks/leases.json     the addresses held by running containers (checked against the kernel)
+//! ```
+//!
+//! Host-wide, for every store: `/run/bulkhead/net.lock` (subnets are picked under it) and
+//! `/run/bulkhead/forwarding` (bulkhead turned IPv4 forwarding on; it stays on, as Docker leaves
+//! it, and every store's table then keeps the host from routing anything but bulkhead's bridges).
+//!
+//! Nothing here runs in the background: a container's veth pair dies with its network namespace,
+//! and a lease whose namespace is gone is dead whoever notices it first.
+
+pub mod firewall;
+pub mod netlink;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("nftables: {0}")]
+    Firewall(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(p: &Path, e: std::io::Error) -> Error {
+    Error::Io(format!("{}: {e}", p.display()))
+}
+
+/// The network a container joins when `--network` is not given.
+pub const DEFAULT_NETWORK: &str = "bulkhead";
+/// Where a store lives unless `--root` says otherwise: its table and default bridge have the
+/// plain names.
+const DEFAULT_ROOT: &str = "/var/lib/bulkhead";
+const RUN_DIR: &str = "/run/bulkhead";
+const FORWARDING_MARK: &str = "/run/bulkhead/forwarding";
+
+/// Subnets for networks made without `--subnet`, cut into /24s.
+const DEFAULT_POOL: &str = "10.89.0.0/16";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Network {
+    pub name: String,
+    pub id: String,
+    pub driver: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    #[serde(default)]
+    pub internal: bool,
+    pub created: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An address a running container holds on a network.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    pub network: String,
+    pub container: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The host end of its veth pair.
+    pub host_if: String,
+    /// The container's first process and its network namespace (device, inode): the lease lives
+    /// while that namespace does.
+    pub pid: i32,
+    pub netns: (u64, u64),
+}
+
+impl Lease {
+    fn alive(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(format!("/proc/{}/ns/net", self.pid)).is_ok_and(|m| (m.dev(), m.ino()) == self.netns)
+    }
+}
+
+/// `network create`.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub internal: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `<config>/networks.json`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Where subnets of new networks come from (each cut into /24s).
+    #[serde(default)]
+    pools: Vec<Ipv4Net>,
+}
+
+/// The networks of one store.
+pub struct Networks {
+    root: PathBuf,
+    dir: PathBuf,
+    pools: Vec<Ipv4Net>,
+}
+
+/// Held while networks, leases or rules change.
+pub struct NetLock(#[allow(dead_code)] fs::File);
+
+fn short_hash(parts: &[&str]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Network names as Docker accepts them.
+pub fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "network name {name:?}: letters, digits, '_', '.', '-', starting with a letter or digit, at most 63"
+        )))
+    }
+}
+
+impl Networks {
+    /// The networks of the store at `root`; `config` is the directory of `networks.json`.
+    pub fn open(root: &Path, config: &Path) -> Result<Self> {
+        let dir = root.join("networks");
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| io(&dir, e))?;
+        }
+        let cfg_path = config.join("networks.json");
+        let cfg: Config = match fs::read(&cfg_path) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", cfg_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(io(&cfg_path, e)),
+        };
+        let pools = if cfg.pools.is_empty() {
+            vec![DEFAULT_POOL.parse().expect("the default pool parses")]
+        } else {
+            cfg.pools
+        };
+        Ok(Networks {
+            root: root.to_path_buf(),
+            dir,
+            pools,
+        })
+    }
+
+    fn is_default_root(&self) -> bool {
+        self.root == Path::new(DEFAULT_ROOT)
+    }
+
+    /// The store's nftables table (`inet`): `bulkhead`, or `bulkhead_<hash>` for another root.
+    pub fn table(&self) -> String {
+        if self.is_default_root() {
+            "bulkhead".into()
+        } else {
+            format!("bulkhead_{}", &short_hash(&[&self.root.to_string_lossy()])[..8])
+        }
+    }
+
+    /// Takes the networks' lock (exclusive; every change is short).
+    pub fn lock(&self) -> Result<NetLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.dir.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+            .open(&p)
+            .map_err(|e| io(&p, e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e.into()))?;
+        Ok(NetLock(f))
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    pub fn list(&self) -> Result<Vec<Network>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
+            let e = e.map_err(|e| io(&self.dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_suffix(".json") {
+                if n == "leases" || n == "rules" {
+                    continue;
+                }
+                out.push(self.get(n)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn get(&self, name: &str) -> Result<Network> {
+        valid_name(name)?;
+        let p = self.path_of(name);
+        match fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!("no network {name}"))),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    fn save(&self, n: &Network) -> Result<()> {
+        write_atomic(
+            &self.path_of(&n.name),
+            &serde_json::to_vec_pretty(n).map_err(|e| Error::Invalid(e.to_string()))?,
+        )
+    }
+
+    /// Makes a network (its bridge and its part of the policy table).
+    pub fn create(&self, req: &CreateRequest) -> Result<Network> {
+        valid_name(&req.name)?;
+        let _lock = self.lock()?;
+        // Host-wide while a subnet is picked and its bridge made: another store on this host
+        // must not pick the same one.
+        let _host = host_lock()?;
+        if self.path_of(&req.name).exists() {
+            return Err(Error::Conflict(format!("network {} exists already", req.name)));
+        }
+        let existing = self.list()?;
+        let taken: Vec<Ipv4Net> = existing.iter().map(|n| n.subnet).chain(host_routes()).collect();
+        let subnet = match req.subnet {
+            Some(s) => {
+                let s = s.trunc();
+                if s.prefix_len() > 30 {
+                    return Err(Error::Invalid(format!("subnet {s}: too small (at most /30)")));
+                }
+                if let Some(t) = taken.iter().find(|t| t.contains(&s.network()) || s.contains(&t.network())) {
+                    return Err(Error::Conflict(format!("subnet {s} overlaps {t}, already in use on this host")));
+                }
+                s
+            }
+            None => self.free_subnet(&taken)?,
+        };
+        let gateway = match req.gateway {
+            Some(g) if subnet.contains(&g) && g != subnet.network() && g != subnet.broadcast() => g,
+            Some(g) => return Err(Error::Invalid(format!("gateway {g} is not a host address of {subnet}"))),
+            None => subnet
+                .hosts()
+                .next()
+                .ok_or_else(|| Error::Invalid(format!("{subnet} has no host address")))?,
+        };
+        let id = short_hash(&[&self.root.to_string_lossy(), &req.name, &chrono::Utc::now().to_rfc3339()]);
+        let bridge = if self.is_default_root() && req.name == DEFAULT_NETWORK {
+            "bulkhead0".to_owned()
+        } else {
+            format!("bh{}", &short_hash(&[&self.root.to_string_lossy(), &req.name])[..10])
+        };
+        let n = Network {
+            name: req.name.clone(),
+            id,
+            driver: "bridge".into(),
+            subnet,
+            gateway,
+            bridge,
+            internal: req.internal,
+            created: chrono::Utc::now(),
+            labels: req.labels.clone(),
+        };
+        netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+        self.save(&n)?;
+        if let Err(e) = self.sync() {
+            let _ = fs::remove_file(self.path_of(&n.name));
+            let _ = netlink::delete_link(&n.bridge);
+            return Err(e);
+        }
+        Ok(n)
+    }
+
+    /// The default network, made on first use.
+    pub fn ensure_default(&self) -> Result<Network> {
+        match self.get(DEFAULT_NETWORK) {
+            Ok(n) => Ok(n),
+            Err(Error::NotFound(_)) => match self.create(&CreateRequest {
+                name: DEFAULT_NETWORK.into(),
+                ..Default::default()
+            }) {
+                Err(Error::Conflict(_)) => self.get(DEFAULT_NETWORK),
+                other => other,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn free_subnet(&self, taken: &[Ipv4Net]) -> Result<Ipv4Net> {
+        for pool in &self.pools {
+            let len = pool.prefix_len().max(24);
+            for s in pool.subnets(len).map_err(|e| Error::Invalid(e.to_string()))? {
+                if !taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())) {
+                    return Ok(s);
+                }
+            }
+        }
+        Err(Error::Conflict(format!(
+            "no free subnet left in the pools {:?} (set \"pools\" in networks.json, or give --subnet)",
+            self.pools.iter().map(|p| p.to_string()).collect::<Vec<_>>()
+        )))
+    }
+
+    /// Removes a network no running container uses.
+    pub fn remove(&self, name: &str) -> Result<Network> {
+        let _lock = self.lock()?;
+        let n = self.get(name)?;
+        let users: Vec<String> = self
+            .live_leases()?
+            .into_iter()
+            .filter(|l| l.network == name)
+            .map(|l| l.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "network {name} is in use by {} (stop or disconnect them first)",
+                users.join(", ")
+            )));
+        }
+        fs::remove_file(self.path_of(name)).map_err(|e| io(&self.path_of(name), e))?;
+        netlink::delete_link(&n.bridge)?;
+        self.sync()?;
+        Ok(n)
+    }
+
+    fn leases_path(&self) -> PathBuf {
+        self.dir.join("leases.json")
+    }
+
+    fn read_leases(&self) -> Result<Vec<Lease>> {
+        let p = self.leases_path();
+        match fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    fn write_leases(&self, l: &[Lease]) -> Result<()> {
+        write_atomic(
+            &self.leases_path(),
+            &serde_json::to_vec_pretty(l).map_err(|e| Error::Invalid(e.to_string()))?,
+        )
+    }
+
+    /// The leases of containers whose network namespace still exists.
+    pub fn live_leases(&self) -> Result<Vec<Lease>> {
+        Ok(self.read_leases()?.into_iter().filter(Lease::alive).collect())
+    }
+
+    /// Joins the container whose first process is `pid` (created, not started) to `network`:
+    /// an address from its subnet, a veth pair into its bridge, the policy table updated.
+    pub fn attach(&self, container: &str, name: &str, network: &str, pid: i32) -> Result<Lease> {
+        use std::os::unix::fs::MetadataExt;
+        let _lock = self.lock()?;
+        let n = self.get(network)?;
+        let ns_path = format!("/proc/{pid}/ns/net");
+        let ns = fs::File::open(&ns_path).map_err(|e| io(Path::new(&ns_path), e))?;
+        let md = ns.metadata().map_err(|e| io(Path::new(&ns_path), e))?;
+        let mut leases: Vec<Lease> = self.read_leases()?.into_iter().filter(Lease::alive).collect();
+        leases.retain(|l| !(l.container == container && l.network == network));
+        let used: std::collections::HashSet<Ipv4Addr> = leases.iter().filter(|l| l.network == network).map(|l| l.ip).collect();
+        let ip = n
+            .subnet
+            .hosts()
+            .find(|a| *a != n.gateway && !used.contains(a))
+            .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?;
+        let k = leases.iter().filter(|l| l.container == container).count();
+        let host_if = format!("bv{}{k}", &container[..11.min(container.len())]);
+        netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+        netlink::attach(&ns, &n.bridge, &host_if, ip, n.subnet.prefix_len(), n.gateway)?;
+        let lease = Lease {
+            network: network.into(),
+            container: container.into(),
+            name: name.into(),
+            ip,
+            host_if,
+            pid,
+            netns: (md.dev(), md.ino()),
+        };
+        leases.push(lease.clone());
+        self.write_leases(&leases)?;
+        self.sync()?;
+        Ok(lease)
+    }
+
+    /// The container left its networks (it exited): its leases are released.
+    pub fn detach(&self, container: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let all = self.read_leases()?;
+        let keep: Vec<Lease> = all.iter().filter(|l| l.container != container && l.alive()).cloned().collect();
+        if keep.len() != all.len() {
+            for l in all.iter().filter(|l| l.container == container) {
+                // Gone with the namespace as a rule; removed here if the process lingers.
+                let _ = netlink::delete_link(&l.host_if);
+            }
+            self.write_leases(&keep)?;
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// The policy table as the networks and leases are now.
+    pub fn policy(&self) -> Result<firewall::Policy> {
+        let nets = self.list()?;
+        Ok(firewall::Policy {
+            table: self.table(),
+            bridges: nets.iter().map(|n| n.bridge.clone()).collect(),
+            internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
+            masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
+            allow4: Vec::new(),
+            forwarding_is_ours: Path::new(FORWARDING_MARK).exists(),
+        })
+    }
+
+    /// Writes the policy table (or removes it, and gives back forwarding, with the last network).
+    pub fn sync(&self) -> Result<()> {
+        let policy = self.policy()?;
+        if policy.bridges.is_empty() {
+            return firewall::remove(&policy.table);
+        }
+        // Containers' traffic is routed: forwarding on, and remembered if it was off, so that the
+        // table keeps the host from routing anything else.
+        let fwd = "/proc/sys/net/ipv4/ip_forward";
+        if fs::read_to_string(fwd).map_err(|e| io(Path::new(fwd), e))?.trim() == "0" {
+            fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
+            fs::write(FORWARDING_MARK, b"").map_err(|e| io(Path::new(FORWARDING_MARK), e))?;
+            fs::write(fwd, "1").map_err(|e| io(Path::new(fwd), e))?;
+            return firewall::apply(&self.policy()?);
+        }
+        firewall::apply(&policy)
+    }
+}
+
+fn host_lock() -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
+    let p = Path::new(RUN_DIR).join("net.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(&p)
+        .map_err(|e| io(&p, e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e.into()))?;
+    Ok(f)
+}
+
+/// IPv4 routes of the host (other than the default route): subnets a new network must not
+/// overlap.
+fn host_routes() -> Vec<Ipv4Net> {
+    let text = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            if mask == 0 {
+                return None;
+            }
+            // Little-endian words in the file.
+            let dest = Ipv4Addr::from(dest.swap_bytes());
+            let len = mask.count_ones() as u8;
+            Ipv4Net::new(dest, len).ok()
+        })
+        .collect()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1.write_all(data).map_err(|e| io(&tmp.0, e))?;
+    tmp.1.sync_all().map_err(|e| io(&tmp.0, e))?;
+    fs::rename(&tmp.0, path).map_err(|e| io(path, e))
+}
+
+fn tempfile_in(dir: &Path) -> Result<(PathBuf, fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for _ in 0..16 {
+        let mut b = [0u8; 8];
+        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).map_err(|e| Error::Io(e.to_string()))?;
+        let p = dir.join(format!(".tmp-{}", hex::encode(b)));
+        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p) {
+            Ok(f) => return Ok((p, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&p, e)),
+        }
+    }
+    Err(Error::Io(format!("{}: no temporary name free", dir.display())))
+}

@@ -1,0 +1,183 @@
+//! Links, addresses and routes, through rtnetlink (no `ip` processes: one netlink socket per
+//! namespace, a few messages per container).
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{Error, Result};
+
+fn nl(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Netlink(format!("{what}: {e}"))
+}
+
+/// Runs `f` with a netlink handle of the current thread's network namespace, on a runtime of
+/// its own (the CLI has none; each namespace needs its own socket anyway).
+pub(crate) fn with_handle<T>(f: impl AsyncFnOnce(&Handle) -> Result<T>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| nl("runtime", e))?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl("netlink socket", e))?;
+        let task = tokio::spawn(conn);
+        let out = f(&handle).await;
+        task.abort();
+        out
+    })
+}
+
+pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl(&format!("looking up {name}"), e)),
+    }
+}
+
+/// Makes bridge `name` with `gateway/prefix` on it, up, with bridged IP traffic passed through
+/// the inet hooks (so that the policy table sees traffic between containers on one bridge: only
+/// this bridge's option, not the host-wide sysctl). Idempotent.
+pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
+    with_handle(async |h| {
+        let index = match index_of(h, name).await? {
+            Some(i) => i,
+            None => {
+                h.link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await
+                    .map_err(|e| nl(&format!("creating bridge {name}"), e))?;
+                index_of(h, name)
+                    .await?
+                    .ok_or_else(|| Error::Netlink(format!("bridge {name} vanished")))?
+            }
+        };
+        let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        let mut has = false;
+        while let Some(a) = addrs.try_next().await.map_err(|e| nl("listing addresses", e))? {
+            has |= a.attributes.iter().any(
+                |at| matches!(at, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == gateway),
+            );
+        }
+        if !has {
+            h.address()
+                .add(index, gateway.into(), prefix)
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("adding {gateway}/{prefix} to {name}"), e))?;
+        }
+        h.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("bringing {name} up"), e))?;
+        Ok(())
+    })?;
+    for opt in ["nf_call_iptables", "nf_call_ip6tables"] {
+        let p = format!("/sys/class/net/{name}/bridge/{opt}");
+        std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
+    }
+    Ok(())
+}
+
+/// Removes link `name` if it exists.
+pub fn delete_link(name: &str) -> Result<()> {
+    with_handle(async |h| {
+        if let Some(i) = index_of(h, name).await? {
+            h.link().del(i).execute().await.map_err(|e| nl(&format!("removing {name}"), e))?;
+        }
+        Ok(())
+    })
+}
+
+/// Whether link `name` exists (in this namespace).
+pub fn link_exists(name: &str) -> Result<bool> {
+    with_handle(async |h| Ok(index_of(h, name).await?.is_some()))
+}
+
+/// Plugs the network namespace `netns` into `bridge`: a veth pair whose host end `host_if` joins
+/// the bridge and whose other end is made inside the namespace as `eth0`, with `addr/prefix` and
+/// a default route through `gateway`.
+pub fn attach(netns: &std::fs::File, bridge: &str, host_if: &str, addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+    let fd = netns.as_raw_fd();
+    with_handle(async |h| {
+        let br = index_of(h, bridge)
+            .await?
+            .ok_or_else(|| Error::Netlink(format!("bridge {bridge} does not exist")))?;
+        // A leftover of a container that held this name (a crash between the two steps).
+        if let Some(i) = index_of(h, host_if).await? {
+            let _ = h.link().del(i).execute().await;
+        }
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name("eth0".to_owned())
+            .setns_by_fd(fd)
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_if.to_owned())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("creating {host_if}"), e))?;
+        let i = index_of(h, host_if)
+            .await?
+            .ok_or_else(|| Error::Netlink(format!("{host_if} vanished")))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(i).controller(br).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("plugging {host_if} into {bridge}"), e))?;
+        Ok(())
+    })?;
+    in_netns(netns, move || {
+        with_handle(async |h| {
+            let i = index_of(h, "eth0")
+                .await?
+                .ok_or_else(|| Error::Netlink("eth0 is not in the container".into()))?;
+            h.address()
+                .add(i, addr.into(), prefix)
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("adding {addr}/{prefix}"), e))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(i).up().build())
+                .execute()
+                .await
+                .map_err(|e| nl("bringing eth0 up", e))?;
+            let lo = index_of(h, "lo").await?.ok_or_else(|| Error::Netlink("no lo".into()))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(|e| nl("bringing lo up", e))?;
+            h.route()
+                .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("default route via {gateway}"), e))?;
+            Ok(())
+        })
+    })
+}
+
+/// Runs `f` on a short-lived thread inside network namespace `netns` (setns moves only the
+/// calling thread; the caller stays where it is).
+pub fn in_netns<T: Send + 'static>(netns: &std::fs::File, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = netns.try_clone().map_err(|e| nl("netns", e))?;
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(rustix::thread::LinkNameSpaceType::Network))
+            .map_err(|e| nl("entering the container's network namespace", e))?;
+        f()
+    })
+    .join()
+    .map_err(|_| Error::Netlink("a network thread panicked".into()))?
+}
