@@ -813,7 +813,20 @@ pub fn diff(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
     let cs = Containers::open(&store)?;
     let r = cs.find(name)?;
     let lowers = cs.lowers(&store, &r);
-    let changes = bulkhead_runtime::diff::changes(&cs.dir(&r.id).join("upper"), &lowers)?;
+    let upper = cs.dir(&r.id).join("upper");
+    let mut changes = bulkhead_runtime::diff::changes(&upper, &lowers)?;
+    if !r.networks.is_empty() {
+        // The empty files the runtime made to mount the name files on are bulkhead's, not the
+        // container's doing (Docker leaves them out too): shown only if the container wrote them.
+        let ours = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
+        changes.retain(|c| {
+            !(c.kind == 1
+                && ours.contains(&c.path.as_str())
+                && std::fs::symlink_metadata(upper.join(c.path.trim_start_matches('/'))).is_ok_and(|m| m.is_file() && m.len() == 0))
+        });
+        let etc_touched = changes.iter().any(|c| c.path.starts_with("/etc/"));
+        changes.retain(|c| c.path != "/etc" || etc_touched);
+    }
     match ctx.output()? {
         Output::Json => json(&serde_json::to_value(&changes)?)?,
         Output::Table => changes.iter().for_each(|c| println!("{} {}", c.letter(), c.path)),
