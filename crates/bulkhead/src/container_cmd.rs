@@ -105,6 +105,13 @@ pub struct RunArgs {
     /// only), or host (warns).
     #[arg(long, default_value = bulkhead_network::DEFAULT_NETWORK)]
     network: String,
+    /// NAME[:PORT[/PROTO]]: NAME (a container, alias or KEY=VALUE label) may reach this container
+    /// (on PORT only, if given). Repeatable; the rule goes with the container.
+    #[arg(long)]
+    allow_from: Vec<String>,
+    /// NAME[:PORT[/PROTO]]: this container may reach NAME. Repeatable.
+    #[arg(long)]
+    allow_to: Vec<String>,
     /// host to share the host's pid namespace (warns).
     #[arg(long)]
     pid: Option<String>,
@@ -285,6 +292,10 @@ fn create_container(
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?
     };
+    if let Err(e) = crate::network_cmd::container_rules(ctx, &rec.id, &rec.name, &a.allow_from, &a.allow_to) {
+        let _ = bulkhead_runtime::run::remove(&store, &cs, &rec.id, true);
+        return Err(e);
+    }
     for w in &rec.warnings {
         eprintln!("bulkhead: warning: {w}");
     }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use bulkhead_network::rules::{Action, Rule, Selector};
 use bulkhead_network::{CreateRequest, Networks};
 use clap::{Args, Subcommand};
 
@@ -21,6 +22,32 @@ pub enum NetworkCommand {
     /// Remove networks no running container uses.
     #[command(alias = "remove")]
     Rm { names: Vec<String> },
+    /// Allow FROM to reach TO (on TO's PORT only, if given). FROM and TO: a container's name, an
+    /// alias, or a label KEY=VALUE.
+    Allow(RuleArgs),
+    /// Take an allow back (or deny TO=outside: FROM's way out).
+    Deny(RuleArgs),
+    /// List the rules, with where each came from and the packets it let through.
+    Rules {
+        #[arg(long)]
+        network: Option<String>,
+    },
+    /// Connections the policy refused (JSON lines): both ends, protocol and port.
+    Events {
+        /// Keep printing new ones.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RuleArgs {
+    from: String,
+    /// TO[:PORT[/tcp|udp]]
+    to: String,
+    /// Only on this network (default: every network both ends are on).
+    #[arg(long)]
+    network: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +139,26 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
             }
             json(&serde_json::Value::Array(out))?;
         }
+        NetworkCommand::Allow(a) => println!("{}", nets.add_rule(rule(&a, Action::Allow, "network allow", None)?)?),
+        NetworkCommand::Deny(a) => println!("{}", nets.add_rule(rule(&a, Action::Deny, "network deny", None)?)?),
+        NetworkCommand::Rules { network } => {
+            // Counts since the table was last written are added to what the rules kept.
+            let live = bulkhead_network::firewall::hits(&nets.table());
+            let mut list = nets.rules()?;
+            bulkhead_network::rules::add_hits(&mut list, &live);
+            list.retain(|r| network.is_none() || r.network.is_none() || r.network == network);
+            match ctx.output()? {
+                Output::Json => json(&serde_json::to_value(&list)?)?,
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|r| vec![r.id.to_string(), r.describe(), r.origin.clone(), r.hits.to_string()])
+                        .collect();
+                    table(&["ID", "RULE", "ORIGIN", "PACKETS"], &rows)?;
+                }
+            }
+        }
+        NetworkCommand::Events { follow } => events(&nets, follow)?,
         NetworkCommand::Rm { names } => {
             let mut failed = false;
             for name in &names {
@@ -129,6 +176,133 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rule(a: &RuleArgs, action: Action, origin: &str, owner: Option<&str>) -> anyhow::Result<Rule> {
+    let (to, port, proto) = Rule::parse_target(&a.to)?;
+    let from = Selector::parse(&a.from)?;
+    if from == Selector::Outside || (to == Selector::Outside && action == Action::Allow) {
+        bail!("the outside is reached by default and reaches containers only through published ports: only `network deny NAME outside` takes a way out");
+    }
+    if to == Selector::Outside && port.is_some() {
+        bail!("`deny NAME outside` takes no port");
+    }
+    Ok(Rule {
+        id: 0,
+        action,
+        from,
+        to,
+        port,
+        proto,
+        network: a.network.clone(),
+        origin: origin.to_owned(),
+        owner: owner.map(str::to_owned),
+        created: chrono::Utc::now(),
+        hits: 0,
+    })
+}
+
+/// `run --allow-from FROM[:PORT[/PROTO]]` (FROM may reach this container) and `--allow-to
+/// TO[:PORT[/PROTO]]` (this container may reach TO): rules owned by the container.
+pub fn container_rules(ctx: &Ctx, id: &str, name: &str, from: &[String], to: &[String]) -> anyhow::Result<()> {
+    if from.is_empty() && to.is_empty() {
+        return Ok(());
+    }
+    let nets = networks(ctx)?;
+    for f in from {
+        let (src, port) = match f.split_once(':') {
+            Some((s, p)) => (s, format!("{name}:{p}")),
+            None => (f.as_str(), name.to_owned()),
+        };
+        let a = RuleArgs {
+            from: src.to_owned(),
+            to: port,
+            network: None,
+        };
+        nets.add_rule(rule(&a, Action::Allow, &format!("run {name} --allow-from {f}"), Some(id))?)?;
+    }
+    for t in to {
+        let a = RuleArgs {
+            from: name.to_owned(),
+            to: t.clone(),
+            network: None,
+        };
+        nets.add_rule(rule(&a, Action::Allow, &format!("run {name} --allow-to {t}"), Some(id))?)?;
+    }
+    Ok(())
+}
+
+/// Reads the kernel's log for the table's denials: one JSON line each, the addresses named by
+/// the containers that hold them now.
+fn events(nets: &Networks, follow: bool) -> anyhow::Result<()> {
+    use std::io::Read;
+    let prefix = bulkhead_network::firewall::log_prefix(&nets.table());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .context("/dev/kmsg")?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Kernel time is microseconds since boot: the wall clock of boot turns it into a date.
+    let boot = {
+        let now = chrono::Utc::now();
+        let up: f64 = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|u| u.parse().ok()))
+            .unwrap_or(0.0);
+        now - chrono::Duration::milliseconds((up * 1000.0) as i64)
+    };
+    let mut f = f;
+    let mut buf = vec![0u8; 8192];
+    let out = std::io::stdout();
+    loop {
+        match f.read(&mut buf) {
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                if let Some(ev) = parse_denial(&rec, &prefix, boot, nets) {
+                    let mut o = out.lock();
+                    std::io::Write::write_all(&mut o, format!("{ev}\n").as_bytes())?;
+                    std::io::Write::flush(&mut o)?;
+                }
+            }
+            // Records overwritten before we read them: go on from the oldest kept.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).context("/dev/kmsg"),
+        }
+    }
+}
+
+/// One kmsg record ("6,1234,5678901,-;bulkhead-deny:T IN=... SRC=a DST=b ... PROTO=TCP SPT=1 DPT=80 ...").
+fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, nets: &Networks) -> Option<serde_json::Value> {
+    let (head, msg) = rec.split_once(';')?;
+    let msg = msg.lines().next()?.strip_prefix(prefix)?;
+    let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
+    let field = |k: &str| {
+        msg.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    let leases = nets.live_leases().unwrap_or_default();
+    let who = |ip: &Option<String>| {
+        ip.as_deref()
+            .and_then(|ip| leases.iter().find(|l| l.ip.to_string() == ip))
+            .map(|l| serde_json::json!({"container": l.name, "network": l.network}))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let (src, dst) = (field("SRC"), field("DST"));
+    Some(serde_json::json!({
+        "time": (boot + chrono::Duration::microseconds(usec)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "verdict": "denied",
+        "from": {"ip": src, "port": field("SPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&src)},
+        "to": {"ip": dst, "port": field("DPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&dst)},
+        "protocol": field("PROTO").map(|p| p.to_ascii_lowercase()),
+    }))
 }
 
 /// Before a container is made: its networks exist (the default one is made on first use).
@@ -165,8 +339,14 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         }
         let nets = Networks::open(&self.root, &self.config).map_err(|e| fail(e.to_string()))?;
         let mut addrs = Vec::new();
+        let member = bulkhead_network::Member {
+            id: id.to_owned(),
+            name: rec.name.clone(),
+            aliases: Vec::new(),
+            labels: rec.labels.clone(),
+        };
         for n in &rec.networks {
-            let lease = nets.attach(id, &rec.name, n, pid).map_err(|e| fail(e.to_string()))?;
+            let lease = nets.attach(&member, n, pid).map_err(|e| fail(e.to_string()))?;
             addrs.push(std::net::IpAddr::V4(lease.ip));
         }
         // In place: the container's bind mount holds this inode.
@@ -188,6 +368,13 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         };
         if let Err(e) = nets.detach(id) {
             tracing::warn!(error = %e, "releasing the container's addresses");
+        }
+    }
+
+    fn removed(&self, id: &str) {
+        match Networks::open(&self.root, &self.config).and_then(|n| n.remove_rules_of(id)) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "removing the container's rules"),
         }
     }
 }

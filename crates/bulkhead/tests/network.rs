@@ -176,6 +176,14 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
     assert!(err.contains("in use by c"), "{err}");
 
     // Everything goes with the containers and the networks.
+    let mut veths = Vec::new();
+    for net in ["bulkhead", "inner"] {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", net])).unwrap();
+        for l in v[0]["containers"].as_array().unwrap() {
+            veths.push(l["host_if"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(veths.len(), 3, "{veths:?}");
     env.ok(&["rm", "-f", "a", "b", "c"]);
     env.ok(&["network", "rm", "inner", "bulkhead"]);
     let tables = String::from_utf8(Command::new("nft").args(["list", "tables"]).output().unwrap().stdout).unwrap();
@@ -183,7 +191,9 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
     let links = String::from_utf8(Command::new("ip").args(["-br", "link"]).output().unwrap().stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "network", "ls"])).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 0);
-    assert!(!links.contains("bv"), "a veth is left: {links}");
+    for v in &veths {
+        assert!(!links.contains(v.as_str()), "{v} is left: {links}");
+    }
     drop(outside);
 }
 
@@ -192,3 +202,97 @@ fn hex(b: &[u8]) -> String {
 }
 
 use sha2::Digest as _;
+
+/// Waits (bounded) until `c` can fetch `url` (a rule was just written, or a server is starting).
+fn reaches(env: &Env, c: &str, url: &str) -> bool {
+    for _ in 0..30 {
+        if fetch(env, c, url).0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn rules_open_exactly_what_they_name_and_follow_containers() {
+    let env = Env::new();
+    let img = image(&env);
+    let two = "httpd -p 80 -h /www; httpd -f -p 81 -h /www";
+    env.ok(&["run", "-d", "--name", "a", img, "sh", "-c", two]);
+    env.ok(&["run", "-d", "--name", "b", img, "sh", "-c", two]);
+    let (a, b) = (ip_of(&env, "bulkhead", "a"), ip_of(&env, "bulkhead", "b"));
+    wait_served(&env, "b", &b);
+    wait_served(&env, "a", &a);
+    assert!(!fetch(&env, "a", &format!("http://{b}/")).0, "a reached b without a rule");
+
+    // allow a b:80 -> port 80 only, one way.
+    let out = env.ok(&["network", "allow", "a", "b:80"]);
+    assert!(out.contains("added: allow a -> b:80/tcp"), "{out}");
+    assert!(reaches(&env, "a", &format!("http://{b}/")), "the rule did not open a -> b:80");
+    assert!(!fetch(&env, "a", &format!("http://{b}:81/")).0, "a reached b:81");
+    assert!(!fetch(&env, "b", &format!("http://{a}/")).0, "b reached a: a rule is one way");
+    let rules: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "network", "rules"])).unwrap();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{rules:#}");
+    assert_eq!(rules[0]["origin"], "network allow");
+    assert!(rules[0]["hits"].as_u64().unwrap() > 0, "no hits counted: {rules:#}");
+
+    // The refused attempts are events: both ends by name, and the port.
+    let events = env.ok(&["network", "events"]);
+    let seen = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|e| {
+            e["from"]["owner"]["container"] == "a"
+                && e["to"]["owner"]["container"] == "b"
+                && e["to"]["port"] == 81
+                && e["protocol"] == "tcp"
+        });
+    assert!(seen, "a -> b:81 is not among the events: {events}");
+
+    // The rule follows b to a new address: c takes b's old one while b is stopped.
+    env.ok(&["stop", "-t", "1", "b"]);
+    env.ok(&["run", "-d", "--name", "c", img, "sh", "-c", two]);
+    assert_eq!(ip_of(&env, "bulkhead", "c"), b, "c did not take b's old address");
+    env.ok(&["start", "b"]);
+    let b2 = ip_of(&env, "bulkhead", "b");
+    assert_ne!(b2, b);
+    wait_served(&env, "b", &b2);
+    wait_served(&env, "c", &b);
+    assert!(reaches(&env, "a", &format!("http://{b2}/")), "the rule did not follow b");
+    assert!(
+        !fetch(&env, "a", &format!("http://{b}/")).0,
+        "the rule stayed with b's old address (now c's)"
+    );
+
+    // deny takes it back.
+    let out = env.ok(&["network", "deny", "a", "b:80"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(!fetch(&env, "a", &format!("http://{b2}/")).0, "a still reaches b after deny");
+
+    // Labels, and rules made with a container, which go with it.
+    env.ok(&["run", "-d", "--name", "d", "--label", "app=web", img, "sh", "-c", two]);
+    let d = ip_of(&env, "bulkhead", "d");
+    wait_served(&env, "d", &d);
+    env.ok(&["network", "allow", "a", "app=web:81"]);
+    assert!(
+        reaches(&env, "a", &format!("http://{d}:81/")),
+        "a label rule did not open a -> d:81"
+    );
+    env.ok(&["run", "-d", "--name", "e", "--allow-to", "d:80", img, "sh", "-c", two]);
+    assert!(reaches(&env, "e", &format!("http://{d}/")), "--allow-to did not open e -> d:80");
+    let listed = env.ok(&["network", "rules"]);
+    assert!(listed.contains("run e --allow-to d:80"), "{listed}");
+    env.ok(&["rm", "-f", "e"]);
+    let listed = env.ok(&["network", "rules"]);
+    assert!(!listed.contains("run e"), "the container's rule outlived it: {listed}");
+
+    // A way out can be denied.
+    env.ok(&["network", "deny", "d", "outside"]);
+    let rules = env.ok(&["network", "rules"]);
+    assert!(rules.contains("deny d -> outside"), "{rules}");
+    let bad = env.fails(&["network", "allow", "a", "nobody:99999"]);
+    assert!(bad.contains("port"), "{bad}");
+    let bad = env.fails(&["network", "allow", "outside", "a"]);
+    assert!(bad.contains("published ports"), "{bad}");
+}

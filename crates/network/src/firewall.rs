@@ -3,8 +3,8 @@
 //! disagree with them for longer than a command takes. Nobody else's tables or chains are
 //! touched; removing ours removes every rule bulkhead ever made.
 //!
-//! Between containers (on one bridge or across bridges) everything is dropped unless the
-//! `allow4` set holds (source, destination, protocol, port); replies to what was allowed pass
+//! Between containers (on one bridge or across bridges) everything is dropped unless a rule
+//! allows the pair (and port); replies to what was allowed pass
 //! (conntrack). From outside, a container is reached only through a published port (DNAT).
 //! Out of a container: allowed (masqueraded) unless its network is internal. Denied attempts are
 //! counted and logged (rate-limited) with a prefix `network events` reads back.
@@ -23,8 +23,8 @@ pub struct Policy {
     pub internal: Vec<String>,
     /// IPv4 subnets of networks that may go out (masqueraded).
     pub masquerade4: Vec<String>,
-    /// (source, destination, protocol, port) allowed between containers.
-    pub allow4: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, String, u16)>,
+    /// What the rules allow and deny now (each entry tagged with its rule's id, for counting).
+    pub rules: crate::rules::Resolved,
     /// Forwarding was off before bulkhead turned it on: forwarding that is not ours stays off.
     pub forwarding_is_ours: bool,
 }
@@ -74,15 +74,6 @@ pub fn commands(p: &Policy) -> Value {
         &["interval"],
         p.masquerade4.iter().map(|s| prefix_elem(s)).collect(),
     ));
-    cmds.extend(set(
-        "allow4",
-        json!(["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"]),
-        &[],
-        p.allow4
-            .iter()
-            .map(|(s, d, proto, port)| json!({"concat": [s.to_string(), d.to_string(), proto, port]}))
-            .collect(),
-    ));
     let chain = |name: &str, base: Option<(&str, &str, i32)>| {
         let mut c = json!({"family": "inet", "table": t, "name": name});
         if let Some((ty, hook, prio)) = base {
@@ -108,6 +99,20 @@ pub fn commands(p: &Policy) -> Value {
             json!({"accept": null}),
         ],
     ));
+    // A container whose way out a rule denies.
+    for (ip, id) in &p.rules.no_egress {
+        cmds.push(counted(
+            t,
+            "forward",
+            vec![
+                ours_in.clone(),
+                matches("==", payload("ip", "saddr"), json!(ip.to_string())),
+                matches("!=", meta("oifname"), json!("@bridges")),
+            ],
+            *id,
+            "drop",
+        ));
+    }
     cmds.push(rule(
         t,
         "forward",
@@ -150,19 +155,32 @@ pub fn commands(p: &Policy) -> Value {
         e.push(json!({"drop": null}));
         cmds.push(rule(t, "forward", e));
     }
-    // between: only what a rule allows.
-    cmds.push(rule(
-        t,
-        "between",
-        vec![
-            matches(
-                "==",
-                json!({"concat": [payload("ip", "saddr"), payload("ip", "daddr"), meta("l4proto"), payload("th", "dport")]}),
-                json!("@allow4"),
-            ),
-            json!({"accept": null}),
-        ],
-    ));
+    // between: only what a rule allows; one counted entry per pair, tagged with its rule.
+    for (s, d, proto, port, id) in &p.rules.ports {
+        cmds.push(counted(
+            t,
+            "between",
+            vec![
+                matches("==", payload("ip", "saddr"), json!(s.to_string())),
+                matches("==", payload("ip", "daddr"), json!(d.to_string())),
+                matches("==", payload(proto, "dport"), json!(port)),
+            ],
+            *id,
+            "accept",
+        ));
+    }
+    for (s, d, id) in &p.rules.any {
+        cmds.push(counted(
+            t,
+            "between",
+            vec![
+                matches("==", payload("ip", "saddr"), json!(s.to_string())),
+                matches("==", payload("ip", "daddr"), json!(d.to_string())),
+            ],
+            *id,
+            "accept",
+        ));
+    }
     cmds.push(rule(
         t,
         "between",
@@ -183,7 +201,100 @@ pub fn commands(p: &Policy) -> Value {
             json!({"masquerade": null}),
         ],
     ));
+    // Last, a rule that does nothing but carry a digest of all the above: what is in the kernel
+    // can be compared with what should be without rewriting it (see [`is_current`]).
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(Value::Array(cmds.clone()).to_string().as_bytes()))
+    };
+    cmds.push(chain("state", None));
+    cmds.push(json!({"add": {"rule": {"family": "inet", "table": t, "chain": "state", "expr": [{"counter": null}], "comment": format!("policy:{digest}")}}}));
     json!({ "nftables": cmds })
+}
+
+/// The digest the table's marker rule carries in `doc` (made by [`commands`]).
+fn digest_of(doc: &Value) -> Option<String> {
+    doc["nftables"].as_array()?.iter().rev().find_map(|c| {
+        c["add"]["rule"]["comment"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("policy:"))
+            .map(str::to_owned)
+    })
+}
+
+/// Whether the kernel holds the table exactly as `p` would write it (one `nft list` of a small
+/// chain, ~3 ms, against ~16 ms to write the table). False if it is gone (a host firewall reload
+/// that flushed every table, say).
+pub fn is_current(p: &Policy) -> bool {
+    let Some(want) = digest_of(&commands(p)) else { return false };
+    let Ok(text) = nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "chain", "inet", &p.table, "state"]) else {
+        return false;
+    };
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v["nftables"].as_array().and_then(|a| {
+                a.iter().find_map(|o| {
+                    o["rule"]["comment"]
+                        .as_str()
+                        .and_then(|s| s.strip_prefix("policy:"))
+                        .map(str::to_owned)
+                })
+            })
+        })
+        .is_some_and(|have| have == want)
+}
+
+/// A rule entry that counts what it matches, tagged `rule:<id>` (read back by [`hits`]).
+fn counted(table: &str, chain: &str, mut expr: Vec<Value>, id: u64, verdict: &str) -> Value {
+    expr.push(json!({"counter": null}));
+    let mut v = serde_json::Map::new();
+    v.insert(verdict.to_owned(), Value::Null);
+    expr.push(Value::Object(v));
+    json!({"add": {"rule": {"family": "inet", "table": table, "chain": chain, "expr": expr, "comment": format!("rule:{id}")}}})
+}
+
+/// Packets counted per rule id in `table` now (nothing if it does not exist).
+pub fn hits(table: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(text) = nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "table", "inet", table]) else {
+        return out;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else { return out };
+    for obj in v["nftables"].as_array().into_iter().flatten() {
+        let r = &obj["rule"];
+        let Some(id) = r["comment"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("rule:"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let packets: u64 = r["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum();
+        *out.entry(id).or_default() += packets;
+    }
+    out
+}
+
+/// Packets the `between` chain dropped since the table was last written.
+pub fn denied_count(table: &str) -> u64 {
+    let Ok(text) = nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "chain", "inet", table, "between"]) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else { return 0 };
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["rule"]["comment"].is_null())
+        .flat_map(|o| o["rule"]["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
 }
 
 fn prefix_elem(cidr: &str) -> Value {

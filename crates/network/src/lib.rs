@@ -18,6 +18,7 @@
 
 pub mod firewall;
 pub mod netlink;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -88,6 +89,21 @@ pub struct Lease {
     /// while that namespace does.
     pub pid: i32,
     pub netns: (u64, u64),
+    /// Its other names on the network (`--network-alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its labels, for rules that select by label.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Who joins: what rules and names see of a container.
+#[derive(Clone, Debug, Default)]
+pub struct Member {
+    pub id: String,
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Lease {
@@ -373,9 +389,11 @@ impl Networks {
     }
 
     fn write_leases(&self, l: &[Lease]) -> Result<()> {
-        write_atomic(
+        // Not forced to disk: after a crash every lease is checked against the kernel anyway.
+        write_replace(
             &self.leases_path(),
-            &serde_json::to_vec_pretty(l).map_err(|e| Error::Invalid(e.to_string()))?,
+            &serde_json::to_vec(l).map_err(|e| Error::Invalid(e.to_string()))?,
+            false,
         )
     }
 
@@ -386,7 +404,8 @@ impl Networks {
 
     /// Joins the container whose first process is `pid` (created, not started) to `network`:
     /// an address from its subnet, a veth pair into its bridge, the policy table updated.
-    pub fn attach(&self, container: &str, name: &str, network: &str, pid: i32) -> Result<Lease> {
+    pub fn attach(&self, member: &Member, network: &str, pid: i32) -> Result<Lease> {
+        let container = member.id.as_str();
         use std::os::unix::fs::MetadataExt;
         let _lock = self.lock()?;
         let n = self.get(network)?;
@@ -403,12 +422,17 @@ impl Networks {
             .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?;
         let k = leases.iter().filter(|l| l.container == container).count();
         let host_if = format!("bv{}{k}", &container[..11.min(container.len())]);
-        netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+        // The bridge is made again only if it is gone (a reboot, or someone removed it).
+        if !Path::new("/sys/class/net").join(&n.bridge).exists() {
+            netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+        }
         netlink::attach(&ns, &n.bridge, &host_if, ip, n.subnet.prefix_len(), n.gateway)?;
         let lease = Lease {
             network: network.into(),
             container: container.into(),
-            name: name.into(),
+            name: member.name.clone(),
+            aliases: member.aliases.clone(),
+            labels: member.labels.clone(),
             ip,
             host_if,
             pid,
@@ -416,7 +440,9 @@ impl Networks {
         };
         leases.push(lease.clone());
         self.write_leases(&leases)?;
-        self.sync()?;
+        // Checked against the kernel on every start: if a host firewall reload flushed every
+        // table, the next container start puts the policy back before it runs.
+        self.sync_if_changed()?;
         Ok(lease)
     }
 
@@ -431,6 +457,53 @@ impl Networks {
                 let _ = netlink::delete_link(&l.host_if);
             }
             self.write_leases(&keep)?;
+            self.sync_if_changed()?;
+        }
+        Ok(())
+    }
+
+    fn rules_path(&self) -> PathBuf {
+        self.dir.join("rules.json")
+    }
+
+    /// The rules, oldest first.
+    pub fn rules(&self) -> Result<Vec<rules::Rule>> {
+        let p = self.rules_path();
+        match fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    fn write_rules(&self, r: &[rules::Rule]) -> Result<()> {
+        write_atomic(
+            &self.rules_path(),
+            &serde_json::to_vec_pretty(r).map_err(|e| Error::Invalid(e.to_string()))?,
+        )
+    }
+
+    /// `network allow` / `network deny` (and `run --allow-from/--allow-to`): returns what changed.
+    pub fn add_rule(&self, rule: rules::Rule) -> Result<String> {
+        let _lock = self.lock()?;
+        if let Some(n) = &rule.network {
+            self.get(n)?;
+        }
+        let mut all = self.rules()?;
+        let what = rules::add(&mut all, rule);
+        self.write_rules(&all)?;
+        self.sync()?;
+        Ok(what)
+    }
+
+    /// Removes the rules a container's creation made (when it is removed).
+    pub fn remove_rules_of(&self, container: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut all = self.rules()?;
+        let before = all.len();
+        all.retain(|r| r.owner.as_deref() != Some(container));
+        if all.len() != before {
+            self.write_rules(&all)?;
             self.sync()?;
         }
         Ok(())
@@ -439,31 +512,53 @@ impl Networks {
     /// The policy table as the networks and leases are now.
     pub fn policy(&self) -> Result<firewall::Policy> {
         let nets = self.list()?;
+        let leases = self.live_leases()?;
         Ok(firewall::Policy {
             table: self.table(),
             bridges: nets.iter().map(|n| n.bridge.clone()).collect(),
             internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
             masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
-            allow4: Vec::new(),
+            rules: rules::resolve(&self.rules()?, &leases),
             forwarding_is_ours: Path::new(FORWARDING_MARK).exists(),
         })
     }
 
-    /// Writes the policy table (or removes it, and gives back forwarding, with the last network).
+    /// As [`Self::sync`], but nothing is written when the kernel's table is what it would be
+    /// (a container that no rule names starting or stopping).
+    fn sync_if_changed(&self) -> Result<()> {
+        let policy = self.policy()?;
+        if !policy.bridges.is_empty() && firewall::is_current(&policy) {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    /// Writes the policy table (or removes it with the last network).
     pub fn sync(&self) -> Result<()> {
         let policy = self.policy()?;
+        // What the rules counted so far is kept before the table is rewritten.
+        let mut all = self.rules()?;
+        if !all.is_empty() {
+            let hits = firewall::hits(&policy.table);
+            if hits.values().any(|h| *h > 0) {
+                rules::add_hits(&mut all, &hits);
+                self.write_rules(&all)?;
+            }
+        }
         if policy.bridges.is_empty() {
             return firewall::remove(&policy.table);
         }
         // Containers' traffic is routed: forwarding on, and remembered if it was off, so that the
         // table keeps the host from routing anything else.
         let fwd = "/proc/sys/net/ipv4/ip_forward";
-        if fs::read_to_string(fwd).map_err(|e| io(Path::new(fwd), e))?.trim() == "0" {
+        let policy = if fs::read_to_string(fwd).map_err(|e| io(Path::new(fwd), e))?.trim() == "0" {
             fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
             fs::write(FORWARDING_MARK, b"").map_err(|e| io(Path::new(FORWARDING_MARK), e))?;
             fs::write(fwd, "1").map_err(|e| io(Path::new(fwd), e))?;
-            return firewall::apply(&self.policy()?);
-        }
+            self.policy()?
+        } else {
+            policy
+        };
         firewall::apply(&policy)
     }
 }
@@ -506,11 +601,17 @@ fn host_routes() -> Vec<Ipv4Net> {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_replace(path, data, true)
+}
+
+fn write_replace(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir)?;
     tmp.1.write_all(data).map_err(|e| io(&tmp.0, e))?;
-    tmp.1.sync_all().map_err(|e| io(&tmp.0, e))?;
+    if durable {
+        tmp.1.sync_all().map_err(|e| io(&tmp.0, e))?;
+    }
     fs::rename(&tmp.0, path).map_err(|e| io(path, e))
 }
 

@@ -11,6 +11,8 @@ pub trait ContainerHooks: Send + Sync {
     fn created(&self, id: &str, pid: i32) -> Result<()>;
     /// The container's first process is gone (or never started).
     fn exited(&self, id: &str);
+    /// The container is removed.
+    fn removed(&self, id: &str);
 }
 
 static HOOKS: OnceLock<Box<dyn ContainerHooks>> = OnceLock::new();
@@ -30,5 +32,11 @@ pub(crate) fn created(id: &str, pid: i32) -> Result<()> {
 pub(crate) fn exited(id: &str) {
     if let Some(h) = HOOKS.get() {
         h.exited(id);
+    }
+}
+
+pub(crate) fn removed(id: &str) {
+    if let Some(h) = HOOKS.get() {
+        h.removed(id);
     }
 }

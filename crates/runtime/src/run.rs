@@ -443,5 +443,7 @@ pub fn remove(store: &Store, cs: &Containers, key: &str, force: bool) -> Result<
     let _lock = cs.lock()?;
     cs.remove_dir(&rec.id)?;
     store.remove_lease(&rec.id)?;
+    crate::hooks::exited(&rec.id);
+    crate::hooks::removed(&rec.id);
     Ok(rec)
 }
