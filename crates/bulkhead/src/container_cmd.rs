@@ -112,6 +112,12 @@ pub struct RunArgs {
     /// NAME[:PORT[/PROTO]]: this container may reach NAME. Repeatable.
     #[arg(long)]
     allow_to: Vec<String>,
+    /// Publish a port: [IP:][HOST:]CONTAINER[/tcp|udp] (no HOST: a free port). Repeatable.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Publish every port the image EXPOSEs, each on a free host port.
+    #[arg(short = 'P', long)]
+    publish_all: bool,
     /// host to share the host's pid namespace (warns).
     #[arg(long)]
     pid: Option<String>,
@@ -269,6 +275,16 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         },
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
+        ports: {
+            for p in &a.publish {
+                bulkhead_network::ports::PortSpec::parse(p)?;
+            }
+            if (!a.publish.is_empty() || a.publish_all) && matches!(a.network.as_str(), "none" | "host") {
+                bail!("-p/-P: a container on --network {} has no ports to publish", a.network);
+            }
+            a.publish.clone()
+        },
+        publish_all: a.publish_all,
         networks: match a.network.as_str() {
             "none" | "host" => Vec::new(),
             "bridge" => vec![bulkhead_network::DEFAULT_NETWORK.to_owned()],

@@ -97,6 +97,8 @@ enum Command {
     Run(Box<container_cmd::RunArgs>),
     /// Create a container without starting it (same flags as run).
     Create(Box<container_cmd::RunArgs>),
+    /// List a container's published ports.
+    Port { container: String },
     /// Start created or stopped containers (in the background).
     Start {
         #[arg(required = true)]
@@ -307,6 +309,7 @@ fn main() -> ExitCode {
         Command::Run(a) => container_cmd::run(&ctx, *a),
         Command::Create(a) => container_cmd::create_cmd(&ctx, *a),
         Command::Start { containers } => container_cmd::start(&ctx, &containers),
+        Command::Port { container } => network_cmd::port(&ctx, &container),
         Command::Stop { containers, time } => container_cmd::stop(&ctx, &containers, time),
         Command::Kill { containers, signal } => container_cmd::kill(&ctx, &containers, &signal),
         Command::Wait { containers } => container_cmd::wait(&ctx, &containers),

@@ -305,6 +305,25 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
     }))
 }
 
+/// `bulkhead port NAME`: what a running container publishes.
+pub fn port(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    let rec = cs.find(name)?;
+    let nets = networks(ctx)?;
+    let published: Vec<_> = nets
+        .live_leases()?
+        .into_iter()
+        .filter(|l| l.container == rec.id)
+        .flat_map(|l| l.published)
+        .collect();
+    match ctx.output()? {
+        Output::Json => json(&serde_json::to_value(&published)?)?,
+        Output::Table => published.iter().for_each(|p| println!("{p}")),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Before a container is made: its networks exist (the default one is made on first use).
 pub fn ensure_networks(ctx: &Ctx, names: &[String]) -> anyhow::Result<()> {
     if names.is_empty() {
@@ -339,11 +358,18 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         }
         let nets = Networks::open(&self.root, &self.config).map_err(|e| fail(e.to_string()))?;
         let mut addrs = Vec::new();
+        let ports = rec
+            .ports
+            .iter()
+            .map(|p| bulkhead_network::ports::PortSpec::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(e.to_string()))?;
         let member = bulkhead_network::Member {
             id: id.to_owned(),
             name: rec.name.clone(),
             aliases: Vec::new(),
             labels: rec.labels.clone(),
+            ports,
         };
         for n in &rec.networks {
             let lease = nets.attach(&member, n, pid).map_err(|e| fail(e.to_string()))?;

@@ -43,8 +43,8 @@ struct Outside {
 
 impl Outside {
     fn new(n: u8) -> Self {
-        let ns = format!("bh-test-out-{}", std::process::id());
-        let host_if = format!("bhto{}", std::process::id() % 100_000);
+        let ns = format!("bh-test-out-{}-{n}", std::process::id());
+        let host_if = format!("bhto{n}-{}", std::process::id() % 100_000);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         sh(Command::new("ip").args(["netns", "add", &ns]));
         sh(Command::new("ip").args(["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]));
@@ -295,4 +295,98 @@ fn rules_open_exactly_what_they_name_and_follow_containers() {
     assert!(bad.contains("port"), "{bad}");
     let bad = env.fails(&["network", "allow", "outside", "a"]);
     assert!(bad.contains("published ports"), "{bad}");
+}
+
+/// GET / from `addr` ("ip:port") with a short timeout; the body, if any answer came.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn http_get_eventually(addr: &str) -> Option<String> {
+    for _ in 0..50 {
+        if let Some(a) = http_get(addr).filter(|a| a.contains("200 OK")) {
+            return Some(a);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn published_ports_answer_on_loopback_and_to_other_hosts() {
+    let env = Env::new();
+    let img = image(&env);
+    let outside = Outside::new(2);
+    let serve = "httpd -f -p 80 -h /www";
+    // An image that EXPOSEs 80, for -P.
+    let layout = env.path("exposed");
+    umoci_image(
+        &layout,
+        &[&|r: &std::path::Path| {
+            busybox_rootfs(r);
+            std::os::unix::fs::symlink("busybox", r.join("bin/httpd")).unwrap();
+            std::fs::create_dir_all(r.join("www")).unwrap();
+            std::fs::write(r.join("www/index.html"), "exposed\n").unwrap();
+        }],
+    );
+    sh(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:t", layout.display()),
+        "--config.exposedports",
+        "80/tcp",
+    ]));
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "exposed"]);
+
+    env.ok(&["run", "-d", "--name", "w1", "-p", "127.0.0.1:18080:80", img, "sh", "-c", serve]);
+    let got = http_get_eventually("127.0.0.1:18080").expect("no answer on 127.0.0.1:18080");
+    assert!(got.contains("hello"), "{got}");
+    assert_eq!(env.ok(&["port", "w1"]).trim(), "80/tcp -> 127.0.0.1:18080");
+    // Bound to 127.0.0.1: not on the host's other addresses.
+    assert!(
+        http_get("198.19.2.1:18080").is_none(),
+        "published on 127.0.0.1 only, reached elsewhere"
+    );
+
+    // On every address: from the host and from another host.
+    env.ok(&["run", "-d", "--name", "w2", "-p", "18081:80", img, "sh", "-c", serve]);
+    assert!(http_get_eventually("127.0.0.1:18081").is_some_and(|g| g.contains("hello")));
+    let o = Command::new("ip")
+        .args(["netns", "exec", &outside.ns, "python3", "-c"])
+        .arg("import urllib.request as u; print(u.urlopen('http://198.19.2.1:18081/', timeout=5).read().decode())")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("hello"),
+        "another host could not reach the published port: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The same host port twice is refused, with a reason.
+    let err = env.fails(&["run", "-d", "--name", "w2b", "-p", "18081:80", img, "sh", "-c", serve]);
+    assert!(err.contains("18081/tcp is already published"), "{err}");
+
+    // -P: every exposed port on a free one, as `port` says.
+    env.ok(&[
+        "run", "-d", "--name", "w3", "-P", "exposed", "httpd", "-f", "-p", "80", "-h", "/www",
+    ]);
+    let line = env.ok(&["port", "w3"]);
+    let host_port = line.trim().rsplit(':').next().unwrap().to_owned();
+    assert!(line.starts_with("80/tcp -> 0.0.0.0:"), "{line}");
+    let got = http_get_eventually(&format!("127.0.0.1:{host_port}")).expect("-P port does not answer");
+    assert!(got.contains("exposed"), "{got}");
+
+    // Bad specs are one line each.
+    for bad in ["70000:80", "80/sctp", "x:80"] {
+        let err = env.fails(&["create", "-p", bad, img]);
+        assert!(err.lines().count() == 1 && err.contains(bad), "{err}");
+    }
+    env.ok(&["rm", "-f", "w1", "w2", "w3"]);
+    assert!(http_get("127.0.0.1:18081").is_none(), "the published port outlived its container");
 }

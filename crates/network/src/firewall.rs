@@ -25,6 +25,8 @@ pub struct Policy {
     pub masquerade4: Vec<String>,
     /// What the rules allow and deny now (each entry tagged with its rule's id, for counting).
     pub rules: crate::rules::Resolved,
+    /// Published ports and the address each goes to.
+    pub published: Vec<(crate::ports::Published, std::net::Ipv4Addr)>,
     /// Forwarding was off before bulkhead turned it on: forwarding that is not ours stays off.
     pub forwarding_is_ours: bool,
 }
@@ -87,6 +89,9 @@ pub fn commands(p: &Policy) -> Value {
     cmds.push(chain("forward", Some(("filter", "forward", 0))));
     cmds.push(chain("between", None));
     cmds.push(chain("postrouting", Some(("nat", "postrouting", 100))));
+    cmds.push(chain("prerouting", Some(("nat", "prerouting", -100))));
+    cmds.push(chain("output", Some(("nat", "output", -100))));
+    cmds.push(chain("input", Some(("filter", "input", 0))));
 
     let ours_in = matches("==", meta("iifname"), json!("@bridges"));
     let ours_out = matches("==", meta("oifname"), json!("@bridges"));
@@ -113,11 +118,7 @@ pub fn commands(p: &Policy) -> Value {
             "drop",
         ));
     }
-    cmds.push(rule(
-        t,
-        "forward",
-        vec![ours_in.clone(), ours_out.clone(), json!({"jump": {"target": "between"}})],
-    ));
+    // A published port is open to everyone, other containers included.
     cmds.push(rule(
         t,
         "forward",
@@ -126,6 +127,11 @@ pub fn commands(p: &Policy) -> Value {
             matches("in", json!({"ct": {"key": "status"}}), json!("dnat")),
             json!({"accept": null}),
         ],
+    ));
+    cmds.push(rule(
+        t,
+        "forward",
+        vec![ours_in.clone(), ours_out.clone(), json!({"jump": {"target": "between"}})],
     ));
     // Nothing else reaches a container from outside.
     cmds.push(rule(
@@ -191,6 +197,58 @@ pub fn commands(p: &Policy) -> Value {
         ],
     ));
     cmds.push(rule(t, "between", vec![json!({"counter": null}), json!({"drop": null})]));
+    // Published ports: DNAT for what arrives (prerouting) and what the host itself sends
+    // (output), to any local address or the one given.
+    for (p, ip) in &p.published {
+        let mut e = vec![matches(
+            "==",
+            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+            json!("local"),
+        )];
+        if let Some(h) = p.host_ip {
+            e.push(matches("==", payload("ip", "daddr"), json!(h.to_string())));
+        }
+        e.push(matches("==", payload(&p.proto, "dport"), json!(p.host_port)));
+        e.push(json!({"dnat": {"family": "ip", "addr": ip.to_string(), "port": p.container_port}}));
+        cmds.push(rule(t, "prerouting", e.clone()));
+        cmds.push(rule(t, "output", e));
+    }
+    // From the host's own 127.0.0.1 to a container (route_localnet on the bridges): the source
+    // becomes the bridge's address, or the reply would go to the container's own loopback. And a
+    // container must never reach the host's loopback through it (CVE-2020-8558).
+    cmds.push(rule(
+        t,
+        "postrouting",
+        vec![
+            matches("==", payload("ip", "saddr"), json!({"prefix": {"addr": "127.0.0.0", "len": 8}})),
+            ours_out.clone(),
+            json!({"masquerade": null}),
+        ],
+    ));
+    // A container reaching a published port of a container on its own bridge: the reply must
+    // come back through the host.
+    cmds.push(rule(
+        t,
+        "postrouting",
+        vec![
+            matches("==", payload("ip", "saddr"), json!("@subnets4")),
+            ours_out.clone(),
+            matches("in", json!({"ct": {"key": "status"}}), json!("dnat")),
+            json!({"masquerade": null}),
+        ],
+    ));
+    cmds.push(rule(
+        t,
+        "input",
+        vec![
+            ours_in.clone(),
+            matches("==", payload("ip", "daddr"), json!({"prefix": {"addr": "127.0.0.0", "len": 8}})),
+            // Replies to the host's own connections to a published port come back this way.
+            matches("==", json!({"ct": {"key": "direction"}}), json!("original")),
+            json!({"counter": null}),
+            json!({"drop": null}),
+        ],
+    ));
     // postrouting: out of the host, a container's address is the host's.
     cmds.push(rule(
         t,

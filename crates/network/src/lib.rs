@@ -18,6 +18,7 @@
 
 pub mod firewall;
 pub mod netlink;
+pub mod ports;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,9 @@ pub struct Lease {
     /// Its labels, for rules that select by label.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its published ports.
+    #[serde(default)]
+    pub published: Vec<ports::Published>,
 }
 
 /// Who joins: what rules and names see of a container.
@@ -104,6 +108,8 @@ pub struct Member {
     pub name: String,
     pub aliases: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// `-p`/`-P` (published on its first network).
+    pub ports: Vec<ports::PortSpec>,
 }
 
 impl Lease {
@@ -421,9 +427,21 @@ impl Networks {
             .find(|a| *a != n.gateway && !used.contains(a))
             .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?;
         let k = leases.iter().filter(|l| l.container == container).count();
+        // Ports are published on the container's first network.
+        let published = if k == 0 && !member.ports.is_empty() {
+            let taken: Vec<(u16, String)> = leases
+                .iter()
+                .flat_map(|l| l.published.iter().map(|p| (p.host_port, p.proto.clone())))
+                .collect();
+            ports::assign(&member.ports, &taken)?
+        } else {
+            Vec::new()
+        };
         let host_if = format!("bv{}{k}", &container[..11.min(container.len())]);
         // The bridge is made again only if it is gone (a reboot, or someone removed it).
-        if !Path::new("/sys/class/net").join(&n.bridge).exists() {
+        if Path::new("/sys/class/net").join(&n.bridge).exists() {
+            netlink::bridge_options(&n.bridge)?;
+        } else {
             netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
         }
         netlink::attach(&ns, &n.bridge, &host_if, ip, n.subnet.prefix_len(), n.gateway)?;
@@ -433,6 +451,7 @@ impl Networks {
             name: member.name.clone(),
             aliases: member.aliases.clone(),
             labels: member.labels.clone(),
+            published,
             ip,
             host_if,
             pid,
@@ -519,6 +538,10 @@ impl Networks {
             internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
             masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
             rules: rules::resolve(&self.rules()?, &leases),
+            published: leases
+                .iter()
+                .flat_map(|l| l.published.iter().map(move |p| (p.clone(), l.ip)))
+                .collect(),
             forwarding_is_ours: Path::new(FORWARDING_MARK).exists(),
         })
     }

@@ -80,10 +80,19 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
             .map_err(|e| nl(&format!("bringing {name} up"), e))?;
         Ok(())
     })?;
+    bridge_options(name)
+}
+
+/// The bridge's own switches (idempotent, written at every start: a few sysfs writes): its IP
+/// traffic through the inet hooks, and the host's 127.0.0.1 may be DNATed to a container behind
+/// it (published ports; the policy table drops what a container sends to 127.0.0.0/8 through it).
+pub fn bridge_options(name: &str) -> Result<()> {
     for opt in ["nf_call_iptables", "nf_call_ip6tables"] {
         let p = format!("/sys/class/net/{name}/bridge/{opt}");
         std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
     }
+    let p = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
+    std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
     Ok(())
 }
 

@@ -33,6 +33,10 @@ pub struct CreateRequest {
     pub stop_timeout: Option<u64>,
     /// Networks to join (with `Network::Bridge`).
     pub networks: Vec<String>,
+    /// `-p` as given.
+    pub ports: Vec<String>,
+    /// `-P`: every port the image exposes.
+    pub publish_all: bool,
 }
 
 /// bulkhead-init (init/init.c), built static by build.rs.
@@ -240,6 +244,21 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             labels: req.labels.clone(),
             idmapped_volumes,
             networks: req.networks.clone(),
+            ports: {
+                let mut ports = req.ports.clone();
+                if req.publish_all {
+                    // "80/tcp" keys of the image's ExposedPorts, each on a free host port.
+                    let exposed = info
+                        .config
+                        .get("config")
+                        .and_then(|c| c.get("ExposedPorts"))
+                        .and_then(|e| e.as_object())
+                        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default();
+                    ports.extend(exposed);
+                }
+                ports
+            },
             hostname: process_hostname,
         };
         cs.save(&rec)?;
