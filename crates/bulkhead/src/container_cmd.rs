@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// NAME[:PORT[/PROTO]]: this container may reach NAME. Repeatable.
     #[arg(long)]
     allow_to: Vec<String>,
+    /// Another name for the container on its network (repeatable).
+    #[arg(long)]
+    network_alias: Vec<String>,
     /// Publish a port: [IP:][HOST:]CONTAINER[/tcp|udp] (no HOST: a free port). Repeatable.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
@@ -285,6 +288,17 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
             a.publish.clone()
         },
         publish_all: a.publish_all,
+        aliases: {
+            for al in &a.network_alias {
+                if !matches!(
+                    bulkhead_network::rules::Selector::parse(al)?,
+                    bulkhead_network::rules::Selector::Name(_)
+                ) {
+                    bail!("--network-alias {al:?}: letters, digits, '_', '.', '-'");
+                }
+            }
+            a.network_alias.clone()
+        },
         networks: match a.network.as_str() {
             "none" | "host" => Vec::new(),
             "bridge" => vec![bulkhead_network::DEFAULT_NETWORK.to_owned()],

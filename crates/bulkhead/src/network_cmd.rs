@@ -65,6 +65,9 @@ pub struct CreateArgs {
     /// No way out of the network.
     #[arg(long)]
     internal: bool,
+    /// No names: containers on it do not resolve each other.
+    #[arg(long)]
+    disable_dns: bool,
     #[arg(long)]
     label: Vec<String>,
 }
@@ -102,6 +105,7 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
                     .transpose()?,
                 internal: a.internal,
                 labels,
+                no_dns: a.disable_dns,
             })?;
             println!("{}", n.id);
         }
@@ -358,6 +362,7 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         }
         let nets = Networks::open(&self.root, &self.config).map_err(|e| fail(e.to_string()))?;
         let mut addrs = Vec::new();
+        let mut resolvers = Vec::new();
         let ports = rec
             .ports
             .iter()
@@ -367,23 +372,43 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         let member = bulkhead_network::Member {
             id: id.to_owned(),
             name: rec.name.clone(),
-            aliases: Vec::new(),
+            aliases: rec.aliases.clone(),
             labels: rec.labels.clone(),
             ports,
         };
         for n in &rec.networks {
             let lease = nets.attach(&member, n, pid).map_err(|e| fail(e.to_string()))?;
+            if let Ok(net) = nets.get(n) {
+                if net.dns {
+                    resolvers.push(net.gateway);
+                }
+            }
             addrs.push(std::net::IpAddr::V4(lease.ip));
         }
-        // In place: the container's bind mount holds this inode.
-        let hosts = cs.dir(id).join("hosts");
-        let text = bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&hosts)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-            .map_err(|e| fail(format!("{}: {e}", hosts.display())))?;
+        // In place: the container's bind mounts hold these inodes.
+        let rewrite = |file: &str, text: String| {
+            let p = cs.dir(id).join(file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                .map_err(|e| fail(format!("{}: {e}", p.display())))
+        };
+        rewrite("hosts", bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs))?;
+        if !resolvers.is_empty() {
+            // On a network with names, its resolver answers (and forwards the rest upstream).
+            let host = bulkhead_runtime::run::resolv_conf();
+            let mut text = String::from("# written by bulkhead: the network's resolver\n");
+            for r in &resolvers {
+                text.push_str(&format!("nameserver {r}\n"));
+            }
+            for l in host.lines().filter(|l| l.starts_with("search ") || l.starts_with("options ")) {
+                text.push_str(l);
+                text.push('\n');
+            }
+            rewrite("resolv.conf", text)?;
+        }
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use common::*;
 fn image(env: &Env) -> &'static str {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
-    for a in ["httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout"] {
+    for a in ["httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout", "nslookup"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
     for d in ["etc", "tmp", "www"] {
@@ -389,4 +389,91 @@ fn published_ports_answer_on_loopback_and_to_other_hosts() {
     }
     env.ok(&["rm", "-f", "w1", "w2", "w3"]);
     assert!(http_get("127.0.0.1:18081").is_none(), "the published port outlived its container");
+}
+
+/// Whether `name` resolves inside container `c`, and to what.
+fn resolve(env: &Env, c: &str, name: &str) -> Option<String> {
+    let o = env.run_bounded(20, &["exec", c, "timeout", "-s", "KILL", "3", "nslookup", name]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() {
+        return None;
+    }
+    // busybox: "Name: b\nAddress: 198.18.x.y" after the server's lines.
+    out.split("Name:")
+        .nth(1)?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Address:").map(|a| a.trim().to_owned()))
+}
+
+#[test]
+fn names_on_a_user_network_follow_the_containers() {
+    let env = Env::new();
+    let rootfs = env.path("rootfs");
+    let img = image(&env);
+    let _ = rootfs;
+    env.ok(&["network", "create", "--subnet", "198.18.251.0/24", "app"]);
+    let serve = "httpd -f -p 80 -h /www";
+    env.ok(&["run", "-d", "--name", "a", "--network", "app", img, "sh", "-c", serve]);
+    // b starts after a: a still finds it, by name and by alias.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "app",
+        "--network-alias",
+        "db",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    let b = ip_of(&env, "app", "b");
+    let resolv = env.ok(&["exec", "a", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 198.18.251.1"), "{resolv}");
+    let mut found = None;
+    for _ in 0..30 {
+        found = resolve(&env, "a", "b");
+        if found.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(found.as_deref(), Some(b.as_str()), "a does not resolve b");
+    assert_eq!(resolve(&env, "a", "db").as_deref(), Some(b.as_str()), "the alias does not resolve");
+    // A name is not a permission: the connection still needs a rule.
+    assert!(!fetch(&env, "a", "http://b/").0, "a reached b by name without a rule");
+    env.ok(&["network", "allow", "a", "db:80"]);
+    assert!(reaches(&env, "a", "http://b/"), "a cannot reach b by name after the rule");
+    // Gone with the container, back with it.
+    env.ok(&["stop", "-t", "1", "b"]);
+    assert_eq!(resolve(&env, "a", "b"), None, "b's name outlived it");
+    env.ok(&["start", "b"]);
+    let b2 = ip_of(&env, "app", "b");
+    let mut again = None;
+    for _ in 0..30 {
+        again = resolve(&env, "a", "b");
+        if again.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(again.as_deref(), Some(b2.as_str()), "b's name did not come back with it");
+    // Names never cross networks: the default network has none, and app's are app's.
+    env.ok(&["run", "-d", "--name", "c", img, "sh", "-c", serve]);
+    assert_eq!(resolve(&env, "c", "b"), None, "a container on another network resolved b");
+    // The resolver is there only while containers need it.
+    let pid_file = env.root().join("networks/dns/aardvark.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    eprintln!("aardvark-dns {}", rss.lines().find(|l| l.starts_with("VmRSS")).unwrap_or(""));
+    env.ok(&["rm", "-f", "a", "b"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| s.contains(") Z ")),
+        "the resolver outlived the last container of its network"
+    );
+    env.ok(&["rm", "-f", "c"]);
 }

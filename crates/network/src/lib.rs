@@ -16,6 +16,7 @@
 //! Nothing here runs in the background: a container's veth pair dies with its network namespace,
 //! and a lease whose namespace is gone is dead whoever notices it first.
 
+pub mod dns;
 pub mod firewall;
 pub mod netlink;
 pub mod ports;
@@ -47,7 +48,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn io(p: &Path, e: std::io::Error) -> Error {
+pub(crate) fn io(p: &Path, e: std::io::Error) -> Error {
     Error::Io(format!("{}: {e}", p.display()))
 }
 
@@ -72,6 +73,10 @@ pub struct Network {
     pub bridge: String,
     #[serde(default)]
     pub internal: bool,
+    /// Containers on it reach each other by name (user-defined networks; not the default one,
+    /// as with Docker).
+    #[serde(default)]
+    pub dns: bool,
     pub created: chrono::DateTime<chrono::Utc>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -127,6 +132,8 @@ pub struct CreateRequest {
     pub gateway: Option<Ipv4Addr>,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
+    /// `--disable-dns`.
+    pub no_dns: bool,
 }
 
 /// `<config>/networks.json`.
@@ -316,6 +323,7 @@ impl Networks {
             gateway,
             bridge,
             internal: req.internal,
+            dns: req.name != DEFAULT_NETWORK && !req.no_dns,
             created: chrono::Utc::now(),
             labels: req.labels.clone(),
         };
@@ -379,6 +387,10 @@ impl Networks {
         netlink::delete_link(&n.bridge)?;
         self.sync()?;
         Ok(n)
+    }
+
+    fn dns_dir(&self) -> PathBuf {
+        self.dir.join("dns")
     }
 
     fn leases_path(&self) -> PathBuf {
@@ -459,6 +471,9 @@ impl Networks {
         };
         leases.push(lease.clone());
         self.write_leases(&leases)?;
+        if n.dns {
+            dns::update(&self.dns_dir(), &self.list()?, &leases)?;
+        }
         // Checked against the kernel on every start: if a host firewall reload flushed every
         // table, the next container start puts the policy back before it runs.
         self.sync_if_changed()?;
@@ -476,6 +491,12 @@ impl Networks {
                 let _ = netlink::delete_link(&l.host_if);
             }
             self.write_leases(&keep)?;
+            if all
+                .iter()
+                .any(|l| l.container == container && self.get(&l.network).is_ok_and(|n| n.dns))
+            {
+                dns::update(&self.dns_dir(), &self.list()?, &keep)?;
+            }
             self.sync_if_changed()?;
         }
         Ok(())
@@ -627,7 +648,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     write_replace(path, data, true)
 }
 
-fn write_replace(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+pub(crate) fn write_replace(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile_in(dir)?;

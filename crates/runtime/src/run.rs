@@ -37,6 +37,8 @@ pub struct CreateRequest {
     pub ports: Vec<String>,
     /// `-P`: every port the image exposes.
     pub publish_all: bool,
+    /// `--network-alias`.
+    pub aliases: Vec<String>,
 }
 
 /// bulkhead-init (init/init.c), built static by build.rs.
@@ -244,6 +246,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             labels: req.labels.clone(),
             idmapped_volumes,
             networks: req.networks.clone(),
+            aliases: req.aliases.clone(),
             ports: {
                 let mut ports = req.ports.clone();
                 if req.publish_all {

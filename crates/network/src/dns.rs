@@ -1,0 +1,116 @@
+//! Names on user-defined networks, served by aardvark-dns (Podman's resolver, Debian's package),
+//! driven through its documented configuration directory: one file per network, its first line
+//! the addresses to listen on (the bridge's), then one line per container: id, IPv4 addresses,
+//! IPv6 addresses, names. It answers for the containers and forwards the rest to the host's
+//! resolvers. It runs only while some container is on such a network: started with the first,
+//! told to reload (SIGHUP) on every change, and it exits when its directory has no network left.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::{io, Error, Lease, Network, Result};
+
+/// Where Debian (and Fedora) install it.
+const CANDIDATES: &[&str] = &["/usr/lib/podman/aardvark-dns", "/usr/libexec/podman/aardvark-dns"];
+
+pub fn binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BULKHEAD_AARDVARK_DNS") {
+        return Some(PathBuf::from(p));
+    }
+    CANDIDATES.iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// The running resolver of config directory `dir`, if any: its pid, checked against its
+/// command line (a pid file outlives its process, and pids are reused).
+pub fn running(dir: &Path) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(dir.join("aardvark.pid")).ok()?.trim().parse().ok()?;
+    let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmd = String::from_utf8_lossy(&cmd);
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // A zombie is not running.
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    (cmd.contains("aardvark-dns") && cmd.contains(&*dir.to_string_lossy()) && state != "Z").then_some(pid)
+}
+
+/// Writes the configuration for `networks` (those with names) and their `leases`, then starts,
+/// reloads or stops the resolver to match.
+pub fn update(dir: &Path, networks: &[Network], leases: &[Lease]) -> Result<()> {
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
+    }
+    let mut wanted = Vec::new();
+    for n in networks.iter().filter(|n| n.dns) {
+        let members: Vec<&Lease> = leases.iter().filter(|l| l.network == n.name).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mut text = format!("{}\n", n.gateway);
+        for l in members {
+            let mut names = vec![l.name.clone()];
+            names.extend(l.aliases.iter().cloned());
+            names.push(l.container[..12.min(l.container.len())].to_owned());
+            text.push_str(&format!("{} {}  {}\n", l.container, l.ip, names.join(",")));
+        }
+        let p = dir.join(&n.name);
+        if fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+            crate::write_replace(&p, text.as_bytes(), false)?;
+        }
+        wanted.push(n.name.clone());
+    }
+    for e in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let e = e.map_err(|e| io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "aardvark.pid" && !name.starts_with('.') && !wanted.contains(&name) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    match (running(dir), wanted.is_empty()) {
+        (Some(pid), true) => {
+            // Nothing to serve: it goes.
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).expect("positive"),
+                rustix::process::Signal::TERM,
+            );
+            let _ = fs::remove_file(dir.join("aardvark.pid"));
+        }
+        (Some(pid), false) => {
+            let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(pid).expect("positive"), rustix::process::Signal::HUP);
+        }
+        (None, false) => start(dir)?,
+        (None, true) => {}
+    }
+    Ok(())
+}
+
+fn start(dir: &Path) -> Result<()> {
+    let bin = binary().ok_or_else(|| {
+        Error::NotFound("names on this network need aardvark-dns (Debian package aardvark-dns), which is not installed".into())
+    })?;
+    // It daemonizes: its daemon must be re-parented to init, not to this process (a shim is a
+    // child subreaper, and would collect it as a zombie it never reaps).
+    let was = rustix::process::child_subreaper().ok().flatten();
+    if was.is_some() {
+        let _ = rustix::process::set_child_subreaper(None);
+    }
+    let status = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(dir)
+        .args(["-p", "53", "run"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if was.is_some() {
+        let _ = rustix::process::set_child_subreaper(was);
+    }
+    let status = status.map_err(|e| Error::Io(format!("{}: {e}", bin.display())))?;
+    if !status.success() {
+        return Err(Error::Io(format!("{} could not start ({status})", bin.display())));
+    }
+    Ok(())
+}
