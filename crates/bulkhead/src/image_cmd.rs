@@ -357,6 +357,9 @@ pub fn system_check(ctx: &Ctx, repair: bool) -> anyhow::Result<ExitCode> {
     // Containers first: a repair there releases leases and mounts the image check then sees.
     let cs = bulkhead_runtime::container::Containers::open(&store)?;
     let mut problems = bulkhead_runtime::check::check_containers(&store, &cs, repair)?;
+    // Networks next: leases, names and rules of containers that are gone, the policy table.
+    let ids: Vec<String> = cs.list()?.into_iter().map(|r| r.id).collect();
+    problems.extend(bulkhead_network::Networks::open(&ctx.root, &ctx.config)?.check(repair, &ids)?);
     problems.extend(store.check(repair)?);
     problems.extend(crate::scan_cmd::check(ctx, &store, repair)?);
     if ctx.output()? == Output::Json {

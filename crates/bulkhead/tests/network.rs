@@ -477,3 +477,93 @@ fn names_on_a_user_network_follow_the_containers() {
     );
     env.ok(&["rm", "-f", "c"]);
 }
+
+#[test]
+fn a_container_killed_with_its_shim_leaves_nothing_after_repair() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["network", "create", "--subnet", "198.18.252.0/24", "crash"]);
+    let serve = "httpd -f -p 80 -h /www";
+    env.ok(&["run", "-d", "--name", "a", "--network", "crash", img, "sh", "-c", serve]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "v",
+        "--network",
+        "crash",
+        "--allow-to",
+        "a:80",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "crash"])).unwrap();
+    let lease = v[0]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "v")
+        .unwrap()
+        .clone();
+    let (host_if, pid) = (lease["host_if"].as_str().unwrap().to_owned(), lease["pid"].as_i64().unwrap());
+    // kill -9 the shim first (nothing will record the exit), then the container.
+    let rec: serde_json::Value = serde_json::from_str(&env.ok(&["--format", "json", "ps", "-a"])).unwrap();
+    let shim = rec.as_array().unwrap().iter().find(|r| r["name"] == "v").unwrap()["shim_pid"]
+        .as_i64()
+        .unwrap();
+    unsafe {
+        libc::kill(shim as i32, libc::SIGKILL);
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    for _ in 0..50 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let check = env.run(&["system", "check"]);
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(out.contains("network crash: v") && out.contains("is not running"), "{out}");
+    // The dead container's name is still served until the repair.
+    let dns_file = env.root().join("networks/dns/crash");
+    assert!(std::fs::read_to_string(&dns_file).unwrap().contains(" v,"));
+    env.ok(&["system", "check", "--repair"]);
+    let links = String::from_utf8(Command::new("ip").args(["-br", "link"]).output().unwrap().stdout).unwrap();
+    assert!(!links.contains(&host_if), "{host_if} is left: {links}");
+    assert!(
+        !std::fs::read_to_string(&dns_file).unwrap().contains(" v,"),
+        "v's name outlived the repair"
+    );
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "crash"])).unwrap();
+    assert_eq!(v[0]["containers"].as_array().unwrap().len(), 1, "{v:#}");
+    // Removing the dead container takes its rule; a second check finds nothing.
+    env.ok(&["rm", "-f", "v"]);
+    assert!(!env.ok(&["network", "rules"]).contains("run v"));
+    let again = env.ok(&["system", "check"]);
+    assert!(!again.contains("network"), "{again}");
+    // A flushed table (a host firewall reload) is put back by the next start, and by repair.
+    let table = String::from_utf8(Command::new("nft").args(["list", "tables"]).output().unwrap().stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim_start_matches("table inet ").to_owned())
+        .find(|t| {
+            let h = sha2::Sha256::digest([env.root().to_string_lossy().as_bytes(), &[0]].concat());
+            *t == format!("bulkhead_{}", &hex(&h)[..8])
+        })
+        .expect("the store's table");
+    sh(Command::new("nft").args(["delete", "table", "inet", &table]));
+    assert!(
+        env.run(&["system", "check"]).stdout.starts_with(b"the nftables table"),
+        "a missing table is not noticed"
+    );
+    env.ok(&["run", "-d", "--name", "w", "--network", "crash", img, "sh", "-c", serve]);
+    assert!(Command::new("nft")
+        .args(["list", "table", "inet", &table])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    env.ok(&["rm", "-f", "a", "w"]);
+}

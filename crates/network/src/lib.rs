@@ -549,6 +549,66 @@ impl Networks {
         Ok(())
     }
 
+    /// `system check`: what the networks' state says that the kernel no longer has (leases of
+    /// containers whose namespace is gone, names they still have, host ends of veth pairs, rules
+    /// of containers that no longer exist, a table that differs from what it should be, a bridge
+    /// that is gone); with `repair`, each is put right. `containers`: the ids that exist.
+    pub fn check(&self, repair: bool, containers: &[String]) -> Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let fixed = |s: String| if repair { format!("{s} (repaired)") } else { s };
+        let mut problems = Vec::new();
+        let all = self.read_leases()?;
+        let (live, dead): (Vec<Lease>, Vec<Lease>) = all.into_iter().partition(Lease::alive);
+        for l in &dead {
+            problems.push(fixed(format!(
+                "network {}: {} ({}) holds {} but is not running",
+                l.network,
+                l.name,
+                &l.container[..12.min(l.container.len())],
+                l.ip
+            )));
+            if repair {
+                let _ = netlink::delete_link(&l.host_if);
+            }
+        }
+        let mut rules = self.rules()?;
+        let orphans: Vec<String> = rules
+            .iter()
+            .filter(|r| r.owner.as_ref().is_some_and(|o| !containers.contains(o)))
+            .map(|r| r.describe())
+            .collect();
+        for o in &orphans {
+            problems.push(fixed(format!("rule of a removed container: {o}")));
+        }
+        let mut missing = Vec::new();
+        for n in self.list()? {
+            if !Path::new("/sys/class/net").join(&n.bridge).exists() {
+                problems.push(fixed(format!("network {}: its bridge {} is gone", n.name, n.bridge)));
+                missing.push(n);
+            }
+        }
+        let policy = self.policy()?;
+        let table_ok = policy.bridges.is_empty() || firewall::is_current(&policy);
+        if !table_ok {
+            problems.push(fixed(format!("the nftables table inet {} is not what it should be", policy.table)));
+        }
+        if repair {
+            if !dead.is_empty() {
+                self.write_leases(&live)?;
+            }
+            if !orphans.is_empty() {
+                rules.retain(|r| r.owner.as_ref().is_none_or(|o| containers.contains(o)));
+                self.write_rules(&rules)?;
+            }
+            for n in &missing {
+                netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+            }
+            dns::update(&self.dns_dir(), &self.list()?, &live)?;
+            self.sync()?;
+        }
+        Ok(problems)
+    }
+
     /// The policy table as the networks and leases are now.
     pub fn policy(&self) -> Result<firewall::Policy> {
         let nets = self.list()?;
