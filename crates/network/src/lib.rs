@@ -497,7 +497,15 @@ impl Networks {
             {
                 dns::update(&self.dns_dir(), &self.list()?, &keep)?;
             }
-            self.sync_if_changed()?;
+            // The table changes only if the container was in it (a rule named it, or it published
+            // ports): compared in memory, no `nft` when it was not. A start checks the kernel's
+            // table anyway before its container runs.
+            let mut with: Vec<Lease> = keep.clone();
+            with.extend(all.iter().filter(|l| l.container == container).cloned());
+            let digest = |p: firewall::Policy| firewall::commands(&p).to_string();
+            if digest(self.policy_for(&with)?) != digest(self.policy_for(&keep)?) {
+                self.sync()?;
+            }
         }
         Ok(())
     }
@@ -611,14 +619,17 @@ impl Networks {
 
     /// The policy table as the networks and leases are now.
     pub fn policy(&self) -> Result<firewall::Policy> {
+        self.policy_for(&self.live_leases()?)
+    }
+
+    fn policy_for(&self, leases: &[Lease]) -> Result<firewall::Policy> {
         let nets = self.list()?;
-        let leases = self.live_leases()?;
         Ok(firewall::Policy {
             table: self.table(),
             bridges: nets.iter().map(|n| n.bridge.clone()).collect(),
             internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
             masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
-            rules: rules::resolve(&self.rules()?, &leases),
+            rules: rules::resolve(&self.rules()?, leases),
             published: leases
                 .iter()
                 .flat_map(|l| l.published.iter().map(move |p| (p.clone(), l.ip)))
