@@ -318,6 +318,20 @@ fn create_container(
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     crate::network_cmd::ensure_networks(ctx, &req.networks)?;
+    // A name on a network is one container's: an alias may not take another's name, alias or
+    // short id (it would take its rules and its answers too), nor a name another's alias.
+    for other in cs.list()? {
+        let theirs: Vec<&str> = std::iter::once(other.name.as_str())
+            .chain(other.aliases.iter().map(String::as_str))
+            .chain(std::iter::once(&other.id[..12]))
+            .collect();
+        if let Some(al) = req.aliases.iter().find(|al| theirs.contains(&al.as_str())) {
+            bail!("--network-alias {al}: the name of container {} already", other.name);
+        }
+        if let Some(n) = req.name.as_deref().filter(|n| other.aliases.iter().any(|x| x == n)) {
+            bail!("--name {n}: an alias of container {} already", other.name);
+        }
+    }
     let rec = {
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?

@@ -293,9 +293,12 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
             .map(str::to_owned)
     };
     let leases = nets.live_leases().unwrap_or_default();
-    let who = |ip: &Option<String>| {
-        ip.as_deref()
-            .and_then(|ip| leases.iter().find(|l| l.ip.to_string() == ip))
+    // By the bridge port the packet came in and went out on (the veth is the container's own,
+    // named from its id, and its addresses are pinned to it), never by address: an address is
+    // reused, and a container that held it then is not this one.
+    let who = |port: &Option<String>| {
+        port.as_deref()
+            .and_then(|p| leases.iter().find(|l| l.host_if == p))
             .map(|l| serde_json::json!({"container": l.name, "network": l.network}))
             .unwrap_or(serde_json::Value::Null)
     };
@@ -303,8 +306,8 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
     Some(serde_json::json!({
         "time": (boot + chrono::Duration::microseconds(usec)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "verdict": "denied",
-        "from": {"ip": src, "port": field("SPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&src)},
-        "to": {"ip": dst, "port": field("DPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&dst)},
+        "from": {"ip": src, "port": field("SPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&field("PHYSIN"))},
+        "to": {"ip": dst, "port": field("DPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&field("PHYSOUT"))},
         "protocol": field("PROTO").map(|p| p.to_ascii_lowercase()),
     }))
 }

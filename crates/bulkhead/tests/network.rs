@@ -567,3 +567,255 @@ fn a_container_killed_with_its_shim_leaves_nothing_after_repair() {
         .success());
     env.ok(&["rm", "-f", "a", "w"]);
 }
+
+/// tests/fixtures/frames.c, built static once.
+fn frames() -> std::path::PathBuf {
+    static F: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bulkhead-frames-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("frames");
+        sh(Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/frames.c")));
+        out
+    })
+    .clone()
+}
+
+fn lease_of(env: &Env, network: &str, container: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", network])).unwrap();
+    v[0]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == container)
+        .cloned()
+        .unwrap_or_else(|| panic!("{container} not on {network}"))
+}
+
+#[test]
+fn raw_frames_cannot_spoof_tag_or_reach_loopback_and_names_stay_on_their_network() {
+    let env = Env::new();
+    let rootfs = env.path("rootfs-raw");
+    busybox_rootfs(&rootfs);
+    for a in ["sleep", "timeout", "nslookup", "httpd", "wget"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
+    env.ok(&[
+        "image",
+        "import",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--tag",
+        "raw",
+        "--cmd",
+        "/bin/sh",
+    ]);
+    env.ok(&["network", "create", "--subnet", "198.18.253.0/24", "lan"]);
+    env.ok(&["network", "create", "--subnet", "198.18.254.0/24", "lan2"]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "lan",
+        "raw",
+        "sh",
+        "-c",
+        "frames listen 5000 120 > /tmp/got",
+    ]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "lan",
+        "--cap-add",
+        "NET_RAW",
+        "raw",
+        "sleep",
+        "1000",
+    ]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "attacker",
+        "--network",
+        "lan",
+        "--cap-add",
+        "NET_RAW",
+        "raw",
+        "sleep",
+        "1000",
+    ]);
+    env.ok(&["network", "allow", "client", "web:5000/udp"]);
+    let (web, client, attacker) = (
+        lease_of(&env, "lan", "web"),
+        lease_of(&env, "lan", "client"),
+        lease_of(&env, "lan", "attacker"),
+    );
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+    let bridge = {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "lan"])).unwrap();
+        v[0]["bridge"].as_str().unwrap().to_owned()
+    };
+    let bridge_mac = std::fs::read_to_string(format!("/sys/class/net/{bridge}/address"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let send = |who: &str, dst_mac: &str, src_mac: &str, src: &str, dst: &str, port: &str, what: &str, vlan: Option<&str>| {
+        let mut args = vec!["exec", who, "frames", "send", "eth0", dst_mac, src_mac, src, dst, port, what];
+        args.extend(vlan);
+        let o = env.run(&args);
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    // A host service on loopback that no container may reach.
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let host_port = host.local_addr().unwrap().port().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // What the rule allows, from the container it names, with its own addresses, arrives.
+    send(
+        "client",
+        &s(&web, "mac"),
+        &s(&client, "mac"),
+        &s(&client, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "LEGIT",
+        None,
+    );
+    // The attacker, with NET_RAW: as itself without a rule, VLAN-0-tagged, as the client (address,
+    // then address and MAC), and to the host's loopback through the bridge.
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "PLAIN",
+        None,
+    );
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "VLAN0",
+        Some("0"),
+    );
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&attacker, "mac"),
+        &s(&client, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "SPOOF-IP",
+        None,
+    );
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&client, "mac"),
+        &s(&client, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "SPOOF-MAC",
+        None,
+    );
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&client, "mac"),
+        &s(&client, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "SPOOF-VLAN",
+        Some("0"),
+    );
+    send(
+        "attacker",
+        &bridge_mac,
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        "127.0.0.1",
+        &host_port,
+        "LOOPBACK",
+        None,
+    );
+    send(
+        "attacker",
+        &bridge_mac,
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        "127.0.0.1",
+        &host_port,
+        "LOOPBACK-VLAN",
+        Some("0"),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let got = env.ok(&["exec", "web", "cat", "/tmp/got"]);
+    assert!(got.contains("LEGIT"), "the allowed datagram did not arrive: {got:?}");
+    for bad in ["PLAIN", "VLAN0", "SPOOF-IP", "SPOOF-MAC", "SPOOF-VLAN"] {
+        assert!(!got.contains(bad), "{bad} reached web: {got:?}");
+    }
+    let mut buf = [0u8; 64];
+    assert!(host.recv(&mut buf).is_err(), "a container reached the host's loopback");
+
+    // Names stay on their network: a container on lan2 asking lan's resolver gets nothing.
+    env.ok(&["run", "-d", "--name", "other", "--network", "lan2", "raw", "sleep", "1000"]);
+    let o = env.run_bounded(
+        20,
+        &["exec", "other", "timeout", "-s", "KILL", "3", "nslookup", "web", "198.18.253.1"],
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains(&s(&web, "ip")),
+        "lan's names answered lan2"
+    );
+    // No alias takes another container's name (and its rules and answers).
+    let err = env.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "evil",
+        "--network",
+        "lan",
+        "--network-alias",
+        "web",
+        "raw",
+        "sleep",
+        "1",
+    ]);
+    assert!(err.contains("--network-alias web"), "{err}");
+    // A port-specific deny inside a wider allow closes that port.
+    env.ok(&["network", "allow", "attacker", "web"]);
+    env.ok(&["network", "deny", "attacker", "web:5000/udp"]);
+    send(
+        "attacker",
+        &s(&web, "mac"),
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        &s(&web, "ip"),
+        "5000",
+        "DENIED-PORT",
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !env.ok(&["exec", "web", "cat", "/tmp/got"]).contains("DENIED-PORT"),
+        "a deny inside an allow did nothing"
+    );
+    env.ok(&["rm", "-f", "web", "client", "attacker", "other"]);
+}

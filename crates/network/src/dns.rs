@@ -97,7 +97,19 @@ fn start(dir: &Path) -> Result<()> {
     if was.is_some() {
         let _ = rustix::process::set_child_subreaper(None);
     }
-    let status = std::process::Command::new(&bin)
+    let mut cmd = std::process::Command::new(&bin);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: close_range is async-signal-safe and touches no memory of the parent. The
+        // resident resolver keeps none of our descriptors (a shim's pipes, a user's `9>file`).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
+        }
+    }
+    let status = cmd
         .arg("--config")
         .arg(dir)
         .args(["-p", "53", "run"])

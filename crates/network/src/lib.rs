@@ -104,6 +104,9 @@ pub struct Lease {
     /// Its published ports.
     #[serde(default)]
     pub published: Vec<ports::Published>,
+    /// The MAC address of its end of the pair (pinned to its port on the bridge).
+    #[serde(default)]
+    pub mac: String,
 }
 
 /// Who joins: what rules and names see of a container.
@@ -223,6 +226,12 @@ impl Networks {
         }
     }
 
+    /// The name prefix of this store's container ports: `v` and 4 hex digits of the root's hash
+    /// (15 characters in all with 9 of the container's id and its network's index).
+    pub fn port_prefix(&self) -> String {
+        format!("v{}", &short_hash(&[&self.root.to_string_lossy()])[..4])
+    }
+
     /// Takes the networks' lock (exclusive; every change is short).
     pub fn lock(&self) -> Result<NetLock> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -323,7 +332,9 @@ impl Networks {
             gateway,
             bridge,
             internal: req.internal,
-            dns: req.name != DEFAULT_NETWORK && !req.no_dns,
+            // Not on internal networks: the resolver forwards what it does not know to the host's
+            // resolvers, a way out an internal network must not have.
+            dns: req.name != DEFAULT_NETWORK && !req.no_dns && !req.internal,
             created: chrono::Utc::now(),
             labels: req.labels.clone(),
         };
@@ -449,14 +460,17 @@ impl Networks {
         } else {
             Vec::new()
         };
-        let host_if = format!("bv{}{k}", &container[..11.min(container.len())]);
+        let host_if = format!("{}{}{k}", self.port_prefix(), &container[..9.min(container.len())]);
         // The bridge is made again only if it is gone (a reboot, or someone removed it).
         if Path::new("/sys/class/net").join(&n.bridge).exists() {
             netlink::bridge_options(&n.bridge)?;
         } else {
             netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
         }
-        netlink::attach(&ns, &n.bridge, &host_if, ip, n.subnet.prefix_len(), n.gateway)?;
+        // A MAC address of its own, from its address (as Docker makes them): pinned to its port.
+        let o = ip.octets();
+        let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
+        netlink::attach(&ns, &n.bridge, &host_if, &mac, ip, n.subnet.prefix_len(), n.gateway)?;
         let lease = Lease {
             network: network.into(),
             container: container.into(),
@@ -464,6 +478,7 @@ impl Networks {
             aliases: member.aliases.clone(),
             labels: member.labels.clone(),
             published,
+            mac: mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
             ip,
             host_if,
             pid,
@@ -630,6 +645,16 @@ impl Networks {
             internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
             masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
             rules: rules::resolve(&self.rules()?, leases),
+            gateways: nets.iter().map(|n| (n.bridge.clone(), n.gateway, n.dns)).collect(),
+            port_prefix: self.port_prefix(),
+            ports: leases
+                .iter()
+                .map(|l| firewall::Port {
+                    host_if: l.host_if.clone(),
+                    mac: l.mac.clone(),
+                    ip: l.ip,
+                })
+                .collect(),
             published: leases
                 .iter()
                 .flat_map(|l| l.published.iter().map(move |p| (p.clone(), l.ip)))
@@ -661,7 +686,14 @@ impl Networks {
             }
         }
         if policy.bridges.is_empty() {
-            return firewall::remove(&policy.table);
+            firewall::remove(&policy.table)?;
+            // The guard against routing for others went with the table: if bulkhead turned
+            // forwarding on and no store has a bridge left, it goes back off.
+            if policy.forwarding_is_ours && !bulkhead_bridges_exist() {
+                let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
+                let _ = fs::remove_file(FORWARDING_MARK);
+            }
+            return Ok(());
         }
         // Containers' traffic is routed: forwarding on, and remembered if it was off, so that the
         // table keeps the host from routing anything else.
@@ -676,6 +708,16 @@ impl Networks {
         };
         firewall::apply(&policy)
     }
+}
+
+/// Whether any store's bridge is on this host (by name: `bh*`, `bulkhead*`).
+fn bulkhead_bridges_exist() -> bool {
+    fs::read_dir("/sys/class/net").is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok()).any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            (n.starts_with("bh") || n.starts_with("bulkhead")) && e.path().join("bridge").exists()
+        })
+    })
 }
 
 fn host_lock() -> Result<fs::File> {

@@ -114,7 +114,15 @@ pub fn link_exists(name: &str) -> Result<bool> {
 /// Plugs the network namespace `netns` into `bridge`: a veth pair whose host end `host_if` joins
 /// the bridge and whose other end is made inside the namespace as `eth0`, with `addr/prefix` and
 /// a default route through `gateway`.
-pub fn attach(netns: &std::fs::File, bridge: &str, host_if: &str, addr: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<()> {
+pub fn attach(
+    netns: &std::fs::File,
+    bridge: &str,
+    host_if: &str,
+    mac: &[u8; 6],
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+) -> Result<()> {
     let fd = netns.as_raw_fd();
     with_handle(async |h| {
         let br = index_of(h, bridge)
@@ -126,6 +134,7 @@ pub fn attach(netns: &std::fs::File, bridge: &str, host_if: &str, addr: Ipv4Addr
         }
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".to_owned())
+            .address(mac.to_vec())
             .setns_by_fd(fd)
             .build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)

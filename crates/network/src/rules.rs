@@ -153,6 +153,8 @@ pub struct Resolved {
     pub any: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, u64)>,
     /// Containers whose way out is denied.
     pub no_egress: Vec<(std::net::Ipv4Addr, u64)>,
+    /// (source, destination, protocol, port) a deny rule names: dropped before any allow.
+    pub drops: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, String, u16, u64)>,
 }
 
 /// Resolves `rules` against `leases`: a pair is allowed only on a network both ends are on
@@ -170,6 +172,15 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
     };
     for r in rules {
         if r.action == Action::Deny {
+            if let (Some(port), Some(proto)) = (r.port, &r.proto) {
+                for from in leases.iter().filter(|l| r.from.matches(l)) {
+                    for to in leases.iter().filter(|l| r.to.matches(l) && l.network == from.network) {
+                        if from.container != to.container && r.network.as_deref().is_none_or(|n| n == from.network) {
+                            out.drops.push((from.ip, to.ip, proto.clone(), port, r.id));
+                        }
+                    }
+                }
+            }
             if r.to == Selector::Outside {
                 for l in leases
                     .iter()
@@ -202,6 +213,8 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
     out.ports.dedup_by(|a, b| (a.0, a.1, &a.2, a.3) == (b.0, b.1, &b.2, b.3));
     out.any.sort();
     out.any.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+    out.drops.sort();
+    out.drops.dedup_by(|a, b| (a.0, a.1, &a.2, a.3) == (b.0, b.1, &b.2, b.3));
     out.no_egress.sort();
     out.no_egress.dedup_by(|a, b| a.0 == b.0);
     out
