@@ -358,7 +358,11 @@ impl Containers {
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
         let r = self.rootfs(id);
         if bulkhead_image::mount::is_mount_point(&r)? {
-            rustix::mount::unmount(&r, rustix::mount::UnmountFlags::DETACH).map_err(|e| io(&r, e))?;
+            match rustix::mount::unmount(&r, rustix::mount::UnmountFlags::DETACH) {
+                // Unmounted in between by the container's shim finishing (`rm -f` races it).
+                Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+                Err(e) => return Err(io(&r, e)),
+            }
         }
         Ok(())
     }
