@@ -32,6 +32,12 @@ pub enum NetworkCommand {
         #[arg(long)]
         network: Option<String>,
     },
+    /// Join a container to a network (now, if it runs, and at every start).
+    Connect { network: String, container: String },
+    /// Take a container off a network.
+    Disconnect { network: String, container: String },
+    /// Remove every network no container uses (the default network stays).
+    Prune,
     /// Connections the policy refused (JSON lines): both ends, protocol and port.
     Events {
         /// Keep printing new ones.
@@ -163,6 +169,17 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
             }
         }
         NetworkCommand::Events { follow } => events(&nets, follow)?,
+        NetworkCommand::Connect { network, container } => connect(ctx, &nets, &network, &container, true)?,
+        NetworkCommand::Disconnect { network, container } => connect(ctx, &nets, &network, &container, false)?,
+        NetworkCommand::Prune => {
+            // A network a stopped container names is kept: it joins it again at its next start.
+            let store = ctx.store()?;
+            let cs = bulkhead_runtime::container::Containers::open(&store)?;
+            let named: Vec<String> = cs.list()?.into_iter().flat_map(|r| r.networks).collect();
+            for n in nets.prune(&named)? {
+                println!("{n}");
+            }
+        }
         NetworkCommand::Rm { names } => {
             let mut failed = false;
             for name in &names {
@@ -310,6 +327,70 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
         "to": {"ip": dst, "port": field("DPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&field("PHYSOUT"))},
         "protocol": field("PROTO").map(|p| p.to_ascii_lowercase()),
     }))
+}
+
+/// `network connect|disconnect`: the container's record, and its running namespace.
+fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) -> anyhow::Result<()> {
+    use bulkhead_runtime::container::State;
+    let store = ctx.store()?;
+    let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    let mut rec = bulkhead_runtime::lifecycle::refresh(&cs, cs.find(name)?)?;
+    nets.get(network)?;
+    if rec.networks.is_empty() {
+        bail!("container {} has no network of its own (--network none or host)", rec.name);
+    }
+    let running = match rec.state {
+        State::Running { pid, .. } if bulkhead_runtime::lifecycle::is_running(&rec) => Some(pid),
+        _ => None,
+    };
+    if join {
+        if rec.networks.iter().any(|n| n == network) {
+            bail!("container {} is on network {network} already", rec.name);
+        }
+        if let Some(pid) = running {
+            let member = bulkhead_network::Member {
+                id: rec.id.clone(),
+                name: rec.name.clone(),
+                aliases: rec.aliases.clone(),
+                labels: rec.labels.clone(),
+                ports: Vec::new(),
+            };
+            nets.attach(&member, network, pid)?;
+        }
+        rec.networks.push(network.to_owned());
+    } else {
+        if !rec.networks.iter().any(|n| n == network) {
+            bail!("container {} is not on network {network}", rec.name);
+        }
+        if rec.networks.len() == 1 {
+            bail!(
+                "network {network} is container {}'s only one: it keeps it (run it with --network none instead)",
+                rec.name
+            );
+        }
+        if running.is_some() {
+            nets.detach_one(&rec.id, network)?;
+        }
+        rec.networks.retain(|n| n != network);
+    }
+    cs.save(&rec)?;
+    // Its /etc/hosts names it on the addresses it has now.
+    if running.is_some() {
+        let addrs: Vec<std::net::IpAddr> = nets
+            .live_leases()?
+            .into_iter()
+            .filter(|l| l.container == rec.id)
+            .map(|l| std::net::IpAddr::V4(l.ip))
+            .collect();
+        let p = cs.dir(&rec.id).join("hosts");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs).as_bytes()))
+            .with_context(|| p.display().to_string())?;
+    }
+    Ok(())
 }
 
 /// `bulkhead port NAME`: what a running container publishes.

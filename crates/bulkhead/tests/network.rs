@@ -819,3 +819,42 @@ fn raw_frames_cannot_spoof_tag_or_reach_loopback_and_names_stay_on_their_network
     );
     env.ok(&["rm", "-f", "web", "client", "attacker", "other"]);
 }
+
+#[test]
+fn connect_disconnect_and_prune() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["network", "create", "--subnet", "198.18.245.0/24", "n1"]);
+    env.ok(&["network", "create", "--subnet", "198.18.246.0/24", "n2"]);
+    env.ok(&["network", "create", "--subnet", "198.18.247.0/24", "unused"]);
+    let serve = "httpd -f -p 80 -h /www";
+    env.ok(&["run", "-d", "--name", "a", "--network", "n1", img, "sh", "-c", serve]);
+    env.ok(&["run", "-d", "--name", "b", "--network", "n2", img, "sh", "-c", serve]);
+    let b = ip_of(&env, "n2", "b");
+    wait_served(&env, "b", &b);
+    env.ok(&["network", "allow", "a", "b:80"]);
+    assert!(!fetch(&env, "a", &format!("http://{b}/")).0, "a reached b across networks");
+    // Joined while running: a second interface, the network's names, the rule applies there.
+    env.ok(&["network", "connect", "n2", "a"]);
+    let a2 = ip_of(&env, "n2", "a");
+    assert!(a2.starts_with("198.18.246."), "{a2}");
+    let addrs = env.ok(&["exec", "a", "ip", "-4", "addr"]);
+    assert!(addrs.contains("eth1") && addrs.contains(&a2), "{addrs}");
+    assert!(reaches(&env, "a", "http://b/"), "a cannot reach b by name once on n2");
+    let err = env.fails(&["network", "connect", "n2", "a"]);
+    assert!(err.contains("already"), "{err}");
+    // Prune keeps what a container uses (running or not).
+    let pruned = env.ok(&["network", "prune"]);
+    assert_eq!(pruned.trim(), "unused");
+    // Left while running: gone at once, and at the next start.
+    env.ok(&["network", "disconnect", "n2", "a"]);
+    assert!(!fetch(&env, "a", &format!("http://{b}/")).0, "a still reaches b after leaving n2");
+    assert!(!env.ok(&["exec", "a", "ip", "-4", "addr"]).contains("eth1"));
+    env.ok(&["stop", "-t", "1", "a"]);
+    env.ok(&["start", "a"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "n2"])).unwrap();
+    assert!(v[0]["containers"].as_array().unwrap().iter().all(|l| l["name"] != "a"), "{v:#}");
+    let err = env.fails(&["network", "disconnect", "n1", "a"]);
+    assert!(err.contains("only one"), "{err}");
+    env.ok(&["rm", "-f", "a", "b"]);
+}

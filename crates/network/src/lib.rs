@@ -107,6 +107,9 @@ pub struct Lease {
     /// The MAC address of its end of the pair (pinned to its port on the bridge).
     #[serde(default)]
     pub mac: String,
+    /// Its end's name in the container (`eth0`, `eth1`, ...).
+    #[serde(default)]
+    pub inner: String,
 }
 
 /// Who joins: what rules and names see of a container.
@@ -449,9 +452,15 @@ impl Networks {
             .hosts()
             .find(|a| *a != n.gateway && !used.contains(a))
             .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?;
-        let k = leases.iter().filter(|l| l.container == container).count();
+        let first = !leases.iter().any(|l| l.container == container);
+        // eth0 on the first network (its default route), eth1... on the others: the lowest free
+        // index (a network connected to a running container after one was disconnected).
+        let mut k = 0;
+        while leases.iter().any(|l| l.container == container && l.inner == format!("eth{k}")) {
+            k += 1;
+        }
         // Ports are published on the container's first network.
-        let published = if k == 0 && !member.ports.is_empty() {
+        let published = if first && !member.ports.is_empty() {
             let taken: Vec<(u16, String)> = leases
                 .iter()
                 .flat_map(|l| l.published.iter().map(|p| (p.host_port, p.proto.clone())))
@@ -470,7 +479,11 @@ impl Networks {
         // A MAC address of its own, from its address (as Docker makes them): pinned to its port.
         let o = ip.octets();
         let mac = [0x02, 0x42, o[0], o[1], o[2], o[3]];
-        netlink::attach(&ns, &n.bridge, &host_if, &mac, ip, n.subnet.prefix_len(), n.gateway)?;
+        if k > 9 {
+            return Err(Error::Conflict(format!("{}: at most 10 networks per container", member.name)));
+        }
+        let inner = format!("eth{k}");
+        netlink::attach(&ns, &n.bridge, &host_if, &mac, ip, n.subnet.prefix_len(), n.gateway, &inner, first)?;
         let lease = Lease {
             network: network.into(),
             container: container.into(),
@@ -479,6 +492,7 @@ impl Networks {
             labels: member.labels.clone(),
             published,
             mac: mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            inner,
             ip,
             host_if,
             pid,
@@ -493,6 +507,36 @@ impl Networks {
         // table, the next container start puts the policy back before it runs.
         self.sync_if_changed()?;
         Ok(lease)
+    }
+
+    /// `network disconnect`: a running container leaves one network (its end goes with the host's).
+    pub fn detach_one(&self, container: &str, network: &str) -> Result<()> {
+        let _lock = self.lock()?;
+        let all = self.read_leases()?;
+        let Some(gone) = all.iter().find(|l| l.container == container && l.network == network).cloned() else {
+            return Ok(());
+        };
+        netlink::delete_link(&gone.host_if)?;
+        let keep: Vec<Lease> = all.into_iter().filter(|l| l != &gone && l.alive()).collect();
+        self.write_leases(&keep)?;
+        if self.get(network).is_ok_and(|n| n.dns) {
+            dns::update(&self.dns_dir(), &self.list()?, &keep)?;
+        }
+        self.sync()
+    }
+
+    /// `network prune`: removes every network no running container uses (the default one stays,
+    /// as Docker's `bridge` does); returns their names.
+    pub fn prune(&self, keep: &[String]) -> Result<Vec<String>> {
+        let used: std::collections::HashSet<String> = self.live_leases()?.into_iter().map(|l| l.network).collect();
+        let mut out = Vec::new();
+        for n in self.list()? {
+            if n.name != DEFAULT_NETWORK && !used.contains(&n.name) && !keep.contains(&n.name) {
+                self.remove(&n.name)?;
+                out.push(n.name);
+            }
+        }
+        Ok(out)
     }
 
     /// The container left its networks (it exited): its leases are released.

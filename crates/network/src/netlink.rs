@@ -122,7 +122,10 @@ pub fn attach(
     addr: Ipv4Addr,
     prefix: u8,
     gateway: Ipv4Addr,
+    inner: &str,
+    default_route: bool,
 ) -> Result<()> {
+    let inner = inner.to_owned();
     let fd = netns.as_raw_fd();
     with_handle(async |h| {
         let br = index_of(h, bridge)
@@ -133,7 +136,7 @@ pub fn attach(
             let _ = h.link().del(i).execute().await;
         }
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name("eth0".to_owned())
+            .name(inner.clone())
             .address(mac.to_vec())
             .setns_by_fd(fd)
             .build();
@@ -158,9 +161,9 @@ pub fn attach(
     })?;
     in_netns(netns, move || {
         with_handle(async |h| {
-            let i = index_of(h, "eth0")
+            let i = index_of(h, &inner)
                 .await?
-                .ok_or_else(|| Error::Netlink("eth0 is not in the container".into()))?;
+                .ok_or_else(|| Error::Netlink(format!("{inner} is not in the container")))?;
             h.address()
                 .add(i, addr.into(), prefix)
                 .execute()
@@ -170,18 +173,20 @@ pub fn attach(
                 .set(LinkUnspec::new_with_index(i).up().build())
                 .execute()
                 .await
-                .map_err(|e| nl("bringing eth0 up", e))?;
+                .map_err(|e| nl(&format!("bringing {inner} up"), e))?;
             let lo = index_of(h, "lo").await?.ok_or_else(|| Error::Netlink("no lo".into()))?;
             h.link()
                 .set(LinkUnspec::new_with_index(lo).up().build())
                 .execute()
                 .await
                 .map_err(|e| nl("bringing lo up", e))?;
-            h.route()
-                .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
-                .execute()
-                .await
-                .map_err(|e| nl(&format!("default route via {gateway}"), e))?;
+            if default_route {
+                h.route()
+                    .add(RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build())
+                    .execute()
+                    .await
+                    .map_err(|e| nl(&format!("default route via {gateway}"), e))?;
+            }
             Ok(())
         })
     })
