@@ -483,7 +483,19 @@ impl Networks {
             return Err(Error::Conflict(format!("{}: at most 10 networks per container", member.name)));
         }
         let inner = format!("eth{k}");
-        netlink::attach(&ns, &n.bridge, &host_if, &mac, ip, n.subnet.prefix_len(), n.gateway, &inner, first)?;
+        netlink::attach(
+            &ns,
+            &n.bridge,
+            &netlink::Plug {
+                host_if: &host_if,
+                inner: &inner,
+                mac,
+                addr: ip,
+                prefix: n.subnet.prefix_len(),
+                gateway: n.gateway,
+                default_route: first,
+            },
+        )?;
         let lease = Lease {
             network: network.into(),
             container: container.into(),

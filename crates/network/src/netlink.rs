@@ -114,18 +114,24 @@ pub fn link_exists(name: &str) -> Result<bool> {
 /// Plugs the network namespace `netns` into `bridge`: a veth pair whose host end `host_if` joins
 /// the bridge and whose other end is made inside the namespace as `eth0`, with `addr/prefix` and
 /// a default route through `gateway`.
-pub fn attach(
-    netns: &std::fs::File,
-    bridge: &str,
-    host_if: &str,
-    mac: &[u8; 6],
-    addr: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-    inner: &str,
-    default_route: bool,
-) -> Result<()> {
-    let inner = inner.to_owned();
+/// One end of a container on a network: its names, its MAC and address, its gateway.
+pub struct Plug<'a> {
+    /// The host's end (a port of the bridge).
+    pub host_if: &'a str,
+    /// The container's end (`eth0`, `eth1`, ...).
+    pub inner: &'a str,
+    pub mac: [u8; 6],
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// Whether the container's default route goes this way (its first network).
+    pub default_route: bool,
+}
+
+pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()> {
+    let (host_if, mac, addr, prefix, gateway, default_route) =
+        (plug.host_if, &plug.mac, plug.addr, plug.prefix, plug.gateway, plug.default_route);
+    let inner = plug.inner.to_owned();
     let fd = netns.as_raw_fd();
     with_handle(async |h| {
         let br = index_of(h, bridge)
