@@ -515,9 +515,22 @@ impl Networks {
         if n.dns {
             dns::update(&self.dns_dir(), &self.list()?, &leases)?;
         }
-        // Checked against the kernel on every start: if a host firewall reload flushed every
-        // table, the next container start puts the policy back before it runs.
-        self.sync_if_changed()?;
+        // Checked against the kernel on every start. The tables as they should be but for this port: the port alone is added (one small
+        // transaction). Anything else (its rules, its published ports, a table flushed by a host
+        // firewall reload): both tables are written whole, before the container runs.
+        let policy = self.policy()?;
+        if !policy.bridges.is_empty() && firewall::is_current_without(&policy, &lease.host_if) {
+            firewall::add_port(
+                &policy.table,
+                &firewall::Port {
+                    host_if: lease.host_if.clone(),
+                    mac: lease.mac.clone(),
+                    ip: lease.ip,
+                },
+            )?;
+        } else {
+            self.sync()?;
+        }
         Ok(lease)
     }
 
@@ -576,6 +589,11 @@ impl Networks {
             let digest = |p: firewall::Policy| firewall::commands(&p).to_string();
             if digest(self.policy_for(&with)?) != digest(self.policy_for(&keep)?) {
                 self.sync()?;
+            } else {
+                let table = self.table();
+                for l in all.iter().filter(|l| l.container == container) {
+                    firewall::remove_port(&table, &l.host_if)?;
+                }
             }
         }
         Ok(())
@@ -717,16 +735,6 @@ impl Networks {
                 .collect(),
             forwarding_is_ours: Path::new(FORWARDING_MARK).exists(),
         })
-    }
-
-    /// As [`Self::sync`], but nothing is written when the kernel's table is what it would be
-    /// (a container that no rule names starting or stopping).
-    fn sync_if_changed(&self) -> Result<()> {
-        let policy = self.policy()?;
-        if !policy.bridges.is_empty() && firewall::is_current(&policy) {
-            return Ok(());
-        }
-        self.sync()
     }
 
     /// Writes the policy table (or removes it with the last network).
