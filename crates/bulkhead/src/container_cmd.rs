@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// NAME[:PORT[/PROTO]]: this container may reach NAME. Repeatable.
     #[arg(long)]
     allow_to: Vec<String>,
+    /// Its IPv4 address on its network (default: the lowest free one).
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
     /// Another name for the container on its network (repeatable).
     #[arg(long)]
     network_alias: Vec<String>,
@@ -288,6 +291,12 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
             a.publish.clone()
         },
         publish_all: a.publish_all,
+        ip: {
+            if a.ip.is_some() && matches!(a.network.as_str(), "none" | "host") {
+                bail!("--ip: a container on --network {} has no address of its own", a.network);
+            }
+            a.ip
+        },
         aliases: {
             for al in &a.network_alias {
                 if !matches!(

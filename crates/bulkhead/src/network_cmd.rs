@@ -354,6 +354,7 @@ fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) ->
                 aliases: rec.aliases.clone(),
                 labels: rec.labels.clone(),
                 ports: Vec::new(),
+                ip: None,
             };
             nets.attach(&member, network, pid)?;
         }
@@ -459,6 +460,7 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
             aliases: rec.aliases.clone(),
             labels: rec.labels.clone(),
             ports,
+            ip: rec.ip,
         };
         for n in &rec.networks {
             let lease = nets.attach(&member, n, pid).map_err(|e| fail(e.to_string()))?;

@@ -856,5 +856,51 @@ fn connect_disconnect_and_prune() {
     assert!(v[0]["containers"].as_array().unwrap().iter().all(|l| l["name"] != "a"), "{v:#}");
     let err = env.fails(&["network", "disconnect", "n1", "a"]);
     assert!(err.contains("only one"), "{err}");
-    env.ok(&["rm", "-f", "a", "b"]);
+    // --ip: that address, at every start; taken or outside the subnet: refused in one line.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "s",
+        "--network",
+        "n1",
+        "--ip",
+        "198.18.245.50",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    assert_eq!(ip_of(&env, "n1", "s"), "198.18.245.50");
+    let err = env.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "s2",
+        "--network",
+        "n1",
+        "--ip",
+        "198.18.245.50",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    assert!(err.contains("container s has it"), "{err}");
+    let err = env.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "s3",
+        "--network",
+        "n1",
+        "--ip",
+        "198.18.9.9",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    assert!(err.contains("not a host address"), "{err}");
+    env.ok(&["rm", "-f", "a", "b", "s", "s2", "s3"]);
 }

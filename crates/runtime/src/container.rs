@@ -89,6 +89,9 @@ pub struct ContainerRecord {
     /// The networks it joins at each start (`--network`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
+    /// `--ip`: its address on its first network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
     /// `--network-alias`: its other names on its networks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,

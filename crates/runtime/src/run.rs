@@ -39,6 +39,8 @@ pub struct CreateRequest {
     pub publish_all: bool,
     /// `--network-alias`.
     pub aliases: Vec<String>,
+    /// `--ip`.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// bulkhead-init (init/init.c), built static by build.rs.
@@ -247,6 +249,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             idmapped_volumes,
             networks: req.networks.clone(),
             aliases: req.aliases.clone(),
+            ip: req.ip,
             ports: {
                 let mut ports = req.ports.clone();
                 if req.publish_all {
