@@ -249,7 +249,9 @@ fn main() -> ExitCode {
     // A plain level applies to bulkhead's own crates; dependencies (libcontainer's notes about
     // cgroup controllers this host lacks, say) speak only at debug and trace, or when named.
     let directive = match cli.log_level.as_str() {
-        l @ ("error" | "warn" | "info") => format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l},bulkhead_registry={l}"),
+        l @ ("error" | "warn" | "info") => {
+            format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l},bulkhead_registry={l},bulkhead_network={l}")
+        }
         other => other.to_owned(),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directive).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

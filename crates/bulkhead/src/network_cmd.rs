@@ -429,6 +429,14 @@ pub fn ensure_networks(ctx: &Ctx, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs its closure when dropped.
+struct Defer<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 /// Joins containers to their networks between create and start, and lets go when they exit.
 pub struct NetworkHooks {
     pub root: std::path::PathBuf,
@@ -439,6 +447,7 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
     fn created(&self, id: &str, pid: i32) -> bulkhead_runtime::error::Result<()> {
         use bulkhead_runtime::error::Error;
         let fail = |e: String| Error::Executor(format!("joining the container's networks: {e}"));
+        let t0 = std::time::Instant::now();
         let store = bulkhead_image::Store::open(&self.root)?;
         let cs = bulkhead_runtime::container::Containers::open(&store)?;
         let rec = cs.load(id)?;
@@ -495,10 +504,13 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
             }
             rewrite("resolv.conf", text)?;
         }
+        tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "networks joined");
         Ok(())
     }
 
     fn exited(&self, id: &str) {
+        let t0 = std::time::Instant::now();
+        let _done = Defer(move || tracing::debug!(ms = t0.elapsed().as_secs_f64() * 1e3, "networks left"));
         let nets = match Networks::open(&self.root, &self.config) {
             Ok(n) => n,
             Err(e) => return tracing::warn!(error = %e, "releasing the container's addresses"),
