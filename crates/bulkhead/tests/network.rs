@@ -382,6 +382,22 @@ fn published_ports_answer_on_loopback_and_to_other_hosts() {
     let got = http_get_eventually(&format!("127.0.0.1:{host_port}")).expect("-P port does not answer");
     assert!(got.contains("exposed"), "{got}");
 
+    // A container reaches published ports through the host, its own included (hairpin).
+    env.ok(&["run", "-d", "--name", "w4", "-p", "18082:80", img, "sh", "-c", serve]);
+    let gw = {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "bulkhead"])).unwrap();
+        v[0]["gateway"].as_str().unwrap().to_owned()
+    };
+    assert!(
+        reaches(&env, "w4", &format!("http://{gw}:18082/")),
+        "w4 cannot reach its own published port"
+    );
+    assert!(
+        reaches(&env, "w1", &format!("http://{gw}:18082/")),
+        "w1 cannot reach w4's published port"
+    );
+    env.ok(&["rm", "-f", "w4"]);
+
     // Bad specs are one line each.
     for bad in ["70000:80", "80/sctp", "x:80"] {
         let err = env.fails(&["create", "-p", bad, img]);

@@ -165,6 +165,10 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
             .map_err(|e| nl(&format!("plugging {host_if} into {bridge}"), e))?;
         Ok(())
     })?;
+    // Hairpin: a container reaching its own published port (through the host's DNAT) gets the
+    // packet back out of the port it came in on.
+    let p = format!("/sys/class/net/{host_if}/brport/hairpin_mode");
+    std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
     in_netns(netns, move || {
         with_handle(async |h| {
             let i = index_of(h, &inner)
