@@ -13,7 +13,9 @@ use common::*;
 fn image(env: &Env) -> &'static str {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
-    for a in ["httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout", "nslookup"] {
+    for a in [
+        "httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout", "nslookup", "nc", "wc",
+    ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
     for d in ["etc", "tmp", "www"] {
@@ -919,4 +921,54 @@ fn connect_disconnect_and_prune() {
     ]);
     assert!(err.contains("not a host address"), "{err}");
     env.ok(&["rm", "-f", "a", "b", "s", "s2", "s3"]);
+}
+
+#[test]
+fn a_rule_taken_back_cuts_the_connection_it_allowed() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["network", "create", "--subnet", "198.18.244.0/24", "cut"]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "b",
+        "--network",
+        "cut",
+        img,
+        "sh",
+        "-c",
+        "sleep 1000 | nc -l -p 7000 > /tmp/in",
+    ]);
+    let b = ip_of(&env, "cut", "b");
+    env.ok(&["network", "allow", "a", "b:7000"]);
+    let stream = format!("while true; do echo tick; sleep 0.2; done | nc {b} 7000");
+    env.ok(&["run", "-d", "--name", "a", "--network", "cut", img, "sh", "-c", &stream]);
+    let ticks = || {
+        env.ok(&["exec", "b", "wc", "-l", "/tmp/in"])
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let mut n = 0;
+    for _ in 0..50 {
+        n = ticks();
+        if n >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(n >= 3, "the allowed stream never flowed ({n} lines)");
+    // Taken back: the connection already open stops too, not only new ones.
+    env.ok(&["network", "deny", "a", "b:7000"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = ticks();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        ticks(),
+        after,
+        "the established connection kept flowing after its rule was taken back"
+    );
+    env.ok(&["rm", "-f", "a", "b"]);
 }

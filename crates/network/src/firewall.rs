@@ -215,12 +215,8 @@ pub fn commands(p: &Policy) -> Value {
         ],
     ));
 
-    // forward
-    cmds.push(rule(
-        t,
-        "forward",
-        vec![matches("in", ct("state"), json!(["established", "related"])), verdict("accept")],
-    ));
+    // forward. Traffic between containers is judged on every packet by its connection's original
+    // direction (not let through as "established"): a rule taken back cuts what it had allowed.
     // A container whose way out a rule denies.
     for (ip, id) in &p.rules.no_egress {
         cmds.push(counted(
@@ -245,6 +241,12 @@ pub fn commands(p: &Policy) -> Value {
         t,
         "forward",
         vec![ours_in.clone(), ours_out.clone(), json!({"jump": {"target": "between"}})],
+    ));
+    // Replies to what went out (and to the host's own connections).
+    cmds.push(rule(
+        t,
+        "forward",
+        vec![matches("in", ct("state"), json!(["established", "related"])), verdict("accept")],
     ));
     // Nothing else reaches a container from outside.
     cmds.push(rule(
@@ -276,43 +278,31 @@ pub fn commands(p: &Policy) -> Value {
     }
     // between: what a deny rule names first (it wins over a wider allow), then only what a rule
     // allows; one counted entry per pair, tagged with its rule.
+    // Each entry names the connection by its original direction, so it covers both directions
+    // of what it allows (and nothing a rule no longer allows).
+    let orig = |key: &str| json!({"ct": {"key": format!("ip {key}"), "dir": "original"}});
+    let orig_l4 = |key: &str| json!({"ct": {"key": key, "dir": "original"}});
+    let pair = |s: &std::net::Ipv4Addr, d: &std::net::Ipv4Addr| {
+        vec![
+            matches("==", orig("saddr"), json!(s.to_string())),
+            matches("==", orig("daddr"), json!(d.to_string())),
+        ]
+    };
+    let port_of = |proto: &str, port: &u16| {
+        vec![
+            // The packet's protocol is its connection's, both ways (and gives proto-dst its type).
+            matches("==", meta("l4proto"), json!(proto)),
+            matches("==", orig_l4("proto-dst"), json!(port)),
+        ]
+    };
     for (s, d, proto, port, id) in &p.rules.drops {
-        cmds.push(counted(
-            t,
-            "between",
-            vec![
-                matches("==", payload("ip", "saddr"), json!(s.to_string())),
-                matches("==", payload("ip", "daddr"), json!(d.to_string())),
-                matches("==", payload(proto, "dport"), json!(port)),
-            ],
-            *id,
-            "drop",
-        ));
+        cmds.push(counted(t, "between", [pair(s, d), port_of(proto, port)].concat(), *id, "drop"));
     }
     for (s, d, proto, port, id) in &p.rules.ports {
-        cmds.push(counted(
-            t,
-            "between",
-            vec![
-                matches("==", payload("ip", "saddr"), json!(s.to_string())),
-                matches("==", payload("ip", "daddr"), json!(d.to_string())),
-                matches("==", payload(proto, "dport"), json!(port)),
-            ],
-            *id,
-            "accept",
-        ));
+        cmds.push(counted(t, "between", [pair(s, d), port_of(proto, port)].concat(), *id, "accept"));
     }
     for (s, d, id) in &p.rules.any {
-        cmds.push(counted(
-            t,
-            "between",
-            vec![
-                matches("==", payload("ip", "saddr"), json!(s.to_string())),
-                matches("==", payload("ip", "daddr"), json!(d.to_string())),
-            ],
-            *id,
-            "accept",
-        ));
+        cmds.push(counted(t, "between", pair(s, d), *id, "accept"));
     }
     cmds.push(rule(
         t,
