@@ -972,3 +972,89 @@ fn a_rule_taken_back_cuts_the_connection_it_allowed() {
     );
     env.ok(&["rm", "-f", "a", "b"]);
 }
+
+#[test]
+fn a_noisy_container_does_not_crowd_others_out_of_the_events() {
+    let env = Env::new();
+    let rootfs = env.path("rootfs-noise");
+    busybox_rootfs(&rootfs);
+    for a in ["sleep", "timeout", "wget", "httpd"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
+    env.ok(&[
+        "image",
+        "import",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--tag",
+        "noise",
+        "--cmd",
+        "/bin/sh",
+    ]);
+    env.ok(&["network", "create", "--subnet", "198.18.243.0/24", "loud"]);
+    env.ok(&["run", "-d", "--name", "target", "--network", "loud", "noise", "sleep", "1000"]);
+    let t = lease_of(&env, "loud", "target");
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "noisy",
+        "--network",
+        "loud",
+        "--cap-add",
+        "NET_RAW",
+        "noise",
+        "sleep",
+        "1000",
+    ]);
+    let n = lease_of(&env, "loud", "noisy");
+    let script = format!(
+        "frames flood eth0 {} {} {} {} 9 6",
+        t["mac"].as_str().unwrap(),
+        n["mac"].as_str().unwrap(),
+        n["ip"].as_str().unwrap(),
+        t["ip"].as_str().unwrap()
+    );
+    let mut flooder = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["exec", "noisy", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // A quiet container's one refused attempt, in the middle of the flood.
+    env.ok(&["run", "-d", "--name", "quiet", "--network", "loud", "noise", "sleep", "1000"]);
+    let _ = env.run_bounded(
+        20,
+        &[
+            "exec",
+            "quiet",
+            "timeout",
+            "-s",
+            "KILL",
+            "2",
+            "wget",
+            "-qO-",
+            &format!("http://{}:82/", t["ip"].as_str().unwrap()),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+    let events = env.ok(&["network", "events"]);
+    let parsed: Vec<serde_json::Value> = events.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let noisy = parsed.iter().filter(|e| e["from"]["owner"]["container"] == "noisy").count();
+    assert!(noisy > 0, "the flood was not logged at all");
+    assert!(
+        parsed
+            .iter()
+            .any(|e| e["from"]["owner"]["container"] == "quiet" && e["to"]["port"] == 82),
+        "the quiet container's denial was crowded out ({noisy} of the noisy one's logged)"
+    );
+    env.ok(&["rm", "-f", "noisy", "quiet", "target"]);
+}

@@ -136,6 +136,7 @@ pub fn commands(p: &Policy) -> Value {
         &["interval"],
         p.masquerade4.iter().map(|s| prefix_elem(s)).collect(),
     ));
+    cmds.push(json!({"add": {"set": {"family": "inet", "table": t, "name": "denylog", "type": "ipv4_addr", "size": 65535, "flags": ["timeout"], "timeout": 60}}}));
     cmds.extend(set(
         "gateways4",
         json!("ipv4_addr"),
@@ -304,12 +305,15 @@ pub fn commands(p: &Policy) -> Value {
     for (s, d, id) in &p.rules.any {
         cmds.push(counted(t, "between", pair(s, d), *id, "accept"));
     }
+    // Logged at most 10 a second per source (a burst of 20): one noisy container cannot crowd
+    // the others' denials out of the log (sources are pinned to their ports, so there are no more
+    // keys than containers). Every denial is still counted.
     cmds.push(rule(
         t,
         "between",
         vec![
             matches("==", meta("nfproto"), json!("ipv4")),
-            json!({"limit": {"rate": 50, "per": "second", "burst": 100}}),
+            json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": "@denylog", "stmt": [{"limit": {"rate": 10, "burst": 20, "per": "second"}}]}}),
             json!({"log": {"prefix": log_prefix(t)}}),
         ],
     ));
