@@ -577,20 +577,7 @@ fn a_cut_transfer_resumes_with_a_range_request_and_present_blobs_cross_no_wire()
         s.blob_bytes
     };
     // While another pull holds the partial file (its lock), this one waits and writes nothing.
-    let mut other = Command::new("flock")
-        .args(["-x", "-o"])
-        .arg(&partial)
-        .args(["sleep", "30"])
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .contains(&format!(" {} ", other.id()))
-    {
-        assert!(std::time::Instant::now() < deadline, "flock did not take the file's lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut other = hold_lock(&partial);
     let waiting = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .arg("--root")
         .arg(env.root())
@@ -1205,20 +1192,7 @@ fn declared_sizes_are_capped_and_partial_downloads_reclaimed() {
     // One a pull is writing (it holds the file's lock) is left alone, however old.
     std::fs::write(&stale, vec![0u8; 4096]).unwrap();
     sh(Command::new("touch").args(["-d", "2 days ago"]).arg(&stale));
-    let mut pull = Command::new("flock")
-        .args(["-x", "-o"])
-        .arg(&stale)
-        .args(["sleep", "30"])
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .contains(&format!(" {} ", pull.id()))
-    {
-        assert!(std::time::Instant::now() < deadline, "flock did not take the file's lock");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut pull = hold_lock(&stale);
     env.ok(&["image", "prune"]);
     let o = env.run(&["system", "check", "--repair"]);
     assert!(stale.exists(), "a download in progress was removed");
@@ -1557,4 +1531,24 @@ fn a_token_that_expires_during_a_pull_is_fetched_again() {
     assert!(out.contains("sha256:"), "{out}");
     assert!(issued.lock().unwrap().len() >= 2, "the token was not fetched again");
     assert!(thief.accept().is_err(), "the other host was contacted");
+}
+
+/// flock(1) holding an exclusive lock on `path` (as a pull holds its partial download), once it
+/// has it; kill it to let go.
+fn hold_lock(path: &std::path::Path) -> std::process::Child {
+    let holder = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(path)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&format!(" {} ", holder.id()))
+    {
+        assert!(std::time::Instant::now() < deadline, "flock did not take the file's lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    holder
 }

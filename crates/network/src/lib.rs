@@ -239,18 +239,7 @@ impl Networks {
 
     /// Takes the networks' lock (exclusive; every change is short).
     pub fn lock(&self) -> Result<NetLock> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let p = self.dir.join("lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-            .open(&p)
-            .map_err(|e| io(&p, e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e.into()))?;
-        Ok(NetLock(f))
+        Ok(NetLock(lock_file(&self.dir.join("lock"))?))
     }
 
     fn path_of(&self, name: &str) -> PathBuf {
@@ -831,18 +820,26 @@ fn bulkhead_bridges_exist() -> bool {
 }
 
 fn host_lock() -> Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
     fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
-    let p = Path::new(RUN_DIR).join("net.lock");
+    lock_file(&Path::new(RUN_DIR).join("net.lock"))
+}
+
+/// Opens (making it, root's alone) and locks exclusively the lock file `p`: never through a
+/// link, never blocking in open on a FIFO put there.
+fn lock_file(p: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(&p)
-        .map_err(|e| io(&p, e))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(&p, e.into()))?;
+        .open(p)
+        .map_err(|e| io(p, e))?;
+    if !f.metadata().map_err(|e| io(p, e))?.is_file() {
+        return Err(Error::Invalid(format!("{}: not a regular file", p.display())));
+    }
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(p, e.into()))?;
     Ok(f)
 }
 
