@@ -117,6 +117,10 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
         }
         NetworkCommand::Ls => {
             let list = nets.list()?;
+            if ctx.quiet {
+                list.iter().for_each(|n| println!("{}", n.name));
+                return Ok(ExitCode::SUCCESS);
+            }
             match ctx.output()? {
                 Output::Json => json(&serde_json::to_value(&list)?)?,
                 Output::Table => {
