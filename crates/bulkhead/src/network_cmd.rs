@@ -367,6 +367,13 @@ fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) ->
         if !rec.networks.iter().any(|n| n == network) {
             bail!("container {} is not on network {network}", rec.name);
         }
+        if rec.networks.first().map(String::as_str) == Some(network) {
+            bail!(
+                "network {network} is container {}'s first (its default route{}): it stays; disconnect the others",
+                rec.name,
+                if rec.ip.is_some() { " and its --ip" } else { "" }
+            );
+        }
         if rec.networks.len() == 1 {
             bail!(
                 "network {network} is container {}'s only one: it keeps it (run it with --network none instead)",

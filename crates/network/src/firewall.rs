@@ -193,7 +193,7 @@ pub fn commands(p: &Policy) -> Value {
         json!({"counter": null}),
         verdict("drop"),
     ]));
-    // Each container port goes to a chain of its own through a verdict map: a port comes and
+    // Each container port jumps to a chain of its own through a verdict map: a port comes and
     // goes with one small transaction (see [`add_port`]), without rewriting the tables; a port
     // the map does not know carries nothing.
     cmds.push(json!({"add": {"map": {"family": "bridge", "table": t, "name": "portmap", "type": "ifname", "map": "verdict"}}}));
@@ -283,10 +283,15 @@ pub fn commands(p: &Policy) -> Value {
     // of what it allows (and nothing a rule no longer allows).
     let orig = |key: &str| json!({"ct": {"key": format!("ip {key}"), "dir": "original"}});
     let orig_l4 = |key: &str| json!({"ct": {"key": key, "dir": "original"}});
+    // The packet's own ends too: conntrack files an ICMP error by the header inside it, so a
+    // third container could otherwise pass one off as part of an allowed connection.
     let pair = |s: &std::net::Ipv4Addr, d: &std::net::Ipv4Addr| {
+        let ends = json!({"set": [s.to_string(), d.to_string()]});
         vec![
             matches("==", orig("saddr"), json!(s.to_string())),
             matches("==", orig("daddr"), json!(d.to_string())),
+            matches("==", payload("ip", "saddr"), ends.clone()),
+            matches("==", payload("ip", "daddr"), ends),
         ]
     };
     let port_of = |proto: &str, port: &u16| {
@@ -301,6 +306,19 @@ pub fn commands(p: &Policy) -> Value {
     }
     for (s, d, proto, port, id) in &p.rules.ports {
         cmds.push(counted(t, "between", [pair(s, d), port_of(proto, port)].concat(), *id, "accept"));
+        // Its ICMP errors (port unreachable, fragmentation needed), between the same two ends.
+        cmds.push(counted(
+            t,
+            "between",
+            [
+                pair(s, d),
+                // (Related to a connection between these two ends, which only an allow made.)
+                vec![matches("in", ct("state"), json!(["related"]))],
+            ]
+            .concat(),
+            *id,
+            "accept",
+        ));
     }
     for (s, d, id) in &p.rules.any {
         cmds.push(counted(t, "between", pair(s, d), *id, "accept"));
@@ -337,6 +355,27 @@ pub fn commands(p: &Policy) -> Value {
             verdict("drop"),
         ],
     ));
+    // A container whose way out a rule denies reaches nothing on the host either but its
+    // network's resolver.
+    for (ip, id) in &p.rules.no_egress {
+        let new_from = || {
+            vec![
+                ours_in.clone(),
+                matches("==", payload("ip", "saddr"), json!(ip.to_string())),
+                matches("in", ct("state"), json!(["new"])),
+            ]
+        };
+        let mut dns = new_from();
+        dns.push(matches("==", payload("th", "dport"), json!(53)));
+        dns.push(matches(
+            "==",
+            json!({"concat": [meta("iifname"), payload("ip", "daddr")]}),
+            json!("@resolvers"),
+        ));
+        dns.push(verdict("accept"));
+        cmds.push(rule(t, "input", dns));
+        cmds.push(counted(t, "input", new_from(), *id, "drop"));
+    }
     cmds.push(rule(
         t,
         "input",
@@ -431,38 +470,31 @@ fn port_chain(port: &Port) -> String {
 fn port_commands(t: &str, port: &Port) -> Vec<Value> {
     let chain = port_chain(port);
     let r = |expr: Vec<Value>| json!({"add": {"rule": {"family": "bridge", "table": t, "chain": chain, "expr": expr}}});
-    let drop = || [json!({"counter": null}), verdict("drop")];
+    // Fail closed: the chain accepts exactly its container's own frames and returns everything
+    // else to the base chain, whose next rule drops it; an emptied (flushed) chain drops all.
+    let mine = matches("==", payload("ether", "saddr"), json!(port.mac));
     vec![
         json!({"add": {"chain": {"family": "bridge", "table": t, "name": chain}}}),
         json!({"flush": {"chain": {"family": "bridge", "table": t, "name": chain}}}),
-        r([vec![matches("!=", payload("ether", "saddr"), json!(port.mac))], drop().to_vec()].concat()),
-        r([
-            vec![
-                matches("==", payload("ether", "type"), json!("ip")),
-                matches("!=", payload("ip", "saddr"), json!(port.ip.to_string())),
-            ],
-            drop().to_vec(),
-        ]
-        .concat()),
-        r([
-            vec![
-                matches("==", payload("ether", "type"), json!("arp")),
-                matches("!=", payload("arp", "saddr ip"), json!(port.ip.to_string())),
-            ],
-            drop().to_vec(),
-        ]
-        .concat()),
-        r([
-            vec![
-                matches("==", payload("ether", "type"), json!("arp")),
-                matches("!=", payload("arp", "saddr ether"), json!(port.mac)),
-            ],
-            drop().to_vec(),
-        ]
-        .concat()),
-        json!({"add": {"element": {"family": "bridge", "table": t, "name": "portmap", "elem": [[port.host_if, {"goto": {"target": chain}}]]}}}),
+        r(vec![
+            mine.clone(),
+            matches("==", payload("ether", "type"), json!("ip")),
+            matches("==", payload("ip", "saddr"), json!(port.ip.to_string())),
+            verdict("accept"),
+        ]),
+        r(vec![
+            mine,
+            matches("==", payload("ether", "type"), json!("arp")),
+            matches("==", payload("arp", "saddr ip"), json!(port.ip.to_string())),
+            matches("==", payload("arp", "saddr ether"), json!(port.mac)),
+            verdict("accept"),
+        ]),
+        json!({"add": {"element": {"family": "bridge", "table": t, "name": "portmap", "elem": [[port.host_if, {"jump": {"target": chain}}]]}}}),
     ]
 }
+
+/// Rules a port chain has (see [`port_commands`]).
+const PORT_CHAIN_RULES: usize = 2;
 
 fn nft(doc: &Value) -> Result<()> {
     nftables::helper::apply_ruleset_raw(&doc.to_string(), None::<&str>, std::iter::empty::<&str>())
@@ -497,6 +529,46 @@ pub struct Kernel {
     /// Ports in the map, and port chains there are.
     pub mapped: Vec<String>,
     pub port_chains: Vec<String>,
+    /// Rules in each port chain, and where each map entry goes.
+    port_rules: std::collections::BTreeMap<String, usize>,
+    targets: std::collections::BTreeMap<String, String>,
+    /// The elements of the named sets, as strings.
+    sets: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// A set element as a string: an address, a name, "addr/len", or "a b" for a concatenation.
+fn elem_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("prefix") => {
+            format!("{}/{}", o["prefix"]["addr"].as_str().unwrap_or(""), o["prefix"]["len"])
+        }
+        Value::Object(o) if o.contains_key("concat") => o["concat"]
+            .as_array()
+            .map(|a| a.iter().map(elem_string).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        Value::Object(o) if o.contains_key("elem") => elem_string(&o["elem"]["val"]),
+        other => other.to_string(),
+    }
+}
+
+/// What `p` puts in the named sets (compared with the kernel's).
+fn expected_sets(p: &Policy) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("bridges".to_owned(), p.bridges.iter().cloned().collect());
+    m.insert("internal".to_owned(), p.internal.iter().cloned().collect());
+    m.insert("subnets4".to_owned(), p.masquerade4.iter().cloned().collect());
+    m.insert("gateways4".to_owned(), p.gateways.iter().map(|(_, g, _)| g.to_string()).collect());
+    m.insert(
+        "resolvers".to_owned(),
+        p.gateways
+            .iter()
+            .filter(|(_, _, d)| *d)
+            .map(|(b, g, _)| format!("{b} {g}"))
+            .collect(),
+    );
+    m
 }
 
 impl Kernel {
@@ -532,11 +604,21 @@ impl Kernel {
                     for e in m.get("elem").and_then(|e| e.as_array()).into_iter().flatten() {
                         if let Some(key) = e.as_array().and_then(|kv| kv.first()).and_then(|x| x.as_str()) {
                             k.mapped.push(key.to_owned());
+                            let target = e[1]["jump"]["target"].as_str().unwrap_or("").to_owned();
+                            k.targets.insert(key.to_owned(), target);
                         }
                     }
                 }
+                if let Some(st) = o["set"].as_object() {
+                    let name = st["name"].as_str().unwrap_or("").to_owned();
+                    if name != "denylog" {
+                        let elems = st.get("elem").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+                        k.sets.insert(name, elems.iter().map(elem_string).collect());
+                    }
+                }
                 if let Some(r) = o["rule"].as_object() {
-                    if r["chain"].as_str().is_some_and(|c| c.starts_with("port_")) {
+                    if let Some(c) = r["chain"].as_str().filter(|c| c.starts_with("port_")) {
+                        *k.port_rules.entry(c.to_owned()).or_insert(0) += 1;
                         continue;
                     }
                     *k.rules
@@ -562,12 +644,13 @@ impl Kernel {
                 .and_then(|s| s.strip_prefix("policy:"))
                 .map(str::to_owned)
         });
-        digest.is_some() && self.marker == digest && self.rules == rule_counts(&cmds)
+        digest.is_some() && self.marker == digest && self.rules == rule_counts(&cmds) && self.sets == expected_sets(p)
     }
 
     /// Whether `port` is in the map with its chain.
     pub fn has_port(&self, host_if: &str) -> bool {
-        self.mapped.iter().any(|m| m == host_if) && self.port_chains.iter().any(|c| c == &format!("port_{host_if}"))
+        let chain = format!("port_{host_if}");
+        self.targets.get(host_if) == Some(&chain) && self.port_rules.get(&chain) == Some(&PORT_CHAIN_RULES)
     }
 }
 
