@@ -46,7 +46,7 @@ struct Outside {
 impl Outside {
     fn new(n: u8) -> Self {
         let ns = format!("bh-test-out-{}-{n}", std::process::id());
-        let host_if = format!("bhto{n}-{}", std::process::id() % 100_000);
+        let host_if = format!("xto{n}-{}", std::process::id() % 100_000);
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         sh(Command::new("ip").args(["netns", "add", &ns]));
         sh(Command::new("ip").args(["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]));
