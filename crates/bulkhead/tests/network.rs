@@ -1097,3 +1097,88 @@ fn a_noisy_container_does_not_crowd_others_out_of_the_events() {
     );
     env.ok(&["rm", "-f", "noisy", "quiet", "target"]);
 }
+
+#[test]
+fn icmp_errors_pass_only_between_the_two_ends_of_an_allowed_connection() {
+    let env = Env::new();
+    let rootfs = env.path("rootfs-icmp");
+    busybox_rootfs(&rootfs);
+    for a in ["sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
+    env.ok(&[
+        "image",
+        "import",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--tag",
+        "icmp",
+        "--cmd",
+        "/bin/sh",
+    ]);
+    env.ok(&["network", "create", "--subnet", "198.18.242.0/24", "err"]);
+    for n in ["x", "z", "y"] {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--network",
+            "err",
+            "--cap-add",
+            "NET_RAW",
+            "icmp",
+            "sh",
+            "-c",
+            "frames icmplisten 30 > /tmp/icmp",
+        ]);
+    }
+    let (x, z, y) = (lease_of(&env, "err", "x"), lease_of(&env, "err", "z"), lease_of(&env, "err", "y"));
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+    env.ok(&["network", "allow", "x", "z:9999/udp"]);
+    // x's datagram to z:9999 (source port 40000) makes the connection the errors will name.
+    let o = env.run(&[
+        "exec",
+        "x",
+        "frames",
+        "send",
+        "eth0",
+        &s(&z, "mac"),
+        &s(&x, "mac"),
+        &s(&x, "ip"),
+        &s(&z, "ip"),
+        "9999",
+        "hello",
+    ]);
+    assert!(o.status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let icmp = |from: &serde_json::Value, who: &str, what: &str| {
+        let o = env.run(&[
+            "exec",
+            who,
+            "frames",
+            "icmp",
+            "eth0",
+            &s(&x, "mac"),
+            &s(from, "mac"),
+            &s(from, "ip"),
+            &s(&x, "ip"),
+            &s(&x, "ip"),
+            &s(&z, "ip"),
+            "40000",
+            "9999",
+            what,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // z's own port-unreachable for it reaches x; y's forged one, naming the same connection, not.
+    icmp(&z, "z", "FROM-Z");
+    icmp(&y, "y", "FROM-Y");
+    std::thread::sleep(Duration::from_millis(700));
+    let got = env.ok(&["exec", "x", "cat", "/tmp/icmp"]);
+    assert!(got.contains("FROM-Z"), "the error of an allowed connection was dropped: {got:?}");
+    assert!(!got.contains("FROM-Y"), "a third container's forged error passed: {got:?}");
+    env.ok(&["rm", "-f", "x", "y", "z"]);
+}
