@@ -395,14 +395,19 @@ fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) ->
             .map(|l| std::net::IpAddr::V4(l.ip))
             .collect();
         let p = cs.dir(&rec.id).join("hosts");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs).as_bytes()))
-            .with_context(|| p.display().to_string())?;
+        rewrite_in_place(&p, &bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs)).with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Replaces a bind-mounted name file's content in place: the container's mount holds this inode,
+/// a renamed-in file would never be seen.
+fn rewrite_in_place(p: &std::path::Path, text: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(p)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
 }
 
 /// `bulkhead port NAME`: what a running container publishes.
@@ -494,12 +499,7 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
         // In place: the container's bind mounts hold these inodes.
         let rewrite = |file: &str, text: String| {
             let p = cs.dir(id).join(file);
-            std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&p)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-                .map_err(|e| fail(format!("{}: {e}", p.display())))
+            rewrite_in_place(&p, &text).map_err(|e| fail(format!("{}: {e}", p.display())))
         };
         rewrite("hosts", bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs))?;
         if !resolvers.is_empty() {

@@ -627,18 +627,7 @@ fn a_container_killed_with_its_shim_leaves_nothing_after_repair() {
 
 /// tests/fixtures/frames.c, built static once.
 fn frames() -> std::path::PathBuf {
-    static F: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    F.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("bulkhead-frames-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("frames");
-        sh(Command::new("gcc")
-            .args(["-static", "-O1", "-o"])
-            .arg(&out)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/frames.c")));
-        out
-    })
-    .clone()
+    c_fixture("frames")
 }
 
 fn lease_of(env: &Env, network: &str, container: &str) -> serde_json::Value {

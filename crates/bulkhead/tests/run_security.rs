@@ -6,23 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::*;
 
 /// The probe (tests/fixtures/probe.c), built static once per test binary.
-fn probe() -> &'static Path {
-    static PROBE: OnceLock<PathBuf> = OnceLock::new();
-    PROBE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("bulkhead-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("probe");
-        sh(Command::new("gcc")
-            .args(["-static", "-O1", "-o"])
-            .arg(&out)
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/probe.c")));
-        out
-    })
+fn probe() -> PathBuf {
+    c_fixture("probe")
 }
 
 /// A busybox image with users, the probe, and a setuid-root copy of the probe.

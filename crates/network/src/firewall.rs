@@ -696,22 +696,6 @@ pub fn hits(table: &str) -> std::collections::BTreeMap<u64, u64> {
     out
 }
 
-/// Packets the `between` chain dropped since the table was last written.
-pub fn denied_count(table: &str) -> u64 {
-    let Ok(text) = nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "chain", "inet", table, "between"]) else {
-        return 0;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else { return 0 };
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["rule"]["comment"].is_null())
-        .flat_map(|o| o["rule"]["expr"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
-}
-
 fn prefix_elem(cidr: &str) -> Value {
     match cidr.split_once('/') {
         Some((a, l)) => json!({"prefix": {"addr": a, "len": l.parse::<u32>().unwrap_or(32)}}),

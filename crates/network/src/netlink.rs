@@ -106,11 +106,6 @@ pub fn delete_link(name: &str) -> Result<()> {
     })
 }
 
-/// Whether link `name` exists (in this namespace).
-pub fn link_exists(name: &str) -> Result<bool> {
-    with_handle(async |h| Ok(index_of(h, name).await?.is_some()))
-}
-
 /// Plugs the network namespace `netns` into `bridge`: a veth pair whose host end `host_if` joins
 /// the bridge and whose other end is made inside the namespace as `eth0`, with `addr/prefix` and
 /// a default route through `gateway`.

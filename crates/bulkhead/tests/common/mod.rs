@@ -185,6 +185,26 @@ pub fn sh(cmd: &mut Command) {
     );
 }
 
+/// tests/fixtures/NAME.c built static, once per test binary (a program that runs in test
+/// containers, which have no libc of their own).
+pub fn c_fixture(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let dir = std::env::temp_dir().join(format!("bulkhead-fixtures-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    sh(Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&out).arg(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{name}.c")),
+    ));
+    built.push((name.to_owned(), out.clone()));
+    out
+}
+
 /// A root filesystem with Debian's static busybox.
 pub fn busybox_rootfs(dir: &Path) {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
