@@ -62,12 +62,16 @@ pub struct CreateArgs {
     /// bridge (the only driver).
     #[arg(long, short = 'd', default_value = "bridge")]
     driver: String,
-    /// IPv4 subnet (CIDR); default: a free /24 from the pools in networks.json.
+    /// Subnet (CIDR), IPv4 and/or IPv6 (repeat the option); default: a free /24 from the pools
+    /// in networks.json, and with --ipv6 a free /64 of the store's unique local /48.
     #[arg(long)]
-    subnet: Option<String>,
-    /// The bridge's address (default: the subnet's first).
+    subnet: Vec<String>,
+    /// The bridge's address in a subnet (default: the subnet's first); repeat for IPv6.
     #[arg(long)]
-    gateway: Option<String>,
+    gateway: Vec<String>,
+    /// IPv6 too (the default network has it whenever the host does).
+    #[arg(long)]
+    ipv6: bool,
     /// No way out of the network.
     #[arg(long)]
     internal: bool,
@@ -94,25 +98,38 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
                 labels.insert(k.to_owned(), v.to_owned());
             }
-            let n = nets.create(&CreateRequest {
+            let mut req = CreateRequest {
                 name: a.name.clone(),
-                subnet: a
-                    .subnet
-                    .as_deref()
-                    .map(|s| {
-                        s.parse()
-                            .with_context(|| format!("--subnet {s:?}: expected an IPv4 CIDR such as 10.1.2.0/24"))
-                    })
-                    .transpose()?,
-                gateway: a
-                    .gateway
-                    .as_deref()
-                    .map(|s| s.parse().with_context(|| format!("--gateway {s:?}: expected an IPv4 address")))
-                    .transpose()?,
+                ipv6: a.ipv6,
                 internal: a.internal,
                 labels,
                 no_dns: a.disable_dns,
-            })?;
+                ..Default::default()
+            };
+            for s in &a.subnet {
+                match s
+                    .parse::<bulkhead_network::ipnet::IpNet>()
+                    .with_context(|| format!("--subnet {s:?}: expected a CIDR such as 10.1.2.0/24 or fd00:1:2:3::/64"))?
+                {
+                    bulkhead_network::ipnet::IpNet::V4(n) if req.subnet.is_none() => req.subnet = Some(n),
+                    bulkhead_network::ipnet::IpNet::V6(n) if req.subnet6.is_none() => req.subnet6 = Some(n),
+                    _ => bail!("--subnet {s}: one IPv4 and one IPv6 subnet at most"),
+                }
+            }
+            for g in &a.gateway {
+                match g
+                    .parse::<std::net::IpAddr>()
+                    .with_context(|| format!("--gateway {g:?}: expected an IP address"))?
+                {
+                    std::net::IpAddr::V4(x) if req.gateway.is_none() => req.gateway = Some(x),
+                    std::net::IpAddr::V6(x) if req.gateway6.is_none() => req.gateway6 = Some(x),
+                    _ => bail!("--gateway {g}: one IPv4 and one IPv6 gateway at most"),
+                }
+            }
+            if req.subnet6.is_some() && !a.ipv6 {
+                bail!("an IPv6 --subnet needs --ipv6");
+            }
+            let n = nets.create(&req)?;
             println!("{}", n.id);
         }
         NetworkCommand::Ls => {
@@ -131,7 +148,10 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
                                 n.id[..12].to_owned(),
                                 n.name.clone(),
                                 n.driver.clone(),
-                                n.subnet.to_string(),
+                                std::iter::once(n.subnet.to_string())
+                                    .chain(n.subnet6.map(|s| s.to_string()))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
                                 if n.internal { "internal".into() } else { String::new() },
                             ]
                         })
@@ -323,7 +343,9 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
             .map(|l| serde_json::json!({"container": l.name, "network": l.network}))
             .unwrap_or(serde_json::Value::Null)
     };
-    let (src, dst) = (field("SRC"), field("DST"));
+    // As `inspect` writes them (the kernel writes IPv6 addresses in full, unabbreviated).
+    let addr = |k: &str| field(k).map(|a| a.parse::<std::net::IpAddr>().map(|a| a.to_string()).unwrap_or(a));
+    let (src, dst) = (addr("SRC"), addr("DST"));
     Some(serde_json::json!({
         "time": (boot + chrono::Duration::microseconds(usec)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "verdict": "denied",
@@ -392,7 +414,7 @@ fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) ->
             .live_leases()?
             .into_iter()
             .filter(|l| l.container == rec.id)
-            .map(|l| std::net::IpAddr::V4(l.ip))
+            .flat_map(|l| std::iter::once(std::net::IpAddr::V4(l.ip)).chain(l.ip6.map(std::net::IpAddr::V6)))
             .collect();
         let p = cs.dir(&rec.id).join("hosts");
         rewrite_in_place(&p, &bulkhead_runtime::run::hosts_file(&rec.hostname, &addrs)).with_context(|| p.display().to_string())?;
@@ -495,6 +517,7 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
                 }
             }
             addrs.push(std::net::IpAddr::V4(lease.ip));
+            addrs.extend(lease.ip6.map(std::net::IpAddr::V6));
         }
         // In place: the container's bind mounts hold these inodes.
         let rewrite = |file: &str, text: String| {

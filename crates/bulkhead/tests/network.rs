@@ -35,12 +35,16 @@ fn image(env: &Env) -> &'static str {
     "net"
 }
 
-/// "The outside": a network namespace routed to the host over a veth pair (198.19.N.0/30), with
-/// a web server on 198.19.N.2:8080. Removed when dropped.
+/// "The outside": a network namespace routed to the host over a veth pair (198.19.N.0/30 and
+/// fdbb:0:0:N::/64), with a web server on 198.19.N.2:8080 and [fdbb:0:0:N::2]:8080. Removed when
+/// dropped.
 struct Outside {
     ns: String,
     server: std::process::Child,
     addr: String,
+    addr6: String,
+    /// The host's IPv6 address on the link.
+    host6: String,
 }
 
 impl Outside {
@@ -52,6 +56,12 @@ impl Outside {
         sh(Command::new("ip").args(["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]));
         sh(Command::new("ip").args(["addr", "add", &format!("198.19.{n}.1/30"), "dev", &host_if]));
         sh(Command::new("ip").args(["link", "set", &host_if, "up"]));
+        let (host6, addr6) = (format!("fdbb:0:0:{n}::1"), format!("fdbb:0:0:{n}::2"));
+        let v6 = bulkhead_network::host_has_ipv6();
+        if v6 {
+            sh(Command::new("ip").args(["addr", "add", &format!("{host6}/64"), "dev", &host_if, "nodad"]));
+            sh(Command::new("ip").args(["-n", &ns, "addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"]));
+        }
         for c in [
             vec!["addr", "add", &format!("198.19.{n}.2/30"), "dev", "eth0"],
             vec!["link", "set", "eth0", "up"],
@@ -72,7 +82,7 @@ impl Outside {
                 "http.server",
                 "8080",
                 "--bind",
-                &addr,
+                if v6 { "::" } else { &addr },
                 "--directory",
             ])
             .arg(dir.keep())
@@ -80,7 +90,13 @@ impl Outside {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        Outside { ns, server, addr }
+        Outside {
+            ns,
+            server,
+            addr,
+            addr6,
+            host6,
+        }
     }
 }
 
@@ -1168,4 +1184,218 @@ fn icmp_errors_pass_only_between_the_two_ends_of_an_allowed_connection() {
     assert!(got.contains("FROM-Z"), "the error of an allowed connection was dropped: {got:?}");
     assert!(!got.contains("FROM-Y"), "a third container's forged error passed: {got:?}");
     env.ok(&["rm", "-f", "x", "y", "z"]);
+}
+
+/// The host's first global IPv6 address (from /proc/net/if_inet6), not on a bridge.
+fn host_global6() -> Option<String> {
+    let t = std::fs::read_to_string("/proc/net/if_inet6").ok()?;
+    t.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 6 && f[3] == "00" && f[5] != "lo" && !f[5].starts_with("bh") && !f[5].starts_with("xto"))
+            .then(|| std::net::Ipv6Addr::from(u128::from_str_radix(f[0], 16).unwrap()).to_string())
+    })
+}
+
+#[test]
+fn ipv6_is_isolated_pinned_and_routed_like_ipv4() {
+    if !bulkhead_network::host_has_ipv6() {
+        eprintln!("skipped: this host has no IPv6 (disabled, or no address beyond link-local)");
+        return;
+    }
+    let env = Env::new();
+    let rootfs = env.path("rootfs-v6");
+    busybox_rootfs(&rootfs);
+    for a in ["sleep", "timeout", "nslookup", "httpd", "wget", "ip"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    for d in ["tmp", "www"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
+    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
+    env.ok(&[
+        "image",
+        "import",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--tag",
+        "v6",
+        "--cmd",
+        "/bin/sh",
+    ]);
+    let outside = Outside::new(7);
+    env.ok(&["network", "create", "--ipv6", "--subnet", "198.18.240.0/24", "lan6"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "lan6"])).unwrap();
+    let subnet6 = v[0]["subnet6"].as_str().unwrap().to_owned();
+    assert!(subnet6.starts_with("fd") && subnet6.ends_with("::/64"), "{v:#}");
+    // The default network has IPv6 too, as the host does.
+    env.ok(&["run", "--rm", "v6", "sh", "-c", ":"]);
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "bulkhead"])).unwrap();
+    assert!(v[0]["subnet6"].is_string(), "{v:#}");
+
+    let serve = "httpd -p 80 -h /www; frames listen 5000 120 > /tmp/got";
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "lan6",
+        "-p",
+        "18096:80",
+        "v6",
+        "sh",
+        "-c",
+        serve,
+    ]);
+    for c in ["client", "attacker"] {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            "lan6",
+            "--cap-add",
+            "NET_RAW",
+            "v6",
+            "sleep",
+            "1000",
+        ]);
+    }
+    let lease = |c: &str| lease_of(&env, "lan6", c);
+    let (web, client, attacker) = (lease("web"), lease("client"), lease("attacker"));
+    let ip6 = |l: &serde_json::Value| l["ip6"].as_str().unwrap_or_else(|| panic!("no ip6: {l:#}")).to_owned();
+    let (web6, client6, attacker6) = (ip6(&web), ip6(&client), ip6(&attacker));
+    let mac = |l: &serde_json::Value| l["mac"].as_str().unwrap().to_owned();
+
+    // From inside: its address on eth0, its name files, names resolve to both families.
+    let o = env.ok(&["exec", "web", "ip", "-6", "addr", "show", "eth0"]);
+    assert!(o.contains(&format!("{web6}/64")), "{o}");
+    assert!(env.ok(&["exec", "web", "cat", "/etc/hosts"]).contains(&web6));
+    let o = env.ok(&["exec", "client", "timeout", "-s", "KILL", "5", "nslookup", "web"]);
+    assert!(o.contains(&web6), "{o}");
+
+    // Denied without a rule (and logged with both ends), allowed by one, denied again.
+    let url = format!("http://[{web6}]/");
+    assert!(!fetch(&env, "client", &url).0, "client reached web over IPv6 without a rule");
+    let events = env.ok(&["network", "events"]);
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains(&format!("\"ip\":\"{client6}\"")) && l.contains(&format!("\"ip\":\"{web6}\""))),
+        "{events}"
+    );
+    env.ok(&["network", "allow", "client", "web:80"]);
+    let (ok, text) = fetch(&env, "client", &url);
+    assert!(ok && text.contains("hello"), "{text}");
+    assert!(!fetch(&env, "attacker", &url).0, "the rule let a third container in");
+    env.ok(&["network", "deny", "client", "web:80"]);
+    assert!(!fetch(&env, "client", &url).0, "a deny did not take the rule back");
+
+    // Out through NAT66; a published port answers on the host's IPv6 addresses and to other
+    // hosts.
+    let (ok, text) = fetch(&env, "client", &format!("http://[{}]:8080/", outside.addr6));
+    assert!(ok && text.contains("outside"), "{text}");
+    if let Some(h) = host_global6() {
+        let r = http_get_eventually(&format!("[{h}]:18096")).unwrap_or_default();
+        assert!(r.ends_with("\r\n\r\nhello\n"), "via {h}: {r}");
+    }
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &outside.ns,
+            "busybox",
+            "timeout",
+            "-s",
+            "KILL",
+            "5",
+            "busybox",
+            "wget",
+            "-qO-",
+        ])
+        .arg(format!("http://[{}]:18096/", outside.host6))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Spoofing over IPv6. An allowed UDP flow, client -> web:5000; the attacker forges client's
+    // address (with its own MAC, then with client's): web gets only the real one.
+    env.ok(&["network", "allow", "client", "web:5000/udp"]);
+    let send = |c: &str, smac: &str, src: &str, payload: &str| {
+        env.ok(&["exec", c, "frames", "send6", "eth0", &mac(&web), smac, src, &web6, "5000", payload]);
+    };
+    send("client", &mac(&client), &client6, "legit");
+    send("attacker", &mac(&attacker), &client6, "forged-address");
+    send("attacker", &mac(&client), &client6, "forged-both");
+    std::thread::sleep(Duration::from_millis(500));
+    let got = env.ok(&["exec", "web", "cat", "/tmp/got"]);
+    assert!(got.contains("legit") && !got.contains("forged"), "{got}");
+
+    // A neighbour advertisement claiming client's address for the attacker's MAC: web keeps
+    // client's. (web learns client's MAC first: its SYN is dropped, the neighbour lookup is not.)
+    let _ = fetch(&env, "web", &format!("http://[{client6}]/"));
+    let neigh = |c: &str| env.ok(&["exec", c, "ip", "-6", "neigh", "show"]);
+    let before = neigh("web");
+    assert!(before.contains(&mac(&client)), "web never learnt client's MAC: {before}");
+    env.ok(&[
+        "exec",
+        "attacker",
+        "frames",
+        "na",
+        "eth0",
+        &mac(&web),
+        &mac(&attacker),
+        &attacker6,
+        &web6,
+        &client6,
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = neigh("web");
+    let line = after
+        .lines()
+        .find(|l| l.starts_with(&format!("{client6} ")))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !line.contains(&mac(&attacker)),
+        "the forged advertisement took client's address: {after}"
+    );
+
+    // A router advertisement from a container: nobody takes its prefix or its route (two layers
+    // stop it: its port drops router advertisements, and between containers only neighbour
+    // solicitations and advertisements pass without a rule).
+    let ll = env.ok(&["exec", "attacker", "ip", "-6", "addr", "show", "eth0"]);
+    let attacker_ll = ll
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fe80::").map(|r| format!("fe80::{}", r.split('/').next().unwrap())))
+        .unwrap_or_else(|| panic!("no link-local address: {ll}"));
+    env.ok(&["exec", "attacker", "frames", "ra", "eth0", &mac(&attacker), &attacker_ll]);
+    std::thread::sleep(Duration::from_millis(500));
+    for c in ["web", "client"] {
+        let addrs = env.ok(&["exec", c, "ip", "-6", "addr"]);
+        let routes = env.ok(&["exec", c, "ip", "-6", "route"]);
+        assert!(
+            !addrs.contains("2001:db8:bad") && !routes.contains("2001:db8:bad"),
+            "{c}: {addrs}{routes}"
+        );
+        assert!(!routes.contains(&attacker_ll), "{c} routes through the attacker: {routes}");
+    }
+
+    // An internal network with IPv6 has no way out either.
+    env.ok(&["network", "create", "--internal", "--ipv6", "--subnet", "198.18.241.0/24", "in6"]);
+    env.ok(&["run", "-d", "--name", "inner", "--network", "in6", "v6", "sleep", "1000"]);
+    let (ok, text) = fetch(&env, "inner", &format!("http://[{}]:8080/", outside.addr6));
+    assert!(!ok, "an internal network reached the outside over IPv6: {text}");
+
+    env.ok(&["rm", "-f", "web", "client", "attacker", "inner"]);
+    env.ok(&["network", "rm", "lan6", "in6", "bulkhead"]);
+    let routes = String::from_utf8(Command::new("ip").args(["-6", "route"]).output().unwrap().stdout).unwrap();
+    assert!(!routes.contains(subnet6.trim_end_matches("/64")), "{routes}");
 }

@@ -54,7 +54,8 @@ pub fn update(dir: &Path, networks: &[Network], leases: &[Lease]) -> Result<()> 
             let mut names = vec![l.name.clone()];
             names.extend(l.aliases.iter().cloned());
             names.push(l.container[..12.min(l.container.len())].to_owned());
-            text.push_str(&format!("{} {}  {}\n", l.container, l.ip, names.join(",")));
+            let ip6 = l.ip6.map(|a| a.to_string()).unwrap_or_default();
+            text.push_str(&format!("{} {} {ip6} {}\n", l.container, l.ip, names.join(",")));
         }
         let p = dir.join(&n.name);
         if fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {

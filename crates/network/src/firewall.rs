@@ -4,8 +4,9 @@
 //! rule bulkhead ever made.
 //!
 //! - `bridge <table>`: what enters the bridges from a container's port, before anything else:
-//!   only IPv4 and ARP frames (no VLAN tags, no IPv6 while networks are IPv4-only), from the MAC
-//!   and address its lease gives it, never to 127.0.0.0/8. Stateless, so it needs no bridge
+//!   only IPv4, ARP and (on networks with IPv6) IPv6 frames, no VLAN tags, from the MAC and
+//!   addresses its lease gives it (neighbour advertisements only for those addresses, no router
+//!   advertisements or redirects), never to 127.0.0.0/8 or ::1. Stateless, so it needs no bridge
 //!   conntrack; a container with NET_RAW or NET_ADMIN cannot spoof another's address.
 //! - `inet <table>`: between containers (on one bridge or across bridges) everything is dropped
 //!   unless a rule allows the pair (and port); replies to what was allowed pass (conntrack). From
@@ -23,6 +24,7 @@ pub struct Port {
     pub host_if: String,
     pub mac: String,
     pub ip: std::net::Ipv4Addr,
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 /// What the tables are made from.
@@ -35,6 +37,10 @@ pub struct Policy {
     pub internal: Vec<String>,
     /// IPv4 subnets of networks that may go out (masqueraded).
     pub masquerade4: Vec<String>,
+    /// IPv6 subnets of networks that may go out (masqueraded: unique local addresses).
+    pub masquerade6: Vec<String>,
+    /// The bridges' IPv6 addresses.
+    pub gateways6: Vec<std::net::Ipv6Addr>,
     /// (bridge, its gateway address, whether it serves names there).
     pub gateways: Vec<(String, std::net::Ipv4Addr, bool)>,
     /// The running containers' ports.
@@ -46,9 +52,12 @@ pub struct Policy {
     /// What the rules allow and deny now (each entry tagged with its rule's id, for counting).
     pub rules: crate::rules::Resolved,
     /// Published ports and the address each goes to.
-    pub published: Vec<(crate::ports::Published, std::net::Ipv4Addr)>,
+    /// Published ports and the addresses each goes to (IPv4, and IPv6 where it has it).
+    pub published: Vec<(crate::ports::Published, std::net::Ipv4Addr, Option<std::net::Ipv6Addr>)>,
     /// Forwarding was off before bulkhead turned it on: forwarding that is not ours stays off.
     pub forwarding_is_ours: bool,
+    /// The same for IPv6.
+    pub forwarding6_is_ours: bool,
 }
 
 /// The prefix of a denial logged by `table` (one line in the kernel log per denied packet).
@@ -72,6 +81,56 @@ fn verdict(v: &str) -> Value {
 }
 fn loopback() -> Value {
     json!({"prefix": {"addr": "127.0.0.0", "len": 8}})
+}
+/// `ip` or `ip6`: the protocol of an address's header.
+fn ip_proto(a: &std::net::IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+fn nfproto(family: &str) -> Value {
+    matches("==", meta("nfproto"), json!(family))
+}
+/// Neighbour solicitations and advertisements (IPv6's ARP), as only a neighbour can send them.
+fn neighbour_discovery() -> Vec<Value> {
+    vec![
+        matches("==", meta("l4proto"), json!("ipv6-icmp")),
+        matches(
+            "==",
+            payload("icmpv6", "type"),
+            json!({"set": ["nd-neighbor-solicit", "nd-neighbor-advert"]}),
+        ),
+        matches("==", payload("ip6", "hoplimit"), json!(255)),
+    ]
+}
+/// The link-local address the kernel makes from `mac` (EUI-64).
+pub fn link_local(mac: &str) -> Option<std::net::Ipv6Addr> {
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    let b: [u8; 6] = b.try_into().ok()?;
+    Some(std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        b[0] ^ 2,
+        b[1],
+        b[2],
+        0xff,
+        0xfe,
+        b[3],
+        b[4],
+        b[5],
+    ]))
 }
 
 fn rule_in(family: &str, table: &str, chain: &str, expr: Vec<Value>) -> Value {
@@ -136,7 +195,21 @@ pub fn commands(p: &Policy) -> Value {
         &["interval"],
         p.masquerade4.iter().map(|s| prefix_elem(s)).collect(),
     ));
-    cmds.push(json!({"add": {"set": {"family": "inet", "table": t, "name": "denylog", "type": "ipv4_addr", "size": 65535, "flags": ["timeout"], "timeout": 60}}}));
+    cmds.extend(set(
+        "subnets6",
+        json!("ipv6_addr"),
+        &["interval"],
+        p.masquerade6.iter().map(|s| prefix_elem(s)).collect(),
+    ));
+    for (name, ty) in [("denylog", "ipv4_addr"), ("denylog6", "ipv6_addr")] {
+        cmds.push(json!({"add": {"set": {"family": "inet", "table": t, "name": name, "type": ty, "size": 65535, "flags": ["timeout"], "timeout": 60}}}));
+    }
+    cmds.extend(set(
+        "gateways6",
+        json!("ipv6_addr"),
+        &[],
+        p.gateways6.iter().map(|g| json!(g.to_string())).collect(),
+    ));
     cmds.extend(set(
         "gateways4",
         json!("ipv4_addr"),
@@ -177,12 +250,13 @@ pub fn commands(p: &Policy) -> Value {
     let ours_out = matches("==", meta("oifname"), json!("@bridges"));
     let ct = |key: &str| json!({"ct": {"key": key}});
 
-    // bridge: each container port carries only IPv4 and ARP, from its own MAC and address.
+    // bridge: each container port carries only IPv4, ARP and IPv6 (if it has an IPv6 address),
+    // from its own MAC and addresses.
     let bt = |expr: Vec<Value>| rule_in("bridge", t, "ports", expr);
     let port_in = matches("==", meta("iifname"), json!(format!("{}*", p.port_prefix)));
     cmds.push(bt(vec![
         port_in.clone(),
-        matches("!=", payload("ether", "type"), json!({"set": ["ip", "arp"]})),
+        matches("!=", payload("ether", "type"), json!({"set": ["ip", "arp", "ip6"]})),
         json!({"counter": null}),
         verdict("drop"),
     ]));
@@ -190,6 +264,23 @@ pub fn commands(p: &Policy) -> Value {
         port_in.clone(),
         matches("==", payload("ether", "type"), json!("ip")),
         matches("==", payload("ip", "daddr"), loopback()),
+        json!({"counter": null}),
+        verdict("drop"),
+    ]));
+    cmds.push(bt(vec![
+        port_in.clone(),
+        matches("==", payload("ether", "type"), json!("ip6")),
+        matches("==", payload("ip6", "daddr"), json!("::1")),
+        json!({"counter": null}),
+        verdict("drop"),
+    ]));
+    // No container plays router: its router advertisements and redirects go nowhere (a rogue
+    // one would take over its neighbours' IPv6 routes).
+    cmds.push(bt(vec![
+        port_in.clone(),
+        matches("==", payload("ether", "type"), json!("ip6")),
+        matches("==", meta("l4proto"), json!("ipv6-icmp")),
+        matches("==", payload("icmpv6", "type"), json!({"set": ["nd-router-advert", "nd-redirect"]})),
         json!({"counter": null}),
         verdict("drop"),
     ]));
@@ -215,6 +306,16 @@ pub fn commands(p: &Policy) -> Value {
             verdict("drop"),
         ],
     ));
+    cmds.push(rule(
+        t,
+        "guard",
+        vec![
+            ours_in.clone(),
+            matches("==", payload("ip6", "daddr"), json!("::1")),
+            json!({"counter": null}),
+            verdict("drop"),
+        ],
+    ));
 
     // forward. Traffic between containers is judged on every packet by its connection's original
     // direction (not let through as "established"): a rule taken back cuts what it had allowed.
@@ -225,7 +326,7 @@ pub fn commands(p: &Policy) -> Value {
             "forward",
             vec![
                 ours_in.clone(),
-                matches("==", payload("ip", "saddr"), json!(ip.to_string())),
+                matches("==", payload(ip_proto(ip), "saddr"), json!(ip.to_string())),
                 matches("!=", meta("oifname"), json!("@bridges")),
             ],
             *id,
@@ -265,10 +366,13 @@ pub fn commands(p: &Policy) -> Value {
             verdict("drop"),
         ],
     ));
-    if p.forwarding_is_ours {
+    for (ours, family) in [(p.forwarding_is_ours, "ipv4"), (p.forwarding6_is_ours, "ipv6")] {
+        if !ours {
+            continue;
+        }
         // bulkhead turned forwarding on for its bridges: the host routes nothing else. By name
         // pattern, not this store's set: another store's bridges are bulkhead's too.
-        let mut e = Vec::new();
+        let mut e = vec![nfproto(family)];
         for dir in ["iifname", "oifname"] {
             for pat in ["bh*", "bulkhead*"] {
                 e.push(matches("!=", meta(dir), json!(pat)));
@@ -281,19 +385,23 @@ pub fn commands(p: &Policy) -> Value {
     // allows; one counted entry per pair, tagged with its rule.
     // Each entry names the connection by its original direction, so it covers both directions
     // of what it allows (and nothing a rule no longer allows).
-    let orig = |key: &str| json!({"ct": {"key": format!("ip {key}"), "dir": "original"}});
+    let orig = |ip: &std::net::IpAddr, key: &str| json!({"ct": {"key": format!("{} {key}", ip_proto(ip)), "dir": "original"}});
     let orig_l4 = |key: &str| json!({"ct": {"key": key, "dir": "original"}});
     // The packet's own ends too: conntrack files an ICMP error by the header inside it, so a
     // third container could otherwise pass one off as part of an allowed connection.
-    let pair = |s: &std::net::Ipv4Addr, d: &std::net::Ipv4Addr| {
+    let pair = |s: &std::net::IpAddr, d: &std::net::IpAddr| {
         let ends = json!({"set": [s.to_string(), d.to_string()]});
         vec![
-            matches("==", orig("saddr"), json!(s.to_string())),
-            matches("==", orig("daddr"), json!(d.to_string())),
-            matches("==", payload("ip", "saddr"), ends.clone()),
-            matches("==", payload("ip", "daddr"), ends),
+            matches("==", orig(s, "saddr"), json!(s.to_string())),
+            matches("==", orig(s, "daddr"), json!(d.to_string())),
+            matches("==", payload(ip_proto(s), "saddr"), ends.clone()),
+            matches("==", payload(ip_proto(s), "daddr"), ends),
         ]
     };
+    // Neighbours find each other (IPv6's ARP; the bridge table pins what each may claim).
+    let mut nd = neighbour_discovery();
+    nd.push(verdict("accept"));
+    cmds.push(rule(t, "between", nd));
     let port_of = |proto: &str, port: &u16| {
         vec![
             // The packet's protocol is its connection's, both ways (and gives proto-dst its type).
@@ -326,15 +434,17 @@ pub fn commands(p: &Policy) -> Value {
     // Logged at most 10 a second per source (a burst of 20): one noisy container cannot crowd
     // the others' denials out of the log (sources are pinned to their ports, so there are no more
     // keys than containers). Every denial is still counted.
-    cmds.push(rule(
-        t,
-        "between",
-        vec![
-            matches("==", meta("nfproto"), json!("ipv4")),
-            json!({"set": {"op": "update", "elem": payload("ip", "saddr"), "set": "@denylog", "stmt": [{"limit": {"rate": 10, "burst": 20, "per": "second"}}]}}),
-            json!({"log": {"prefix": log_prefix(t)}}),
-        ],
-    ));
+    for (family, ip, set) in [("ipv4", "ip", "@denylog"), ("ipv6", "ip6", "@denylog6")] {
+        cmds.push(rule(
+            t,
+            "between",
+            vec![
+                nfproto(family),
+                json!({"set": {"op": "update", "elem": payload(ip, "saddr"), "set": set, "stmt": [{"limit": {"rate": 10, "burst": 20, "per": "second"}}]}}),
+                json!({"log": {"prefix": log_prefix(t)}}),
+            ],
+        ));
+    }
     cmds.push(rule(t, "between", vec![json!({"counter": null}), verdict("drop")]));
 
     // input: a container asks for names only at its own network's resolver (names never cross
@@ -361,21 +471,29 @@ pub fn commands(p: &Policy) -> Value {
         let new_from = || {
             vec![
                 ours_in.clone(),
-                matches("==", payload("ip", "saddr"), json!(ip.to_string())),
+                matches("==", payload(ip_proto(ip), "saddr"), json!(ip.to_string())),
                 matches("in", ct("state"), json!(["new"])),
             ]
         };
-        let mut dns = new_from();
-        dns.push(matches("==", payload("th", "dport"), json!(53)));
-        dns.push(matches(
-            "==",
-            json!({"concat": [meta("iifname"), payload("ip", "daddr")]}),
-            json!("@resolvers"),
-        ));
-        dns.push(verdict("accept"));
-        cmds.push(rule(t, "input", dns));
+        // (The resolvers listen on IPv4 only.)
+        if ip.is_ipv4() {
+            let mut dns = new_from();
+            dns.push(matches("==", payload("th", "dport"), json!(53)));
+            dns.push(matches(
+                "==",
+                json!({"concat": [meta("iifname"), payload("ip", "daddr")]}),
+                json!("@resolvers"),
+            ));
+            dns.push(verdict("accept"));
+            cmds.push(rule(t, "input", dns));
+        }
         cmds.push(counted(t, "input", new_from(), *id, "drop"));
     }
+    // The host is a neighbour on an internal network too.
+    let mut nd = vec![ours_in.clone()];
+    nd.extend(neighbour_discovery());
+    nd.push(verdict("accept"));
+    cmds.push(rule(t, "input", nd));
     cmds.push(rule(
         t,
         "input",
@@ -401,12 +519,9 @@ pub fn commands(p: &Policy) -> Value {
             ],
         ));
     }
-    for (p, ip) in &p.published {
-        let mut e = vec![matches(
-            "==",
-            json!({"fib": {"result": "type", "flags": ["daddr"]}}),
-            json!("local"),
-        )];
+    let local = matches("==", json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local"));
+    for (p, ip, ip6) in &p.published {
+        let mut e = vec![nfproto("ipv4"), local.clone()];
         if let Some(h) = p.host_ip {
             e.push(matches("==", payload("ip", "daddr"), json!(h.to_string())));
         }
@@ -416,6 +531,19 @@ pub fn commands(p: &Policy) -> Value {
             cmds.push(rule(t, "prerouting", e.clone()));
         }
         cmds.push(rule(t, "output", e));
+        // On the host's IPv6 addresses too, when published on all of them and the container has
+        // one (not ::1: the kernel routes nothing from it to a bridge).
+        if let (None, Some(ip6)) = (p.host_ip, ip6) {
+            let e = vec![
+                nfproto("ipv6"),
+                local.clone(),
+                matches("!=", payload("ip6", "daddr"), json!("::1")),
+                matches("==", payload(&p.proto, "dport"), json!(p.host_port)),
+                json!({"dnat": {"family": "ip6", "addr": ip6.to_string(), "port": p.container_port}}),
+            ];
+            cmds.push(rule(t, "prerouting", e.clone()));
+            cmds.push(rule(t, "output", e));
+        }
     }
     // From the host's own 127.0.0.1 to a container (route_localnet on the bridges): the source
     // becomes the bridge's address, or the reply would go to the container's own loopback.
@@ -440,16 +568,29 @@ pub fn commands(p: &Policy) -> Value {
             json!({"masquerade": null}),
         ],
     ));
-    // Out of the host, a container's address is the host's.
     cmds.push(rule(
         t,
         "postrouting",
         vec![
-            matches("==", payload("ip", "saddr"), json!("@subnets4")),
-            matches("!=", meta("oifname"), json!("@bridges")),
+            matches("==", payload("ip6", "saddr"), json!("@subnets6")),
+            ours_out.clone(),
+            matches("in", ct("status"), json!("dnat")),
             json!({"masquerade": null}),
         ],
     ));
+    // Out of the host, a container's address is the host's (IPv6 too: its addresses are
+    // unique local ones, which no one routes back).
+    for (ip, set) in [("ip", "@subnets4"), ("ip6", "@subnets6")] {
+        cmds.push(rule(
+            t,
+            "postrouting",
+            vec![
+                matches("==", payload(ip, "saddr"), json!(set)),
+                matches("!=", meta("oifname"), json!("@bridges")),
+                json!({"masquerade": null}),
+            ],
+        ));
+    }
     // Last, a rule that does nothing but carry a digest of all the above and the number of rules
     // each chain should have: what is in the kernel can be compared with what should be without
     // rewriting it (see [`is_current`]).
@@ -473,7 +614,51 @@ fn port_commands(t: &str, port: &Port) -> Vec<Value> {
     // Fail closed: the chain accepts exactly its container's own frames and returns everything
     // else to the base chain, whose next rule drops it; an emptied (flushed) chain drops all.
     let mine = matches("==", payload("ether", "saddr"), json!(port.mac));
-    vec![
+    let mut v6 = Vec::new();
+    if let (Some(ip6), Some(ll)) = (port.ip6, link_local(&port.mac)) {
+        let own = || {
+            vec![
+                mine.clone(),
+                matches("==", payload("ether", "type"), json!("ip6")),
+                // :: while the kernel checks its link-local address is unique.
+                matches(
+                    "==",
+                    payload("ip6", "saddr"),
+                    json!({"set": [ip6.to_string(), ll.to_string(), "::"]}),
+                ),
+            ]
+        };
+        let advert = || {
+            vec![
+                matches("==", meta("l4proto"), json!("ipv6-icmp")),
+                matches("==", payload("icmpv6", "type"), json!("nd-neighbor-advert")),
+            ]
+        };
+        // A neighbour advertisement claims only its own addresses (the target, 32 bits at a
+        // time: nft compares raw payload as integers).
+        for target in [ip6, ll] {
+            let mut e = own();
+            e.extend(advert());
+            for (i, w) in target.octets().chunks(4).enumerate() {
+                let w = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+                e.push(matches(
+                    "==",
+                    json!({"payload": {"base": "th", "offset": 64 + 32 * i, "len": 32}}),
+                    json!(w),
+                ));
+            }
+            e.push(verdict("accept"));
+            v6.push(r(e));
+        }
+        let mut e = vec![matches("==", payload("ether", "type"), json!("ip6"))];
+        e.extend(advert());
+        e.push(verdict("drop"));
+        v6.push(r(e));
+        let mut e = own();
+        e.push(verdict("accept"));
+        v6.push(r(e));
+    }
+    let mut out = vec![
         json!({"add": {"chain": {"family": "bridge", "table": t, "name": chain}}}),
         json!({"flush": {"chain": {"family": "bridge", "table": t, "name": chain}}}),
         r(vec![
@@ -489,12 +674,20 @@ fn port_commands(t: &str, port: &Port) -> Vec<Value> {
             matches("==", payload("arp", "saddr ether"), json!(port.mac)),
             verdict("accept"),
         ]),
-        json!({"add": {"element": {"family": "bridge", "table": t, "name": "portmap", "elem": [[port.host_if, {"jump": {"target": chain}}]]}}}),
-    ]
+    ];
+    out.extend(v6);
+    out.push(json!({"add": {"element": {"family": "bridge", "table": t, "name": "portmap", "elem": [[port.host_if, {"jump": {"target": chain}}]]}}}));
+    out
 }
 
 /// Rules a port chain has (see [`port_commands`]).
-const PORT_CHAIN_RULES: usize = 2;
+fn port_chain_rules(port: &Port) -> usize {
+    if port.ip6.is_some() {
+        6
+    } else {
+        2
+    }
+}
 
 fn nft(doc: &Value) -> Result<()> {
     nftables::helper::apply_ruleset_raw(&doc.to_string(), None::<&str>, std::iter::empty::<&str>())
@@ -559,6 +752,8 @@ fn expected_sets(p: &Policy) -> std::collections::BTreeMap<String, std::collecti
     m.insert("bridges".to_owned(), p.bridges.iter().cloned().collect());
     m.insert("internal".to_owned(), p.internal.iter().cloned().collect());
     m.insert("subnets4".to_owned(), p.masquerade4.iter().cloned().collect());
+    m.insert("subnets6".to_owned(), p.masquerade6.iter().cloned().collect());
+    m.insert("gateways6".to_owned(), p.gateways6.iter().map(|g| g.to_string()).collect());
     m.insert("gateways4".to_owned(), p.gateways.iter().map(|(_, g, _)| g.to_string()).collect());
     m.insert(
         "resolvers".to_owned(),
@@ -611,7 +806,7 @@ impl Kernel {
                 }
                 if let Some(st) = o["set"].as_object() {
                     let name = st["name"].as_str().unwrap_or("").to_owned();
-                    if name != "denylog" {
+                    if !name.starts_with("denylog") {
                         let elems = st.get("elem").and_then(|e| e.as_array()).cloned().unwrap_or_default();
                         k.sets.insert(name, elems.iter().map(elem_string).collect());
                     }
@@ -648,16 +843,16 @@ impl Kernel {
     }
 
     /// Whether `port` is in the map with its chain.
-    pub fn has_port(&self, host_if: &str) -> bool {
-        let chain = format!("port_{host_if}");
-        self.targets.get(host_if) == Some(&chain) && self.port_rules.get(&chain) == Some(&PORT_CHAIN_RULES)
+    pub fn has_port(&self, port: &Port) -> bool {
+        let chain = port_chain(port);
+        self.targets.get(&port.host_if) == Some(&chain) && self.port_rules.get(&chain) == Some(&port_chain_rules(port))
     }
 }
 
 /// Whether the kernel holds both tables exactly as `p` would write them, ports included. False
 /// if either is gone (a host firewall reload that flushed every table, say).
 pub fn is_current(p: &Policy) -> bool {
-    Kernel::read(&p.table).is_some_and(|k| k.matches_static(p) && p.ports.iter().all(|x| k.has_port(&x.host_if)))
+    Kernel::read(&p.table).is_some_and(|k| k.matches_static(p) && p.ports.iter().all(|x| k.has_port(x)))
 }
 
 /// A rule entry that counts what it matches, tagged `rule:<id>` (read back by [`hits`]).

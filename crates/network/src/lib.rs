@@ -22,12 +22,14 @@ pub mod netlink;
 pub mod ports;
 pub mod rules;
 
+pub use ipnet;
+
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,7 @@ pub const DEFAULT_NETWORK: &str = "bulkhead";
 const DEFAULT_ROOT: &str = "/var/lib/bulkhead";
 const RUN_DIR: &str = "/run/bulkhead";
 const FORWARDING_MARK: &str = "/run/bulkhead/forwarding";
+const FORWARDING6_MARK: &str = "/run/bulkhead/forwarding6";
 
 /// Subnets for networks made without `--subnet`, cut into /24s.
 const DEFAULT_POOL: &str = "10.89.0.0/16";
@@ -71,6 +74,11 @@ pub struct Network {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub bridge: String,
+    /// Its IPv6 subnet (a /64) and the bridge's address there, if it has IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
     #[serde(default)]
     pub internal: bool,
     /// Containers on it reach each other by name (user-defined networks; not the default one,
@@ -89,6 +97,9 @@ pub struct Lease {
     pub container: String,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a network with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The host end of its veth pair.
     pub host_if: String,
     /// The container's first process and its network namespace (device, inode): the lease lives
@@ -138,6 +149,10 @@ pub struct CreateRequest {
     pub name: String,
     pub subnet: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
+    /// `--ipv6` (with `subnet6`/`gateway6`, or a /64 from the IPv6 pool).
+    pub ipv6: bool,
+    pub subnet6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
     pub internal: bool,
     pub labels: BTreeMap<String, String>,
     /// `--disable-dns`.
@@ -151,6 +166,10 @@ struct Config {
     /// Where subnets of new networks come from (each cut into /24s).
     #[serde(default)]
     pools: Vec<Ipv4Net>,
+    /// Where IPv6 subnets come from (each cut into /64s); default: a unique local /48 of the
+    /// store's own (RFC 4193, its global ID from the store's path and the host's machine id).
+    #[serde(default)]
+    pools6: Vec<Ipv6Net>,
 }
 
 /// The networks of one store.
@@ -158,6 +177,7 @@ pub struct Networks {
     root: PathBuf,
     dir: PathBuf,
     pools: Vec<Ipv4Net>,
+    pools6: Vec<Ipv6Net>,
 }
 
 /// Held while networks, leases or rules change.
@@ -211,10 +231,21 @@ impl Networks {
         } else {
             cfg.pools
         };
+        let pools6 = if cfg.pools6.is_empty() {
+            let machine = fs::read_to_string("/etc/machine-id").unwrap_or_default();
+            let h = hex::decode(&short_hash(&[&root.to_string_lossy(), machine.trim()])[..10]).expect("hex");
+            let mut o = [0u8; 16];
+            o[0] = 0xfd;
+            o[1..6].copy_from_slice(&h);
+            vec![Ipv6Net::new(Ipv6Addr::from(o), 48).expect("a /48")]
+        } else {
+            cfg.pools6
+        };
         Ok(Networks {
             root: root.to_path_buf(),
             dir,
             pools,
+            pools6,
         })
     }
 
@@ -312,6 +343,51 @@ impl Networks {
                 .next()
                 .ok_or_else(|| Error::Invalid(format!("{subnet} has no host address")))?,
         };
+        // IPv6: asked for (`--ipv6`), or on the default network when the host has it.
+        let want6 = req.ipv6 || req.subnet6.is_some() || (req.name == DEFAULT_NETWORK && host_has_ipv6());
+        let (subnet6, gateway6) = if want6 {
+            if !host_has_ipv6() {
+                return Err(Error::Invalid(
+                    "--ipv6: this host has no IPv6 (no global address, or IPv6 is disabled)".into(),
+                ));
+            }
+            let taken6: Vec<Ipv6Net> = existing.iter().filter_map(|n| n.subnet6).chain(host_routes6()).collect();
+            let overlaps = |s: &Ipv6Net| {
+                taken6
+                    .iter()
+                    .find(|t| t.contains(&s.network()) || s.contains(&t.network()))
+                    .copied()
+            };
+            let s6 = match req.subnet6 {
+                Some(s) => {
+                    let s = s.trunc();
+                    if s.prefix_len() > 64 {
+                        return Err(Error::Invalid(format!("subnet {s}: IPv6 subnets are at least a /64")));
+                    }
+                    if let Some(t) = overlaps(&s) {
+                        return Err(Error::Conflict(format!("subnet {s} overlaps {t}, already in use on this host")));
+                    }
+                    s
+                }
+                None => self
+                    .pools6
+                    .iter()
+                    .flat_map(|p| p.subnets(p.prefix_len().max(64)).into_iter().flatten().take(65536))
+                    .find(|s| overlaps(s).is_none())
+                    .ok_or_else(|| Error::Conflict("no free IPv6 subnet left in the pools (set \"pools6\" in networks.json)".into()))?,
+            };
+            let g6 = match req.gateway6 {
+                Some(g) if s6.contains(&g) && g != s6.network() => g,
+                Some(g) => return Err(Error::Invalid(format!("gateway {g} is not a host address of {s6}"))),
+                None => first_host6(&s6),
+            };
+            (Some(s6), Some(g6))
+        } else {
+            if req.gateway6.is_some() {
+                return Err(Error::Invalid("an IPv6 gateway needs --ipv6".into()));
+            }
+            (None, None)
+        };
         let id = short_hash(&[&self.root.to_string_lossy(), &req.name, &chrono::Utc::now().to_rfc3339()]);
         let bridge = if self.is_default_root() && req.name == DEFAULT_NETWORK {
             "bulkhead0".to_owned()
@@ -325,6 +401,8 @@ impl Networks {
             subnet,
             gateway,
             bridge,
+            subnet6,
+            gateway6,
             internal: req.internal,
             // Not on internal networks: the resolver forwards what it does not know to the host's
             // resolvers, a way out an internal network must not have.
@@ -332,7 +410,7 @@ impl Networks {
             created: chrono::Utc::now(),
             labels: req.labels.clone(),
         };
-        netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+        netlink::ensure_bridge(&n)?;
         self.save(&n)?;
         if let Err(e) = self.sync() {
             let _ = fs::remove_file(self.path_of(&n.name));
@@ -463,6 +541,31 @@ impl Networks {
                 .find(|a| *a != n.gateway && !used.contains(a))
                 .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?,
         };
+        // Its IPv6 address mirrors its IPv4 one (…::5 for .5) where that is free.
+        let ip6 = match (n.subnet6, n.gateway6) {
+            (Some(s6), Some(g6)) => {
+                let used6: std::collections::HashSet<Ipv6Addr> =
+                    leases.iter().filter(|l| l.network == network).filter_map(|l| l.ip6).collect();
+                let base = u128::from(s6.network());
+                let size = if s6.prefix_len() == 0 {
+                    u128::MAX
+                } else {
+                    (1u128 << (128 - s6.prefix_len())) - 1
+                };
+                let offset = u128::from(u32::from(ip) - u32::from(n.subnet.network()));
+                let free = |a: &Ipv6Addr| *a != g6 && *a != s6.network() && !used6.contains(a);
+                let mirrored = Ipv6Addr::from(base + offset);
+                Some(if offset <= size && free(&mirrored) {
+                    mirrored
+                } else {
+                    (2..=size.min(1 << 20))
+                        .map(|o| Ipv6Addr::from(base + o))
+                        .find(free)
+                        .ok_or_else(|| Error::Conflict(format!("network {network}: no free IPv6 address left")))?
+                })
+            }
+            _ => None,
+        };
         // eth0 on the first network (its default route), eth1... on the others: the lowest free
         // index (a network connected to a running container after one was disconnected).
         let mut k = 0;
@@ -484,7 +587,7 @@ impl Networks {
         if Path::new("/sys/class/net").join(&n.bridge).exists() {
             netlink::bridge_options(&n.bridge)?;
         } else {
-            netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+            netlink::ensure_bridge(&n)?;
         }
         // A MAC address of its own, from its address (as Docker makes them): pinned to its port.
         let o = ip.octets();
@@ -504,6 +607,7 @@ impl Networks {
                 addr: ip,
                 prefix: n.subnet.prefix_len(),
                 gateway: n.gateway,
+                addr6: ip6.zip(n.subnet6).zip(n.gateway6).map(|((a, s), g)| (a, s.prefix_len(), g)),
                 default_route: first,
             },
         )?;
@@ -517,6 +621,7 @@ impl Networks {
             mac: mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
             inner,
             ip,
+            ip6,
             host_if,
             pid,
             netns: (md.dev(), md.ino()),
@@ -536,7 +641,7 @@ impl Networks {
         let live: std::collections::HashSet<&str> = policy.ports.iter().map(|p| p.host_if.as_str()).collect();
         let current = kernel.as_ref().filter(|k| {
             k.matches_static(&policy)
-                && policy.ports.iter().all(|p| p.host_if == lease.host_if || k.has_port(&p.host_if))
+                && policy.ports.iter().all(|p| p.host_if == lease.host_if || k.has_port(p))
                 && k.port_chains.len().max(k.mapped.len()) <= 64 + live.len()
         });
         if let Some(k) = current {
@@ -551,6 +656,7 @@ impl Networks {
                     host_if: lease.host_if.clone(),
                     mac: lease.mac.clone(),
                     ip: lease.ip,
+                    ip6: lease.ip6,
                 },
                 k,
                 &stale,
@@ -733,7 +839,7 @@ impl Networks {
                 self.write_rules(&rules)?;
             }
             for n in &missing {
-                netlink::ensure_bridge(&n.bridge, n.gateway, n.subnet.prefix_len())?;
+                netlink::ensure_bridge(n)?;
             }
             dns::update(&self.dns_dir(), &self.list()?, &live)?;
             self.sync()?;
@@ -753,6 +859,12 @@ impl Networks {
             bridges: nets.iter().map(|n| n.bridge.clone()).collect(),
             internal: nets.iter().filter(|n| n.internal).map(|n| n.bridge.clone()).collect(),
             masquerade4: nets.iter().filter(|n| !n.internal).map(|n| n.subnet.to_string()).collect(),
+            masquerade6: nets
+                .iter()
+                .filter(|n| !n.internal)
+                .filter_map(|n| n.subnet6.map(|s| s.to_string()))
+                .collect(),
+            gateways6: nets.iter().filter_map(|n| n.gateway6).collect(),
             rules: rules::resolve(&self.rules()?, leases),
             gateways: nets.iter().map(|n| (n.bridge.clone(), n.gateway, n.dns)).collect(),
             port_prefix: self.port_prefix(),
@@ -762,13 +874,15 @@ impl Networks {
                     host_if: l.host_if.clone(),
                     mac: l.mac.clone(),
                     ip: l.ip,
+                    ip6: l.ip6,
                 })
                 .collect(),
             published: leases
                 .iter()
-                .flat_map(|l| l.published.iter().map(move |p| (p.clone(), l.ip)))
+                .flat_map(|l| l.published.iter().map(move |p| (p.clone(), l.ip, l.ip6)))
                 .collect(),
             forwarding_is_ours: Path::new(FORWARDING_MARK).exists(),
+            forwarding6_is_ours: Path::new(FORWARDING6_MARK).exists(),
         })
     }
 
@@ -788,25 +902,86 @@ impl Networks {
             firewall::remove(&policy.table)?;
             // The guard against routing for others went with the table: if bulkhead turned
             // forwarding on and no store has a bridge left, it goes back off.
-            if policy.forwarding_is_ours && !bulkhead_bridges_exist() {
-                let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "0");
-                let _ = fs::remove_file(FORWARDING_MARK);
+            if !bulkhead_bridges_exist() {
+                if policy.forwarding_is_ours {
+                    let _ = fs::write(FORWARD4, "0");
+                    let _ = fs::remove_file(FORWARDING_MARK);
+                }
+                if policy.forwarding6_is_ours {
+                    let _ = fs::write(FORWARD6, "0");
+                    let _ = fs::remove_file(FORWARDING6_MARK);
+                }
             }
             return Ok(());
         }
         // Containers' traffic is routed: forwarding on, and remembered if it was off, so that the
         // table keeps the host from routing anything else.
-        let fwd = "/proc/sys/net/ipv4/ip_forward";
-        let policy = if fs::read_to_string(fwd).map_err(|e| io(Path::new(fwd), e))?.trim() == "0" {
-            fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
-            fs::write(FORWARDING_MARK, b"").map_err(|e| io(Path::new(FORWARDING_MARK), e))?;
-            fs::write(fwd, "1").map_err(|e| io(Path::new(fwd), e))?;
-            self.policy()?
-        } else {
-            policy
-        };
+        let mut changed = enable_forwarding(FORWARD4, FORWARDING_MARK)?;
+        if !policy.masquerade6.is_empty() || !policy.gateways6.is_empty() {
+            changed |= enable_forwarding(FORWARD6, FORWARDING6_MARK)?;
+        }
+        let policy = if changed { self.policy()? } else { policy };
         firewall::apply(&policy)
     }
+}
+
+const FORWARD4: &str = "/proc/sys/net/ipv4/ip_forward";
+const FORWARD6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Turns forwarding on (`sysctl` is FORWARD4 or FORWARD6) if it is off, leaving `mark`: returns
+/// whether it did. Before IPv6 forwarding goes on, every interface that takes router
+/// advertisements (`accept_ra` 1) is told to keep taking them as a router (2): forwarding would
+/// otherwise drop the host's own addresses and routes learnt from them.
+fn enable_forwarding(sysctl: &str, mark: &str) -> Result<bool> {
+    if fs::read_to_string(sysctl).map_err(|e| io(Path::new(sysctl), e))?.trim() != "0" {
+        return Ok(false);
+    }
+    if sysctl == FORWARD6 {
+        for e in fs::read_dir("/proc/sys/net/ipv6/conf").map_err(|e| io(Path::new("/proc/sys/net/ipv6/conf"), e))? {
+            let p = e.map_err(|e| io(Path::new("/proc/sys/net/ipv6/conf"), e))?.path().join("accept_ra");
+            if fs::read_to_string(&p).is_ok_and(|v| v.trim() == "1") {
+                fs::write(&p, "2").map_err(|e| io(&p, e))?;
+            }
+        }
+    }
+    fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
+    fs::write(mark, b"").map_err(|e| io(Path::new(mark), e))?;
+    fs::write(sysctl, "1").map_err(|e| io(Path::new(sysctl), e))?;
+    Ok(true)
+}
+
+/// Whether the host has IPv6 to give containers: enabled, with an address beyond link-local
+/// and loopback.
+pub fn host_has_ipv6() -> bool {
+    fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0")
+        && fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // scope 00: global (ULA included); not on lo, not a bulkhead bridge.
+                f.len() == 6 && f[3] == "00" && f[5] != "lo" && !f[5].starts_with("bh") && !f[5].starts_with("bulkhead")
+            })
+        })
+}
+
+/// The first address of `s` after its network address (the gateway by default).
+fn first_host6(s: &Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(s.network()) + 1)
+}
+
+/// IPv6 routes of the host (not the default route, not link-local or multicast): subnets a new
+/// network must not overlap.
+fn host_routes6() -> Vec<Ipv6Net> {
+    let text = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u128::from_str_radix(f.first()?, 16).ok()?;
+            let len = u8::from_str_radix(f.get(1)?, 16).ok()?;
+            let net = Ipv6Net::new(Ipv6Addr::from(dest), len).ok()?;
+            let a = net.network();
+            (len > 0 && len < 128 && !a.is_multicast() && (a.segments()[0] & 0xffc0) != 0xfe80).then_some(net)
+        })
+        .collect()
 }
 
 /// Whether any store's bridge is on this host (by name: `bh*`, `bulkhead*`).

@@ -1,7 +1,7 @@
 //! Links, addresses and routes, through rtnetlink (no `ip` processes: one netlink socket per
 //! namespace, a few messages per container).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
@@ -41,10 +41,32 @@ pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
-/// Makes bridge `name` with `gateway/prefix` on it, up, with bridged IP traffic passed through
-/// the inet hooks (so that the policy table sees traffic between containers on one bridge: only
-/// this bridge's option, not the host-wide sysctl). Idempotent.
-pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
+/// Adds `addr/prefix` to link `index` unless it has it; IPv6 without duplicate address
+/// detection (the address is bulkhead's to give, and usable at once).
+async fn ensure_address(h: &Handle, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+    let mut addrs = h.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addrs.try_next().await.map_err(|e| nl("listing addresses", e))? {
+        if a.attributes
+            .iter()
+            .any(|at| matches!(at, AddressAttribute::Address(v) if *v == addr))
+        {
+            return Ok(());
+        }
+    }
+    let mut req = h.address().add(index, addr, prefix);
+    if addr.is_ipv6() {
+        req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    req.execute().await.map_err(|e| nl(&format!("adding {addr}/{prefix}"), e))
+}
+
+/// Makes the network's bridge with its gateway address(es) on it, up, with bridged IP traffic
+/// passed through the inet hooks (so that the policy table sees traffic between containers on
+/// one bridge: only this bridge's option, not the host-wide sysctl). Idempotent.
+pub fn ensure_bridge(n: &crate::Network) -> Result<()> {
+    let name = n.bridge.as_str();
     with_handle(async |h| {
         let index = match index_of(h, name).await? {
             Some(i) => i,
@@ -59,25 +81,23 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<()> {
                     .ok_or_else(|| Error::Netlink(format!("bridge {name} vanished")))?
             }
         };
-        let mut addrs = h.address().get().set_link_index_filter(index).execute();
-        let mut has = false;
-        while let Some(a) = addrs.try_next().await.map_err(|e| nl("listing addresses", e))? {
-            has |= a.attributes.iter().any(
-                |at| matches!(at, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == gateway),
-            );
-        }
-        if !has {
-            h.address()
-                .add(index, gateway.into(), prefix)
-                .execute()
-                .await
-                .map_err(|e| nl(&format!("adding {gateway}/{prefix} to {name}"), e))?;
+        ensure_address(h, index, n.gateway.into(), n.subnet.prefix_len()).await?;
+        // The bridge takes no router advertisements (from a container, say: they are dropped at
+        // its port anyway) and makes no addresses of its own from them.
+        for opt in ["accept_ra", "autoconf"] {
+            let p = format!("/proc/sys/net/ipv6/conf/{name}/{opt}");
+            if std::path::Path::new(&p).exists() {
+                std::fs::write(&p, "0").map_err(|e| nl(&p, e))?;
+            }
         }
         h.link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
             .map_err(|e| nl(&format!("bringing {name} up"), e))?;
+        if let (Some(g6), Some(s6)) = (n.gateway6, n.subnet6) {
+            ensure_address(h, index, g6.into(), s6.prefix_len()).await?;
+        }
         Ok(())
     })?;
     bridge_options(name)
@@ -119,6 +139,8 @@ pub struct Plug<'a> {
     pub addr: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+    /// Its IPv6 address, prefix and gateway, on a network with IPv6.
+    pub addr6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     /// Whether the container's default route goes this way (its first network).
     pub default_route: bool,
 }
@@ -127,6 +149,7 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
     let (host_if, mac, addr, prefix, gateway, default_route) =
         (plug.host_if, &plug.mac, plug.addr, plug.prefix, plug.gateway, plug.default_route);
     let inner = plug.inner.to_owned();
+    let addr6 = plug.addr6;
     let fd = netns.as_raw_fd();
     with_handle(async |h| {
         let br = index_of(h, bridge)
@@ -169,11 +192,7 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
             let i = index_of(h, &inner)
                 .await?
                 .ok_or_else(|| Error::Netlink(format!("{inner} is not in the container")))?;
-            h.address()
-                .add(i, addr.into(), prefix)
-                .execute()
-                .await
-                .map_err(|e| nl(&format!("adding {addr}/{prefix}"), e))?;
+            ensure_address(h, i, addr.into(), prefix).await?;
             h.link()
                 .set(LinkUnspec::new_with_index(i).up().build())
                 .execute()
@@ -191,6 +210,17 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
                     .execute()
                     .await
                     .map_err(|e| nl(&format!("default route via {gateway}"), e))?;
+            }
+            if let Some((a6, p6, g6)) = addr6 {
+                // After the link is up: its prefix route comes with the address.
+                ensure_address(h, i, a6.into(), p6).await?;
+                if default_route {
+                    h.route()
+                        .add(RouteMessageBuilder::<Ipv6Addr>::new().gateway(g6).build())
+                        .execute()
+                        .await
+                        .map_err(|e| nl(&format!("default route via {g6}"), e))?;
+                }
             }
             Ok(())
         })

@@ -4,6 +4,7 @@
 //! rules and the containers running now, on every change.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -148,13 +149,27 @@ impl Rule {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Resolved {
     /// (source, destination, protocol, port) and the rule it came from.
-    pub ports: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, String, u16, u64)>,
+    pub ports: Vec<(IpAddr, IpAddr, String, u16, u64)>,
     /// (source, destination): every port and protocol.
-    pub any: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, u64)>,
+    pub any: Vec<(IpAddr, IpAddr, u64)>,
     /// Containers whose way out is denied.
-    pub no_egress: Vec<(std::net::Ipv4Addr, u64)>,
+    pub no_egress: Vec<(IpAddr, u64)>,
     /// (source, destination, protocol, port) a deny rule names: dropped before any allow.
-    pub drops: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, String, u16, u64)>,
+    pub drops: Vec<(IpAddr, IpAddr, String, u16, u64)>,
+}
+
+/// The address pairs of two containers on one network: IPv4, and IPv6 where both have it.
+fn pairs(from: &Lease, to: &Lease) -> Vec<(IpAddr, IpAddr)> {
+    let mut out = vec![(IpAddr::V4(from.ip), IpAddr::V4(to.ip))];
+    if let (Some(a), Some(b)) = (from.ip6, to.ip6) {
+        out.push((IpAddr::V6(a), IpAddr::V6(b)));
+    }
+    out
+}
+
+/// A container's addresses on one network.
+fn addrs(l: &Lease) -> Vec<IpAddr> {
+    std::iter::once(IpAddr::V4(l.ip)).chain(l.ip6.map(IpAddr::V6)).collect()
 }
 
 /// Resolves `rules` against `leases`: a pair is allowed only on a network both ends are on
@@ -176,7 +191,9 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
                 for from in leases.iter().filter(|l| r.from.matches(l)) {
                     for to in leases.iter().filter(|l| r.to.matches(l) && l.network == from.network) {
                         if from.container != to.container && r.network.as_deref().is_none_or(|n| n == from.network) {
-                            out.drops.push((from.ip, to.ip, proto.clone(), port, r.id));
+                            for (a, b) in pairs(from, to) {
+                                out.drops.push((a, b, proto.clone(), port, r.id));
+                            }
                         }
                     }
                 }
@@ -186,7 +203,9 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
                     .iter()
                     .filter(|l| r.from.matches(l) && r.network.as_deref().is_none_or(|n| n == l.network))
                 {
-                    out.no_egress.push((l.ip, r.id));
+                    for a in addrs(l) {
+                        out.no_egress.push((a, r.id));
+                    }
                 }
             }
             continue;
@@ -202,9 +221,11 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
                 if denied(from, to, r.port, r.proto.as_deref()) {
                     continue;
                 }
-                match (r.port, &r.proto) {
-                    (Some(p), Some(proto)) => out.ports.push((from.ip, to.ip, proto.clone(), p, r.id)),
-                    _ => out.any.push((from.ip, to.ip, r.id)),
+                for (a, b) in pairs(from, to) {
+                    match (r.port, &r.proto) {
+                        (Some(p), Some(proto)) => out.ports.push((a, b, proto.clone(), p, r.id)),
+                        _ => out.any.push((a, b, r.id)),
+                    }
                 }
             }
         }
