@@ -9,30 +9,44 @@ use std::time::Duration;
 
 use common::*;
 
-/// A busybox image with the tools the tests use.
-fn image(env: &Env) -> &'static str {
-    let rootfs = env.path("rootfs");
+/// Imports a busybox image `tag` with `applets` linked, /tmp, /www/index.html ("hello"), and
+/// with `frames`, the raw-frame tool.
+fn busybox_image(env: &Env, tag: &'static str, applets: &[&str], frames: bool) -> &'static str {
+    let rootfs = env.path(&format!("rootfs-{tag}"));
     busybox_rootfs(&rootfs);
-    for a in [
-        "httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout", "nslookup", "nc", "wc",
-    ] {
+    for a in applets {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
     for d in ["etc", "tmp", "www"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
+    if frames {
+        std::fs::copy(c_fixture("frames"), rootfs.join("bin/frames")).unwrap();
+    }
     env.ok(&[
         "image",
         "import",
         "--rootfs",
         rootfs.to_str().unwrap(),
         "--tag",
-        "net",
+        tag,
         "--cmd",
         "/bin/sh",
     ]);
-    "net"
+    tag
+}
+
+/// A busybox image with the tools the tests use.
+fn image(env: &Env) -> &'static str {
+    busybox_image(
+        env,
+        "net",
+        &[
+            "httpd", "wget", "sleep", "echo", "ip", "hostname", "timeout", "nslookup", "nc", "wc",
+        ],
+        false,
+    )
 }
 
 /// "The outside": a network namespace routed to the host over a veth pair (198.19.N.0/30 and
@@ -615,35 +629,23 @@ fn a_container_killed_with_its_shim_leaves_nothing_after_repair() {
     )
     .unwrap();
     assert!(bridges.contains("elements"), "the next start did not put the set back: {bridges}");
-    // A container's port chain emptied by someone else drops its frames (fail closed), and is
-    // noticed.
-    let w = lease_of(&env, "crash", "w");
+    // The ports' sets emptied by someone else: every port drops its frames (fail closed), and it
+    // is noticed.
     let a_ip = ip_of(&env, "crash", "a");
     env.ok(&["network", "allow", "w", "a:80"]);
     assert!(reaches(&env, "w", &format!("http://{a_ip}/")));
-    sh(Command::new("nft").args([
-        "flush",
-        "chain",
-        "bridge",
-        &table,
-        &format!("port_{}", w["host_if"].as_str().unwrap()),
-    ]));
+    sh(Command::new("nft").args(["flush", "set", "bridge", &table, "own4"]));
     assert!(
         !fetch(&env, "w", &format!("http://{a_ip}/")).0,
-        "an emptied port chain let its container's traffic through"
+        "an emptied port set let its container's traffic through"
     );
     assert!(
         env.run(&["system", "check"]).stdout.starts_with(b"the nftables table"),
-        "an emptied port chain is not noticed"
+        "an emptied port set is not noticed"
     );
     env.ok(&["system", "check", "--repair"]);
     assert!(reaches(&env, "w", &format!("http://{a_ip}/")), "repair did not restore the port");
     env.ok(&["rm", "-f", "a", "w", "w2"]);
-}
-
-/// tests/fixtures/frames.c, built static once.
-fn frames() -> std::path::PathBuf {
-    c_fixture("frames")
 }
 
 fn lease_of(env: &Env, network: &str, container: &str) -> serde_json::Value {
@@ -660,23 +662,7 @@ fn lease_of(env: &Env, network: &str, container: &str) -> serde_json::Value {
 #[test]
 fn raw_frames_cannot_spoof_tag_or_reach_loopback_and_names_stay_on_their_network() {
     let env = Env::new();
-    let rootfs = env.path("rootfs-raw");
-    busybox_rootfs(&rootfs);
-    for a in ["sleep", "timeout", "nslookup", "httpd", "wget"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "raw",
-        "--cmd",
-        "/bin/sh",
-    ]);
+    busybox_image(&env, "raw", &["sleep", "timeout", "nslookup", "httpd", "wget"], true);
     env.ok(&["network", "create", "--subnet", "198.18.253.0/24", "lan"]);
     env.ok(&["network", "create", "--subnet", "198.18.254.0/24", "lan2"]);
     env.ok(&[
@@ -1020,22 +1006,7 @@ fn a_rule_taken_back_cuts_the_connection_it_allowed() {
 #[test]
 fn a_noisy_container_does_not_crowd_others_out_of_the_events() {
     let env = Env::new();
-    let rootfs = env.path("rootfs-noise");
-    busybox_rootfs(&rootfs);
-    for a in ["sleep", "timeout", "wget", "httpd"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "noise",
-        "--cmd",
-        "/bin/sh",
-    ]);
+    busybox_image(&env, "noise", &["sleep", "timeout", "wget", "httpd"], true);
     env.ok(&["network", "create", "--subnet", "198.18.243.0/24", "loud"]);
     env.ok(&["run", "-d", "--name", "target", "--network", "loud", "noise", "sleep", "1000"]);
     let t = lease_of(&env, "loud", "target");
@@ -1106,21 +1077,7 @@ fn a_noisy_container_does_not_crowd_others_out_of_the_events() {
 #[test]
 fn icmp_errors_pass_only_between_the_two_ends_of_an_allowed_connection() {
     let env = Env::new();
-    let rootfs = env.path("rootfs-icmp");
-    busybox_rootfs(&rootfs);
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
-    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "icmp",
-        "--cmd",
-        "/bin/sh",
-    ]);
+    busybox_image(&env, "icmp", &["sleep"], true);
     env.ok(&["network", "create", "--subnet", "198.18.242.0/24", "err"]);
     for n in ["x", "z", "y"] {
         env.ok(&[
@@ -1203,26 +1160,7 @@ fn ipv6_is_isolated_pinned_and_routed_like_ipv4() {
         return;
     }
     let env = Env::new();
-    let rootfs = env.path("rootfs-v6");
-    busybox_rootfs(&rootfs);
-    for a in ["sleep", "timeout", "nslookup", "httpd", "wget", "ip"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    for d in ["tmp", "www"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
-    std::fs::copy(frames(), rootfs.join("bin/frames")).unwrap();
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "v6",
-        "--cmd",
-        "/bin/sh",
-    ]);
+    busybox_image(&env, "v6", &["sleep", "timeout", "nslookup", "httpd", "wget", "ip"], true);
     let outside = Outside::new(7);
     env.ok(&["network", "create", "--ipv6", "--subnet", "198.18.240.0/24", "lan6"]);
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "lan6"])).unwrap();

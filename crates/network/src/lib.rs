@@ -19,6 +19,7 @@
 pub mod dns;
 pub mod firewall;
 pub mod netlink;
+pub mod nft;
 pub mod ports;
 pub mod rules;
 
@@ -642,14 +643,13 @@ impl Networks {
         let current = kernel.as_ref().filter(|k| {
             k.matches_static(&policy)
                 && policy.ports.iter().all(|p| p.host_if == lease.host_if || k.has_port(p))
-                && k.port_chains.len().max(k.mapped.len()) <= 64 + live.len()
+                && k.ports().len() <= 64 + live.len()
         });
         if let Some(k) = current {
             // Ports of containers gone since stay (their veths are gone, so nothing can use
             // them, and a port's name is its container's own): taking them out costs a wait for
-            // the kernel's RCU grace period (~12 ms here). They go with the next rewrite, which
-            // comes after 64 of them at the latest.
-            let stale: Vec<String> = Vec::new();
+            // the kernel's RCU grace period. They go with the next rewrite, which comes after 64
+            // of them at the latest.
             firewall::add_port(
                 &policy.table,
                 &firewall::Port {
@@ -659,11 +659,10 @@ impl Networks {
                     ip6: lease.ip6,
                 },
                 k,
-                &stale,
             )?;
         } else {
             // Anything else (its rules, its published ports, a table flushed by a host firewall
-            // reload, too many empty port chains): both tables written whole.
+            // reload, too many elements of dead ports): both tables written whole.
             self.sync()?;
         }
         tracing::debug!(
