@@ -162,11 +162,7 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
     let env = Env::new();
     let img = image(&env);
     let outside = Outside::new(1);
-    let table = {
-        // The store's own table (see bulkhead_network::Networks::table).
-        let h = sha2::Sha256::digest([env.root().to_string_lossy().as_bytes(), &[0]].concat());
-        format!("bulkhead_{}", &hex(&h)[..8])
-    };
+    let table = table_of(&env);
     let serve = "httpd -f -p 80 -h /www";
     for name in ["a", "b"] {
         env.ok(&["run", "-d", "--name", name, img, "sh", "-c", serve]);
@@ -189,6 +185,20 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
         log.lines()
             .any(|l| l.contains(&format!("bulkhead-deny:{table}")) && l.contains(&format!("SRC={a} DST={b}")) && l.contains("DPT=80")),
         "no denial logged"
+    );
+
+    // `network events -f` follows: a denial made after it started shows up while it runs.
+    let follower = std::thread::scope(|s| {
+        let f = s.spawn(|| env.run_bounded(6, &["network", "events", "-f"]));
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = fetch(&env, "a", &format!("http://{b}:8123/"));
+        f.join().unwrap()
+    });
+    let out = String::from_utf8_lossy(&follower.stdout);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"port\":8123") && l.contains("\"container\":\"b\"")),
+        "events -f did not follow: {out}"
     );
 
     // The outside is reachable (NAT): the server sees the host's address, not the container's.
@@ -511,6 +521,17 @@ fn names_on_a_user_network_follow_the_containers() {
     // Names never cross networks: the default network has none, and app's are app's.
     env.ok(&["run", "-d", "--name", "c", img, "sh", "-c", serve]);
     assert_eq!(resolve(&env, "c", "b"), None, "a container on another network resolved b");
+    // A network made with --disable-dns has no names, and its containers ask the host's
+    // resolvers.
+    env.ok(&["network", "create", "--disable-dns", "--subnet", "198.18.239.0/24", "quiet"]);
+    for n in ["d", "e"] {
+        env.ok(&["run", "-d", "--name", n, "--network", "quiet", img, "sh", "-c", serve]);
+    }
+    let resolv = env.ok(&["exec", "d", "cat", "/etc/resolv.conf"]);
+    assert!(!resolv.contains("198.18.239.1"), "{resolv}");
+    assert_eq!(resolve(&env, "d", "e"), None, "names on a network without them");
+    assert!(!env.root().join("networks/dns/quiet").exists());
+    env.ok(&["rm", "-f", "d", "e"]);
     // The resolver is there only while containers need it.
     let pid_file = env.root().join("networks/dns/aardvark.pid");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
@@ -592,15 +613,7 @@ fn a_container_killed_with_its_shim_leaves_nothing_after_repair() {
     let again = env.ok(&["system", "check"]);
     assert!(!again.contains("network"), "{again}");
     // A flushed table (a host firewall reload) is put back by the next start, and by repair.
-    let table = String::from_utf8(Command::new("nft").args(["list", "tables"]).output().unwrap().stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.trim_start_matches("table inet ").to_owned())
-        .find(|t| {
-            let h = sha2::Sha256::digest([env.root().to_string_lossy().as_bytes(), &[0]].concat());
-            *t == format!("bulkhead_{}", &hex(&h)[..8])
-        })
-        .expect("the store's table");
+    let table = table_of(&env);
     sh(Command::new("nft").args(["delete", "table", "inet", &table]));
     assert!(
         env.run(&["system", "check"]).stdout.starts_with(b"the nftables table"),
@@ -1336,4 +1349,54 @@ fn ipv6_is_isolated_pinned_and_routed_like_ipv4() {
     env.ok(&["network", "rm", "lan6", "in6", "bulkhead"]);
     let routes = String::from_utf8(Command::new("ip").args(["-6", "route"]).output().unwrap().stdout).unwrap();
     assert!(!routes.contains(subnet6.trim_end_matches("/64")), "{routes}");
+}
+
+/// The store's tables' name (see bulkhead_network::Networks::table).
+fn table_of(env: &Env) -> String {
+    let h = sha2::Sha256::digest([env.root().to_string_lossy().as_bytes(), &[0]].concat());
+    format!("bulkhead_{}", &hex(&h)[..8])
+}
+
+#[test]
+fn elements_of_dead_ports_are_swept_and_a_restart_keeps_no_old_address() {
+    let env = Env::new();
+    let img = busybox_image(&env, "sweep", &["sleep"], false);
+    env.ok(&["network", "create", "--subnet", "198.18.238.0/24", "churn"]);
+    let own4 = || {
+        let o = Command::new("nft")
+            .args(["-j", "list", "set", "bridge", &table_of(&env), "own4"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["nftables"][1]["set"]["elem"].as_array().cloned().unwrap_or_default()
+    };
+    // A dead container's elements stay (deleting costs an RCU grace period), at most 64 of them.
+    for _ in 0..70 {
+        env.ok(&["run", "--rm", "--network", "churn", img, "sh", "-c", ":"]);
+    }
+    let n = own4().len();
+    assert!((1..=65).contains(&n), "{n} elements after 70 short-lived containers");
+    // A container restarted with another address keeps none of its old one.
+    env.ok(&["run", "-d", "--name", "r", "--network", "churn", img, "sleep", "1000"]);
+    env.ok(&["run", "-d", "--name", "s", "--network", "churn", img, "sleep", "1000"]);
+    let before = lease_of(&env, "churn", "r");
+    env.ok(&["stop", "-t", "1", "r"]);
+    env.ok(&["stop", "-t", "1", "s"]);
+    env.ok(&["start", "s"]);
+    env.ok(&["start", "r"]);
+    let after = lease_of(&env, "churn", "r");
+    assert_ne!(before["ip"], after["ip"], "the test needs r to come back on another address");
+    let host_if = after["host_if"].as_str().unwrap();
+    let mine: Vec<String> = own4()
+        .iter()
+        .filter(|e| e["concat"][0] == host_if)
+        .map(|e| e["concat"][2].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        mine,
+        vec![after["ip"].as_str().unwrap().to_owned()],
+        "r's port still pins its old address"
+    );
+    assert!(!env.ok(&["system", "check"]).contains("nftables"));
+    env.ok(&["rm", "-f", "r", "s"]);
 }
