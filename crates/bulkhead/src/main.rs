@@ -260,6 +260,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A closed stderr (`2>&1 | head -1`) must not panic the CLI halfway through a run, with a
+        // container made and its mounts up: the lines are dropped, the run goes on.
+        .log_internal_errors(false)
         .init();
     let is_run = matches!(
         cli.command,

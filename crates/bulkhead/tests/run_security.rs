@@ -85,6 +85,15 @@ fn default_profile_seen_from_inside() {
     assert_eq!(status_field(&out, "NoNewPrivs"), "1");
     assert_eq!(status_field(&out, "Seccomp"), "2");
     assert!(err.trim().is_empty(), "the default profile must not warn: {err}");
+    // No standard signal ignored, in the first process or an exec'd one: the CLI's runtime
+    // ignores SIGPIPE, and what is ignored survives fork and exec (a `yes | head` would spin
+    // forever). (32 and 33 are the C library's own, and it sets them up itself.)
+    let ignored = |s: &str| u64::from_str_radix(&status_field(s, "SigIgn"), 16).unwrap() & 0x7fff_ffff;
+    assert_eq!(ignored(&out), 0, "run: {out}");
+    env.ok(&["run", "-d", "--name", "sig", img, "sleep", "60"]);
+    let out = env.ok(&["exec", "sig", "cat", "/proc/self/status"]);
+    assert_eq!(ignored(&out), 0, "exec: {out}");
+    env.ok(&["rm", "-f", "sig"]);
 
     let (_, out, _) = run(
         &env,
@@ -1221,4 +1230,26 @@ fn a_container_with_a_very_deep_tree_is_removed() {
     // Given back: gone, or already claimed by another container (tests run side by side).
     let now = std::fs::read_to_string(&claim).unwrap_or_default();
     assert!(now.lines().next() != owner.lines().next(), "the id range was not given back");
+}
+
+#[test]
+fn a_closed_stderr_does_not_abandon_a_run_halfway() {
+    let env = Env::new();
+    let img = image(&env);
+    // `bulkhead --log-level debug run --rm IMG true 2>&1 | head -0`: the log lines meet a closed
+    // pipe. The run finishes and leaves no container behind (it used to panic after creating it).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["--log-level", "debug", "run", "--rm", img, "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "", "a container was left behind");
 }

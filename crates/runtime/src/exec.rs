@@ -423,6 +423,8 @@ fn become_and_exec(plan: &Plan) -> Error {
         argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
+        // What this process ignores survives exec (SIGPIPE: Rust's runtime ignores it).
+        crate::executor::default_ignored_signals();
         for c in &candidates {
             // SAFETY: NUL-terminated strings and NULL-terminated arrays that outlive the call.
             unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };

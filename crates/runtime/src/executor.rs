@@ -344,6 +344,7 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
         b = b.with_console_socket(Some(p));
     }
     let mut c = b
+        .with_executor(DefaultSignals)
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)
@@ -370,6 +371,43 @@ fn start_embedded(id: &str, bundle: &Path, state_dir: &Path, stdio: Stdio) -> Re
         pid: pid.as_raw(),
         inner: Inner::Embedded(Box::new(c)),
     })
+}
+
+/// Puts every standard signal this process ignores back to its default disposition (SIGPIPE,
+/// which Rust's runtime ignores; SIGHUP under nohup; ...): what a process ignores survives fork
+/// and exec, and a container's processes must start as they would under init (a `yes | head -1`
+/// in one would otherwise spin forever on EPIPE). Only in the process about to exec: the CLI
+/// itself keeps ignoring SIGPIPE (its stderr may be a closed pipe).
+pub(crate) fn default_ignored_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction(2) reads the current disposition into a zeroed struct we own, and
+        // SIG_DFL installs no handler.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// libcontainer's own executor, run in the container's init right before it execs the workload,
+/// with the signals put back first (see [`default_ignored_signals`]).
+#[derive(Clone)]
+struct DefaultSignals;
+
+impl libcontainer::workload::Executor for DefaultSignals {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> std::result::Result<(), libcontainer::workload::ExecutorError> {
+        default_ignored_signals();
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> std::result::Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
 }
 
 /// Brings `lo` up in the network namespace of `pid`, if it has one of its own. runc does this for
