@@ -216,6 +216,29 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
     assert!(!ok, "c reached a on another network: {text}");
     let err = env.fails(&["network", "rm", "inner"]);
     assert!(err.contains("in use by c"), "{err}");
+    // Nor does it reach published ports (through the host's addresses), nor publish any.
+    env.ok(&["run", "-d", "--name", "p", "-p", "18089:80", img, "sh", "-c", serve]);
+    assert!(
+        http_get_eventually("127.0.0.1:18089").is_some(),
+        "the published port does not answer"
+    );
+    let (ok, text) = fetch(&env, "c", "http://198.18.250.1:18089/");
+    assert!(!ok, "an internal network reached a published port: {text}");
+    let err = env.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "q",
+        "--network",
+        "inner",
+        "-p",
+        "18088:80",
+        img,
+        "sh",
+        "-c",
+        serve,
+    ]);
+    assert!(err.contains("is internal"), "{err}");
 
     // Everything goes with the containers and the networks.
     let mut veths = Vec::new();
@@ -225,8 +248,8 @@ fn containers_are_isolated_by_default_and_reach_the_outside_through_nat() {
             veths.push(l["host_if"].as_str().unwrap().to_owned());
         }
     }
-    assert_eq!(veths.len(), 3, "{veths:?}");
-    env.ok(&["rm", "-f", "a", "b", "c"]);
+    assert_eq!(veths.len(), 4, "{veths:?}");
+    env.ok(&["rm", "-f", "a", "b", "c", "p"]);
     env.ok(&["network", "rm", "inner", "bulkhead"]);
     let tables = String::from_utf8(Command::new("nft").args(["list", "tables"]).output().unwrap().stdout).unwrap();
     assert!(!tables.contains(&table), "{tables}");
@@ -423,6 +446,18 @@ fn published_ports_answer_on_loopback_and_to_other_hosts() {
     assert!(line.starts_with("80/tcp -> 0.0.0.0:"), "{line}");
     let got = http_get_eventually(&format!("127.0.0.1:{host_port}")).expect("-P port does not answer");
     assert!(got.contains("exposed"), "{got}");
+    // An image never picks the host's side: an exposed key with an address and a host port
+    // is refused, nothing published.
+    sh(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:t", layout.display()),
+        "--config.exposedports",
+        "127.0.0.1:15432:5432/tcp",
+    ]));
+    env.ok(&["image", "import", layout.to_str().unwrap(), "--tag", "greedy"]);
+    let err = env.fails(&["run", "-d", "--name", "g", "-P", "greedy", "httpd", "-f", "-p", "80", "-h", "/www"]);
+    assert!(err.contains("not PORT[/tcp|udp]"), "{err}");
 
     // A container reaches published ports through the host, its own included (hairpin).
     env.ok(&["run", "-d", "--name", "w4", "-p", "18082:80", img, "sh", "-c", serve]);
@@ -1399,4 +1434,101 @@ fn elements_of_dead_ports_are_swept_and_a_restart_keeps_no_old_address() {
     );
     assert!(!env.ok(&["system", "check"]).contains("nftables"));
     env.ok(&["rm", "-f", "r", "s"]);
+}
+
+#[test]
+fn link_local_frames_neither_reach_the_host_nor_teach_the_bridge() {
+    let env = Env::new();
+    let img = busybox_image(&env, "ll", &["sleep"], true);
+    env.ok(&["network", "create", "--subnet", "198.18.236.0/24", "lan"]);
+    env.ok(&["network", "create", "--internal", "--subnet", "198.18.235.0/24", "sealed"]);
+    for (n, net) in [("victim", "lan"), ("attacker", "lan"), ("jailed", "sealed")] {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            n,
+            "--network",
+            net,
+            "--cap-add",
+            "NET_RAW",
+            img,
+            "sleep",
+            "1000",
+        ]);
+    }
+    let (victim, attacker, jailed) = (
+        lease_of(&env, "lan", "victim"),
+        lease_of(&env, "lan", "attacker"),
+        lease_of(&env, "sealed", "jailed"),
+    );
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_owned();
+    let lan: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "lan"])).unwrap();
+    let bridge = lan[0]["bridge"].as_str().unwrap().to_owned();
+    let gw_mac = std::fs::read_to_string(format!("/sys/class/net/{bridge}/address"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // A UDP service of the host's, on all addresses.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let port = sock.local_addr().unwrap().port().to_string();
+    sock.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let received = || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got
+    };
+    let send = |c: &str, dmac: &str, smac: &str, src: &str, dst: &str, payload: &str| {
+        env.ok(&["exec", c, "frames", "send", "eth0", dmac, smac, src, dst, &port, payload]);
+    };
+    // Control: an ordinary frame to the gateway reaches the service (lan is not internal).
+    send(
+        "attacker",
+        &gw_mac,
+        &s(&attacker, "mac"),
+        &s(&attacker, "ip"),
+        "198.18.236.1",
+        "control",
+    );
+    assert_eq!(received(), vec!["control".to_owned()], "the control datagram did not arrive");
+    // From the internal network, to link-local group addresses the bridge keeps for itself
+    // (they bypass the prerouting hook, and would be handed to the host on the port itself):
+    // nothing arrives, forged source or not.
+    for dmac in ["01:80:c2:00:00:03", "01:80:c2:00:00:0e", "01:80:c2:00:00:02"] {
+        send(
+            "jailed",
+            dmac,
+            &s(&jailed, "mac"),
+            &s(&jailed, "ip"),
+            "198.18.236.1",
+            &format!("escape-{dmac}"),
+        );
+        send(
+            "jailed",
+            dmac,
+            &s(&jailed, "mac"),
+            "198.18.236.77",
+            "198.18.236.1",
+            &format!("forged-{dmac}"),
+        );
+    }
+    let got = received();
+    assert!(
+        got.is_empty(),
+        "link-local frames reached the host from an internal network: {got:?}"
+    );
+    // Nor does the bridge learn the victim's MAC behind the attacker's port from them.
+    for dmac in ["01:80:c2:00:00:0e", "01:80:c2:00:00:03"] {
+        send("attacker", dmac, &s(&victim, "mac"), &s(&victim, "ip"), "198.18.236.1", "poison");
+    }
+    let fdb = String::from_utf8(Command::new("bridge").args(["fdb", "show", "br", &bridge]).output().unwrap().stdout).unwrap();
+    assert!(
+        !fdb.lines()
+            .any(|l| l.starts_with(&s(&victim, "mac")) && l.contains(&s(&attacker, "host_if"))),
+        "the bridge learnt the victim's MAC behind the attacker's port: {fdb}"
+    );
+    env.ok(&["rm", "-f", "victim", "attacker", "jailed"]);
 }

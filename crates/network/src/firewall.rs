@@ -285,11 +285,41 @@ pub fn commands(p: &Policy) -> Value {
             "drop",
         ));
     }
-    // A published port is open to everyone, other containers included.
+    // An internal network reaches nothing beyond its own bridge, published ports included.
+    for b in &p.internal {
+        cmds.push(rule(
+            t,
+            "forward",
+            vec![
+                matches("==", meta("iifname"), json!(b)),
+                matches("!=", meta("oifname"), json!(b)),
+                json!({"counter": null}),
+                verdict("drop"),
+            ],
+        ));
+    }
+    // A published port is open to everyone, other containers included; ICMP errors about such a
+    // connection only from outside (a third container could otherwise inject them).
     cmds.push(rule(
         t,
         "forward",
-        vec![ours_out.clone(), matches("in", ct("status"), json!("dnat")), verdict("accept")],
+        vec![
+            ours_out.clone(),
+            matches("in", ct("status"), json!("dnat")),
+            matches("in", ct("state"), json!(["new", "established"])),
+            verdict("accept"),
+        ],
+    ));
+    cmds.push(rule(
+        t,
+        "forward",
+        vec![
+            matches("!=", meta("iifname"), json!("@bridges")),
+            ours_out.clone(),
+            matches("in", ct("status"), json!("dnat")),
+            matches("in", ct("state"), json!(["related"])),
+            verdict("accept"),
+        ],
     ));
     cmds.push(rule(
         t,
@@ -393,6 +423,8 @@ pub fn commands(p: &Policy) -> Value {
             vec![
                 nfproto(family),
                 json!({"set": {"op": "update", "elem": payload(ip, "saddr"), "set": set, "stmt": [{"limit": {"rate": 10, "burst": 20, "per": "second"}}]}}),
+                // And at most 100 a second in all: the kernel's log is the host's.
+                json!({"limit": {"rate": 100, "burst": 200, "per": "second"}}),
                 json!({"log": {"prefix": log_prefix(t)}}),
             ],
         ));
@@ -570,6 +602,7 @@ fn nft(doc: &Value) -> Result<()> {
 pub fn bridge_table(p: &Policy) -> String {
     let t = &p.table;
     let rules = bridge_rules(&p.port_prefix).join("\n    ");
+    let local = bridge_local_rules(&p.port_prefix).join("\n    ");
     format!(
         "table bridge {t} {{
   set own4 {{ type ifname . ether_addr . ipv4_addr; }}
@@ -580,9 +613,23 @@ pub fn bridge_table(p: &Policy) -> String {
     type filter hook prerouting priority -300; policy accept;
     {rules}
   }}
+  chain local {{
+    type filter hook input priority -300; policy accept;
+    {local}
+  }}
 }}
 "
     )
+}
+
+/// Frames to the IEEE 802.1 link-local group addresses (01:80:c2:00:00:0X) never reach the
+/// prerouting hook: the bridge hands them to the host's stack on the port itself (where no inet
+/// rule of ours applies) or to the input hook. The bridges forward those they may (their
+/// `group_fwd_mask`, so that prerouting judges them); what is left is dropped here.
+fn bridge_local_rules(prefix: &str) -> Vec<String> {
+    vec![format!(
+        "iifname \"{prefix}*\" ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop"
+    )]
 }
 
 fn bridge_rules(prefix: &str) -> Vec<String> {
@@ -600,6 +647,8 @@ fn bridge_rules(prefix: &str) -> Vec<String> {
         ),
         format!("{port} ether type ip iifname . ether saddr . ip saddr @own4 accept"),
         format!("{port} ether type arp iifname . ether saddr . arp saddr ether . arp saddr ip @ownarp accept"),
+        // No fragmented ICMPv6: the target below could hide in a second fragment.
+        format!("{port} ether type ip6 exthdr frag exists meta l4proto ipv6-icmp counter drop"),
         // A neighbour advertisement claims only its sender's own addresses (its target, the 128
         // bits after the ICMPv6 header's first 8 bytes).
         format!(
@@ -764,6 +813,7 @@ impl Kernel {
         });
         let mut counts = rule_counts(&cmds);
         counts.insert("bridge ports".into(), bridge_rules(&p.port_prefix).len());
+        counts.insert("bridge local".into(), bridge_local_rules(&p.port_prefix).len());
         digest.is_some() && self.marker == digest && self.rules == counts && self.sets == expected_sets(p)
     }
 

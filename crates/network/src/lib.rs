@@ -573,7 +573,12 @@ impl Networks {
         while leases.iter().any(|l| l.container == container && l.inner == format!("eth{k}")) {
             k += 1;
         }
-        // Ports are published on the container's first network.
+        // Ports are published on the container's first network; an internal one has no way in.
+        if first && !member.ports.is_empty() && n.internal {
+            return Err(Error::Invalid(format!(
+                "network {network} is internal: nothing on it can be published (-p/-P)"
+            )));
+        }
         let published = if first && !member.ports.is_empty() {
             let taken: Vec<(u16, String)> = leases
                 .iter()
@@ -907,46 +912,87 @@ impl Networks {
                     let _ = fs::remove_file(FORWARDING_MARK);
                 }
                 if policy.forwarding6_is_ours {
-                    let _ = fs::write(FORWARD6, "0");
-                    let _ = fs::remove_file(FORWARDING6_MARK);
+                    disable_forwarding6();
                 }
             }
             return Ok(());
         }
         // Containers' traffic is routed: forwarding on, and remembered if it was off, so that the
-        // table keeps the host from routing anything else.
-        let mut changed = enable_forwarding(FORWARD4, FORWARDING_MARK)?;
-        if !policy.masquerade6.is_empty() || !policy.gateways6.is_empty() {
-            changed |= enable_forwarding(FORWARD6, FORWARDING6_MARK)?;
+        // table keeps the host from routing anything else. The mark first (the table then
+        // carries the guard), the table, and only then the switch: never a moment of forwarding
+        // without the guard, and nothing switched if the table cannot be written.
+        let want6 = !policy.masquerade6.is_empty() || !policy.gateways6.is_empty();
+        let flip4 = forwarding_off(FORWARD4)?;
+        let flip6 = want6 && forwarding_off(FORWARD6)?;
+        if flip4 {
+            mark(FORWARDING_MARK, "")?;
         }
-        let policy = if changed { self.policy()? } else { policy };
-        firewall::apply(&policy)
+        if flip6 {
+            mark(FORWARDING6_MARK, "")?;
+        }
+        let policy = if flip4 || flip6 { self.policy()? } else { policy };
+        if let Err(e) = firewall::apply(&policy) {
+            if flip4 {
+                let _ = fs::remove_file(FORWARDING_MARK);
+            }
+            if flip6 {
+                let _ = fs::remove_file(FORWARDING6_MARK);
+            }
+            return Err(e);
+        }
+        if flip4 {
+            fs::write(FORWARD4, "1").map_err(|e| io(Path::new(FORWARD4), e))?;
+        }
+        if flip6 {
+            enable_forwarding6()?;
+        }
+        Ok(())
     }
 }
 
 const FORWARD4: &str = "/proc/sys/net/ipv4/ip_forward";
 const FORWARD6: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-/// Turns forwarding on (`sysctl` is FORWARD4 or FORWARD6) if it is off, leaving `mark`: returns
-/// whether it did. Before IPv6 forwarding goes on, every interface that takes router
-/// advertisements (`accept_ra` 1) is told to keep taking them as a router (2): forwarding would
-/// otherwise drop the host's own addresses and routes learnt from them.
-fn enable_forwarding(sysctl: &str, mark: &str) -> Result<bool> {
-    if fs::read_to_string(sysctl).map_err(|e| io(Path::new(sysctl), e))?.trim() != "0" {
-        return Ok(false);
+fn forwarding_off(sysctl: &str) -> Result<bool> {
+    Ok(fs::read_to_string(sysctl).map_err(|e| io(Path::new(sysctl), e))?.trim() == "0")
+}
+
+fn mark(path: &str, text: &str) -> Result<()> {
+    fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
+    fs::write(path, text).map_err(|e| io(Path::new(path), e))
+}
+
+/// Turns IPv6 forwarding on. Before, every interface that takes router advertisements
+/// (`accept_ra` 1) is told to keep taking them as a router (2): forwarding would otherwise drop
+/// the host's own addresses and routes learnt from them. Those interfaces are listed in the mark,
+/// and put back when forwarding goes off again.
+fn enable_forwarding6() -> Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    let mut changed = Vec::new();
+    for e in fs::read_dir(conf).map_err(|e| io(conf, e))? {
+        let e = e.map_err(|e| io(conf, e))?;
+        let p = e.path().join("accept_ra");
+        if fs::read_to_string(&p).is_ok_and(|v| v.trim() == "1") {
+            fs::write(&p, "2").map_err(|e| io(&p, e))?;
+            changed.push(e.file_name().to_string_lossy().into_owned());
+        }
     }
-    if sysctl == FORWARD6 {
-        for e in fs::read_dir("/proc/sys/net/ipv6/conf").map_err(|e| io(Path::new("/proc/sys/net/ipv6/conf"), e))? {
-            let p = e.map_err(|e| io(Path::new("/proc/sys/net/ipv6/conf"), e))?.path().join("accept_ra");
-            if fs::read_to_string(&p).is_ok_and(|v| v.trim() == "1") {
-                fs::write(&p, "2").map_err(|e| io(&p, e))?;
+    mark(FORWARDING6_MARK, &changed.join("\n"))?;
+    fs::write(FORWARD6, "1").map_err(|e| io(Path::new(FORWARD6), e))
+}
+
+/// IPv6 forwarding back off, and `accept_ra` back to 1 where bulkhead made it 2.
+fn disable_forwarding6() {
+    let _ = fs::write(FORWARD6, "0");
+    for name in fs::read_to_string(FORWARDING6_MARK).unwrap_or_default().lines() {
+        if !name.is_empty() && !name.contains('/') && name != ".." {
+            let p = Path::new("/proc/sys/net/ipv6/conf").join(name).join("accept_ra");
+            if fs::read_to_string(&p).is_ok_and(|v| v.trim() == "2") {
+                let _ = fs::write(&p, "1");
             }
         }
     }
-    fs::create_dir_all(RUN_DIR).map_err(|e| io(Path::new(RUN_DIR), e))?;
-    fs::write(mark, b"").map_err(|e| io(Path::new(mark), e))?;
-    fs::write(sysctl, "1").map_err(|e| io(Path::new(sysctl), e))?;
-    Ok(true)
+    let _ = fs::remove_file(FORWARDING6_MARK);
 }
 
 /// Whether the host has IPv6 to give containers: enabled, with an address beyond link-local

@@ -107,6 +107,15 @@ pub fn ensure_bridge(n: &crate::Network) -> Result<()> {
 /// traffic through the inet hooks, and the host's 127.0.0.1 may be DNATed to a container behind
 /// it (published ports; the policy table drops what a container sends to 127.0.0.0/8 through it).
 pub fn bridge_options(name: &str) -> Result<()> {
+    br_netfilter()?;
+    // Link-local group frames (01:80:c2:00:00:0X): forwarded where the bridge may (so the
+    // prerouting hook judges them; the rest meets the bridge table's input chain), and never a
+    // lesson for the bridge's MAC table (a container could otherwise teach it that another's MAC
+    // is behind its own port).
+    for (opt, v) in [("group_fwd_mask", "0xfff8"), ("no_linklocal_learn", "1")] {
+        let p = format!("/sys/class/net/{name}/bridge/{opt}");
+        std::fs::write(&p, v).map_err(|e| nl(&p, e))?;
+    }
     for opt in ["nf_call_iptables", "nf_call_ip6tables"] {
         let p = format!("/sys/class/net/{name}/bridge/{opt}");
         std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
@@ -114,6 +123,31 @@ pub fn bridge_options(name: &str) -> Result<()> {
     let p = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
     std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
     Ok(())
+}
+
+/// Bridged traffic reaches the inet hooks only through the kernel's br_netfilter: without it,
+/// containers on one bridge would reach each other whatever the rules say, and the bridges'
+/// `nf_call_iptables` switch would still write without an error. Loaded if it is a module (which
+/// turns bridge filtering on for every bridge of the host, as Docker does); refused if absent.
+pub fn br_netfilter() -> Result<()> {
+    let ready = || std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists();
+    if ready() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("modprobe")
+        .arg("br_netfilter")
+        .stdin(std::process::Stdio::null())
+        .output();
+    if ready() {
+        return Ok(());
+    }
+    let why = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Err(Error::Netlink(format!(
+        "traffic between containers cannot be filtered: the kernel's br_netfilter is not loaded (modprobe br_netfilter: {why})"
+    )))
 }
 
 /// Removes link `name` if it exists.
@@ -187,6 +221,11 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
     // packet back out of the port it came in on.
     let p = format!("/sys/class/net/{host_if}/brport/hairpin_mode");
     std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
+    // The host's end is a bridge port, nothing more: no IPv6 of its own on it.
+    let p = format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6");
+    if std::path::Path::new(&p).exists() {
+        std::fs::write(&p, "1").map_err(|e| nl(&p, e))?;
+    }
     in_netns(netns, move || {
         with_handle(async |h| {
             let i = index_of(h, &inner)

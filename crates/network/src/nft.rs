@@ -119,13 +119,17 @@ fn one_line(s: &str) -> String {
 /// The same through the `nft` command (no library here).
 fn exec(cmd: &str) -> Result<String> {
     use std::io::Write;
+    // A listing on the command line (its output as JSON); anything else, JSON or nft's own
+    // syntax over several lines, on stdin.
+    let listing = cmd.trim_start().starts_with("list ") && !cmd.trim().contains('\n');
     let json_in = cmd.trim_start().starts_with('{');
     let mut c = std::process::Command::new("nft");
-    c.arg("-j");
-    if json_in {
-        c.args(["-f", "-"]);
+    if listing {
+        c.arg("-j").args(cmd.split_whitespace());
+    } else if json_in {
+        c.args(["-j", "-f", "-"]);
     } else {
-        c.args(cmd.split_whitespace());
+        c.args(["-f", "-"]);
     }
     let mut child = c
         .stdin(std::process::Stdio::piped())
@@ -133,7 +137,7 @@ fn exec(cmd: &str) -> Result<String> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| Error::Firewall(format!("nft: {e}")))?;
-    if json_in {
+    if !listing {
         child
             .stdin
             .take()

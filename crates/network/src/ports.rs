@@ -79,13 +79,26 @@ impl PortSpec {
     }
 }
 
-/// Whether something on the host listens on `ip:port` (we try to bind it, and let go at once).
+/// Whether something on the host listens on `ip:port` (we try to bind it, and let go at once):
+/// on all addresses, IPv6 too (a service listening on `[::]` alone, IPv6-only, would otherwise
+/// lose its IPv6 clients to the DNAT).
 fn host_port_free(ip: Option<Ipv4Addr>, port: u16, proto: &str) -> bool {
     let addr = std::net::SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port);
-    match proto {
+    let v4 = match proto {
         "udp" => std::net::UdpSocket::bind(addr).is_ok(),
         _ => std::net::TcpListener::bind(addr).is_ok(),
-    }
+    };
+    v4 && (ip.is_some() || !crate::host_has_ipv6() || v6_port_free(port, proto))
+}
+
+fn v6_port_free(port: u16, proto: &str) -> bool {
+    use rustix::net::{bind, socket, sockopt, AddressFamily, SocketAddrV6, SocketType};
+    let ty = if proto == "udp" { SocketType::DGRAM } else { SocketType::STREAM };
+    let Ok(s) = socket(AddressFamily::INET6, ty, None) else {
+        return true;
+    };
+    let _ = sockopt::set_ipv6_v6only(&s, true);
+    bind(&s, &SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0)).is_ok()
 }
 
 /// A free port the kernel picks from its ephemeral range, not `taken`.

@@ -167,9 +167,16 @@ fn pairs(from: &Lease, to: &Lease) -> Vec<(IpAddr, IpAddr)> {
     out
 }
 
-/// A container's addresses on one network.
+/// Every source address a container's port lets through on one network: with IPv6, its
+/// link-local address and `::` too.
 fn addrs(l: &Lease) -> Vec<IpAddr> {
-    std::iter::once(IpAddr::V4(l.ip)).chain(l.ip6.map(IpAddr::V6)).collect()
+    let mut out = vec![IpAddr::V4(l.ip)];
+    if let Some(a) = l.ip6 {
+        out.push(IpAddr::V6(a));
+        out.extend(crate::firewall::link_local(&l.mac).map(IpAddr::V6));
+        out.push(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    }
+    out
 }
 
 /// Resolves `rules` against `leases`: a pair is allowed only on a network both ends are on

@@ -261,6 +261,14 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
                         .and_then(|e| e.as_object())
                         .map(|o| o.keys().cloned().collect::<Vec<_>>())
                         .unwrap_or_default();
+                    // PORT[/PROTO] only: the image says which ports; the host's side is always a
+                    // free port (an image never picks a host address or port, as with Docker).
+                    for key in &exposed {
+                        let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+                        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || !matches!(proto, "tcp" | "udp") {
+                            return Err(Error::Invalid(format!("-P: the image exposes {key:?}, not PORT[/tcp|udp]")));
+                        }
+                    }
                     ports.extend(exposed);
                 }
                 ports
