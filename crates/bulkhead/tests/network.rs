@@ -1532,3 +1532,87 @@ fn link_local_frames_neither_reach_the_host_nor_teach_the_bridge() {
     );
     env.ok(&["rm", "-f", "victim", "attacker", "jailed"]);
 }
+
+#[test]
+fn a_released_address_takes_its_connections_with_it() {
+    let env = Env::new();
+    let img = busybox_image(&env, "flows", &["sleep"], true);
+    let outside = Outside::new(5);
+    env.ok(&["network", "create", "--subnet", "198.18.234.0/24", "reuse"]);
+    let net: serde_json::Value = serde_json::from_str(&env.ok(&["network", "inspect", "reuse"])).unwrap();
+    let gw_mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", net[0]["bridge"].as_str().unwrap()))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // The first holder of .9 opens a UDP flow to a server outside (masqueraded: it lives in the
+    // host's connection tracking)...
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "first",
+        "--network",
+        "reuse",
+        "--ip",
+        "198.18.234.9",
+        "--cap-add",
+        "NET_RAW",
+        img,
+        "sleep",
+        "1000",
+    ]);
+    let first = lease_of(&env, "reuse", "first");
+    env.ok(&[
+        "exec",
+        "first",
+        "frames",
+        "send",
+        "eth0",
+        &gw_mac,
+        first["mac"].as_str().unwrap(),
+        "198.18.234.9",
+        &outside.addr,
+        "9999",
+        "hello",
+    ]);
+    // (The port the host's side of the flow got: masquerading may have changed it.)
+    let entry = std::fs::read_to_string("/proc/net/nf_conntrack")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("src=198.18.234.9 ") && l.contains("dport=9999 "))
+        .map(str::to_owned)
+        .expect("the flow is not tracked");
+    let mapped = entry.rsplit("dport=").next().unwrap().split_whitespace().next().unwrap().to_owned();
+    // ...and goes. The next holder of .9 listens on the flow's port.
+    env.ok(&["rm", "-f", "first"]);
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "next",
+        "--network",
+        "reuse",
+        "--ip",
+        "198.18.234.9",
+        img,
+        "sh",
+        "-c",
+        "frames listen 40000 60 > /tmp/got",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    // The server answers the old flow: nothing of it reaches the new container.
+    let host_side = outside.addr.replace(".2", ".1");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &outside.ns, "python3", "-c"])
+        .arg(format!(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{}', 9999)); [s.sendto(b'stale', ('{host_side}', {mapped})) for _ in range(3)]",
+            outside.addr
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let got = env.ok(&["exec", "next", "cat", "/tmp/got"]);
+    assert!(!got.contains("stale"), "the old holder's flow reached the new one: {got}");
+    env.ok(&["rm", "-f", "next"]);
+}

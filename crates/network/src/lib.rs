@@ -16,6 +16,7 @@
 //! Nothing here runs in the background: a container's veth pair dies with its network namespace,
 //! and a lease whose namespace is gone is dead whoever notices it first.
 
+pub mod conntrack;
 pub mod dns;
 pub mod firewall;
 pub mod netlink;
@@ -138,6 +139,13 @@ pub struct Member {
 }
 
 impl Lease {
+    /// Its addresses, IPv4 and IPv6.
+    pub fn addrs(&self) -> Vec<std::net::IpAddr> {
+        std::iter::once(std::net::IpAddr::V4(self.ip))
+            .chain(self.ip6.map(std::net::IpAddr::V6))
+            .collect()
+    }
+
     fn alive(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
         fs::metadata(format!("/proc/{}/ns/net", self.pid)).is_ok_and(|m| (m.dev(), m.ino()) == self.netns)
@@ -516,7 +524,10 @@ impl Networks {
         let ns_path = format!("/proc/{pid}/ns/net");
         let ns = fs::File::open(&ns_path).map_err(|e| io(Path::new(&ns_path), e))?;
         let md = ns.metadata().map_err(|e| io(Path::new(&ns_path), e))?;
-        let mut leases: Vec<Lease> = self.read_leases()?.into_iter().filter(Lease::alive).collect();
+        let (mut leases, dead): (Vec<Lease>, Vec<Lease>) = self.read_leases()?.into_iter().partition(Lease::alive);
+        // Containers killed without their shim: their addresses are free again, their flows must
+        // not go to whoever gets them next.
+        forget_flows(&dead);
         leases.retain(|l| !(l.container == container && l.network == network));
         let used: std::collections::HashSet<Ipv4Addr> = leases.iter().filter(|l| l.network == network).map(|l| l.ip).collect();
         let first = !leases.iter().any(|l| l.container == container);
@@ -691,6 +702,7 @@ impl Networks {
         netlink::delete_link(&gone.host_if)?;
         let keep: Vec<Lease> = all.into_iter().filter(|l| l != &gone && l.alive()).collect();
         self.write_leases(&keep)?;
+        forget_flows(std::slice::from_ref(&gone));
         if self.get(network).is_ok_and(|n| n.dns) {
             dns::update(&self.dns_dir(), &self.list()?, &keep)?;
         }
@@ -723,6 +735,8 @@ impl Networks {
                 let _ = netlink::delete_link(&l.host_if);
             }
             self.write_leases(&keep)?;
+            let released: Vec<Lease> = all.iter().filter(|l| !keep.contains(l)).cloned().collect();
+            forget_flows(&released);
             if all
                 .iter()
                 .any(|l| l.container == container && self.get(&l.network).is_ok_and(|n| n.dns))
@@ -837,6 +851,7 @@ impl Networks {
         if repair {
             if !dead.is_empty() {
                 self.write_leases(&live)?;
+                forget_flows(&dead);
             }
             if !orphans.is_empty() {
                 rules.retain(|r| r.owner.as_ref().is_none_or(|o| containers.contains(o)));
@@ -1027,6 +1042,15 @@ fn host_routes6() -> Vec<Ipv6Net> {
             (len > 0 && len < 128 && !a.is_multicast() && (a.segments()[0] & 0xffc0) != 0xfe80).then_some(net)
         })
         .collect()
+}
+
+/// Forgets the tracked connections of released leases (see [`conntrack`]); a failure is
+/// logged, not fatal: the lease is released either way.
+fn forget_flows(released: &[Lease]) {
+    let addrs: Vec<std::net::IpAddr> = released.iter().flat_map(Lease::addrs).collect();
+    if let Err(e) = conntrack::forget(&addrs) {
+        tracing::warn!(error = %e, "forgetting the connections of released addresses");
+    }
 }
 
 /// Whether any store's bridge is on this host (by name: `bh*`, `bulkhead*`).

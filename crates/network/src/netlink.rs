@@ -41,6 +41,12 @@ pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
+/// The MAC address a bridge gets from its gateway address (02:42 and the address's octets).
+pub fn gateway_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
 /// Adds `addr/prefix` to link `index` unless it has it; IPv6 without duplicate address
 /// detection (the address is bulkhead's to give, and usable at once).
 async fn ensure_address(h: &Handle, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
@@ -72,7 +78,10 @@ pub fn ensure_bridge(n: &crate::Network) -> Result<()> {
             Some(i) => i,
             None => {
                 h.link()
-                    .add(LinkBridge::new(name).build())
+                    // A MAC of its own from its gateway address (as containers' are from theirs):
+                    // a bridge without one takes its lowest port's, and changes it as containers
+                    // come and go, under its neighbours' ARP caches.
+                    .add(LinkBridge::new(name).address(gateway_mac(n.gateway).to_vec()).build())
                     .execute()
                     .await
                     .map_err(|e| nl(&format!("creating bridge {name}"), e))?;
