@@ -45,10 +45,10 @@ pub struct Policy {
     pub gateways: Vec<(String, std::net::Ipv4Addr, bool)>,
     /// The running containers' ports.
     pub ports: Vec<Port>,
-    /// How this store's container ports are named (`v<tag>`): the bridge family sees every
-    /// bridge of the host, and each store's table judges only its own ports (this kernel has no
-    /// `meta ibrname` in the bridge family to tell bridges apart).
-    pub port_prefix: String,
+    /// The device group of this store's container ports: the bridge family sees every bridge of
+    /// the host, and each store's table judges only its own ports (this kernel has no `meta
+    /// ibrname` in the bridge family to tell bridges apart).
+    pub port_group: u32,
     /// What the rules allow and deny now (each entry tagged with its rule's id, for counting).
     pub rules: crate::rules::Resolved,
     /// Published ports and the address each goes to.
@@ -601,8 +601,8 @@ fn nft(doc: &Value) -> Result<()> {
 /// container may send at all.
 pub fn bridge_table(p: &Policy) -> String {
     let t = &p.table;
-    let rules = bridge_rules(&p.port_prefix).join("\n    ");
-    let local = bridge_local_rules(&p.port_prefix).join("\n    ");
+    let rules = bridge_rules(p.port_group).join("\n    ");
+    let local = bridge_local_rules(p.port_group).join("\n    ");
     format!(
         "table bridge {t} {{
   set own4 {{ type ifname . ether_addr . ipv4_addr; }}
@@ -626,14 +626,14 @@ pub fn bridge_table(p: &Policy) -> String {
 /// prerouting hook: the bridge hands them to the host's stack on the port itself (where no inet
 /// rule of ours applies) or to the input hook. The bridges forward those they may (their
 /// `group_fwd_mask`, so that prerouting judges them); what is left is dropped here.
-fn bridge_local_rules(prefix: &str) -> Vec<String> {
+fn bridge_local_rules(group: u32) -> Vec<String> {
     vec![format!(
-        "iifname \"{prefix}*\" ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop"
+        "meta iifgroup {group} ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 counter drop"
     )]
 }
 
-fn bridge_rules(prefix: &str) -> Vec<String> {
-    let port = format!("iifname \"{prefix}*\"");
+fn bridge_rules(group: u32) -> Vec<String> {
+    let port = format!("meta iifgroup {group}");
     vec![
         // No VLAN tags, nothing but IPv4, ARP and IPv6.
         format!("{port} ether type != {{ ip, arp, ip6 }} counter drop"),
@@ -812,8 +812,8 @@ impl Kernel {
                 .map(str::to_owned)
         });
         let mut counts = rule_counts(&cmds);
-        counts.insert("bridge ports".into(), bridge_rules(&p.port_prefix).len());
-        counts.insert("bridge local".into(), bridge_local_rules(&p.port_prefix).len());
+        counts.insert("bridge ports".into(), bridge_rules(p.port_group).len());
+        counts.insert("bridge local".into(), bridge_local_rules(p.port_group).len());
         digest.is_some() && self.marker == digest && self.rules == counts && self.sets == expected_sets(p)
     }
 

@@ -277,6 +277,16 @@ impl Networks {
         format!("v{}", &short_hash(&[&self.root.to_string_lossy()])[..4])
     }
 
+    /// The device group of this store's container ports (32 bits of the root's hash, never 0,
+    /// the default group): the bridge family sees every bridge of the host, and each store's
+    /// bridge table judges the ports in its group, and only those. (By name alone, 16 bits of
+    /// the hash fit in an interface name: two stores of a host that shared them would drop each
+    /// other's traffic.)
+    pub fn port_group(&self) -> u32 {
+        let h = hex::decode(&short_hash(&[&self.root.to_string_lossy()])[..8]).expect("hex");
+        u32::from_be_bytes([h[0], h[1], h[2], h[3]]).max(1)
+    }
+
     /// Takes the networks' lock (exclusive; every change is short).
     pub fn lock(&self) -> Result<NetLock> {
         Ok(NetLock(lock_file(&self.dir.join("lock"))?))
@@ -626,6 +636,7 @@ impl Networks {
                 gateway: n.gateway,
                 addr6: ip6.zip(n.subnet6).zip(n.gateway6).map(|((a, s), g)| (a, s.prefix_len(), g)),
                 default_route: first,
+                group: self.port_group(),
             },
         )?;
         let lease = Lease {
@@ -886,7 +897,7 @@ impl Networks {
             gateways6: nets.iter().filter_map(|n| n.gateway6).collect(),
             rules: rules::resolve(&self.rules()?, leases),
             gateways: nets.iter().map(|n| (n.bridge.clone(), n.gateway, n.dns)).collect(),
-            port_prefix: self.port_prefix(),
+            port_group: self.port_group(),
             ports: leases
                 .iter()
                 .map(|l| firewall::Port {

@@ -186,6 +186,8 @@ pub struct Plug<'a> {
     pub addr6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     /// Whether the container's default route goes this way (its first network).
     pub default_route: bool,
+    /// The device group of the host's end: its store's (see `Networks::port_group`).
+    pub group: u32,
 }
 
 pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()> {
@@ -209,6 +211,8 @@ pub fn attach(netns: &std::fs::File, bridge: &str, plug: &Plug<'_>) -> Result<()
             .build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_if.to_owned())
+            // Its store's mark from the start, before it is a port of any bridge.
+            .link_group(plug.group)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         h.link()
