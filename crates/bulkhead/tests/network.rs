@@ -1616,3 +1616,42 @@ fn a_released_address_takes_its_connections_with_it() {
     assert!(!got.contains("stale"), "the old holder's flow reached the new one: {got}");
     env.ok(&["rm", "-f", "next"]);
 }
+
+#[test]
+fn hostile_files_in_a_store_and_reserved_subnets_are_refused() {
+    let env = Env::new();
+    // Subnets where the host's own traffic goes (the cloud metadata service, loopback).
+    for bad in ["169.254.169.0/24", "127.1.0.0/16", "224.1.1.0/24", "0.1.2.0/24"] {
+        let err = env.fails(&["network", "create", "--subnet", bad, "x"]);
+        assert!(err.contains("refused"), "{bad}: {err}");
+    }
+    env.ok(&["network", "create", "--subnet", "198.18.233.0/24", "real"]);
+    let dir = env.root().join("networks");
+    // A FIFO where a network's file is: a clear error, no hang (`list` runs under the host-wide
+    // lock every store's `network create` takes).
+    sh(Command::new("mkfifo").arg(dir.join("evil.json")));
+    let o = env.run_bounded(10, &["network", "ls"]);
+    assert_ne!(o.status.code(), Some(124), "network ls hung on a FIFO");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a regular file"));
+    std::fs::remove_file(dir.join("evil.json")).unwrap();
+    // A network file naming another store's bridge.
+    let mut forged: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("real.json")).unwrap()).unwrap();
+    forged["name"] = "forged".into();
+    forged["bridge"] = "bulkhead0".into();
+    std::fs::write(dir.join("forged.json"), forged.to_string()).unwrap();
+    let err = env.fails(&["network", "inspect", "forged"]);
+    assert!(err.contains("not this store's"), "{err}");
+    std::fs::remove_file(dir.join("forged.json")).unwrap();
+    // The resolver's directory made a link to somewhere else: nothing there is removed.
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("precious"), "keep").unwrap();
+    let _ = std::fs::remove_dir_all(dir.join("dns"));
+    std::os::unix::fs::symlink(&elsewhere, dir.join("dns")).unwrap();
+    let o = env.run(&["system", "check", "--repair"]);
+    assert!(!o.status.success(), "a linked resolver directory was used");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory of ours"));
+    assert_eq!(std::fs::read_to_string(elsewhere.join("precious")).unwrap(), "keep");
+    std::fs::remove_file(dir.join("dns")).unwrap();
+    env.ok(&["network", "rm", "real"]);
+}

@@ -25,11 +25,17 @@ pub fn binary() -> Option<PathBuf> {
 pub fn running(dir: &Path) -> Option<i32> {
     let pid: i32 = fs::read_to_string(dir.join("aardvark.pid")).ok()?.trim().parse().ok()?;
     let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmd = String::from_utf8_lossy(&cmd);
+    // Exactly as we started it (a substring would take another store's resolver for ours).
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    let ours = args.len() >= 5
+        && args[0].ends_with(b"aardvark-dns")
+        && args[1] == b"--config"
+        && args[2] == dir.as_os_str().as_encoded_bytes()
+        && args[3..5] == [b"-p".as_slice(), b"53".as_slice()];
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // A zombie is not running.
     let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-    (cmd.contains("aardvark-dns") && cmd.contains(&*dir.to_string_lossy()) && state != "Z").then_some(pid)
+    (ours && state != "Z").then_some(pid)
 }
 
 /// Writes the configuration for `networks` (those with names) and their `leases`, then starts,
@@ -42,6 +48,18 @@ pub fn update(dir: &Path, networks: &[Network], leases: &[Lease]) -> Result<()> 
             .mode(0o700)
             .create(dir)
             .map_err(|e| io(dir, e))?;
+    }
+    // Every file in it that is not a network's is removed below: never through a link to
+    // somewhere else, never in a directory someone else could have put there.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::symlink_metadata(dir).map_err(|e| io(dir, e))?;
+        if !md.is_dir() || md.uid() != rustix::process::geteuid().as_raw() || md.mode() & 0o022 != 0 {
+            return Err(Error::Invalid(format!(
+                "{}: not a directory of ours (a link, another owner's, or writable by others)",
+                dir.display()
+            )));
+        }
     }
     let mut wanted = Vec::new();
     for n in networks.iter().filter(|n| n.dns) {

@@ -230,7 +230,7 @@ impl Networks {
                 .map_err(|e| io(&dir, e))?;
         }
         let cfg_path = config.join("networks.json");
-        let cfg: Config = match fs::read(&cfg_path) {
+        let cfg: Config = match read_state(&cfg_path) {
             Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", cfg_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
             Err(e) => return Err(io(&cfg_path, e)),
@@ -287,6 +287,16 @@ impl Networks {
         u32::from_be_bytes([h[0], h[1], h[2], h[3]]).max(1)
     }
 
+    /// The bridge of network `name` of this store: `bulkhead0` for the default network of the
+    /// default store, `bh` and 10 hex digits of the store's and the network's names otherwise.
+    fn bridge_name(&self, name: &str) -> String {
+        if self.is_default_root() && name == DEFAULT_NETWORK {
+            "bulkhead0".to_owned()
+        } else {
+            format!("bh{}", &short_hash(&[&self.root.to_string_lossy(), name])[..10])
+        }
+    }
+
     /// Takes the networks' lock (exclusive; every change is short).
     pub fn lock(&self) -> Result<NetLock> {
         Ok(NetLock(lock_file(&self.dir.join("lock"))?))
@@ -315,11 +325,22 @@ impl Networks {
     pub fn get(&self, name: &str) -> Result<Network> {
         valid_name(name)?;
         let p = self.path_of(name);
-        match fs::read(&p) {
-            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!("no network {name}"))),
-            Err(e) => Err(io(&p, e)),
+        let n: Network = match read_state(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound(format!("no network {name}"))),
+            Err(e) => return Err(io(&p, e)),
+        };
+        // Its bridge is this store's own, whatever the file says (it would otherwise plug
+        // containers into another store's bridge).
+        if n.name != name || n.bridge != self.bridge_name(name) {
+            return Err(Error::Invalid(format!(
+                "{}: names bridge {} for network {}, not this store's",
+                p.display(),
+                n.bridge,
+                n.name
+            )));
         }
+        Ok(n)
     }
 
     fn save(&self, n: &Network) -> Result<()> {
@@ -344,6 +365,12 @@ impl Networks {
         let subnet = match req.subnet {
             Some(s) => {
                 let s = s.trunc();
+                let a = s.network();
+                if a.is_loopback() || a.is_link_local() || a.is_multicast() || a.octets()[0] == 0 || a.octets()[0] >= 240 {
+                    return Err(Error::Invalid(format!(
+                        "subnet {s}: loopback, link-local (the cloud metadata service lives there), multicast and reserved ranges are refused"
+                    )));
+                }
                 if s.prefix_len() > 30 {
                     return Err(Error::Invalid(format!("subnet {s}: too small (at most /30)")));
                 }
@@ -380,6 +407,12 @@ impl Networks {
             let s6 = match req.subnet6 {
                 Some(s) => {
                     let s = s.trunc();
+                    let a = s.network();
+                    if a.is_loopback() || a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80 || a.is_unspecified() {
+                        return Err(Error::Invalid(format!(
+                            "subnet {s}: loopback, link-local and multicast ranges are refused"
+                        )));
+                    }
                     if s.prefix_len() > 64 {
                         return Err(Error::Invalid(format!("subnet {s}: IPv6 subnets are at least a /64")));
                     }
@@ -408,11 +441,7 @@ impl Networks {
             (None, None)
         };
         let id = short_hash(&[&self.root.to_string_lossy(), &req.name, &chrono::Utc::now().to_rfc3339()]);
-        let bridge = if self.is_default_root() && req.name == DEFAULT_NETWORK {
-            "bulkhead0".to_owned()
-        } else {
-            format!("bh{}", &short_hash(&[&self.root.to_string_lossy(), &req.name])[..10])
-        };
+        let bridge = self.bridge_name(&req.name);
         let n = Network {
             name: req.name.clone(),
             id,
@@ -501,7 +530,7 @@ impl Networks {
 
     fn read_leases(&self) -> Result<Vec<Lease>> {
         let p = self.leases_path();
-        match fs::read(&p) {
+        match read_state(&p) {
             Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io(&p, e)),
@@ -776,7 +805,7 @@ impl Networks {
     /// The rules, oldest first.
     pub fn rules(&self) -> Result<Vec<rules::Rule>> {
         let p = self.rules_path();
-        match fs::read(&p) {
+        match read_state(&p) {
             Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io(&p, e)),
@@ -1117,6 +1146,24 @@ fn host_routes() -> Vec<Ipv4Net> {
             Ipv4Net::new(dest, len).ok()
         })
         .collect()
+}
+
+/// Reads one of the networks' state files: a regular file only, never through a link, never
+/// blocking in open on a FIFO put in its place (`list` runs under the host-wide lock).
+fn read_state(p: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    let mut out = Vec::new();
+    // Bounded: these files are small; one that is not was not written by us.
+    f.by_ref().take(64 << 20).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
