@@ -317,7 +317,7 @@ fn rules_open_exactly_what_they_name_and_follow_containers() {
 
     // The rule follows b to a new address: c takes b's old one while b is stopped.
     env.ok(&["stop", "-t", "1", "b"]);
-    env.ok(&["run", "-d", "--name", "c", img, "sh", "-c", two]);
+    env.ok(&["run", "-d", "--name", "c", "--ip", &b, img, "sh", "-c", two]);
     assert_eq!(ip_of(&env, "bulkhead", "c"), b, "c did not take b's old address");
     env.ok(&["start", "b"]);
     let b2 = ip_of(&env, "bulkhead", "b");

@@ -91,39 +91,48 @@ pub fn forget(addrs: &[IpAddr]) -> Result<usize> {
     sock.bind_auto().map_err(|e| ct("bind", e))?;
     sock.connect(&SocketAddr::new(0, 0)).map_err(|e| ct("connect", e))?;
     let mut gone = 0;
-    for (family, v4) in [(NetfilterProtoFamily::IPv4, true), (NetfilterProtoFamily::IPv6, false)] {
-        if !addrs.iter().any(|a| a.is_ipv4() == v4) {
-            continue;
-        }
-        let mut doomed: Vec<Vec<Tuple>> = Vec::new();
-        send(&sock, family, NLM_F_REQUEST | NLM_F_DUMP, ConntrackMessage::Get(vec![]))?;
-        receive(&sock, |attrs| {
-            let mut orig = None;
-            let mut hit = false;
-            for a in attrs {
-                match a {
-                    ConntrackAttribute::CtaTupleOrig(t) => {
-                        hit |= addrs_of(&t).any(|x| addrs.contains(&x));
-                        orig = Some(t);
-                    }
-                    ConntrackAttribute::CtaTupleReply(t) => hit |= addrs_of(&t).any(|x| addrs.contains(&x)),
-                    _ => {}
+    // One dump for both families (each walk of the table costs the same, whatever it holds).
+    let mut doomed: Vec<(NetfilterProtoFamily, Vec<Tuple>)> = Vec::new();
+    send(
+        &sock,
+        NetfilterProtoFamily::Unspec,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        ConntrackMessage::Get(vec![]),
+    )?;
+    receive(&sock, |attrs| {
+        let mut orig = None;
+        let mut hit = false;
+        for a in attrs {
+            match a {
+                ConntrackAttribute::CtaTupleOrig(t) => {
+                    hit |= addrs_of(&t).any(|x| addrs.contains(&x));
+                    orig = Some(t);
                 }
+                ConntrackAttribute::CtaTupleReply(t) => hit |= addrs_of(&t).any(|x| addrs.contains(&x)),
+                _ => {}
             }
-            if let (true, Some(t)) = (hit, orig) {
-                doomed.push(t);
-            }
-        })?;
-        for t in doomed {
-            send(
-                &sock,
-                family,
-                NLM_F_REQUEST | NLM_F_ACK,
-                ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(t)]),
-            )?;
-            receive(&sock, |_| {})?;
-            gone += 1;
         }
+        if let (true, Some(t)) = (hit, orig) {
+            let v4 = addrs_of(&t).next().is_some_and(|a| a.is_ipv4());
+            doomed.push((
+                if v4 {
+                    NetfilterProtoFamily::IPv4
+                } else {
+                    NetfilterProtoFamily::IPv6
+                },
+                t,
+            ));
+        }
+    })?;
+    for (family, t) in doomed {
+        send(
+            &sock,
+            family,
+            NLM_F_REQUEST | NLM_F_ACK,
+            ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(t)]),
+        )?;
+        receive(&sock, |_| {})?;
+        gone += 1;
     }
     Ok(gone)
 }

@@ -202,8 +202,14 @@ fn short_hash(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Network names as Docker accepts them.
+/// State files beside the networks' own (`<name>.json`): no network has their names.
+const RESERVED: &[&str] = &["leases", "rules", "released"];
+
+/// Network names as Docker accepts them (but the names of the state files beside them).
 pub fn valid_name(name: &str) -> Result<()> {
+    if RESERVED.contains(&name) {
+        return Err(Error::Invalid(format!("network name {name:?} is reserved")));
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -312,7 +318,7 @@ impl Networks {
             let e = e.map_err(|e| io(&self.dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(n) = name.strip_suffix(".json") {
-                if n == "leases" || n == "rules" {
+                if RESERVED.contains(&n) {
                     continue;
                 }
                 out.push(self.get(n)?);
@@ -547,6 +553,54 @@ impl Networks {
         )
     }
 
+    fn released_path(&self) -> PathBuf {
+        self.dir.join("released.json")
+    }
+
+    /// Addresses containers held and let go whose tracked connections have not been forgotten
+    /// yet. A flow a container had (a UDP exchange a server outside keeps alive, a connection
+    /// through a published port) outlives it in the kernel's connection tracking, and would be
+    /// handed, NAT and `ct state established` included, to the next container given the same
+    /// address. Forgetting costs a walk of the whole table (~10 ms here, whatever it holds), so
+    /// it is not done at every exit: a released address is not given out again until its
+    /// connections are forgotten, which is done for all of them at once when no clean address is
+    /// left, or when one is asked for by --ip, or by `system check --repair`.
+    fn released(&self) -> Result<Vec<std::net::IpAddr>> {
+        let p = self.released_path();
+        match read_state(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| Error::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    /// Records the addresses of `leases` as released (before the leases file forgets them: a
+    /// crash between the two leaves an address marked, never one unmarked).
+    fn mark_released(&self, leases: &[Lease]) -> Result<()> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut all = self.released()?;
+        all.extend(leases.iter().flat_map(Lease::addrs));
+        all.sort();
+        all.dedup();
+        write_replace(
+            &self.released_path(),
+            &serde_json::to_vec(&all).map_err(|e| Error::Invalid(e.to_string()))?,
+            true,
+        )
+    }
+
+    /// Forgets the tracked connections of every released address, and that they were released.
+    fn forget_released(&self, released: &mut Vec<std::net::IpAddr>) -> Result<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        conntrack::forget(released)?;
+        released.clear();
+        write_replace(&self.released_path(), b"[]", true)
+    }
+
     /// The leases of containers whose network namespace still exists.
     pub fn live_leases(&self) -> Result<Vec<Lease>> {
         Ok(self.read_leases()?.into_iter().filter(Lease::alive).collect())
@@ -564,9 +618,10 @@ impl Networks {
         let ns = fs::File::open(&ns_path).map_err(|e| io(Path::new(&ns_path), e))?;
         let md = ns.metadata().map_err(|e| io(Path::new(&ns_path), e))?;
         let (mut leases, dead): (Vec<Lease>, Vec<Lease>) = self.read_leases()?.into_iter().partition(Lease::alive);
-        // Containers killed without their shim: their addresses are free again, their flows must
-        // not go to whoever gets them next.
-        forget_flows(&dead);
+        // Containers killed without their shim: their addresses are free again (and may still
+        // have tracked connections, see `released`).
+        self.mark_released(&dead)?;
+        let mut released = self.released()?;
         leases.retain(|l| !(l.container == container && l.network == network));
         let used: std::collections::HashSet<Ipv4Addr> = leases.iter().filter(|l| l.network == network).map(|l| l.ip).collect();
         let first = !leases.iter().any(|l| l.container == container);
@@ -586,11 +641,23 @@ impl Networks {
                 }
                 want
             }
-            None => n
-                .subnet
-                .hosts()
-                .find(|a| *a != n.gateway && !used.contains(a))
-                .ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?,
+            // The lowest free address no container held since its connections were last
+            // forgotten; when there is none, all of those are forgotten at once (one walk of
+            // the kernel's connection table, ~10 ms here, however many) and the lowest is taken.
+            None => {
+                let free = |released: &[std::net::IpAddr]| {
+                    n.subnet
+                        .hosts()
+                        .find(|a| *a != n.gateway && !used.contains(a) && !released.contains(&std::net::IpAddr::V4(*a)))
+                };
+                match free(&released) {
+                    Some(a) => a,
+                    None => {
+                        self.forget_released(&mut released)?;
+                        free(&[]).ok_or_else(|| Error::Conflict(format!("network {network}: no free address left in {}", n.subnet)))?
+                    }
+                }
+            }
         };
         // Its IPv6 address mirrors its IPv4 one (…::5 for .5) where that is free.
         let ip6 = match (n.subnet6, n.gateway6) {
@@ -617,6 +684,13 @@ impl Networks {
             }
             _ => None,
         };
+        // An address asked for (--ip) that a container held before: its connections go now.
+        let mine: Vec<std::net::IpAddr> = std::iter::once(std::net::IpAddr::V4(ip))
+            .chain(ip6.map(std::net::IpAddr::V6))
+            .collect();
+        if mine.iter().any(|a| released.contains(a)) {
+            self.forget_released(&mut released)?;
+        }
         // eth0 on the first network (its default route), eth1... on the others: the lowest free
         // index (a network connected to a running container after one was disconnected).
         let mut k = 0;
@@ -741,8 +815,8 @@ impl Networks {
         };
         netlink::delete_link(&gone.host_if)?;
         let keep: Vec<Lease> = all.into_iter().filter(|l| l != &gone && l.alive()).collect();
+        self.mark_released(std::slice::from_ref(&gone))?;
         self.write_leases(&keep)?;
-        forget_flows(std::slice::from_ref(&gone));
         if self.get(network).is_ok_and(|n| n.dns) {
             dns::update(&self.dns_dir(), &self.list()?, &keep)?;
         }
@@ -774,9 +848,9 @@ impl Networks {
                 // deleting it here would wait for RCU); removed here only if the process lingers.
                 let _ = netlink::delete_link(&l.host_if);
             }
-            self.write_leases(&keep)?;
             let released: Vec<Lease> = all.iter().filter(|l| !keep.contains(l)).cloned().collect();
-            forget_flows(&released);
+            self.mark_released(&released)?;
+            self.write_leases(&keep)?;
             if all
                 .iter()
                 .any(|l| l.container == container && self.get(&l.network).is_ok_and(|n| n.dns))
@@ -890,9 +964,12 @@ impl Networks {
         }
         if repair {
             if !dead.is_empty() {
+                self.mark_released(&dead)?;
                 self.write_leases(&live)?;
-                forget_flows(&dead);
             }
+            // Everything released so far: a repair leaves no connection behind.
+            let mut released = self.released()?;
+            self.forget_released(&mut released)?;
             if !orphans.is_empty() {
                 rules.retain(|r| r.owner.as_ref().is_none_or(|o| containers.contains(o)));
                 self.write_rules(&rules)?;
@@ -1082,15 +1159,6 @@ fn host_routes6() -> Vec<Ipv6Net> {
             (len > 0 && len < 128 && !a.is_multicast() && (a.segments()[0] & 0xffc0) != 0xfe80).then_some(net)
         })
         .collect()
-}
-
-/// Forgets the tracked connections of released leases (see [`conntrack`]); a failure is
-/// logged, not fatal: the lease is released either way.
-fn forget_flows(released: &[Lease]) {
-    let addrs: Vec<std::net::IpAddr> = released.iter().flat_map(Lease::addrs).collect();
-    if let Err(e) = conntrack::forget(&addrs) {
-        tracing::warn!(error = %e, "forgetting the connections of released addresses");
-    }
 }
 
 /// Whether any store's bridge is on this host (by name: `bh*`, `bulkhead*`).

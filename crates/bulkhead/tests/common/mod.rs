@@ -147,7 +147,7 @@ impl Drop for Env {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned))
-                    .filter(|n| n != "leases" && n != "rules")
+                    .filter(|n| !["leases", "rules", "released"].contains(&n.as_str()))
                     .collect()
             })
             .unwrap_or_default();
@@ -160,6 +160,30 @@ impl Drop for Env {
                 .args(["network", "rm", n])
                 .output();
         }
+        // And if the CLI could not (a test of a broken build): the store's tables, its bridges,
+        // its resolver, directly.
+        let root = self.root().to_string_lossy().into_owned();
+        let hash = {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest([root.as_bytes(), &[0]].concat());
+            h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &format!("bulkhead_{}", &hash[..8])])
+                .output();
+        }
+        for n in &nets {
+            let h = {
+                use sha2::Digest;
+                let h = sha2::Sha256::digest([root.as_bytes(), &[0], n.as_bytes(), &[0]].concat());
+                h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            let _ = Command::new("ip").args(["link", "del", &format!("bh{}", &h[..10])]).output();
+        }
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("aardvark-dns --config {root}/networks/dns ")])
+            .output();
         let prefix = self.dir.path().to_string_lossy().into_owned();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut mounts: Vec<String> = info
