@@ -1,6 +1,7 @@
 //! `bulkhead`: the command line. Parses flags, calls the libraries, prints one clear line on error.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod compose_cmd;
 mod container_cmd;
 mod image_cmd;
 mod network_cmd;
@@ -62,6 +63,8 @@ enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(network_cmd::NetworkCommand),
+    /// Applications from a compose file: its model, and the conversations it allows.
+    Compose(compose_cmd::ComposeArgs),
     /// List images (same as `image ls`).
     Images(image_cmd::LsArgs),
     /// Give an image another name (same as `image tag`).
@@ -296,6 +299,7 @@ fn main() -> ExitCode {
     }));
     let result = match cli.command {
         Command::Network(c) => network_cmd::run(&ctx, c),
+        Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),
         Command::Images(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Ls(a)),
         Command::Tag(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Tag(a)),
