@@ -34,7 +34,38 @@ pub enum ComposeCommand {
     },
     /// The conversations the file allows between its services, and where each comes from.
     Policy,
+    /// Makes the project's networks, its rules (derived from the file), and its containers, each
+    /// service after those it depends on.
+    Up {
+        /// Detached (the only way for now: follow with `bulkhead logs -f`).
+        #[arg(short, long)]
+        detach: bool,
+        /// Returns when every container runs.
+        #[arg(long)]
+        wait: bool,
+        /// Only these services (and what they depend on).
+        services: Vec<String>,
+    },
+    /// Removes the project's containers, rules and networks.
+    Down {
+        /// Also its named volumes (none can exist yet: named volumes come later).
+        #[arg(short, long)]
+        volumes: bool,
+        /// Containers of the project whose service is no longer in the file go too (they always
+        /// do: every container of the project is removed).
+        #[arg(long)]
+        remove_orphans: bool,
+    },
+    /// The project's containers.
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+    },
 }
+
+/// The labels that tie a container to its project and service.
+const PROJECT_LABEL: &str = "bulkhead.compose.project";
+const SERVICE_LABEL: &str = "bulkhead.compose.service";
 
 fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
     let opts = bulkhead_compose::Options {
@@ -51,6 +82,12 @@ fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
 
 pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
     let p = load(&a)?;
+    match &a.command {
+        ComposeCommand::Up { detach, wait, services } => return up(ctx, &p, *detach, *wait, services),
+        ComposeCommand::Down { .. } => return down(ctx, &p),
+        ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
+        _ => {}
+    }
     let file = p.file.display().to_string();
     match &a.command {
         ComposeCommand::Config { format } => {
@@ -92,6 +129,484 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+        }
+        _ => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs this binary with the same store (`run`, `rm`, `network`, ...): each container is made
+/// exactly as `bulkhead run` makes one, hardened defaults included.
+fn bulkhead(ctx: &Ctx, args: &[String]) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("this program's path")?;
+    let o = std::process::Command::new(exe)
+        .arg("--root")
+        .arg(&ctx.root)
+        .arg("--config")
+        .arg(&ctx.config)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("bulkhead {}", args.join(" ")))?;
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err.lines().last().unwrap_or("failed").trim_start_matches("bulkhead: error: ");
+        anyhow::bail!("{line}");
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The name of network `key` of project `p` on this host.
+fn network_name(p: &bulkhead_compose::Project, key: &str) -> String {
+    let external = p.model.networks.0.get(key).and_then(|n| match n {
+        bulkhead_compose::types::MapOrEmpty::Map(s) => Some(s),
+        bulkhead_compose::types::MapOrEmpty::Empty => None,
+    });
+    match external {
+        Some(s) if s.external.is_some() => s.name.clone().unwrap_or_else(|| key.to_owned()),
+        Some(s) if s.name.is_some() => s.name.clone().unwrap_or_default(),
+        _ => format!("{}_{key}", p.name),
+    }
+}
+
+/// A service's networks (the project's `default` if it names none), with its aliases on each.
+fn service_networks(s: &bulkhead_compose::types::Service) -> Vec<(String, Vec<String>, Option<String>)> {
+    use bulkhead_compose::types::{MapOrEmpty, Networks};
+    match &s.networks {
+        Networks::Simple(v) if v.is_empty() => vec![("default".into(), Vec::new(), None)],
+        Networks::Simple(v) => v.iter().map(|n| (n.clone(), Vec::new(), None)).collect(),
+        Networks::Advanced(a) => {
+            a.0.iter()
+                .map(|(n, m)| match m {
+                    MapOrEmpty::Map(s) => (n.clone(), s.aliases.clone(), s.ipv4_address.clone()),
+                    MapOrEmpty::Empty => (n.clone(), Vec::new(), None),
+                })
+                .collect()
+        }
+    }
+}
+
+/// What `bulkhead run -d` is given for one container of service `name`; a key bulkhead reads but
+/// cannot yet honour at `up` is refused here, with its line, rather than left out.
+fn run_args(
+    p: &bulkhead_compose::Project,
+    name: &str,
+    s: &bulkhead_compose::types::Service,
+    container: &str,
+    replicas: i64,
+) -> anyhow::Result<Vec<String>> {
+    use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
+    let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
+    let refuse = |key: &str, why: &str| anyhow::anyhow!("{}: line {}: services.{name}.{key}: {why}", p.file.display(), line(key));
+    if s.healthcheck.is_some() {
+        return Err(refuse("healthcheck", "healthchecks come with a later version of compose up"));
+    }
+    if s.restart.as_deref().is_some_and(|r| r != "no") {
+        return Err(refuse(
+            "restart",
+            "restart policies come with a later version of compose up (use \"no\")",
+        ));
+    }
+    if s.secrets.is_some() {
+        return Err(refuse("secrets", "secrets come with a later version of compose up"));
+    }
+    if let bulkhead_compose::types::DependsOnOptions::Conditional(m) = &s.depends_on {
+        if let Some((d, c)) = m.iter().find(|(_, c)| c.condition != "service_started") {
+            return Err(refuse(
+                "depends_on",
+                &format!("{d}: condition {:?}: only service_started for now", c.condition),
+            ));
+        }
+    }
+    if replicas > 1 && s.container_name.is_some() {
+        return Err(refuse("container_name", "a fixed name cannot be given to several replicas"));
+    }
+    let image = s
+        .image
+        .clone()
+        .ok_or_else(|| refuse("image", "no image (build is not supported: give `image:`)"))?;
+    let mut a: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), container.into()];
+    let nets = service_networks(s);
+    let (first, _, ip) = &nets[0];
+    a.extend(["--network".into(), network_name(p, first)]);
+    // Its service's name and every alias it is given, on each of its networks (a container's
+    // aliases are its own, not per network, here).
+    let mut aliases = vec![name.to_owned()];
+    for (_, al, _) in &nets {
+        aliases.extend(al.iter().filter(|x| !aliases.contains(x)).cloned().collect::<Vec<_>>());
+    }
+    for al in aliases {
+        a.extend(["--network-alias".into(), al]);
+    }
+    if let Some(ip) = ip {
+        a.extend(["--ip".into(), ip.clone()]);
+    }
+    a.extend(["--label".into(), format!("{PROJECT_LABEL}={}", p.name)]);
+    a.extend(["--label".into(), format!("{SERVICE_LABEL}={}.{name}", p.name)]);
+    match &s.labels {
+        Labels::List(v) => v.iter().for_each(|l| a.extend(["--label".into(), l.clone()])),
+        Labels::Map(m) => m.iter().for_each(|(k, v)| a.extend(["--label".into(), format!("{k}={v}")])),
+    }
+    match &s.environment {
+        Environment::List(v) => v.iter().for_each(|e| a.extend(["-e".into(), e.clone()])),
+        Environment::KvPair(m) => {
+            for (k, v) in m {
+                match v {
+                    Some(v) => a.extend(["-e".into(), format!("{k}={v}")]),
+                    // `KEY` alone: from the environment of compose, if it has it.
+                    None => {
+                        if let Ok(v) = std::env::var(k) {
+                            a.extend(["-e".into(), format!("{k}={v}")]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let files: Vec<String> = match &s.env_file {
+        None => Vec::new(),
+        Some(StringOrList::Simple(f)) => vec![f.clone()],
+        Some(StringOrList::List(v)) => v.clone(),
+    };
+    for f in files {
+        a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
+    }
+    match &s.ports {
+        Ports::Short(v) => v.iter().for_each(|x| a.extend(["-p".into(), x.clone()])),
+        Ports::Long(v) => {
+            for x in v {
+                let host = match &x.published {
+                    Some(PublishedPort::Single(h)) => h.to_string(),
+                    Some(PublishedPort::Range(r)) => r.clone(),
+                    None => String::new(),
+                };
+                let ip = x.host_ip.clone().map(|i| format!("{i}:")).unwrap_or_default();
+                let proto = x.protocol.clone().unwrap_or_else(|| "tcp".into());
+                let spec = if host.is_empty() && ip.is_empty() {
+                    format!("{}/{proto}", x.target)
+                } else {
+                    format!("{ip}{host}:{}/{proto}", x.target)
+                };
+                a.extend(["-p".into(), spec]);
+            }
+        }
+    }
+    for v in &s.volumes {
+        let (src, dst, ro) = match v {
+            Volumes::Simple(x) => {
+                let parts: Vec<&str> = x.split(':').collect();
+                match parts.as_slice() {
+                    [src, dst] => (src.to_string(), dst.to_string(), false),
+                    [src, dst, mode] => (src.to_string(), dst.to_string(), mode.split(',').any(|m| m == "ro")),
+                    _ => {
+                        return Err(refuse(
+                            "volumes",
+                            &format!("{x:?}: SOURCE:TARGET[:ro] (anonymous and named volumes come later)"),
+                        ))
+                    }
+                }
+            }
+            Volumes::Advanced(x) if x._type == "bind" => (x.source.clone().unwrap_or_default(), x.target.clone(), x.read_only),
+            Volumes::Advanced(x) => return Err(refuse("volumes", &format!("type {:?}: only bind mounts for now", x._type))),
+        };
+        if !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~')) {
+            return Err(refuse(
+                "volumes",
+                &format!("{src:?}: named volumes come with a later version of compose up"),
+            ));
+        }
+        let src = if let Some(rest) = src.strip_prefix("~/") {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest)
+        } else {
+            p.dir.join(&src)
+        };
+        a.extend(["-v".into(), format!("{}:{dst}{}", src.display(), if ro { ":ro" } else { "" })]);
+    }
+    match &s.tmpfs {
+        None => {}
+        Some(Tmpfs::Simple(t)) => a.extend(["--tmpfs".into(), t.clone()]),
+        Some(Tmpfs::List(v)) => v.iter().for_each(|t| a.extend(["--tmpfs".into(), t.clone()])),
+    }
+    if s.read_only {
+        a.push("--read-only".into());
+    }
+    if s.init {
+        a.push("--init".into());
+    }
+    for (flag, v) in [
+        ("--user", &s.user),
+        ("--workdir", &s.working_dir),
+        ("--hostname", &s.hostname),
+        ("--memory", &s.mem_limit),
+        ("--stop-signal", &s.stop_signal),
+    ] {
+        if let Some(v) = v {
+            a.extend([flag.into(), v.clone()]);
+        }
+    }
+    if let Some(g) = &s.stop_grace_period {
+        let secs = g
+            .trim_end_matches('s')
+            .parse::<u64>()
+            .map_err(|_| refuse("stop_grace_period", &format!("{g:?}: seconds, such as 10s")))?;
+        a.extend(["--stop-timeout".into(), secs.to_string()]);
+    }
+    for (key, flag) in [("cpus", "--cpus"), ("pids_limit", "--pids-limit")] {
+        if let Some(v) = p.extra.get(name).and_then(|e| e.get(key)) {
+            let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            a.extend([flag.into(), v]);
+        }
+    }
+    for c in &s.cap_add {
+        a.extend(["--cap-add".into(), c.clone()]);
+    }
+    for c in &s.cap_drop {
+        a.extend(["--cap-drop".into(), c.clone()]);
+    }
+    for o in &s.security_opt {
+        a.extend(["--security-opt".into(), o.clone()]);
+    }
+    let mut command: Vec<String> = match &s.command {
+        None => Vec::new(),
+        Some(Command::Args(v)) => v.clone(),
+        Some(Command::Simple(c)) => shlex::split(c).ok_or_else(|| refuse("command", "unbalanced quotes"))?,
+    };
+    match &s.entrypoint {
+        None => {}
+        Some(Entrypoint::Simple(e)) => {
+            let mut parts = shlex::split(e).ok_or_else(|| refuse("entrypoint", "unbalanced quotes"))?;
+            if parts.is_empty() {
+                return Err(refuse("entrypoint", "empty"));
+            }
+            a.extend(["--entrypoint".into(), parts.remove(0)]);
+            parts.extend(command);
+            command = parts;
+        }
+        Some(Entrypoint::List(v)) => {
+            let mut parts = v.clone();
+            if parts.is_empty() {
+                return Err(refuse("entrypoint", "empty"));
+            }
+            a.extend(["--entrypoint".into(), parts.remove(0)]);
+            parts.extend(command);
+            command = parts;
+        }
+    }
+    a.push(image);
+    a.extend(command);
+    Ok(a)
+}
+
+fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_runtime::container::ContainerRecord>> {
+    let store = ctx.store()?;
+    let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    let mut out = Vec::new();
+    for r in cs.list()? {
+        if r.labels.get(PROJECT_LABEL).map(String::as_str) == Some(project) {
+            out.push(bulkhead_runtime::lifecycle::refresh(&cs, r)?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: &[String]) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::container::State;
+    if !detach {
+        anyhow::bail!("compose up runs detached for now: give -d (and follow with `bulkhead logs -f NAME`)");
+    }
+    let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
+    for w in &policy.warnings {
+        eprintln!("warning: {}: {w}", p.file.display());
+    }
+    if policy.learn {
+        anyhow::bail!(
+            "{}: x-bulkhead policy: learn comes with a later version of compose up",
+            p.file.display()
+        );
+    }
+    // What to start: the services asked for and what they depend on, in order.
+    for s in only {
+        if !p.order.contains(s) {
+            anyhow::bail!("no service {s:?} in {}", p.file.display());
+        }
+    }
+    let mut wanted: std::collections::BTreeSet<String> = only.iter().cloned().collect();
+    if wanted.is_empty() {
+        wanted = p.order.iter().cloned().collect();
+    }
+    for s in p.order.iter().rev() {
+        if wanted.contains(s) {
+            if let Some(Some(svc)) = p.model.services.0.get(s) {
+                wanted.extend(bulkhead_compose::depends_on(svc));
+            }
+        }
+    }
+    // Everything checked before anything is made.
+    // (container, its `run` arguments, the networks it joins after its first)
+    let mut plan: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for name in p.order.iter().filter(|s| wanted.contains(*s)) {
+        let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
+        let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
+        if !(0..=100).contains(&replicas) {
+            anyhow::bail!("{}: services.{name}.deploy.replicas: {replicas} (0 to 100)", p.file.display());
+        }
+        for i in 1..=replicas {
+            let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
+            let args = run_args(p, name, svc, &container, replicas)?;
+            let more: Vec<String> = service_networks(svc)
+                .into_iter()
+                .skip(1)
+                .map(|(n, _, _)| network_name(p, &n))
+                .collect();
+            plan.push((container, args, more));
+        }
+    }
+    // Networks: the project's own, made if missing; external ones must exist.
+    let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
+    let mut keys: Vec<String> = p.model.networks.0.keys().cloned().collect();
+    if !keys.contains(&"default".to_owned()) {
+        keys.push("default".into());
+    }
+    for key in keys {
+        let used = p
+            .model
+            .services
+            .0
+            .values()
+            .flatten()
+            .any(|s| service_networks(s).iter().any(|(n, _, _)| *n == key));
+        if !used {
+            continue;
+        }
+        let name = network_name(p, &key);
+        let settings = p.model.networks.0.get(&key).and_then(|n| match n {
+            bulkhead_compose::types::MapOrEmpty::Map(s) => Some(s.clone()),
+            bulkhead_compose::types::MapOrEmpty::Empty => None,
+        });
+        if settings.as_ref().is_some_and(|s| s.external.is_some()) {
+            nets.get(&name).with_context(|| format!("external network {name}"))?;
+            continue;
+        }
+        if nets.get(&name).is_ok() {
+            continue;
+        }
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert(PROJECT_LABEL.to_owned(), p.name.clone());
+        nets.create(&bulkhead_network::CreateRequest {
+            name: name.clone(),
+            internal: settings.as_ref().is_some_and(|s| s.internal),
+            ipv6: settings.as_ref().is_some_and(|s| s.enable_ipv6),
+            labels,
+            ..Default::default()
+        })
+        .with_context(|| format!("network {name}"))?;
+        println!("network {name} created");
+    }
+    // The conversations the file allows, before any container runs.
+    let origin = format!("compose {}: ", p.name);
+    let rules = policy
+        .allow
+        .iter()
+        .map(|r| bulkhead_network::rules::Rule {
+            id: 0,
+            action: bulkhead_network::rules::Action::Allow,
+            from: bulkhead_network::rules::Selector::Label(SERVICE_LABEL.into(), format!("{}.{}", p.name, r.from)),
+            to: bulkhead_network::rules::Selector::Label(SERVICE_LABEL.into(), format!("{}.{}", p.name, r.to)),
+            port: Some(r.port),
+            proto: Some(r.proto.clone()),
+            network: None,
+            origin: format!("{origin}{}:{} {}", p.file.display(), r.line, r.because),
+            owner: None,
+            created: chrono::Utc::now(),
+            hits: 0,
+        })
+        .collect();
+    nets.set_rules_of_origin(&origin, rules)?;
+    // Containers, each service after what it depends on.
+    let existing = project_containers(ctx, &p.name)?;
+    for (container, args, more) in &plan {
+        match existing.iter().find(|r| r.name == *container) {
+            Some(r) if matches!(r.state, State::Running { .. }) => {
+                println!("{container} running");
+                continue;
+            }
+            Some(_) => {
+                bulkhead(ctx, &["start".into(), container.clone()])?;
+            }
+            None => {
+                bulkhead(ctx, args)?;
+                for net in more {
+                    bulkhead(ctx, &["network".into(), "connect".into(), net.clone(), container.clone()])?;
+                }
+            }
+        }
+        println!("{container} started");
+    }
+    if wait {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let now = project_containers(ctx, &p.name)?;
+            let waiting: Vec<&str> = plan
+                .iter()
+                .filter(|(c, _, _)| !now.iter().any(|r| r.name == *c && matches!(r.state, State::Running { .. })))
+                .map(|(c, _, _)| c.as_str())
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("not running after 60 s: {}", waiting.join(", "));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn down(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {
+    for r in project_containers(ctx, &p.name)? {
+        bulkhead(ctx, &["rm".into(), "-f".into(), r.id.clone()])?;
+        println!("{} removed", r.name);
+    }
+    let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
+    nets.set_rules_of_origin(&format!("compose {}: ", p.name), Vec::new())?;
+    for n in nets.list()? {
+        if n.labels.get(PROJECT_LABEL) == Some(&p.name) {
+            nets.remove(&n.name)?;
+            println!("network {} removed", n.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ps(ctx: &Ctx, p: &bulkhead_compose::Project, all: bool) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::container::State;
+    let list: Vec<_> = project_containers(ctx, &p.name)?
+        .into_iter()
+        .filter(|r| all || matches!(r.state, State::Running { .. }))
+        .collect();
+    match ctx.output()? {
+        Output::Json => json(&serde_json::to_value(&list)?)?,
+        Output::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|r| {
+                    let service = r
+                        .labels
+                        .get(SERVICE_LABEL)
+                        .and_then(|s| s.split_once('.'))
+                        .map_or("", |(_, s)| s)
+                        .to_owned();
+                    let status = match &r.state {
+                        State::Created => "created".to_owned(),
+                        State::Running { .. } => "running".to_owned(),
+                        State::Exited { code, .. } => format!("exited ({code})"),
+                    };
+                    vec![r.name.clone(), service, r.image.clone(), status]
+                })
+                .collect();
+            table(&["NAME", "SERVICE", "IMAGE", "STATUS"], &rows)?;
         }
     }
     Ok(ExitCode::SUCCESS)

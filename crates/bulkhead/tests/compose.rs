@@ -95,3 +95,130 @@ fn errors_name_the_file_and_the_line_and_nothing_runs() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+mod common;
+use common::*;
+
+/// A busybox image for the services.
+fn image(env: &Env) {
+    let rootfs = env.path("rootfs");
+    busybox_rootfs(&rootfs);
+    for a in ["httpd", "nc", "sleep", "timeout", "echo", "wget"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    for d in ["tmp", "www"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
+    env.ok(&[
+        "image",
+        "import",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--tag",
+        "cbox",
+        "--cmd",
+        "/bin/sh",
+    ]);
+}
+
+const SHOP: &str = r#"services:
+  web:
+    image: cbox
+    command: httpd -f -p 80 -h /www
+    ports: ["127.0.0.1:18190:80"]
+    depends_on: [app]
+  app:
+    image: cbox
+    command: httpd -f -p 8080 -h /www
+    expose: ["8080"]
+    depends_on: [db]
+  db:
+    image: cbox
+    command: ["sh", "-c", "while true; do echo pong | nc -l -p 5432; done"]
+    expose: ["5432"]
+"#;
+
+#[test]
+fn up_allows_what_the_file_declares_and_down_leaves_nothing() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("shop.yaml");
+    std::fs::write(&file, SHOP).unwrap();
+    let f = file.to_str().unwrap();
+    let c = |args: &[&str]| {
+        let mut all = vec!["compose", "-f", f, "-p", "shop"];
+        all.extend_from_slice(args);
+        env.ok(&all)
+    };
+    c(&["up", "-d", "--wait"]);
+    let ps = c(&["ps"]);
+    for n in ["shop-web-1", "shop-app-1", "shop-db-1"] {
+        assert!(ps.contains(n) && ps.contains("running"), "{ps}");
+    }
+    // Idempotent: a second `up` leaves running containers as they are.
+    assert!(c(&["up", "-d"]).contains("shop-db-1 running"));
+    // The published port answers from the host.
+    let mut got = None;
+    for _ in 0..50 {
+        got = std::net::TcpStream::connect("127.0.0.1:18190").ok().and_then(|mut s| {
+            use std::io::{Read, Write};
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut b = String::new();
+            s.read_to_string(&mut b).ok()?;
+            Some(b)
+        });
+        if got.as_deref().is_some_and(|g| g.contains("hello")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(got.unwrap_or_default().contains("hello"));
+    let tcp = |from: &str, to: &str, port: &str| {
+        let o = env.run_bounded(20, &["exec", from, "timeout", "-s", "KILL", "3", "nc", to, port]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let http = |from: &str, url: &str| {
+        let o = env.run_bounded(20, &["exec", from, "timeout", "-s", "KILL", "3", "wget", "-qO-", url]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // app depends on db: app reaches db:5432 (by service name); web depends on app: web reaches
+    // app:8080.
+    assert!(tcp("shop-app-1", "db", "5432").contains("pong"), "app cannot reach db:5432");
+    assert!(
+        http("shop-web-1", "http://app:8080/").contains("hello"),
+        "web cannot reach app:8080"
+    );
+    // Nothing else: web to db, db to app; and the refusals are events.
+    assert!(!tcp("shop-web-1", "db", "5432").contains("pong"), "web reached db");
+    assert!(!http("shop-db-1", "http://app:8080/").contains("hello"), "db reached app");
+    let events = env.ok(&["network", "events"]);
+    assert!(
+        events.lines().any(|l| l.contains("\"container\":\"shop-web-1\"")
+            && l.contains("\"container\":\"shop-db-1\"")
+            && l.contains("\"port\":5432")),
+        "{events}"
+    );
+    let rules = env.ok(&["network", "rules"]);
+    assert!(
+        rules.contains("compose shop: ") && rules.contains("shop.yaml:6 depends_on"),
+        "{rules}"
+    );
+    // Down: no container, rule or network of the project is left.
+    c(&["down"]);
+    assert_eq!(c(&["ps", "-a"]).lines().count(), 1, "containers left");
+    assert!(!env.ok(&["network", "rules"]).contains("compose shop"));
+    assert!(!env.ok(&["network", "ls"]).contains("shop_default"));
+}
+
+#[test]
+fn a_file_up_cannot_honour_starts_nothing() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("bad.yaml");
+    std::fs::write(&file, format!("{SHOP}    restart: always\n")).unwrap();
+    let err = env.fails(&["compose", "-f", file.to_str().unwrap(), "-p", "bad", "up", "-d"]);
+    assert!(err.contains("line 16: services.db.restart"), "{err}");
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
+    assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
+}

@@ -67,6 +67,9 @@ pub struct Project {
     pub tree: Node,
     /// Services, each after those it depends on.
     pub order: Vec<String>,
+    /// Keys of the specification the model's crate does not know (`pids_limit`, `cpus`), per
+    /// service.
+    pub extra: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// Reads a file of ours: a regular file (not a FIFO that would block, not a device), bounded.
@@ -180,7 +183,21 @@ pub fn load(opts: &Options) -> Result<Project> {
 pub fn load_str(text: &str, file: &Path, dir: &Path, project: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Project> {
     let tree = tree::parse(text)?;
     check_keys(&tree)?;
-    let value = to_value(&tree, lookup)?;
+    let mut value = to_value(&tree, lookup)?;
+    // Taken out before the typed model, which would refuse them, and kept beside it.
+    let mut extra: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+    if let Some(serde_norway::Value::Mapping(services)) = value.get_mut("services") {
+        for (name, svc) in services.iter_mut() {
+            if let (Some(name), serde_norway::Value::Mapping(m)) = (name.as_str(), svc) {
+                for key in ["pids_limit", "cpus"] {
+                    if let Some(v) = m.remove(key) {
+                        let v = serde_json::to_value(&v).map_err(|e| Error::at(0, e.to_string()))?;
+                        extra.entry(name.to_owned()).or_default().insert(key.to_owned(), v);
+                    }
+                }
+            }
+        }
+    }
     let model: types::Compose = {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let line = line_of(&tree, &e.path().to_string());
@@ -218,6 +235,7 @@ pub fn load_str(text: &str, file: &Path, dir: &Path, project: Option<&str>, look
         model,
         tree,
         order,
+        extra,
     })
 }
 
@@ -280,7 +298,6 @@ const SERVICE: &[&str] = &[
     "cpus",
     "labels",
     "secrets",
-    "configs",
     "deploy",
     "init",
     "stop_signal",
@@ -303,6 +320,7 @@ const SERVICE_REFUSED: &[(&str, &str)] = &[
     ("extends", "not supported"),
     ("profiles", "not supported"),
     ("scale", "use deploy.replicas"),
+    ("configs", "not supported yet: use a bind mount (read-only)"),
 ];
 const DEPLOY: &[&str] = &["replicas"];
 const HEALTHCHECK: &[&str] = &[

@@ -906,6 +906,24 @@ impl Networks {
         Ok(what)
     }
 
+    /// Replaces every rule whose origin starts with `prefix` by `new` (a compose project's rules,
+    /// derived from its file again at each `up`, gone at `down` with an empty `new`): one write
+    /// of the rules, one of the tables.
+    pub fn set_rules_of_origin(&self, prefix: &str, new: Vec<rules::Rule>) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut all = self.rules()?;
+        let before = all.clone();
+        all.retain(|r| !r.origin.starts_with(prefix));
+        for r in new {
+            rules::add(&mut all, r);
+        }
+        if all != before {
+            self.write_rules(&all)?;
+            self.sync()?;
+        }
+        Ok(())
+    }
+
     /// Removes the rules a container's creation made (when it is removed).
     pub fn remove_rules_of(&self, container: &str) -> Result<()> {
         let _lock = self.lock()?;
