@@ -61,11 +61,56 @@ pub enum ComposeCommand {
         #[arg(short, long)]
         all: bool,
     },
+    /// The services' output, each line prefixed with its container.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        services: Vec<String>,
+    },
+    /// Runs a command in a service's (first) container.
+    Exec {
+        #[arg(short = 'T', long = "no-tty")]
+        no_tty: bool,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Runs a one-off container of a service (its networks, rules and settings), with a command.
+    Run {
+        #[arg(long)]
+        rm: bool,
+        service: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Starts the services' stopped containers.
+    Start { services: Vec<String> },
+    /// Stops the services' containers.
+    Stop {
+        #[arg(short = 't', long)]
+        timeout: Option<u64>,
+        services: Vec<String>,
+    },
+    /// Stops and starts the services' containers.
+    Restart {
+        #[arg(short = 't', long)]
+        timeout: Option<u64>,
+        services: Vec<String>,
+    },
+    /// Pulls the services' images.
+    Pull { services: Vec<String> },
+    /// Connections the policy refused between the project's containers (JSON lines).
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 /// The labels that tie a container to its project and service.
 const PROJECT_LABEL: &str = "bulkhead.compose.project";
-const SERVICE_LABEL: &str = "bulkhead.compose.service";
+pub const SERVICE_LABEL: &str = "bulkhead.compose.service";
 
 fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
     let opts = bulkhead_compose::Options {
@@ -86,6 +131,61 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
         ComposeCommand::Up { detach, wait, services } => return up(ctx, &p, *detach, *wait, services),
         ComposeCommand::Down { .. } => return down(ctx, &p),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
+        ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
+        ComposeCommand::Exec { service, command, .. } => {
+            let c = first_container(ctx, &p, service)?;
+            let mut args = vec!["exec".to_owned(), c];
+            args.extend(command.iter().cloned());
+            return passthrough(ctx, &args);
+        }
+        ComposeCommand::Run { rm, service, command } => {
+            let svc = service_of(&p, service)?;
+            let name = format!("{}-{service}-run-{:08x}", p.name, rand32());
+            let mut args = run_args(&p, service, svc, &name, 1, true)?;
+            // Attached: -d out, --rm in if asked, the command in place of the service's.
+            args.retain(|x| x != "-d");
+            if *rm {
+                args.insert(1, "--rm".into());
+            }
+            if !command.is_empty() {
+                let image = svc.image.clone().unwrap_or_default();
+                let at = args.iter().rposition(|x| *x == image).expect("the image is in the arguments");
+                args.truncate(at + 1);
+                args.extend(command.iter().cloned());
+            }
+            ensure_networks_and_rules(ctx, &p)?;
+            return passthrough(ctx, &args);
+        }
+        ComposeCommand::Start { services } => return each(ctx, &p, services, &["start"]),
+        ComposeCommand::Stop { timeout, services } => {
+            let t = timeout.map(|t| t.to_string());
+            let mut a = vec!["stop"];
+            if let Some(t) = &t {
+                a.extend(["-t", t]);
+            }
+            return each(ctx, &p, services, &a);
+        }
+        ComposeCommand::Restart { timeout, services } => {
+            let t = timeout.map(|t| t.to_string());
+            let mut a = vec!["stop"];
+            if let Some(t) = &t {
+                a.extend(["-t", t]);
+            }
+            each(ctx, &p, services, &a)?;
+            return each(ctx, &p, services, &["start"]);
+        }
+        ComposeCommand::Pull { services } => {
+            for name in &p.order {
+                if !services.is_empty() && !services.contains(name) {
+                    continue;
+                }
+                if let Some(img) = p.model.services.0.get(name).and_then(Option::as_ref).and_then(|s| s.image.clone()) {
+                    print!("{}", bulkhead(ctx, &["pull".into(), img])?);
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ComposeCommand::Events { follow } => return events(ctx, &p, *follow),
         _ => {}
     }
     let file = p.file.display().to_string();
@@ -194,6 +294,7 @@ fn run_args(
     s: &bulkhead_compose::types::Service,
     container: &str,
     replicas: i64,
+    one_off: bool,
 ) -> anyhow::Result<Vec<String>> {
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
@@ -235,7 +336,8 @@ fn run_args(
     for (_, al, _) in &nets {
         aliases.extend(al.iter().filter(|x| !aliases.contains(x)).cloned().collect::<Vec<_>>());
     }
-    for al in aliases {
+    // (A one-off `compose run` container answers to no name of the service's.)
+    for al in aliases.into_iter().filter(|_| !one_off) {
         a.extend(["--network-alias".into(), al]);
     }
     if let Some(ip) = ip {
@@ -410,58 +512,9 @@ fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_r
     Ok(out)
 }
 
-fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: &[String]) -> anyhow::Result<ExitCode> {
-    use bulkhead_runtime::container::State;
-    if !detach {
-        anyhow::bail!("compose up runs detached for now: give -d (and follow with `bulkhead logs -f NAME`)");
-    }
-    let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
-    for w in &policy.warnings {
-        eprintln!("warning: {}: {w}", p.file.display());
-    }
-    if policy.learn {
-        anyhow::bail!(
-            "{}: x-bulkhead policy: learn comes with a later version of compose up",
-            p.file.display()
-        );
-    }
-    // What to start: the services asked for and what they depend on, in order.
-    for s in only {
-        if !p.order.contains(s) {
-            anyhow::bail!("no service {s:?} in {}", p.file.display());
-        }
-    }
-    let mut wanted: std::collections::BTreeSet<String> = only.iter().cloned().collect();
-    if wanted.is_empty() {
-        wanted = p.order.iter().cloned().collect();
-    }
-    for s in p.order.iter().rev() {
-        if wanted.contains(s) {
-            if let Some(Some(svc)) = p.model.services.0.get(s) {
-                wanted.extend(bulkhead_compose::depends_on(svc));
-            }
-        }
-    }
-    // Everything checked before anything is made.
-    // (container, its `run` arguments, the networks it joins after its first)
-    let mut plan: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
-    for name in p.order.iter().filter(|s| wanted.contains(*s)) {
-        let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
-        let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
-        if !(0..=100).contains(&replicas) {
-            anyhow::bail!("{}: services.{name}.deploy.replicas: {replicas} (0 to 100)", p.file.display());
-        }
-        for i in 1..=replicas {
-            let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
-            let args = run_args(p, name, svc, &container, replicas)?;
-            let more: Vec<String> = service_networks(svc)
-                .into_iter()
-                .skip(1)
-                .map(|(n, _, _)| network_name(p, &n))
-                .collect();
-            plan.push((container, args, more));
-        }
-    }
+/// The project's networks (its own made if missing; external ones must exist), and the rules
+/// its file implies, written before any container runs.
+fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::policy::Policy) -> anyhow::Result<()> {
     // Networks: the project's own, made if missing; external ones must exist.
     let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
     let mut keys: Vec<String> = p.model.networks.0.keys().cloned().collect();
@@ -523,6 +576,62 @@ fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: 
         })
         .collect();
     nets.set_rules_of_origin(&origin, rules)?;
+    Ok(())
+}
+
+fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: &[String]) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::container::State;
+    if !detach {
+        anyhow::bail!("compose up runs detached for now: give -d (and follow with `bulkhead logs -f NAME`)");
+    }
+    let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
+    for w in &policy.warnings {
+        eprintln!("warning: {}: {w}", p.file.display());
+    }
+    if policy.learn {
+        anyhow::bail!(
+            "{}: x-bulkhead policy: learn comes with a later version of compose up",
+            p.file.display()
+        );
+    }
+    // What to start: the services asked for and what they depend on, in order.
+    for s in only {
+        if !p.order.contains(s) {
+            anyhow::bail!("no service {s:?} in {}", p.file.display());
+        }
+    }
+    let mut wanted: std::collections::BTreeSet<String> = only.iter().cloned().collect();
+    if wanted.is_empty() {
+        wanted = p.order.iter().cloned().collect();
+    }
+    for s in p.order.iter().rev() {
+        if wanted.contains(s) {
+            if let Some(Some(svc)) = p.model.services.0.get(s) {
+                wanted.extend(bulkhead_compose::depends_on(svc));
+            }
+        }
+    }
+    // Everything checked before anything is made.
+    // (container, its `run` arguments, the networks it joins after its first)
+    let mut plan: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for name in p.order.iter().filter(|s| wanted.contains(*s)) {
+        let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
+        let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
+        if !(0..=100).contains(&replicas) {
+            anyhow::bail!("{}: services.{name}.deploy.replicas: {replicas} (0 to 100)", p.file.display());
+        }
+        for i in 1..=replicas {
+            let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
+            let args = run_args(p, name, svc, &container, replicas, false)?;
+            let more: Vec<String> = service_networks(svc)
+                .into_iter()
+                .skip(1)
+                .map(|(n, _, _)| network_name(p, &n))
+                .collect();
+            plan.push((container, args, more));
+        }
+    }
+    prepare(ctx, p, &policy)?;
     // Containers, each service after what it depends on.
     let existing = project_containers(ctx, &p.name)?;
     for (container, args, more) in &plan {
@@ -562,6 +671,157 @@ fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rand32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom(2) writes at most 4 bytes into the buffer we own.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b)
+}
+
+fn service_of<'a>(p: &'a bulkhead_compose::Project, name: &str) -> anyhow::Result<&'a bulkhead_compose::types::Service> {
+    p.model
+        .services
+        .0
+        .get(name)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| anyhow::anyhow!("no service {name:?} in {}", p.file.display()))
+}
+
+/// The project's containers of `services` (all when empty), checked to be services of the file.
+fn containers_of(
+    ctx: &Ctx,
+    p: &bulkhead_compose::Project,
+    services: &[String],
+) -> anyhow::Result<Vec<bulkhead_runtime::container::ContainerRecord>> {
+    for s in services {
+        service_of(p, s)?;
+    }
+    Ok(project_containers(ctx, &p.name)?
+        .into_iter()
+        .filter(|r| {
+            services.is_empty()
+                || r.labels
+                    .get(SERVICE_LABEL)
+                    .is_some_and(|l| services.iter().any(|s| *l == format!("{}.{s}", p.name)))
+        })
+        .collect())
+}
+
+fn first_container(ctx: &Ctx, p: &bulkhead_compose::Project, service: &str) -> anyhow::Result<String> {
+    containers_of(ctx, p, &[service.to_owned()])?
+        .into_iter()
+        .map(|r| r.name)
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("service {service} has no container (compose up first)"))
+}
+
+/// `bulkhead ARGS` with this terminal (exec, run): its exit status becomes ours.
+fn passthrough(ctx: &Ctx, args: &[String]) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("this program's path")?;
+    let st = std::process::Command::new(exe)
+        .arg("--root")
+        .arg(&ctx.root)
+        .arg("--config")
+        .arg(&ctx.config)
+        .args(args)
+        .status()
+        .context("bulkhead")?;
+    Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+/// `bulkhead VERB NAME` for each container of `services`.
+fn each(ctx: &Ctx, p: &bulkhead_compose::Project, services: &[String], verb: &[&str]) -> anyhow::Result<ExitCode> {
+    for r in containers_of(ctx, p, services)? {
+        let mut a: Vec<String> = verb.iter().map(|s| s.to_string()).collect();
+        a.push(r.id.clone());
+        bulkhead(ctx, &a)?;
+        println!("{} {}", r.name, verb[0]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logs(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool, tail: Option<usize>, services: &[String]) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("this program's path")?;
+    let list = containers_of(ctx, p, services)?;
+    let width = list.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let out = std::sync::Arc::new(std::sync::Mutex::new(()));
+    let mut threads = Vec::new();
+    for r in list {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config).arg("logs");
+        if follow {
+            c.arg("-f");
+        }
+        if let Some(t) = tail {
+            c.args(["--tail", &t.to_string()]);
+        }
+        let mut child = c
+            .arg(&r.id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("bulkhead logs")?;
+        let stdout = child.stdout.take().expect("piped");
+        let out = out.clone();
+        let name = r.name.clone();
+        threads.push(std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _one = out.lock();
+                println!("{name:width$} | {line}");
+            }
+            let _ = child.wait();
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `network events`, only the denials that name a container of the project at either end.
+fn events(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().context("this program's path")?;
+    let names: Vec<String> = project_containers(ctx, &p.name)?.into_iter().map(|r| r.name).collect();
+    let mut c = std::process::Command::new(exe);
+    c.arg("--root")
+        .arg(&ctx.root)
+        .arg("--config")
+        .arg(&ctx.config)
+        .args(["network", "events"]);
+    if follow {
+        c.arg("-f");
+    }
+    let mut child = c
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("network events")?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let ours = |end: &str| v[end]["owner"]["container"].as_str().is_some_and(|n| names.iter().any(|x| x == n));
+        if ours("from") || ours("to") {
+            println!("{line}");
+        }
+    }
+    let _ = child.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Networks and rules as `up` makes them (for `run` before `up`).
+fn ensure_networks_and_rules(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
+    prepare(
+        ctx,
+        p,
+        &bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?,
+    )
 }
 
 fn down(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {

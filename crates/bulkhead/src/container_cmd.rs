@@ -328,10 +328,15 @@ fn create_container(
     let req = request(a, auto_remove)?;
     crate::network_cmd::ensure_networks(ctx, &req.networks)?;
     // A name on a network is one container's: an alias may not take another's name, alias or
-    // short id (it would take its rules and its answers too), nor a name another's alias.
+    // short id (it would take its rules and its answers too), nor a name another's alias. The
+    // replicas of one compose service share its name as an alias (and its rules), as with
+    // Docker: an alias another container has is allowed when both carry the same service label.
+    let service_label = |l: &std::collections::BTreeMap<String, String>| l.get(crate::compose_cmd::SERVICE_LABEL).cloned();
+    let mine = service_label(&req.labels);
     for other in cs.list()? {
+        let shared = mine.is_some() && service_label(&other.labels) == mine;
         let theirs: Vec<&str> = std::iter::once(other.name.as_str())
-            .chain(other.aliases.iter().map(String::as_str))
+            .chain(other.aliases.iter().map(String::as_str).filter(|_| !shared))
             .chain(std::iter::once(&other.id[..12]))
             .collect();
         if let Some(al) = req.aliases.iter().find(|al| theirs.contains(&al.as_str())) {

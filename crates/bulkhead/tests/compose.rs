@@ -135,8 +135,10 @@ const SHOP: &str = r#"services:
     depends_on: [db]
   db:
     image: cbox
-    command: ["sh", "-c", "while true; do echo pong | nc -l -p 5432; done"]
+    command: ["sh", "-c", "echo db ready; while true; do echo pong | nc -l -p 5432; done"]
     expose: ["5432"]
+    deploy:
+      replicas: 2
 "#;
 
 #[test]
@@ -153,7 +155,7 @@ fn up_allows_what_the_file_declares_and_down_leaves_nothing() {
     };
     c(&["up", "-d", "--wait"]);
     let ps = c(&["ps"]);
-    for n in ["shop-web-1", "shop-app-1", "shop-db-1"] {
+    for n in ["shop-web-1", "shop-app-1", "shop-db-1", "shop-db-2"] {
         assert!(ps.contains(n) && ps.contains("running"), "{ps}");
     }
     // Idempotent: a second `up` leaves running containers as they are.
@@ -199,6 +201,15 @@ fn up_allows_what_the_file_declares_and_down_leaves_nothing() {
             && l.contains("\"port\":5432")),
         "{events}"
     );
+    assert!(c(&["events"]).lines().any(|l| l.contains("shop-web-1") && l.contains("5432")));
+    // logs, exec, a one-off run, stop and start.
+    assert!(c(&["logs", "db"]).contains("shop-db-1 | db ready"));
+    assert_eq!(c(&["exec", "app", "echo", "in app"]).trim(), "in app");
+    assert_eq!(c(&["run", "--rm", "app", "echo", "one-off"]).trim(), "one-off");
+    c(&["stop", "-t", "1", "db"]);
+    assert!(c(&["ps", "-a"]).lines().any(|l| l.contains("shop-db-1") && l.contains("exited")));
+    c(&["start", "db"]);
+    assert!(c(&["ps"]).contains("shop-db-1"));
     let rules = env.ok(&["network", "rules"]);
     assert!(
         rules.contains("compose shop: ") && rules.contains("shop.yaml:6 depends_on"),
@@ -218,7 +229,7 @@ fn a_file_up_cannot_honour_starts_nothing() {
     let file = env.path("bad.yaml");
     std::fs::write(&file, format!("{SHOP}    restart: always\n")).unwrap();
     let err = env.fails(&["compose", "-f", file.to_str().unwrap(), "-p", "bad", "up", "-d"]);
-    assert!(err.contains("line 16: services.db.restart"), "{err}");
+    assert!(err.contains("line 18: services.db.restart"), "{err}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
 }
