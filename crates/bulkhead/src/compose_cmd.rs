@@ -43,6 +43,10 @@ pub enum ComposeCommand {
         /// Returns when every container runs.
         #[arg(long)]
         wait: bool,
+        /// Bind mounts may name host paths outside the project's directory (a weakening: a
+        /// compose file from anywhere could otherwise mount the host's files).
+        #[arg(long)]
+        allow_host_paths: bool,
         /// Only these services (and what they depend on).
         services: Vec<String>,
     },
@@ -81,6 +85,9 @@ pub enum ComposeCommand {
     Run {
         #[arg(long)]
         rm: bool,
+        /// As for `up`.
+        #[arg(long)]
+        allow_host_paths: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -128,7 +135,12 @@ fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
 pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
     let p = load(&a)?;
     match &a.command {
-        ComposeCommand::Up { detach, wait, services } => return up(ctx, &p, *detach, *wait, services),
+        ComposeCommand::Up {
+            detach,
+            wait,
+            services,
+            allow_host_paths,
+        } => return up(ctx, &p, *detach, *wait, services, *allow_host_paths),
         ComposeCommand::Down { .. } => return down(ctx, &p),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
         ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
@@ -138,19 +150,24 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             args.extend(command.iter().cloned());
             return passthrough(ctx, &args);
         }
-        ComposeCommand::Run { rm, service, command } => {
+        ComposeCommand::Run {
+            rm,
+            service,
+            command,
+            allow_host_paths,
+        } => {
             let svc = service_of(&p, service)?;
             let name = format!("{}-{service}-run-{:08x}", p.name, rand32());
-            let mut args = run_args(&p, service, svc, &name, 1, true)?;
+            let mut args = run_args(&p, service, svc, &name, 1, true, *allow_host_paths)?;
             // Attached: -d out, --rm in if asked, the command in place of the service's.
             args.retain(|x| x != "-d");
             if *rm {
                 args.insert(1, "--rm".into());
             }
             if !command.is_empty() {
-                let image = svc.image.clone().unwrap_or_default();
-                let at = args.iter().rposition(|x| *x == image).expect("the image is in the arguments");
-                args.truncate(at + 1);
+                // The image follows the `--` that ends the options.
+                let at = args.iter().position(|x| x == "--").expect("run_args ends its options");
+                args.truncate(at + 2);
                 args.extend(command.iter().cloned());
             }
             ensure_networks_and_rules(ctx, &p)?;
@@ -295,6 +312,7 @@ fn run_args(
     container: &str,
     replicas: i64,
     one_off: bool,
+    allow_host_paths: bool,
 ) -> anyhow::Result<Vec<String>> {
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
@@ -326,10 +344,10 @@ fn run_args(
         .image
         .clone()
         .ok_or_else(|| refuse("image", "no image (build is not supported: give `image:`)"))?;
-    let mut a: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), container.into()];
+    let mut a: Vec<String> = vec!["run".into(), "-d".into(), format!("--name={container}")];
     let nets = service_networks(s);
     let (first, _, ip) = &nets[0];
-    a.extend(["--network".into(), network_name(p, first)]);
+    a.push(format!("--network={}", network_name(p, first)));
     // Its service's name and every alias it is given, on each of its networks (a container's
     // aliases are its own, not per network, here).
     let mut aliases = vec![name.to_owned()];
@@ -338,27 +356,37 @@ fn run_args(
     }
     // (A one-off `compose run` container answers to no name of the service's.)
     for al in aliases.into_iter().filter(|_| !one_off) {
-        a.extend(["--network-alias".into(), al]);
+        a.push(format!("--network-alias={}", al));
     }
     if let Some(ip) = ip {
-        a.extend(["--ip".into(), ip.clone()]);
+        a.push(format!("--ip={}", ip.clone()));
     }
-    a.extend(["--label".into(), format!("{PROJECT_LABEL}={}", p.name)]);
-    a.extend(["--label".into(), format!("{SERVICE_LABEL}={}.{name}", p.name)]);
-    match &s.labels {
-        Labels::List(v) => v.iter().for_each(|l| a.extend(["--label".into(), l.clone()])),
-        Labels::Map(m) => m.iter().for_each(|(k, v)| a.extend(["--label".into(), format!("{k}={v}")])),
+    a.push(format!("--label={PROJECT_LABEL}={}", p.name));
+    a.push(format!("--label={SERVICE_LABEL}={}.{name}", p.name));
+    let labels: Vec<String> = match &s.labels {
+        Labels::List(v) => v.clone(),
+        Labels::Map(m) => m.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    };
+    for l in labels {
+        // The project's own labels say which rules and names a container has: never the file's.
+        if l.starts_with("bulkhead.") {
+            return Err(refuse(
+                "labels",
+                &format!("{l:?}: labels starting with `bulkhead.` are bulkhead's own"),
+            ));
+        }
+        a.push(format!("--label={l}"));
     }
     match &s.environment {
-        Environment::List(v) => v.iter().for_each(|e| a.extend(["-e".into(), e.clone()])),
+        Environment::List(v) => v.iter().for_each(|e| a.push(format!("--env={}", e.clone()))),
         Environment::KvPair(m) => {
             for (k, v) in m {
                 match v {
-                    Some(v) => a.extend(["-e".into(), format!("{k}={v}")]),
+                    Some(v) => a.push(format!("--env={k}={v}")),
                     // `KEY` alone: from the environment of compose, if it has it.
                     None => {
                         if let Ok(v) = std::env::var(k) {
-                            a.extend(["-e".into(), format!("{k}={v}")]);
+                            a.push(format!("--env={k}={v}"));
                         }
                     }
                 }
@@ -371,10 +399,10 @@ fn run_args(
         Some(StringOrList::List(v)) => v.clone(),
     };
     for f in files {
-        a.extend(["--env-file".into(), p.dir.join(f).display().to_string()]);
+        a.push(format!("--env-file={}", inside(p, &f, "env_file")?.display()));
     }
     match &s.ports {
-        Ports::Short(v) => v.iter().for_each(|x| a.extend(["-p".into(), x.clone()])),
+        Ports::Short(v) => v.iter().for_each(|x| a.push(format!("--publish={}", x.clone()))),
         Ports::Long(v) => {
             for x in v {
                 let host = match &x.published {
@@ -389,7 +417,7 @@ fn run_args(
                 } else {
                     format!("{ip}{host}:{}/{proto}", x.target)
                 };
-                a.extend(["-p".into(), spec]);
+                a.push(format!("--publish={}", spec));
             }
         }
     }
@@ -422,12 +450,27 @@ fn run_args(
         } else {
             p.dir.join(&src)
         };
-        a.extend(["-v".into(), format!("{}:{dst}{}", src.display(), if ro { ":ro" } else { "" })]);
+        // A file from anywhere may not mount the host: only what is inside the project's
+        // directory (links resolved), unless `up --allow-host-paths` says otherwise, visibly.
+        let src = match src.canonicalize() {
+            Ok(c) => c,
+            Err(e) => return Err(refuse("volumes", &format!("{}: {e}", src.display()))),
+        };
+        if !allow_host_paths && !src.starts_with(project_dir(p)?) {
+            return Err(refuse(
+                "volumes",
+                &format!(
+                    "{}: outside the project's directory (give `compose up --allow-host-paths` to mount host paths)",
+                    src.display()
+                ),
+            ));
+        }
+        a.push(format!("--volume={}:{dst}{}", src.display(), if ro { ":ro" } else { "" }));
     }
     match &s.tmpfs {
         None => {}
-        Some(Tmpfs::Simple(t)) => a.extend(["--tmpfs".into(), t.clone()]),
-        Some(Tmpfs::List(v)) => v.iter().for_each(|t| a.extend(["--tmpfs".into(), t.clone()])),
+        Some(Tmpfs::Simple(t)) => a.push(format!("--tmpfs={}", t.clone())),
+        Some(Tmpfs::List(v)) => v.iter().for_each(|t| a.push(format!("--tmpfs={}", t.clone()))),
     }
     if s.read_only {
         a.push("--read-only".into());
@@ -443,7 +486,7 @@ fn run_args(
         ("--stop-signal", &s.stop_signal),
     ] {
         if let Some(v) = v {
-            a.extend([flag.into(), v.clone()]);
+            a.push(format!("{flag}={v}"));
         }
     }
     if let Some(g) = &s.stop_grace_period {
@@ -451,22 +494,22 @@ fn run_args(
             .trim_end_matches('s')
             .parse::<u64>()
             .map_err(|_| refuse("stop_grace_period", &format!("{g:?}: seconds, such as 10s")))?;
-        a.extend(["--stop-timeout".into(), secs.to_string()]);
+        a.push(format!("--stop-timeout={secs}"));
     }
     for (key, flag) in [("cpus", "--cpus"), ("pids_limit", "--pids-limit")] {
         if let Some(v) = p.extra.get(name).and_then(|e| e.get(key)) {
             let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-            a.extend([flag.into(), v]);
+            a.push(format!("{flag}={v}"));
         }
     }
     for c in &s.cap_add {
-        a.extend(["--cap-add".into(), c.clone()]);
+        a.push(format!("--cap-add={}", c.clone()));
     }
     for c in &s.cap_drop {
-        a.extend(["--cap-drop".into(), c.clone()]);
+        a.push(format!("--cap-drop={}", c.clone()));
     }
     for o in &s.security_opt {
-        a.extend(["--security-opt".into(), o.clone()]);
+        a.push(format!("--security-opt={}", o.clone()));
     }
     let mut command: Vec<String> = match &s.command {
         None => Vec::new(),
@@ -480,7 +523,7 @@ fn run_args(
             if parts.is_empty() {
                 return Err(refuse("entrypoint", "empty"));
             }
-            a.extend(["--entrypoint".into(), parts.remove(0)]);
+            a.push(format!("--entrypoint={}", parts.remove(0)));
             parts.extend(command);
             command = parts;
         }
@@ -489,14 +532,37 @@ fn run_args(
             if parts.is_empty() {
                 return Err(refuse("entrypoint", "empty"));
             }
-            a.extend(["--entrypoint".into(), parts.remove(0)]);
+            a.push(format!("--entrypoint={}", parts.remove(0)));
             parts.extend(command);
             command = parts;
         }
     }
+    // Every option above is `--flag=value`, and `--` ends them: nothing the file says (an image
+    // named `--privileged`, a user `-v...`) is ever read as an option of `run`.
+    a.push("--".into());
     a.push(image);
     a.extend(command);
     Ok(a)
+}
+
+/// The project's directory, links resolved.
+fn project_dir(p: &bulkhead_compose::Project) -> anyhow::Result<std::path::PathBuf> {
+    p.dir.canonicalize().with_context(|| p.dir.display().to_string())
+}
+
+/// `rel` (a path the file names, for `key`) inside the project's directory, links resolved:
+/// a file from anywhere never reads the host's files into a container (an `env_file:
+/// /etc/shadow` would).
+fn inside(p: &bulkhead_compose::Project, rel: &str, key: &str) -> anyhow::Result<std::path::PathBuf> {
+    let full = p
+        .dir
+        .join(rel)
+        .canonicalize()
+        .with_context(|| format!("{}: {key} {rel}", p.file.display()))?;
+    if !full.starts_with(project_dir(p)?) {
+        anyhow::bail!("{}: {key} {rel}: outside the project's directory", p.file.display());
+    }
+    Ok(full)
 }
 
 fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_runtime::container::ContainerRecord>> {
@@ -579,7 +645,14 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
     Ok(())
 }
 
-fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: &[String]) -> anyhow::Result<ExitCode> {
+fn up(
+    ctx: &Ctx,
+    p: &bulkhead_compose::Project,
+    detach: bool,
+    wait: bool,
+    only: &[String],
+    allow_host_paths: bool,
+) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::container::State;
     if !detach {
         anyhow::bail!("compose up runs detached for now: give -d (and follow with `bulkhead logs -f NAME`)");
@@ -622,7 +695,7 @@ fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: 
         }
         for i in 1..=replicas {
             let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
-            let args = run_args(p, name, svc, &container, replicas, false)?;
+            let args = run_args(p, name, svc, &container, replicas, false, allow_host_paths)?;
             let more: Vec<String> = service_networks(svc)
                 .into_iter()
                 .skip(1)

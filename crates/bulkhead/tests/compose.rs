@@ -233,3 +233,53 @@ fn a_file_up_cannot_honour_starts_nothing() {
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
 }
+
+#[test]
+fn a_file_from_anywhere_cannot_weaken_a_container_or_read_the_host() {
+    let env = Env::new();
+    image(&env);
+    let dir = env.path("proj");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::os::unix::fs::symlink("/etc", dir.join("etc-link")).unwrap();
+    let cases = [
+        // Option smuggling through values: an image or a user read as `run` options.
+        ("    image: \"--privileged\"\n", "--privileged"),
+        ("    image: cbox\n    user: \"-v/:/host\"\n", "unable to find user -v/"),
+        // Host paths, directly or through a link in the project.
+        (
+            "    image: cbox\n    volumes: [\"/etc:/host-etc:ro\"]\n",
+            "outside the project's directory",
+        ),
+        (
+            "    image: cbox\n    volumes: [\"./etc-link:/x\"]\n",
+            "outside the project's directory",
+        ),
+        (
+            "    image: cbox\n    volumes: [\"./data/../..:/x\"]\n",
+            "outside the project's directory",
+        ),
+        ("    image: cbox\n    env_file: /etc/hostname\n", "outside the project's directory"),
+        // Another project's rules and names.
+        (
+            "    image: cbox\n    labels:\n      bulkhead.compose.service: shop.db\n",
+            "bulkhead's own",
+        ),
+    ];
+    for (i, (svc, want)) in cases.iter().enumerate() {
+        let file = dir.join(format!("c{i}.yaml"));
+        std::fs::write(&file, format!("services:\n  s:\n{svc}    command: [\"sleep\", \"100\"]\n")).unwrap();
+        let o = env.run(&["compose", "-f", file.to_str().unwrap(), "-p", &format!("p{i}"), "up", "-d"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "case {i}: {svc:?}: {err}");
+        assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "", "case {i}: a container was made");
+    }
+    // Inside the project is fine.
+    let file = dir.join("ok.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  s:\n    image: cbox\n    volumes: [\"./data:/data:ro\"]\n    command: [\"sleep\", \"100\"]\n",
+    )
+    .unwrap();
+    env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "ok", "up", "-d"]);
+    env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "ok", "down"]);
+}
