@@ -47,6 +47,10 @@ pub enum ComposeCommand {
         /// compose file from anywhere could otherwise mount the host's files).
         #[arg(long)]
         allow_host_paths: bool,
+        /// The file may add capabilities, security options and process limits beyond the
+        /// defaults (each is printed).
+        #[arg(long)]
+        allow_weakening: bool,
         /// Only these services (and what they depend on).
         services: Vec<String>,
     },
@@ -88,6 +92,9 @@ pub enum ComposeCommand {
         /// As for `up`.
         #[arg(long)]
         allow_host_paths: bool,
+        /// As for `up`.
+        #[arg(long)]
+        allow_weakening: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -117,6 +124,8 @@ pub enum ComposeCommand {
 
 /// The labels that tie a container to its project and service.
 const PROJECT_LABEL: &str = "bulkhead.compose.project";
+/// The project's directory (links resolved): a project is its name *and* where its file is.
+const DIR_LABEL: &str = "bulkhead.compose.dir";
 pub const SERVICE_LABEL: &str = "bulkhead.compose.service";
 
 fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
@@ -140,7 +149,8 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             wait,
             services,
             allow_host_paths,
-        } => return up(ctx, &p, *detach, *wait, services, *allow_host_paths),
+            allow_weakening,
+        } => return up(ctx, &p, *detach, *wait, services, *allow_host_paths, *allow_weakening),
         ComposeCommand::Down { .. } => return down(ctx, &p),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
         ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
@@ -155,12 +165,24 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             service,
             command,
             allow_host_paths,
+            allow_weakening,
         } => {
             let svc = service_of(&p, service)?;
             let name = format!("{}-{service}-run-{:08x}", p.name, rand32());
-            let mut args = run_args(&p, service, svc, &name, 1, true, *allow_host_paths)?;
+            let (mut args, env) = run_args(
+                &p,
+                service,
+                svc,
+                &name,
+                1,
+                true,
+                Allow {
+                    host_paths: *allow_host_paths,
+                    weakening: *allow_weakening,
+                },
+            )?;
             // Attached: -d out, --rm in if asked, the command in place of the service's.
-            args.retain(|x| x != "-d");
+            args.remove(1); // the "-d" after "run" (not one of the command's)
             if *rm {
                 args.insert(1, "--rm".into());
             }
@@ -171,7 +193,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
                 args.extend(command.iter().cloned());
             }
             ensure_networks_and_rules(ctx, &p)?;
-            return passthrough(ctx, &args);
+            return with_env(&args, &env, |args| passthrough(ctx, args));
         }
         ComposeCommand::Start { services } => return each(ctx, &p, services, &["start"]),
         ComposeCommand::Stop { timeout, services } => {
@@ -252,23 +274,41 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs this binary with the same store (`run`, `rm`, `network`, ...): each container is made
-/// exactly as `bulkhead run` makes one, hardened defaults included.
-fn bulkhead(ctx: &Ctx, args: &[String]) -> anyhow::Result<String> {
+/// This binary, with the same store, config, trust policy and lock timeout.
+fn base(ctx: &Ctx) -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe().context("this program's path")?;
-    let o = std::process::Command::new(exe)
-        .arg("--root")
-        .arg(&ctx.root)
-        .arg("--config")
-        .arg(&ctx.config)
+    let mut c = std::process::Command::new(exe);
+    c.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config);
+    if let Some(p) = &ctx.policy {
+        c.arg("--policy").arg(p);
+    }
+    if let Some(t) = ctx.lock_timeout {
+        c.arg(format!("--lock-timeout={t}"));
+    }
+    // The project's labels (bulkhead.compose.*) are set by compose alone.
+    c.env(COMPOSE_CHILD, "1");
+    Ok(c)
+}
+
+/// Set in the environment of the `bulkhead` children compose runs: `run --label bulkhead.*` is
+/// refused without it.
+pub const COMPOSE_CHILD: &str = "BULKHEAD_COMPOSE_CHILD";
+
+/// Runs this binary (`run`, `rm`, `network`, ...): each container is made exactly as `bulkhead
+/// run` makes one, hardened defaults included. Its warnings are passed on.
+fn bulkhead(ctx: &Ctx, args: &[String]) -> anyhow::Result<String> {
+    let o = base(ctx)?
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("bulkhead {}", args.join(" ")))?;
+    let err = String::from_utf8_lossy(&o.stderr);
     if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
         let line = err.lines().last().unwrap_or("failed").trim_start_matches("bulkhead: error: ");
         anyhow::bail!("{line}");
+    }
+    for l in err.lines().filter(|l| l.contains("warning")) {
+        eprintln!("{l}");
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -292,6 +332,7 @@ fn service_networks(s: &bulkhead_compose::types::Service) -> Vec<(String, Vec<St
     match &s.networks {
         Networks::Simple(v) if v.is_empty() => vec![("default".into(), Vec::new(), None)],
         Networks::Simple(v) => v.iter().map(|n| (n.clone(), Vec::new(), None)).collect(),
+        Networks::Advanced(a) if a.0.is_empty() => vec![("default".into(), Vec::new(), None)],
         Networks::Advanced(a) => {
             a.0.iter()
                 .map(|(n, m)| match m {
@@ -303,6 +344,57 @@ fn service_networks(s: &bulkhead_compose::types::Service) -> Vec<(String, Vec<St
     }
 }
 
+/// Where `run_args` wants the file of the service's environment (see [`with_env`]).
+const ENV_PLACEHOLDER: &str = "--env-file=\u{0}";
+
+/// Runs `f` with `args` whose environment placeholder is replaced by a private file holding
+/// `env` (removed afterwards).
+fn with_env<T>(args: &[String], env: &[String], f: impl FnOnce(&[String]) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    if env.is_empty() {
+        return f(args);
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix("bulkhead-compose-env-")
+        .tempfile()
+        .context("a file for the environment")?;
+    for e in env {
+        // One variable a line: a value with a newline would become two (refused, as the
+        // specification's `.env` has no multi-line values either).
+        if e.contains('\n') {
+            anyhow::bail!("environment {:?}: a value with a newline", e.split('=').next().unwrap_or(""));
+        }
+        std::io::Write::write_all(&mut file, format!("{e}\n").as_bytes()).context("writing the environment")?;
+    }
+    let path = file.path().display().to_string();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == ENV_PLACEHOLDER {
+                format!("--env-file={path}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    f(&args)
+}
+
+/// One container `up` makes: its name, its `run` arguments and environment, the networks it
+/// joins after its first.
+struct Planned {
+    container: String,
+    args: Vec<String>,
+    env: Vec<String>,
+    more: Vec<String>,
+}
+
+/// Weakenings the user allowed (`--allow-host-paths`, `--allow-weakening`).
+#[derive(Clone, Copy, Debug)]
+struct Allow {
+    host_paths: bool,
+    weakening: bool,
+}
+
 /// What `bulkhead run -d` is given for one container of service `name`; a key bulkhead reads but
 /// cannot yet honour at `up` is refused here, with its line, rather than left out.
 fn run_args(
@@ -312,8 +404,12 @@ fn run_args(
     container: &str,
     replicas: i64,
     one_off: bool,
-    allow_host_paths: bool,
-) -> anyhow::Result<Vec<String>> {
+    allow: Allow,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let Allow {
+        host_paths: allow_host_paths,
+        weakening: allow_weakening,
+    } = allow;
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
     let refuse = |key: &str, why: &str| anyhow::anyhow!("{}: line {}: services.{name}.{key}: {why}", p.file.display(), line(key));
@@ -345,6 +441,9 @@ fn run_args(
         .clone()
         .ok_or_else(|| refuse("image", "no image (build is not supported: give `image:`)"))?;
     let mut a: Vec<String> = vec!["run".into(), "-d".into(), format!("--name={container}")];
+    // The service's environment goes to `run` in a file of ours (0600), after its env_files (so
+    // it wins over them, as the specification says): never in the argv every user can read.
+    let mut env: Vec<String> = Vec::new();
     let nets = service_networks(s);
     let (first, _, ip) = &nets[0];
     a.push(format!("--network={}", network_name(p, first)));
@@ -363,6 +462,7 @@ fn run_args(
     }
     a.push(format!("--label={PROJECT_LABEL}={}", p.name));
     a.push(format!("--label={SERVICE_LABEL}={}.{name}", p.name));
+    a.push(format!("--label={DIR_LABEL}={}", project_dir(p)?.display()));
     let labels: Vec<String> = match &s.labels {
         Labels::List(v) => v.clone(),
         Labels::Map(m) => m.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -378,15 +478,15 @@ fn run_args(
         a.push(format!("--label={l}"));
     }
     match &s.environment {
-        Environment::List(v) => v.iter().for_each(|e| a.push(format!("--env={}", e.clone()))),
+        Environment::List(v) => v.iter().for_each(|e| env.push(e.clone())),
         Environment::KvPair(m) => {
             for (k, v) in m {
                 match v {
-                    Some(v) => a.push(format!("--env={k}={v}")),
+                    Some(v) => env.push(format!("{k}={v}")),
                     // `KEY` alone: from the environment of compose, if it has it.
                     None => {
                         if let Ok(v) = std::env::var(k) {
-                            a.push(format!("--env={k}={v}"));
+                            env.push(format!("{k}={v}"));
                         }
                     }
                 }
@@ -427,11 +527,12 @@ fn run_args(
                 let parts: Vec<&str> = x.split(':').collect();
                 match parts.as_slice() {
                     [src, dst] => (src.to_string(), dst.to_string(), false),
-                    [src, dst, mode] => (src.to_string(), dst.to_string(), mode.split(',').any(|m| m == "ro")),
+                    [src, dst, "ro"] => (src.to_string(), dst.to_string(), true),
+                    [src, dst, "rw"] => (src.to_string(), dst.to_string(), false),
                     _ => {
                         return Err(refuse(
                             "volumes",
-                            &format!("{x:?}: SOURCE:TARGET[:ro] (anonymous and named volumes come later)"),
+                            &format!("{x:?}: SOURCE:TARGET[:ro|:rw] (no other options; anonymous and named volumes come later)"),
                         ))
                     }
                 }
@@ -439,6 +540,10 @@ fn run_args(
             Volumes::Advanced(x) if x._type == "bind" => (x.source.clone().unwrap_or_default(), x.target.clone(), x.read_only),
             Volumes::Advanced(x) => return Err(refuse("volumes", &format!("type {:?}: only bind mounts for now", x._type))),
         };
+        // The target is one path: nothing that `run -v` would read as more options (`:idmap`).
+        if dst.contains([':', ',']) || !dst.starts_with('/') {
+            return Err(refuse("volumes", &format!("target {dst:?}: an absolute path, without ':' or ','")));
+        }
         if !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~')) {
             return Err(refuse(
                 "volumes",
@@ -496,20 +601,52 @@ fn run_args(
             .map_err(|_| refuse("stop_grace_period", &format!("{g:?}: seconds, such as 10s")))?;
         a.push(format!("--stop-timeout={secs}"));
     }
+    // What would make the container weaker than `bulkhead run`'s defaults is refused unless
+    // `--allow-weakening` says so (as `privileged` is refused outright): a file from anywhere
+    // must not turn the defaults off.
+    let weakening = |key: &str, what: String| -> anyhow::Result<()> {
+        if allow_weakening {
+            eprintln!(
+                "warning: {}: line {}: services.{name}.{key}: {what} (allowed by --allow-weakening)",
+                p.file.display(),
+                line(key)
+            );
+            Ok(())
+        } else {
+            Err(refuse(
+                key,
+                &format!("{what} weakens the container's defaults (give `compose up --allow-weakening` to accept it)"),
+            ))
+        }
+    };
     for (key, flag) in [("cpus", "--cpus"), ("pids_limit", "--pids-limit")] {
         if let Some(v) = p.extra.get(name).and_then(|e| e.get(key)) {
             let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let limit = bulkhead_runtime::profile::DEFAULT_PIDS_LIMIT;
+            if key == "pids_limit" && !v.parse::<i64>().is_ok_and(|n| (1..=limit).contains(&n)) {
+                weakening(key, format!("pids_limit {v} (the default is {limit})"))?;
+            }
             a.push(format!("{flag}={v}"));
         }
     }
     for c in &s.cap_add {
-        a.push(format!("--cap-add={}", c.clone()));
+        let upper = c.to_ascii_uppercase();
+        if !bulkhead_runtime::profile::DEFAULT_CAPABILITIES.contains(&upper.trim_start_matches("CAP_")) {
+            weakening("cap_add", format!("capability {c}"))?;
+        }
+        a.push(format!("--cap-add={c}"));
     }
     for c in &s.cap_drop {
         a.push(format!("--cap-drop={}", c.clone()));
     }
     for o in &s.security_opt {
-        a.push(format!("--security-opt={}", o.clone()));
+        if !matches!(
+            o.as_str(),
+            "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"
+        ) {
+            weakening("security_opt", format!("{o:?}"))?;
+        }
+        a.push(format!("--security-opt={o}"));
     }
     let mut command: Vec<String> = match &s.command {
         None => Vec::new(),
@@ -539,10 +676,13 @@ fn run_args(
     }
     // Every option above is `--flag=value`, and `--` ends them: nothing the file says (an image
     // named `--privileged`, a user `-v...`) is ever read as an option of `run`.
+    if !env.is_empty() {
+        a.push(ENV_PLACEHOLDER.into());
+    }
     a.push("--".into());
     a.push(image);
     a.extend(command);
-    Ok(a)
+    Ok((a, env))
 }
 
 /// The project's directory, links resolved.
@@ -565,6 +705,28 @@ fn inside(p: &bulkhead_compose::Project, rel: &str, key: &str) -> anyhow::Result
     Ok(full)
 }
 
+/// Refuses to touch a project of this name that another directory's file made (its containers
+/// or networks carry another directory): a file from anywhere naming itself `shop` must not
+/// take over the `shop` a user runs, its rules, its names or its `down`.
+fn check_owner(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
+    let mine = project_dir(p)?.display().to_string();
+    let theirs = project_containers(ctx, &p.name)?
+        .into_iter()
+        .filter_map(|r| r.labels.get(DIR_LABEL).cloned())
+        .chain(
+            bulkhead_network::Networks::open(&ctx.root, &ctx.config)?
+                .list()?
+                .into_iter()
+                .filter(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
+                .filter_map(|n| n.labels.get(DIR_LABEL).cloned()),
+        )
+        .find(|d| *d != mine);
+    if let Some(d) = theirs {
+        anyhow::bail!("project {} belongs to {d}, not {mine} (give this one another name with -p)", p.name);
+    }
+    Ok(())
+}
+
 fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_runtime::container::ContainerRecord>> {
     let store = ctx.store()?;
     let cs = bulkhead_runtime::container::Containers::open(&store)?;
@@ -581,6 +743,7 @@ fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_r
 /// The project's networks (its own made if missing; external ones must exist), and the rules
 /// its file implies, written before any container runs.
 fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::policy::Policy) -> anyhow::Result<()> {
+    check_owner(ctx, p)?;
     // Networks: the project's own, made if missing; external ones must exist.
     let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
     let mut keys: Vec<String> = p.model.networks.0.keys().cloned().collect();
@@ -612,6 +775,7 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
         }
         let mut labels = std::collections::BTreeMap::new();
         labels.insert(PROJECT_LABEL.to_owned(), p.name.clone());
+        labels.insert(DIR_LABEL.to_owned(), project_dir(p)?.display().to_string());
         nets.create(&bulkhead_network::CreateRequest {
             name: name.clone(),
             internal: settings.as_ref().is_some_and(|s| s.internal),
@@ -645,6 +809,7 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn up(
     ctx: &Ctx,
     p: &bulkhead_compose::Project,
@@ -652,6 +817,7 @@ fn up(
     wait: bool,
     only: &[String],
     allow_host_paths: bool,
+    allow_weakening: bool,
 ) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::container::State;
     if !detach {
@@ -686,7 +852,7 @@ fn up(
     }
     // Everything checked before anything is made.
     // (container, its `run` arguments, the networks it joins after its first)
-    let mut plan: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    let mut plan: Vec<Planned> = Vec::new();
     for name in p.order.iter().filter(|s| wanted.contains(*s)) {
         let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
         let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
@@ -695,19 +861,41 @@ fn up(
         }
         for i in 1..=replicas {
             let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
-            let args = run_args(p, name, svc, &container, replicas, false, allow_host_paths)?;
+            let (args, env) = run_args(
+                p,
+                name,
+                svc,
+                &container,
+                replicas,
+                false,
+                Allow {
+                    host_paths: allow_host_paths,
+                    weakening: allow_weakening,
+                },
+            )?;
             let more: Vec<String> = service_networks(svc)
                 .into_iter()
                 .skip(1)
                 .map(|(n, _, _)| network_name(p, &n))
                 .collect();
-            plan.push((container, args, more));
+            plan.push(Planned {
+                container,
+                args,
+                env,
+                more,
+            });
         }
     }
     prepare(ctx, p, &policy)?;
     // Containers, each service after what it depends on.
     let existing = project_containers(ctx, &p.name)?;
-    for (container, args, more) in &plan {
+    for Planned {
+        container,
+        args,
+        env,
+        more,
+    } in &plan
+    {
         match existing.iter().find(|r| r.name == *container) {
             Some(r) if matches!(r.state, State::Running { .. }) => {
                 println!("{container} running");
@@ -717,7 +905,7 @@ fn up(
                 bulkhead(ctx, &["start".into(), container.clone()])?;
             }
             None => {
-                bulkhead(ctx, args)?;
+                with_env(args, env, |args| bulkhead(ctx, args))?;
                 for net in more {
                     bulkhead(ctx, &["network".into(), "connect".into(), net.clone(), container.clone()])?;
                 }
@@ -731,8 +919,11 @@ fn up(
             let now = project_containers(ctx, &p.name)?;
             let waiting: Vec<&str> = plan
                 .iter()
-                .filter(|(c, _, _)| !now.iter().any(|r| r.name == *c && matches!(r.state, State::Running { .. })))
-                .map(|(c, _, _)| c.as_str())
+                .filter(|x| {
+                    !now.iter()
+                        .any(|r| r.name == x.container && matches!(r.state, State::Running { .. }))
+                })
+                .map(|x| x.container.as_str())
                 .collect();
             if waiting.is_empty() {
                 break;
@@ -768,6 +959,7 @@ fn containers_of(
     p: &bulkhead_compose::Project,
     services: &[String],
 ) -> anyhow::Result<Vec<bulkhead_runtime::container::ContainerRecord>> {
+    check_owner(ctx, p)?;
     for s in services {
         service_of(p, s)?;
     }
@@ -792,15 +984,7 @@ fn first_container(ctx: &Ctx, p: &bulkhead_compose::Project, service: &str) -> a
 
 /// `bulkhead ARGS` with this terminal (exec, run): its exit status becomes ours.
 fn passthrough(ctx: &Ctx, args: &[String]) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("this program's path")?;
-    let st = std::process::Command::new(exe)
-        .arg("--root")
-        .arg(&ctx.root)
-        .arg("--config")
-        .arg(&ctx.config)
-        .args(args)
-        .status()
-        .context("bulkhead")?;
+    let st = base(ctx)?.args(args).status().context("bulkhead")?;
     Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
@@ -817,14 +1001,13 @@ fn each(ctx: &Ctx, p: &bulkhead_compose::Project, services: &[String], verb: &[&
 
 fn logs(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool, tail: Option<usize>, services: &[String]) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
-    let exe = std::env::current_exe().context("this program's path")?;
     let list = containers_of(ctx, p, services)?;
     let width = list.iter().map(|r| r.name.len()).max().unwrap_or(0);
     let out = std::sync::Arc::new(std::sync::Mutex::new(()));
     let mut threads = Vec::new();
     for r in list {
-        let mut c = std::process::Command::new(&exe);
-        c.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config).arg("logs");
+        let mut c = base(ctx)?;
+        c.arg("logs");
         if follow {
             c.arg("-f");
         }
@@ -858,14 +1041,9 @@ fn logs(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool, tail: Option<usi
 /// `network events`, only the denials that name a container of the project at either end.
 fn events(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
-    let exe = std::env::current_exe().context("this program's path")?;
     let names: Vec<String> = project_containers(ctx, &p.name)?.into_iter().map(|r| r.name).collect();
-    let mut c = std::process::Command::new(exe);
-    c.arg("--root")
-        .arg(&ctx.root)
-        .arg("--config")
-        .arg(&ctx.config)
-        .args(["network", "events"]);
+    let mut c = base(ctx)?;
+    c.args(["network", "events"]);
     if follow {
         c.arg("-f");
     }
@@ -898,6 +1076,7 @@ fn ensure_networks_and_rules(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow
 }
 
 fn down(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {
+    check_owner(ctx, p)?;
     for r in project_containers(ctx, &p.name)? {
         bulkhead(ctx, &["rm".into(), "-f".into(), r.id.clone()])?;
         println!("{} removed", r.name);

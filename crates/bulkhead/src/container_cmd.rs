@@ -210,12 +210,29 @@ fn profile_from(a: &RunArgs) -> anyhow::Result<SecurityProfile> {
     Ok(p)
 }
 
+/// An env file: a regular file (not a FIFO to block on, not a device), at most 1 MiB.
+fn read_env_file(p: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if md.len() > 1 << 20 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "larger than 1 MiB"));
+    }
+    let mut s = String::new();
+    f.take(1 << 20).read_to_string(&mut s)?;
+    Ok(s)
+}
+
 fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
     let profile = profile_from(a)?;
     let executor = Executor::from_flag(a.runtime.as_deref())?;
     let mut env = Vec::new();
     for f in &a.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text = read_env_file(f).with_context(|| format!("reading {}", f.display()))?;
         env.extend(
             text.lines()
                 .map(str::trim)
@@ -250,6 +267,11 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         if k.is_empty() {
             bail!("--label {l:?}: expected KEY=VALUE");
+        }
+        // Which compose project and service a container belongs to decides its rules and the
+        // names it may share: set by `compose` alone.
+        if k.starts_with("bulkhead.") && std::env::var_os(crate::compose_cmd::COMPOSE_CHILD).is_none() {
+            bail!("--label {k}: labels starting with `bulkhead.` are bulkhead's own");
         }
         labels.insert(k.to_owned(), v.to_owned());
     }

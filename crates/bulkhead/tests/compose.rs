@@ -131,6 +131,8 @@ const SHOP: &str = r#"services:
   app:
     image: cbox
     command: httpd -f -p 8080 -h /www
+    environment:
+      GREETING: hi there
     expose: ["8080"]
     depends_on: [db]
   db:
@@ -205,6 +207,7 @@ fn up_allows_what_the_file_declares_and_down_leaves_nothing() {
     // logs, exec, a one-off run, stop and start.
     assert!(c(&["logs", "db"]).contains("shop-db-1 | db ready"));
     assert_eq!(c(&["exec", "app", "echo", "in app"]).trim(), "in app");
+    assert_eq!(c(&["exec", "app", "sh", "-c", "echo $GREETING"]).trim(), "hi there");
     assert_eq!(c(&["run", "--rm", "app", "echo", "one-off"]).trim(), "one-off");
     c(&["stop", "-t", "1", "db"]);
     assert!(c(&["ps", "-a"]).lines().any(|l| l.contains("shop-db-1") && l.contains("exited")));
@@ -229,7 +232,7 @@ fn a_file_up_cannot_honour_starts_nothing() {
     let file = env.path("bad.yaml");
     std::fs::write(&file, format!("{SHOP}    restart: always\n")).unwrap();
     let err = env.fails(&["compose", "-f", file.to_str().unwrap(), "-p", "bad", "up", "-d"]);
-    assert!(err.contains("line 18: services.db.restart"), "{err}");
+    assert!(err.contains("line 20: services.db.restart"), "{err}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
 }
@@ -264,15 +267,66 @@ fn a_file_from_anywhere_cannot_weaken_a_container_or_read_the_host() {
             "    image: cbox\n    labels:\n      bulkhead.compose.service: shop.db\n",
             "bulkhead's own",
         ),
+        // More options through a mount's target; the host's network through a network's name.
+        (
+            "    image: cbox\n    volumes: [{type: bind, source: ./data, target: \"/w:idmap\"}]\n",
+            "without ':' or ','",
+        ),
+        ("    image: cbox\n    volumes: [\"./data:/w:idmap\"]\n", "no other options"),
+        ("    image: cbox\n    networks: [n]\nnetworks:\n  n:\n    name: host\n", "reserved"),
+        // The defaults weakened.
+        ("    image: cbox\n    cap_add: [SYS_ADMIN]\n", "weakens the container's defaults"),
+        (
+            "    image: cbox\n    security_opt: [\"seccomp=unconfined\"]\n",
+            "weakens the container's defaults",
+        ),
+        ("    image: cbox\n    pids_limit: 0\n", "weakens the container's defaults"),
     ];
     for (i, (svc, want)) in cases.iter().enumerate() {
         let file = dir.join(format!("c{i}.yaml"));
-        std::fs::write(&file, format!("services:\n  s:\n{svc}    command: [\"sleep\", \"100\"]\n")).unwrap();
+        std::fs::write(&file, format!("services:\n  s:\n    command: [\"sleep\", \"100\"]\n{svc}")).unwrap();
         let o = env.run(&["compose", "-f", file.to_str().unwrap(), "-p", &format!("p{i}"), "up", "-d"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(want), "case {i}: {svc:?}: {err}");
         assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "", "case {i}: a container was made");
     }
+    // `run` alone cannot claim a project's labels either.
+    let err = env.fails(&["run", "-d", "--label", "bulkhead.compose.service=shop.db", "cbox", "sleep", "1"]);
+    assert!(err.contains("bulkhead's own"), "{err}");
+    // Weakening, when asked for, is allowed and said.
+    let file = dir.join("weak.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  s:\n    image: cbox\n    cap_add: [SYS_ADMIN]\n    command: [\"sleep\", \"100\"]\n",
+    )
+    .unwrap();
+    let o = env.run(&[
+        "compose",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        "weak",
+        "up",
+        "-d",
+        "--allow-weakening",
+    ]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("allowed by --allow-weakening"));
+    // Another directory's file cannot take the project over, nor bring it down.
+    let other = env.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(
+        other.join("c.yaml"),
+        "services:\n  s:\n    image: cbox\n    command: [\"sleep\", \"100\"]\n",
+    )
+    .unwrap();
+    let other_file = other.join("c.yaml");
+    for verb in [&["up", "-d"][..], &["down"][..]] {
+        let mut args = vec!["compose", "-f", other_file.to_str().unwrap(), "-p", "weak"];
+        args.extend_from_slice(verb);
+        let err = env.fails(&args);
+        assert!(err.contains("belongs to"), "{verb:?}: {err}");
+    }
+    env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "weak", "down"]);
     // Inside the project is fine.
     let file = dir.join("ok.yaml");
     std::fs::write(

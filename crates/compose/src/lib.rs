@@ -165,10 +165,25 @@ pub fn load(opts: &Options) -> Result<Project> {
     // Variables: the environment wins over the env file (`.env` beside the compose file, or
     // --env-file), as with docker compose.
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let env_path = opts.env_file.clone().map(|p| opts.dir.join(p)).or_else(|| {
-        let p = dir.join(".env");
-        p.exists().then_some(p)
-    });
+    let env_path = match &opts.env_file {
+        // The user's own choice.
+        Some(p) => Some(opts.dir.join(p)),
+        // Beside the file: what came with the project, so it stays in the project (a link to
+        // another project's `.env` would hand its secrets to this one's containers).
+        None => {
+            let p = dir.join(".env");
+            if p.symlink_metadata().is_ok() {
+                let real = p.canonicalize().map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
+                let root = dir.canonicalize().map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+                if !real.starts_with(&root) {
+                    return Err(Error::Io(format!("{}: a link out of the project's directory", p.display())));
+                }
+                Some(real)
+            } else {
+                None
+            }
+        }
+    };
     if let Some(p) = &env_path {
         let t = read_small(p)?;
         for (k, v) in parse_env_file(&t).map_err(|(n, m)| Error::Io(format!("{}: line {n}: {m}", p.display())))? {
@@ -183,7 +198,7 @@ pub fn load(opts: &Options) -> Result<Project> {
 pub fn load_str(text: &str, file: &Path, dir: &Path, project: Option<&str>, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Project> {
     let tree = tree::parse(text)?;
     check_keys(&tree)?;
-    let mut value = to_value(&tree, lookup)?;
+    let mut value = to_value(&tree, lookup, &std::cell::Cell::new(0))?;
     // Taken out before the typed model, which would refuse them, and kept beside it.
     let mut extra: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
     if let Some(serde_norway::Value::Mapping(services)) = value.get_mut("services") {
@@ -341,6 +356,17 @@ const SERVICE_SECRET: &[&str] = &["source", "target", "uid", "gid", "mode"];
 const SERVICE_PORT: &[&str] = &["target", "published", "host_ip", "protocol", "mode"];
 const SERVICE_VOLUME: &[&str] = &["type", "source", "target", "read_only", "volume", "bind", "tmpfs"];
 
+/// Services a file may have (the start order is a walk of their dependencies).
+const MAX_SERVICES: usize = 1000;
+
+/// Service names as the compose specification allows them.
+fn valid_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
 pub(crate) fn check_map(node: &Node, known: &[&str], what: &str) -> Result<()> {
     if !matches!(node, Node::Map { .. }) {
         return Err(Error::at(node.line(), format!("{what}: expected a mapping")));
@@ -356,7 +382,20 @@ pub(crate) fn check_map(node: &Node, known: &[&str], what: &str) -> Result<()> {
 /// Every key of the file is one bulkhead understands (or an `x-` extension), with its line.
 fn check_keys(t: &Node) -> Result<()> {
     check_map(t, TOP, "(top level)")?;
-    for (name, svc) in t.get("services").map(Node::entries).unwrap_or_default() {
+    let services = t.get("services").map(Node::entries).unwrap_or_default();
+    if services.len() > MAX_SERVICES {
+        return Err(Error::at(
+            t.get("services").map_or(0, Node::line),
+            format!("more than {MAX_SERVICES} services"),
+        ));
+    }
+    for (name, svc) in services {
+        if !valid_service_name(name) {
+            return Err(Error::at(
+                svc.line(),
+                format!("service name {name:?}: letters, digits, '_', '.', '-', starting with a letter or digit, at most 63"),
+            ));
+        }
         let at = format!("services.{name}");
         if !matches!(svc, Node::Map { .. }) {
             return Err(Error::at(svc.line(), format!("{at}: expected a mapping")));
@@ -445,26 +484,41 @@ fn resolve_plain(s: &str) -> serde_norway::Value {
 
 /// The tree as a value for the typed model, each scalar interpolated (keys are not, as the
 /// specification says).
-fn to_value(n: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> Result<serde_norway::Value> {
+/// Bounds on what interpolation makes: per value, and in all.
+const MAX_VALUE: usize = 1 << 20;
+const MAX_TOTAL: usize = 64 << 20;
+
+fn to_value(n: &Node, lookup: &dyn Fn(&str) -> Option<String>, total: &std::cell::Cell<usize>) -> Result<serde_norway::Value> {
     use serde_norway::Value;
     Ok(match n {
         Node::Scalar { text, plain, line } => {
             let s = interpolate::interpolate(text, lookup).map_err(|m| Error::at(*line, m))?;
+            total.set(total.get() + s.len());
+            if s.len() > MAX_VALUE || total.get() > MAX_TOTAL {
+                return Err(Error::at(
+                    *line,
+                    format!(
+                        "a value (or all of them) larger than interpolation may make ({} MiB, {} MiB in all)",
+                        MAX_VALUE >> 20,
+                        MAX_TOTAL >> 20
+                    ),
+                ));
+            }
             if *plain {
                 resolve_plain(&s)
             } else {
                 Value::String(s)
             }
         }
-        Node::Seq { items, .. } => Value::Sequence(items.iter().map(|i| to_value(i, lookup)).collect::<Result<_>>()?),
+        Node::Seq { items, .. } => Value::Sequence(items.iter().map(|i| to_value(i, lookup, total)).collect::<Result<_>>()?),
         Node::Map { entries, .. } => {
             let mut m = serde_norway::Mapping::new();
             for (k, v) in entries {
                 // Extensions are kept as they are written (they are ours to read, later).
                 let v = if k.starts_with("x-") {
-                    to_value(v, &|_| None).unwrap_or(Value::Null)
+                    to_value(v, &|_| None, total).unwrap_or(Value::Null)
                 } else {
-                    to_value(v, lookup)?
+                    to_value(v, lookup, total)?
                 };
                 m.insert(Value::String(k.clone()), v);
             }

@@ -13,6 +13,9 @@ use crate::{Error, Result};
 /// Bounds on what a file may make of itself through aliases (a "billion laughs" file).
 const MAX_NODES: usize = 1_000_000;
 const MAX_DEPTH: usize = 64;
+/// Bytes of scalars a file may make of itself through aliases (a short file that repeats a large
+/// value a million times).
+const MAX_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -69,11 +72,21 @@ impl Node {
         }
     }
 
-    fn count(&self) -> usize {
+    /// (nodes, scalar bytes, depth) of this subtree.
+    fn size(&self) -> (usize, usize, usize) {
         match self {
-            Node::Scalar { .. } => 1,
-            Node::Seq { items, .. } => 1 + items.iter().map(Node::count).sum::<usize>(),
-            Node::Map { entries, .. } => 1 + entries.iter().map(|(_, v)| v.count()).sum::<usize>(),
+            Node::Scalar { text, .. } => (1, text.len(), 1),
+            Node::Seq { items, .. } => items
+                .iter()
+                .map(Node::size)
+                .fold((1, 0, 1), |a, b| (a.0 + b.0, a.1 + b.1, a.2.max(b.2 + 1))),
+            Node::Map { entries, .. } => entries
+                .iter()
+                .map(|(k, v)| {
+                    let s = v.size();
+                    (s.0, s.1 + k.len(), s.2)
+                })
+                .fold((1, 0, 1), |a, b| (a.0 + b.0, a.1 + b.1, a.2.max(b.2 + 1))),
         }
     }
 }
@@ -81,16 +94,23 @@ impl Node {
 enum Frame {
     Seq(Vec<Node>, usize, usize),
     /// Entries (and whether each came from a merge), a key waiting for its value, line, anchor.
-    Map(Vec<(String, Node, bool)>, Option<Node>, usize, usize),
+    Map(
+        Vec<(String, Node, bool)>,
+        Option<Node>,
+        usize,
+        usize,
+        std::collections::HashMap<String, usize>,
+    ),
 }
 
 struct Builder {
     stack: Vec<Frame>,
-    /// Each anchor's node and how many nodes it holds.
-    anchors: HashMap<usize, (Node, usize)>,
+    /// Each anchor's node, and its (nodes, scalar bytes, depth).
+    anchors: HashMap<usize, (Node, (usize, usize, usize))>,
     docs: Vec<Node>,
     error: Option<Error>,
     nodes: usize,
+    bytes: usize,
 }
 
 impl Builder {
@@ -105,13 +125,13 @@ impl Builder {
             return;
         }
         if anchor > 0 {
-            let n = node.count();
+            let n = node.size();
             self.anchors.insert(anchor, (node.clone(), n));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
             Some(Frame::Seq(items, _, _)) => items.push(node),
-            Some(Frame::Map(entries, key, _, _)) => match key.take() {
+            Some(Frame::Map(entries, key, _, _, index)) => match key.take() {
                 None => match node {
                     Node::Scalar { text, line, .. } => *key = Some(Node::Scalar { text, plain: true, line }),
                     other => {
@@ -142,7 +162,8 @@ impl Builder {
                             match src {
                                 Node::Map { entries: more, .. } => {
                                     for (mk, mv) in more {
-                                        if !entries.iter().any(|(e, _, _)| *e == mk) {
+                                        if !index.contains_key(&mk) {
+                                            index.insert(mk.clone(), entries.len());
                                             entries.push((mk, mv, true));
                                         }
                                     }
@@ -153,7 +174,7 @@ impl Builder {
                                 }
                             }
                         }
-                    } else if let Some(i) = entries.iter().position(|(e, _, _)| *e == k) {
+                    } else if let Some(&i) = index.get(&k) {
                         if entries[i].2 {
                             // One that came from a merge is overridden, as the specification says.
                             entries[i] = (k, node, false);
@@ -163,6 +184,7 @@ impl Builder {
                             self.fail(line, format!("key {k:?} given twice"));
                         }
                     } else {
+                        index.insert(k.clone(), entries.len());
                         entries.push((k, node, false));
                     }
                 }
@@ -189,7 +211,8 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(anchor, _) => {
                 self.nodes += 1;
-                self.stack.push(Frame::Map(Vec::new(), None, line, anchor))
+                self.stack
+                    .push(Frame::Map(Vec::new(), None, line, anchor, std::collections::HashMap::new()))
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(items, l, a)) = self.stack.pop() {
@@ -197,23 +220,32 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map(entries, _, l, a)) = self.stack.pop() {
+                if let Some(Frame::Map(entries, _, l, a, _)) = self.stack.pop() {
                     let entries = entries.into_iter().map(|(k, v, _)| (k, v)).collect();
                     self.push(Node::Map { entries, line: l }, a);
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 self.nodes += 1;
+                self.bytes += text.len();
                 let plain = style == TScalarStyle::Plain;
                 self.push(Node::Scalar { text, plain, line }, anchor)
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some((_, n)) if self.nodes + n > MAX_NODES => {
-                    self.fail(line, format!("more than {MAX_NODES} values (aliases that expand without end?)"))
+                Some((_, (n, b, _))) if self.nodes + n > MAX_NODES || self.bytes + b > MAX_BYTES => self.fail(
+                    line,
+                    format!(
+                        "more than {MAX_NODES} values or {} MiB (aliases that expand without end?)",
+                        MAX_BYTES >> 20
+                    ),
+                ),
+                Some((_, (_, _, d))) if self.stack.len() + d > MAX_DEPTH => {
+                    self.fail(line, format!("nested more than {MAX_DEPTH} levels deep (through an alias)"))
                 }
-                Some((node, n)) => {
-                    let (node, n) = (node.clone(), *n);
+                Some((node, (n, b, _))) => {
+                    let (node, n, b) = (node.clone(), *n, *b);
                     self.nodes += n;
+                    self.bytes += b;
                     self.push(node, 0)
                 }
                 None => self.fail(line, "an alias to an anchor not defined before it".into()),
@@ -231,6 +263,7 @@ pub fn parse(text: &str) -> Result<Node> {
         docs: Vec::new(),
         error: None,
         nodes: 0,
+        bytes: 0,
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut b, true) {
@@ -278,5 +311,15 @@ mod tests {
             ));
         }
         assert!(parse(&t).unwrap_err().to_string().contains("values"));
+        // A large value repeated (bytes, not nodes): 2 MiB x 40.
+        let big = "x".repeat(2 << 20);
+        let t = format!("a: &a \"{big}\"\nb: [{}]\n", vec!["*a"; 40].join(","));
+        assert!(parse(&t).unwrap_err().to_string().contains("MiB"));
+        // Depth through aliases: 8 anchors each nesting the last 10 deep.
+        let mut t = String::from("a0: &a0 x\n");
+        for i in 1..9 {
+            t.push_str(&format!("a{i}: &a{i} {}*a{}{}\n", "[".repeat(10), i - 1, "]".repeat(10)));
+        }
+        assert!(parse(&t).unwrap_err().to_string().contains("deep"));
     }
 }

@@ -202,8 +202,9 @@ fn short_hash(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// State files beside the networks' own (`<name>.json`): no network has their names.
-const RESERVED: &[&str] = &["leases", "rules", "released"];
+/// State files beside the networks' own (`<name>.json`), and `host` and `none` (which `run
+/// --network` reads as the host's namespace and no network): no network has these names.
+const RESERVED: &[&str] = &["leases", "rules", "released", "host", "none"];
 
 /// Network names as Docker accepts them (but the names of the state files beside them).
 pub fn valid_name(name: &str) -> Result<()> {
