@@ -416,12 +416,10 @@ fn run_args(
     if s.healthcheck.is_some() {
         return Err(refuse("healthcheck", "healthchecks come with a later version of compose up"));
     }
-    if s.restart.as_deref().is_some_and(|r| r != "no") {
-        return Err(refuse(
-            "restart",
-            "restart policies come with a later version of compose up (use \"no\")",
-        ));
-    }
+    let restart = match s.restart.as_deref() {
+        None => None,
+        Some(r) => bulkhead_runtime::lifecycle::restart_policy(r).map_err(|e| refuse("restart", &e.to_string()))?,
+    };
     if s.secrets.is_some() {
         return Err(refuse("secrets", "secrets come with a later version of compose up"));
     }
@@ -576,6 +574,9 @@ fn run_args(
         None => {}
         Some(Tmpfs::Simple(t)) => a.push(format!("--tmpfs={}", t.clone())),
         Some(Tmpfs::List(v)) => v.iter().for_each(|t| a.push(format!("--tmpfs={}", t.clone()))),
+    }
+    if let Some(r) = &restart {
+        a.push(format!("--restart={r}"));
     }
     if s.read_only {
         a.push("--read-only".into());

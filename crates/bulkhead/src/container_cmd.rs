@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Run a small init as PID 1 that reaps zombies and forwards signals to the command.
     #[arg(long)]
     init: bool,
+    /// Start it again when it exits: no, always, unless-stopped, on-failure[:N] (with backoff
+    /// from 100 ms; never after `stop`).
+    #[arg(long, default_value = "no")]
+    restart: String,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -285,6 +289,16 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
+        restart: {
+            let r = bulkhead_runtime::lifecycle::restart_policy(&a.restart)?;
+            if r.is_some() && auto_remove {
+                bail!(
+                    "--restart {} and --rm: a container removed when it exits cannot be started again",
+                    a.restart
+                );
+            }
+            r
+        },
         open_stdin: a.interactive,
         init: a.init,
         mounts: {
@@ -489,6 +503,9 @@ pub fn start(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             let mut r = rec.clone();
             r.state = State::Created;
             r.error = None;
+            // A user's start: the restart policy applies again, counting from zero.
+            r.stopped_by_user = false;
+            r.restart_count = 0;
             cs.save(&r)?;
         }
         lifecycle::spawn_shim(&ctx.root, &rec.id)?;
@@ -766,7 +783,50 @@ pub fn shim_finish(
         .with_timezone(&chrono::Utc);
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
-    bulkhead_runtime::shim::finish(&store, &cs, id, &target, code, finished, error)?;
+    if let Some(delay) = bulkhead_runtime::shim::finish(&store, &cs, id, &target, code, finished, error)? {
+        // Its restart policy starts it again, after the delay, from a process of its own (no
+        // daemon: the shim's last step hands over to it and ends).
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("this program's path")?;
+        let mut c = std::process::Command::new(exe);
+        c.arg("--root")
+            .arg(&ctx.root)
+            .arg("--config")
+            .arg(&ctx.config)
+            .args(["restart-after", &format!("--delay-ms={}", delay.as_millis()), id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: setsid(2) in the child before exec: its own session, outliving ours.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        c.spawn().context("starting the restart")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hidden `restart-after`: waits `delay`, then starts container `id` again if its policy
+/// still wants it (it was not removed, started or stopped by a user meanwhile).
+pub fn restart_after(ctx: &Ctx, id: &str, delay: std::time::Duration) -> anyhow::Result<ExitCode> {
+    std::thread::sleep(delay);
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    {
+        let _lock = store.lock_shared()?;
+        let Ok(mut r) = cs.load(id) else { return Ok(ExitCode::SUCCESS) };
+        if !matches!(r.state, State::Exited { .. }) || r.stopped_by_user || r.restart.is_none() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        r.restart_count += 1;
+        r.state = State::Created;
+        r.error = None;
+        cs.save(&r)?;
+    }
+    lifecycle::spawn_shim(&ctx.root, id)?;
     Ok(ExitCode::SUCCESS)
 }
 

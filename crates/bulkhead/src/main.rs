@@ -143,6 +143,14 @@ enum Command {
     /// Supervise a container (started by run -d and start; not for people).
     #[command(hide = true)]
     Shim { id: String },
+    /// Start a container again for its restart policy (started by a shim's last step; not for
+    /// people).
+    #[command(hide = true)]
+    RestartAfter {
+        id: String,
+        #[arg(long)]
+        delay_ms: u64,
+    },
     /// Records the exit of a container (executed by its shim's monitor; not for people).
     #[command(hide = true)]
     ShimFinish {
@@ -327,6 +335,7 @@ fn main() -> ExitCode {
         Command::Top { container } => container_cmd::top(&ctx, &container),
         Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
+        Command::RestartAfter { id, delay_ms } => container_cmd::restart_after(&ctx, &id, std::time::Duration::from_millis(delay_ms)),
         Command::ShimFinish {
             id,
             pid,

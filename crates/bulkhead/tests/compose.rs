@@ -230,9 +230,9 @@ fn a_file_up_cannot_honour_starts_nothing() {
     let env = Env::new();
     image(&env);
     let file = env.path("bad.yaml");
-    std::fs::write(&file, format!("{SHOP}    restart: always\n")).unwrap();
+    std::fs::write(&file, format!("{SHOP}    healthcheck:\n      test: [\"CMD\", \"true\"]\n")).unwrap();
     let err = env.fails(&["compose", "-f", file.to_str().unwrap(), "-p", "bad", "up", "-d"]);
-    assert!(err.contains("line 20: services.db.restart"), "{err}");
+    assert!(err.contains("line 20: services.db.healthcheck"), "{err}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
 }
@@ -336,4 +336,27 @@ fn a_file_from_anywhere_cannot_weaken_a_container_or_read_the_host() {
     .unwrap();
     env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "ok", "up", "-d"]);
     env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "ok", "down"]);
+}
+
+#[test]
+fn a_restart_policy_from_the_file_restarts_on_failure_twice() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("crash.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  crashy:\n    image: cbox\n    command: [\"sh\", \"-c\", \"echo run-; exit 1\"]\n    restart: on-failure:2\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    env.ok(&["compose", "-f", f, "-p", "crash", "up", "-d"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let runs = || env.ok(&["logs", "crash-crashy-1"]).matches("run-").count();
+    while runs() < 3 {
+        assert!(std::time::Instant::now() < deadline, "not restarted twice: {} runs", runs());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(runs(), 3, "restarted more than twice");
+    env.ok(&["compose", "-f", f, "-p", "crash", "down"]);
 }

@@ -540,3 +540,72 @@ fn inspect_falls_back_to_images_like_docker() {
     let err = env.fails(&["inspect", "nothing-by-this-name"]);
     assert!(err.contains("no such container or image"), "{err}");
 }
+
+#[test]
+fn restart_policies_start_again_with_backoff_and_never_after_stop() {
+    let env = Env::new();
+    let img = image(&env);
+    let runs = |name: &str| env.ok(&["logs", name]).matches("run-").count();
+    let status = |name: &str| inspect(&env, name)["State"]["Status"].as_str().unwrap_or_default().to_owned();
+    // on-failure:2: the first run and two more, then it stays exited.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        img,
+        "sh",
+        "-c",
+        "echo run-; exit 3",
+    ]);
+    wait_until("three runs of flaky", || runs("flaky") == 3 && status("flaky") == "exited");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(runs("flaky"), 3, "on-failure:2 started it more than twice");
+    // on-failure: a clean exit is not a failure.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "clean",
+        "--restart",
+        "on-failure",
+        img,
+        "sh",
+        "-c",
+        "echo run-",
+    ]);
+    wait_until("clean's exit", || status("clean") == "exited");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(runs("clean"), 1);
+    // always: started again whatever the status, until a user stops it.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "again",
+        "--restart",
+        "always",
+        img,
+        "sh",
+        "-c",
+        "echo run-; sleep 0.3",
+    ]);
+    wait_until("again's third run", || runs("again") >= 3);
+    wait_until("again running", || status("again") == "running");
+    env.ok(&["stop", "-t", "1", "again"]);
+    let after_stop = runs("again");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status("again"), "exited", "restarted after a user's stop");
+    assert_eq!(runs("again"), after_stop);
+    // A user's start applies the policy again.
+    env.ok(&["start", "again"]);
+    wait_until("again restarted after start", || runs("again") >= after_stop + 2);
+    env.ok(&["rm", "-f", "again", "flaky", "clean"]);
+    // Refused with --rm, and a policy that does not parse.
+    assert!(env.fails(&["run", "--rm", "--restart", "always", img, "true"]).contains("--rm"));
+    assert!(env
+        .fails(&["run", "-d", "--restart", "sometimes", img, "true"])
+        .contains("on-failure[:N]"));
+}

@@ -72,6 +72,15 @@ pub struct ContainerRecord {
     /// Remove the container when it exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// `--restart`: `always`, `unless-stopped`, `on-failure[:N]` (none: `no`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    /// Starts the policy made since a user last started it.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Stopped by a user (`stop`): the policy does not start it again until a user does.
+    #[serde(default)]
+    pub stopped_by_user: bool,
     /// `-i`: a detached container's stdin stays open instead of reading /dev/null.
     #[serde(default)]
     pub open_stdin: bool,

@@ -126,6 +126,13 @@ pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: D
     if !is_running(rec) {
         return refresh(cs, rec.clone());
     }
+    // A user stopped it: its restart policy leaves it stopped (recorded before it exits, so the
+    // shim's last step sees it).
+    if rec.restart.is_some() {
+        let mut r = cs.load(&rec.id)?;
+        r.stopped_by_user = true;
+        cs.save(&r)?;
+    }
     signal(rec, stop_signal)?;
     match wait_exited(cs, &rec.id, Some(timeout)) {
         Ok(r) => Ok(r),
@@ -134,6 +141,43 @@ pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: D
             wait_exited(cs, &rec.id, Some(Duration::from_secs(10)))
         }
     }
+}
+
+/// A restart policy as `--restart` takes it: `no`, `always`, `unless-stopped`,
+/// `on-failure[:N]` (N at least 1). None for `no`.
+pub fn restart_policy(s: &str) -> Result<Option<String>> {
+    match s {
+        "no" => Ok(None),
+        "always" | "unless-stopped" | "on-failure" => Ok(Some(s.to_owned())),
+        _ => match s.strip_prefix("on-failure:").map(str::parse::<u32>) {
+            Some(Ok(n)) if n >= 1 => Ok(Some(s.to_owned())),
+            _ => Err(Error::Invalid(format!(
+                "--restart {s:?}: no, always, unless-stopped or on-failure[:N]"
+            ))),
+        },
+    }
+}
+
+/// Whether `rec` (just exited with `code`) is to be started again by its policy, and after how
+/// long: 100 ms, doubling with each start in a row, at most 30 s (a container that ran 10 s
+/// or more starts the count again).
+pub fn restart_due(rec: &ContainerRecord, code: i32, ran: Duration) -> Option<Duration> {
+    let policy = rec.restart.as_deref()?;
+    if rec.stopped_by_user || rec.auto_remove {
+        return None;
+    }
+    let count = if ran >= Duration::from_secs(10) { 0 } else { rec.restart_count };
+    let again = match policy {
+        "always" | "unless-stopped" => true,
+        "on-failure" => code != 0,
+        p => {
+            code != 0
+                && p.strip_prefix("on-failure:")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| rec.restart_count < n)
+        }
+    };
+    again.then(|| Duration::from_millis(100u64 << count.min(9)).min(Duration::from_secs(30)))
 }
 
 /// Parses a signal as `docker kill -s` takes it: a number, or a name with or without SIG.

@@ -21,6 +21,8 @@ pub struct CreateRequest {
     pub resources: Resources,
     pub executor: Executor,
     pub auto_remove: bool,
+    /// `--restart` (checked by [`crate::lifecycle::restart_policy`]).
+    pub restart: Option<String>,
     /// `-i` on a detached container: its stdin stays open (a pipe nobody writes), as Docker's does.
     pub open_stdin: bool,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -242,6 +244,9 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             shim_pid: None,
             error: None,
             auto_remove: req.auto_remove,
+            restart: req.restart.clone(),
+            restart_count: 0,
+            stopped_by_user: false,
             open_stdin: req.open_stdin,
             stop_signal,
             stop_timeout: req.stop_timeout.unwrap_or(10),

@@ -126,7 +126,8 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     };
     let code = bulkhead_shim::output::copy_output(streams, None, &mut log, false, || crate::executor::reap(pid, false))?;
     drop(hold);
-    finish(store, cs, &rec.id, &target, code, chrono::Utc::now(), None)
+    // (The restart policy is the monitor's path's: this fallback only records the exit.)
+    finish(store, cs, &rec.id, &target, code, chrono::Utc::now(), None).map(|_| ())
 }
 
 /// The monitor binary (crates/shim), built static by build.rs and embedded.
@@ -205,17 +206,17 @@ pub fn finish(
     code: i32,
     finished: chrono::DateTime<chrono::Utc>,
     error: Option<String>,
-) -> Result<()> {
+) -> Result<Option<std::time::Duration>> {
     let me = std::process::id() as i32;
     let mut rec = cs.load(id)?;
-    match rec.state {
-        State::Running { pid, .. } if pid == target.pid() && rec.shim_pid == Some(me) => {}
+    let started = match rec.state {
+        State::Running { pid, started } if pid == target.pid() && rec.shim_pid == Some(me) => started,
         _ => {
             return Err(Error::Invalid(format!(
                 "shim-finish: process {me} is not the shim of a running container {id}"
             )))
         }
-    }
+    };
     let cgroup = cgroup_path(id);
     let oom = crate::executor::oom_killed(&cgroup);
     target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
@@ -232,6 +233,8 @@ pub fn finish(
     cs.unmount_rootfs(id)?;
     if rec.auto_remove {
         crate::run::remove(store, cs, id, true)?;
+        return Ok(None);
     }
-    Ok(())
+    let ran = (finished - started).to_std().unwrap_or_default();
+    Ok(crate::lifecycle::restart_due(&rec, code, ran))
 }
