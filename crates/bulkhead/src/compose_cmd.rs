@@ -382,10 +382,55 @@ fn with_env<T>(args: &[String], env: &[String], f: impl FnOnce(&[String]) -> any
 /// One container `up` makes: its name, its `run` arguments and environment, the networks it
 /// joins after its first.
 struct Planned {
+    service: String,
     container: String,
     args: Vec<String>,
     env: Vec<String>,
     more: Vec<String>,
+}
+
+/// Waits (at most 5 minutes) until every container of service `dep` meets `condition`:
+/// `service_healthy` (its healthcheck passes), `service_completed_successfully` (it exited with
+/// 0); `service_started` is met by the order alone.
+fn wait_condition(ctx: &Ctx, p: &bulkhead_compose::Project, dep: &str, condition: &str) -> anyhow::Result<()> {
+    use bulkhead_runtime::container::State;
+    if condition == "service_started" {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let store = ctx.store()?;
+    let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    loop {
+        let list = containers_of(ctx, p, &[dep.to_owned()])?;
+        let met = !list.is_empty()
+            && list.iter().all(|r| match condition {
+                "service_healthy" => crate::container_cmd::health_of(&cs, r).is_some_and(|h| h.status == "healthy"),
+                _ => matches!(r.state, State::Exited { code: 0, .. }),
+            });
+        if met {
+            return Ok(());
+        }
+        for r in &list {
+            if condition == "service_healthy" && r.healthcheck.is_none() {
+                anyhow::bail!("{dep} has no healthcheck: service_healthy cannot be met");
+            }
+            if condition == "service_healthy" && crate::container_cmd::health_of(&cs, r).is_some_and(|h| h.status == "unhealthy") {
+                anyhow::bail!("{} is unhealthy ({dep}, which others wait for)", r.name);
+            }
+            if let State::Exited { code, .. } = r.state {
+                if condition == "service_completed_successfully" && code != 0 {
+                    anyhow::bail!("{} exited with {code} ({dep}, which others wait for)", r.name);
+                }
+                if condition == "service_healthy" {
+                    anyhow::bail!("{} exited ({dep}, which others wait for to be healthy)", r.name);
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{dep}: {condition} not met after 5 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Weakenings the user allowed (`--allow-host-paths`, `--allow-weakening`).
@@ -413,8 +458,40 @@ fn run_args(
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
     let refuse = |key: &str, why: &str| anyhow::anyhow!("{}: line {}: services.{name}.{key}: {why}", p.file.display(), line(key));
-    if s.healthcheck.is_some() {
-        return Err(refuse("healthcheck", "healthchecks come with a later version of compose up"));
+    let mut health: Vec<String> = Vec::new();
+    if let Some(h) = s.healthcheck.as_ref().filter(|h| !h.disable) {
+        use bulkhead_compose::types::HealthcheckTest;
+        let cmd = match &h.test {
+            None => return Err(refuse("healthcheck", "no test")),
+            Some(HealthcheckTest::Single(c)) => Some(c.clone()),
+            Some(HealthcheckTest::Multiple(v)) => match v.first().map(String::as_str) {
+                Some("NONE") => None,
+                Some("CMD") if v.len() > 1 => Some(serde_json::to_string(&v[1..])?),
+                Some("CMD-SHELL") if v.len() > 1 => Some(v[1..].join(" ")),
+                _ => {
+                    return Err(refuse(
+                        "healthcheck",
+                        "test: [\"CMD\", ...], [\"CMD-SHELL\", \"...\"], [\"NONE\"] or a string",
+                    ))
+                }
+            },
+        };
+        if let Some(cmd) = cmd {
+            health.push(format!("--health-cmd={cmd}"));
+            for (flag, v) in [
+                ("--health-interval", &h.interval),
+                ("--health-timeout", &h.timeout),
+                ("--health-start-period", &h.start_period),
+            ] {
+                if let Some(v) = v {
+                    crate::container_cmd::parse_duration_ms(v).map_err(|e| refuse("healthcheck", &e.to_string()))?;
+                    health.push(format!("{flag}={v}"));
+                }
+            }
+            if h.retries > 0 {
+                health.push(format!("--health-retries={}", h.retries.min(1000)));
+            }
+        }
     }
     let restart = match s.restart.as_deref() {
         None => None,
@@ -424,11 +501,13 @@ fn run_args(
         return Err(refuse("secrets", "secrets come with a later version of compose up"));
     }
     if let bulkhead_compose::types::DependsOnOptions::Conditional(m) = &s.depends_on {
-        if let Some((d, c)) = m.iter().find(|(_, c)| c.condition != "service_started") {
-            return Err(refuse(
-                "depends_on",
-                &format!("{d}: condition {:?}: only service_started for now", c.condition),
-            ));
+        if let Some((d, c)) = m.iter().find(|(_, c)| {
+            !matches!(
+                c.condition.as_str(),
+                "service_started" | "service_healthy" | "service_completed_successfully"
+            )
+        }) {
+            return Err(refuse("depends_on", &format!("{d}: condition {:?}", c.condition)));
         }
     }
     if replicas > 1 && s.container_name.is_some() {
@@ -578,6 +657,7 @@ fn run_args(
     if let Some(r) = &restart {
         a.push(format!("--restart={r}"));
     }
+    a.extend(health);
     if s.read_only {
         a.push("--read-only".into());
     }
@@ -880,6 +960,7 @@ fn up(
                 .map(|(n, _, _)| network_name(p, &n))
                 .collect();
             plan.push(Planned {
+                service: name.clone(),
                 container,
                 args,
                 env,
@@ -890,13 +971,25 @@ fn up(
     prepare(ctx, p, &policy)?;
     // Containers, each service after what it depends on.
     let existing = project_containers(ctx, &p.name)?;
+    let mut waited: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for Planned {
+        service,
         container,
         args,
         env,
         more,
     } in &plan
     {
+        // Its conditions on what it depends on (once per service): healthy, or done well.
+        if waited.insert(service.clone()) {
+            if let Some(Some(svc)) = p.model.services.0.get(service) {
+                if let bulkhead_compose::types::DependsOnOptions::Conditional(m) = &svc.depends_on {
+                    for (dep, c) in m {
+                        wait_condition(ctx, p, dep, &c.condition)?;
+                    }
+                }
+            }
+        }
         match existing.iter().find(|r| r.name == *container) {
             Some(r) if matches!(r.state, State::Running { .. }) => {
                 println!("{container} running");
@@ -918,12 +1011,22 @@ fn up(
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             let now = project_containers(ctx, &p.name)?;
+            let store = ctx.store()?;
+            let cs = bulkhead_runtime::container::Containers::open(&store)?;
+            // Running, and healthy where it has a healthcheck.
+            let ready = |r: &bulkhead_runtime::container::ContainerRecord| {
+                matches!(r.state, State::Running { .. })
+                    && (r.healthcheck.is_none() || crate::container_cmd::health_of(&cs, r).is_some_and(|h| h.status == "healthy"))
+            };
+            if let Some(r) = now
+                .iter()
+                .find(|r| crate::container_cmd::health_of(&cs, r).is_some_and(|h| h.status == "unhealthy"))
+            {
+                anyhow::bail!("{} is unhealthy", r.name);
+            }
             let waiting: Vec<&str> = plan
                 .iter()
-                .filter(|x| {
-                    !now.iter()
-                        .any(|r| r.name == x.container && matches!(r.state, State::Running { .. }))
-                })
+                .filter(|x| !now.iter().any(|r| r.name == x.container && ready(r)))
                 .map(|x| x.container.as_str())
                 .collect();
             if waiting.is_empty() {

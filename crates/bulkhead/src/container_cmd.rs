@@ -36,6 +36,22 @@ pub struct RunArgs {
     /// from 100 ms; never after `stop`).
     #[arg(long, default_value = "no")]
     restart: String,
+    /// A command (run with /bin/sh -c in the container, or a JSON array run as it is) that says
+    /// whether it is healthy.
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// How often (30s, 500ms, 1m): default 30s.
+    #[arg(long, default_value = "30s")]
+    health_interval: String,
+    /// How long a check may take: default 30s.
+    #[arg(long, default_value = "30s")]
+    health_timeout: String,
+    /// Failures in a row that make it unhealthy: default 3.
+    #[arg(long, default_value_t = 3)]
+    health_retries: u32,
+    /// Failures in this time after a start do not count: default 0s.
+    #[arg(long, default_value = "0s")]
+    health_start_period: String,
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
@@ -214,6 +230,148 @@ fn profile_from(a: &RunArgs) -> anyhow::Result<SecurityProfile> {
     Ok(p)
 }
 
+/// A duration as Docker and compose write them: `1m30s`, `500ms`, `10s`, `2h` (a bare number is
+/// seconds); in milliseconds.
+pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    if s.trim().chars().all(|c| c.is_ascii_digit()) && !s.trim().is_empty() {
+        return Ok(s.trim().parse::<u64>()?.saturating_mul(1000));
+    }
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().expect("peeked"));
+        }
+        let n: f64 = num
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{s:?}: not a duration such as 30s or 500ms"))?;
+        num.clear();
+        let ms = match unit.as_str() {
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3600e3,
+            _ => bail!("{s:?}: not a duration such as 30s or 500ms"),
+        };
+        total = total.saturating_add((n * ms) as u64);
+    }
+    if !num.is_empty() || total == 0 && !s.trim().starts_with('0') {
+        bail!("{s:?}: not a duration such as 30s or 500ms");
+    }
+    Ok(total)
+}
+
+/// The hidden `health-loop`: runs container `id`'s healthcheck on its interval while this start
+/// of it (first process `pid`) runs, and keeps what it finds in `health.json` beside its record.
+pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
+    use bulkhead_runtime::container::{Health, HealthRun};
+    use std::io::Read;
+    let store = ctx.store()?;
+    let cs = Containers::open(&store)?;
+    let rec = cs.load(id)?;
+    let Some(hc) = rec.healthcheck.clone() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let path = cs.dir(id).join("health.json");
+    let write = |h: &Health| -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(h)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    };
+    let began = std::time::Instant::now();
+    let mut health = Health {
+        status: "starting".into(),
+        ..Default::default()
+    };
+    write(&health)?;
+    let exe = std::env::current_exe().context("this program's path")?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(hc.interval_ms));
+        let still = cs
+            .load(id)
+            .ok()
+            .is_some_and(|r| matches!(r.state, State::Running { pid: p, .. } if p == pid));
+        if !still {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let start = chrono::Utc::now();
+        let mut child = std::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&ctx.root)
+            .arg("exec")
+            .arg(id)
+            .args(&hc.test)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running the healthcheck")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(hc.timeout_ms);
+        let code = loop {
+            if let Some(st) = child.try_wait()? {
+                break st.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut output = String::new();
+        for s in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut buf = Vec::new();
+            let _ = s.take(4096).read_to_end(&mut buf);
+            output.push_str(&String::from_utf8_lossy(&buf));
+        }
+        if code == -1 && output.is_empty() {
+            output = format!("timed out after {} ms", hc.timeout_ms);
+        }
+        health.log.push(HealthRun {
+            start,
+            end: chrono::Utc::now(),
+            exit_code: code,
+            output: output.chars().take(4096).collect(),
+        });
+        if health.log.len() > 5 {
+            health.log.remove(0);
+        }
+        if code == 0 {
+            health.failing_streak = 0;
+            health.status = "healthy".into();
+        } else if began.elapsed() >= std::time::Duration::from_millis(hc.start_period_ms) {
+            health.failing_streak += 1;
+            if health.failing_streak >= hc.retries {
+                health.status = "unhealthy".into();
+            }
+        }
+        write(&health)?;
+    }
+}
+
+/// A container's health as its loop last wrote it (None: no healthcheck, or not yet).
+pub fn health_of(cs: &Containers, r: &bulkhead_runtime::container::ContainerRecord) -> Option<bulkhead_runtime::container::Health> {
+    r.healthcheck.as_ref()?;
+    if !matches!(r.state, State::Running { .. }) {
+        return None;
+    }
+    let d = std::fs::read(cs.dir(&r.id).join("health.json")).ok()?;
+    serde_json::from_slice(&d).ok()
+}
+
 /// An env file: a regular file (not a FIFO to block on, not a device), at most 1 MiB.
 fn read_env_file(p: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read;
@@ -289,6 +447,24 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
+        healthcheck: match &a.health_cmd {
+            None => None,
+            Some(cmd) => Some(bulkhead_runtime::container::Healthcheck {
+                test: if cmd.trim_start().starts_with('[') {
+                    let v: Vec<String> = serde_json::from_str(cmd).context("--health-cmd: a JSON array of strings")?;
+                    if v.is_empty() {
+                        bail!("--health-cmd []: no command");
+                    }
+                    v
+                } else {
+                    vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
+                },
+                interval_ms: parse_duration_ms(&a.health_interval).context("--health-interval")?.max(100),
+                timeout_ms: parse_duration_ms(&a.health_timeout).context("--health-timeout")?.max(100),
+                retries: a.health_retries.max(1),
+                start_period_ms: parse_duration_ms(&a.health_start_period).context("--health-start-period")?,
+            }),
+        },
         restart: {
             let r = bulkhead_runtime::lifecycle::restart_policy(&a.restart)?;
             if r.is_some() && auto_remove {
@@ -858,7 +1034,11 @@ pub fn ps(ctx: &Ctx, all: bool) -> anyhow::Result<ExitCode> {
                 .map(|r| {
                     let status = match &r.state {
                         State::Created => "Created".to_owned(),
-                        State::Running { started, .. } => format!("Up {}", ago(Some(*started)).trim_end_matches(" ago")),
+                        State::Running { started, .. } => format!(
+                            "Up {}{}",
+                            ago(Some(*started)).trim_end_matches(" ago"),
+                            health_of(&cs, r).map(|h| format!(" ({})", h.status)).unwrap_or_default()
+                        ),
                         State::Exited { code, finished, .. } => format!("Exited ({code}) {}", ago(Some(*finished))),
                     };
                     // One line per container: control characters shown escaped (a command may hold
@@ -935,7 +1115,7 @@ pub fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             "Created": r.created.to_rfc3339(),
             "Path": r.command.first(),
             "Args": r.command.get(1..).unwrap_or_default(),
-            "State": {"Status": status, "Running": running, "Pid": pid, "ExitCode": code, "OOMKilled": oom, "StartedAt": started, "FinishedAt": finished},
+            "State": {"Status": status, "Running": running, "Pid": pid, "ExitCode": code, "OOMKilled": oom, "StartedAt": started, "FinishedAt": finished, "Health": health_of(&cs, &r)},
             "Image": r.image_id.to_string(),
             "Config": {"Image": r.image, "Labels": r.labels, "Env": spec["process"]["env"], "WorkingDir": spec["process"]["cwd"], "User": format!("{}:{}", spec["process"]["user"]["uid"], spec["process"]["user"]["gid"]), "Hostname": spec["hostname"]},
             "Bulkhead": {

@@ -143,6 +143,13 @@ enum Command {
     /// Supervise a container (started by run -d and start; not for people).
     #[command(hide = true)]
     Shim { id: String },
+    /// Run a container's healthcheck on its interval (started by its shim; not for people).
+    #[command(hide = true)]
+    HealthLoop {
+        id: String,
+        #[arg(long)]
+        pid: i32,
+    },
     /// Start a container again for its restart policy (started by a shim's last step; not for
     /// people).
     #[command(hide = true)]
@@ -335,6 +342,7 @@ fn main() -> ExitCode {
         Command::Top { container } => container_cmd::top(&ctx, &container),
         Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
+        Command::HealthLoop { id, pid } => container_cmd::health_loop(&ctx, &id, pid),
         Command::RestartAfter { id, delay_ms } => container_cmd::restart_after(&ctx, &id, std::time::Duration::from_millis(delay_ms)),
         Command::ShimFinish {
             id,

@@ -230,9 +230,9 @@ fn a_file_up_cannot_honour_starts_nothing() {
     let env = Env::new();
     image(&env);
     let file = env.path("bad.yaml");
-    std::fs::write(&file, format!("{SHOP}    healthcheck:\n      test: [\"CMD\", \"true\"]\n")).unwrap();
+    std::fs::write(&file, format!("{SHOP}    secrets: [token]\n")).unwrap();
     let err = env.fails(&["compose", "-f", file.to_str().unwrap(), "-p", "bad", "up", "-d"]);
-    assert!(err.contains("line 20: services.db.healthcheck"), "{err}");
+    assert!(err.contains("line 20: services.db.secrets"), "{err}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert!(!env.ok(&["network", "ls"]).contains("bad_default"));
 }
@@ -359,4 +359,46 @@ fn a_restart_policy_from_the_file_restarts_on_failure_twice() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(runs(), 3, "restarted more than twice");
     env.ok(&["compose", "-f", f, "-p", "crash", "down"]);
+}
+
+#[test]
+fn service_healthy_waits_for_the_healthcheck() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("health.yaml");
+    std::fs::write(
+        &file,
+        r#"services:
+  db:
+    image: cbox
+    command: ["sh", "-c", "sleep 1; echo > /tmp/ready; exec sleep 1000"]
+    healthcheck:
+      test: ["CMD-SHELL", "test -f /tmp/ready"]
+      interval: 200ms
+      retries: 50
+  app:
+    image: cbox
+    command: ["sleep", "1000"]
+    depends_on:
+      db:
+        condition: service_healthy
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    env.ok(&["compose", "-f", f, "-p", "hc", "up", "-d", "--wait"]);
+    let ps = env.ok(&["ps"]);
+    assert!(ps.lines().any(|l| l.contains("hc-db-1") && l.contains("(healthy)")), "{ps}");
+    // app started only once db was healthy.
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "hc-db-1", "hc-app-1"])).unwrap();
+    let healthy_at = v[0]["State"]["Health"]["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["exit_code"] == 0)
+        .map(|l| l["end"].as_str().unwrap().to_owned())
+        .expect("a passing check");
+    let app_started = v[1]["State"]["StartedAt"].as_str().unwrap().to_owned();
+    assert!(app_started >= healthy_at, "app started {app_started}, db healthy {healthy_at}");
+    env.ok(&["compose", "-f", f, "-p", "hc", "down"]);
 }

@@ -10,7 +10,7 @@ use common::*;
 fn image(env: &Env) -> &'static str {
     let rootfs = env.path("rootfs");
     busybox_rootfs(&rootfs);
-    for a in ["sleep", "echo", "true", "cut"] {
+    for a in ["sleep", "echo", "true", "cut", "test", "touch"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
     }
     env.ok(&["image", "import", "--rootfs", rootfs.to_str().unwrap(), "--tag", "life"]);
@@ -608,4 +608,46 @@ fn restart_policies_start_again_with_backoff_and_never_after_stop() {
     assert!(env
         .fails(&["run", "-d", "--restart", "sometimes", img, "true"])
         .contains("on-failure[:N]"));
+}
+
+#[test]
+fn a_healthcheck_runs_in_the_container_and_shows_in_ps_and_inspect() {
+    let env = Env::new();
+    let img = image(&env);
+    std::fs::create_dir_all(env.path("rootfs/tmp")).unwrap();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "h",
+        "--health-cmd",
+        "test -f /ok",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        img,
+        "sleep",
+        "1000",
+    ]);
+    let health = |what: &str| inspect(&env, "h")["State"]["Health"][what].clone();
+    wait_until("unhealthy", || health("status") == "unhealthy");
+    assert!(env.ok(&["ps"]).contains("(unhealthy)"));
+    env.ok(&["exec", "h", "touch", "/ok"]);
+    wait_until("healthy", || health("status") == "healthy");
+    assert!(env.ok(&["ps"]).contains("(healthy)"));
+    assert_eq!(health("failing_streak"), 0);
+    // Its loop ends with the container.
+    let id = inspect(&env, "h")["Id"].as_str().unwrap().to_owned();
+    env.ok(&["rm", "-f", "h"]);
+    wait_until("the health loop to end", || {
+        !std::process::Command::new("pgrep")
+            .args(["-f", &format!("health-loop {id}")])
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(env
+        .fails(&["run", "-d", "--health-cmd", "true", "--health-interval", "soon", img, "true"])
+        .contains("--health-interval"));
 }

@@ -44,6 +44,37 @@ pub enum State {
     },
 }
 
+/// A container's healthcheck (`--health-cmd`, compose's `healthcheck`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Healthcheck {
+    /// The command, as `exec` runs it.
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failures in a row that make it unhealthy.
+    pub retries: u32,
+    /// Failures in this time after a start do not count.
+    pub start_period_ms: u64,
+}
+
+/// What the health loop last found (`<container dir>/health.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Health {
+    /// starting, healthy, unhealthy.
+    pub status: String,
+    pub failing_streak: u32,
+    /// The last five checks: start, end, exit code, the first 4 KiB of output.
+    pub log: Vec<HealthRun>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthRun {
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub exit_code: i32,
+    pub output: String,
+}
+
 /// Everything bulkhead records about one container.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ContainerRecord {
@@ -81,6 +112,9 @@ pub struct ContainerRecord {
     /// Stopped by a user (`stop`): the policy does not start it again until a user does.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// `--health-cmd` and the rest: a command run in the container on an interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
     /// `-i`: a detached container's stdin stays open instead of reading /dev/null.
     #[serde(default)]
     pub open_stdin: bool,

@@ -23,6 +23,7 @@ pub struct CreateRequest {
     pub auto_remove: bool,
     /// `--restart` (checked by [`crate::lifecycle::restart_policy`]).
     pub restart: Option<String>,
+    pub healthcheck: Option<crate::container::Healthcheck>,
     /// `-i` on a detached container: its stdin stays open (a pipe nobody writes), as Docker's does.
     pub open_stdin: bool,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -247,6 +248,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             restart: req.restart.clone(),
             restart_count: 0,
             stopped_by_user: false,
+            healthcheck: req.healthcheck.clone(),
             open_stdin: req.open_stdin,
             stop_signal,
             stop_timeout: req.stop_timeout.unwrap_or(10),

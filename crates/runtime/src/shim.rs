@@ -105,6 +105,9 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     rec.shim_pid = Some(std::process::id() as i32);
     rec.error = None;
     cs.save_volatile(rec)?;
+    if rec.healthcheck.is_some() {
+        spawn_health_loop(store, &rec.id, started.pid());
+    }
     // The container runs. Execute the lean monitor in our place: same pid, so still the parent
     // and the subreaper; it leaves behind every page that starting a container touched.
     let target = started.into_monitor();
@@ -128,6 +131,37 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     drop(hold);
     // (The restart policy is the monitor's path's: this fallback only records the exit.)
     finish(store, cs, &rec.id, &target, code, chrono::Utc::now(), None).map(|_| ())
+}
+
+/// Starts the loop that runs the container's healthcheck on its interval (`bulkhead
+/// health-loop`, a process of its own in its own session: the monitor stays as small as it
+/// is). It ends when this start of the container does. A failure to start it is recorded as the
+/// container's health.
+fn spawn_health_loop(store: &Store, id: &str, pid: i32) {
+    use std::os::unix::process::CommandExt;
+    let Some(exe) = std::env::var_os("BULKHEAD_EXE") else {
+        tracing::warn!("no bulkhead binary for the healthcheck");
+        return;
+    };
+    let mut c = std::process::Command::new(exe);
+    c.arg("--root")
+        .arg(store.root())
+        .args(["health-loop", id, &format!("--pid={pid}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid(2) and close_range(2) in the child before exec touch no memory of ours; it
+    // keeps none of the shim's descriptors (the container's output pipes among them).
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            Ok(())
+        });
+    }
+    if let Err(e) = c.spawn() {
+        tracing::warn!(error = %e, "starting the healthcheck");
+    }
 }
 
 /// The monitor binary (crates/shim), built static by build.rs and embedded.
