@@ -466,7 +466,10 @@ fn run_args(
             Some(HealthcheckTest::Single(c)) => Some(c.clone()),
             Some(HealthcheckTest::Multiple(v)) => match v.first().map(String::as_str) {
                 Some("NONE") => None,
-                Some("CMD") if v.len() > 1 => Some(serde_json::to_string(&v[1..])?),
+                Some("CMD") if v.len() > 1 => {
+                    health.push(format!("--health-cmd-exec={}", serde_json::to_string(&v[1..])?));
+                    None
+                }
                 Some("CMD-SHELL") if v.len() > 1 => Some(v[1..].join(" ")),
                 _ => {
                     return Err(refuse(
@@ -478,6 +481,8 @@ fn run_args(
         };
         if let Some(cmd) = cmd {
             health.push(format!("--health-cmd={cmd}"));
+        }
+        if !health.is_empty() {
             for (flag, v) in [
                 ("--health-interval", &h.interval),
                 ("--health-timeout", &h.timeout),

@@ -36,10 +36,12 @@ pub struct RunArgs {
     /// from 100 ms; never after `stop`).
     #[arg(long, default_value = "no")]
     restart: String,
-    /// A command (run with /bin/sh -c in the container, or a JSON array run as it is) that says
-    /// whether it is healthy.
-    #[arg(long)]
+    /// A command (run with /bin/sh -c in the container) that says whether it is healthy.
+    #[arg(long, conflicts_with = "health_cmd_exec")]
     health_cmd: Option<String>,
+    /// The same as a JSON array run as it is, without a shell (compose's `["CMD", ...]`).
+    #[arg(long)]
+    health_cmd_exec: Option<String>,
     /// How often (30s, 500ms, 1m): default 30s.
     #[arg(long, default_value = "30s")]
     health_interval: String,
@@ -271,22 +273,28 @@ pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
 /// of it (first process `pid`) runs, and keeps what it finds in `health.json` beside its record.
 pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::container::{Health, HealthRun};
-    use std::io::Read;
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
     let rec = cs.load(id)?;
     let Some(hc) = rec.healthcheck.clone() else {
         return Ok(ExitCode::SUCCESS);
     };
-    let path = cs.dir(id).join("health.json");
+    let dir = cs.dir(id);
+    let path = dir.join("health.json");
     let write = |h: &Health| -> anyhow::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(h)?)?;
-        std::fs::rename(&tmp, &path)?;
+        // Only while the container's directory is there (never one `rm` is taking away), through
+        // a temporary file of its own.
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, &serde_json::to_vec(h)?)?;
+        tmp.persist(&path)?;
         Ok(())
     };
     let began = std::time::Instant::now();
     let mut health = Health {
+        pid,
         status: "starting".into(),
         ..Default::default()
     };
@@ -307,15 +315,44 @@ pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
             .arg(&ctx.root)
             .arg("exec")
             .arg(id)
+            // Nothing of the test is read as an option of `exec` (or of bulkhead).
+            .arg("--")
             .args(&hc.test)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .context("running the healthcheck")?;
+        // Its output is drained as it comes (never blocking: what the test leaves running in
+        // the container may hold the pipes open), 4 KiB kept.
+        let outs: Vec<std::os::fd::OwnedFd> = [
+            child.stdout.take().map(std::os::fd::OwnedFd::from),
+            child.stderr.take().map(std::os::fd::OwnedFd::from),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for fd in &outs {
+            let _ = rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK);
+        }
+        let mut kept: Vec<u8> = Vec::new();
+        let drain = |kept: &mut Vec<u8>| {
+            let mut buf = [0u8; 4096];
+            for fd in &outs {
+                while let Ok(n) = rustix::io::read(fd, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = 4096usize.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+            }
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(hc.timeout_ms);
         let code = loop {
+            drain(&mut kept);
             if let Some(st) = child.try_wait()? {
+                drain(&mut kept);
                 break st.code().unwrap_or(-1);
             }
             if std::time::Instant::now() > deadline {
@@ -325,18 +362,7 @@ pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
-        let mut output = String::new();
-        for s in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let mut buf = Vec::new();
-            let _ = s.take(4096).read_to_end(&mut buf);
-            output.push_str(&String::from_utf8_lossy(&buf));
-        }
+        let mut output = String::from_utf8_lossy(&kept).into_owned();
         if code == -1 && output.is_empty() {
             output = format!("timed out after {} ms", hc.timeout_ms);
         }
@@ -365,11 +391,11 @@ pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
 /// A container's health as its loop last wrote it (None: no healthcheck, or not yet).
 pub fn health_of(cs: &Containers, r: &bulkhead_runtime::container::ContainerRecord) -> Option<bulkhead_runtime::container::Health> {
     r.healthcheck.as_ref()?;
-    if !matches!(r.state, State::Running { .. }) {
-        return None;
-    }
+    let State::Running { pid, .. } = r.state else { return None };
     let d = std::fs::read(cs.dir(&r.id).join("health.json")).ok()?;
-    serde_json::from_slice(&d).ok()
+    let h: bulkhead_runtime::container::Health = serde_json::from_slice(&d).ok()?;
+    // Another start's health is not this one's.
+    (h.pid == pid).then_some(h)
 }
 
 /// An env file: a regular file (not a FIFO to block on, not a device), at most 1 MiB.
@@ -447,23 +473,36 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         resources,
         executor,
         auto_remove,
-        healthcheck: match &a.health_cmd {
-            None => None,
-            Some(cmd) => Some(bulkhead_runtime::container::Healthcheck {
-                test: if cmd.trim_start().starts_with('[') {
-                    let v: Vec<String> = serde_json::from_str(cmd).context("--health-cmd: a JSON array of strings")?;
-                    if v.is_empty() {
-                        bail!("--health-cmd []: no command");
+        healthcheck: {
+            let test = match (&a.health_cmd, &a.health_cmd_exec) {
+                (Some(cmd), _) => Some(vec!["/bin/sh".into(), "-c".into(), cmd.clone()]),
+                (None, Some(json)) => {
+                    let v: Vec<String> = serde_json::from_str(json).context("--health-cmd-exec: a JSON array of strings")?;
+                    if v.first().is_none_or(|p| p.is_empty() || p.starts_with('-')) {
+                        bail!("--health-cmd-exec {json}: a program first");
                     }
-                    v
-                } else {
-                    vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
-                },
-                interval_ms: parse_duration_ms(&a.health_interval).context("--health-interval")?.max(100),
-                timeout_ms: parse_duration_ms(&a.health_timeout).context("--health-timeout")?.max(100),
-                retries: a.health_retries.max(1),
-                start_period_ms: parse_duration_ms(&a.health_start_period).context("--health-start-period")?,
-            }),
+                    Some(v)
+                }
+                (None, None) => None,
+            };
+            // Between 100 ms and a day: a check neither hammers the host nor sleeps for ever.
+            let bounded = |v: &str, what: &str| -> anyhow::Result<u64> {
+                let ms = parse_duration_ms(v).with_context(|| what.to_owned())?;
+                if ms > 86_400_000 {
+                    bail!("{what} {v}: at most 24h");
+                }
+                Ok(ms)
+            };
+            match test {
+                None => None,
+                Some(test) => Some(bulkhead_runtime::container::Healthcheck {
+                    test,
+                    interval_ms: bounded(&a.health_interval, "--health-interval")?.max(100),
+                    timeout_ms: bounded(&a.health_timeout, "--health-timeout")?.max(100),
+                    retries: a.health_retries.clamp(1, 1000),
+                    start_period_ms: bounded(&a.health_start_period, "--health-start-period")?,
+                }),
+            }
         },
         restart: {
             let r = bulkhead_runtime::lifecycle::restart_policy(&a.restart)?;
@@ -675,8 +714,16 @@ pub fn start(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             continue;
         }
         {
-            let _lock = store.lock_shared()?;
-            let mut r = rec.clone();
+            let _shared = store.lock_shared()?;
+            let _lock = cs.lock()?;
+            let mut r = lifecycle::refresh(&cs, cs.load(&rec.id)?)?;
+            if matches!(r.state, State::Created | State::Running { .. }) {
+                // Its restart policy is starting it right now: that start is this one.
+                drop(_lock);
+                lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
+                println!("{n}");
+                continue;
+            }
             r.state = State::Created;
             r.error = None;
             // A user's start: the restart policy applies again, counting from zero.
@@ -969,7 +1016,13 @@ pub fn shim_finish(
             .arg(&ctx.root)
             .arg("--config")
             .arg(&ctx.config)
-            .args(["restart-after", &format!("--delay-ms={}", delay.as_millis()), id])
+            .args([
+                "restart-after",
+                &format!("--delay-ms={}", delay.as_millis()),
+                // The exit it answers: a later one (after a user's start) is not its own.
+                &format!("--after={}", finished.to_rfc3339()),
+                id,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
@@ -987,21 +1040,22 @@ pub fn shim_finish(
 
 /// The hidden `restart-after`: waits `delay`, then starts container `id` again if its policy
 /// still wants it (it was not removed, started or stopped by a user meanwhile).
-pub fn restart_after(ctx: &Ctx, id: &str, delay: std::time::Duration) -> anyhow::Result<ExitCode> {
+pub fn restart_after(ctx: &Ctx, id: &str, delay: std::time::Duration, after: &str) -> anyhow::Result<ExitCode> {
     std::thread::sleep(delay);
     let store = ctx.store()?;
     let cs = Containers::open(&store)?;
-    {
-        let _lock = store.lock_shared()?;
-        let Ok(mut r) = cs.load(id) else { return Ok(ExitCode::SUCCESS) };
-        if !matches!(r.state, State::Exited { .. }) || r.stopped_by_user || r.restart.is_none() {
-            return Ok(ExitCode::SUCCESS);
-        }
-        r.restart_count += 1;
-        r.state = State::Created;
-        r.error = None;
-        cs.save(&r)?;
+    // Under the containers' lock, as `stop`, `start`, `rm` and the shim's last step change the
+    // record: still the exit this restart answers, not stopped or removed by a user since.
+    let _lock = cs.lock()?;
+    let Ok(mut r) = cs.load(id) else { return Ok(ExitCode::SUCCESS) };
+    let same_exit = matches!(&r.state, State::Exited { finished, .. } if finished.to_rfc3339() == after);
+    if !same_exit || r.stopped_by_user || r.restart.is_none() || !cs.dir(id).is_dir() {
+        return Ok(ExitCode::SUCCESS);
     }
+    r.restart_count += 1;
+    r.state = State::Created;
+    r.error = None;
+    cs.save(&r)?;
     lifecycle::spawn_shim(&ctx.root, id)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -157,6 +157,8 @@ enum Command {
         id: String,
         #[arg(long)]
         delay_ms: u64,
+        #[arg(long)]
+        after: String,
     },
     /// Records the exit of a container (executed by its shim's monitor; not for people).
     #[command(hide = true)]
@@ -343,7 +345,9 @@ fn main() -> ExitCode {
         Command::Export { container, output } => container_cmd::export(&ctx, &container, output.as_deref()),
         Command::Shim { id } => container_cmd::shim(&ctx, &id),
         Command::HealthLoop { id, pid } => container_cmd::health_loop(&ctx, &id, pid),
-        Command::RestartAfter { id, delay_ms } => container_cmd::restart_after(&ctx, &id, std::time::Duration::from_millis(delay_ms)),
+        Command::RestartAfter { id, delay_ms, after } => {
+            container_cmd::restart_after(&ctx, &id, std::time::Duration::from_millis(delay_ms), &after)
+        }
         Command::ShimFinish {
             id,
             pid,

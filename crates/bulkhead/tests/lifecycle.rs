@@ -603,6 +603,30 @@ fn restart_policies_start_again_with_backoff_and_never_after_stop() {
     env.ok(&["start", "again"]);
     wait_until("again restarted after start", || runs("again") >= after_stop + 2);
     env.ok(&["rm", "-f", "again", "flaky", "clean"]);
+    // A stop between two starts (the policy's backoff) sticks too.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "crashy",
+        "--restart",
+        "always",
+        img,
+        "sh",
+        "-c",
+        "echo run-; exit 1",
+    ]);
+    wait_until("crashy's second run", || runs("crashy") >= 2);
+    env.ok(&["stop", "-t", "1", "crashy"]);
+    let n = runs("crashy");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        runs("crashy") <= n + 1,
+        "restarted after a stop in its backoff: {} runs after {n}",
+        runs("crashy")
+    );
+    assert_eq!(status("crashy"), "exited");
+    env.ok(&["rm", "-f", "crashy"]);
     // Refused with --rm, and a policy that does not parse.
     assert!(env.fails(&["run", "--rm", "--restart", "always", img, "true"]).contains("--rm"));
     assert!(env
@@ -650,4 +674,9 @@ fn a_healthcheck_runs_in_the_container_and_shows_in_ps_and_inspect() {
     assert!(env
         .fails(&["run", "-d", "--health-cmd", "true", "--health-interval", "soon", img, "true"])
         .contains("--health-interval"));
+    // An exec-form test is a program, never options of `exec` or of bulkhead.
+    let err = env.fails(&["run", "-d", "--health-cmd-exec", r#"["--root=/tmp/x", "y"]"#, img, "sleep", "1"]);
+    assert!(err.contains("a program first"), "{err}");
+    let err = env.fails(&["run", "-d", "--health-cmd", "true", "--health-interval", "100000h", img, "true"]);
+    assert!(err.contains("at most 24h"), "{err}");
 }

@@ -60,6 +60,9 @@ pub struct Healthcheck {
 /// What the health loop last found (`<container dir>/health.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Health {
+    /// The start it is about (the container's first process then): another start's is stale.
+    #[serde(default)]
+    pub pid: i32,
     /// starting, healthy, unhealthy.
     pub status: String,
     pub failing_streak: u32,

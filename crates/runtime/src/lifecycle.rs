@@ -123,15 +123,14 @@ pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
 
 /// `stop`: the stop signal, then SIGKILL after `timeout`; waits for the shim to record the exit.
 pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: Duration) -> Result<ContainerRecord> {
+    // A user stopped it: its restart policy leaves it stopped, also when it is between two
+    // starts (recorded under the containers' lock, before it exits, so the shim's last step and
+    // a pending restart both see it).
+    if rec.restart.is_some() {
+        mark_stopped(cs, &rec.id)?;
+    }
     if !is_running(rec) {
         return refresh(cs, rec.clone());
-    }
-    // A user stopped it: its restart policy leaves it stopped (recorded before it exits, so the
-    // shim's last step sees it).
-    if rec.restart.is_some() {
-        let mut r = cs.load(&rec.id)?;
-        r.stopped_by_user = true;
-        cs.save(&r)?;
     }
     signal(rec, stop_signal)?;
     match wait_exited(cs, &rec.id, Some(timeout)) {
@@ -141,6 +140,17 @@ pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: D
             wait_exited(cs, &rec.id, Some(Duration::from_secs(10)))
         }
     }
+}
+
+/// Records that a user stopped (or removes) container `id`: no restart policy starts it again.
+pub fn mark_stopped(cs: &Containers, id: &str) -> Result<()> {
+    let _lock = cs.lock()?;
+    let mut r = cs.load(id)?;
+    if !r.stopped_by_user {
+        r.stopped_by_user = true;
+        cs.save(&r)?;
+    }
+    Ok(())
 }
 
 /// A restart policy as `--restart` takes it: `no`, `always`, `unless-stopped`,

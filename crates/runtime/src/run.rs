@@ -468,7 +468,15 @@ fn forward_signals(pid: i32) {
 /// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,
 /// directory and image lease.
 pub fn remove(store: &Store, cs: &Containers, key: &str, force: bool) -> Result<ContainerRecord> {
-    let rec = crate::lifecycle::refresh(cs, cs.find(key)?)?;
+    let mut rec = crate::lifecycle::refresh(cs, cs.find(key)?)?;
+    if rec.restart.is_some() && force {
+        // No restart may begin now; one already begun is let finish starting, then killed.
+        crate::lifecycle::mark_stopped(cs, &rec.id)?;
+        if matches!(rec.state, crate::container::State::Created) {
+            let _ = crate::lifecycle::wait_started(cs, &rec.id, std::time::Duration::from_secs(10));
+        }
+        rec = crate::lifecycle::refresh(cs, cs.load(&rec.id)?)?;
+    }
     if crate::lifecycle::is_running(&rec) {
         if !force {
             return Err(Error::Invalid(format!(

@@ -139,7 +139,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
 /// container's health.
 fn spawn_health_loop(store: &Store, id: &str, pid: i32) {
     use std::os::unix::process::CommandExt;
-    let Some(exe) = std::env::var_os("BULKHEAD_EXE") else {
+    let Some(exe) = std::env::var_os("BULKHEAD_EXE").filter(|p| std::path::Path::new(p).is_absolute()) else {
         tracing::warn!("no bulkhead binary for the healthcheck");
         return;
     };
@@ -156,6 +156,9 @@ fn spawn_health_loop(store: &Store, id: &str, pid: i32) {
         c.pre_exec(|| {
             libc::setsid();
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            // Gone with this start of the container: the monitor (this pid, after its exec)
+            // exits when the container does.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
@@ -242,6 +245,8 @@ pub fn finish(
     error: Option<String>,
 ) -> Result<Option<std::time::Duration>> {
     let me = std::process::id() as i32;
+    // The record's change under the containers' lock (a user's `stop` marks it at the same time).
+    let lock = cs.lock()?;
     let mut rec = cs.load(id)?;
     let started = match rec.state {
         State::Running { pid, started } if pid == target.pid() && rec.shim_pid == Some(me) => started,
@@ -264,6 +269,7 @@ pub fn finish(
         rec.error = error;
     }
     cs.save(&rec)?;
+    drop(lock);
     cs.unmount_rootfs(id)?;
     if rec.auto_remove {
         crate::run::remove(store, cs, id, true)?;
