@@ -717,8 +717,10 @@ pub fn start(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             let _shared = store.lock_shared()?;
             let _lock = cs.lock()?;
             let mut r = lifecycle::refresh(&cs, cs.load(&rec.id)?)?;
-            if matches!(r.state, State::Created | State::Running { .. }) {
-                // Its restart policy is starting it right now: that start is this one.
+            // Its restart policy is starting it right now (created again by `restart-after`; a
+            // container `create` made has never been restarted): that start is this one.
+            let restarting = matches!(r.state, State::Created) && r.restart.is_some() && r.restart_count > 0;
+            if restarting || matches!(r.state, State::Running { .. }) {
                 drop(_lock);
                 lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
                 println!("{n}");
