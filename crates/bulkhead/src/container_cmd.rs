@@ -584,7 +584,13 @@ fn create_container(
     // Docker: an alias another container has is allowed when both carry the same service label.
     let service_label = |l: &std::collections::BTreeMap<String, String>| l.get(crate::compose_cmd::SERVICE_LABEL).cloned();
     let mine = service_label(&req.labels);
-    for other in cs.list()? {
+    // Names are per network (as a network's resolver serves them): only containers that share
+    // a network with this one are compared (two compose projects may both have a `db`).
+    for other in cs
+        .list()?
+        .into_iter()
+        .filter(|o| o.networks.iter().any(|n| req.networks.contains(n)))
+    {
         let shared = mine.is_some() && service_label(&other.labels) == mine;
         let theirs: Vec<&str> = std::iter::once(other.name.as_str())
             .chain(other.aliases.iter().map(String::as_str).filter(|_| !shared))

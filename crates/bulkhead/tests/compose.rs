@@ -218,6 +218,13 @@ fn up_allows_what_the_file_declares_and_down_leaves_nothing() {
         rules.contains("compose shop: ") && rules.contains("shop.yaml:6 depends_on"),
         "{rules}"
     );
+    // Another project with the same service names lives beside it (names are per network).
+    let twin = env.path("twin.yaml");
+    std::fs::write(&twin, "services:\n  db:\n    image: cbox\n    command: [\"sleep\", \"100\"]\n").unwrap();
+    let t = twin.to_str().unwrap();
+    env.ok(&["compose", "-f", t, "-p", "twin", "up", "-d"]);
+    assert!(tcp("shop-app-1", "db", "5432").contains("pong"), "shop's db lost its name");
+    env.ok(&["compose", "-f", t, "-p", "twin", "down"]);
     // Down: no container, rule or network of the project is left.
     c(&["down"]);
     assert_eq!(c(&["ps", "-a"]).lines().count(), 1, "containers left");
