@@ -1017,31 +1017,17 @@ pub fn shim_finish(
     if let Some(delay) = bulkhead_runtime::shim::finish(&store, &cs, id, &target, code, finished, error)? {
         // Its restart policy starts it again, after the delay, from a process of its own (no
         // daemon: the shim's last step hands over to it and ends).
-        use std::os::unix::process::CommandExt;
         let exe = std::env::current_exe().context("this program's path")?;
         let mut c = std::process::Command::new(exe);
-        c.arg("--root")
-            .arg(&ctx.root)
-            .arg("--config")
-            .arg(&ctx.config)
-            .args([
-                "restart-after",
-                &format!("--delay-ms={}", delay.as_millis()),
-                // The exit it answers: a later one (after a user's start) is not its own.
-                &format!("--after={}", finished.to_rfc3339()),
-                id,
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // SAFETY: setsid(2) in the child before exec: its own session, outliving ours.
-        unsafe {
-            c.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        c.spawn().context("starting the restart")?;
+        c.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config).args([
+            "restart-after",
+            &format!("--delay-ms={}", delay.as_millis()),
+            // The exit it answers: a later one (after a user's start) is not its own.
+            &format!("--after={}", finished.to_rfc3339()),
+            id,
+        ]);
+        // Its own session: it outlives this last step of the shim.
+        lifecycle::spawn_detached(c, false).context("starting the restart")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -142,6 +142,29 @@ pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: D
     }
 }
 
+/// Starts `cmd` as a helper of its own (the health loop, a pending restart): its own session,
+/// standard streams on /dev/null, none of our other descriptors (a shim's hold the container's
+/// output pipes); with `die_with_parent`, killed when this process goes.
+pub fn spawn_detached(mut cmd: std::process::Command, die_with_parent: bool) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid(2), close_range(2) and prctl(2) in the child before exec touch no memory of
+    // the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            if die_with_parent {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Records that a user stopped (or removes) container `id`: no restart policy starts it again.
 pub fn mark_stopped(cs: &Containers, id: &str) -> Result<()> {
     let _lock = cs.lock()?;

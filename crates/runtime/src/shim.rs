@@ -138,31 +138,15 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
 /// is). It ends when this start of the container does. A failure to start it is recorded as the
 /// container's health.
 fn spawn_health_loop(store: &Store, id: &str, pid: i32) {
-    use std::os::unix::process::CommandExt;
     let Some(exe) = std::env::var_os("BULKHEAD_EXE").filter(|p| std::path::Path::new(p).is_absolute()) else {
         tracing::warn!("no bulkhead binary for the healthcheck");
         return;
     };
     let mut c = std::process::Command::new(exe);
-    c.arg("--root")
-        .arg(store.root())
-        .args(["health-loop", id, &format!("--pid={pid}")])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: setsid(2) and close_range(2) in the child before exec touch no memory of ours; it
-    // keeps none of the shim's descriptors (the container's output pipes among them).
-    unsafe {
-        c.pre_exec(|| {
-            libc::setsid();
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-            // Gone with this start of the container: the monitor (this pid, after its exec)
-            // exits when the container does.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    if let Err(e) = c.spawn() {
+    c.arg("--root").arg(store.root()).args(["health-loop", id, &format!("--pid={pid}")]);
+    // Gone with this start of the container: the monitor (this pid, after its exec) exits when
+    // the container does.
+    if let Err(e) = crate::lifecycle::spawn_detached(c, true) {
         tracing::warn!(error = %e, "starting the healthcheck");
     }
 }
