@@ -101,25 +101,7 @@ use common::*;
 
 /// A busybox image for the services.
 fn image(env: &Env) {
-    let rootfs = env.path("rootfs");
-    busybox_rootfs(&rootfs);
-    for a in ["httpd", "nc", "sleep", "timeout", "echo", "wget"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    for d in ["tmp", "www"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "cbox",
-        "--cmd",
-        "/bin/sh",
-    ]);
+    busybox_image(env, "cbox", &["httpd", "nc", "sleep", "timeout", "echo", "wget"], false);
 }
 
 const SHOP: &str = r#"services:

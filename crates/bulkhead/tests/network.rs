@@ -9,34 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Imports a busybox image `tag` with `applets` linked, /tmp, /www/index.html ("hello"), and
-/// with `frames`, the raw-frame tool.
-fn busybox_image(env: &Env, tag: &'static str, applets: &[&str], frames: bool) -> &'static str {
-    let rootfs = env.path(&format!("rootfs-{tag}"));
-    busybox_rootfs(&rootfs);
-    for a in applets {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    for d in ["etc", "tmp", "www"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
-    if frames {
-        std::fs::copy(c_fixture("frames"), rootfs.join("bin/frames")).unwrap();
-    }
-    env.ok(&[
-        "image",
-        "import",
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        tag,
-        "--cmd",
-        "/bin/sh",
-    ]);
-    tag
-}
-
 /// A busybox image with the tools the tests use.
 fn image(env: &Env) -> &'static str {
     busybox_image(
