@@ -56,7 +56,7 @@ pub enum ComposeCommand {
     },
     /// Removes the project's containers, rules and networks.
     Down {
-        /// Also its named volumes (none can exist yet: named volumes come later).
+        /// Also its named volumes (not the external ones).
         #[arg(short, long)]
         volumes: bool,
         /// Containers of the project whose service is no longer in the file go too (they always
@@ -127,6 +127,8 @@ const PROJECT_LABEL: &str = "bulkhead.compose.project";
 /// The project's directory (links resolved): a project is its name *and* where its file is.
 const DIR_LABEL: &str = "bulkhead.compose.dir";
 pub const SERVICE_LABEL: &str = "bulkhead.compose.service";
+/// A volume's key in its project's file.
+const VOLUME_LABEL: &str = "bulkhead.compose.volume";
 
 fn load(a: &ComposeArgs) -> anyhow::Result<bulkhead_compose::Project> {
     let opts = bulkhead_compose::Options {
@@ -151,7 +153,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             allow_host_paths,
             allow_weakening,
         } => return up(ctx, &p, *detach, *wait, services, *allow_host_paths, *allow_weakening),
-        ComposeCommand::Down { .. } => return down(ctx, &p),
+        ComposeCommand::Down { volumes, .. } => return down(ctx, &p, *volumes),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
         ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
         ComposeCommand::Exec { service, command, .. } => {
@@ -502,9 +504,6 @@ fn run_args(
         None => None,
         Some(r) => bulkhead_runtime::lifecycle::restart_policy(r).map_err(|e| refuse("restart", &e.to_string()))?,
     };
-    if s.secrets.is_some() {
-        return Err(refuse("secrets", "secrets come with a later version of compose up"));
-    }
     if let bulkhead_compose::types::DependsOnOptions::Conditional(m) = &s.depends_on {
         if let Some((d, c)) = m.iter().find(|(_, c)| {
             !matches!(
@@ -604,33 +603,50 @@ fn run_args(
         }
     }
     for v in &s.volumes {
-        let (src, dst, ro) = match v {
+        // A source that is not a path names a volume of the file's top-level `volumes`.
+        let path_like = |x: &str| x.starts_with('/') || x.starts_with('.') || x.starts_with('~');
+        let (src, dst, ro, named) = match v {
             Volumes::Simple(x) => {
                 let parts: Vec<&str> = x.split(':').collect();
-                match parts.as_slice() {
+                let (src, dst, ro) = match parts.as_slice() {
                     [src, dst] => (src.to_string(), dst.to_string(), false),
                     [src, dst, "ro"] => (src.to_string(), dst.to_string(), true),
                     [src, dst, "rw"] => (src.to_string(), dst.to_string(), false),
                     _ => {
                         return Err(refuse(
                             "volumes",
-                            &format!("{x:?}: SOURCE:TARGET[:ro|:rw] (no other options; anonymous and named volumes come later)"),
+                            &format!("{x:?}: SOURCE:TARGET[:ro|:rw] (no other options; an anonymous volume needs a name here)"),
                         ))
                     }
-                }
+                };
+                let named = !path_like(&src);
+                (src, dst, ro, named)
             }
-            Volumes::Advanced(x) if x._type == "bind" => (x.source.clone().unwrap_or_default(), x.target.clone(), x.read_only),
-            Volumes::Advanced(x) => return Err(refuse("volumes", &format!("type {:?}: only bind mounts for now", x._type))),
+            Volumes::Advanced(x) if x._type == "bind" => (x.source.clone().unwrap_or_default(), x.target.clone(), x.read_only, false),
+            Volumes::Advanced(x) if x._type == "volume" => match &x.source {
+                Some(src) if !path_like(src) => (src.clone(), x.target.clone(), x.read_only, true),
+                _ => {
+                    return Err(refuse(
+                        "volumes",
+                        "type volume: `source:` names a volume of the top-level `volumes`",
+                    ))
+                }
+            },
+            Volumes::Advanced(x) => {
+                return Err(refuse(
+                    "volumes",
+                    &format!("type {:?}: bind and volume (tmpfs: use `tmpfs:`)", x._type),
+                ))
+            }
         };
         // The target is one path: nothing that `run -v` would read as more options (`:idmap`).
         if dst.contains([':', ',']) || !dst.starts_with('/') {
             return Err(refuse("volumes", &format!("target {dst:?}: an absolute path, without ':' or ','")));
         }
-        if !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~')) {
-            return Err(refuse(
-                "volumes",
-                &format!("{src:?}: named volumes come with a later version of compose up"),
-            ));
+        if named {
+            let (vol, _) = volume_name(p, &src).map_err(|e| refuse("volumes", &e.to_string()))?;
+            a.push(format!("--volume={vol}:{dst}{}", if ro { ":ro" } else { "" }));
+            continue;
         }
         let src = if let Some(rest) = src.strip_prefix("~/") {
             std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(rest)
@@ -653,6 +669,9 @@ fn run_args(
             ));
         }
         a.push(format!("--volume={}:{dst}{}", src.display(), if ro { ":ro" } else { "" }));
+    }
+    for f in injected_files(p, name, s, allow)? {
+        a.push(f);
     }
     match &s.tmpfs {
         None => {}
@@ -772,6 +791,143 @@ fn run_args(
 }
 
 /// The project's directory, links resolved.
+/// The store's name of the file's volume `key` (top-level `volumes`): `<project>_<key>`, or
+/// its `name:`; an external one is used as it is named, and must exist.
+fn volume_name(p: &bulkhead_compose::Project, key: &str) -> anyhow::Result<(String, bool)> {
+    use bulkhead_compose::types::{ExternalVolume, MapOrEmpty};
+    let Some(decl) = p.model.volumes.0.get(key) else {
+        anyhow::bail!("volume {key:?} is not declared under the top-level `volumes`");
+    };
+    let v = match decl {
+        MapOrEmpty::Map(v) => v.clone(),
+        MapOrEmpty::Empty => return Ok((format!("{}_{key}", p.name), false)),
+    };
+    if v.driver.as_deref().is_some_and(|d| d != "local") || !v.driver_opts.is_empty() {
+        anyhow::bail!("volume {key:?}: only the local driver, without driver_opts");
+    }
+    let name = match &v.external {
+        Some(ExternalVolume::Bool(true)) => return Ok((v.name.clone().unwrap_or_else(|| key.to_owned()), true)),
+        Some(ExternalVolume::Name { name }) => return Ok((name.clone(), true)),
+        _ => v.name.clone().unwrap_or_else(|| format!("{}_{key}", p.name)),
+    };
+    if !bulkhead_runtime::volumes::valid_name(&name) {
+        anyhow::bail!("volume {key:?}: {name:?} is not a volume name");
+    }
+    Ok((name, false))
+}
+
+/// The `--secret` and `--config-file` options of service `name`: each file the top level names
+/// (`file:`, inside the project's directory unless host paths are allowed), at its target.
+fn injected_files(
+    p: &bulkhead_compose::Project,
+    name: &str,
+    s: &bulkhead_compose::types::Service,
+    allow: Allow,
+) -> anyhow::Result<Vec<String>> {
+    let at = |key: &str| {
+        format!(
+            "{}: line {}: services.{name}.{key}",
+            p.file.display(),
+            bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"))
+        )
+    };
+    // (source, target, uid, gid, mode) as the service writes them.
+    type Entry = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+    let mut out = Vec::new();
+    let secrets: Vec<Entry> = match &s.secrets {
+        None => Vec::new(),
+        Some(bulkhead_compose::types::Secrets::Simple(v)) => v.iter().map(|x| (x.clone(), None, None, None, None)).collect(),
+        Some(bulkhead_compose::types::Secrets::Advanced(v)) => v
+            .iter()
+            .map(|x| (x.source.clone(), x.target.clone(), x.uid.clone(), x.gid.clone(), x.mode.clone()))
+            .collect(),
+    };
+    let configs: Vec<Entry> = match p.extra.get(name).and_then(|e| e.get("configs")) {
+        None => Vec::new(),
+        Some(serde_json::Value::Array(items)) => {
+            let mut v = Vec::new();
+            for item in items {
+                let text = |k: &str| match &item[k] {
+                    serde_json::Value::String(x) => Some(x.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                };
+                match item {
+                    serde_json::Value::String(x) => v.push((x.clone(), None, None, None, None)),
+                    serde_json::Value::Object(_) => match text("source") {
+                        Some(src) => v.push((src, text("target"), text("uid"), text("gid"), text("mode"))),
+                        None => anyhow::bail!("{}: an entry without `source:`", at("configs")),
+                    },
+                    _ => anyhow::bail!("{}: a name or a mapping per entry", at("configs")),
+                }
+            }
+            v
+        }
+        Some(_) => anyhow::bail!("{}: a list", at("configs")),
+    };
+    for (secret, (source, target, uid, gid, mode)) in secrets
+        .into_iter()
+        .map(|e| (true, e))
+        .chain(configs.into_iter().map(|e| (false, e)))
+    {
+        let key = if secret { "secrets" } else { "configs" };
+        let file = if secret {
+            use bulkhead_compose::types::ComposeSecret;
+            match p.model.secrets.as_ref().and_then(|m| m.0.get(&source)) {
+                None => anyhow::bail!("{}: {source:?} is not declared under the top-level `secrets`", at(key)),
+                Some(Some(ComposeSecret::File(f))) => f.clone(),
+                Some(Some(ComposeSecret::Environment(_))) => anyhow::bail!(
+                    "{}: secret {source:?} from the environment: not supported (a process's environment is readable by others; give `file:`)",
+                    at(key)
+                ),
+                Some(_) => anyhow::bail!("{}: secret {source:?}: external secrets belong to a cluster (`stack deploy`); give `file:`", at(key)),
+            }
+        } else {
+            match p.configs.get(&source) {
+                None => anyhow::bail!("{}: {source:?} is not declared under the top-level `configs`", at(key)),
+                Some(c) => match c.get("file").and_then(|f| f.as_str()) {
+                    Some(f) if c.as_object().is_some_and(|o| o.len() == 1) => f.to_owned(),
+                    _ => anyhow::bail!("{}: config {source:?}: only `file:` configs are supported", at(key)),
+                },
+            }
+        };
+        let path = p
+            .dir
+            .join(&file)
+            .canonicalize()
+            .with_context(|| format!("{}: {source}: {file}", at(key)))?;
+        if !allow.host_paths && !path.starts_with(project_dir(p)?) {
+            anyhow::bail!(
+                "{}: {source}: {} is outside the project's directory (give `--allow-host-paths` to read host files)",
+                at(key),
+                path.display()
+            );
+        }
+        // Default targets: /run/secrets/<name> for a secret, /<name> for a config.
+        let target = target.unwrap_or_else(|| if secret { source.clone() } else { format!("/{source}") });
+        // One option each: nothing in a path or value may read as another option.
+        let values = [
+            Some(path.to_string_lossy().into_owned()),
+            Some(target.clone()),
+            uid.clone(),
+            gid.clone(),
+            mode.clone(),
+        ];
+        if values.iter().flatten().any(|v| v.contains([',', '='])) {
+            anyhow::bail!("{}: {source}: ',' and '=' are not allowed in its path or values", at(key));
+        }
+        let mut opt = format!("src={},target={target}", path.display());
+        for (k, v) in [("uid", uid), ("gid", gid), ("mode", mode)] {
+            if let Some(v) = v {
+                opt.push_str(&format!(",{k}={v}"));
+            }
+        }
+        bulkhead_runtime::files::parse(&opt, secret).map_err(|e| anyhow::anyhow!("{}: {source}: {e}", at(key)))?;
+        out.push(format!("{}={opt}", if secret { "--secret" } else { "--config-file" }));
+    }
+    Ok(out)
+}
+
 fn project_dir(p: &bulkhead_compose::Project) -> anyhow::Result<std::path::PathBuf> {
     p.dir.canonicalize().with_context(|| p.dir.display().to_string())
 }
@@ -805,6 +961,13 @@ fn check_owner(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
                 .into_iter()
                 .filter(|n| n.labels.get(PROJECT_LABEL) == Some(&p.name))
                 .filter_map(|n| n.labels.get(DIR_LABEL).cloned()),
+        )
+        .chain(
+            bulkhead_runtime::volumes::Volumes::open(ctx.store()?.root())?
+                .list()?
+                .into_iter()
+                .filter(|v| v.labels.get(PROJECT_LABEL) == Some(&p.name))
+                .filter_map(|v| v.labels.get(DIR_LABEL).cloned()),
         )
         .find(|d| *d != mine);
     if let Some(d) = theirs {
@@ -872,6 +1035,7 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
         .with_context(|| format!("network {name}"))?;
         println!("network {name} created");
     }
+    prepare_volumes(ctx, p)?;
     // The conversations the file allows, before any container runs.
     let origin = format!("compose {}: ", p.name);
     let rules = policy
@@ -892,6 +1056,42 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
         })
         .collect();
     nets.set_rules_of_origin(&origin, rules)?;
+    Ok(())
+}
+
+/// The project's volumes that its services use: its own made if missing (labelled with the
+/// project and its directory); one of that name made otherwise (by hand, by another project) is
+/// refused unless the file declares it `external`, which must exist.
+fn prepare_volumes(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
+    let store = ctx.store()?;
+    let vols = bulkhead_runtime::volumes::Volumes::open(store.root())?;
+    let mine = project_dir(p)?.display().to_string();
+    for key in p.model.volumes.0.keys() {
+        let (name, external) = volume_name(p, key)?;
+        if external {
+            vols.get(&name).with_context(|| format!("external volume {name}"))?;
+            continue;
+        }
+        match vols.get(&name) {
+            Ok(v) => {
+                if v.labels.get(PROJECT_LABEL) != Some(&p.name) || v.labels.get(DIR_LABEL) != Some(&mine) {
+                    anyhow::bail!(
+                        "volume {name} exists and is not this project's (a volume is shared only when the file declares it `external: true`)"
+                    );
+                }
+            }
+            Err(_) => {
+                let mut labels = std::collections::BTreeMap::new();
+                labels.insert(PROJECT_LABEL.to_owned(), p.name.clone());
+                labels.insert(DIR_LABEL.to_owned(), mine.clone());
+                labels.insert(VOLUME_LABEL.to_owned(), key.clone());
+                let (_, made) = vols.create(&name, labels)?;
+                if made {
+                    println!("volume {name} created");
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -1184,7 +1384,7 @@ fn ensure_networks_and_rules(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow
     )
 }
 
-fn down(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {
+fn down(ctx: &Ctx, p: &bulkhead_compose::Project, volumes: bool) -> anyhow::Result<ExitCode> {
     check_owner(ctx, p)?;
     for r in project_containers(ctx, &p.name)? {
         bulkhead(ctx, &["rm".into(), "-f".into(), r.id.clone()])?;
@@ -1196,6 +1396,19 @@ fn down(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {
         if n.labels.get(PROJECT_LABEL) == Some(&p.name) {
             nets.remove(&n.name)?;
             println!("network {} removed", n.name);
+        }
+    }
+    if volumes {
+        // The project's own volumes; an external one is not the project's to remove.
+        let store = ctx.store()?;
+        let cs = bulkhead_runtime::container::Containers::open(&store)?;
+        let vols = bulkhead_runtime::volumes::Volumes::open(store.root())?;
+        let _lock = cs.lock()?;
+        for v in vols.list()? {
+            if v.labels.get(PROJECT_LABEL) == Some(&p.name) {
+                vols.remove(&cs, &v.name)?;
+                println!("volume {} removed", v.name);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

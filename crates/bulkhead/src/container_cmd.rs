@@ -87,12 +87,23 @@ pub struct RunArgs {
     /// A resource limit NAME=SOFT[:HARD] (nofile, nproc, core, stack, memlock, ...).
     #[arg(long)]
     ulimit: Vec<String>,
-    /// Bind-mount a host path: HOST:CONTAINER[:ro] (always nosuid, nodev).
+    /// Bind-mount a host path, HOST:CONTAINER[:ro][,idmap], or mount a named volume,
+    /// NAME:CONTAINER[:ro] (made if missing); always nosuid, nodev.
     #[arg(short, long)]
     volume: Vec<String>,
-    /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,tmpfs-size=N][,tmpfs-mode=M].
+    /// type=bind,source=S,target=T[,readonly], type=volume,source=NAME,target=T[,readonly] or
+    /// type=tmpfs,target=T[,tmpfs-size=N][,tmpfs-mode=M].
     #[arg(long)]
     mount: Vec<String>,
+    /// A secret: src=HOST_FILE,target=NAME|/PATH[,uid=N,gid=N,mode=0400]. Read at each start into
+    /// memory, mounted read-only at /run/secrets/NAME, owned by the container's user; never in
+    /// the environment or the container's layer.
+    #[arg(long)]
+    secret: Vec<String>,
+    /// A config file: src=HOST_FILE,target=/PATH[,uid=N,gid=N,mode=0444], as a secret is
+    /// (`--config` is the global flag for bulkhead's own configuration).
+    #[arg(long)]
+    config_file: Vec<String>,
     /// A tmpfs: CONTAINER[:size=N,mode=M].
     #[arg(long)]
     tmpfs: Vec<String>,
@@ -529,6 +540,16 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
                 m.push(parse_tmpfs(v)?);
             }
             m
+        },
+        files: {
+            let mut f = Vec::new();
+            for s in &a.secret {
+                f.push(bulkhead_runtime::files::parse(s, true)?);
+            }
+            for c in &a.config_file {
+                f.push(bulkhead_runtime::files::parse(c, false)?);
+            }
+            f
         },
         stop_signal: a.stop_signal.clone(),
         stop_timeout: a.stop_timeout,
@@ -1157,6 +1178,27 @@ pub fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             } => ("exited", false, 0, *code, *oom_killed, None, Some(finished.to_rfc3339())),
         };
         let linux = &spec["linux"];
+        // What is mounted into it: binds the runtime makes (not bulkhead's own files), then what
+        // bulkhead attaches. A secret shows where it is, never what it holds.
+        let own = cs.dir(&r.id);
+        let mut mounts: Vec<serde_json::Value> = spec["mounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["type"] == "bind" && !m["source"].as_str().is_some_and(|s| std::path::Path::new(s).starts_with(&own)))
+            .map(|m| serde_json::json!({"Type": "bind", "Source": m["source"], "Destination": m["destination"], "RW": !m["options"].as_array().is_some_and(|o| o.iter().any(|x| x == "ro"))}))
+            .collect();
+        mounts.extend(
+            r.idmapped_volumes.iter().map(
+                |v| serde_json::json!({"Type": "bind", "Source": v.source, "Destination": v.target, "RW": !v.readonly, "Idmap": true}),
+            ),
+        );
+        mounts.extend(
+            r.volumes
+                .iter()
+                .map(|v| serde_json::json!({"Type": "volume", "Name": v.name, "Destination": v.target, "RW": !v.readonly})),
+        );
+        mounts.extend(r.files.iter().map(|f| serde_json::json!({"Type": if f.secret { "secret" } else { "config" }, "Destination": f.target, "RW": false, "Mode": format!("{:04o}", f.mode)})));
         out.push(serde_json::json!({
             "Id": r.id,
             "Name": format!("/{}", r.name),
@@ -1165,6 +1207,7 @@ pub fn inspect(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
             "Args": r.command.get(1..).unwrap_or_default(),
             "State": {"Status": status, "Running": running, "Pid": pid, "ExitCode": code, "OOMKilled": oom, "StartedAt": started, "FinishedAt": finished, "Health": health_of(&cs, &r)},
             "Image": r.image_id.to_string(),
+            "Mounts": mounts,
             "Config": {"Image": r.image, "Labels": r.labels, "Env": spec["process"]["env"], "WorkingDir": spec["process"]["cwd"], "User": format!("{}:{}", spec["process"]["user"]["uid"], spec["process"]["user"]["gid"]), "Hostname": spec["hostname"]},
             "Bulkhead": {
                 "Runtime": r.runtime,
@@ -1194,17 +1237,46 @@ pub fn diff(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
     let lowers = cs.lowers(&store, &r);
     let upper = cs.dir(&r.id).join("upper");
     let mut changes = bulkhead_runtime::diff::changes(&upper, &lowers)?;
+    // The empty files and directories made to mount things on (the name files, volumes,
+    // secrets, configs) are bulkhead's doing, not the container's (Docker leaves them out too):
+    // shown only if the container wrote into them, and so are the directories made on the way.
+    let mut targets: Vec<String> = Vec::new();
     if !r.networks.is_empty() {
-        // The empty files the runtime made to mount the name files on are bulkhead's, not the
-        // container's doing (Docker leaves them out too): shown only if the container wrote them.
-        let ours = ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"];
-        changes.retain(|c| {
-            !(c.kind == 1
-                && ours.contains(&c.path.as_str())
-                && std::fs::symlink_metadata(upper.join(c.path.trim_start_matches('/'))).is_ok_and(|m| m.is_file() && m.len() == 0))
-        });
-        let etc_touched = changes.iter().any(|c| c.path.starts_with("/etc/"));
-        changes.retain(|c| c.path != "/etc" || etc_touched);
+        targets.extend(["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"].map(String::from));
+    }
+    targets.extend(r.files.iter().map(|f| f.target.clone()));
+    targets.extend(r.volumes.iter().map(|v| v.target.clone()));
+    targets.extend(r.idmapped_volumes.iter().map(|v| v.target.clone()));
+    let empty = |path: &str| {
+        let p = upper.join(path.trim_start_matches('/'));
+        std::fs::symlink_metadata(&p)
+            .is_ok_and(|m| (m.is_file() && m.len() == 0) || (m.is_dir() && std::fs::read_dir(&p).is_ok_and(|mut d| d.next().is_none())))
+    };
+    let dropped: Vec<String> = changes
+        .iter()
+        .filter(|c| c.kind == 1 && targets.contains(&c.path) && empty(&c.path))
+        .map(|c| c.path.clone())
+        .collect();
+    changes.retain(|c| !dropped.contains(&c.path));
+    // A directory bulkhead made on the way to a target (added, or changed by the addition) stays
+    // only if something else changed under it.
+    let under = |dir: &str, p: &str| p.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'));
+    let mut parents: Vec<String> = Vec::new();
+    for d in &dropped {
+        let mut p = std::path::Path::new(d).parent();
+        while let Some(dir) = p.filter(|x| x != &std::path::Path::new("/")) {
+            parents.push(dir.to_string_lossy().into_owned());
+            p = dir.parent();
+        }
+    }
+    // Deepest first, so that a directory emptied of such changes goes too.
+    parents.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for dir in &parents {
+        if let Some(i) = changes.iter().position(|c| &c.path == dir && c.kind != 2) {
+            if !changes.iter().any(|o| under(dir, &o.path)) {
+                changes.remove(i);
+            }
+        }
     }
     match ctx.output()? {
         Output::Json => json(&serde_json::to_value(&changes)?)?,

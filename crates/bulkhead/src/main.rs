@@ -9,6 +9,7 @@ mod output;
 mod registry_cmd;
 mod scan_cmd;
 mod trust_cmd;
+mod volume_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(network_cmd::NetworkCommand),
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCommand),
     /// Applications from a compose file: its model, and the conversations it allows.
     Compose(compose_cmd::ComposeArgs),
     /// List images (same as `image ls`).
@@ -316,6 +320,7 @@ fn main() -> ExitCode {
     }));
     let result = match cli.command {
         Command::Network(c) => network_cmd::run(&ctx, c),
+        Command::Volume(c) => volume_cmd::run(&ctx, c),
         Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),
         Command::Images(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Ls(a)),

@@ -391,3 +391,188 @@ fn service_healthy_waits_for_the_healthcheck() {
     assert!(app_started >= healthy_at, "app started {app_started}, db healthy {healthy_at}");
     env.ok(&["compose", "-f", f, "-p", "hc", "down"]);
 }
+
+const SHARED: &str = r#"services:
+  writer:
+    image: cbox
+    command: ["sh", "-c", "mkdir -p /shared/d && echo data > /shared/d/f && chown -R 1000:1000 /shared/d && sleep 1000"]
+    volumes: [shared:/shared]
+    secrets: [db_pw]
+  reader:
+    image: cbox
+    user: "1000"
+    command: ["sleep", "1000"]
+    volumes: ["shared:/shared:ro"]
+    configs:
+      - source: app_conf
+        target: /etc/app.conf
+    secrets:
+      - source: db_pw
+        target: pw
+        mode: 0440
+  bystander:
+    image: cbox
+    command: ["sleep", "1000"]
+volumes:
+  shared:
+secrets:
+  db_pw:
+    file: ./pw.txt
+configs:
+  app_conf:
+    file: ./app.conf
+"#;
+
+#[test]
+fn a_named_volume_shows_one_owner_to_every_service_and_a_secret_reaches_only_its_services() {
+    let env = Env::new();
+    image(&env);
+    let dir = env.path("proj");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), SHARED).unwrap();
+    std::fs::write(dir.join("pw.txt"), "s3cr3t-Pa55\n").unwrap();
+    std::fs::write(dir.join("app.conf"), "answer=42\n").unwrap();
+    let f = dir.join("compose.yaml");
+    let f = f.to_str().unwrap();
+    let c = |args: &[&str]| {
+        let mut all = vec!["compose", "-f", f, "-p", "vol"];
+        all.extend_from_slice(args);
+        env.ok(&all)
+    };
+    c(&["up", "-d", "--wait"]);
+    let ex = |who: &str, cmd: &str| {
+        let o = env.run_bounded(20, &["exec", who, "sh", "-c", cmd]);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    // The writer's files have the same owner in the reader, though their id ranges differ.
+    let mut listing = String::new();
+    for _ in 0..50 {
+        listing = ex("vol-reader-1", "ls -ln /shared/d/f").1;
+        if listing.contains(" 1000 ") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(listing.contains(" 1000     1000 "), "{listing}");
+    assert_eq!(ex("vol-writer-1", "ls -ln /shared/d/f").1.split_whitespace().nth(2), Some("1000"));
+    assert_eq!(ex("vol-reader-1", "cat /shared/d/f").1.trim(), "data");
+    let userns = |n: &str| {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", n])).unwrap();
+        v[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"].to_string()
+    };
+    assert_ne!(userns("vol-writer-1"), userns("vol-reader-1"));
+    // On disk the volume keeps the ids the containers see (as a layer does).
+    let vol = env.root().join("volumes/vol_shared/_data/d/f");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&vol).unwrap()), 1000);
+    // Read-only where the file says so.
+    assert!(!ex("vol-reader-1", "echo x > /shared/d/g").0);
+    // The secret: 0400, owned by the service's user, read-only, nosuid, nodev, noexec, on a tmpfs.
+    let (ok, out) = ex(
+        "vol-writer-1",
+        "cat /run/secrets/db_pw; stat -c '%a %u %g' /run/secrets/db_pw; grep ' /run/secrets/db_pw ' /proc/self/mountinfo",
+    );
+    assert!(ok, "{out}");
+    assert!(out.starts_with("s3cr3t-Pa55\n400 0 0\n"), "{out}");
+    assert!(out.contains(" ro,nosuid,nodev,noexec") && out.contains(" - tmpfs "), "{out}");
+    let (ok, out) = ex(
+        "vol-reader-1",
+        "cat /run/secrets/pw; stat -c '%a %u %g' /run/secrets/pw /etc/app.conf; cat /etc/app.conf",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("s3cr3t-Pa55\n440 1000 0\n444 1000 0\nanswer=42"), "{out}");
+    assert!(!ex("vol-reader-1", "echo x > /run/secrets/pw").0);
+    // A service that does not name it has nothing of it.
+    let (ok, out) = ex("vol-bystander-1", "ls /run/secrets");
+    assert!(!ok, "{out}");
+    // Not in the environment, inspect, the container's layer, or anywhere in the store.
+    for n in ["vol-writer-1", "vol-reader-1"] {
+        assert!(!ex(n, "cat /proc/1/environ; env").1.contains("s3cr3t"));
+        assert!(!env.ok(&["inspect", n]).contains("s3cr3t"));
+    }
+    // (The root filesystems are mounts: views of memory and layers, not storage.)
+    let grep = Command::new("grep")
+        .args(["-rIl", "--exclude-dir=rootfs", "s3cr3t"])
+        .arg(env.root())
+        .output()
+        .unwrap();
+    assert!(grep.stdout.is_empty(), "{}", String::from_utf8_lossy(&grep.stdout));
+    // Another project may not take this one's volume; declared external, it may.
+    let other = env.path("other");
+    std::fs::create_dir(&other).unwrap();
+    let o = other.join("compose.yaml");
+    std::fs::write(
+        &o,
+        "services:\n  s:\n    image: cbox\n    command: [\"sleep\", \"100\"]\n    volumes: [v:/v]\nvolumes:\n  v:\n    name: vol_shared\n",
+    )
+    .unwrap();
+    let err = env.fails(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "up", "-d"]);
+    assert!(err.contains("volume vol_shared exists and is not this project's"), "{err}");
+    std::fs::write(&o, "services:\n  s:\n    image: cbox\n    command: [\"cat\", \"/v/d/f\"]\n    volumes: [v:/v]\nvolumes:\n  v:\n    name: vol_shared\n    external: true\n").unwrap();
+    env.ok(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "up", "-d"]);
+    env.ok(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "down", "-v"]);
+    // A volume in use is not removed; down -v takes the project's own, and nothing is left.
+    assert!(env.fails(&["volume", "rm", "vol_shared"]).contains("in use by"));
+    c(&["down", "-v"]);
+    assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(env.root().to_str().unwrap()), "mounts left");
+}
+
+#[test]
+fn secrets_and_volumes_that_would_read_the_host_or_block_are_refused() {
+    let env = Env::new();
+    image(&env);
+    let dir = env.path("p");
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("compose.yaml");
+    let up = |file: &str| {
+        std::fs::write(&f, file).unwrap();
+        env.fails(&["compose", "-f", f.to_str().unwrap(), "-p", "p", "up", "-d"])
+    };
+    let svc = "services:\n  s:\n    image: cbox\n    command: [\"sleep\", \"100\"]\n";
+    // A secret from outside the project's directory (a link counts where it points).
+    std::os::unix::fs::symlink("/etc/shadow", dir.join("shadow")).unwrap();
+    let e = up(&format!("{svc}    secrets: [s]\nsecrets:\n  s:\n    file: ./shadow\n"));
+    assert!(e.contains("outside the project's directory"), "{e}");
+    let e = up(&format!("{svc}    secrets: [s]\nsecrets:\n  s:\n    file: /etc/shadow\n"));
+    assert!(e.contains("outside the project's directory"), "{e}");
+    // From the environment, or undeclared.
+    let e = up(&format!("{svc}    secrets: [s]\nsecrets:\n  s:\n    environment: HOME\n"));
+    assert!(e.contains("from the environment: not supported"), "{e}");
+    let e = up(&format!("{svc}    secrets: [nope]\n"));
+    assert!(e.contains("line 5: services.s.secrets: \"nope\" is not declared"), "{e}");
+    // A FIFO: refused, not waited on.
+    assert!(Command::new("mkfifo").arg(dir.join("fifo")).status().unwrap().success());
+    std::fs::write(&f, format!("{svc}    secrets: [s]\nsecrets:\n  s:\n    file: ./fifo\n")).unwrap();
+    let o = env.run_bounded(20, &["compose", "-f", f.to_str().unwrap(), "-p", "p", "up", "-d"]);
+    assert_ne!(o.status.code(), Some(124), "blocked on a FIFO");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Options smuggled through a secret's target or mode.
+    std::fs::write(dir.join("pw"), "x").unwrap();
+    let e = up(&format!(
+        "{svc}    secrets:\n      - source: s\n        target: \"a,uid=0\"\nsecrets:\n  s:\n    file: ./pw\n"
+    ));
+    assert!(e.contains("',' and '='"), "{e}");
+    let e = up(&format!(
+        "{svc}    secrets:\n      - source: s\n        mode: 4755\nsecrets:\n  s:\n    file: ./pw\n"
+    ));
+    assert!(e.contains("at most 0777"), "{e}");
+    // An undeclared volume, an anonymous one, another driver.
+    let e = up(&format!("{svc}    volumes: [\"data:/data\"]\n"));
+    assert!(e.contains("not declared under the top-level `volumes`"), "{e}");
+    let e = up(&format!("{svc}    volumes: [\"/data\"]\n"));
+    assert!(e.contains("needs a name"), "{e}");
+    let e = up(&format!("{svc}    volumes: [\"data:/data\"]\nvolumes:\n  data:\n    driver: nfs\n"));
+    assert!(e.contains("only the local driver"), "{e}");
+    // Nothing ran, nothing was made.
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
+    assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
+}

@@ -35,6 +35,9 @@ fn image(env: &Env) -> &'static str {
     std::fs::write(rootfs.join("data/edit"), "old").unwrap();
     std::fs::write(rootfs.join("data/gone"), "x").unwrap();
     std::fs::write(rootfs.join("data/replace/old"), "x").unwrap();
+    // Links an image could use to redirect a mount.
+    std::os::unix::fs::symlink("/etc/passwd", rootfs.join("data/link")).unwrap();
+    std::os::unix::fs::symlink("/etc", rootfs.join("data/dirlink")).unwrap();
     std::fs::copy(probe(), rootfs.join("bin/probe")).unwrap();
     std::fs::copy(probe(), rootfs.join("bin/suid-probe")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -1252,4 +1255,186 @@ fn a_closed_stderr_does_not_abandon_a_run_halfway() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "", "a container was left behind");
+}
+
+#[test]
+fn named_volumes_keep_owners_across_id_ranges_and_never_grant_setuid() {
+    let env = Env::new();
+    let img = image(&env);
+    env.ok(&["volume", "create", "--label", "team=db", "data"]);
+    // A writer and a reader that run at once, so their id ranges differ.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "writer",
+        "-v",
+        "data:/vol",
+        img,
+        "sh",
+        "-c",
+        "mkdir /vol/d && echo hi > /vol/d/f && busybox chown -R 1000:1000 /vol/d && cat /bin/suid-probe > /vol/suid && busybox chmod 4755 /vol/suid && touch /vol/done && sleep 100",
+    ]);
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "reader",
+        "-v",
+        "data:/vol:ro",
+        "-u",
+        "1000",
+        img,
+        "sleep",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ex = |who: &str, cmd: &str| env.ok(&["exec", who, "sh", "-c", cmd]);
+    for _ in 0..50 {
+        if ex("reader", "ls /vol").contains("done") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(ex("reader", "stat -c '%u:%g %a' /vol/d/f /vol/suid"), "1000:1000 644\n0:0 4755\n");
+    assert_eq!(ex("writer", "stat -c '%u:%g' /vol/d/f"), "1000:1000\n");
+    let ns = |n: &str| {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", n])).unwrap();
+        assert_eq!(v[0]["Mounts"][0]["Type"], "volume");
+        v[0]["Bulkhead"]["SecurityProfile"]["UserNamespace"].to_string()
+    };
+    assert_ne!(ns("writer"), ns("reader"));
+    // Read-only, nosuid and nodev where it is attached.
+    let mi = ex("reader", "grep ' /vol ' /proc/self/mountinfo");
+    assert!(mi.contains(" ro,nosuid,nodev"), "{mi}");
+    assert!(env.run(&["exec", "reader", "touch", "/vol/x"]).status.code() != Some(0));
+    // The setuid-root file a container put there raises no one, even without no_new_privs
+    // (the same binary from the image does: see setuid_binary_cannot_raise_privilege).
+    let (_, out, err) = run(
+        &env,
+        &[
+            "-u",
+            "1000",
+            "--security-opt",
+            "no-new-privileges=false",
+            "--runtime",
+            "runc",
+            "-v",
+            "data:/vol",
+            img,
+            "/vol/suid",
+            "euid",
+        ],
+    );
+    assert_eq!(out.trim(), "1000", "{err}");
+    // ls, inspect, in use, prune.
+    assert!(env.ok(&["volume", "ls"]).contains("local    data"));
+    assert_eq!(env.ok(&["volume", "ls", "-q", "--filter", "label=team=db"]).trim(), "data");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["volume", "inspect", "data"])).unwrap();
+    assert_eq!(v[0]["Labels"]["team"], "db");
+    assert_eq!(v[0]["UsedBy"].as_array().unwrap().len(), 2);
+    assert!(env.fails(&["volume", "rm", "data"]).contains("in use by"));
+    env.ok(&["run", "--rm", "-v", "scratch:/s", img, "true"]);
+    env.ok(&["rm", "-f", "writer", "reader"]);
+    assert!(env.root().join("volumes/data/_data/d/f").exists());
+    let pruned = env.ok(&["volume", "prune"]);
+    assert!(pruned.contains("data") && pruned.contains("scratch"), "{pruned}");
+    assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
+    // Bad names and a corrupt record: one line each; a create cut short leaves nothing behind.
+    for bad in ["-x", "a/b", "../v", ""] {
+        env.fails(&["volume", "create", "--", bad]);
+    }
+    env.ok(&["volume", "create", "c"]);
+    std::fs::write(env.root().join("volumes/c/volume.json"), "{").unwrap();
+    assert!(env.fails(&["volume", "inspect", "c"]).contains("corrupt volume record"));
+    std::fs::create_dir(env.root().join("volumes/.new-0123")).unwrap();
+    assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
+    assert!(!env.root().join("volumes/.new-0123").exists());
+}
+
+#[test]
+fn secrets_are_in_memory_read_only_and_owned_by_the_containers_user() {
+    let env = Env::new();
+    let img = image(&env);
+    let pw = env.path("pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let secret = format!("src={},target=db", pw.display());
+    let conf = format!("src={},target=/etc/app/pw.conf,mode=0440,uid=1000", pw.display());
+    let (code, out, err) = run(
+        &env,
+        &[
+            "-u",
+            "1000",
+            "--secret",
+            &secret,
+            "--config-file",
+            &conf,
+            img,
+            "sh",
+            "-c",
+            "cat /run/secrets/db; stat -c '%a %u:%g' /run/secrets/db /etc/app/pw.conf; grep -c hunter2 /proc/self/environ; grep ' /run/secrets/db ' /proc/self/mountinfo",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..4], ["hunter2", "400 1000:1000", "440 1000:1000", "0"], "{out}");
+    assert!(
+        lines[4].contains(" ro,nosuid,nodev,noexec") && lines[4].contains(" - tmpfs "),
+        "{out}"
+    );
+    // Root in the container cannot write it either, nor unmount its way to another copy.
+    let (_, out, _) = run(
+        &env,
+        &[
+            "--secret",
+            &secret,
+            img,
+            "sh",
+            "-c",
+            "echo x > /run/secrets/db; echo rc=$?; cat /run/secrets/db",
+        ],
+    );
+    assert!(out.contains("rc=1") && out.contains("hunter2"), "{out}");
+    // Sources that are not small regular files are refused at once, never waited on.
+    assert!(std::process::Command::new("mkfifo")
+        .arg(env.path("fifo"))
+        .status()
+        .unwrap()
+        .success());
+    for (src, why) in [
+        (env.path("fifo"), "not a regular file"),
+        (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
+        (env.path("missing"), "No such file"),
+        (env.path("."), "not a regular file"),
+    ] {
+        let o = env.run_bounded(
+            20,
+            &["run", "--rm", "--secret", &format!("src={},target=x", src.display()), img, "true"],
+        );
+        assert_eq!(o.status.code(), Some(125), "{}", src.display());
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(why),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    std::fs::write(env.path("big"), vec![b'x'; 600 << 10]).unwrap();
+    let big = format!("src={},target=x", env.path("big").display());
+    assert!(env
+        .fails(&["run", "--rm", "--secret", &big, img, "true"])
+        .contains("larger than 500 KiB"));
+    // The image cannot redirect a secret or a volume with a symlink at its target.
+    let e = env.fails(&[
+        "run",
+        "--rm",
+        "--secret",
+        &format!("src={},target=/data/link", pw.display()),
+        img,
+        "true",
+    ]);
+    assert!(e.contains("is a symlink in the image"), "{e}");
+    let e = env.fails(&["run", "--rm", "-v", "v:/data/dirlink", img, "true"]);
+    assert!(e.contains("is a symlink in the image"), "{e}");
+    assert!(!std::fs::read_to_string("/etc/passwd").unwrap().contains("hunter2"));
+    assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
 }

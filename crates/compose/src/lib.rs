@@ -70,6 +70,8 @@ pub struct Project {
     /// Keys of the specification the model's crate does not know (`pids_limit`, `cpus`), per
     /// service.
     pub extra: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// Top-level `configs`, by name, as written (the model's crate has none).
+    pub configs: BTreeMap<String, serde_json::Value>,
 }
 
 /// Reads a file of ours: a regular file (not a FIFO that would block, not a device), bounded.
@@ -204,12 +206,46 @@ pub fn load_str(text: &str, file: &Path, dir: &Path, project: Option<&str>, look
     if let Some(serde_norway::Value::Mapping(services)) = value.get_mut("services") {
         for (name, svc) in services.iter_mut() {
             if let (Some(name), serde_norway::Value::Mapping(m)) = (name.as_str(), svc) {
-                for key in ["pids_limit", "cpus"] {
+                // `uid`, `gid` and `mode` of secrets and configs are strings in the model (a mode
+                // is octal): a plain number is taken as it is written.
+                for key in ["secrets", "configs"] {
+                    let Some(serde_norway::Value::Sequence(items)) = m.get_mut(key) else {
+                        continue;
+                    };
+                    for (i, item) in items.iter_mut().enumerate() {
+                        let serde_norway::Value::Mapping(item) = item else { continue };
+                        for k in ["uid", "gid", "mode"] {
+                            if let Some(v @ serde_norway::Value::Number(_)) = item.get_mut(k) {
+                                let written = tree
+                                    .get("services")
+                                    .and_then(|t| t.get(name))
+                                    .and_then(|t| t.get(key))
+                                    .and_then(|t| t.items().get(i))
+                                    .and_then(|t| t.get(k))
+                                    .and_then(Node::as_str)
+                                    .map(str::to_owned);
+                                if let Some(w) = written {
+                                    *v = serde_norway::Value::String(w);
+                                }
+                            }
+                        }
+                    }
+                }
+                for key in ["pids_limit", "cpus", "configs"] {
                     if let Some(v) = m.remove(key) {
                         let v = serde_json::to_value(&v).map_err(|e| Error::at(0, e.to_string()))?;
                         extra.entry(name.to_owned()).or_default().insert(key.to_owned(), v);
                     }
                 }
+            }
+        }
+    }
+    // Top-level `configs` (the model's crate has none): kept as they are, per name.
+    let mut configs = BTreeMap::new();
+    if let Some(serde_norway::Value::Mapping(m)) = value.as_mapping_mut().and_then(|v| v.remove("configs")) {
+        for (k, v) in m {
+            if let Some(k) = k.as_str() {
+                configs.insert(k.to_owned(), serde_json::to_value(&v).map_err(|e| Error::at(0, e.to_string()))?);
             }
         }
     }
@@ -251,6 +287,7 @@ pub fn load_str(text: &str, file: &Path, dir: &Path, project: Option<&str>, look
         tree,
         order,
         extra,
+        configs,
     })
 }
 
@@ -313,6 +350,7 @@ const SERVICE: &[&str] = &[
     "cpus",
     "labels",
     "secrets",
+    "configs",
     "deploy",
     "init",
     "stop_signal",
@@ -335,7 +373,6 @@ const SERVICE_REFUSED: &[(&str, &str)] = &[
     ("extends", "not supported"),
     ("profiles", "not supported"),
     ("scale", "use deploy.replicas"),
-    ("configs", "not supported yet: use a bind mount (read-only)"),
 ];
 const DEPLOY: &[&str] = &["replicas"];
 const HEALTHCHECK: &[&str] = &[

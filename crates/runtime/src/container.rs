@@ -132,6 +132,15 @@ pub struct ContainerRecord {
     /// Bind mounts with `idmap`, attached by bulkhead into the root filesystem at each start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub idmapped_volumes: Vec<IdmappedVolume>,
+    /// Named volumes, attached (idmapped into its range) at each start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::volumes::VolumeMount>,
+    /// Secrets and configs, read from their sources and attached at each start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::files::InjectedFile>,
+    /// Its user's ids, the owner of secrets and configs that name none.
+    #[serde(default)]
+    pub user: (u32, u32),
     /// The networks it joins at each start (`--network`), by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<String>,
@@ -147,6 +156,39 @@ pub struct ContainerRecord {
     /// Its host name (also its name on its networks).
     #[serde(default)]
     pub hostname: String,
+}
+
+/// What bulkhead mounts into a container's root filesystem before each start: bind mounts with
+/// idmap, named volumes, then secrets and configs.
+pub struct Attachments<'a> {
+    pub id: &'a str,
+    pub host_id: Option<u32>,
+    pub idmapped_volumes: &'a [IdmappedVolume],
+    pub volumes: &'a [crate::volumes::VolumeMount],
+    pub files: &'a [crate::files::InjectedFile],
+    pub user: (u32, u32),
+}
+
+impl<'a> Attachments<'a> {
+    pub fn of(rec: &'a ContainerRecord) -> Self {
+        Attachments {
+            id: &rec.id,
+            host_id: rec.host_id,
+            idmapped_volumes: &rec.idmapped_volumes,
+            volumes: &rec.volumes,
+            files: &rec.files,
+            user: rec.user,
+        }
+    }
+
+    pub fn attach(&self, cs: &Containers, rootfs: &Path) -> Result<()> {
+        self.idmapped_volumes.iter().try_for_each(|v| v.attach(rootfs, self.host_id))?;
+        if !self.volumes.is_empty() {
+            let vols = crate::volumes::Volumes::open(cs.store_root())?;
+            self.volumes.iter().try_for_each(|v| vols.attach(v, rootfs, self.host_id))?;
+        }
+        crate::files::attach_all(self.files, rootfs, &cs.dir(self.id).join("files"), self.host_id, self.user)
+    }
 }
 
 /// `-v SOURCE:TARGET:idmap` (see [`crate::idmap::attach_idmapped_volume`]).
@@ -396,15 +438,21 @@ impl Containers {
             }
             None => crate::idmap::mount_container_rootfs(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs, None)?,
         }
-        let attached = rec.idmapped_volumes.iter().try_for_each(|v| v.attach(&rootfs, rec.host_id));
+        let attached = Attachments::of(rec).attach(self, &rootfs);
         if attached.is_err() {
             let _ = self.unmount_rootfs(&rec.id);
         }
         attached
     }
 
+    /// The store's root directory.
+    pub fn store_root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// Unmounts the root filesystem if it is mounted.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
+        crate::files::unmount(&self.dir(id).join("files"));
         let r = self.rootfs(id);
         if bulkhead_image::mount::is_mount_point(&r)? {
             match rustix::mount::unmount(&r, rustix::mount::UnmountFlags::DETACH) {

@@ -93,17 +93,28 @@ pub fn idmapped_view(dir: &Path, userns: &impl AsFd) -> Result<OwnedFd> {
 
 /// A detached clone of the mount at `dir`, idmapped through `userns`, with `attrs` set.
 fn idmapped_clone(dir: &Path, userns: &impl AsFd, attrs: MountAttrFlags) -> Result<OwnedFd> {
+    clone_with(dir, Some(userns.as_fd()), attrs)
+}
+
+/// A detached clone of the mount at `dir` (a directory or a file, not followed if a link), with
+/// `attrs` set, and idmapped through `userns` if one is given.
+pub(crate) fn clone_with(dir: &Path, userns: Option<std::os::fd::BorrowedFd<'_>>, attrs: MountAttrFlags) -> Result<OwnedFd> {
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         dir,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| sys("open_tree", dir, e))?;
+    let idmap = if userns.is_some() {
+        MountAttrFlags::MOUNT_ATTR_IDMAP
+    } else {
+        MountAttrFlags::empty()
+    };
     let attr = MountAttr {
-        attr_set: (MountAttrFlags::MOUNT_ATTR_IDMAP | attrs).bits() as u64,
+        attr_set: (idmap | attrs).bits() as u64,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_fd().as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let empty = CString::default();
     // mount_setattr(2) is not wrapped by rustix (1.1) or nix; the struct layout is the kernel's
@@ -121,7 +132,7 @@ fn idmapped_clone(dir: &Path, userns: &impl AsFd, attrs: MountAttrFlags) -> Resu
         )
     };
     if rc != 0 {
-        return Err(sys("idmapping", dir, std::io::Error::last_os_error()));
+        return Err(sys("setting the mount attributes of", dir, std::io::Error::last_os_error()));
     }
     Ok(tree)
 }
@@ -170,7 +181,7 @@ pub fn chown_to(dir: &Path, host_id: u32) -> Result<()> {
 /// there with symlinks resolved inside it (the target itself must not be one), missing directories
 /// created for the container's root; it goes away with the root filesystem's mount.
 pub fn attach_idmapped_volume(rootfs: &Path, source: &Path, target: &str, readonly: bool, host_id: u32) -> Result<()> {
-    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+    use rustix::fs::FileType;
     let st = rustix::fs::stat(source).map_err(|e| sys("idmapped volume", source, e))?;
     let (uid, gid) = (st.st_uid, st.st_gid);
     if uid == 0 || gid == 0 {
@@ -187,6 +198,15 @@ pub fn attach_idmapped_volume(rootfs: &Path, source: &Path, target: &str, readon
     }
     let view = idmapped_clone(source, &ns, attrs)?;
 
+    attach_at(&view, rootfs, target, is_dir, host_id)
+}
+
+/// Attaches the detached mount `view` at `target` inside the container's mounted root filesystem,
+/// looked up there with symlinks resolved inside it (the target itself must not be one); what is
+/// missing on the way (and at the end a directory or an empty file, as `is_dir` says) is made for
+/// the container's root, `host_id`. The mount goes away with the root filesystem's.
+pub(crate) fn attach_at(view: &OwnedFd, rootfs: &Path, target: &str, is_dir: bool, host_id: u32) -> Result<()> {
+    use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
     let root = rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| sys("opening", rootfs, e))?;
     let in_root = |p: &str, flags: OFlags| {
@@ -254,11 +274,11 @@ pub fn attach_idmapped_volume(rootfs: &Path, source: &Path, target: &str, readon
         )));
     }
     rustix::mount::move_mount(
-        &view,
+        view,
         "",
         &target_fd,
         "",
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
-    .map_err(|e| sys("attaching the idmapped volume at", target_path, e))
+    .map_err(|e| sys("attaching a mount at", target_path, e))
 }

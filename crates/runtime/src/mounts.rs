@@ -29,12 +29,18 @@ pub enum UserMount {
         target: String,
         options: Vec<String>,
     },
+    /// A named volume (see [`crate::volumes`]); attached by bulkhead, not by the runtime.
+    Volume {
+        name: String,
+        target: String,
+        readonly: bool,
+    },
 }
 
 impl UserMount {
     pub fn target(&self) -> &str {
         match self {
-            UserMount::Bind { target, .. } | UserMount::Tmpfs { target, .. } => target,
+            UserMount::Bind { target, .. } | UserMount::Tmpfs { target, .. } | UserMount::Volume { target, .. } => target,
         }
     }
 
@@ -55,11 +61,15 @@ impl UserMount {
                 opts.extend(options.iter().cloned());
                 json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts})
             }
+            // Never handed to the runtime: bulkhead attaches it (idmapped) before the start.
+            UserMount::Volume { name, target, readonly } => {
+                json!({"destination": target, "type": "volume", "source": name, "options": if *readonly { vec!["ro"] } else { vec![] }})
+            }
         }
     }
 }
 
-fn check_target(t: &str) -> Result<()> {
+pub(crate) fn check_target(t: &str) -> Result<()> {
     let bad = |why: &str| Err(Error::Invalid(format!("mount target {t:?}: {why}")));
     if !t.starts_with('/') {
         return bad("not an absolute path");
@@ -75,7 +85,8 @@ fn check_target(t: &str) -> Result<()> {
     }
 }
 
-/// `-v HOST:CTR[:OPTIONS]`, options `ro`, `rw`, `idmap`, comma-separated.
+/// `-v HOST:CTR[:OPTIONS]`, options `ro`, `rw`, `idmap`, comma-separated; `-v NAME:CTR[:ro|rw]`
+/// (a source that is not a path) is a named volume.
 pub fn parse_volume(v: &str) -> Result<UserMount> {
     let parts: Vec<&str> = v.split(':').collect();
     let (source, target, mode) = match parts.as_slice() {
@@ -92,14 +103,34 @@ pub fn parse_volume(v: &str) -> Result<UserMount> {
             m => return Err(Error::Invalid(format!("-v {v:?}: unknown option {m:?} (ro, rw, idmap)"))),
         }
     }
+    if !source.starts_with('/') && !source.starts_with('.') {
+        if idmap {
+            return Err(Error::Invalid(format!(
+                "-v {v:?}: a named volume is always idmapped into the container's range; idmap is for host directories"
+            )));
+        }
+        return volume(source, target, readonly);
+    }
     bind(source, target, readonly, idmap)
+}
+
+fn volume(name: &str, target: &str, readonly: bool) -> Result<UserMount> {
+    if !crate::volumes::valid_name(name) {
+        return Err(Error::Invalid(format!(
+            "volume name {name:?}: letters, digits, '_', '.', '-', starting with a letter or digit (a host path must be absolute)"
+        )));
+    }
+    check_target(target)?;
+    Ok(UserMount::Volume {
+        name: name.into(),
+        target: target.into(),
+        readonly,
+    })
 }
 
 fn bind(source: &str, target: &str, readonly: bool, idmap: bool) -> Result<UserMount> {
     if !source.starts_with('/') {
-        return Err(Error::Invalid(format!(
-            "bind source {source:?}: must be an absolute host path (named volumes do not exist yet)"
-        )));
+        return Err(Error::Invalid(format!("bind source {source:?}: must be an absolute host path")));
     }
     if std::fs::symlink_metadata(source).is_err() {
         return Err(Error::Invalid(format!(
@@ -141,6 +172,16 @@ pub fn parse_mount(m: &str) -> Result<UserMount> {
             readonly,
             idmap,
         ),
+        Some("volume") => {
+            if idmap {
+                return Err(Error::Invalid(format!("--mount {m:?}: idmap applies to bind mounts")));
+            }
+            volume(
+                &source.ok_or_else(|| Error::Invalid(format!("--mount {m:?}: source (the volume's name) is required")))?,
+                &target,
+                readonly,
+            )
+        }
         Some("tmpfs") => {
             check_target(&target)?;
             if idmap {
@@ -151,9 +192,7 @@ pub fn parse_mount(m: &str) -> Result<UserMount> {
             }
             Ok(UserMount::Tmpfs { target, options })
         }
-        _ => Err(Error::Invalid(format!(
-            "--mount {m:?}: type must be bind or tmpfs (volumes come later)"
-        ))),
+        _ => Err(Error::Invalid(format!("--mount {m:?}: type must be bind, volume or tmpfs"))),
     }
 }
 
@@ -232,7 +271,22 @@ mod tests {
         ));
         assert!(parse_mount("type=tmpfs,dst=/d,idmap").is_err());
         assert!(parse_volume("/tmp:/data:zz").is_err());
-        assert!(parse_volume("relative:/data").is_err());
+        assert!(parse_volume("./relative:/data").is_err());
+        assert_eq!(
+            parse_volume("data:/data:ro").unwrap(),
+            UserMount::Volume {
+                name: "data".into(),
+                target: "/data".into(),
+                readonly: true
+            }
+        );
+        for bad in ["data:/data:idmap", "-x:/data", "a/b:/data", "data:/proc/x", "data:rel"] {
+            assert!(parse_volume(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            parse_mount("type=volume,source=v,target=/x,readonly").unwrap(),
+            UserMount::Volume { readonly: true, .. }
+        ));
         assert!(parse_volume("/does/not/exist/x:/data").is_err());
         for t in ["/", "data", "/a/../b", "/proc/x", "/sys"] {
             assert!(parse_volume(&format!("/tmp:{t}")).is_err(), "{t}");
@@ -242,6 +296,7 @@ mod tests {
             UserMount::Tmpfs { .. }
         ));
         assert!(parse_mount("type=volume,target=/x").is_err());
+        assert!(parse_mount("type=volume,source=v,target=/x,idmap").is_err());
         assert!(parse_tmpfs("/run/x:size=1m,mode=700").is_ok());
         assert!(parse_tmpfs("/run/x:suid").is_err());
         let spec = parse_volume("/tmp:/data").unwrap().to_spec();

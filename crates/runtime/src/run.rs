@@ -31,6 +31,8 @@ pub struct CreateRequest {
     pub init: bool,
     /// `-v`, `--mount`, `--tmpfs`.
     pub mounts: Vec<crate::mounts::UserMount>,
+    /// `--secret`, `--config`.
+    pub files: Vec<crate::files::InjectedFile>,
     /// `--stop-signal` (else the image's StopSignal, else SIGTERM) and `--stop-timeout` (else 10 s).
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<u64>,
@@ -125,9 +127,27 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
                 _ => None,
             })
             .collect();
-        for v in &idmapped_volumes {
-            v.attach(&rootfs, host_id)?;
+        // Named volumes: made if missing (as `docker run -v NAME:/path` does), under the
+        // containers' lock, so that `volume rm` cannot take one away meanwhile.
+        let volumes: Vec<crate::volumes::VolumeMount> = req
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                crate::mounts::UserMount::Volume { name, target, readonly } => Some(crate::volumes::VolumeMount {
+                    name: name.clone(),
+                    target: target.clone(),
+                    readonly: *readonly,
+                }),
+                _ => None,
+            })
+            .collect();
+        if !volumes.is_empty() {
+            let vols = crate::volumes::Volumes::open(store.root())?;
+            for v in &volumes {
+                vols.create(&v.name, Default::default())?;
+            }
         }
+        crate::files::check(&req.files)?;
         let image_user = info
             .config
             .get("config")
@@ -135,12 +155,27 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             .and_then(|u| u.as_str())
             .unwrap_or("");
         let user = crate::user::resolve(&rootfs, req.user.as_deref().unwrap_or(image_user))?;
+        // Attached as each start attaches them: a missing or unreadable source fails here.
+        crate::container::Attachments {
+            id: &id,
+            host_id,
+            idmapped_volumes: &idmapped_volumes,
+            volumes: &volumes,
+            files: &req.files,
+            user: (user.uid, user.gid),
+        }
+        .attach(cs, &rootfs)?;
         let hostname = req.overrides.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
         let mut args = command_line(&info.config, &req.overrides)?;
         let mut mounts: Vec<_> = req
             .mounts
             .iter()
-            .filter(|m| !matches!(m, crate::mounts::UserMount::Bind { idmap: true, .. }))
+            .filter(|m| {
+                !matches!(
+                    m,
+                    crate::mounts::UserMount::Bind { idmap: true, .. } | crate::mounts::UserMount::Volume { .. }
+                )
+            })
             .cloned()
             .collect();
         if req.init {
@@ -254,6 +289,9 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             stop_timeout: req.stop_timeout.unwrap_or(10),
             labels: req.labels.clone(),
             idmapped_volumes,
+            volumes,
+            files: req.files.clone(),
+            user: (user.uid, user.gid),
             networks: req.networks.clone(),
             aliases: req.aliases.clone(),
             ip: req.ip,
