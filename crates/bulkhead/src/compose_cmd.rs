@@ -33,7 +33,12 @@ pub enum ComposeCommand {
         format: String,
     },
     /// The conversations the file allows between its services, and where each comes from.
-    Policy,
+    Policy {
+        /// What the services did while the file said `x-bulkhead: {policy: learn}` that it does
+        /// not allow yet, as `x-bulkhead` blocks to paste into the file.
+        #[arg(long)]
+        learned: bool,
+    },
     /// Makes the project's networks, its rules (derived from the file), and its containers, each
     /// service after those it depends on.
     Up {
@@ -238,7 +243,8 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", serde_norway::to_string(&p.model).context("writing the model")?);
             }
         }
-        ComposeCommand::Policy => {
+        ComposeCommand::Policy { learned: true } => return learned(ctx, &p),
+        ComposeCommand::Policy { learned: false } => {
             let pol = bulkhead_compose::policy::derive(&p).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
             for w in &pol.warnings {
                 eprintln!("warning: {file}: {w}");
@@ -1055,8 +1061,94 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
             hits: 0,
         })
         .collect();
+    let mut rules: Vec<bulkhead_network::rules::Rule> = rules;
+    if policy.learn {
+        let project = bulkhead_network::rules::Selector::Label(PROJECT_LABEL.into(), p.name.clone());
+        rules.push(bulkhead_network::rules::Rule {
+            id: 0,
+            action: bulkhead_network::rules::Action::Learn,
+            from: project.clone(),
+            to: project,
+            port: None,
+            proto: None,
+            network: None,
+            origin: format!("{origin}{}: x-bulkhead policy: learn", p.file.display()),
+            owner: None,
+            created: chrono::Utc::now(),
+            hits: 0,
+        });
+    }
     nets.set_rules_of_origin(&origin, rules)?;
     Ok(())
+}
+
+/// `compose policy --learned`: the connections between the project's services that a learn
+/// rule let through (the kernel's log, as `network events` reads it), as `x-bulkhead: talks-to`
+/// entries per service.
+fn learned(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode> {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::io::BufRead;
+    let service_of: BTreeMap<String, String> = project_containers(ctx, &p.name)?
+        .into_iter()
+        .filter_map(|r| {
+            let svc = r.labels.get(SERVICE_LABEL)?.split_once('.')?.1.to_owned();
+            Some((r.name, svc))
+        })
+        .collect();
+    let mut c = base(ctx)?;
+    c.args(["network", "events"]);
+    let out = c.stdin(std::process::Stdio::null()).output().context("network events")?;
+    if !out.status.success() {
+        anyhow::bail!("network events: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut events = 0;
+    for line in out.stdout.lines().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["verdict"] != "learned" {
+            continue;
+        }
+        let svc = |end: &str| v[end]["owner"]["container"].as_str().and_then(|n| service_of.get(n)).cloned();
+        let (Some(from), Some(to), Some(port)) = (svc("from"), svc("to"), v["to"]["port"].as_u64()) else {
+            continue;
+        };
+        if from == to {
+            continue;
+        }
+        events += 1;
+        let proto = v["protocol"].as_str().unwrap_or("tcp");
+        let entry = if proto == "tcp" {
+            format!("{to}:{port}")
+        } else {
+            format!("{to}:{port}/{proto}")
+        };
+        seen.entry(from).or_default().insert(entry);
+    }
+    if seen.is_empty() {
+        println!(
+            "# nothing learned for {}: no connection between its services outside what the file allows was let through (with `x-bulkhead: {{policy: learn}}`, while its containers ran, as far back as the kernel's log keeps)",
+            p.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "# {events} connections between the services of {} that the file does not allow; to allow them, add under each service:",
+        p.name
+    );
+    println!("services:");
+    for (from, tos) in &seen {
+        let list: Vec<String> = tos.iter().map(|t| format!("{t:?}")).collect();
+        println!(
+            "  {from}:
+    x-bulkhead:
+      talks-to: [{}]",
+            list.join(", ")
+        );
+    }
+    println!("# then remove `policy: learn` from the top-level x-bulkhead to enforce");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The project's volumes that its services use: its own made if missing (labelled with the
@@ -1107,15 +1199,15 @@ fn up(
 ) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::container::State;
     if !detach {
-        anyhow::bail!("compose up runs detached for now: give -d (and follow with `bulkhead logs -f NAME`)");
+        return foreground(ctx, p, wait, only, allow_host_paths, allow_weakening);
     }
     let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
     for w in &policy.warnings {
         eprintln!("warning: {}: {w}", p.file.display());
     }
     if policy.learn {
-        anyhow::bail!(
-            "{}: x-bulkhead policy: learn comes with a later version of compose up",
+        eprintln!(
+            "warning: {}: x-bulkhead policy: learn: connections between the services that the file does not allow are let through and recorded, not denied; `compose policy --learned` suggests what to allow",
             p.file.display()
         );
     }
@@ -1246,6 +1338,43 @@ fn up(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `up` without `-d`, as docker compose does it: the services come up, their output follows,
+/// and Ctrl-C (or SIGTERM) stops them; it returns when they have all stopped.
+fn foreground(
+    ctx: &Ctx,
+    p: &bulkhead_compose::Project,
+    wait: bool,
+    only: &[String],
+    allow_host_paths: bool,
+    allow_weakening: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
+    }
+    let code = up(ctx, p, true, wait, only, allow_host_paths, allow_weakening)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let services: Vec<String> = only.to_vec();
+    // The followers are in a process group of their own: a Ctrl-C at the terminal is ours to
+    // act on, and they go on printing while the services stop.
+    std::thread::scope(|scope| {
+        let follow = scope.spawn(|| logs_grouped(ctx, p, true, None, &services, true));
+        while !follow.is_finished() {
+            if stop.load(Ordering::Relaxed) {
+                eprintln!("stopping {}", p.name);
+                each(ctx, p, &services, &["stop"])?;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = follow.join();
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn rand32() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: getrandom(2) writes at most 4 bytes into the buffer we own.
@@ -1309,7 +1438,20 @@ fn each(ctx: &Ctx, p: &bulkhead_compose::Project, services: &[String], verb: &[&
 }
 
 fn logs(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool, tail: Option<usize>, services: &[String]) -> anyhow::Result<ExitCode> {
+    logs_grouped(ctx, p, follow, tail, services, false)
+}
+
+/// `logs`; with `own_group`, the followers are in a process group of their own.
+fn logs_grouped(
+    ctx: &Ctx,
+    p: &bulkhead_compose::Project,
+    follow: bool,
+    tail: Option<usize>,
+    services: &[String],
+    own_group: bool,
+) -> anyhow::Result<ExitCode> {
     use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
     let list = containers_of(ctx, p, services)?;
     let width = list.iter().map(|r| r.name.len()).max().unwrap_or(0);
     let out = std::sync::Arc::new(std::sync::Mutex::new(()));
@@ -1322,6 +1464,9 @@ fn logs(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool, tail: Option<usi
         }
         if let Some(t) = tail {
             c.args(["--tail", &t.to_string()]);
+        }
+        if own_group {
+            c.process_group(0);
         }
         let mut child = c
             .arg(&r.id)

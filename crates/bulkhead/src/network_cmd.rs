@@ -277,11 +277,14 @@ pub fn container_rules(ctx: &Ctx, id: &str, name: &str, from: &[String], to: &[S
     Ok(())
 }
 
-/// Reads the kernel's log for the table's denials: one JSON line each, the addresses named by
-/// the containers that hold them now.
+/// Reads the kernel's log for the table's denials (and connections learn rules let through):
+/// one JSON line each, the addresses named by the containers that hold them now.
 fn events(nets: &Networks, follow: bool) -> anyhow::Result<()> {
     use std::io::Read;
-    let prefix = bulkhead_network::firewall::log_prefix(&nets.table());
+    let prefixes = [
+        (bulkhead_network::firewall::log_prefix(&nets.table()), "denied"),
+        (bulkhead_network::firewall::learn_prefix(&nets.table()), "learned"),
+    ];
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -304,7 +307,7 @@ fn events(nets: &Networks, follow: bool) -> anyhow::Result<()> {
         match f.read(&mut buf) {
             Ok(n) => {
                 let rec = String::from_utf8_lossy(&buf[..n]);
-                if let Some(ev) = parse_denial(&rec, &prefix, boot, nets) {
+                if let Some(ev) = prefixes.iter().find_map(|(p, verdict)| parse_denial(&rec, p, verdict, boot, nets)) {
                     let mut o = out.lock();
                     std::io::Write::write_all(&mut o, format!("{ev}\n").as_bytes())?;
                     std::io::Write::flush(&mut o)?;
@@ -323,8 +326,9 @@ fn events(nets: &Networks, follow: bool) -> anyhow::Result<()> {
     }
 }
 
-/// One kmsg record ("6,1234,5678901,-;bulkhead-deny:T IN=... SRC=a DST=b ... PROTO=TCP SPT=1 DPT=80 ...").
-fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, nets: &Networks) -> Option<serde_json::Value> {
+/// One kmsg record ("6,1234,5678901,-;bulkhead-deny:T IN=... SRC=a DST=b ... PROTO=TCP SPT=1 DPT=80 ..."),
+/// a denial or (`verdict` "learned") a connection a learn rule let through.
+fn parse_denial(rec: &str, prefix: &str, verdict: &str, boot: chrono::DateTime<chrono::Utc>, nets: &Networks) -> Option<serde_json::Value> {
     let (head, msg) = rec.split_once(';')?;
     let msg = msg.lines().next()?.strip_prefix(prefix)?;
     let usec: i64 = head.split(',').nth(2)?.parse().ok()?;
@@ -348,7 +352,7 @@ fn parse_denial(rec: &str, prefix: &str, boot: chrono::DateTime<chrono::Utc>, ne
     let (src, dst) = (addr("SRC"), addr("DST"));
     Some(serde_json::json!({
         "time": (boot + chrono::Duration::microseconds(usec)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "verdict": "denied",
+        "verdict": verdict,
         "from": {"ip": src, "port": field("SPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&field("PHYSIN"))},
         "to": {"ip": dst, "port": field("DPT").and_then(|p| p.parse::<u16>().ok()), "owner": who(&field("PHYSOUT"))},
         "protocol": field("PROTO").map(|p| p.to_ascii_lowercase()),

@@ -576,3 +576,119 @@ fn secrets_and_volumes_that_would_read_the_host_or_block_are_refused() {
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
     assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
 }
+
+#[test]
+fn learn_lets_through_records_and_suggests_then_enforce_denies() {
+    let env = Env::new();
+    image(&env);
+    let dir = env.path("learnt");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("compose.yaml");
+    let body = r#"services:
+  web:
+    image: cbox
+    command: ["sleep", "1000"]
+    depends_on: [app]
+  app:
+    image: cbox
+    command: ["sh", "-c", "while true; do echo pong | nc -l -p 8080; done"]
+    expose: ["8080"]
+  db:
+    image: cbox
+    command: ["sh", "-c", "while true; do echo pong | nc -l -p 5432; done"]
+"#;
+    std::fs::write(&file, format!("x-bulkhead:\n  policy: learn\n{body}")).unwrap();
+    let f = file.to_str().unwrap();
+    let c = |args: &[&str]| {
+        let mut all = vec!["compose", "-f", f, "-p", "learnt"];
+        all.extend_from_slice(args);
+        env.ok(&all)
+    };
+    c(&["up", "-d", "--wait"]);
+    let tcp = |from: &str, to: &str, port: &str| {
+        let o = env.run_bounded(20, &["exec", from, "timeout", "-s", "KILL", "3", "nc", to, port]);
+        String::from_utf8_lossy(&o.stdout).contains("pong")
+    };
+    let mut reached = false;
+    for _ in 0..30 {
+        reached = tcp("learnt-web-1", "db", "5432");
+        if reached {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Learning: what the file does not declare passes, and is recorded.
+    assert!(reached, "learning denied web -> db");
+    assert!(tcp("learnt-web-1", "app", "8080"));
+    let suggested = c(&["policy", "--learned"]);
+    assert!(
+        suggested.contains("  web:\n    x-bulkhead:\n      talks-to: [\"db:5432\"]"),
+        "{suggested}"
+    );
+    // web -> app is declared (depends_on): not a suggestion.
+    assert!(!suggested.contains("app:8080"), "{suggested}");
+    assert!(c(&["events"])
+        .lines()
+        .any(|l| l.contains("\"verdict\":\"learned\"") && l.contains("learnt-db-1")));
+    // The suggestion pasted, learning off: web -> db is allowed by the file, app -> db is not.
+    std::fs::write(
+        &file,
+        body.replace(
+            "    depends_on: [app]\n",
+            "    depends_on: [app]\n    x-bulkhead:\n      talks-to: [\"db:5432\"]\n",
+        ),
+    )
+    .unwrap();
+    c(&["up", "-d"]);
+    assert!(tcp("learnt-web-1", "db", "5432"), "the pasted rule does not allow web -> db");
+    assert!(!tcp("learnt-app-1", "db", "5432"), "enforcing let app -> db through");
+    assert!(!env.ok(&["network", "rules"]).contains("learn "));
+    c(&["down"]);
+}
+
+#[test]
+fn up_in_the_foreground_follows_the_output_and_stops_on_sigterm() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("fg.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  a:\n    image: cbox\n    command: [\"sh\", \"-c\", \"trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.2; done\"]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(env.root())
+        .arg("--config")
+        .arg(env.path("config"))
+        .args(["compose", "-f", file.to_str().unwrap(), "-p", "fg", "up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            if l.contains(what) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("fg-a-1 | hello"));
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    assert!(wait_for("fg-a-1 | bye"), "the service was not stopped with its stop signal");
+    assert!(child.wait().unwrap().success());
+    assert!(env
+        .ok(&["compose", "-f", file.to_str().unwrap(), "-p", "fg", "ps", "-a"])
+        .contains("exited (0)"));
+    env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "fg", "down"]);
+}

@@ -65,6 +65,11 @@ pub fn log_prefix(table: &str) -> String {
     format!("bulkhead-deny:{table} ")
 }
 
+/// The prefix of a connection a learn rule let through (one line per new connection).
+pub fn learn_prefix(table: &str) -> String {
+    format!("bulkhead-learn:{table} ")
+}
+
 fn meta(key: &str) -> Value {
     json!({"meta": {"key": key}})
 }
@@ -411,6 +416,16 @@ pub fn commands(p: &Policy) -> Value {
         ));
     }
     for (s, d, id) in &p.rules.any {
+        cmds.push(counted(t, "between", pair(s, d), *id, "accept"));
+    }
+    // Learning: what no rule allows passes, and each new connection is logged (bounded, as
+    // denials are: the kernel's log is the host's).
+    for (s, d, id) in &p.rules.learn {
+        let mut e = pair(s, d);
+        e.push(matches("in", ct("state"), json!(["new"])));
+        e.push(json!({"limit": {"rate": 50, "burst": 100, "per": "second"}}));
+        e.push(json!({"log": {"prefix": learn_prefix(t)}}));
+        cmds.push(rule(t, "between", e));
         cmds.push(counted(t, "between", pair(s, d), *id, "accept"));
     }
     // Logged at most 10 a second per source (a burst of 20): one noisy container cannot crowd

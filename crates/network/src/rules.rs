@@ -63,6 +63,9 @@ impl std::fmt::Display for Selector {
 pub enum Action {
     Allow,
     Deny,
+    /// Let new connections through and log each (a compose project's `policy: learn`): what an
+    /// application really does, recorded rather than enforced.
+    Learn,
 }
 
 /// A rule as stored.
@@ -124,6 +127,7 @@ impl Rule {
         let action = match self.action {
             Action::Allow => "allow",
             Action::Deny => "deny",
+            Action::Learn => "learn",
         };
         format!("{action} {} -> {}{port}{net}", self.from, self.to)
     }
@@ -156,6 +160,8 @@ pub struct Resolved {
     pub no_egress: Vec<(IpAddr, u64)>,
     /// (source, destination, protocol, port) a deny rule names: dropped before any allow.
     pub drops: Vec<(IpAddr, IpAddr, String, u16, u64)>,
+    /// (source, destination) a learn rule names: what no allow takes is let through, logged.
+    pub learn: Vec<(IpAddr, IpAddr, u64)>,
 }
 
 /// The address pairs of two containers on one network: IPv4, and IPv6 where both have it.
@@ -229,8 +235,9 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
                     continue;
                 }
                 for (a, b) in pairs(from, to) {
-                    match (r.port, &r.proto) {
-                        (Some(p), Some(proto)) => out.ports.push((a, b, proto.clone(), p, r.id)),
+                    match (r.action, r.port, &r.proto) {
+                        (Action::Learn, _, _) => out.learn.push((a, b, r.id)),
+                        (_, Some(p), Some(proto)) => out.ports.push((a, b, proto.clone(), p, r.id)),
                         _ => out.any.push((a, b, r.id)),
                     }
                 }
@@ -245,6 +252,8 @@ pub fn resolve(rules: &[Rule], leases: &[Lease]) -> Resolved {
     out.drops.dedup_by(|a, b| (a.0, a.1, &a.2, a.3) == (b.0, b.1, &b.2, b.3));
     out.no_egress.sort();
     out.no_egress.dedup_by(|a, b| a.0 == b.0);
+    out.learn.sort();
+    out.learn.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
     out
 }
 
