@@ -1537,10 +1537,18 @@ fn down(ctx: &Ctx, p: &bulkhead_compose::Project, volumes: bool) -> anyhow::Resu
     }
     let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
     nets.set_rules_of_origin(&format!("compose {}: ", p.name), Vec::new())?;
+    // A network another container still uses (one run by hand on it) stays, with a line; the
+    // rest of down goes on.
+    let mut left = false;
     for n in nets.list()? {
         if n.labels.get(PROJECT_LABEL) == Some(&p.name) {
-            nets.remove(&n.name)?;
-            println!("network {} removed", n.name);
+            match nets.remove(&n.name) {
+                Ok(_) => println!("network {} removed", n.name),
+                Err(e) => {
+                    eprintln!("bulkhead: error: network {}: {e}", n.name);
+                    left = true;
+                }
+            }
         }
     }
     if volumes {
@@ -1551,12 +1559,17 @@ fn down(ctx: &Ctx, p: &bulkhead_compose::Project, volumes: bool) -> anyhow::Resu
         let _lock = cs.lock()?;
         for v in vols.list()? {
             if v.labels.get(PROJECT_LABEL) == Some(&p.name) {
-                vols.remove(&cs, &v.name)?;
-                println!("volume {} removed", v.name);
+                match vols.remove(&cs, &v.name) {
+                    Ok(()) => println!("volume {} removed", v.name),
+                    Err(e) => {
+                        eprintln!("bulkhead: error: {e}");
+                        left = true;
+                    }
+                }
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if left { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn ps(ctx: &Ctx, p: &bulkhead_compose::Project, all: bool) -> anyhow::Result<ExitCode> {

@@ -325,6 +325,7 @@ pub fn health_loop(ctx: &Ctx, id: &str, pid: i32) -> anyhow::Result<ExitCode> {
             .arg("--root")
             .arg(&ctx.root)
             .arg("exec")
+            .arg("--kill-on-exit")
             .arg(id)
             // Nothing of the test is read as an option of `exec` (or of bulkhead).
             .arg("--")
@@ -580,6 +581,7 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
             }
             a.network_alias.clone()
         },
+        alias_group_label: Some(crate::compose_cmd::SERVICE_LABEL.to_owned()),
         networks: match a.network.as_str() {
             "none" | "host" => Vec::new(),
             "bridge" => vec![bulkhead_network::DEFAULT_NETWORK.to_owned()],
@@ -599,31 +601,6 @@ fn create_container(
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     crate::network_cmd::ensure_networks(ctx, &req.networks)?;
-    // A name on a network is one container's: an alias may not take another's name, alias or
-    // short id (it would take its rules and its answers too), nor a name another's alias. The
-    // replicas of one compose service share its name as an alias (and its rules), as with
-    // Docker: an alias another container has is allowed when both carry the same service label.
-    let service_label = |l: &std::collections::BTreeMap<String, String>| l.get(crate::compose_cmd::SERVICE_LABEL).cloned();
-    let mine = service_label(&req.labels);
-    // Names are per network (as a network's resolver serves them): only containers that share
-    // a network with this one are compared (two compose projects may both have a `db`).
-    for other in cs
-        .list()?
-        .into_iter()
-        .filter(|o| o.networks.iter().any(|n| req.networks.contains(n)))
-    {
-        let shared = mine.is_some() && service_label(&other.labels) == mine;
-        let theirs: Vec<&str> = std::iter::once(other.name.as_str())
-            .chain(other.aliases.iter().map(String::as_str).filter(|_| !shared))
-            .chain(std::iter::once(&other.id[..12]))
-            .collect();
-        if let Some(al) = req.aliases.iter().find(|al| theirs.contains(&al.as_str())) {
-            bail!("--network-alias {al}: the name of container {} already", other.name);
-        }
-        if let Some(n) = req.name.as_deref().filter(|n| other.aliases.iter().any(|x| x == n)) {
-            bail!("--name {n}: an alias of container {} already", other.name);
-        }
-    }
     let rec = {
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?
@@ -900,6 +877,10 @@ pub struct ExecArgs {
     /// USER[:GROUP], resolved in the container's /etc/passwd and /etc/group.
     #[arg(short, long)]
     user: Option<String>,
+    /// The process dies with this command (used by healthchecks, whose test is killed at its
+    /// timeout).
+    #[arg(long, hide = true)]
+    kill_on_exit: bool,
     container: String,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -936,6 +917,7 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> anyhow::Result<ExitCode> {
         uid,
         gid,
         tty: a.tty,
+        kill_with_client: a.kill_on_exit,
     };
     let code = bulkhead_runtime::exec::exec(&cs, &rec, &req)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))

@@ -364,8 +364,22 @@ fn connect(ctx: &Ctx, nets: &Networks, network: &str, name: &str, join: bool) ->
     use bulkhead_runtime::container::State;
     let store = ctx.store()?;
     let cs = bulkhead_runtime::container::Containers::open(&store)?;
+    // Under the containers' lock: names are checked, and taken, as creation does.
+    let _lock = cs.lock()?;
     let mut rec = bulkhead_runtime::lifecycle::refresh(&cs, cs.find(name)?)?;
     nets.get(network)?;
+    if join {
+        // Its name and aliases must be free on the network it joins.
+        bulkhead_runtime::run::Names {
+            id: &rec.id,
+            name: &rec.name,
+            aliases: &rec.aliases,
+            labels: &rec.labels,
+            networks: &[network.to_owned()],
+            group_label: Some(crate::compose_cmd::SERVICE_LABEL),
+        }
+        .check(&cs.list()?)?;
+    }
     if rec.networks.is_empty() {
         bail!("container {} has no network of its own (--network none or host)", rec.name);
     }

@@ -515,6 +515,13 @@ fn a_named_volume_shows_one_owner_to_every_service_and_a_secret_reaches_only_its
     env.ok(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "down", "-v"]);
     // A volume in use is not removed; down -v takes the project's own, and nothing is left.
     assert!(env.fails(&["volume", "rm", "vol_shared"]).contains("in use by"));
+    // A container run by hand on the project's network keeps that network, not the rest.
+    env.ok(&["run", "-d", "--name", "foreign", "--network", "vol_default", "cbox", "sleep", "100"]);
+    let o = env.run(&["compose", "-f", f, "-p", "vol", "down", "-v"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("network vol_default"));
+    assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
+    env.ok(&["rm", "-f", "foreign"]);
     c(&["down", "-v"]);
     assert_eq!(env.ok(&["volume", "ls", "-q"]).trim(), "");
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");

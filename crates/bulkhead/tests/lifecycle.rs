@@ -679,4 +679,30 @@ fn a_healthcheck_runs_in_the_container_and_shows_in_ps_and_inspect() {
     assert!(err.contains("a program first"), "{err}");
     let err = env.fails(&["run", "-d", "--health-cmd", "true", "--health-interval", "100000h", img, "true"]);
     assert!(err.contains("at most 24h"), "{err}");
+    // A test that outlives its timeout is killed in the container, not left behind to pile up.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--health-cmd",
+        "sleep 77",
+        "--health-timeout",
+        "300ms",
+        "--health-interval",
+        "200ms",
+        img,
+        "sleep",
+        "1000",
+    ]);
+    wait_until("a timed-out check", || {
+        inspect(&env, "slow")["State"]["Health"]["log"]
+            .as_array()
+            .is_some_and(|l| l.len() >= 3)
+    });
+    let log = inspect(&env, "slow")["State"]["Health"]["log"][0]["output"].clone();
+    assert!(log.as_str().unwrap_or("").contains("timed out"), "{log}");
+    let top = env.ok(&["top", "slow"]);
+    assert!(top.matches("sleep 77").count() <= 1, "{top}");
+    env.ok(&["rm", "-f", "slow"]);
 }

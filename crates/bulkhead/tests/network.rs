@@ -911,6 +911,23 @@ fn connect_disconnect_and_prune() {
     assert!(reaches(&env, "a", "http://b/"), "a cannot reach b by name once on n2");
     let err = env.fails(&["network", "connect", "n2", "a"]);
     assert!(err.contains("already"), "{err}");
+    // A name is checked on the network joined: an alias taken there is refused.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "twin",
+        "--network",
+        "n1",
+        "--network-alias",
+        "b",
+        img,
+        "sleep",
+        "100",
+    ]);
+    let err = env.fails(&["network", "connect", "n2", "twin"]);
+    assert!(err.contains("--network-alias b: the name of container b already"), "{err}");
+    env.ok(&["rm", "-f", "twin"]);
     // Prune keeps what a container uses (running or not).
     let pruned = env.ok(&["network", "prune"]);
     assert_eq!(pruned.trim(), "unused");

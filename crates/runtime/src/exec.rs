@@ -48,6 +48,8 @@ const NAMESPACES: [(&str, LinkNameSpaceType); 7] = [
 
 /// Everything the child needs, prepared before the fork (the child only applies it).
 struct Plan {
+    /// PR_SET_PDEATHSIG on the way: the client's death kills the process.
+    kill_with_client: bool,
     namespaces: Vec<(LinkNameSpaceType, OwnedFd)>,
     cgroup_procs: Vec<std::path::PathBuf>,
     argv: Vec<CString>,
@@ -184,6 +186,7 @@ fn plan(spec: &Value, rec: &ContainerRecord, pid: i32, req: &ExecRequest) -> Res
         no_new_privs: process["noNewPrivileges"].as_bool().unwrap_or(true),
         seccomp,
         tty: None,
+        kill_with_client: req.kill_with_client,
     })
 }
 
@@ -259,6 +262,7 @@ fn run(mut plan: Plan, tty: bool) -> Result<i32> {
         ours = Some(a);
         plan.tty = Some(b);
     }
+    let client = rustix::process::getpid();
     // SAFETY: this process is single-threaded here (the CLI), so the child may allocate; it only
     // ever leaves through exec or _exit.
     let child = unsafe { libc::fork() };
@@ -267,6 +271,14 @@ fn run(mut plan: Plan, tty: bool) -> Result<i32> {
     }
     if child == 0 {
         drop(go_w);
+        if plan.kill_with_client {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            if rustix::process::getppid() != Some(client) {
+                // SAFETY: the client died before the signal was armed.
+                unsafe { libc::_exit(137) };
+            }
+        }
         // SAFETY: prctl(PR_SET_DUMPABLE, 0) on ourselves; inherited by the grandchild, reset by
         // the kernel at its exec.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -407,6 +419,15 @@ fn become_and_exec(plan: &Plan) -> Error {
             },
         )
         .map_err(|e| err(format!("capabilities: {e}")))?;
+        if plan.kill_with_client {
+            // After the change of credentials, which clears it. The parent (outside the pid
+            // namespace) shows as 0; any other parent means it is gone already.
+            // SAFETY: prctl(PR_SET_PDEATHSIG) on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+            if rustix::process::getppid().is_some() {
+                return Err(err("the client is gone"));
+            }
+        }
         if let Some(f) = &plan.seccomp {
             f.load().map_err(|e| err(format!("loading the seccomp filter: {e}")))?;
         }

@@ -102,6 +102,9 @@ pub struct ExecRequest {
     pub gid: Option<u32>,
     /// A pseudo-terminal, made in the container's devpts.
     pub tty: bool,
+    /// The process is killed when the caller dies (a healthcheck's test, killed at its timeout,
+    /// must not go on in the container). The embedded executor only.
+    pub kill_with_client: bool,
 }
 
 impl Executor {

@@ -46,6 +46,9 @@ pub struct CreateRequest {
     pub aliases: Vec<String>,
     /// `--ip`.
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Containers carrying the same value of this label may share aliases (the replicas of one
+    /// compose service share its name).
+    pub alias_group_label: Option<String>,
 }
 
 /// bulkhead-init (init/init.c), built static by build.rs.
@@ -73,7 +76,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
     let info = store.info(&image)?;
     let id = Containers::new_id()?;
     let all = cs.list()?;
-    let name = match req.name {
+    let name = match req.name.clone() {
         Some(n) if !valid_name(&n) => {
             return Err(Error::Invalid(format!(
                 "invalid container name {n:?} (allowed: [a-zA-Z0-9][a-zA-Z0-9_.-]*)"
@@ -83,6 +86,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         Some(n) => n,
         None => format!("bulkhead-{}", &id[..12]),
     };
+    check_names(&all, &name, &req)?;
     let mut profile = req.profile;
     let host_id = match profile.userns {
         UserNs::Private { .. } => {
@@ -328,6 +332,66 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         let _ = store.remove_lease(&id);
     }
     made
+}
+
+/// A name on a network is one container's: an alias may not take another's name, alias or short
+/// id (it would take its rules and its answers too), nor a name another's alias. Names are per
+/// network (as a network's resolver serves them): only containers that share a network with this
+/// one are compared (two compose projects may both have a `db`). Containers with the same value
+/// of `alias_group_label` may share an alias, as the replicas of a compose service do. Checked
+/// under the containers' lock, so that two creations cannot both take a name.
+fn check_names(all: &[ContainerRecord], name: &str, req: &CreateRequest) -> Result<()> {
+    Names {
+        id: "",
+        name,
+        aliases: &req.aliases,
+        labels: &req.labels,
+        networks: &req.networks,
+        group_label: req.alias_group_label.as_deref(),
+    }
+    .check(all)
+}
+
+/// A container's names on some networks, to check against the others' (see [`check_names`]).
+pub struct Names<'a> {
+    /// Its id (empty for one being made): it is not compared with itself.
+    pub id: &'a str,
+    pub name: &'a str,
+    pub aliases: &'a [String],
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    /// The networks on which the names must be free.
+    pub networks: &'a [String],
+    pub group_label: Option<&'a str>,
+}
+
+impl Names<'_> {
+    pub fn check(&self, all: &[ContainerRecord]) -> Result<()> {
+        let group = |l: &std::collections::BTreeMap<String, String>| self.group_label.and_then(|k| l.get(k)).cloned();
+        let mine = group(self.labels);
+        for other in all
+            .iter()
+            .filter(|o| o.id != self.id && o.networks.iter().any(|n| self.networks.contains(n)))
+        {
+            let shared = mine.is_some() && group(&other.labels) == mine;
+            let theirs: Vec<&str> = std::iter::once(other.name.as_str())
+                .chain(other.aliases.iter().map(String::as_str).filter(|_| !shared))
+                .chain(std::iter::once(&other.id[..12]))
+                .collect();
+            if let Some(al) = self.aliases.iter().find(|al| theirs.contains(&al.as_str())) {
+                return Err(Error::Invalid(format!(
+                    "--network-alias {al}: the name of container {} already",
+                    other.name
+                )));
+            }
+            if other.aliases.iter().any(|x| x == self.name) {
+                return Err(Error::Invalid(format!(
+                    "--name {}: an alias of container {} already",
+                    self.name, other.name
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The container's /etc/resolv.conf: the host's resolvers, unless they are on the host's loopback
