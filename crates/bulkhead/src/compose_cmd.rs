@@ -56,6 +56,10 @@ pub enum ComposeCommand {
         /// defaults (each is printed).
         #[arg(long)]
         allow_weakening: bool,
+        /// An `external` volume may be one another compose project made (its data is then
+        /// shared with this file's containers).
+        #[arg(long)]
+        allow_shared_volumes: bool,
         /// Only these services (and what they depend on).
         services: Vec<String>,
     },
@@ -100,6 +104,9 @@ pub enum ComposeCommand {
         /// As for `up`.
         #[arg(long)]
         allow_weakening: bool,
+        /// As for `up`.
+        #[arg(long)]
+        allow_shared_volumes: bool,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -128,7 +135,7 @@ pub enum ComposeCommand {
 }
 
 /// The labels that tie a container to its project and service.
-const PROJECT_LABEL: &str = "bulkhead.compose.project";
+pub const PROJECT_LABEL: &str = "bulkhead.compose.project";
 /// The project's directory (links resolved): a project is its name *and* where its file is.
 const DIR_LABEL: &str = "bulkhead.compose.dir";
 pub const SERVICE_LABEL: &str = "bulkhead.compose.service";
@@ -157,7 +164,15 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             services,
             allow_host_paths,
             allow_weakening,
-        } => return up(ctx, &p, *detach, *wait, services, *allow_host_paths, *allow_weakening),
+            allow_shared_volumes,
+        } => {
+            let allow = Allow {
+                host_paths: *allow_host_paths,
+                weakening: *allow_weakening,
+                shared_volumes: *allow_shared_volumes,
+            };
+            return up(ctx, &p, *detach, *wait, services, allow);
+        }
         ComposeCommand::Down { volumes, .. } => return down(ctx, &p, *volumes),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
         ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
@@ -173,21 +188,16 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             command,
             allow_host_paths,
             allow_weakening,
+            allow_shared_volumes,
         } => {
+            let allow = Allow {
+                host_paths: *allow_host_paths,
+                weakening: *allow_weakening,
+                shared_volumes: *allow_shared_volumes,
+            };
             let svc = service_of(&p, service)?;
             let name = format!("{}-{service}-run-{:08x}", p.name, rand32());
-            let (mut args, env) = run_args(
-                &p,
-                service,
-                svc,
-                &name,
-                1,
-                true,
-                Allow {
-                    host_paths: *allow_host_paths,
-                    weakening: *allow_weakening,
-                },
-            )?;
+            let (mut args, env) = run_args(&p, service, svc, &name, 1, true, allow)?;
             // Attached: -d out, --rm in if asked, the command in place of the service's.
             args.remove(1); // the "-d" after "run" (not one of the command's)
             if *rm {
@@ -199,7 +209,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
                 args.truncate(at + 2);
                 args.extend(command.iter().cloned());
             }
-            ensure_networks_and_rules(ctx, &p)?;
+            ensure_networks_and_rules(ctx, &p, allow)?;
             return with_env(&args, &env, |args| passthrough(ctx, args));
         }
         ComposeCommand::Start { services } => return each(ctx, &p, services, &["start"]),
@@ -217,8 +227,15 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             if let Some(t) = &t {
                 a.extend(["-t", t]);
             }
-            each(ctx, &p, services, &a)?;
-            return each(ctx, &p, services, &["start"]);
+            // With `depends_on: {X: {restart: true}}`, restarting X restarts its dependents
+            // too, stopped after it and started after it (as docker compose does).
+            let all = if services.is_empty() {
+                Vec::new()
+            } else {
+                with_restarting_dependents(&p, services)
+            };
+            each(ctx, &p, &all, &a)?;
+            return each(ctx, &p, &all, &["start"]);
         }
         ComposeCommand::Pull { services } => {
             for name in &p.order {
@@ -305,7 +322,11 @@ pub const COMPOSE_CHILD: &str = "BULKHEAD_COMPOSE_CHILD";
 /// Runs this binary (`run`, `rm`, `network`, ...): each container is made exactly as `bulkhead
 /// run` makes one, hardened defaults included. Its warnings are passed on.
 fn bulkhead(ctx: &Ctx, args: &[String]) -> anyhow::Result<String> {
+    use std::os::unix::process::CommandExt;
+    // In a process group of its own: a Ctrl-C at the terminal stops compose, never a `run` or
+    // `rm` halfway (a container made halfway would keep its mounts and its id range).
     let o = base(ctx)?
+        .process_group(0)
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -446,6 +467,7 @@ fn wait_condition(ctx: &Ctx, p: &bulkhead_compose::Project, dep: &str, condition
 struct Allow {
     host_paths: bool,
     weakening: bool,
+    shared_volumes: bool,
 }
 
 /// What `bulkhead run -d` is given for one container of service `name`; a key bulkhead reads but
@@ -462,6 +484,7 @@ fn run_args(
     let Allow {
         host_paths: allow_host_paths,
         weakening: allow_weakening,
+        ..
     } = allow;
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
@@ -811,15 +834,23 @@ fn volume_name(p: &bulkhead_compose::Project, key: &str) -> anyhow::Result<(Stri
     if v.driver.as_deref().is_some_and(|d| d != "local") || !v.driver_opts.is_empty() {
         anyhow::bail!("volume {key:?}: only the local driver, without driver_opts");
     }
-    let name = match &v.external {
-        Some(ExternalVolume::Bool(true)) => return Ok((v.name.clone().unwrap_or_else(|| key.to_owned()), true)),
-        Some(ExternalVolume::Name { name }) => return Ok((name.clone(), true)),
-        _ => v.name.clone().unwrap_or_else(|| format!("{}_{key}", p.name)),
+    let (name, external) = match &v.external {
+        Some(ExternalVolume::Bool(true)) => (v.name.clone().unwrap_or_else(|| key.to_owned()), true),
+        Some(ExternalVolume::Name { name }) => (name.clone(), true),
+        _ => (v.name.clone().unwrap_or_else(|| format!("{}_{key}", p.name)), false),
     };
     if !bulkhead_runtime::volumes::valid_name(&name) {
         anyhow::bail!("volume {key:?}: {name:?} is not a volume name");
     }
-    Ok((name, false))
+    // A project's own volumes are named after it: a file from anywhere may not claim a name
+    // another project, or a user's `run -v NAME`, would take for theirs.
+    if !external && !name.starts_with(&format!("{}_", p.name)) {
+        anyhow::bail!(
+            "volume {key:?}: name {name:?} must start with \"{}_\" (a volume of another name is `external: true`)",
+            p.name
+        );
+    }
+    Ok((name, external))
 }
 
 /// The `--secret` and `--config-file` options of service `name`: each file the top level names
@@ -997,7 +1028,7 @@ fn project_containers(ctx: &Ctx, project: &str) -> anyhow::Result<Vec<bulkhead_r
 
 /// The project's networks (its own made if missing; external ones must exist), and the rules
 /// its file implies, written before any container runs.
-fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::policy::Policy) -> anyhow::Result<()> {
+fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::policy::Policy, allow: Allow) -> anyhow::Result<()> {
     check_owner(ctx, p)?;
     // Networks: the project's own, made if missing; external ones must exist.
     let nets = bulkhead_network::Networks::open(&ctx.root, &ctx.config)?;
@@ -1041,7 +1072,7 @@ fn prepare(ctx: &Ctx, p: &bulkhead_compose::Project, policy: &bulkhead_compose::
         .with_context(|| format!("network {name}"))?;
         println!("network {name} created");
     }
-    prepare_volumes(ctx, p)?;
+    prepare_volumes(ctx, p, allow)?;
     // The conversations the file allows, before any container runs.
     let origin = format!("compose {}: ", p.name);
     let rules = policy
@@ -1154,14 +1185,22 @@ fn learned(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<ExitCode>
 /// The project's volumes that its services use: its own made if missing (labelled with the
 /// project and its directory); one of that name made otherwise (by hand, by another project) is
 /// refused unless the file declares it `external`, which must exist.
-fn prepare_volumes(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
+fn prepare_volumes(ctx: &Ctx, p: &bulkhead_compose::Project, allow: Allow) -> anyhow::Result<()> {
     let store = ctx.store()?;
     let vols = bulkhead_runtime::volumes::Volumes::open(store.root())?;
     let mine = project_dir(p)?.display().to_string();
     for key in p.model.volumes.0.keys() {
         let (name, external) = volume_name(p, key)?;
         if external {
-            vols.get(&name).with_context(|| format!("external volume {name}"))?;
+            let v = vols.get(&name).with_context(|| format!("external volume {name}"))?;
+            // Another project's data is not a file's to take: only when the user says so.
+            if let Some(owner) = v.labels.get(PROJECT_LABEL) {
+                if (owner != &p.name || v.labels.get(DIR_LABEL) != Some(&mine)) && !allow.shared_volumes {
+                    anyhow::bail!(
+                        "external volume {name} belongs to compose project {owner} (give `--allow-shared-volumes` to share it with this file's containers)"
+                    );
+                }
+            }
             continue;
         }
         match vols.get(&name) {
@@ -1188,18 +1227,10 @@ fn prepare_volumes(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn up(
-    ctx: &Ctx,
-    p: &bulkhead_compose::Project,
-    detach: bool,
-    wait: bool,
-    only: &[String],
-    allow_host_paths: bool,
-    allow_weakening: bool,
-) -> anyhow::Result<ExitCode> {
+fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: &[String], allow: Allow) -> anyhow::Result<ExitCode> {
     use bulkhead_runtime::container::State;
     if !detach {
-        return foreground(ctx, p, wait, only, allow_host_paths, allow_weakening);
+        return foreground(ctx, p, wait, only, allow);
     }
     let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
     for w in &policy.warnings {
@@ -1239,18 +1270,7 @@ fn up(
         }
         for i in 1..=replicas {
             let container = svc.container_name.clone().unwrap_or_else(|| format!("{}-{name}-{i}", p.name));
-            let (args, env) = run_args(
-                p,
-                name,
-                svc,
-                &container,
-                replicas,
-                false,
-                Allow {
-                    host_paths: allow_host_paths,
-                    weakening: allow_weakening,
-                },
-            )?;
+            let (args, env) = run_args(p, name, svc, &container, replicas, false, allow)?;
             let more: Vec<String> = service_networks(svc)
                 .into_iter()
                 .skip(1)
@@ -1265,7 +1285,7 @@ fn up(
             });
         }
     }
-    prepare(ctx, p, &policy)?;
+    prepare(ctx, p, &policy, allow)?;
     // Containers, each service after what it depends on.
     let existing = project_containers(ctx, &p.name)?;
     let mut waited: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -1282,7 +1302,14 @@ fn up(
             if let Some(Some(svc)) = p.model.services.0.get(service) {
                 if let bulkhead_compose::types::DependsOnOptions::Conditional(m) = &svc.depends_on {
                     for (dep, c) in m {
-                        wait_condition(ctx, p, dep, &c.condition)?;
+                        match wait_condition(ctx, p, dep, &c.condition) {
+                            Ok(()) => {}
+                            // `required: false`: a dependency that does not come up is a warning.
+                            Err(e) if c.required == Some(false) => {
+                                eprintln!("warning: {service}: {e} (not required: going on)");
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             }
@@ -1340,20 +1367,13 @@ fn up(
 
 /// `up` without `-d`, as docker compose does it: the services come up, their output follows,
 /// and Ctrl-C (or SIGTERM) stops them; it returns when they have all stopped.
-fn foreground(
-    ctx: &Ctx,
-    p: &bulkhead_compose::Project,
-    wait: bool,
-    only: &[String],
-    allow_host_paths: bool,
-    allow_weakening: bool,
-) -> anyhow::Result<ExitCode> {
+fn foreground(ctx: &Ctx, p: &bulkhead_compose::Project, wait: bool, only: &[String], allow: Allow) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("signal handler")?;
     }
-    let code = up(ctx, p, true, wait, only, allow_host_paths, allow_weakening)?;
+    let code = up(ctx, p, true, wait, only, allow)?;
     if code != ExitCode::SUCCESS {
         return Ok(code);
     }
@@ -1427,6 +1447,26 @@ fn passthrough(ctx: &Ctx, args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 /// `bulkhead VERB NAME` for each container of `services`.
+/// `services`, then every service that depends on one of them with `restart: true` (and so on),
+/// in start order.
+fn with_restarting_dependents(p: &bulkhead_compose::Project, services: &[String]) -> Vec<String> {
+    let mut set: std::collections::BTreeSet<String> = services.iter().cloned().collect();
+    loop {
+        let before = set.len();
+        for (name, svc) in &p.model.services.0 {
+            if let Some(bulkhead_compose::types::DependsOnOptions::Conditional(m)) = svc.as_ref().map(|s| &s.depends_on) {
+                if m.iter().any(|(dep, c)| c.restart == Some(true) && set.contains(dep)) {
+                    set.insert(name.clone());
+                }
+            }
+        }
+        if set.len() == before {
+            break;
+        }
+    }
+    p.order.iter().filter(|s| set.contains(*s)).cloned().collect()
+}
+
 fn each(ctx: &Ctx, p: &bulkhead_compose::Project, services: &[String], verb: &[&str]) -> anyhow::Result<ExitCode> {
     for r in containers_of(ctx, p, services)? {
         let mut a: Vec<String> = verb.iter().map(|s| s.to_string()).collect();
@@ -1521,11 +1561,12 @@ fn events(ctx: &Ctx, p: &bulkhead_compose::Project, follow: bool) -> anyhow::Res
 }
 
 /// Networks and rules as `up` makes them (for `run` before `up`).
-fn ensure_networks_and_rules(ctx: &Ctx, p: &bulkhead_compose::Project) -> anyhow::Result<()> {
+fn ensure_networks_and_rules(ctx: &Ctx, p: &bulkhead_compose::Project, allow: Allow) -> anyhow::Result<()> {
     prepare(
         ctx,
         p,
         &bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?,
+        allow,
     )
 }
 

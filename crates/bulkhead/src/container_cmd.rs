@@ -544,11 +544,11 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         },
         files: {
             let mut f = Vec::new();
-            for s in &a.secret {
-                f.push(bulkhead_runtime::files::parse(s, true)?);
-            }
-            for c in &a.config_file {
-                f.push(bulkhead_runtime::files::parse(c, false)?);
+            // Sources resolved once, now: each start reads that very path, following no link.
+            for (v, secret) in a.secret.iter().map(|s| (s, true)).chain(a.config_file.iter().map(|c| (c, false))) {
+                let mut file = bulkhead_runtime::files::parse(v, secret)?;
+                bulkhead_runtime::files::resolve_source(&mut file)?;
+                f.push(file);
             }
             f
         },
@@ -601,6 +601,22 @@ fn create_container(
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     crate::network_cmd::ensure_networks(ctx, &req.networks)?;
+    // A compose project's volume is its containers' (and those of files that share it, asked
+    // with --allow-shared-volumes), not any container's that names it.
+    let vols = bulkhead_runtime::volumes::Volumes::open(store.root())?;
+    for m in &req.mounts {
+        if let bulkhead_runtime::mounts::UserMount::Volume { name, .. } = m {
+            let owner = vols
+                .get(name)
+                .ok()
+                .and_then(|v| v.labels.get(crate::compose_cmd::PROJECT_LABEL).cloned());
+            if let Some(owner) = owner {
+                if req.labels.get(crate::compose_cmd::PROJECT_LABEL).is_none() {
+                    bail!("volume {name} belongs to compose project {owner}: mount it from a compose file (external), not with run -v");
+                }
+            }
+        }
+    }
     let rec = {
         let _lock = store.lock_shared()?;
         create(&store, &cs, req)?
@@ -1251,11 +1267,29 @@ pub fn diff(ctx: &Ctx, name: &str) -> anyhow::Result<ExitCode> {
             p = dir.parent();
         }
     }
+    // Such a directory is dropped only as bulkhead left it: one it made (added) is its root's and
+    // 0755; one the image had (changed) keeps the image's mode and owner. A container's chmod or
+    // chown of it shows.
+    let as_left = |dir: &str, kind: u8| {
+        use std::os::unix::fs::MetadataExt;
+        let rel = dir.trim_start_matches('/');
+        let Ok(up) = std::fs::symlink_metadata(upper.join(rel)) else {
+            return false;
+        };
+        let shift = |id: u32| r.host_id.map_or(Some(id), |h| id.checked_sub(h));
+        if kind == 1 {
+            return up.is_dir() && up.mode() & 0o7777 == 0o755 && shift(up.uid()) == Some(0) && shift(up.gid()) == Some(0);
+        }
+        lowers
+            .iter()
+            .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
+            .is_some_and(|low| up.mode() == low.mode() && shift(up.uid()) == Some(low.uid()) && shift(up.gid()) == Some(low.gid()))
+    };
     // Deepest first, so that a directory emptied of such changes goes too.
     parents.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for dir in &parents {
         if let Some(i) = changes.iter().position(|c| &c.path == dir && c.kind != 2) {
-            if !changes.iter().any(|o| under(dir, &o.path)) {
+            if !changes.iter().any(|o| under(dir, &o.path)) && as_left(dir, changes[i].kind) {
                 changes.remove(i);
             }
         }

@@ -77,6 +77,7 @@ pub fn run(ctx: &Ctx, c: VolumeCommand) -> anyhow::Result<ExitCode> {
             println!("{name}");
         }
         VolumeCommand::Ls { filter } => {
+            vols.clean()?;
             let mut list = Vec::new();
             for v in vols.list()? {
                 if matches(&v, &filter)? {
@@ -129,6 +130,7 @@ pub fn run(ctx: &Ctx, c: VolumeCommand) -> anyhow::Result<ExitCode> {
         }
         VolumeCommand::Prune { filter } => {
             let _lock = cs.lock()?;
+            vols.clean()?;
             let used: Vec<String> = cs.list()?.into_iter().flat_map(|r| r.volumes.into_iter().map(|v| v.name)).collect();
             for v in vols.list()? {
                 if !used.contains(&v.name) && matches(&v, &filter)? {

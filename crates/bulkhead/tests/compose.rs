@@ -509,10 +509,30 @@ fn a_named_volume_shows_one_owner_to_every_service_and_a_secret_reaches_only_its
     )
     .unwrap();
     let err = env.fails(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "up", "-d"]);
-    assert!(err.contains("volume vol_shared exists and is not this project's"), "{err}");
+    assert!(err.contains("must start with \"other_\""), "{err}");
+    // Nor with -p vol from another directory (a project is its name and its directory).
+    let err = env.fails(&["compose", "-f", o.to_str().unwrap(), "-p", "vol", "up", "-d"]);
+    assert!(err.contains("belongs to"), "{err}");
     std::fs::write(&o, "services:\n  s:\n    image: cbox\n    command: [\"cat\", \"/v/d/f\"]\n    volumes: [v:/v]\nvolumes:\n  v:\n    name: vol_shared\n    external: true\n").unwrap();
-    env.ok(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "up", "-d"]);
+    let err = env.fails(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "up", "-d"]);
+    assert!(
+        err.contains("belongs to compose project vol") && err.contains("--allow-shared-volumes"),
+        "{err}"
+    );
+    env.ok(&[
+        "compose",
+        "-f",
+        o.to_str().unwrap(),
+        "-p",
+        "other",
+        "up",
+        "-d",
+        "--allow-shared-volumes",
+    ]);
     env.ok(&["compose", "-f", o.to_str().unwrap(), "-p", "other", "down", "-v"]);
+    // Nor may a container outside compose mount it by name.
+    let err = env.fails(&["run", "--rm", "-v", "vol_shared:/v", "cbox", "true"]);
+    assert!(err.contains("belongs to compose project vol"), "{err}");
     // A volume in use is not removed; down -v takes the project's own, and nothing is left.
     assert!(env.fails(&["volume", "rm", "vol_shared"]).contains("in use by"));
     // A container run by hand on the project's network keeps that network, not the rest.
@@ -698,4 +718,52 @@ fn up_in_the_foreground_follows_the_output_and_stops_on_sigterm() {
         .ok(&["compose", "-f", file.to_str().unwrap(), "-p", "fg", "ps", "-a"])
         .contains("exited (0)"));
     env.ok(&["compose", "-f", file.to_str().unwrap(), "-p", "fg", "down"]);
+}
+
+#[test]
+fn depends_on_restart_and_required_are_honoured() {
+    let env = Env::new();
+    image(&env);
+    let file = env.path("deps.yaml");
+    std::fs::write(
+        &file,
+        r#"services:
+  db:
+    image: cbox
+    command: ["sleep", "1000"]
+  app:
+    image: cbox
+    command: ["sleep", "1000"]
+    depends_on:
+      db:
+        condition: service_started
+        restart: true
+      setup:
+        condition: service_completed_successfully
+        required: false
+  setup:
+    image: cbox
+    command: ["sh", "-c", "exit 3"]
+  other:
+    image: cbox
+    command: ["sleep", "1000"]
+    depends_on: [db]
+"#,
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    // setup fails, but app does not require it: a warning, and up goes on.
+    let o = env.run(&["compose", "-f", f, "-p", "deps", "up", "-d"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not required: going on"));
+    let started = |n: &str| {
+        let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", n])).unwrap();
+        v[0]["State"]["StartedAt"].as_str().unwrap_or("").to_owned()
+    };
+    let (app, other) = (started("deps-app-1"), started("deps-other-1"));
+    let out = env.ok(&["compose", "-f", f, "-p", "deps", "restart", "-t", "1", "db"]);
+    assert!(out.contains("deps-app-1 start"), "{out}");
+    assert_ne!(started("deps-app-1"), app, "app (restart: true) was not restarted with db");
+    assert_eq!(started("deps-other-1"), other, "other (no restart: true) was restarted");
+    env.ok(&["compose", "-f", f, "-p", "deps", "down"]);
 }

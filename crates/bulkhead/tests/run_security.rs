@@ -1418,6 +1418,19 @@ fn secrets_are_in_memory_read_only_and_owned_by_the_containers_user() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+    // The source is resolved when the container is made; a link swapped in later is not
+    // followed at the next start, whatever it points to.
+    let src = env.path("real");
+    std::fs::write(&src, "v1\n").unwrap();
+    std::os::unix::fs::symlink(&src, env.path("link")).unwrap();
+    let via_link = format!("src={},target=s", env.path("link").display());
+    env.ok(&["run", "--name", "later", "--secret", &via_link, img, "cat", "/run/secrets/s"]);
+    assert_eq!(env.ok(&["logs", "later"]).trim(), "v1");
+    std::fs::remove_file(&src).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &src).unwrap();
+    let e = env.fails(&["start", "later"]);
+    assert!(e.contains("a symlink on the way"), "{e}");
+    env.ok(&["rm", "-f", "later"]);
     std::fs::write(env.path("big"), vec![b'x'; 600 << 10]).unwrap();
     let big = format!("src={},target=x", env.path("big").display());
     assert!(env
@@ -1436,5 +1449,13 @@ fn secrets_are_in_memory_read_only_and_owned_by_the_containers_user() {
     let e = env.fails(&["run", "--rm", "-v", "v:/data/dirlink", img, "true"]);
     assert!(e.contains("is a symlink in the image"), "{e}");
     assert!(!std::fs::read_to_string("/etc/passwd").unwrap().contains("hunter2"));
+    // diff leaves out the mount points bulkhead made, not what a container did to them.
+    let conf = format!("src={},target=/etc/app/pw.conf", pw.display());
+    env.ok(&["run", "--name", "d", "--config-file", &conf, img, "true"]);
+    assert_eq!(env.ok(&["diff", "d"]).trim(), "");
+    env.ok(&["rm", "d"]);
+    env.ok(&["run", "--name", "d", "--config-file", &conf, img, "busybox", "chmod", "777", "/etc"]);
+    assert_eq!(env.ok(&["diff", "d"]).trim(), "C /etc");
+    env.ok(&["rm", "d"]);
     assert_eq!(env.ok(&["ps", "-a", "-q"]).trim(), "");
 }

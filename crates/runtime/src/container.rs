@@ -161,7 +161,6 @@ pub struct ContainerRecord {
 /// What bulkhead mounts into a container's root filesystem before each start: bind mounts with
 /// idmap, named volumes, then secrets and configs.
 pub struct Attachments<'a> {
-    pub id: &'a str,
     pub host_id: Option<u32>,
     pub idmapped_volumes: &'a [IdmappedVolume],
     pub volumes: &'a [crate::volumes::VolumeMount],
@@ -172,7 +171,6 @@ pub struct Attachments<'a> {
 impl<'a> Attachments<'a> {
     pub fn of(rec: &'a ContainerRecord) -> Self {
         Attachments {
-            id: &rec.id,
             host_id: rec.host_id,
             idmapped_volumes: &rec.idmapped_volumes,
             volumes: &rec.volumes,
@@ -187,7 +185,7 @@ impl<'a> Attachments<'a> {
             let vols = crate::volumes::Volumes::open(cs.store_root())?;
             self.volumes.iter().try_for_each(|v| vols.attach(v, rootfs, self.host_id))?;
         }
-        crate::files::attach_all(self.files, rootfs, &cs.dir(self.id).join("files"), self.host_id, self.user)
+        crate::files::attach_all(self.files, rootfs, self.host_id, self.user)
     }
 }
 
@@ -452,7 +450,6 @@ impl Containers {
 
     /// Unmounts the root filesystem if it is mounted.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
-        crate::files::unmount(&self.dir(id).join("files"));
         let r = self.rootfs(id);
         if bulkhead_image::mount::is_mount_point(&r)? {
             match rustix::mount::unmount(&r, rustix::mount::UnmountFlags::DETACH) {
@@ -548,7 +545,7 @@ pub fn remove_cgroups(cgroup: &str) {
 }
 
 /// Opens (creating) `p` and holds an exclusive flock on it until the file is dropped.
-fn lock_file(p: &Path) -> Result<fs::File> {
+pub(crate) fn lock_file(p: &Path) -> Result<fs::File> {
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -2,11 +2,13 @@
 //! owned by its user, at each start.
 //!
 //! A file is read from its source when the container starts (a regular file, at most
-//! [`MAX_SIZE`]: never a FIFO that would block the start, never a device), written into a tmpfs
-//! made for that start, and each file of it is bind-mounted read-only, nosuid, nodev and noexec
-//! at its target in the root filesystem. The tmpfs's own mount point goes at once: the content
-//! lives only in memory, reachable only through the container's mounts, and goes with the root
-//! filesystem's mount when the container stops. A secret never reaches the container's
+//! [`MAX_SIZE`], looked up without following any symlink: never a FIFO that would block the
+//! start, never a device, and never what a link swapped in since the container was made points
+//! to), written into a tmpfs made for that start and never attached anywhere on the host (a
+//! detached mount, `noswap`), and each file of it is bind-mounted read-only, nosuid, nodev and
+//! noexec at its target in the root filesystem. The content lives only in memory, reachable only
+//! through the container's mounts, and goes with the root filesystem's mount when the container
+//! stops; a start cut short leaves no mount behind. A secret never reaches the container's
 //! environment, its layer, `inspect` or the disk; a config is the same mechanism, world-readable
 //! by default.
 
@@ -100,26 +102,53 @@ pub fn parse_mode(v: &str) -> std::result::Result<u32, String> {
     }
 }
 
-/// Reads a source: a regular file (opened without blocking, so a FIFO is refused rather than
-/// waited on), at most [`MAX_SIZE`].
+/// Reads a source: a regular file, at most [`MAX_SIZE`], found without following a symlink
+/// anywhere on its path (the path was resolved when the container was made: a link swapped in
+/// since is refused, not followed). It is looked at through an O_PATH descriptor first, and
+/// opened for reading only if it is a regular file: a FIFO is never waited on, and a device is
+/// never opened (opening some has effects: a watchdog, a tape).
 pub fn read_source(p: &str) -> Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use rustix::fs::ResolveFlags;
     let err = |e: std::io::Error| Error::Invalid(format!("{p}: {e}"));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(p)
-        .map_err(err)?;
-    let md = f.metadata().map_err(err)?;
-    if !md.is_file() {
+    let at = rustix::fs::openat2(
+        rustix::fs::CWD,
+        p,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => Error::Invalid(format!("{p}: a symlink on the way (the path must name the file itself)")),
+        e => err(e.into()),
+    })?;
+    let st = rustix::fs::fstat(&at).map_err(|e| err(e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(Error::Invalid(format!("{p}: not a regular file")));
     }
+    if st.st_size as u64 > MAX_SIZE {
+        return Err(Error::Invalid(format!("{p}: larger than {} KiB", MAX_SIZE >> 10)));
+    }
+    // The very file looked at, opened for reading through its descriptor.
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&at)),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
     let mut data = Vec::new();
-    f.take(MAX_SIZE + 1).read_to_end(&mut data).map_err(err)?;
+    std::fs::File::from(fd).take(MAX_SIZE + 1).read_to_end(&mut data).map_err(err)?;
     if data.len() as u64 > MAX_SIZE {
         return Err(Error::Invalid(format!("{p}: larger than {} KiB", MAX_SIZE >> 10)));
     }
     Ok(data)
+}
+
+/// The source as `--secret src=` names it, resolved once (when the container is made): what
+/// each start reads (see [`read_source`]).
+pub fn resolve_source(f: &mut InjectedFile) -> Result<()> {
+    let c = std::fs::canonicalize(&f.source).map_err(|e| Error::Invalid(format!("{}: {e}", f.source)))?;
+    f.source = c.to_string_lossy().into_owned();
+    Ok(())
 }
 
 /// Checks a container's set of files: bounded, and no two at one target.
@@ -135,79 +164,80 @@ pub fn check(files: &[InjectedFile]) -> Result<()> {
     Ok(())
 }
 
-/// Reads every file and attaches it in the mounted root filesystem `rootfs`, through a tmpfs
-/// mounted at `staging` (an empty directory of the container's, 0700) only while they are written.
-/// Owners are the container's ids, mapped into its range (`host_id`); `user` is its user's
-/// (uid, gid), for files without an owner of their own.
-pub fn attach_all(files: &[InjectedFile], rootfs: &Path, staging: &Path, host_id: Option<u32>, user: (u32, u32)) -> Result<()> {
+/// Reads every file and attaches it in the mounted root filesystem `rootfs`, through a tmpfs that
+/// is never attached on the host. Owners are the container's ids, mapped into its range
+/// (`host_id`); `user` is its user's (uid, gid), for files without an owner of their own.
+pub fn attach_all(files: &[InjectedFile], rootfs: &Path, host_id: Option<u32>, user: (u32, u32)) -> Result<()> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags};
     if files.is_empty() {
         return Ok(());
     }
     check(files)?;
     let contents = files.iter().map(|f| read_source(&f.source)).collect::<Result<Vec<_>>>()?;
-    let sys = |what: &str, e: rustix::io::Errno| Error::Invalid(format!("{what} {}: {e}", staging.display()));
-    unmount(staging);
-    std::fs::create_dir_all(staging).map_err(|e| Error::Invalid(format!("{}: {e}", staging.display())))?;
-    let total: usize = contents.iter().map(|c| c.len().div_ceil(4096) * 4096 + 4096).sum();
-    let opts = std::ffi::CString::new(format!("size={},nr_inodes={},mode=0700", total + 4096, files.len() + 8)).expect("no NUL");
-    use rustix::mount::MountFlags;
-    rustix::mount::mount(
-        "tmpfs",
-        staging,
-        "tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        Some(opts.as_c_str()),
-    )
-    .map_err(|e| sys("mounting a tmpfs at", e))?;
-    let done = (|| {
-        let dir = rustix::fs::open(
-            staging,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| sys("opening", e))?;
-        for (i, (f, data)) in files.iter().zip(&contents).enumerate() {
-            let name = i.to_string();
-            let fd = rustix::fs::openat(
-                &dir,
-                &name,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(|e| sys("writing into", e))?;
-            let mut w = std::fs::File::from(fd);
-            std::io::Write::write_all(&mut w, data).map_err(|e| Error::Invalid(format!("{}: {e}", staging.display())))?;
-            let (uid, gid) = (f.uid.unwrap_or(user.0), f.gid.unwrap_or(user.1));
-            let (uid, gid) = match host_id {
-                Some(h) => (h + uid, h + gid),
-                None => (uid, gid),
-            };
-            rustix::fs::fchown(
-                w.as_fd(),
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )
-            .map_err(|e| sys("chown in", e))?;
-            rustix::fs::fchmod(w.as_fd(), Mode::from_raw_mode(f.mode)).map_err(|e| sys("chmod in", e))?;
-            let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
-                | MountAttrFlags::MOUNT_ATTR_NOSUID
-                | MountAttrFlags::MOUNT_ATTR_NODEV
-                | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-            let view = crate::idmap::clone_with(&staging.join(&name), None, attrs)?;
-            crate::idmap::attach_at(&view, rootfs, &f.target, false, host_id.unwrap_or(0))?;
+    let sys = |what: &str, e: rustix::io::Errno| Error::Invalid(format!("{what} (secrets and configs): {e}"));
+    // Owners first: an id outside the container's range would belong to someone else.
+    let mut owners = Vec::new();
+    for f in files {
+        let (uid, gid) = (f.uid.unwrap_or(user.0), f.gid.unwrap_or(user.1));
+        let mapped = match host_id {
+            Some(h) => {
+                if uid >= crate::profile::ID_RANGE || gid >= crate::profile::ID_RANGE {
+                    return Err(Error::Invalid(format!(
+                        "{}: owner {uid}:{gid} is outside the container's {} ids",
+                        f.target,
+                        crate::profile::ID_RANGE
+                    )));
+                }
+                (h.checked_add(uid), h.checked_add(gid))
+            }
+            None => (Some(uid), Some(gid)),
+        };
+        match mapped {
+            (Some(u), Some(g)) => owners.push((u, g)),
+            _ => return Err(Error::Invalid(format!("{}: owner {uid}:{gid} out of range", f.target))),
         }
-        Ok(())
-    })();
-    // The files stay reachable through their mounts only.
-    unmount(staging);
-    done
-}
-
-/// Unmounts a staging tmpfs left mounted (by a start cut short).
-pub fn unmount(staging: &Path) {
-    if bulkhead_image::mount::is_mount_point(staging).unwrap_or(false) {
-        let _ = rustix::mount::unmount(staging, rustix::mount::UnmountFlags::DETACH);
     }
+    let total: usize = contents.iter().map(|c| c.len().div_ceil(4096) * 4096 + 4096).sum();
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| sys("fsopen tmpfs", e))?;
+    rustix::mount::fsconfig_set_string(&fs, "size", (total + 4096).to_string()).map_err(|e| sys("tmpfs size", e))?;
+    rustix::mount::fsconfig_set_string(&fs, "nr_inodes", (files.len() + 8).to_string()).map_err(|e| sys("tmpfs nr_inodes", e))?;
+    rustix::mount::fsconfig_set_string(&fs, "mode", "0700").map_err(|e| sys("tmpfs mode", e))?;
+    // Never written to swap (Linux 6.4+; older kernels go without).
+    let _ = rustix::mount::fsconfig_set_flag(&fs, "noswap");
+    rustix::mount::fsconfig_create(&fs).map_err(|e| sys("creating a tmpfs", e))?;
+    let mnt = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| sys("fsmount", e))?;
+    for (i, ((f, data), (uid, gid))) in files.iter().zip(&contents).zip(owners).enumerate() {
+        let name = i.to_string();
+        let fd = rustix::fs::openat(
+            &mnt,
+            &name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| sys("writing", e))?;
+        let mut w = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut w, data).map_err(|e| Error::Invalid(format!("{}: {e}", f.target)))?;
+        rustix::fs::fchown(
+            w.as_fd(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| sys("chown", e))?;
+        rustix::fs::fchmod(w.as_fd(), Mode::from_raw_mode(f.mode)).map_err(|e| sys("chmod", e))?;
+        let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+        let view = crate::idmap::clone_at(&mnt, Path::new(&name), None, attrs)?;
+        crate::idmap::attach_at(&view, rootfs, &f.target, false, host_id.unwrap_or(0))?;
+    }
+    // The detached tmpfs goes with `mnt`; its files live on through their mounts only.
+    Ok(())
 }
 
 #[cfg(test)]

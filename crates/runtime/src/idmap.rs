@@ -99,8 +99,14 @@ fn idmapped_clone(dir: &Path, userns: &impl AsFd, attrs: MountAttrFlags) -> Resu
 /// A detached clone of the mount at `dir` (a directory or a file, not followed if a link), with
 /// `attrs` set, and idmapped through `userns` if one is given.
 pub(crate) fn clone_with(dir: &Path, userns: Option<std::os::fd::BorrowedFd<'_>>, attrs: MountAttrFlags) -> Result<OwnedFd> {
+    clone_at(rustix::fs::CWD, dir, userns, attrs)
+}
+
+/// [`clone_with`] of `dir` looked up from `at` (a directory, or a detached mount: Linux 6.15+
+/// clones from those too).
+pub(crate) fn clone_at(at: impl AsFd, dir: &Path, userns: Option<std::os::fd::BorrowedFd<'_>>, attrs: MountAttrFlags) -> Result<OwnedFd> {
     let tree = rustix::mount::open_tree(
-        rustix::fs::CWD,
+        at,
         dir,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_SYMLINK_NOFOLLOW,
     )

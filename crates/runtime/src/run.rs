@@ -161,7 +161,6 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
         let user = crate::user::resolve(&rootfs, req.user.as_deref().unwrap_or(image_user))?;
         // Attached as each start attaches them: a missing or unreadable source fails here.
         crate::container::Attachments {
-            id: &id,
             host_id,
             idmapped_volumes: &idmapped_volumes,
             volumes: &volumes,

@@ -85,10 +85,16 @@ impl Volumes {
         serde_json::from_slice(&data).map_err(|e| Error::Invalid(format!("{}: corrupt volume record: {e}", p.display())))
     }
 
+    /// Serialises making, removing and clearing volumes (within one store).
+    fn lock(&self) -> Result<fs::File> {
+        crate::container::lock_file(&self.dir.join(".lock"))
+    }
+
     /// Makes a volume, or returns the one of that name (`false`: it existed). A new volume's root
     /// directory belongs to the container's root (on-disk 0), mode 0755, as Docker's does.
     pub fn create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<(Volume, bool)> {
         check_name(name)?;
+        let _lock = self.lock()?;
         if let Ok(v) = self.get(name) {
             return Ok((v, false));
         }
@@ -119,15 +125,26 @@ impl Volumes {
         }
     }
 
-    /// Every volume, by name; unreadable ones are skipped with a warning, and leftovers of an
-    /// interrupted create or remove are cleared.
+    /// Clears what an interrupted create or remove left (under the volumes' lock, so never a
+    /// create in progress).
+    pub fn clean(&self) -> Result<()> {
+        let _lock = self.lock()?;
+        for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".new-") || name.starts_with(".gone-") {
+                bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, e.path().as_os_str()).map_err(|err| io(&e.path(), err))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every volume, by name; unreadable ones are skipped with a warning.
     pub fn list(&self) -> Result<Vec<Volume>> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
             let e = e.map_err(|e| io(&self.dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".new-") || name.starts_with(".gone-") {
-                let _ = bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, e.path().as_os_str());
+            if name.starts_with('.') {
                 continue;
             }
             match self.get(&name) {
@@ -152,6 +169,7 @@ impl Volumes {
     /// Removes a volume no container mounts (the caller holds the containers' lock, so that no
     /// container is made with it meanwhile).
     pub fn remove(&self, cs: &Containers, name: &str) -> Result<()> {
+        let _lock = self.lock()?;
         self.get(name)?;
         let users = Self::users(cs, name)?;
         if !users.is_empty() {
