@@ -611,7 +611,7 @@ fn create_container(
                 .ok()
                 .and_then(|v| v.labels.get(crate::compose_cmd::PROJECT_LABEL).cloned());
             if let Some(owner) = owner {
-                if req.labels.get(crate::compose_cmd::PROJECT_LABEL).is_none() {
+                if !req.labels.contains_key(crate::compose_cmd::PROJECT_LABEL) {
                     bail!("volume {name} belongs to compose project {owner}: mount it from a compose file (external), not with run -v");
                 }
             }
