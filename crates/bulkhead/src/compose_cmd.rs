@@ -48,18 +48,8 @@ pub enum ComposeCommand {
         /// Returns when every container runs.
         #[arg(long)]
         wait: bool,
-        /// Bind mounts may name host paths outside the project's directory (a weakening: a
-        /// compose file from anywhere could otherwise mount the host's files).
-        #[arg(long)]
-        allow_host_paths: bool,
-        /// The file may add capabilities, security options and process limits beyond the
-        /// defaults (each is printed).
-        #[arg(long)]
-        allow_weakening: bool,
-        /// An `external` volume may be one another compose project made (its data is then
-        /// shared with this file's containers).
-        #[arg(long)]
-        allow_shared_volumes: bool,
+        #[command(flatten)]
+        allow: Allow,
         /// Only these services (and what they depend on).
         services: Vec<String>,
     },
@@ -98,15 +88,8 @@ pub enum ComposeCommand {
     Run {
         #[arg(long)]
         rm: bool,
-        /// As for `up`.
-        #[arg(long)]
-        allow_host_paths: bool,
-        /// As for `up`.
-        #[arg(long)]
-        allow_weakening: bool,
-        /// As for `up`.
-        #[arg(long)]
-        allow_shared_volumes: bool,
+        #[command(flatten)]
+        allow: Allow,
         service: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -162,17 +145,8 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             detach,
             wait,
             services,
-            allow_host_paths,
-            allow_weakening,
-            allow_shared_volumes,
-        } => {
-            let allow = Allow {
-                host_paths: *allow_host_paths,
-                weakening: *allow_weakening,
-                shared_volumes: *allow_shared_volumes,
-            };
-            return up(ctx, &p, *detach, *wait, services, allow);
-        }
+            allow,
+        } => return up(ctx, &p, *detach, *wait, services, *allow),
         ComposeCommand::Down { volumes, .. } => return down(ctx, &p, *volumes),
         ComposeCommand::Ps { all } => return ps(ctx, &p, *all),
         ComposeCommand::Logs { follow, tail, services } => return logs(ctx, &p, *follow, *tail, services),
@@ -186,15 +160,9 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> anyhow::Result<ExitCode> {
             rm,
             service,
             command,
-            allow_host_paths,
-            allow_weakening,
-            allow_shared_volumes,
+            allow,
         } => {
-            let allow = Allow {
-                host_paths: *allow_host_paths,
-                weakening: *allow_weakening,
-                shared_volumes: *allow_shared_volumes,
-            };
+            let allow = *allow;
             let svc = service_of(&p, service)?;
             let name = format!("{}-{service}-run-{:08x}", p.name, rand32());
             let (mut args, env) = run_args(&p, service, svc, &name, 1, true, allow)?;
@@ -462,11 +430,20 @@ fn wait_condition(ctx: &Ctx, p: &bulkhead_compose::Project, dep: &str, condition
     }
 }
 
-/// Weakenings the user allowed (`--allow-host-paths`, `--allow-weakening`).
-#[derive(Clone, Copy, Debug)]
-struct Allow {
+/// Weakenings the user allowed, each visibly (`up` and `run`).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct Allow {
+    /// Bind mounts, secrets and configs may name host paths outside the project's directory (a
+    /// weakening: a compose file from anywhere could otherwise read the host's files).
+    #[arg(long = "allow-host-paths")]
     host_paths: bool,
+    /// The file may add capabilities, security options and process limits beyond the defaults
+    /// (each is printed).
+    #[arg(long = "allow-weakening")]
     weakening: bool,
+    /// An `external` volume may be one another compose project made (its data is then shared
+    /// with this file's containers).
+    #[arg(long = "allow-shared-volumes")]
     shared_volumes: bool,
 }
 

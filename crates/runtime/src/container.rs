@@ -248,18 +248,7 @@ impl Containers {
 
     /// Every container record, newest first; unreadable ones are skipped with a warning.
     pub fn list(&self) -> Result<Vec<ContainerRecord>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
-            let e = e.map_err(|e| io(&self.dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            match self.load(&name) {
-                Ok(r) => out.push(r),
-                Err(err) => tracing::warn!(dir = %e.path().display(), %err, "skipping unreadable container"),
-            }
-        }
+        let mut out = read_records(&self.dir, "container", |name| self.load(name))?;
         out.sort_by_key(|r| std::cmp::Reverse(r.created));
         Ok(out)
     }
@@ -479,6 +468,24 @@ impl Containers {
         }
         Ok(())
     }
+}
+
+/// One record per entry of `dir` (entries starting with `.` are not records); one that `load`
+/// cannot read is skipped with a warning naming the `what`.
+pub(crate) fn read_records<T>(dir: &Path, what: &str, load: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let e = e.map_err(|e| io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        match load(&name) {
+            Ok(r) => out.push(r),
+            Err(err) => tracing::warn!(path = %e.path().display(), %err, "skipping an unreadable {what}"),
+        }
+    }
+    Ok(out)
 }
 
 /// The container's root is an unprivileged host user, which must be able to search every directory

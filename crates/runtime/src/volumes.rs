@@ -140,18 +140,7 @@ impl Volumes {
 
     /// Every volume, by name; unreadable ones are skipped with a warning.
     pub fn list(&self) -> Result<Vec<Volume>> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
-            let e = e.map_err(|e| io(&self.dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            match self.get(&name) {
-                Ok(v) => out.push(v),
-                Err(err) => tracing::warn!(volume = %name, %err, "skipping unreadable volume"),
-            }
-        }
+        let mut out = crate::container::read_records(&self.dir, "volume", |name| self.get(name))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
