@@ -1,0 +1,2 @@
+pub mod crypt;
+pub mod store;

@@ -1,0 +1,490 @@
+//! The replicated store: openraft's log storage and state machine (storage-v2), on redb, every
+//! record sealed (see [`crate::crypt`]).
+//!
+//! - The log: one redb table keyed by index. Each value is the entry's term and leader in clear
+//!   (16 bytes: they are not secret, and they are what the entry is sealed to), then the entry
+//!   (JSON) sealed with `log ‖ index ‖ term ‖ leader` as associated data.
+//! - The vote, the committed log id and the last purged log id: sealed, each under its own name.
+//! - The state machine: a map of keys to values, in memory (the only place its contents are in
+//!   clear); persisted by snapshots, sealed with the snapshot's id, in the same file. A restart
+//!   loads the last snapshot, and openraft applies the committed entries after it again (the
+//!   committed log id is saved for that).
+//! - A request is a list of operations applied atomically, with optional preconditions (a key
+//!   holds a value, or is absent): what a join token's use count or a node's certificate serial
+//!   need.
+//!
+//! Snapshots travel in chunks (openraft's `install_snapshot` with `snapshot_max_chunk_size`), so
+//! no message limit bounds the store's size (moby/swarmkit#2374).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::crypt::Key;
+
+/// A node's id in Raft (its certificate's common name is this, in hex).
+pub type NodeId = u64;
+
+/// One change to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// What must hold for a request to apply (else nothing of it does).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Check {
+    /// The key holds exactly this value (`None`: the key is absent).
+    Is { key: String, value: Option<Vec<u8>> },
+}
+
+/// A request: every check holds, then every op applies; or nothing happens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    pub ops: Vec<Op>,
+}
+
+/// Whether the request applied (its checks held).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub applied: bool,
+}
+
+openraft::declare_raft_types!(
+    /// The cluster's Raft types.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+type SError = StorageError<NodeId>;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+fn any(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+fn log_aad(index: u64, term: u64, leader: NodeId) -> Vec<u8> {
+    let mut a = b"log".to_vec();
+    a.extend_from_slice(&index.to_be_bytes());
+    a.extend_from_slice(&term.to_be_bytes());
+    a.extend_from_slice(&leader.to_be_bytes());
+    a
+}
+
+/// The file and the key, shared by the log storage, its readers, the state machine and its
+/// snapshot builders.
+struct Shared {
+    db: redb::Database,
+    key: Key,
+}
+
+impl Shared {
+    fn put_meta<T: Serialize>(&self, name: &str, v: &T) -> Result<(), AnyError> {
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(any)?);
+        let sealed = self.key.seal(format!("meta:{name}").as_bytes(), &plain).map_err(any)?;
+        let tx = self.db.begin_write().map_err(any)?;
+        tx.open_table(META).map_err(any)?.insert(name, sealed.as_slice()).map_err(any)?;
+        tx.commit().map_err(any)
+    }
+
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, AnyError> {
+        let tx = self.db.begin_read().map_err(any)?;
+        let t = match tx.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(any(e)),
+        };
+        let Some(v) = t.get(name).map_err(any)? else { return Ok(None) };
+        let plain = self.key.open(format!("meta:{name}").as_bytes(), v.value(), name).map_err(any)?;
+        serde_json::from_slice(&plain).map(Some).map_err(any)
+    }
+
+    fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+        let tx = self.db.begin_read().map_err(any)?;
+        let t = match tx.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(any(e)),
+        };
+        let mut out = Vec::new();
+        for row in t.range(range).map_err(any)? {
+            let (k, v) = row.map_err(any)?;
+            out.push(self.open_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn open_entry(&self, index: u64, v: &[u8]) -> Result<Entry<TypeConfig>, AnyError> {
+        let what = format!("log entry {index}");
+        if v.len() < 16 {
+            return Err(any(format!("{what}: cut short")));
+        }
+        let term = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        let leader = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
+        let plain = self.key.open(&log_aad(index, term, leader), &v[16..], &what).map_err(any)?;
+        let e: Entry<TypeConfig> = serde_json::from_slice(&plain).map_err(any)?;
+        // The clear prefix and the sealed entry agree (a prefix is bound by the seal anyway).
+        if e.log_id.index != index || e.log_id.leader_id.term != term {
+            return Err(any(format!("{what}: its id does not match its place")));
+        }
+        Ok(e)
+    }
+
+    fn seal_entry(&self, e: &Entry<TypeConfig>) -> Result<Vec<u8>, AnyError> {
+        let (index, term, leader) = (e.log_id.index, e.log_id.leader_id.term, e.log_id.leader_id.node_id);
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec(e).map_err(any)?);
+        let mut v = Vec::with_capacity(16 + plain.len() + 41);
+        v.extend_from_slice(&term.to_be_bytes());
+        v.extend_from_slice(&leader.to_be_bytes());
+        v.extend_from_slice(&self.key.seal(&log_aad(index, term, leader), &plain).map_err(any)?);
+        Ok(v)
+    }
+}
+
+/// Opens (or makes) the store in `path` with the data key `key`: the log storage and the state
+/// machine, the latter loaded from the last snapshot.
+pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
+    let db = redb::Database::create(path).map_err(|e| StorageIOError::read(any(format!("{}: {e}", path.display()))))?;
+    let shared = Arc::new(Shared { db, key });
+    // Every table exists from the start (readers need not tell "none yet" from an error).
+    {
+        let tx = shared.db.begin_write().map_err(|e| StorageIOError::write(any(e)))?;
+        for t in [META, SNAPSHOT] {
+            tx.open_table(t).map_err(|e| StorageIOError::write(any(e)))?;
+        }
+        tx.open_table(LOG).map_err(|e| StorageIOError::write(any(e)))?;
+        tx.commit().map_err(|e| StorageIOError::write(any(e)))?;
+    }
+    let sm = StateMachine {
+        shared: shared.clone(),
+        state: Arc::new(Mutex::new(SmState::default())),
+    };
+    if let Some(snap) = sm.read_snapshot()? {
+        sm.load(&snap.meta, &snap.data)?;
+    }
+    Ok((LogStore { shared }, sm))
+}
+
+/// The Raft log (and the vote), sealed.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry<TypeConfig>>, SError> {
+        self.shared.read_entries(range).map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let last_purged: Option<LogId<NodeId>> = self.shared.get_meta("last_purged").map_err(StorageIOError::read_logs)?;
+        let last = {
+            let tx = self.shared.db.begin_read().map_err(|e| StorageIOError::read_logs(any(e)))?;
+            let t = tx.open_table(LOG).map_err(|e| StorageIOError::read_logs(any(e)))?;
+            let last = t.last().map_err(|e| StorageIOError::read_logs(any(e)))?;
+            match last {
+                Some((k, v)) => Some(self.shared.open_entry(k.value(), v.value()).map_err(StorageIOError::read_logs)?.log_id),
+                None => None,
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        self.shared.put_meta("vote", vote).map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        self.shared.get_meta("vote").map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        self.shared.put_meta("committed", &committed).map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        Ok(self
+            .shared
+            .get_meta::<Option<LogId<NodeId>>>("committed")
+            .map_err(StorageIOError::read)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let written = (|| -> Result<(), AnyError> {
+            let tx = self.shared.db.begin_write().map_err(any)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(any)?;
+                for e in entries {
+                    let v = self.shared.seal_entry(&e)?;
+                    t.insert(e.log_id.index, v.as_slice()).map_err(any)?;
+                }
+            }
+            // Durable (redb's default: fsync) before openraft is told.
+            tx.commit().map_err(any)
+        })();
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        // Removes log_id.index and everything after it.
+        self.remove(log_id.index..).map_err(|e| StorageIOError::write_logs(e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.shared.put_meta("last_purged", &log_id).map_err(StorageIOError::write_logs)?;
+        self.remove(..=log_id.index).map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+impl LogStore {
+    fn remove(&self, range: impl RangeBounds<u64>) -> Result<(), AnyError> {
+        let tx = self.shared.db.begin_write().map_err(any)?;
+        {
+            let mut t = tx.open_table(LOG).map_err(any)?;
+            t.retain_in(range, |_, _| false).map_err(any)?;
+        }
+        tx.commit().map_err(any)
+    }
+}
+
+/// The state machine's contents.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SmState {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, BasicNode>,
+    data: BTreeMap<String, Vec<u8>>,
+}
+
+/// A snapshot as kept in the file: its meta and the state machine, sealed together.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+impl Drop for StoredSnapshot {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
+/// The state machine: in memory, in clear; persisted by sealed snapshots.
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    state: Arc<Mutex<SmState>>,
+}
+
+impl StateMachine {
+    /// A value of the store, as applied here.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.lock().expect("not poisoned").data.get(key).cloned()
+    }
+
+    /// Every key starting with `prefix`, with its value.
+    pub fn scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let s = self.state.lock().expect("not poisoned");
+        s.data
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, SError> {
+        let read = (|| -> Result<Option<StoredSnapshot>, AnyError> {
+            let tx = self.shared.db.begin_read().map_err(any)?;
+            let t = tx.open_table(SNAPSHOT).map_err(any)?;
+            let Some(v) = t.get("current").map_err(any)? else { return Ok(None) };
+            let plain = self.shared.key.open(b"snapshot", v.value(), "the snapshot").map_err(any)?;
+            serde_json::from_slice(&plain).map(Some).map_err(any)
+        })();
+        read.map_err(|e| StorageIOError::read_snapshot(None, e).into())
+    }
+
+    fn write_snapshot(&self, snap: &StoredSnapshot) -> Result<(), SError> {
+        let write = (|| -> Result<(), AnyError> {
+            let plain = zeroize::Zeroizing::new(serde_json::to_vec(snap).map_err(any)?);
+            let sealed = self.shared.key.seal(b"snapshot", &plain).map_err(any)?;
+            let tx = self.shared.db.begin_write().map_err(any)?;
+            tx.open_table(SNAPSHOT).map_err(any)?.insert("current", sealed.as_slice()).map_err(any)?;
+            tx.commit().map_err(any)
+        })();
+        write.map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), e).into())
+    }
+
+    /// Replaces the state machine with a snapshot's contents.
+    fn load(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), SError> {
+        let data: BTreeMap<String, Vec<u8>> =
+            serde_json::from_slice(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let mut s = self.state.lock().expect("not poisoned");
+        *s = SmState {
+            last_applied: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            data,
+        };
+        Ok(())
+    }
+}
+
+fn apply_one(data: &mut BTreeMap<String, Vec<u8>>, req: &Request) -> Response {
+    let holds = req.checks.iter().all(|c| match c {
+        Check::Is { key, value } => data.get(key) == value.as_ref(),
+    });
+    if !holds {
+        return Response { applied: false };
+    }
+    for op in &req.ops {
+        match op {
+            Op::Put { key, value } => {
+                data.insert(key.clone(), value.clone());
+            }
+            Op::Delete { key } => {
+                data.remove(key);
+            }
+        }
+    }
+    Response { applied: true }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        let (meta, data) = {
+            let s = self.state.lock().expect("not poisoned");
+            let data = serde_json::to_vec(&s.data).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+            let id = match s.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)),
+                None => format!("empty-{}", hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: s.last_applied,
+                last_membership: s.last_membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.write_snapshot(&stored)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data.clone())),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SError> {
+        let s = self.state.lock().expect("not poisoned");
+        Ok((s.last_applied, s.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut s = self.state.lock().expect("not poisoned");
+        let mut out = Vec::new();
+        for e in entries {
+            s.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(Response::default()),
+                EntryPayload::Normal(req) => out.push(apply_one(&mut s.data, &req)),
+                EntryPayload::Membership(m) => {
+                    s.last_membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(Response::default());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), SError> {
+        let data = snapshot.into_inner();
+        self.load(meta, &data)?;
+        self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data })
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        Ok(self.read_snapshot()?.map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+/// Raft's timing for links slower than a data centre's (openraft's defaults are a 50 ms heartbeat
+/// and a 150–300 ms election timeout): a heartbeat every 500 ms, an election after 2–4 s of
+/// silence; snapshots after 5,000 entries, sent in 1 MiB chunks.
+pub fn raft_config(cluster: &str) -> Result<std::sync::Arc<openraft::Config>, openraft::ConfigError> {
+    let c = openraft::Config {
+        cluster_name: cluster.to_owned(),
+        heartbeat_interval: 500,
+        election_timeout_min: 2000,
+        election_timeout_max: 4000,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        snapshot_max_chunk_size: 1 << 20,
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    };
+    c.validate().map(std::sync::Arc::new)
+}
