@@ -180,14 +180,21 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         source: e,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("f"), hex::encode(random::<8>()?)));
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        hex::encode(random::<8>()?)
+    ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
-    let done = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let done = f
+        .write_all(data)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = done {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
@@ -229,7 +236,10 @@ mod tests {
         assert!(is_locked(&p).unwrap());
         assert!(!std::fs::read_to_string(&p).unwrap().contains(&hex::encode(key.as_bytes())));
         assert!(matches!(read_data_key(&p, None), Err(Error::Locked)));
-        assert!(read_data_key(&p, Some(&Key::generate().unwrap())).unwrap_err().to_string().contains("wrong unlock key"));
+        assert!(read_data_key(&p, Some(&Key::generate().unwrap()))
+            .unwrap_err()
+            .to_string()
+            .contains("wrong unlock key"));
         let text = unlock_key_text(&unlock);
         let again = parse_unlock_key(&format!(" {text}\n")).unwrap();
         assert_eq!(read_data_key(&p, Some(&again)).unwrap().as_bytes(), key.as_bytes());

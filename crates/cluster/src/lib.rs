@@ -1,2 +1,15 @@
+//! # bulkhead-cluster
+//!
+//! The cluster's foundations (issue 15, first slice):
+//! - [`crypt`]: encryption at rest (XChaCha20-Poly1305), the data key and the unlock key;
+//! - [`store`]: the Raft log and state machine (openraft 0.9.25, storage-v2) on redb, every
+//!   record sealed;
+//! - [`pki`]: the root CA, node certificates built from the CA's own parameters, join tokens
+//!   that pin the CA.
+//!
+//! The transport (gRPC over mutual TLS), the node process and the commands come next; see
+//! docs/cluster.md.
+
 pub mod crypt;
+pub mod pki;
 pub mod store;

@@ -16,6 +16,9 @@
 //! Snapshots travel in chunks (openraft's `install_snapshot` with `snapshot_max_chunk_size`), so
 //! no message limit bounds the store's size (moby/swarmkit#2374).
 
+// openraft's storage traits return its StorageError (224 bytes); the helpers beside them do too.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -25,8 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership, Vote,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, Vote,
 };
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -195,7 +198,10 @@ pub struct LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry<TypeConfig>>, SError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SError> {
         self.shared.read_entries(range).map_err(|e| StorageIOError::read_logs(e).into())
     }
 }
@@ -210,7 +216,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let t = tx.open_table(LOG).map_err(|e| StorageIOError::read_logs(any(e)))?;
             let last = t.last().map_err(|e| StorageIOError::read_logs(any(e)))?;
             match last {
-                Some((k, v)) => Some(self.shared.open_entry(k.value(), v.value()).map_err(StorageIOError::read_logs)?.log_id),
+                Some((k, v)) => Some(
+                    self.shared
+                        .open_entry(k.value(), v.value())
+                        .map_err(StorageIOError::read_logs)?
+                        .log_id,
+                ),
                 None => None,
             }
         };
@@ -233,7 +244,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
-        self.shared.put_meta("committed", &committed).map_err(|e| StorageIOError::write(e).into())
+        self.shared
+            .put_meta("committed", &committed)
+            .map_err(|e| StorageIOError::write(e).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
@@ -355,7 +368,10 @@ impl StateMachine {
             let plain = zeroize::Zeroizing::new(serde_json::to_vec(snap).map_err(any)?);
             let sealed = self.shared.key.seal(b"snapshot", &plain).map_err(any)?;
             let tx = self.shared.db.begin_write().map_err(any)?;
-            tx.open_table(SNAPSHOT).map_err(any)?.insert("current", sealed.as_slice()).map_err(any)?;
+            tx.open_table(SNAPSHOT)
+                .map_err(any)?
+                .insert("current", sealed.as_slice())
+                .map_err(any)?;
             tx.commit().map_err(any)
         })();
         write.map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), e).into())
@@ -401,8 +417,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let s = self.state.lock().expect("not poisoned");
             let data = serde_json::to_vec(&s.data).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
             let id = match s.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)),
-                None => format!("empty-{}", hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)),
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)
+                ),
+                None => format!(
+                    "empty-{}",
+                    hex::encode(crate::crypt::random::<4>().map_err(|e| StorageIOError::write_snapshot(None, any(e)))?)
+                ),
             };
             let meta = SnapshotMeta {
                 last_log_id: s.last_applied,

@@ -29,7 +29,9 @@ mod net {
     use bulkhead_cluster::store::{NodeId, TypeConfig};
     use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
     use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+    };
     use openraft::BasicNode;
 
     pub type Raft = openraft::Raft<TypeConfig>;
@@ -84,6 +86,7 @@ mod net {
     }
 
     impl Conn {
+        #[allow(clippy::result_large_err)] // openraft's RPCError
         fn target<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, BasicNode, E>> {
             let cut = self.r.cut.lock().unwrap();
             if cut.contains(&self.from) || cut.contains(&self.to) {
@@ -119,7 +122,11 @@ mod net {
             t.install_snapshot(rpc).await.map_err(|e| RPCError::Network(NetworkError::new(&e)))
         }
 
-        async fn vote(&mut self, rpc: VoteRequest<NodeId>, _o: RPCOption) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        async fn vote(
+            &mut self,
+            rpc: VoteRequest<NodeId>,
+            _o: RPCOption,
+        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
             let t = self.target()?;
             t.vote(rpc).await.map_err(|e| RPCError::Network(NetworkError::new(&e)))
         }
@@ -130,7 +137,13 @@ use bulkhead_cluster::store::{Op, Request};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-async fn start(router: &net::Router, dir: &std::path::Path, id: u64, key: &Key, config: std::sync::Arc<openraft::Config>) -> (net::Raft, StateMachine) {
+async fn start(
+    router: &net::Router,
+    dir: &std::path::Path,
+    id: u64,
+    key: &Key,
+    config: std::sync::Arc<openraft::Config>,
+) -> (net::Raft, StateMachine) {
     // (A Raft just shut down lets go of its file when its last task has ended.)
     let mut opened = store::open(&dir.join(format!("n{id}.redb")), key.clone());
     for _ in 0..100 {
@@ -218,7 +231,8 @@ async fn three_nodes_replicate_sealed_survive_a_restart_and_catch_up_by_chunked_
     router.cut.lock().unwrap().insert(3);
     let live: Vec<u64> = (1..=2).collect();
     until("a leader among 1 and 2", || {
-        live.iter().any(|i| nodes[i].0.metrics().borrow().current_leader.is_some_and(|l| l != 3))
+        live.iter()
+            .any(|i| nodes[i].0.metrics().borrow().current_leader.is_some_and(|l| l != 3))
     })
     .await;
     let leader = nodes[&1].0.metrics().borrow().current_leader.unwrap();
@@ -241,7 +255,10 @@ async fn three_nodes_replicate_sealed_survive_a_restart_and_catch_up_by_chunked_
     router.nodes.lock().unwrap().remove(&1);
     drop(raft1);
     let (raft1, sm1) = start(&router, dir.path(), 1, &keys[0], config.clone()).await;
-    until("node 1 to have its state back", || sm1.get("k59").is_some() && sm1.get("secret/db").is_some()).await;
+    until("node 1 to have its state back", || {
+        sm1.get("k59").is_some() && sm1.get("secret/db").is_some()
+    })
+    .await;
     raft1.shutdown().await.unwrap();
     for (_, (r, _)) in nodes {
         r.shutdown().await.unwrap();

@@ -1,0 +1,475 @@
+//! The cluster's PKI: a root CA (ECDSA P-256, made with rcgen), node certificates it issues from
+//! a node's certificate signing request, and join tokens that pin the CA.
+//!
+//! - **The CA builds every certificate from its own parameters.** From a CSR it takes the public
+//!   key, and nothing else: not a name, not a CA flag, not a key usage. The CSR's signature is
+//!   checked (proof that the node holds the key), and its key must be ECDSA P-256.
+//! - **A node certificate** says who the node is: CN = node id, OU = its role (from the store,
+//!   never from the node), O = the cluster id; DNS names for the role and the node id; server and
+//!   client authentication; a random 128-bit serial; not-before an hour back (clock skew);
+//!   24 h by default. Each renewal comes with a fresh key.
+//! - **A join token** is `BKTKN-1-<sha256 of the root CA certificate>-<secret>`. A joining node
+//!   fetches the CA and refuses one whose digest is not the token's (a fake manager cannot
+//!   stand in), then sends a CSR with the token. The store keeps only the secret's hash, compared
+//!   in constant time, with an expiry and a use count if given (moby/moby#29489).
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::crypt::random;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("join token refused: {0}")]
+    Token(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn rc(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("{what}: {e}"))
+}
+
+/// A node's role, from the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl Role {
+    /// As a certificate says it (OU, and a DNS name).
+    pub fn ou(self) -> &'static str {
+        match self {
+            Role::Manager => "bulkhead-manager",
+            Role::Worker => "bulkhead-worker",
+        }
+    }
+
+    fn from_ou(s: &str) -> Option<Role> {
+        match s {
+            "bulkhead-manager" => Some(Role::Manager),
+            "bulkhead-worker" => Some(Role::Worker),
+            _ => None,
+        }
+    }
+}
+
+/// Who a node certificate says its holder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub node_id: String,
+    pub role: Role,
+    pub cluster_id: String,
+    /// Hex, as on a deny list.
+    pub serial: String,
+    pub not_after: i64,
+}
+
+/// The root CA: its certificate, and its key (kept in the encrypted store).
+pub struct Ca {
+    cert_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+/// The SHA-256 of a certificate (DER), hex: what a join token pins.
+pub fn digest(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+fn serial() -> Result<SerialNumber> {
+    let mut b = random::<16>().map_err(|e| Error::Invalid(e.to_string()))?;
+    // Positive, and never shorter than 16 bytes with a leading zero stripped.
+    b[0] = (b[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&b))
+}
+
+fn offset(t: i64) -> Result<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| Error::Invalid(format!("time {t}: {e}")))
+}
+
+impl Ca {
+    /// A new root for cluster `cluster_id`, valid `years` years.
+    pub fn create(cluster_id: &str, now: i64, years: i64) -> Result<Ca> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("CA key"))?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "bulkhead cluster root CA");
+        dn.push(DnType::OrganizationName, cluster_id);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.serial_number = Some(serial()?);
+        p.not_before = offset(now - 3600)?;
+        p.not_after = offset(now + years * 365 * 86400)?;
+        p.use_authority_key_identifier_extension = false;
+        let cert = p.self_signed(&key).map_err(rc("CA certificate"))?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
+    }
+
+    /// The CA from its certificate and key (PEM), as the store keeps them.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca> {
+        let key = KeyPair::from_pem(key_pem).map_err(rc("CA key"))?;
+        let der = pem_der(cert_pem)?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_owned(),
+            cert_der: der,
+            key,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The key, PEM (PKCS#8): only ever into the encrypted store.
+    pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(self.key.serialize_pem())
+    }
+
+    pub fn digest(&self) -> String {
+        digest(&self.cert_der)
+    }
+
+    /// A node certificate for `node_id` with `role` in `cluster_id`, for the key of `csr_der`
+    /// (its signature checked; ECDSA P-256 only), valid from an hour before `now` for `lifetime`
+    /// seconds. Nothing of the CSR but its key is used.
+    pub fn issue(&self, csr_der: &[u8], node_id: &str, role: Role, cluster_id: &str, now: i64, lifetime: i64) -> Result<String> {
+        if !valid_node_id(node_id) {
+            return Err(Error::Invalid(format!("node id {node_id:?}: 1 to 64 of [a-z0-9]")));
+        }
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| Error::Invalid(format!("certificate request refused: {e}")))?;
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(Error::Invalid("certificate request refused: the key must be ECDSA P-256".into()));
+        }
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, node_id);
+        dn.push(DnType::OrganizationalUnitName, role.ou());
+        dn.push(DnType::OrganizationName, cluster_id);
+        p.distinguished_name = dn;
+        p.subject_alt_names = vec![
+            SanType::DnsName(role.ou().try_into().map_err(rc("name"))?),
+            SanType::DnsName(node_id.try_into().map_err(rc("name"))?),
+        ];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.serial_number = Some(serial()?);
+        p.not_before = offset(now - 3600)?;
+        p.not_after = offset(now + lifetime)?;
+        p.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(rc("CA"))?;
+        let cert = p.signed_by(&csr.public_key, &issuer).map_err(rc("node certificate"))?;
+        Ok(cert.pem())
+    }
+}
+
+/// Node ids: lower-case hex or letters and digits, at most 64 (they are DNS names too).
+pub fn valid_node_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// A fresh ECDSA P-256 key and a certificate request for it (the node's side of a join or a
+/// renewal). The request names nobody: the CA decides what the certificate says.
+pub fn key_and_request() -> Result<(KeyPair, Vec<u8>)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("node key"))?;
+    let p = CertificateParams::default();
+    let csr = p.serialize_request(&key).map_err(rc("certificate request"))?;
+    Ok((key, csr.der().to_vec()))
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| Error::Invalid(format!("not a PEM certificate: {e}")))?;
+    if p.label != "CERTIFICATE" {
+        return Err(Error::Invalid(format!("PEM {:?}, not CERTIFICATE", p.label)));
+    }
+    Ok(p.contents)
+}
+
+/// What a node certificate (PEM or DER) says, read with x509-parser (for authorization: the
+/// caller's role, cluster and id come from here, checked against the store).
+pub fn identity(cert: &[u8]) -> Result<Identity> {
+    let der = if cert.starts_with(b"-----") {
+        pem_der(std::str::from_utf8(cert).map_err(|_| Error::Invalid("not UTF-8".into()))?)?
+    } else {
+        cert.to_vec()
+    };
+    let (_, c) = x509_parser::parse_x509_certificate(&der).map_err(|e| Error::Invalid(format!("not a certificate: {e}")))?;
+    let one = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>, what: &str| -> Result<String> {
+        let all: Vec<String> = it
+            .map(|a| a.as_str().map(str::to_owned))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Invalid(format!("{what}: not a string")))?;
+        match all.as_slice() {
+            [v] => Ok(v.clone()),
+            _ => Err(Error::Invalid(format!("the certificate has {} {what}", all.len()))),
+        }
+    };
+    let s = c.subject();
+    let node_id = one(&mut s.iter_common_name(), "common names")?;
+    let ou = one(&mut s.iter_organizational_unit(), "organisational units")?;
+    let cluster_id = one(&mut s.iter_organization(), "organisations")?;
+    let role = Role::from_ou(&ou).ok_or_else(|| Error::Invalid(format!("unknown role {ou:?}")))?;
+    Ok(Identity {
+        node_id,
+        role,
+        cluster_id,
+        serial: c.raw_serial_as_string().replace(':', ""),
+        not_after: c.validity().not_after.timestamp(),
+    })
+}
+
+const TOKEN_PREFIX: &str = "BKTKN-1-";
+
+/// A join token: the root CA's digest and a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_digest: String,
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinToken(ca {}, secret ..)", self.ca_digest)
+    }
+}
+
+impl Drop for JoinToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl JoinToken {
+    pub fn generate(ca_digest: &str) -> Result<JoinToken> {
+        Ok(JoinToken {
+            ca_digest: ca_digest.to_owned(),
+            secret: random::<32>().map_err(|e| Error::Invalid(e.to_string()))?,
+        })
+    }
+
+    /// `BKTKN-1-<64 hex: the CA's digest>-<64 hex: the secret>`.
+    pub fn text(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(format!("{TOKEN_PREFIX}{}-{}", self.ca_digest, hex::encode(self.secret)))
+    }
+
+    pub fn parse(s: &str) -> Result<JoinToken> {
+        let bad = Error::Token("not a join token (BKTKN-1-<CA digest>-<secret>)");
+        let rest = s
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(Error::Token("not a join token (BKTKN-1-<CA digest>-<secret>)"))?;
+        let (digest, secret) = rest
+            .split_once('-')
+            .ok_or(Error::Token("not a join token (BKTKN-1-<CA digest>-<secret>)"))?;
+        let hex64 = |x: &str| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if !hex64(digest) || !hex64(secret) {
+            return Err(bad);
+        }
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(secret, &mut b).map_err(|_| Error::Token("not a join token (BKTKN-1-<CA digest>-<secret>)"))?;
+        Ok(JoinToken {
+            ca_digest: digest.to_owned(),
+            secret: b,
+        })
+    }
+
+    /// What the store keeps of it.
+    pub fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.secret))
+    }
+}
+
+/// A join token as the store keeps it: the secret's hash, the role it admits, and its limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub role: Role,
+    pub hash: String,
+    /// Unix time after which it admits no one.
+    pub expires: Option<i64>,
+    /// Joins it still admits (None: any number).
+    pub uses_left: Option<u32>,
+}
+
+impl TokenRecord {
+    /// Whether `presented` is this token, now: compared in constant time (the hash, so the
+    /// comparison's time says nothing of the secret either way), within its expiry and uses.
+    /// The caller counts the use down in the same write that admits the node.
+    pub fn admits(&self, presented: &JoinToken, ca_digest: &str, now: i64) -> Result<()> {
+        if presented.ca_digest != ca_digest {
+            return Err(Error::Token("it pins another CA"));
+        }
+        let want = hex::decode(&self.hash).map_err(|_| Error::Token("the stored token is corrupt"))?;
+        let got = Sha256::digest(presented.secret);
+        if !bool::from(got.as_slice().ct_eq(&want)) {
+            return Err(Error::Token("wrong or rotated token"));
+        }
+        if self.expires.is_some_and(|e| now >= e) {
+            return Err(Error::Token("the token has expired"));
+        }
+        if self.uses_left == Some(0) {
+            return Err(Error::Token("the token is used up"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    #[test]
+    fn a_node_certificate_says_only_what_the_ca_decides() {
+        let ca = Ca::create("c0ffee", NOW, 10).unwrap();
+        let (_key, csr) = key_and_request().unwrap();
+        let pem = ca.issue(&csr, "n1", Role::Worker, "c0ffee", NOW, 86400).unwrap();
+        let id = identity(pem.as_bytes()).unwrap();
+        assert_eq!(
+            (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
+            ("n1", Role::Worker, "c0ffee")
+        );
+        assert_eq!(id.not_after, NOW + 86400);
+        assert_eq!(id.serial.len(), 32, "{}", id.serial);
+        let der = pem_der(&pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(c.validity().not_before.timestamp(), NOW - 3600);
+        assert!(!c.is_ca());
+        // Signed by the CA.
+        let ca_der = ca.cert_der().to_vec();
+        let (_, cac) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        c.verify_signature(Some(cac.public_key())).unwrap();
+        // Two issues for one request: different serials.
+        let again = identity(ca.issue(&csr, "n1", Role::Worker, "c0ffee", NOW, 86400).unwrap().as_bytes()).unwrap();
+        assert_ne!(again.serial, id.serial);
+    }
+
+    #[test]
+    fn a_request_asking_for_more_gets_nothing_of_it() {
+        let ca = Ca::create("c0ffee", NOW, 10).unwrap();
+        // A request for CA:true, another node's name, a manager's OU, and certificate signing.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(vec!["n2".to_owned(), "bulkhead-manager".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "n2");
+        p.distinguished_name.push(DnType::OrganizationalUnitName, "bulkhead-manager");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let csr = p.serialize_request(&key).unwrap().der().to_vec();
+        let pem = ca.issue(&csr, "n1", Role::Worker, "c0ffee", NOW, 86400).unwrap();
+        let id = identity(pem.as_bytes()).unwrap();
+        assert_eq!((id.node_id.as_str(), id.role), ("n1", Role::Worker));
+        let der = pem_der(&pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!c.is_ca());
+        let ku = c.key_usage().unwrap().unwrap().value;
+        assert!(ku.digital_signature() && !ku.key_cert_sign());
+        let names: Vec<String> = c
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["DNSName(bulkhead-worker)", "DNSName(n1)"]);
+        // A request whose signature does not hold, or with another kind of key: refused.
+        let mut forged = csr.clone();
+        let n = forged.len();
+        forged[n - 5] ^= 0xff;
+        assert!(ca.issue(&forged, "n1", Role::Worker, "c0ffee", NOW, 86400).is_err());
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ed_csr = CertificateParams::default().serialize_request(&ed).unwrap().der().to_vec();
+        assert!(ca
+            .issue(&ed_csr, "n1", Role::Worker, "c0ffee", NOW, 86400)
+            .unwrap_err()
+            .to_string()
+            .contains("P-256"));
+        assert!(ca.issue(&csr, "N1/../x", Role::Worker, "c0ffee", NOW, 86400).is_err());
+    }
+
+    #[test]
+    fn the_ca_survives_its_pem_form() {
+        let ca = Ca::create("c0ffee", NOW, 10).unwrap();
+        let again = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.digest(), ca.digest());
+        let (_k, csr) = key_and_request().unwrap();
+        identity(again.issue(&csr, "n9", Role::Manager, "c0ffee", NOW, 60).unwrap().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn join_tokens_pin_the_ca_and_honour_their_limits() {
+        let ca = Ca::create("c0ffee", NOW, 10).unwrap();
+        let t = JoinToken::generate(&ca.digest()).unwrap();
+        let text = t.text();
+        assert!(text.starts_with("BKTKN-1-") && text.len() == 8 + 64 + 1 + 64);
+        let parsed = JoinToken::parse(&text).unwrap();
+        assert_eq!(parsed, t);
+        let rec = TokenRecord {
+            role: Role::Worker,
+            hash: t.hash(),
+            expires: Some(NOW + 60),
+            uses_left: Some(1),
+        };
+        rec.admits(&parsed, &ca.digest(), NOW).unwrap();
+        // Another CA, a wrong secret, expired, used up.
+        let other = Ca::create("c0ffee", NOW, 10).unwrap();
+        assert!(rec
+            .admits(&parsed, &other.digest(), NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("another CA"));
+        let wrong = JoinToken::generate(&ca.digest()).unwrap();
+        assert!(rec
+            .admits(&wrong, &ca.digest(), NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("wrong or rotated"));
+        assert!(rec
+            .admits(&parsed, &ca.digest(), NOW + 60)
+            .unwrap_err()
+            .to_string()
+            .contains("expired"));
+        let used = TokenRecord {
+            uses_left: Some(0),
+            ..rec.clone()
+        };
+        assert!(used.admits(&parsed, &ca.digest(), NOW).unwrap_err().to_string().contains("used up"));
+        // Malformed: one line each, never a panic.
+        let bad_digest = format!("BKTKN-1-{}-{}", "Z".repeat(64), "0".repeat(64));
+        for bad in [
+            "",
+            "BKTKN-1-",
+            "BKTKN-2-aa-bb",
+            &text[..text.len() - 1],
+            &text.to_uppercase(),
+            bad_digest.as_str(),
+        ] {
+            assert!(JoinToken::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
