@@ -13,3 +13,11 @@
 pub mod crypt;
 pub mod pki;
 pub mod store;
+pub mod tls;
+pub mod transport;
+
+/// The generated gRPC services (proto/cluster.proto).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("bulkhead.cluster.v1");
+}

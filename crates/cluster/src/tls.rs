@@ -1,0 +1,191 @@
+//! Mutual TLS for every cluster connection (rustls 0.23 on aws-lc-rs, the one crypto provider of
+//! the whole binary), configured here rather than by tonic, so that:
+//! - a server verifies client certificates against the cluster's CA only, and accepts a client
+//!   without one only for the bootstrap calls (each call checks: see `transport`);
+//! - a node's own certificate is picked up anew after each renewal, without a restart (the
+//!   resolver holds the current one);
+//! - a client verifies that it talks to a manager of its cluster: the server's certificate must
+//!   chain to the cluster's CA and name `bulkhead-manager`.
+//!
+//! TLS 1.3 only; ALPN h2 (gRPC).
+
+use std::sync::{Arc, RwLock};
+
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::pki::Error;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// The name every manager's certificate carries, and the one clients ask for.
+pub const MANAGER_NAME: &str = "bulkhead-manager";
+
+/// aws-lc-rs, as everywhere in bulkhead.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn bad(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("{what}: {e}"))
+}
+
+/// Certificates in a PEM text, in order.
+pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let out: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Invalid(format!("PEM certificates: {e}")))?;
+    if out.is_empty() {
+        return Err(Error::Invalid("no certificate in the PEM text".into()));
+    }
+    Ok(out)
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
+    let mut r = RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        r.add(c).map_err(bad("the cluster CA"))?;
+    }
+    Ok(Arc::new(r))
+}
+
+/// A node's certificate and key, replaced in place when it renews.
+#[derive(Debug)]
+pub struct Identity {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Identity {
+    /// From the node's certificate chain (PEM) and its key (PKCS#8 PEM).
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<Arc<Identity>> {
+        Ok(Arc::new(Identity {
+            current: RwLock::new(Arc::new(certified(cert_pem, key_pem)?)),
+        }))
+    }
+
+    /// Uses a renewed certificate and key from now on (connections made before keep theirs).
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        *self.current.write().expect("not poisoned") = Arc::new(certified(cert_pem, key_pem)?);
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current.read().expect("not poisoned").clone()
+    }
+}
+
+fn certified(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey> {
+    use rustls::pki_types::pem::PemObject;
+    let key = PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| Error::Invalid(format!("the node's key: {e}")))?;
+    let signer = provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key))
+        .map_err(bad("the node's key"))?;
+    let ck = CertifiedKey::new(certs(cert_pem)?, signer);
+    ck.keys_match().map_err(bad("the node's certificate and key"))?;
+    Ok(ck)
+}
+
+impl ResolvesServerCert for Identity {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for Identity {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A manager's server side: its own certificate (renewable); client certificates verified
+/// against the cluster's CA when given.
+pub fn server_config(ca_pem: &str, me: Arc<Identity>) -> Result<Arc<ServerConfig>> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Invalid(format!("client verifier: {e}")))?;
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad("TLS"))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(me);
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// A node's client side: the server must be a manager of the cluster whose CA is `ca_pem`; the
+/// node presents its own certificate if it has one (a joining node has none yet).
+pub fn client_config(ca_pem: &str, me: Option<Arc<Identity>>) -> Result<Arc<ClientConfig>> {
+    let b = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad("TLS"))?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut c = match me {
+        Some(id) => b.with_client_cert_resolver(id),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// The client side of the very first call of a join, which fetches the CA: the server cannot be
+/// verified yet (the node has no CA). What it answers is checked against the token's digest
+/// before anything else is sent, and every later call verifies the server against that CA.
+pub fn fetch_ca_config() -> Result<Arc<ClientConfig>> {
+    let mut c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad("TLS"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Accepts any server certificate whose handshake signature holds (see [`fetch_ca_config`]).
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
