@@ -11,6 +11,7 @@
 //! docs/cluster.md.
 
 pub mod crypt;
+pub mod manager;
 pub mod pki;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,534 @@
+//! A manager: the cluster's state in the replicated store, and the calls that change it (writes
+//! forwarded to the leader, joins, adding a manager to Raft).
+//!
+//! Keys of the store: `cluster/id`, `ca/cert`, `ca/key` (only ever in the sealed store and in
+//! memory), `tokens/<role>` (a [`TokenRecord`]: the secret's hash and its limits), and
+//! `nodes/<id>` (a [`NodeRecord`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::pki::{self, Ca, JoinToken, Role, TokenRecord};
+use crate::proto;
+use crate::store::{Check, NodeId, Op, Request, Response, StateMachine};
+use crate::transport::{self, Auth, Raft};
+
+/// How long a write may wait for a quorum before the cluster is said to be read-only.
+const WRITE: Duration = Duration::from_secs(10);
+/// Default lifetime of node certificates (24 h).
+pub const CERT_LIFETIME: i64 = 24 * 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the cluster has no quorum: it is read-only until a majority of its managers is back (or run `cluster init --force-new-cluster` on a survivor)")]
+    NoQuorum,
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::NoQuorum => Status::unavailable(e.to_string()),
+            Error::Pki(pki::Error::Token(_)) => Status::permission_denied(e.to_string()),
+            e => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A node as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub role: Role,
+    /// Its id in Raft (managers).
+    #[serde(default)]
+    pub raft_id: Option<NodeId>,
+    /// Where other managers reach it (managers).
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Its current certificate's serial and expiry.
+    pub serial: String,
+    pub not_after: i64,
+    pub joined: i64,
+    #[serde(default = "active")]
+    pub availability: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+fn token_key(role: Role) -> String {
+    format!(
+        "tokens/{}",
+        match role {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    )
+}
+
+/// A fresh node id: 16 hex digits.
+pub fn new_node_id() -> Result<String> {
+    Ok(hex::encode(crate::crypt::random::<8>().map_err(|e| Error::Invalid(e.to_string()))?))
+}
+
+/// A fresh Raft id (never 0).
+pub fn new_raft_id() -> Result<NodeId> {
+    let b = crate::crypt::random::<8>().map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(u64::from_be_bytes(b) | 1)
+}
+
+/// One manager's view of the cluster.
+#[derive(Clone)]
+pub struct Manager {
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub auth: Auth,
+    /// This manager's client side (to forward writes to the leader).
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl Manager {
+    /// A value of the store as JSON.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.sm.get(key).and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// Writes through the leader (here, or forwarded to it), within [`WRITE`]; a quorum that
+    /// does not answer is [`Error::NoQuorum`], never a hang.
+    pub async fn write(&self, req: Request) -> Result<Response> {
+        let deadline = tokio::time::Instant::now() + WRITE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = match tokio::time::timeout(left, self.raft.client_write(req.clone())).await {
+                Err(_) => return Err(Error::NoQuorum),
+                Ok(Ok(r)) => return Ok(r.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                    leader_node: Some(leader), ..
+                })))) => tokio::time::timeout(left, self.forward(&leader.addr, &req))
+                    .await
+                    .unwrap_or(Err(Error::NoQuorum)),
+                // No leader known: an election is on, or there is no majority.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Error::NoQuorum),
+                Ok(Err(e)) => return Err(Error::Invalid(e.to_string())),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                // The leader known here is unreachable or has none of its own: wait for an
+                // election to settle, within the deadline.
+                Err(Error::NoQuorum) | Err(Error::Invalid(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(Error::Invalid(_)) => return Err(Error::NoQuorum),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a write to the leader at `addr` (a refusal by the leader is final, not retried).
+    async fn forward(&self, addr: &str, req: &Request) -> Result<Response> {
+        let ch = transport::connect(addr, self.tls.clone())
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let payload = serde_json::to_vec(req).map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = proto::control_client::ControlClient::new(ch)
+            .write(proto::Payload { json: payload })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable | tonic::Code::FailedPrecondition | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                    Error::Invalid(format!("the leader at {addr}: {}", s.message()))
+                }
+                _ => Error::Pki(pki::Error::Invalid(format!("the leader refused the write: {}", s.message()))),
+            })?;
+        serde_json::from_slice(&r.get_ref().json).map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Puts the first state of a new cluster (after Raft's initialisation): its id, the CA, and
+    /// the two join tokens, which it returns (worker, manager).
+    pub async fn init_state(&self, ca: &Ca, first: &NodeRecord) -> Result<(JoinToken, JoinToken)> {
+        let worker = JoinToken::generate(&ca.digest())?;
+        let manager = JoinToken::generate(&ca.digest())?;
+        let rec = |t: &JoinToken, role| TokenRecord {
+            role,
+            hash: t.hash(),
+            expires: None,
+            uses_left: None,
+        };
+        let ops = vec![
+            Op::Put {
+                key: "cluster/id".into(),
+                value: self.auth.cluster_id.clone().into_bytes(),
+            },
+            Op::Put {
+                key: "ca/cert".into(),
+                value: ca.cert_pem().as_bytes().to_vec(),
+            },
+            Op::Put {
+                key: "ca/key".into(),
+                value: ca.key_pem().as_bytes().to_vec(),
+            },
+            Op::Put {
+                key: token_key(Role::Worker),
+                value: json(&rec(&worker, Role::Worker)),
+            },
+            Op::Put {
+                key: token_key(Role::Manager),
+                value: json(&rec(&manager, Role::Manager)),
+            },
+            Op::Put {
+                key: format!("nodes/{}", first.id),
+                value: json(first),
+            },
+        ];
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: "cluster/id".into(),
+                    value: None,
+                }],
+                ops,
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid("the cluster is initialised already".into()));
+        }
+        Ok((worker, manager))
+    }
+
+    /// The cluster's CA (certificate and key), from the store.
+    pub fn ca(&self) -> Result<Ca> {
+        let cert = self
+            .sm
+            .get("ca/cert")
+            .ok_or_else(|| Error::Invalid("no CA in the store yet".into()))?;
+        let key = zeroize::Zeroizing::new(
+            self.sm
+                .get("ca/key")
+                .ok_or_else(|| Error::Invalid("no CA key in the store".into()))?,
+        );
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| Error::Invalid("the CA in the store is not text".into()));
+        Ok(Ca::from_pem(&text(&cert)?, &zeroize::Zeroizing::new(text(&key)?))?)
+    }
+
+    /// A new join token for `role` (the old one stops working at once), with an expiry and a
+    /// number of uses if given.
+    pub async fn rotate_token(&self, role: Role, ttl: Option<i64>, uses: Option<u32>, now: i64) -> Result<JoinToken> {
+        let ca = self.ca()?;
+        let t = JoinToken::generate(&ca.digest())?;
+        let rec = TokenRecord {
+            role,
+            hash: t.hash(),
+            expires: ttl.map(|s| now + s),
+            uses_left: uses,
+        };
+        self.write(Request {
+            checks: vec![],
+            ops: vec![Op::Put {
+                key: token_key(role),
+                value: json(&rec),
+            }],
+        })
+        .await?;
+        Ok(t)
+    }
+
+    /// Admits a node with a join token: its certificate for the key of `csr`, with the role the
+    /// token is for, a fresh id, and the token's use counted, in one write that applies only if
+    /// the token did not change meanwhile.
+    pub async fn join(&self, token: &str, csr: &[u8], addr: Option<String>, now: i64) -> Result<(NodeRecord, String)> {
+        let presented = JoinToken::parse(token)?;
+        let ca = self.ca()?;
+        for _ in 0..5 {
+            let mut refusal = pki::Error::Token("wrong or rotated token");
+            let mut found = None;
+            for role in [Role::Worker, Role::Manager] {
+                let Some(raw) = self.sm.get(&token_key(role)) else { continue };
+                let rec: TokenRecord =
+                    serde_json::from_slice(&raw).map_err(|e| Error::Invalid(format!("the {role:?} token record: {e}")))?;
+                match rec.admits(&presented, &ca.digest(), now) {
+                    Ok(()) => found = Some((role, raw, rec)),
+                    Err(pki::Error::Token("wrong or rotated token")) => {}
+                    Err(e) => refusal = e,
+                }
+            }
+            let Some((role, raw, rec)) = found else {
+                return Err(refusal.into());
+            };
+            let id = new_node_id()?;
+            let cert = ca.issue(csr, &id, role, &self.auth.cluster_id, now, CERT_LIFETIME)?;
+            let ident = pki::identity(cert.as_bytes())?;
+            let node = NodeRecord {
+                id: id.clone(),
+                role,
+                raft_id: (role == Role::Manager).then(new_raft_id).transpose()?,
+                addr: if role == Role::Manager { addr.clone() } else { None },
+                serial: ident.serial,
+                not_after: ident.not_after,
+                joined: now,
+                availability: active(),
+                labels: BTreeMap::new(),
+            };
+            let mut ops = vec![Op::Put {
+                key: format!("nodes/{id}"),
+                value: json(&node),
+            }];
+            if let Some(n) = rec.uses_left {
+                let used = TokenRecord {
+                    uses_left: Some(n - 1),
+                    ..rec.clone()
+                };
+                ops.push(Op::Put {
+                    key: token_key(role),
+                    value: json(&used),
+                });
+            }
+            let r = self
+                .write(Request {
+                    checks: vec![Check::Is {
+                        key: token_key(role),
+                        value: Some(raw),
+                    }],
+                    ops,
+                })
+                .await?;
+            if r.applied {
+                return Ok((node, cert));
+            }
+            // The token changed (used, rotated) meanwhile: judge it again.
+        }
+        Err(Error::Invalid("the join token keeps changing; try again".into()))
+    }
+
+    /// Every node record.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.sm
+            .scan("nodes/")
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// Adds a manager that joined to Raft: as a learner until it has caught up, then as a
+    /// voter (leader only; a follower forwards).
+    pub async fn add_manager(&self, raft_id: NodeId, addr: &str) -> Result<()> {
+        let leading = {
+            let m = self.raft.metrics().borrow().clone();
+            m.current_leader == Some(m.id)
+        };
+        if !leading {
+            let leader = self.leader_addr().ok_or(Error::NoQuorum)?;
+            let ch = transport::connect(&leader, self.tls.clone())
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            proto::control_client::ControlClient::new(ch)
+                .add_manager(proto::AddManagerRequest {
+                    raft_id,
+                    addr: addr.to_owned(),
+                })
+                .await
+                .map_err(|s| Error::Invalid(format!("the leader refused: {}", s.message())))?;
+            return Ok(());
+        }
+        let node = openraft::BasicNode { addr: addr.to_owned() };
+        tokio::time::timeout(Duration::from_secs(60), self.raft.add_learner(raft_id, node, true))
+            .await
+            .map_err(|_| Error::Invalid("the new manager did not catch up within 60 s".into()))?
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .chain(std::iter::once(raft_id))
+            .collect();
+        tokio::time::timeout(WRITE, self.raft.change_membership(voters, false))
+            .await
+            .map_err(|_| Error::NoQuorum)?
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialisable")
+}
+
+/// The bootstrap calls: the CA for anyone, a certificate for a valid token.
+pub struct BootstrapService {
+    pub manager: Manager,
+    pub now: fn() -> i64,
+}
+
+#[tonic::async_trait]
+impl proto::bootstrap_server::Bootstrap for BootstrapService {
+    async fn get_ca(&self, _req: GrpcRequest<proto::Empty>) -> std::result::Result<GrpcResponse<proto::CaReply>, Status> {
+        let ca = self
+            .manager
+            .sm
+            .get("ca/cert")
+            .ok_or_else(|| Status::unavailable("the cluster is not initialised"))?;
+        Ok(GrpcResponse::new(proto::CaReply {
+            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+        }))
+    }
+
+    async fn join(&self, req: GrpcRequest<proto::JoinRequest>) -> std::result::Result<GrpcResponse<proto::JoinReply>, Status> {
+        let r = req.get_ref();
+        if !r.node_id.is_empty() {
+            return Err(Status::unimplemented(
+                "rejoining with an existing node id is not supported yet: join as a new node",
+            ));
+        }
+        if r.csr.len() > 16 << 10 || r.token.len() > 256 {
+            return Err(Status::invalid_argument("request too large"));
+        }
+        let (node, cert) = self.manager.join(&r.token, &r.csr, None, (self.now)()).await?;
+        let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
+        Ok(GrpcResponse::new(proto::JoinReply {
+            node_id: node.id,
+            role: node.role.ou().to_owned(),
+            cert_pem: cert,
+            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+        }))
+    }
+}
+
+/// Managers among themselves: forwarded writes, and new managers asking to join Raft.
+pub struct ControlService {
+    pub manager: Manager,
+}
+
+#[tonic::async_trait]
+impl proto::control_server::Control for ControlService {
+    async fn write(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
+        self.manager.auth.require(&req, Some(Role::Manager))?;
+        let w: Request = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Applied here, or refused: never forwarded twice.
+        let r = tokio::time::timeout(WRITE, self.manager.raft.client_write(w))
+            .await
+            .map_err(|_| Status::unavailable(Error::NoQuorum.to_string()))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        Ok(GrpcResponse::new(proto::Payload {
+            json: serde_json::to_vec(&r.data).map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    async fn add_manager(&self, req: GrpcRequest<proto::AddManagerRequest>) -> std::result::Result<GrpcResponse<proto::Empty>, Status> {
+        let caller = self.manager.auth.require(&req, Some(Role::Manager))?;
+        let r = req.get_ref();
+        // A manager adds itself, as the store knows it: its Raft id and nothing else.
+        let rec: NodeRecord = self
+            .manager
+            .get(&format!("nodes/{}", caller.node_id))
+            .ok_or_else(|| Status::permission_denied("no such node in the store"))?;
+        if rec.role != Role::Manager || rec.raft_id != Some(r.raft_id) {
+            return Err(Status::permission_denied("a manager may add only itself, with its own Raft id"));
+        }
+        self.manager.add_manager(r.raft_id, &r.addr).await?;
+        let rec = NodeRecord {
+            addr: Some(r.addr.clone()),
+            ..rec
+        };
+        self.manager
+            .write(Request {
+                checks: vec![],
+                ops: vec![Op::Put {
+                    key: format!("nodes/{}", rec.id),
+                    value: json(&rec),
+                }],
+            })
+            .await?;
+        Ok(GrpcResponse::new(proto::Empty {}))
+    }
+}
+
+/// What a node gets by joining.
+pub struct Joined {
+    pub node_id: String,
+    pub role: Role,
+    pub cert_pem: String,
+    pub key_pem: zeroize::Zeroizing<String>,
+    pub ca_pem: String,
+}
+
+/// Joins the cluster of the manager at `addr` with `token`, as a node does:
+/// 1. fetch the CA (the server cannot be verified yet) and refuse it unless its digest is the
+///    token's: a fake manager with a CA of its own is refused here, before anything is sent;
+/// 2. make a fresh key and a request for it, and send it with the token over a connection that
+///    verifies the server against that CA.
+pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
+    let t = JoinToken::parse(token)?;
+    let ch = transport::connect(addr, crate::tls::fetch_ca_config()?)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let ca_pem = proto::bootstrap_client::BootstrapClient::new(ch)
+        .get_ca(proto::Empty {})
+        .await
+        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?
+        .into_inner()
+        .ca_pem;
+    let der = crate::tls::certs(&ca_pem)?;
+    if der.len() != 1 || pki::digest(&der[0]) != t.ca_digest {
+        return Err(pki::Error::Token("the manager's CA is not the one the token names (a fake manager, or another cluster)").into());
+    }
+    let (key, csr) = pki::key_and_request()?;
+    let ch = transport::connect(addr, crate::tls::client_config(&ca_pem, None)?)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let r = proto::bootstrap_client::BootstrapClient::new(ch)
+        .join(proto::JoinRequest {
+            token: token.trim().to_owned(),
+            csr,
+            node_id: String::new(),
+        })
+        .await
+        .map_err(|s| Error::Invalid(s.message().to_owned()))?
+        .into_inner();
+    let ident = pki::identity(r.cert_pem.as_bytes())?;
+    if ident.node_id != r.node_id {
+        return Err(Error::Invalid("the manager sent a certificate for another node".into()));
+    }
+    Ok(Joined {
+        node_id: r.node_id,
+        role: ident.role,
+        cert_pem: r.cert_pem,
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        ca_pem,
+    })
+}
+
+/// A manager that just joined asks the manager at `addr` (with its new certificate, in `tls`) to
+/// add it to Raft; the call is forwarded to the leader, which adds it once it has caught up.
+pub async fn request_membership(addr: &str, tls: Arc<rustls::ClientConfig>, raft_id: NodeId, my_addr: &str) -> Result<()> {
+    let ch = transport::connect(addr, tls).await.map_err(|e| Error::Invalid(e.to_string()))?;
+    proto::control_client::ControlClient::new(ch)
+        .add_manager(proto::AddManagerRequest {
+            raft_id,
+            addr: my_addr.to_owned(),
+        })
+        .await
+        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?;
+    Ok(())
+}

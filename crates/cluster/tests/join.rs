@@ -1,0 +1,266 @@
+//! A cluster made by joining, over real gRPC and mutual TLS on loopback: the first manager
+//! initialises, two more join with the manager token and are added to Raft, two workers join
+//! with the worker token; tokens that are wrong, rotated, used up, expired or pinned to another
+//! CA are refused; a write on a follower reaches the leader; the leader's loss elects another;
+//! without a majority, writes fail with a clear error instead of hanging.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_cluster::crypt::Key;
+use bulkhead_cluster::manager::{self, BootstrapService, ControlService, Manager, NodeRecord};
+use bulkhead_cluster::pki::{self, Ca, Role};
+use bulkhead_cluster::proto::bootstrap_server::BootstrapServer;
+use bulkhead_cluster::proto::control_server::ControlServer;
+use bulkhead_cluster::proto::raft_server::RaftServer;
+use bulkhead_cluster::store::{self, Op, Request};
+use bulkhead_cluster::tls;
+use bulkhead_cluster::transport::{self, Auth, Network, RaftService};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+struct Running {
+    manager: Manager,
+    addr: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// A manager with these credentials, serving on a fresh loopback port (or `listener`).
+async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str, listener: Option<tokio::net::TcpListener>) -> Running {
+    let me = tls::Identity::new(cert, key).unwrap();
+    let listener = match listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listener.local_addr().unwrap().to_string();
+    let (log, sm) = store::open(&dir.join(format!("{raft_id}.redb")), Key::generate().unwrap()).unwrap();
+    let config = Arc::new(
+        openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let client_tls = tls::client_config(ca, Some(me.clone())).unwrap();
+    let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
+        .await
+        .unwrap();
+    let manager = Manager {
+        raft: raft.clone(),
+        sm,
+        auth: Auth::new("c1"),
+        tls: client_tls,
+    };
+    let incoming = transport::incoming(listener, tls::server_config(ca, me).unwrap());
+    let router = tonic::transport::Server::builder()
+        .add_service(RaftServer::new(RaftService {
+            raft,
+            auth: manager.auth.clone(),
+        }))
+        .add_service(BootstrapServer::new(BootstrapService {
+            manager: manager.clone(),
+            now,
+        }))
+        .add_service(ControlServer::new(ControlService { manager: manager.clone() }));
+    let server = tokio::spawn(async move {
+        let _ = router.serve_with_incoming(incoming).await;
+    });
+    Running { manager, addr, server }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn put(k: &str, v: &str) -> Request {
+    Request {
+        checks: vec![],
+        ops: vec![Op::Put {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+        }],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first manager: its CA, its own certificate, Raft initialised with itself alone.
+    let ca = Ca::create("c1", now(), 10).unwrap();
+    let first_id = manager::new_node_id().unwrap();
+    let (k, csr) = pki::key_and_request().unwrap();
+    let cert = ca.issue(&csr, &first_id, Role::Manager, "c1", now(), 3600).unwrap();
+    let raft1 = manager::new_raft_id().unwrap();
+    let m1 = serve(dir.path(), raft1, &cert, &k.serialize_pem(), ca.cert_pem(), None).await;
+    let mut members = std::collections::BTreeMap::new();
+    members.insert(raft1, openraft::BasicNode { addr: m1.addr.clone() });
+    m1.manager.raft.initialize(members).await.unwrap();
+    until("m1 to lead", || m1.manager.raft.metrics().borrow().current_leader == Some(raft1)).await;
+    let ident = pki::identity(cert.as_bytes()).unwrap();
+    let first = NodeRecord {
+        id: first_id.clone(),
+        role: Role::Manager,
+        raft_id: Some(raft1),
+        addr: Some(m1.addr.clone()),
+        serial: ident.serial,
+        not_after: ident.not_after,
+        joined: now(),
+        availability: "active".into(),
+        labels: Default::default(),
+    };
+    let (worker_token, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
+    assert!(m1
+        .manager
+        .init_state(&ca, &first)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("initialised already"));
+
+    // Two managers join and are added to Raft.
+    let mut managers = vec![m1];
+    for _ in 0..2 {
+        let j = manager::join_cluster(&managers[0].addr, &manager_token.text()).await.unwrap();
+        assert_eq!(j.role, Role::Manager);
+        let raft_id: u64 = managers[0]
+            .manager
+            .get::<NodeRecord>(&format!("nodes/{}", j.node_id))
+            .unwrap()
+            .raft_id
+            .unwrap();
+        let m = serve(dir.path(), raft_id, &j.cert_pem, &j.key_pem, &j.ca_pem, None).await;
+        // It asks (with its new manager certificate) to be added, through any manager.
+        manager::request_membership(&managers[0].addr, m.manager.tls.clone(), raft_id, &m.addr)
+            .await
+            .unwrap_or_else(|e| panic!("add_manager: {e}"));
+        managers.push(m);
+    }
+    let voters = managers[0]
+        .manager
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    assert_eq!(voters, 3);
+    // Two workers join.
+    for _ in 0..2 {
+        let j = manager::join_cluster(&managers[1].addr, &worker_token.text()).await.unwrap();
+        assert_eq!(j.role, Role::Worker);
+    }
+    // Every manager sees the five nodes.
+    for m in &managers {
+        let mm = m.manager.clone();
+        until("five nodes everywhere", || mm.nodes().len() == 5).await;
+        let roles: Vec<Role> = mm.nodes().iter().map(|n| n.role).collect();
+        assert_eq!(roles.iter().filter(|r| **r == Role::Manager).count(), 3);
+    }
+    // A write on a follower reaches the leader.
+    let leader = managers[0].manager.raft.metrics().borrow().current_leader.unwrap();
+    let follower = managers.iter().find(|m| m.manager.raft.metrics().borrow().id != leader).unwrap();
+    assert!(follower.manager.write(put("from/follower", "1")).await.unwrap().applied);
+    for m in &managers {
+        let sm = m.manager.sm.clone();
+        until("the forwarded write everywhere", || sm.get("from/follower").is_some()).await;
+    }
+
+    // Tokens: wrong, rotated, used up, expired, and a fake manager with another CA.
+    let addr = managers[0].addr.clone();
+    let wrong = pki::JoinToken::generate(&ca.digest()).unwrap();
+    let e = manager::join_cluster(&addr, &wrong.text()).await.err().unwrap().to_string();
+    assert!(e.contains("wrong or rotated"), "{e}");
+    let rotated = managers[0].manager.rotate_token(Role::Worker, None, Some(1), now()).await.unwrap();
+    let e = manager::join_cluster(&addr, &worker_token.text()).await.err().unwrap().to_string();
+    assert!(e.contains("wrong or rotated"), "the old worker token still works: {e}");
+    manager::join_cluster(&addr, &rotated.text()).await.unwrap();
+    let e = manager::join_cluster(&addr, &rotated.text()).await.err().unwrap().to_string();
+    assert!(e.contains("used up"), "{e}");
+    let short = managers[0].manager.rotate_token(Role::Worker, Some(-1), None, now()).await.unwrap();
+    let e = manager::join_cluster(&addr, &short.text()).await.err().unwrap().to_string();
+    assert!(e.contains("expired"), "{e}");
+    let other = Ca::create("c1", now(), 10).unwrap();
+    let (fk, fcsr) = pki::key_and_request().unwrap();
+    let fcert = other.issue(&fcsr, "fake", Role::Manager, "c1", now(), 3600).unwrap();
+    // (A real manager of a cluster of its own, answering with its own CA.)
+    let fake = serve(dir.path(), 424242, &fcert, &fk.serialize_pem(), other.cert_pem(), None).await;
+    let mut fm = std::collections::BTreeMap::new();
+    fm.insert(424242, openraft::BasicNode { addr: fake.addr.clone() });
+    fake.manager.raft.initialize(fm).await.unwrap();
+    until("the fake to lead", || {
+        fake.manager.raft.metrics().borrow().current_leader == Some(424242)
+    })
+    .await;
+    fake.manager
+        .init_state(
+            &other,
+            &NodeRecord {
+                id: "fake".into(),
+                ..first.clone()
+            },
+        )
+        .await
+        .unwrap();
+    let live = managers[0].manager.rotate_token(Role::Worker, None, None, now()).await.unwrap();
+    let e = manager::join_cluster(&fake.addr, &live.text()).await.err().unwrap().to_string();
+    assert!(e.contains("not the one the token names"), "{e}");
+    fake.server.abort();
+    // A worker's certificate may not write through the control API, nor add itself to Raft.
+    let wj = manager::join_cluster(&addr, &live.text()).await.unwrap();
+    let wid = tls::Identity::new(&wj.cert_pem, &wj.key_pem).unwrap();
+    let ch = transport::connect(&addr, tls::client_config(&wj.ca_pem, Some(wid)).unwrap())
+        .await
+        .unwrap();
+    let s = bulkhead_cluster::proto::control_client::ControlClient::new(ch)
+        .add_manager(bulkhead_cluster::proto::AddManagerRequest {
+            raft_id: 7,
+            addr: "127.0.0.1:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+
+    // The leader goes: another is elected, and no acknowledged write is lost.
+    let li = managers
+        .iter()
+        .position(|m| m.manager.raft.metrics().borrow().id == leader)
+        .unwrap();
+    let gone = managers.remove(li);
+    gone.server.abort();
+    gone.manager.raft.shutdown().await.unwrap();
+    let m0 = managers[0].manager.clone();
+    until("a new leader", || {
+        m0.raft.metrics().borrow().current_leader.is_some_and(|l| l != leader)
+    })
+    .await;
+    assert!(managers[0].manager.write(put("after/leader", "1")).await.unwrap().applied);
+    for m in &managers {
+        assert!(m.manager.sm.get("from/follower").is_some());
+    }
+    // One of three left: no quorum, a clear error, no hang.
+    let second = managers.remove(1);
+    second.server.abort();
+    second.manager.raft.shutdown().await.unwrap();
+    let e = managers[0].manager.write(put("alone", "1")).await.unwrap_err();
+    assert!(e.to_string().contains("no quorum"), "{e}");
+    assert!(managers[0].manager.sm.get("alone").is_none());
+    for m in managers {
+        m.server.abort();
+        m.manager.raft.shutdown().await.unwrap();
+    }
+}
