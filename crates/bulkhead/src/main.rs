@@ -1,6 +1,7 @@
 //! `bulkhead`: the command line. Parses flags, calls the libraries, prints one clear line on error.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod cluster_cmd;
 mod compose_cmd;
 mod container_cmd;
 mod image_cmd;
@@ -67,6 +68,12 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCommand),
+    /// A cluster of nodes: init, join, join tokens.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
+    /// This node's process, and the cluster's nodes.
+    #[command(subcommand)]
+    Node(cluster_cmd::NodeCommand),
     /// Applications from a compose file: its model, and the conversations it allows.
     Compose(compose_cmd::ComposeArgs),
     /// List images (same as `image ls`).
@@ -321,6 +328,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Network(c) => network_cmd::run(&ctx, c),
         Command::Volume(c) => volume_cmd::run(&ctx, c),
+        Command::Cluster(c) => cluster_cmd::run(&ctx, c),
+        Command::Node(c) => cluster_cmd::node(&ctx, c),
         Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),
         Command::Images(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Ls(a)),

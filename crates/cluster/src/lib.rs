@@ -12,6 +12,7 @@
 
 pub mod crypt;
 pub mod manager;
+pub mod node;
 pub mod pki;
 pub mod store;
 pub mod tls;

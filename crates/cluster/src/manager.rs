@@ -165,6 +165,7 @@ impl Manager {
         let rec = |t: &JoinToken, role| TokenRecord {
             role,
             hash: t.hash(),
+            text: Some(t.text().to_string()),
             expires: None,
             uses_left: None,
         };
@@ -232,6 +233,7 @@ impl Manager {
         let rec = TokenRecord {
             role,
             hash: t.hash(),
+            text: Some(t.text().to_string()),
             expires: ttl.map(|s| now + s),
             uses_left: uses,
         };
@@ -311,6 +313,11 @@ impl Manager {
             // The token changed (used, rotated) meanwhile: judge it again.
         }
         Err(Error::Invalid("the join token keeps changing; try again".into()))
+    }
+
+    /// The current join token for `role`, as the store keeps it (with its limits).
+    pub fn token(&self, role: Role) -> Option<TokenRecord> {
+        self.get(&token_key(role))
     }
 
     /// Every node record.
@@ -405,12 +412,14 @@ impl proto::bootstrap_server::Bootstrap for BootstrapService {
             return Err(Status::invalid_argument("request too large"));
         }
         let (node, cert) = self.manager.join(&r.token, &r.csr, None, (self.now)()).await?;
+        let node_id = node.id.clone();
         let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
         Ok(GrpcResponse::new(proto::JoinReply {
-            node_id: node.id,
+            node_id,
             role: node.role.ou().to_owned(),
             cert_pem: cert,
             ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+            raft_id: node.raft_id.unwrap_or(0),
         }))
     }
 }
@@ -468,6 +477,9 @@ impl proto::control_server::Control for ControlService {
 pub struct Joined {
     pub node_id: String,
     pub role: Role,
+    pub cluster_id: String,
+    /// A manager's id in Raft.
+    pub raft_id: Option<NodeId>,
     pub cert_pem: String,
     pub key_pem: zeroize::Zeroizing<String>,
     pub ca_pem: String,
@@ -513,6 +525,8 @@ pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
     Ok(Joined {
         node_id: r.node_id,
         role: ident.role,
+        cluster_id: ident.cluster_id,
+        raft_id: (ident.role == Role::Manager && r.raft_id != 0).then_some(r.raft_id),
         cert_pem: r.cert_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
         ca_pem,

@@ -308,6 +308,10 @@ impl JoinToken {
 pub struct TokenRecord {
     pub role: Role,
     pub hash: String,
+    /// The token itself, for `cluster join-token` to show (the store is sealed at rest; joins
+    /// are judged by the hash).
+    #[serde(default)]
+    pub text: Option<String>,
     /// Unix time after which it admits no one.
     pub expires: Option<i64>,
     /// Joins it still admits (None: any number).
@@ -432,6 +436,7 @@ mod tests {
         let rec = TokenRecord {
             role: Role::Worker,
             hash: t.hash(),
+            text: None,
             expires: Some(NOW + 60),
             uses_left: Some(1),
         };

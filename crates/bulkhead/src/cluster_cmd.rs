@@ -1,0 +1,322 @@
+//! `bulkhead cluster ...` and `bulkhead node ...`: thin commands over bulkhead-cluster (the node
+//! process runs `node serve`; the others talk to it over its control socket).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use bulkhead_cluster::node::{self, ControlRequest, NodeConfig, Paths};
+use bulkhead_cluster::pki::Role;
+use clap::{Args, Subcommand};
+
+use crate::output::{json, table};
+use crate::{Ctx, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Make a new cluster with this node as its first manager.
+    Init(InitArgs),
+    /// Join a cluster through one of its managers, with a join token.
+    Join(JoinArgs),
+    /// Print (or rotate) the join token for workers or managers.
+    JoinToken {
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// A new token; the old one stops working at once.
+        #[arg(long)]
+        rotate: bool,
+        /// How long the new token works (e.g. 30m, 2h, 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many joins the new token admits.
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+    /// The cluster as this manager sees it (JSON).
+    Inspect,
+    /// Stop this node's process and forget the cluster (a manager needs --force).
+    Leave {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Where the other nodes reach this manager: ADDR[:PORT] (port 2377 unless given).
+    #[arg(long)]
+    advertise_addr: String,
+    /// Where to listen: ADDR[:PORT] (default: 0.0.0.0 and the advertised port).
+    #[arg(long)]
+    listen_addr: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    #[arg(long)]
+    token: String,
+    /// A manager of the cluster: ADDR[:PORT] (2377 unless given).
+    manager: String,
+    /// Where the other managers reach this one (joining as a manager).
+    #[arg(long)]
+    advertise_addr: Option<String>,
+    #[arg(long)]
+    listen_addr: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// The node process, in the foreground (what `cluster init` and `join` start, and what a
+    /// systemd unit runs).
+    Serve,
+    /// The cluster's nodes (on a manager).
+    #[command(alias = "list")]
+    Ls,
+}
+
+fn with_port(a: &str) -> String {
+    if a.parse::<std::net::SocketAddr>().is_ok()
+        || (a.contains(':') && !a.contains("::") && a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()))
+    {
+        a.to_owned()
+    } else if a.contains(':') && !a.starts_with('[') {
+        format!("[{a}]:2377")
+    } else {
+        format!("{a}:2377")
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
+    Ok(runtime()?.block_on(node::call(&ctx.root, &req))?)
+}
+
+fn duration_secs(s: &str) -> anyhow::Result<i64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n.parse().with_context(|| format!("{s:?}: a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("{s:?}: unit s, m, h or d"),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0 && *v <= 365 * 86400)
+        .with_context(|| format!("{s:?}: between 1 s and 365 days"))
+}
+
+/// Starts `node serve` for this root in its own session, its output in the node's log, and waits
+/// (30 s at most) until it answers on its control socket; on failure, the log's last lines say why.
+fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
+    let paths = Paths::new(&ctx.root);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log())
+        .with_context(|| paths.log().display().to_string())?;
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("this program's path")?);
+    cmd.arg("--root").arg(&ctx.root).args(["node", "serve"]);
+    cmd.stdout(log.try_clone()?).stderr(log);
+    let mut child = bulkhead_runtime::lifecycle::spawn_detached(cmd, false).context("starting the node process")?;
+    for _ in 0..300 {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the node process ended ({status}): {}", last_lines(&paths.log()));
+        }
+        if let Ok(v) = call(ctx, ControlRequest::Status) {
+            std::fs::write(paths.dir.join("node.pid"), child.id().to_string())?;
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    bail!("the node process did not answer within 30 s: {}", last_lines(&paths.log()))
+}
+
+fn last_lines(p: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
+    let paths = Paths::new(&ctx.root);
+    match c {
+        ClusterCommand::Init(a) => {
+            if paths.config().exists() {
+                bail!(
+                    "this node is in a cluster already ({}): `cluster leave` first",
+                    paths.config().display()
+                );
+            }
+            paths.create()?;
+            let advertise = with_port(&a.advertise_addr);
+            let port = advertise.rsplit_once(':').map_or("2377", |(_, p)| p).to_owned();
+            let listen = a.listen_addr.as_deref().map(with_port).unwrap_or_else(|| format!("0.0.0.0:{port}"));
+            let cfg = NodeConfig {
+                node_id: bulkhead_cluster::manager::new_node_id()?,
+                role: Role::Manager,
+                cluster_id: bulkhead_cluster::manager::new_node_id()?,
+                raft_id: Some(bulkhead_cluster::manager::new_raft_id()?),
+                listen,
+                advertise: advertise.clone(),
+                managers: vec![advertise.clone()],
+                bootstrap: true,
+                needs_membership: false,
+            };
+            bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, None)?;
+            cfg.save(&paths)?;
+            start_node(ctx)?;
+            let token = call(
+                ctx,
+                ControlRequest::JoinToken {
+                    role: Role::Worker,
+                    rotate: false,
+                    ttl: None,
+                    uses: None,
+                },
+            )?;
+            println!(
+                "cluster {} initialised: this node ({}) is its first manager, at {advertise}.",
+                cfg.cluster_id, cfg.node_id
+            );
+            println!(
+                "To add a worker:\n    bulkhead cluster join --token {} {advertise}",
+                token["token"].as_str().unwrap_or("")
+            );
+            println!("To add a manager: `bulkhead cluster join-token manager`.");
+            eprintln!("note: the store's data key is kept in a 0600 file beside the node's key; `cluster init --autolock` (coming) keeps it sealed instead.");
+        }
+        ClusterCommand::Join(a) => {
+            if paths.config().exists() {
+                bail!(
+                    "this node is in a cluster already ({}): `cluster leave` first",
+                    paths.config().display()
+                );
+            }
+            let manager = with_port(&a.manager);
+            let joined = runtime()?.block_on(bulkhead_cluster::manager::join_cluster(&manager, &a.token))?;
+            paths.create()?;
+            bulkhead_cluster::crypt::write_private(&paths.key(), joined.key_pem.as_bytes())?;
+            bulkhead_cluster::crypt::write_private(&paths.cert(), joined.cert_pem.as_bytes())?;
+            bulkhead_cluster::crypt::write_private(&paths.ca(), joined.ca_pem.as_bytes())?;
+            bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, None)?;
+            let manager_role = joined.role == Role::Manager;
+            let advertise = match (&a.advertise_addr, manager_role) {
+                (Some(x), _) => with_port(x),
+                (None, true) => bail!("joining as a manager: give --advertise-addr (where the other managers reach this one)"),
+                (None, false) => String::new(),
+            };
+            let port = advertise.rsplit_once(':').map_or("2377", |(_, p)| p).to_owned();
+            let cfg = NodeConfig {
+                node_id: joined.node_id.clone(),
+                role: joined.role,
+                cluster_id: joined.cluster_id.clone(),
+                raft_id: joined.raft_id,
+                listen: a.listen_addr.as_deref().map(with_port).unwrap_or_else(|| format!("0.0.0.0:{port}")),
+                advertise,
+                managers: vec![manager],
+                bootstrap: false,
+                needs_membership: manager_role,
+            };
+            cfg.save(&paths)?;
+            start_node(ctx)?;
+            println!(
+                "joined cluster {} as a {} ({})",
+                cfg.cluster_id,
+                if manager_role { "manager" } else { "worker" },
+                cfg.node_id
+            );
+        }
+        ClusterCommand::JoinToken { role, rotate, ttl, uses } => {
+            let role = if role == "manager" { Role::Manager } else { Role::Worker };
+            let ttl = ttl.as_deref().map(duration_secs).transpose()?;
+            let v = call(ctx, ControlRequest::JoinToken { role, rotate, ttl, uses })?;
+            let token = v["token"].as_str().unwrap_or_default();
+            if ctx.quiet {
+                println!("{token}");
+            } else {
+                let cfg = NodeConfig::load(&paths)?;
+                println!(
+                    "To add a {}:\n    bulkhead cluster join --token {token} {}",
+                    if role == Role::Manager { "manager" } else { "worker" },
+                    cfg.advertise
+                );
+            }
+        }
+        ClusterCommand::Inspect => json(&call(ctx, ControlRequest::Inspect)?)?,
+        ClusterCommand::Leave { force } => {
+            let cfg = NodeConfig::load(&paths)?;
+            if cfg.role == Role::Manager && !force {
+                bail!("this node is a manager: leaving may cost the cluster its quorum; give --force (demote it first when the cluster must keep running)");
+            }
+            if let Some(pid) = std::fs::read_to_string(paths.dir.join("node.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                // Only our own node process (its command line names this root).
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&*ctx.root.to_string_lossy()) {
+                    // SAFETY: kill(2) with a pid we started and just identified.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    for _ in 0..100 {
+                        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            std::fs::remove_dir_all(&paths.dir).with_context(|| paths.dir.display().to_string())?;
+            println!("left cluster {}", cfg.cluster_id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        NodeCommand::Serve => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                let stop = async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                };
+                node::serve(&ctx.root, stop).await.map_err(anyhow::Error::from)
+            })?;
+        }
+        NodeCommand::Ls => {
+            let v = call(ctx, ControlRequest::Nodes)?;
+            let nodes = v.as_array().cloned().unwrap_or_default();
+            if ctx.quiet {
+                nodes.iter().for_each(|n| println!("{}", n["id"].as_str().unwrap_or("")));
+                return Ok(ExitCode::SUCCESS);
+            }
+            match ctx.output()? {
+                Output::Json => json(&v)?,
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            let s = |k: &str| n[k].as_str().unwrap_or("").to_owned();
+                            vec![s("id"), s("role"), s("availability"), s("manager_status"), s("addr")]
+                        })
+                        .collect();
+                    table(&["ID", "ROLE", "AVAILABILITY", "MANAGER STATUS", "ADDRESS"], &rows)?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,248 @@
+//! A real cluster: each node a `bulkhead node serve` process in a network namespace of its own,
+//! joined to the others through a bridge (198.18.200.0/24), made with `cluster init` and
+//! `cluster join` as a user would.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::sh;
+
+/// Hosts on one LAN: a namespace per host, each with a veth on a bridge in a "switch" namespace.
+struct Lan {
+    tag: String,
+    hosts: usize,
+    dir: tempfile::TempDir,
+}
+
+impl Lan {
+    fn new(hosts: usize) -> Lan {
+        let tag = format!("{}", std::process::id() % 100_000);
+        let lan = Lan {
+            tag,
+            hosts,
+            dir: tempfile::Builder::new().prefix("bulkhead-test-cluster-").tempdir().unwrap(),
+        };
+        let sw = lan.switch();
+        let _ = Command::new("ip").args(["netns", "del", &sw]).output();
+        sh(Command::new("ip").args(["netns", "add", &sw]));
+        sh(Command::new("ip").args(["-n", &sw, "link", "add", "br0", "type", "bridge"]));
+        sh(Command::new("ip").args(["-n", &sw, "link", "set", "br0", "up"]));
+        for i in 1..=hosts {
+            let ns = lan.ns(i);
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            sh(Command::new("ip").args(["netns", "add", &ns]));
+            let port = format!("p{i}");
+            sh(Command::new("ip").args([
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]));
+            sh(Command::new("ip").args(["-n", &sw, "link", "set", &port, "master", "br0", "up"]));
+            sh(Command::new("ip").args(["-n", &ns, "addr", "add", &format!("{}/24", lan.addr(i)), "dev", "eth0"]));
+            sh(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]));
+            sh(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
+        }
+        lan
+    }
+
+    fn switch(&self) -> String {
+        format!("bh-t-sw-{}", self.tag)
+    }
+
+    fn ns(&self, i: usize) -> String {
+        format!("bh-t-h{i}-{}", self.tag)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("198.18.200.{i}")
+    }
+
+    fn root(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("h{i}"))
+    }
+
+    /// bulkhead on host `i` (in its namespace, with its root).
+    fn run(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new("timeout")
+            .args(["-s", "KILL", "90", "ip", "netns", "exec", &self.ns(i)])
+            .arg(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("--root")
+            .arg(self.root(i))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, i: usize, args: &[&str]) -> String {
+        let o = self.run(i, args);
+        assert!(
+            o.status.success(),
+            "h{i}: bulkhead {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, i: usize, args: &[&str]) -> String {
+        let o = self.run(i, args);
+        assert!(!o.status.success(), "h{i}: bulkhead {args:?} should have failed");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("bulkhead: error:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        lines[0].to_owned()
+    }
+
+    /// The node process of host `i`.
+    fn pid(&self, i: usize) -> Option<i32> {
+        std::fs::read_to_string(self.root(i).join("cluster/node.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn kill(&self, i: usize) {
+        if let Some(p) = self.pid(i) {
+            // SAFETY: kill(2) of the node process this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for i in 1..=self.hosts {
+            self.kill(i);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 1..=self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.switch()]).output();
+    }
+}
+
+fn node_ids(ls: &str) -> Vec<String> {
+    let mut v: Vec<String> = ls
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_managers_and_two_workers_form_a_cluster_that_survives_its_leader() {
+    let lan = Lan::new(5);
+    let init = lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1)]);
+    assert!(init.contains("bulkhead cluster join --token BKTKN-1-"), "{init}");
+    let manager_token = lan.ok(1, &["-q", "cluster", "join-token", "manager"]).trim().to_owned();
+    let worker_token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    let first = format!("{}:2377", lan.addr(1));
+    for i in 2..=3 {
+        let out = lan.ok(
+            i,
+            &[
+                "cluster",
+                "join",
+                "--token",
+                &manager_token,
+                "--advertise-addr",
+                &lan.addr(i),
+                &first,
+            ],
+        );
+        assert!(out.contains("as a manager"), "{out}");
+    }
+    for i in 4..=5 {
+        let out = lan.ok(i, &["cluster", "join", "--token", &worker_token, &first]);
+        assert!(out.contains("as a worker"), "{out}");
+    }
+    // node ls agrees on every manager.
+    let ls1 = lan.ok(1, &["node", "ls"]);
+    assert_eq!(node_ids(&ls1).len(), 5, "{ls1}");
+    assert_eq!(ls1.matches(" manager ").count(), 3, "{ls1}");
+    for i in 2..=3 {
+        let mut ls = String::new();
+        for _ in 0..50 {
+            ls = lan.ok(i, &["node", "ls"]);
+            if node_ids(&ls) == node_ids(&ls1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(node_ids(&ls), node_ids(&ls1), "h{i}: {ls}");
+    }
+    assert!(lan.fails(4, &["node", "ls"]).contains("worker"));
+    // A wrong token and a rotated one are refused, in one line.
+    let mut wrong = worker_token.clone();
+    wrong.replace_range(wrong.len() - 4.., "0000");
+    let root6 = lan.root(4).join("again");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lan.ns(4)])
+        .arg(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(&root6)
+        .args(["cluster", "join", "--token", &wrong, &first])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wrong or rotated"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    lan.ok(1, &["cluster", "join-token", "worker", "--rotate"]);
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lan.ns(4)])
+        .arg(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(&root6)
+        .args(["cluster", "join", "--token", &worker_token, &first])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("wrong or rotated"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // No Raft file holds a token (they are in the store) in clear.
+    let secret = &manager_token[manager_token.len() - 64..];
+    for i in 1..=3 {
+        let raft = std::fs::read(lan.root(i).join("cluster/raft.redb")).unwrap();
+        assert!(
+            !raft.windows(64).any(|w| w == secret.as_bytes()),
+            "h{i}'s Raft file holds the token"
+        );
+    }
+    // The leader is killed: another is elected, and writes (a token rotation) go on.
+    let leader_status = |i: usize| {
+        let ls = lan.ok(i, &["node", "ls"]);
+        ls.lines()
+            .find(|l| l.contains(" leader "))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+    };
+    let old = leader_status(1).expect("a leader");
+    let leader_host = (1..=3)
+        .find(|i| {
+            std::fs::read_to_string(lan.root(*i).join("cluster/node.json"))
+                .unwrap()
+                .contains(&old)
+        })
+        .unwrap();
+    lan.kill(leader_host);
+    let other = (1..=3).find(|i| *i != leader_host).unwrap();
+    let mut new = None;
+    for _ in 0..150 {
+        if let Some(l) = leader_status(other).filter(|l| *l != old) {
+            new = Some(l);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(new.is_some(), "no new leader after the old one was killed");
+    let t = lan.ok(other, &["-q", "cluster", "join-token", "worker", "--rotate"]);
+    assert!(t.starts_with("BKTKN-1-"), "{t}");
+}

@@ -1,0 +1,393 @@
+//! The node process (`bulkhead node serve`) and its files, and the local control socket the CLI
+//! talks to.
+//!
+//! Files, in `<root>/cluster` (0700): `node.json` (what `init` or `join` decided), `ca.crt`,
+//! `node.crt`, `node.key` (0600), `data.key` (0600; see [`crate::crypt`]), `raft.redb`
+//! (managers), `control.sock` (0600, and the peer must be root), `node.log`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::crypt;
+use crate::manager::{self, Manager, NodeRecord};
+use crate::pki::{self, Ca, Role};
+use crate::store;
+use crate::tls;
+use crate::transport::{self, Auth, Network, RaftService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Manager(#[from] manager::Error),
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+    #[error(transparent)]
+    Crypt(#[from] crypt::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(p: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("{}: {e}", p.display()))
+}
+
+/// Where a node keeps its files.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(root: &Path) -> Paths {
+        Paths { dir: root.join("cluster") }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("node.json")
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("node.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("node.key")
+    }
+    pub fn data_key(&self) -> PathBuf {
+        self.dir.join("data.key")
+    }
+    pub fn raft(&self) -> PathBuf {
+        self.dir.join("raft.redb")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// Makes the directory, 0700.
+    pub fn create(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))
+    }
+}
+
+/// What `init` or `join` decided, and what `node serve` reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub role: Role,
+    pub cluster_id: String,
+    #[serde(default)]
+    pub raft_id: Option<u64>,
+    /// Where this manager listens, and where the others reach it.
+    pub listen: String,
+    pub advertise: String,
+    /// Managers it knows of (the one it joined through, first).
+    #[serde(default)]
+    pub managers: Vec<String>,
+    /// The first start of `cluster init`: make the CA and the store.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// A manager that joined and is not yet in Raft.
+    #[serde(default)]
+    pub needs_membership: bool,
+}
+
+impl NodeConfig {
+    pub fn load(p: &Paths) -> Result<NodeConfig> {
+        let path = p.config();
+        let data = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Invalid(format!(
+                "this node is in no cluster ({} is missing): `cluster init` or `cluster join`",
+                path.display()
+            )),
+            _ => io(&path)(e),
+        })?;
+        serde_json::from_slice(&data).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    pub fn save(&self, p: &Paths) -> Result<()> {
+        Ok(crypt::write_private(
+            &p.config(),
+            &serde_json::to_vec_pretty(self).expect("serialisable"),
+        )?)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A request on the control socket (one JSON line).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    Nodes,
+    JoinToken {
+        role: Role,
+        #[serde(default)]
+        rotate: bool,
+        #[serde(default)]
+        ttl: Option<i64>,
+        #[serde(default)]
+        uses: Option<u32>,
+    },
+    Inspect,
+}
+
+/// The node process: a manager serves Raft, the bootstrap calls and the control API on its
+/// listen address; every node answers the CLI on its control socket. Returns when `stop`
+/// resolves (SIGTERM).
+pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    let paths = Paths::new(root);
+    let mut cfg = NodeConfig::load(&paths)?;
+    let data_key = crypt::read_data_key(&paths.data_key(), None)?;
+    let mut bootstrap_ca = None;
+    if cfg.bootstrap {
+        // `cluster init`: the CA is made here, its key going only into the sealed store.
+        let ca = Ca::create(&cfg.cluster_id, now(), 10)?;
+        let (key, csr) = pki::key_and_request()?;
+        let cert = ca.issue(&csr, &cfg.node_id, Role::Manager, &cfg.cluster_id, now(), manager::CERT_LIFETIME)?;
+        crypt::write_private(&paths.key(), key.serialize_pem().as_bytes())?;
+        crypt::write_private(&paths.cert(), cert.as_bytes())?;
+        crypt::write_private(&paths.ca(), ca.cert_pem().as_bytes())?;
+        bootstrap_ca = Some(ca);
+    }
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io(&p));
+    let (ca_pem, cert_pem) = (read(paths.ca())?, read(paths.cert())?);
+    let key_pem = zeroize::Zeroizing::new(read(paths.key())?);
+    let me = tls::Identity::new(&cert_pem, &key_pem)?;
+    let client_tls = tls::client_config(&ca_pem, Some(me.clone()))?;
+    let auth = Auth::new(&cfg.cluster_id);
+
+    let mut mgr = None;
+    if cfg.role == Role::Manager {
+        let raft_id = cfg.raft_id.ok_or_else(|| Error::Invalid("a manager without a Raft id".into()))?;
+        let (log, sm) = store::open(&paths.raft(), data_key).map_err(|e| Error::Invalid(e.to_string()))?;
+        let config = store::raft_config(&cfg.cluster_id).map_err(|e| Error::Invalid(e.to_string()))?;
+        let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let m = Manager {
+            raft: raft.clone(),
+            sm,
+            auth: auth.clone(),
+            tls: client_tls.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
+        let incoming = transport::incoming(listener, tls::server_config(&ca_pem, me.clone())?);
+        let router = tonic::transport::Server::builder()
+            .add_service(
+                crate::proto::raft_server::RaftServer::new(RaftService { raft, auth: auth.clone() })
+                    .max_decoding_message_size(transport::MAX_MESSAGE),
+            )
+            .add_service(crate::proto::bootstrap_server::BootstrapServer::new(manager::BootstrapService {
+                manager: m.clone(),
+                now,
+            }))
+            .add_service(crate::proto::control_server::ControlServer::new(manager::ControlService {
+                manager: m.clone(),
+            }));
+        tokio::spawn(async move {
+            if let Err(e) = router.serve_with_incoming(incoming).await {
+                tracing::error!(error = %e, "gRPC server");
+            }
+        });
+        if let Some(ca) = bootstrap_ca.take() {
+            let mut members = std::collections::BTreeMap::new();
+            members.insert(
+                raft_id,
+                openraft::BasicNode {
+                    addr: cfg.advertise.clone(),
+                },
+            );
+            m.raft.initialize(members).await.map_err(|e| Error::Invalid(e.to_string()))?;
+            wait_leader(&m).await?;
+            let ident = pki::identity(cert_pem.as_bytes())?;
+            let first = NodeRecord {
+                id: cfg.node_id.clone(),
+                role: Role::Manager,
+                raft_id: Some(raft_id),
+                addr: Some(cfg.advertise.clone()),
+                serial: ident.serial,
+                not_after: ident.not_after,
+                joined: now(),
+                availability: "active".into(),
+                labels: Default::default(),
+            };
+            m.init_state(&ca, &first).await?;
+            cfg.bootstrap = false;
+            cfg.save(&paths)?;
+        }
+        if cfg.needs_membership {
+            let through = cfg
+                .managers
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::Invalid("no manager to join through".into()))?;
+            manager::request_membership(&through, client_tls.clone(), raft_id, &cfg.advertise).await?;
+            cfg.needs_membership = false;
+            cfg.save(&paths)?;
+        }
+        mgr = Some(m);
+    }
+
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
+    }
+    let state = Arc::new((cfg, mgr));
+    let accept = async {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { continue };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), control(conn, &state.0, state.1.as_ref())).await;
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = stop => {}
+    }
+    if let Some(m) = &state.1 {
+        let _ = m.raft.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn wait_leader(m: &Manager) -> Result<()> {
+    for _ in 0..200 {
+        let metrics = m.raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(metrics.id) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Invalid("this manager did not become the leader of its new cluster".into()))
+}
+
+/// One CLI request: only root's (checked by the peer's credentials), one JSON line in, one out.
+async fn control(conn: tokio::net::UnixStream, cfg: &NodeConfig, mgr: Option<&Manager>) -> std::io::Result<()> {
+    let (r, mut w) = conn.into_split();
+    let reply = |v: serde_json::Value| {
+        let mut line = serde_json::to_vec(&v).expect("serialisable");
+        line.push(b'\n');
+        line
+    };
+    let uid = r.as_ref().peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+    if uid != 0 {
+        return w
+            .write_all(&reply(serde_json::json!({"error": "only root may control this node"})))
+            .await;
+    }
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(r.take(64 << 10));
+    reader.read_line(&mut line).await?;
+    let out = match serde_json::from_str::<ControlRequest>(&line) {
+        Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+        Ok(req) => match answer(req, cfg, mgr).await {
+            Ok(v) => serde_json::json!({"ok": v}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        },
+    };
+    w.write_all(&reply(out)).await
+}
+
+async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) -> Result<serde_json::Value> {
+    let need = || mgr.ok_or_else(|| Error::Invalid("this node is a worker: ask a manager".into()));
+    Ok(match req {
+        ControlRequest::Status => {
+            let leader = mgr.and_then(|m| m.raft.metrics().borrow().current_leader);
+            serde_json::json!({"node_id": cfg.node_id, "role": cfg.role, "cluster_id": cfg.cluster_id, "raft_id": cfg.raft_id, "leader": leader, "ready": true})
+        }
+        ControlRequest::Nodes => {
+            let m = need()?;
+            let metrics = m.raft.metrics().borrow().clone();
+            let mut nodes = m.nodes();
+            nodes.sort_by(|a, b| a.id.cmp(&b.id));
+            let rows: Vec<serde_json::Value> = nodes
+                .into_iter()
+                .map(|n| {
+                    let status = match (n.raft_id, metrics.current_leader) {
+                        (Some(r), Some(l)) if r == l => "leader",
+                        (Some(r), _) if metrics.membership_config.membership().voter_ids().any(|v| v == r) => "reachable",
+                        (Some(_), _) => "joining",
+                        (None, _) => "",
+                    };
+                    let mut v = serde_json::to_value(&n).expect("serialisable");
+                    v["manager_status"] = serde_json::json!(status);
+                    v
+                })
+                .collect();
+            serde_json::Value::Array(rows)
+        }
+        ControlRequest::JoinToken { role, rotate, ttl, uses } => {
+            let m = need()?;
+            let t = if rotate || ttl.is_some() || uses.is_some() {
+                m.rotate_token(role, ttl, uses, now()).await?.text().to_string()
+            } else {
+                m.token(role)
+                    .and_then(|t| t.text)
+                    .ok_or_else(|| Error::Invalid("no token in the store".into()))?
+            };
+            serde_json::json!({"token": t})
+        }
+        ControlRequest::Inspect => {
+            let m = need()?;
+            let metrics = m.raft.metrics().borrow().clone();
+            let ca = m.sm.get("ca/cert").map(|c| String::from_utf8_lossy(&c).into_owned());
+            let digest = ca.as_deref().and_then(|c| tls::certs(c).ok()).map(|d| pki::digest(&d[0]));
+            serde_json::json!({
+                "cluster_id": cfg.cluster_id,
+                "ca_digest": digest,
+                "leader": metrics.current_leader,
+                "term": metrics.current_term,
+                "last_applied": metrics.last_applied.map(|l| l.index),
+                "voters": metrics.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+            })
+        }
+    })
+}
+
+/// The CLI's side of the control socket: one request, its answer (an error is one line).
+pub async fn call(root: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
+    let p = Paths::new(root).socket();
+    let conn = tokio::net::UnixStream::connect(&p)
+        .await
+        .map_err(|e| Error::Invalid(format!("{}: {e} (is `bulkhead node serve` running for this --root?)", p.display())))?;
+    let (r, mut w) = conn.into_split();
+    let mut line = serde_json::to_vec(req).expect("serialisable");
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(io(&p))?;
+    let mut out = String::new();
+    tokio::io::BufReader::new(r.take(16 << 20))
+        .read_line(&mut out)
+        .await
+        .map_err(io(&p))?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok.clone()),
+        (_, Some(e)) => Err(Error::Invalid(e.as_str().unwrap_or("error").to_owned())),
+        _ => Err(Error::Invalid("an answer without ok or error".into())),
+    }
+}
