@@ -49,6 +49,9 @@ pub struct InitArgs {
     /// Where to listen: ADDR[:PORT] (default: 0.0.0.0 and the advertised port).
     #[arg(long)]
     listen_addr: Option<String>,
+    /// How long node certificates last (renewed at 50–80 % of that): e.g. 90s, 30m, 24h.
+    #[arg(long)]
+    cert_expiry: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +75,10 @@ pub enum NodeCommand {
     /// The cluster's nodes (on a manager).
     #[command(alias = "list")]
     Ls,
+    /// Remove a node: its certificate is refused from now on, by every manager, until it
+    /// expires.
+    #[command(alias = "remove")]
+    Rm { node: String },
 }
 
 fn with_port(a: &str) -> String {
@@ -170,6 +177,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 managers: vec![advertise.clone()],
                 bootstrap: true,
                 needs_membership: false,
+                cert_expiry: a.cert_expiry.as_deref().map(duration_secs).transpose()?.map(|s| s.max(60)),
             };
             bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, None)?;
             cfg.save(&paths)?;
@@ -225,6 +233,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 managers: vec![manager],
                 bootstrap: false,
                 needs_membership: manager_role,
+                cert_expiry: None,
             };
             cfg.save(&paths)?;
             start_node(ctx)?;
@@ -295,6 +304,10 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 };
                 node::serve(&ctx.root, stop).await.map_err(anyhow::Error::from)
             })?;
+        }
+        NodeCommand::Rm { node } => {
+            let v = call(ctx, ControlRequest::NodeRm { node })?;
+            println!("{}", v["removed"].as_str().unwrap_or(""));
         }
         NodeCommand::Ls => {
             let v = call(ctx, ControlRequest::Nodes)?;

@@ -246,3 +246,68 @@ fn three_managers_and_two_workers_form_a_cluster_that_survives_its_leader() {
     let t = lan.ok(other, &["-q", "cluster", "join-token", "worker", "--rotate"]);
     assert!(t.starts_with("BKTKN-1-"), "{t}");
 }
+
+/// Runs `f` on a thread inside host `i`'s network namespace, with a runtime of its own.
+fn in_host<T: Send + 'static>(lan: &Lan, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = std::fs::File::open(format!("/var/run/netns/{}", lan.ns(i))).unwrap();
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&ns), Some(rustix::thread::LinkNameSpaceType::Network)).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn certificates_renew_themselves_and_a_removed_node_is_refused_at_once() {
+    let lan = Lan::new(2);
+    lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1), "--cert-expiry", "60s"]);
+    let token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    let first = format!("{}:2377", lan.addr(1));
+    lan.ok(2, &["cluster", "join", "--token", &token, &first]);
+    let cert = |i: usize| std::fs::read_to_string(lan.root(i).join("cluster/node.crt")).unwrap();
+    let key = |i: usize| std::fs::read_to_string(lan.root(i).join("cluster/node.key")).unwrap();
+    let serial = |i: usize| bulkhead_cluster::pki::identity(cert(i).as_bytes()).unwrap().serial;
+    let (s1, s2, k2) = (serial(1), serial(2), key(2));
+    let id2 = bulkhead_cluster::pki::identity(cert(2).as_bytes()).unwrap();
+    assert_eq!(id2.not_after - (id2.not_before + 3600), 60, "the lifetime given to init");
+    // Both renew within 30–48 s (50–80 % of 60 s), each with a fresh key, same id and role.
+    for _ in 0..700 {
+        if serial(1) != s1 && serial(2) != s2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(serial(1), s1, "the manager's certificate did not renew");
+    assert_ne!(serial(2), s2, "the worker's certificate did not renew");
+    assert_ne!(key(2), k2, "renewed without a fresh key");
+    let renewed = bulkhead_cluster::pki::identity(cert(2).as_bytes()).unwrap();
+    assert_eq!(
+        (renewed.node_id.as_str(), renewed.role),
+        (id2.node_id.as_str(), bulkhead_cluster::pki::Role::Worker)
+    );
+    // The manager knows the new serial.
+    let ls = lan.ok(1, &["--format", "json", "node", "ls"]);
+    assert!(ls.contains(&renewed.serial), "{ls}");
+    // Removed: the worker's certificate is refused from then on (here, its renewal).
+    lan.ok(1, &["node", "rm", &renewed.node_id]);
+    let ls = lan.ok(1, &["node", "ls"]);
+    assert!(!ls.contains(&renewed.node_id), "{ls}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ca, c2, k2) = (
+        std::fs::read_to_string(lan.root(2).join("cluster/ca.crt")).unwrap(),
+        cert(2),
+        key(2),
+    );
+    let addr = first.clone();
+    let err = in_host(&lan, 2, move || {
+        let id = bulkhead_cluster::tls::Identity::new(&c2, &k2).unwrap();
+        let tls = bulkhead_cluster::tls::client_config(&ca, Some(id)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(bulkhead_cluster::manager::renew_at(&addr, tls))
+            .err()
+            .map(|e| e.to_string())
+    });
+    let err = err.expect("a removed node renewed its certificate");
+    assert!(err.contains("removed from the cluster"), "{err}");
+}

@@ -271,7 +271,7 @@ impl Manager {
                 return Err(refusal.into());
             };
             let id = new_node_id()?;
-            let cert = ca.issue(csr, &id, role, &self.auth.cluster_id, now, CERT_LIFETIME)?;
+            let cert = ca.issue(csr, &id, role, &self.auth.cluster_id, now, self.cert_lifetime())?;
             let ident = pki::identity(cert.as_bytes())?;
             let node = NodeRecord {
                 id: id.clone(),
@@ -313,6 +313,96 @@ impl Manager {
             // The token changed (used, rotated) meanwhile: judge it again.
         }
         Err(Error::Invalid("the join token keeps changing; try again".into()))
+    }
+
+    /// How long node certificates last (`cluster init --cert-expiry`), 24 h unless set.
+    pub fn cert_lifetime(&self) -> i64 {
+        self.get::<i64>("config/cert_expiry").unwrap_or(CERT_LIFETIME)
+    }
+
+    /// A new certificate for a node that holds a valid one (`caller`, from its TLS
+    /// certificate), for the key of `csr`: same id, the role the store says, and the store's
+    /// record of its serial updated. A removed node has no record, and gets nothing.
+    pub async fn renew(&self, caller: &pki::Identity, csr: &[u8], now: i64) -> Result<String> {
+        let key = format!("nodes/{}", caller.node_id);
+        let raw = self
+            .sm
+            .get(&key)
+            .ok_or_else(|| Error::Invalid("this node is not in the cluster".into()))?;
+        let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let cert = self
+            .ca()?
+            .issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?;
+        let ident = pki::identity(cert.as_bytes())?;
+        let updated = NodeRecord {
+            serial: ident.serial,
+            not_after: ident.not_after,
+            ..rec
+        };
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: Some(raw),
+                }],
+                ops: vec![Op::Put {
+                    key,
+                    value: json(&updated),
+                }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid("the node's record changed meanwhile; try again".into()));
+        }
+        Ok(cert)
+    }
+
+    /// Removes a node: its record goes, and its certificate's serial goes on the deny list that
+    /// every manager checks on every call, until the certificate expires. A manager leaves Raft
+    /// first.
+    pub async fn remove_node(&self, id: &str) -> Result<NodeRecord> {
+        let key = format!("nodes/{id}");
+        let rec: NodeRecord = self.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
+        if let Some(r) = rec.raft_id {
+            let voters: BTreeSet<NodeId> = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != r)
+                .collect();
+            if voters.is_empty() {
+                return Err(Error::Invalid("the last manager cannot be removed".into()));
+            }
+            tokio::time::timeout(WRITE, self.raft.change_membership(voters, false))
+                .await
+                .map_err(|_| Error::NoQuorum)?
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        self.write(Request {
+            checks: vec![],
+            ops: vec![
+                Op::Delete { key },
+                Op::Put {
+                    key: format!("denied/{}", rec.serial),
+                    value: json(&rec.not_after),
+                },
+            ],
+        })
+        .await?;
+        Ok(rec)
+    }
+
+    /// The deny list as the store has it (serials whose certificates have not expired yet).
+    pub fn denied(&self, now: i64) -> BTreeSet<String> {
+        self.sm
+            .scan("denied/")
+            .into_iter()
+            .filter(|(_, v)| serde_json::from_slice::<i64>(v).is_ok_and(|exp| exp > now))
+            .map(|(k, _)| k["denied/".len()..].to_owned())
+            .collect()
     }
 
     /// The current join token for `role`, as the store keeps it (with its limits).
@@ -545,4 +635,39 @@ pub async fn request_membership(addr: &str, tls: Arc<rustls::ClientConfig>, raft
         .await
         .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?;
     Ok(())
+}
+
+/// Certificate renewal, for any node with a valid certificate of this cluster.
+pub struct CertsService {
+    pub manager: Manager,
+    pub now: fn() -> i64,
+}
+
+#[tonic::async_trait]
+impl proto::certs_server::Certs for CertsService {
+    async fn renew(&self, req: GrpcRequest<proto::RenewRequest>) -> std::result::Result<GrpcResponse<proto::RenewReply>, Status> {
+        let caller = self.manager.auth.require(&req, None)?;
+        if req.get_ref().csr.len() > 16 << 10 {
+            return Err(Status::invalid_argument("request too large"));
+        }
+        let cert = self.manager.renew(&caller, &req.get_ref().csr, (self.now)()).await?;
+        let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
+        Ok(GrpcResponse::new(proto::RenewReply {
+            cert_pem: cert,
+            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+        }))
+    }
+}
+
+/// A node's renewal: a fresh key, a certificate for it from the manager at `addr` (the node's
+/// current certificate, in `tls`, says who it is). Returns the certificate and the key (PEM).
+pub async fn renew_at(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(String, zeroize::Zeroizing<String>)> {
+    let (key, csr) = pki::key_and_request()?;
+    let ch = transport::connect(addr, tls).await.map_err(|e| Error::Invalid(e.to_string()))?;
+    let r = proto::certs_client::CertsClient::new(ch)
+        .renew(proto::RenewRequest { csr })
+        .await
+        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?
+        .into_inner();
+    Ok((r.cert_pem, zeroize::Zeroizing::new(key.serialize_pem())))
 }

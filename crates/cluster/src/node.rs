@@ -100,6 +100,9 @@ pub struct NodeConfig {
     /// A manager that joined and is not yet in Raft.
     #[serde(default)]
     pub needs_membership: bool,
+    /// `cluster init --cert-expiry`, in seconds (read at the first start only).
+    #[serde(default)]
+    pub cert_expiry: Option<i64>,
 }
 
 impl NodeConfig {
@@ -146,6 +149,9 @@ pub enum ControlRequest {
         uses: Option<u32>,
     },
     Inspect,
+    NodeRm {
+        node: String,
+    },
 }
 
 /// The node process: a manager serves Raft, the bootstrap calls and the control API on its
@@ -160,12 +166,20 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         // `cluster init`: the CA is made here, its key going only into the sealed store.
         let ca = Ca::create(&cfg.cluster_id, now(), 10)?;
         let (key, csr) = pki::key_and_request()?;
-        let cert = ca.issue(&csr, &cfg.node_id, Role::Manager, &cfg.cluster_id, now(), manager::CERT_LIFETIME)?;
+        let cert = ca.issue(
+            &csr,
+            &cfg.node_id,
+            Role::Manager,
+            &cfg.cluster_id,
+            now(),
+            cfg.cert_expiry.unwrap_or(manager::CERT_LIFETIME),
+        )?;
         crypt::write_private(&paths.key(), key.serialize_pem().as_bytes())?;
         crypt::write_private(&paths.cert(), cert.as_bytes())?;
         crypt::write_private(&paths.ca(), ca.cert_pem().as_bytes())?;
         bootstrap_ca = Some(ca);
     }
+    finish_renewal(&paths);
     let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io(&p));
     let (ca_pem, cert_pem) = (read(paths.ca())?, read(paths.cert())?);
     let key_pem = zeroize::Zeroizing::new(read(paths.key())?);
@@ -202,6 +216,10 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             }))
             .add_service(crate::proto::control_server::ControlServer::new(manager::ControlService {
                 manager: m.clone(),
+            }))
+            .add_service(crate::proto::certs_server::CertsServer::new(manager::CertsService {
+                manager: m.clone(),
+                now,
             }));
         tokio::spawn(async move {
             if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -231,6 +249,16 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 labels: Default::default(),
             };
             m.init_state(&ca, &first).await?;
+            if let Some(exp) = cfg.cert_expiry {
+                m.write(store::Request {
+                    checks: vec![],
+                    ops: vec![store::Op::Put {
+                        key: "config/cert_expiry".into(),
+                        value: serde_json::to_vec(&exp).expect("serialisable"),
+                    }],
+                })
+                .await?;
+            }
             cfg.bootstrap = false;
             cfg.save(&paths)?;
         }
@@ -244,7 +272,20 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             cfg.needs_membership = false;
             cfg.save(&paths)?;
         }
+        // The deny list, as the store has it, checked on every call.
+        let (mm, auth2) = (m.clone(), auth.clone());
+        tokio::spawn(async move {
+            loop {
+                *auth2.denied.write().expect("not poisoned") = mm.denied(now());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         mgr = Some(m);
+    }
+    // Every node renews its own certificate, at a random point between 50 % and 80 % of its life.
+    {
+        let (paths, me, ca_pem, cfg) = (paths.clone(), me.clone(), ca_pem.clone(), cfg.clone());
+        tokio::spawn(async move { renewals(paths, me, ca_pem, cfg).await });
     }
 
     let socket = paths.socket();
@@ -272,6 +313,79 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         let _ = m.raft.shutdown().await;
     }
     let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// Completes a renewal cut short between its two renames (the key and the certificate are
+/// written aside first, then put in place, the key first).
+fn finish_renewal(paths: &Paths) {
+    let (kn, cn) = (paths.key().with_extension("key.new"), paths.cert().with_extension("crt.new"));
+    if kn.exists() && cn.exists() {
+        let _ = std::fs::rename(&kn, paths.key());
+    }
+    if cn.exists() && !kn.exists() {
+        let _ = std::fs::rename(&cn, paths.cert());
+    }
+    let _ = std::fs::remove_file(kn);
+}
+
+/// When to renew a certificate issued at `issued` (not-before is an hour back) that expires at
+/// `not_after`: a random point between 50 % and 80 % of its life.
+pub fn renewal_time(not_before: i64, not_after: i64) -> i64 {
+    let issued = not_before + 3600;
+    let life = (not_after - issued).max(1);
+    let r = crypt::random::<2>().map(u16::from_be_bytes).unwrap_or(0) as i64;
+    issued + life / 2 + (life * 3 / 10) * r / 65535
+}
+
+async fn renewals(paths: Paths, me: Arc<tls::Identity>, ca_pem: String, cfg: NodeConfig) {
+    let mut targets: Vec<String> = Vec::new();
+    if cfg.role == Role::Manager {
+        targets.push(cfg.advertise.clone());
+    }
+    targets.extend(cfg.managers.iter().cloned());
+    loop {
+        let cert = std::fs::read_to_string(paths.cert()).unwrap_or_default();
+        let Ok(id) = pki::identity(cert.as_bytes()) else {
+            tracing::error!("cannot read this node's certificate: no renewal");
+            return;
+        };
+        let at = renewal_time(id.not_before, id.not_after);
+        let wait = (at - now()).max(0) as u64;
+        tracing::info!(at, wait, "next certificate renewal");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let Ok(tls) = tls::client_config(&ca_pem, Some(me.clone())) else {
+            return;
+        };
+        let mut done = false;
+        for t in &targets {
+            match manager::renew_at(t, tls.clone()).await {
+                Ok((cert, key)) => match store_renewal(&paths, &me, &cert, &key) {
+                    Ok(()) => {
+                        tracing::info!(manager = %t, "certificate renewed");
+                        done = true;
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "storing the renewed certificate"),
+                },
+                Err(e) => tracing::warn!(manager = %t, error = %e, "certificate renewal"),
+            }
+        }
+        if !done {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+/// Puts a renewed key and certificate in place (aside first, then renamed, the key first; see
+/// [`finish_renewal`]) and uses them from now on.
+fn store_renewal(paths: &Paths, me: &tls::Identity, cert: &str, key: &str) -> Result<()> {
+    let (kn, cn) = (paths.key().with_extension("key.new"), paths.cert().with_extension("crt.new"));
+    crypt::write_private(&kn, key.as_bytes())?;
+    crypt::write_private(&cn, cert.as_bytes())?;
+    std::fs::rename(&kn, paths.key()).map_err(io(&kn))?;
+    std::fs::rename(&cn, paths.cert()).map_err(io(&cn))?;
+    me.replace(cert, key)?;
     Ok(())
 }
 
@@ -351,6 +465,11 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                     .ok_or_else(|| Error::Invalid("no token in the store".into()))?
             };
             serde_json::json!({"token": t})
+        }
+        ControlRequest::NodeRm { node } => {
+            let m = need()?;
+            let rec = m.remove_node(&node).await?;
+            serde_json::json!({"removed": rec.id})
         }
         ControlRequest::Inspect => {
             let m = need()?;

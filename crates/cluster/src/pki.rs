@@ -71,6 +71,7 @@ pub struct Identity {
     pub cluster_id: String,
     /// Hex, as on a deny list.
     pub serial: String,
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -238,6 +239,7 @@ pub fn identity(cert: &[u8]) -> Result<Identity> {
         role,
         cluster_id,
         serial: c.raw_serial_as_string().replace(':', ""),
+        not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
     })
 }
