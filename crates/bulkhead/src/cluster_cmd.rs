@@ -56,8 +56,12 @@ pub struct InitArgs {
 
 #[derive(Args, Debug)]
 pub struct JoinArgs {
-    #[arg(long)]
-    token: String,
+    /// The join token (`--token-file` keeps it out of the process list and shell history).
+    #[arg(long, required_unless_present = "token_file")]
+    token: Option<String>,
+    /// A file holding the join token (`-`: standard input).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// A manager of the cluster: ADDR[:PORT] (2377 unless given).
     manager: String,
     /// Where the other managers reach this one (joining as a manager).
@@ -124,9 +128,11 @@ fn duration_secs(s: &str) -> anyhow::Result<i64> {
 /// (30 s at most) until it answers on its control socket; on failure, the log's last lines say why.
 fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
     let paths = Paths::new(&ctx.root);
+    use std::os::unix::fs::OpenOptionsExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(paths.log())
         .with_context(|| paths.log().display().to_string())?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("this program's path")?);
@@ -138,7 +144,7 @@ fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
             bail!("the node process ended ({status}): {}", last_lines(&paths.log()));
         }
         if let Ok(v) = call(ctx, ControlRequest::Status) {
-            std::fs::write(paths.dir.join("node.pid"), child.id().to_string())?;
+            bulkhead_cluster::crypt::write_private(&paths.dir.join("node.pid"), child.id().to_string().as_bytes())?;
             return Ok(v);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -210,7 +216,17 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             let manager = with_port(&a.manager);
-            let joined = runtime()?.block_on(bulkhead_cluster::manager::join_cluster(&manager, &a.token))?;
+            let token = match (&a.token, &a.token_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) if f.as_os_str() == "-" => {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1024), &mut t)?;
+                    t
+                }
+                (None, Some(f)) => std::fs::read_to_string(f).with_context(|| f.display().to_string())?,
+                (None, None) => bail!("give --token or --token-file"),
+            };
+            let joined = runtime()?.block_on(bulkhead_cluster::manager::join_cluster(&manager, token.trim()))?;
             paths.create()?;
             bulkhead_cluster::crypt::write_private(&paths.key(), joined.key_pem.as_bytes())?;
             bulkhead_cluster::crypt::write_private(&paths.cert(), joined.cert_pem.as_bytes())?;

@@ -18,7 +18,13 @@ struct Lan {
 
 impl Lan {
     fn new(hosts: usize) -> Lan {
-        let tag = format!("{}", std::process::id() % 100_000);
+        // Unique per LAN: tests run side by side in one process.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = format!(
+            "{}-{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let lan = Lan {
             tag,
             hosts,

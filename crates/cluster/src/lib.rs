@@ -14,6 +14,7 @@ pub mod crypt;
 pub mod manager;
 pub mod node;
 pub mod pki;
+pub mod records;
 pub mod store;
 pub mod tls;
 pub mod transport;

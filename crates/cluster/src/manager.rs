@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use crate::pki::{self, Ca, JoinToken, Role, TokenRecord};
 use crate::proto;
 use crate::store::{Check, NodeId, Op, Request, Response, StateMachine};
 use crate::transport::{self, Auth, Raft};
+
+/// The header a manager that is not the leader names the leader in.
+const LEADER_HEADER: &str = "bulkhead-leader";
 
 /// How long a write may wait for a quorum before the cluster is said to be read-only.
 const WRITE: Duration = Duration::from_secs(10);
@@ -32,12 +35,22 @@ pub enum Error {
     NoQuorum,
     #[error(transparent)]
     Pki(#[from] pki::Error),
+    /// Only the leader does this; here is where it is (if known).
+    #[error("not the leader{}", .0.as_ref().map(|a| format!(": ask {a}")).unwrap_or_default())]
+    NotLeader(Option<String>),
 }
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::NoQuorum => Status::unavailable(e.to_string()),
+            Error::NotLeader(Some(ref a)) => {
+                let mut s = Status::failed_precondition(e.to_string());
+                if let Ok(v) = a.parse() {
+                    s.metadata_mut().insert(LEADER_HEADER, v);
+                }
+                s
+            }
             Error::Pki(pki::Error::Token(_)) => Status::permission_denied(e.to_string()),
             e => Status::invalid_argument(e.to_string()),
         }
@@ -46,40 +59,7 @@ impl From<Error> for Status {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A node as the store knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: String,
-    pub role: Role,
-    /// Its id in Raft (managers).
-    #[serde(default)]
-    pub raft_id: Option<NodeId>,
-    /// Where other managers reach it (managers).
-    #[serde(default)]
-    pub addr: Option<String>,
-    /// Its current certificate's serial and expiry.
-    pub serial: String,
-    pub not_after: i64,
-    pub joined: i64,
-    #[serde(default = "active")]
-    pub availability: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-fn active() -> String {
-    "active".into()
-}
-
-fn token_key(role: Role) -> String {
-    format!(
-        "tokens/{}",
-        match role {
-            Role::Manager => "manager",
-            Role::Worker => "worker",
-        }
-    )
-}
+pub use crate::records::{token_key, NodeRecord};
 
 /// A fresh node id: 16 hex digits.
 pub fn new_node_id() -> Result<String> {
@@ -279,9 +259,10 @@ impl Manager {
                 raft_id: (role == Role::Manager).then(new_raft_id).transpose()?,
                 addr: if role == Role::Manager { addr.clone() } else { None },
                 serial: ident.serial,
+                previous_serial: None,
                 not_after: ident.not_after,
                 joined: now,
-                availability: active(),
+                availability: "active".into(),
                 labels: BTreeMap::new(),
             };
             let mut ops = vec![Op::Put {
@@ -330,11 +311,17 @@ impl Manager {
             .get(&key)
             .ok_or_else(|| Error::Invalid("this node is not in the cluster".into()))?;
         let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        // Only from the certificate the store knows as the node's (or the one it just renewed
+        // from): a stale copy of an older one renews nothing.
+        if rec.serial != caller.serial && rec.previous_serial.as_deref() != Some(caller.serial.as_str()) {
+            return Err(Error::Invalid("a superseded certificate cannot be renewed".into()));
+        }
         let cert = self
             .ca()?
             .issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?;
         let ident = pki::identity(cert.as_bytes())?;
         let updated = NodeRecord {
+            previous_serial: Some(rec.serial.clone()),
             serial: ident.serial,
             not_after: ident.not_after,
             ..rec
@@ -360,38 +347,66 @@ impl Manager {
     /// Removes a node: its record goes, and its certificate's serial goes on the deny list that
     /// every manager checks on every call, until the certificate expires. A manager leaves Raft
     /// first.
-    pub async fn remove_node(&self, id: &str) -> Result<NodeRecord> {
-        let key = format!("nodes/{id}");
-        let rec: NodeRecord = self.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
-        if let Some(r) = rec.raft_id {
-            let voters: BTreeSet<NodeId> = self
-                .raft
+    pub async fn remove_node(&self, id: &str, now: i64) -> Result<NodeRecord> {
+        let key = crate::records::node_key(id);
+        let raw = self.sm.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
+        let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let voters_after: Option<BTreeSet<NodeId>> = rec.raft_id.map(|r| {
+            self.raft
                 .metrics()
                 .borrow()
                 .membership_config
                 .membership()
                 .voter_ids()
                 .filter(|v| *v != r)
-                .collect();
-            if voters.is_empty() {
-                return Err(Error::Invalid("the last manager cannot be removed".into()));
+                .collect()
+        });
+        if voters_after.as_ref().is_some_and(|v| v.is_empty()) {
+            return Err(Error::Invalid("the last manager cannot be removed".into()));
+        }
+        // First, in one write: the record goes and its certificates (current and previous) are
+        // denied, so that nothing of it is accepted from here on, not even a call to add itself
+        // back. A manager knew the join tokens: both are replaced.
+        let mut ops = vec![Op::Delete { key: key.clone() }];
+        for serial in std::iter::once(&rec.serial).chain(rec.previous_serial.as_ref()) {
+            ops.push(Op::Put {
+                key: crate::records::denied_key(serial),
+                value: json(&rec.not_after),
+            });
+        }
+        if rec.role == Role::Manager {
+            let ca = self.ca()?;
+            for role in [Role::Worker, Role::Manager] {
+                let t = JoinToken::generate(&ca.digest())?;
+                let old: Option<TokenRecord> = self.get(&token_key(role));
+                ops.push(Op::Put {
+                    key: token_key(role),
+                    value: json(&TokenRecord {
+                        role,
+                        hash: t.hash(),
+                        text: Some(t.text().to_string()),
+                        expires: old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
+                        uses_left: old.and_then(|o| o.uses_left),
+                    }),
+                });
             }
+        }
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is { key, value: Some(raw) }],
+                ops,
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("node {id} changed meanwhile; try again")));
+        }
+        // Then out of Raft (its calls are refused already).
+        if let Some(voters) = voters_after {
             tokio::time::timeout(WRITE, self.raft.change_membership(voters, false))
                 .await
                 .map_err(|_| Error::NoQuorum)?
                 .map_err(|e| Error::Invalid(e.to_string()))?;
         }
-        self.write(Request {
-            checks: vec![],
-            ops: vec![
-                Op::Delete { key },
-                Op::Put {
-                    key: format!("denied/{}", rec.serial),
-                    value: json(&rec.not_after),
-                },
-            ],
-        })
-        .await?;
         Ok(rec)
     }
 
@@ -427,18 +442,7 @@ impl Manager {
             m.current_leader == Some(m.id)
         };
         if !leading {
-            let leader = self.leader_addr().ok_or(Error::NoQuorum)?;
-            let ch = transport::connect(&leader, self.tls.clone())
-                .await
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-            proto::control_client::ControlClient::new(ch)
-                .add_manager(proto::AddManagerRequest {
-                    raft_id,
-                    addr: addr.to_owned(),
-                })
-                .await
-                .map_err(|s| Error::Invalid(format!("the leader refused: {}", s.message())))?;
-            return Ok(());
+            return Err(Error::NotLeader(self.leader_addr()));
         }
         let node = openraft::BasicNode { addr: addr.to_owned() };
         tokio::time::timeout(Duration::from_secs(60), self.raft.add_learner(raft_id, node, true))
@@ -546,19 +550,30 @@ impl proto::control_server::Control for ControlService {
             return Err(Status::permission_denied("a manager may add only itself, with its own Raft id"));
         }
         self.manager.add_manager(r.raft_id, &r.addr).await?;
+        // Its address, into its record, only if the record is still the one judged above (a
+        // node removed meanwhile stays removed).
+        let key = crate::records::node_key(&rec.id);
+        let current = self.manager.sm.get(&key);
+        if current.is_none() {
+            return Err(Status::aborted("the node was removed meanwhile"));
+        }
         let rec = NodeRecord {
             addr: Some(r.addr.clone()),
             ..rec
         };
-        self.manager
+        let done = self
+            .manager
             .write(Request {
-                checks: vec![],
-                ops: vec![Op::Put {
-                    key: format!("nodes/{}", rec.id),
-                    value: json(&rec),
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: current,
                 }],
+                ops: vec![Op::Put { key, value: json(&rec) }],
             })
             .await?;
+        if !done.applied {
+            return Err(Status::aborted("the node's record changed meanwhile"));
+        }
         Ok(GrpcResponse::new(proto::Empty {}))
     }
 }
@@ -626,15 +641,29 @@ pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
 /// A manager that just joined asks the manager at `addr` (with its new certificate, in `tls`) to
 /// add it to Raft; the call is forwarded to the leader, which adds it once it has caught up.
 pub async fn request_membership(addr: &str, tls: Arc<rustls::ClientConfig>, raft_id: NodeId, my_addr: &str) -> Result<()> {
-    let ch = transport::connect(addr, tls).await.map_err(|e| Error::Invalid(e.to_string()))?;
-    proto::control_client::ControlClient::new(ch)
-        .add_manager(proto::AddManagerRequest {
-            raft_id,
-            addr: my_addr.to_owned(),
-        })
-        .await
-        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?;
-    Ok(())
+    let mut target = addr.to_owned();
+    for _ in 0..3 {
+        let ch = transport::connect(&target, tls.clone())
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = proto::control_client::ControlClient::new(ch)
+            .add_manager(proto::AddManagerRequest {
+                raft_id,
+                addr: my_addr.to_owned(),
+            })
+            .await;
+        match r {
+            Ok(_) => return Ok(()),
+            // Not the leader: ask the one it names (the leader must see this node's own
+            // certificate, so the call is redirected, not forwarded).
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => match s.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
+                Some(l) => target = l.to_owned(),
+                None => return Err(Error::NoQuorum),
+            },
+            Err(s) => return Err(Error::Invalid(format!("{target}: {}", s.message()))),
+        }
+    }
+    Err(Error::Invalid("no leader to add this manager".into()))
 }
 
 /// Certificate renewal, for any node with a valid certificate of this cluster.
@@ -670,4 +699,57 @@ pub async fn renew_at(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(Str
         .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?
         .into_inner();
     Ok((r.cert_pem, zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// Serves a manager's gRPC services on `listener` (TLS with `server_tls`), each call checked
+/// before its body is read: Raft and Control for managers, renewal for any node of the
+/// cluster, the bootstrap calls for anyone (with small messages). Connections are bounded in
+/// number, streams, idle time and age.
+pub fn serve_manager(m: &Manager, listener: tokio::net::TcpListener, server_tls: Arc<rustls::ServerConfig>) -> tokio::task::JoinHandle<()> {
+    use crate::proto::{
+        bootstrap_server::BootstrapServer, certs_server::CertsServer, control_server::ControlServer, raft_server::RaftServer,
+    };
+    let auth = &m.auth;
+    use tonic::service::interceptor::InterceptedService;
+    let raft = InterceptedService::new(
+        RaftServer::new(transport::RaftService {
+            raft: m.raft.clone(),
+            auth: auth.clone(),
+        })
+        .max_decoding_message_size(transport::MAX_MESSAGE),
+        auth.interceptor(Some(Role::Manager)),
+    );
+    let control = InterceptedService::new(
+        ControlServer::new(ControlService { manager: m.clone() }).max_decoding_message_size(transport::MAX_MESSAGE),
+        auth.interceptor(Some(Role::Manager)),
+    );
+    let certs = InterceptedService::new(
+        CertsServer::new(CertsService {
+            manager: m.clone(),
+            now: crate::node::now,
+        })
+        .max_decoding_message_size(64 << 10),
+        auth.interceptor(None),
+    );
+    let bootstrap = BootstrapServer::new(BootstrapService {
+        manager: m.clone(),
+        now: crate::node::now,
+    })
+    .max_decoding_message_size(64 << 10);
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(32)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .timeout(Duration::from_secs(60))
+        .max_connection_age(Duration::from_secs(3600))
+        .add_service(raft)
+        .add_service(control)
+        .add_service(certs)
+        .add_service(bootstrap);
+    let incoming = transport::incoming(listener, server_tls);
+    tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming(incoming).await {
+            tracing::error!(error = %e, "gRPC server");
+        }
+    })
 }

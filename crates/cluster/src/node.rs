@@ -17,7 +17,7 @@ use crate::manager::{self, Manager, NodeRecord};
 use crate::pki::{self, Ca, Role};
 use crate::store;
 use crate::tls;
-use crate::transport::{self, Auth, Network, RaftService};
+use crate::transport::{self, Auth, Network};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,10 +72,17 @@ impl Paths {
         self.dir.join("node.log")
     }
 
-    /// Makes the directory, 0700.
+    /// Makes the directory, 0700; one that is there already must be a directory of root's,
+    /// not a link (someone who could write the root could have put it there).
     pub fn create(&self) -> Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) if !m.is_dir() || m.uid() != 0 => {
+                return Err(Error::Invalid(format!("{}: not a directory of root's", self.dir.display())));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?,
+        }
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&self.dir))
     }
 }
@@ -126,7 +133,7 @@ impl NodeConfig {
     }
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -162,6 +169,14 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     let mut cfg = NodeConfig::load(&paths)?;
     let data_key = crypt::read_data_key(&paths.data_key(), None)?;
     let mut bootstrap_ca = None;
+    if cfg.bootstrap && paths.raft().exists() {
+        // A first start cut short after its store was made: its CA may be in the store while
+        // the files would get another. Nothing is guessed.
+        return Err(Error::Invalid(format!(
+            "an interrupted `cluster init` left {}: remove that directory and run `cluster init` again",
+            paths.dir.display()
+        )));
+    }
     if cfg.bootstrap {
         // `cluster init`: the CA is made here, its key going only into the sealed store.
         let ca = Ca::create(&cfg.cluster_id, now(), 10)?;
@@ -185,8 +200,6 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     let key_pem = zeroize::Zeroizing::new(read(paths.key())?);
     let me = tls::Identity::new(&cert_pem, &key_pem)?;
     let client_tls = tls::client_config(&ca_pem, Some(me.clone()))?;
-    let auth = Auth::new(&cfg.cluster_id);
-
     let mut mgr = None;
     if cfg.role == Role::Manager {
         let raft_id = cfg.raft_id.ok_or_else(|| Error::Invalid("a manager without a Raft id".into()))?;
@@ -195,37 +208,17 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
+        let auth = Auth::new(&cfg.cluster_id).with_store(sm.clone());
         let m = Manager {
             raft: raft.clone(),
             sm,
-            auth: auth.clone(),
+            auth,
             tls: client_tls.clone(),
         };
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
-        let incoming = transport::incoming(listener, tls::server_config(&ca_pem, me.clone())?);
-        let router = tonic::transport::Server::builder()
-            .add_service(
-                crate::proto::raft_server::RaftServer::new(RaftService { raft, auth: auth.clone() })
-                    .max_decoding_message_size(transport::MAX_MESSAGE),
-            )
-            .add_service(crate::proto::bootstrap_server::BootstrapServer::new(manager::BootstrapService {
-                manager: m.clone(),
-                now,
-            }))
-            .add_service(crate::proto::control_server::ControlServer::new(manager::ControlService {
-                manager: m.clone(),
-            }))
-            .add_service(crate::proto::certs_server::CertsServer::new(manager::CertsService {
-                manager: m.clone(),
-                now,
-            }));
-        tokio::spawn(async move {
-            if let Err(e) = router.serve_with_incoming(incoming).await {
-                tracing::error!(error = %e, "gRPC server");
-            }
-        });
+        manager::serve_manager(&m, listener, tls::server_config(&ca_pem, me.clone())?);
         if let Some(ca) = bootstrap_ca.take() {
             let mut members = std::collections::BTreeMap::new();
             members.insert(
@@ -243,6 +236,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 raft_id: Some(raft_id),
                 addr: Some(cfg.advertise.clone()),
                 serial: ident.serial,
+                previous_serial: None,
                 not_after: ident.not_after,
                 joined: now(),
                 availability: "active".into(),
@@ -272,14 +266,6 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             cfg.needs_membership = false;
             cfg.save(&paths)?;
         }
-        // The deny list, as the store has it, checked on every call.
-        let (mm, auth2) = (m.clone(), auth.clone());
-        tokio::spawn(async move {
-            loop {
-                *auth2.denied.write().expect("not poisoned") = mm.denied(now());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
         mgr = Some(m);
     }
     // Every node renews its own certificate, at a random point between 50 % and 80 % of its life.
@@ -468,7 +454,7 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
         }
         ControlRequest::NodeRm { node } => {
             let m = need()?;
-            let rec = m.remove_node(&node).await?;
+            let rec = m.remove_node(&node, now()).await?;
             serde_json::json!({"removed": rec.id})
         }
         ControlRequest::Inspect => {

@@ -162,7 +162,9 @@ impl Ca {
         }
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
             .map_err(|e| Error::Invalid(format!("certificate request refused: {e}")))?;
-        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        // The key itself, not the signature's algorithm (a P-384 key signed with SHA-256 would
+        // pass that): an EC public key on prime256v1, an uncompressed 65-byte point.
+        if !is_p256_key(csr_der) {
             return Err(Error::Invalid("certificate request refused: the key must be ECDSA P-256".into()));
         }
         let mut p = CertificateParams::default();
@@ -186,6 +188,19 @@ impl Ca {
         let cert = p.signed_by(&csr.public_key, &issuer).map_err(rc("node certificate"))?;
         Ok(cert.pem())
     }
+}
+
+fn is_p256_key(csr_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der) else {
+        return false;
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+    spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        && curve == Some(x509_parser::oid_registry::OID_EC_P256)
+        && spki.subject_public_key.data.len() == 65
+        && spki.subject_public_key.data[0] == 4
 }
 
 /// Node ids: lower-case hex or letters and digits, at most 64 (they are DNS names too).
@@ -412,6 +427,15 @@ mod tests {
         let ed_csr = CertificateParams::default().serialize_request(&ed).unwrap().der().to_vec();
         assert!(ca
             .issue(&ed_csr, "n1", Role::Worker, "c0ffee", NOW, 86400)
+            .unwrap_err()
+            .to_string()
+            .contains("P-256"));
+        // A P-384 key whose request is signed with SHA-256 (the signature's algorithm says
+        // nothing of the key's curve).
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let p384_csr = CertificateParams::default().serialize_request(&p384).unwrap().der().to_vec();
+        assert!(ca
+            .issue(&p384_csr, "n1", Role::Worker, "c0ffee", NOW, 86400)
             .unwrap_err()
             .to_string()
             .contains("P-256"));

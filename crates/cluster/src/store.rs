@@ -75,11 +75,83 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotBuf,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
 type SError = StorageError<NodeId>;
+
+/// The largest snapshot a manager takes (received in chunks, held in memory).
+pub const MAX_SNAPSHOT: u64 = 1 << 30;
+
+/// A snapshot's bytes, being sent or received: written only in order (a chunk may start only
+/// where the data has reached, as openraft sends them) and at most [`MAX_SNAPSHOT`], so a chunk
+/// with a far offset cannot make a manager reserve memory it does not have.
+#[derive(Debug, Default)]
+pub struct SnapshotBuf {
+    inner: Cursor<Vec<u8>>,
+}
+
+impl SnapshotBuf {
+    pub fn new(data: Vec<u8>) -> Self {
+        SnapshotBuf { inner: Cursor::new(data) }
+    }
+
+    pub fn into_inner(self) -> Vec<u8> {
+        self.inner.into_inner()
+    }
+}
+
+impl tokio::io::AsyncRead for SnapshotBuf {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SnapshotBuf {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        if me.inner.position().saturating_add(buf.len() as u64) > MAX_SNAPSHOT {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a snapshot larger than 1 GiB",
+            )));
+        }
+        std::pin::Pin::new(&mut me.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncSeek for SnapshotBuf {
+    fn start_seek(self: std::pin::Pin<&mut Self>, pos: std::io::SeekFrom) -> std::io::Result<()> {
+        let me = self.get_mut();
+        let len = me.inner.get_ref().len() as u64;
+        let target = match pos {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => me.inner.position().checked_add_signed(d),
+        };
+        match target {
+            Some(t) if t <= len => std::pin::Pin::new(&mut me.inner).start_seek(std::io::SeekFrom::Start(t)),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a snapshot chunk out of order",
+            )),
+        }
+    }
+    fn poll_complete(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<u64>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_complete(cx)
+    }
+}
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -439,7 +511,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         self.write_snapshot(&stored)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data.clone())),
+            snapshot: Box::new(SnapshotBuf::new(stored.data.clone())),
         })
     }
 }
@@ -477,11 +549,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBuf>, SError> {
+        Ok(Box::new(SnapshotBuf::default()))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), SError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<SnapshotBuf>) -> Result<(), SError> {
         let data = snapshot.into_inner();
         self.load(meta, &data)?;
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data })
@@ -490,7 +562,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
         Ok(self.read_snapshot()?.map(|s| Snapshot {
             meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+            snapshot: Box::new(SnapshotBuf::new(s.data.clone())),
         }))
     }
 }

@@ -35,6 +35,10 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Calls between nodes: a connection within 5 s, an answer within 15 s.
 const CONNECT: Duration = Duration::from_secs(5);
 const CALL: Duration = Duration::from_secs(15);
+/// Connections a server holds at once (handshakes included).
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a connection without a client certificate lives.
+const BOOTSTRAP_LIFE: Duration = Duration::from_secs(30);
 /// The largest message (a snapshot chunk is 1 MiB; entries are batched below this).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
@@ -51,6 +55,10 @@ pub struct Peer {
 pub struct PeerStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     peer: Peer,
+    /// Its place among the connections a server takes (given back when it closes).
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// A connection without a certificate (bootstrap calls only) is cut after this.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Connected for PeerStream {
@@ -66,7 +74,14 @@ impl tokio::io::AsyncRead for PeerStream {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let me = self.get_mut();
+        if me.deadline.is_some_and(|d| tokio::time::Instant::now() > d) {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "a bootstrap connection lives 30 s",
+            )));
+        }
+        std::pin::Pin::new(&mut me.inner).poll_read(cx, buf)
     }
 }
 
@@ -91,8 +106,11 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<PeerStream>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            // A connection past the bound waits in the kernel's backlog, not in our memory.
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let (tcp, addr) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -123,10 +141,13 @@ pub fn incoming(
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(|c| pki::identity(c).ok());
+                let deadline = identity.is_none().then(|| tokio::time::Instant::now() + BOOTSTRAP_LIFE);
                 let _ = tx
                     .send(Ok(PeerStream {
                         inner: tls,
                         peer: Peer { identity, addr },
+                        _permit: permit,
+                        deadline,
                     }))
                     .await;
             });
@@ -135,11 +156,22 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Who may call: this cluster's certificates, not on the deny list (removed nodes).
-#[derive(Clone, Debug)]
+/// Who may call: this cluster's certificates, and, once the store is there, only a node the
+/// store knows, with its current (or just superseded) certificate, in the role the store gives
+/// it, and no serial on the deny list. Looked up live in the state machine on every call.
+#[derive(Clone)]
 pub struct Auth {
     pub cluster_id: String,
+    /// Serials refused besides the store's deny list.
     pub denied: Arc<RwLock<BTreeSet<String>>>,
+    /// The store (a manager's); None for a transport without one.
+    pub store: Option<crate::store::StateMachine>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Auth({})", self.cluster_id)
+    }
 }
 
 impl Auth {
@@ -147,6 +179,49 @@ impl Auth {
         Auth {
             cluster_id: cluster_id.to_owned(),
             denied: Default::default(),
+            store: None,
+        }
+    }
+
+    /// Authorization from the store's records too.
+    pub fn with_store(mut self, sm: crate::store::StateMachine) -> Self {
+        self.store = Some(sm);
+        self
+    }
+
+    /// The store's record of the caller (None without a store).
+    pub fn record(&self, id: &pki::Identity) -> Result<Option<crate::records::NodeRecord>, Status> {
+        let Some(sm) = &self.store else { return Ok(None) };
+        // A manager that just joined has an empty store until the leader's log reaches it: its
+        // certificate is all it can judge by until then.
+        if sm.get("cluster/id").is_none() {
+            return Ok(None);
+        }
+        if sm.get(&crate::records::denied_key(&id.serial)).is_some() {
+            return Err(Status::permission_denied("this node was removed from the cluster"));
+        }
+        let raw = sm
+            .get(&crate::records::node_key(&id.node_id))
+            .ok_or_else(|| Status::permission_denied("this node was removed from the cluster"))?;
+        let rec: crate::records::NodeRecord = serde_json::from_slice(&raw).map_err(|e| Status::internal(e.to_string()))?;
+        if rec.serial != id.serial && rec.previous_serial.as_deref() != Some(id.serial.as_str()) {
+            return Err(Status::permission_denied("a superseded certificate of this node"));
+        }
+        if rec.role != id.role {
+            return Err(Status::permission_denied(
+                "the certificate's role is not the one the store gives this node",
+            ));
+        }
+        Ok(Some(rec))
+    }
+
+    /// A tonic interceptor doing [`Auth::require`] before the request's body is read (so a
+    /// caller without the right certificate cannot make the server take in a large message).
+    pub fn interceptor(&self, role: Option<Role>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        let auth = self.clone();
+        move |req: Request<()>| {
+            auth.require(&req, role)?;
+            Ok(req)
         }
     }
 
@@ -171,6 +246,7 @@ impl Auth {
                 return Err(Status::permission_denied(format!("{} only", r.ou())));
             }
         }
+        self.record(&id)?;
         Ok(id)
     }
 }
@@ -191,25 +267,50 @@ pub struct RaftService {
     pub auth: Auth,
 }
 
+impl RaftService {
+    /// The caller may speak for `claimed` (the leader or candidate its message names): it is
+    /// that Raft node, and a member of the current membership. Without a store (a bare
+    /// transport), the certificate's role is all there is to check.
+    fn speaks_for<T>(&self, req: &Request<T>, claimed: NodeId) -> Result<(), Status> {
+        let id = self.auth.require(req, Some(Role::Manager))?;
+        let Some(rec) = self.auth.record(&id)? else { return Ok(()) };
+        if rec.raft_id != Some(claimed) {
+            return Err(Status::permission_denied("a manager speaks only for itself in Raft"));
+        }
+        let members = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(n, _)| *n == claimed);
+        if !members {
+            return Err(Status::permission_denied("not a member of this cluster's Raft"));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl proto::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        self.auth.require(&req, Some(Role::Manager))?;
         let rpc: AppendEntriesRequest<TypeConfig> = from_json(req.get_ref())?;
+        self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.append_entries(rpc).await;
         Ok(Response::new(to_json(&r)?))
     }
 
     async fn vote(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        self.auth.require(&req, Some(Role::Manager))?;
         let rpc: VoteRequest<NodeId> = from_json(req.get_ref())?;
+        self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.vote(rpc).await;
         Ok(Response::new(to_json(&r)?))
     }
 
     async fn install_snapshot(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        self.auth.require(&req, Some(Role::Manager))?;
         let rpc: InstallSnapshotRequest<TypeConfig> = from_json(req.get_ref())?;
+        self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.install_snapshot(rpc).await;
         Ok(Response::new(to_json(&r)?))
     }

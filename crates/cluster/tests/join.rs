@@ -8,14 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_cluster::crypt::Key;
-use bulkhead_cluster::manager::{self, BootstrapService, ControlService, Manager, NodeRecord};
+use bulkhead_cluster::manager::{self, Manager, NodeRecord};
 use bulkhead_cluster::pki::{self, Ca, Role};
-use bulkhead_cluster::proto::bootstrap_server::BootstrapServer;
-use bulkhead_cluster::proto::control_server::ControlServer;
-use bulkhead_cluster::proto::raft_server::RaftServer;
 use bulkhead_cluster::store::{self, Op, Request};
 use bulkhead_cluster::tls;
-use bulkhead_cluster::transport::{self, Auth, Network, RaftService};
+use bulkhead_cluster::transport::{self, Auth, Network};
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -55,24 +52,11 @@ async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &
         .unwrap();
     let manager = Manager {
         raft: raft.clone(),
-        sm,
-        auth: Auth::new("c1"),
+        sm: sm.clone(),
+        auth: Auth::new("c1").with_store(sm),
         tls: client_tls,
     };
-    let incoming = transport::incoming(listener, tls::server_config(ca, me).unwrap());
-    let router = tonic::transport::Server::builder()
-        .add_service(RaftServer::new(RaftService {
-            raft,
-            auth: manager.auth.clone(),
-        }))
-        .add_service(BootstrapServer::new(BootstrapService {
-            manager: manager.clone(),
-            now,
-        }))
-        .add_service(ControlServer::new(ControlService { manager: manager.clone() }));
-    let server = tokio::spawn(async move {
-        let _ = router.serve_with_incoming(incoming).await;
-    });
+    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap());
     Running { manager, addr, server }
 }
 
@@ -117,6 +101,7 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
         raft_id: Some(raft1),
         addr: Some(m1.addr.clone()),
         serial: ident.serial,
+        previous_serial: None,
         not_after: ident.not_after,
         joined: now(),
         availability: "active".into(),
@@ -133,8 +118,11 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
 
     // Two managers join and are added to Raft.
     let mut managers = vec![m1];
-    for _ in 0..2 {
-        let j = manager::join_cluster(&managers[0].addr, &manager_token.text()).await.unwrap();
+    for k in 0..2 {
+        // The second joins through a follower: its request to be added is redirected to the
+        // leader, which must see the new manager's own certificate.
+        let through = managers[k].addr.clone();
+        let j = manager::join_cluster(&through, &manager_token.text()).await.unwrap();
         assert_eq!(j.role, Role::Manager);
         let raft_id: u64 = managers[0]
             .manager
@@ -144,7 +132,7 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
             .unwrap();
         let m = serve(dir.path(), raft_id, &j.cert_pem, &j.key_pem, &j.ca_pem, None).await;
         // It asks (with its new manager certificate) to be added, through any manager.
-        manager::request_membership(&managers[0].addr, m.manager.tls.clone(), raft_id, &m.addr)
+        manager::request_membership(&through, m.manager.tls.clone(), raft_id, &m.addr)
             .await
             .unwrap_or_else(|e| panic!("add_manager: {e}"));
         managers.push(m);
@@ -217,9 +205,20 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
         .await
         .unwrap();
     let live = managers[0].manager.rotate_token(Role::Worker, None, None, now()).await.unwrap();
+    let wj0 = manager::join_cluster(&addr, &live.text()).await.unwrap();
     let e = manager::join_cluster(&fake.addr, &live.text()).await.err().unwrap().to_string();
     assert!(e.contains("not the one the token names"), "{e}");
     fake.server.abort();
+    // A renewed certificate supersedes the one before the last: that one renews nothing and is
+    // refused on every call.
+    let first_tls = tls::client_config(&wj0.ca_pem, Some(tls::Identity::new(&wj0.cert_pem, &wj0.key_pem).unwrap())).unwrap();
+    let (c1, k1) = manager::renew_at(&addr, first_tls.clone()).await.unwrap();
+    let second_tls = tls::client_config(&wj0.ca_pem, Some(tls::Identity::new(&c1, &k1).unwrap())).unwrap();
+    let (c2, k2) = manager::renew_at(&addr, second_tls).await.unwrap();
+    let e = manager::renew_at(&addr, first_tls).await.err().unwrap().to_string();
+    assert!(e.contains("superseded"), "{e}");
+    let third_tls = tls::client_config(&wj0.ca_pem, Some(tls::Identity::new(&c2, &k2).unwrap())).unwrap();
+    manager::renew_at(&addr, third_tls).await.unwrap();
     // A worker's certificate may not write through the control API, nor add itself to Raft.
     let wj = manager::join_cluster(&addr, &live.text()).await.unwrap();
     let wid = tls::Identity::new(&wj.cert_pem, &wj.key_pem).unwrap();
@@ -259,6 +258,83 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
     let e = managers[0].manager.write(put("alone", "1")).await.unwrap_err();
     assert!(e.to_string().contains("no quorum"), "{e}");
     assert!(managers[0].manager.sm.get("alone").is_none());
+    for m in managers {
+        m.server.abort();
+        m.manager.raft.shutdown().await.unwrap();
+    }
+}
+
+/// A cluster of `n` managers over loopback (the first initialises, the others join and are
+/// added), and the manager token.
+async fn form(dir: &std::path::Path, n: usize) -> (Vec<Running>, Vec<bulkhead_cluster::manager::Joined>, pki::JoinToken, Ca) {
+    let ca = Ca::create("c1", now(), 10).unwrap();
+    let first_id = manager::new_node_id().unwrap();
+    let (k, csr) = pki::key_and_request().unwrap();
+    let cert = ca.issue(&csr, &first_id, Role::Manager, "c1", now(), 3600).unwrap();
+    let raft1 = manager::new_raft_id().unwrap();
+    let m1 = serve(dir, raft1, &cert, &k.serialize_pem(), ca.cert_pem(), None).await;
+    let mut members = std::collections::BTreeMap::new();
+    members.insert(raft1, openraft::BasicNode { addr: m1.addr.clone() });
+    m1.manager.raft.initialize(members).await.unwrap();
+    until("m1 to lead", || m1.manager.raft.metrics().borrow().current_leader == Some(raft1)).await;
+    let ident = pki::identity(cert.as_bytes()).unwrap();
+    let first = NodeRecord {
+        id: first_id,
+        role: Role::Manager,
+        raft_id: Some(raft1),
+        addr: Some(m1.addr.clone()),
+        serial: ident.serial,
+        previous_serial: None,
+        not_after: ident.not_after,
+        joined: now(),
+        availability: "active".into(),
+        labels: Default::default(),
+    };
+    let (_w, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
+    let mut managers = vec![m1];
+    let mut joined = Vec::new();
+    for _ in 1..n {
+        let j = manager::join_cluster(&managers[0].addr, &manager_token.text()).await.unwrap();
+        let m = serve(dir, j.raft_id.unwrap(), &j.cert_pem, &j.key_pem, &j.ca_pem, None).await;
+        manager::request_membership(&managers[0].addr, m.manager.tls.clone(), j.raft_id.unwrap(), &m.addr)
+            .await
+            .unwrap();
+        managers.push(m);
+        joined.push(j);
+    }
+    (managers, joined, manager_token, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_manager_cannot_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (managers, joined, manager_token, _ca) = form(dir.path(), 3).await;
+    let gone = &joined[1];
+    let rec = managers[0].manager.remove_node(&gone.node_id, now()).await.unwrap();
+    assert_eq!(rec.id, gone.node_id);
+    let m0 = managers[0].manager.clone();
+    until("two voters", || {
+        m0.raft.metrics().borrow().membership_config.membership().voter_ids().count() == 2
+    })
+    .await;
+    // Its certificate is refused at once: adding itself back, renewing, writing.
+    let its_tls = managers[2].manager.tls.clone();
+    let e = manager::request_membership(&managers[0].addr, its_tls.clone(), gone.raft_id.unwrap(), &managers[2].addr)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("removed"), "{e}");
+    let e = manager::renew_at(&managers[0].addr, its_tls).await.err().unwrap().to_string();
+    assert!(e.contains("removed"), "{e}");
+    // The manager token it knew works no more.
+    let e = manager::join_cluster(&managers[0].addr, &manager_token.text())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("wrong or rotated"), "{e}");
+    // The others go on.
+    assert!(managers[1].manager.write(put("still", "1")).await.unwrap().applied);
     for m in managers {
         m.server.abort();
         m.manager.raft.shutdown().await.unwrap();

@@ -277,3 +277,14 @@ async fn three_nodes_replicate_sealed_survive_a_restart_and_catch_up_by_chunked_
     };
     assert!(err.contains("does not decrypt"), "{err}");
 }
+
+#[tokio::test]
+async fn a_snapshot_chunk_out_of_order_is_refused_not_allocated() {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let mut b = bulkhead_cluster::store::SnapshotBuf::default();
+    b.write_all(b"chunk one").await.unwrap();
+    b.seek(std::io::SeekFrom::Start(9)).await.unwrap();
+    b.write_all(b"two").await.unwrap();
+    assert!(b.seek(std::io::SeekFrom::Start(1 << 45)).await.is_err(), "a far offset was taken");
+    assert_eq!(b.into_inner(), b"chunk onetwo");
+}

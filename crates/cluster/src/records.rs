@@ -1,0 +1,60 @@
+//! The records of the replicated store that more than one part reads: nodes (for joins,
+//! renewals and every call's authorization) and the keys they live under.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pki::Role;
+use crate::store::NodeId;
+
+/// A node as the store knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// Its role: what authorizes it, whatever its certificate says.
+    pub role: Role,
+    /// Its id in Raft (managers).
+    #[serde(default)]
+    pub raft_id: Option<NodeId>,
+    /// Where other managers reach it (managers).
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// Its current certificate's serial and expiry.
+    pub serial: String,
+    /// The certificate it renewed from, still accepted until the next renewal (calls in flight,
+    /// a reply lost); no older one is.
+    #[serde(default)]
+    pub previous_serial: Option<String>,
+    pub not_after: i64,
+    pub joined: i64,
+    #[serde(default = "active")]
+    pub availability: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// Where a node's record lives.
+pub fn node_key(id: &str) -> String {
+    format!("nodes/{id}")
+}
+
+/// Where a role's join token lives.
+pub fn token_key(role: Role) -> String {
+    format!(
+        "tokens/{}",
+        match role {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        }
+    )
+}
+
+/// Where a denied certificate serial lives (its value: the certificate's expiry).
+pub fn denied_key(serial: &str) -> String {
+    format!("denied/{serial}")
+}
