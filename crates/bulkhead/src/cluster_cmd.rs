@@ -34,6 +34,17 @@ pub enum ClusterCommand {
     },
     /// The cluster as this manager sees it (JSON).
     Inspect,
+    /// Give a locked manager (autolock) its unlock key, from a file or standard input.
+    Unlock {
+        /// A file holding the key (default: standard input).
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+    },
+    /// Print the cluster's unlock key (autolock), or replace it (which turns autolock on).
+    UnlockKey {
+        #[arg(long)]
+        rotate: bool,
+    },
     /// Stop this node's process and forget the cluster (a manager needs --force).
     Leave {
         #[arg(long)]
@@ -52,6 +63,10 @@ pub struct InitArgs {
     /// How long node certificates last (renewed at 50–80 % of that): e.g. 90s, 30m, 24h.
     #[arg(long)]
     cert_expiry: Option<String>,
+    /// Keep the store's data key and the node's key sealed by an unlock key, printed once: a
+    /// restarted manager waits for `cluster unlock`.
+    #[arg(long)]
+    autolock: bool,
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +91,8 @@ pub enum NodeCommand {
     /// The node process, in the foreground (what `cluster init` and `join` start, and what a
     /// systemd unit runs).
     Serve,
+    /// Start this node's process again, detached (after a reboot, or a kill).
+    Start,
     /// The cluster's nodes (on a manager).
     #[command(alias = "list")]
     Ls,
@@ -153,6 +170,20 @@ fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
     bail!("the node process did not answer within 30 s: {}", last_lines(&paths.log()))
 }
 
+/// Waits (30 s at most) until the node answers as unlocked and ready.
+fn wait_ready(ctx: &Ctx) -> anyhow::Result<()> {
+    for _ in 0..300 {
+        if call(ctx, ControlRequest::Status).is_ok_and(|v| v["ready"] == true) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "the node did not become ready within 30 s: {}",
+        last_lines(&Paths::new(&ctx.root).log())
+    )
+}
+
 fn last_lines(p: &std::path::Path) -> String {
     let text = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -185,9 +216,25 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 needs_membership: false,
                 cert_expiry: a.cert_expiry.as_deref().map(duration_secs).transpose()?.map(|s| s.max(60)),
             };
-            bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, None)?;
+            let unlock = if a.autolock {
+                Some(bulkhead_cluster::crypt::Key::generate()?)
+            } else {
+                None
+            };
+            bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, unlock.as_ref())?;
             cfg.save(&paths)?;
-            start_node(ctx)?;
+            let status = start_node(ctx)?;
+            if let Some(u) = &unlock {
+                if status["locked"] == true {
+                    call(
+                        ctx,
+                        ControlRequest::Unlock {
+                            key: bulkhead_cluster::crypt::unlock_key_text(u),
+                        },
+                    )?;
+                    wait_ready(ctx)?;
+                }
+            }
             let token = call(
                 ctx,
                 ControlRequest::JoinToken {
@@ -206,7 +253,17 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 token["token"].as_str().unwrap_or("")
             );
             println!("To add a manager: `bulkhead cluster join-token manager`.");
-            eprintln!("note: the store's data key is kept in a 0600 file beside the node's key; `cluster init --autolock` (coming) keeps it sealed instead.");
+            match &unlock {
+                Some(u) => {
+                    println!(
+                        "Autolock is on. The unlock key (keep it safe: a restarted manager waits for it, and it is shown only here and by `cluster unlock-key`):\n    {}",
+                        bulkhead_cluster::crypt::unlock_key_text(u)
+                    );
+                }
+                None => eprintln!(
+                    "note: the store's data key is kept in a 0600 file beside the node's key, which protects copies of the store, not the machine; `cluster init --autolock` keeps it sealed instead"
+                ),
+            }
         }
         ClusterCommand::Join(a) => {
             if paths.config().exists() {
@@ -277,6 +334,33 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ClusterCommand::Inspect => json(&call(ctx, ControlRequest::Inspect)?)?,
+        ClusterCommand::Unlock { key_file } => {
+            let key = match key_file {
+                Some(f) => std::fs::read_to_string(&f).with_context(|| f.display().to_string())?,
+                None => {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1024), &mut t)?;
+                    t
+                }
+            };
+            call(
+                ctx,
+                ControlRequest::Unlock {
+                    key: key.trim().to_owned(),
+                },
+            )?;
+            wait_ready(ctx)?;
+            println!("unlocked");
+        }
+        ClusterCommand::UnlockKey { rotate } => {
+            let v = call(ctx, ControlRequest::UnlockKey { rotate })?;
+            let k = v["key"].as_str().unwrap_or_default();
+            if ctx.quiet {
+                println!("{k}");
+            } else {
+                println!("The cluster's unlock key (a restarted manager waits for it):\n    {k}");
+            }
+        }
         ClusterCommand::Leave { force } => {
             let cfg = NodeConfig::load(&paths)?;
             if cfg.role == Role::Manager && !force {
@@ -320,6 +404,14 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 };
                 node::serve(&ctx.root, stop).await.map_err(anyhow::Error::from)
             })?;
+        }
+        NodeCommand::Start => {
+            let v = start_node(ctx)?;
+            if v["locked"] == true {
+                println!("started, locked: give it its unlock key with `bulkhead cluster unlock`");
+            } else {
+                println!("started");
+            }
         }
         NodeCommand::Rm { node } => {
             let v = call(ctx, ControlRequest::NodeRm { node })?;

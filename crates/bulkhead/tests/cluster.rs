@@ -317,3 +317,65 @@ fn certificates_renew_themselves_and_a_removed_node_is_refused_at_once() {
     let err = err.expect("a removed node renewed its certificate");
     assert!(err.contains("removed from the cluster"), "{err}");
 }
+
+#[test]
+fn autolock_keeps_a_restarted_manager_locked_until_it_is_given_its_key() {
+    let lan = Lan::new(1);
+    let init = lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1), "--autolock"]);
+    let key = init
+        .split_whitespace()
+        .find(|w| w.starts_with("BKUNLOCK-1-"))
+        .unwrap_or_else(|| panic!("no unlock key printed: {init}"))
+        .to_owned();
+    let dir = lan.root(1).join("cluster");
+    // Neither the data key nor the node's key is on disk in clear.
+    let data = std::fs::read_to_string(dir.join("data.key")).unwrap();
+    assert!(data.contains("\"locked\""), "{data}");
+    let node_key = std::fs::read_to_string(dir.join("node.key")).unwrap();
+    assert!(
+        node_key.starts_with("BKSEALED-1:") && !node_key.contains("PRIVATE KEY"),
+        "{node_key}"
+    );
+    let token = lan.ok(1, &["-q", "cluster", "join-token", "worker", "--rotate"]).trim().to_owned();
+    // Killed and started again: locked, answering nothing but unlock.
+    let restart = |lan: &Lan| {
+        lan.kill(1);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = lan.ok(1, &["node", "start"]);
+        assert!(out.contains("locked"), "{out}");
+    };
+    restart(&lan);
+    assert!(lan.fails(1, &["node", "ls"]).contains("locked"));
+    let wrong = lan.root(1).join("wrong.key");
+    std::fs::write(&wrong, format!("BKUNLOCK-1-{}\n", "00".repeat(32))).unwrap();
+    assert!(lan
+        .fails(1, &["cluster", "unlock", "--key-file", wrong.to_str().unwrap()])
+        .contains("wrong unlock key"));
+    let right = lan.root(1).join("right.key");
+    std::fs::write(&right, &key).unwrap();
+    assert!(lan
+        .ok(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()])
+        .contains("unlocked"));
+    // Its state came back with it.
+    assert_eq!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim(), token);
+    assert_eq!(lan.ok(1, &["-q", "cluster", "unlock-key"]).trim(), key);
+    let raft = std::fs::read(dir.join("raft.redb")).unwrap();
+    assert!(!raft.windows(64).any(|w| w == &token.as_bytes()[token.len() - 64..]));
+    // A new unlock key: the old one opens nothing any more.
+    let new_key = lan.ok(1, &["-q", "cluster", "unlock-key", "--rotate"]).trim().to_owned();
+    assert_ne!(new_key, key);
+    for _ in 0..50 {
+        if !std::fs::read_to_string(dir.join("data.key")).unwrap().eq(&data) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    restart(&lan);
+    assert!(lan
+        .fails(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()])
+        .contains("wrong unlock key"));
+    std::fs::write(&right, &new_key).unwrap();
+    lan.ok(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()]);
+    assert_eq!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim(), token);
+}

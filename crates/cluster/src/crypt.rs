@@ -202,6 +202,41 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
+/// The prefix of a node key file sealed by the unlock key (a plain one is PEM).
+const SEALED_KEY_PREFIX: &str = "BKSEALED-1:";
+const NODE_KEY_AAD: &[u8] = b"bulkhead node key";
+
+/// Writes the node's TLS key (PEM) into `path`, 0600: sealed by `unlock` when autolock is on.
+pub fn write_node_key(path: &Path, pem: &str, unlock: Option<&Key>) -> Result<()> {
+    match unlock {
+        Some(u) => {
+            let sealed = format!("{SEALED_KEY_PREFIX}{}\n", hex::encode(u.seal(NODE_KEY_AAD, pem.as_bytes())?));
+            write_private(path, sealed.as_bytes())
+        }
+        None => write_private(path, pem.as_bytes()),
+    }
+}
+
+/// Reads the node's TLS key (PEM) from `path`, opening it with `unlock` if it is sealed.
+pub fn read_node_key(path: &Path, unlock: Option<&Key>) -> Result<Zeroizing<String>> {
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    let Some(hex_part) = text.trim().strip_prefix(SEALED_KEY_PREFIX) else {
+        return Ok(text);
+    };
+    let u = unlock.ok_or(Error::Locked)?;
+    let sealed = hex::decode(hex_part).map_err(|_| Error::Invalid(format!("{}: not hex", path.display())))?;
+    let pem = u
+        .open(NODE_KEY_AAD, &sealed, "the node key")
+        .map_err(|_| Error::Invalid("wrong unlock key".into()))?;
+    String::from_utf8(pem.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| Error::Invalid(format!("{}: not text", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

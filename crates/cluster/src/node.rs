@@ -159,6 +159,15 @@ pub enum ControlRequest {
     NodeRm {
         node: String,
     },
+    /// Gives a locked node (autolock) its unlock key.
+    Unlock {
+        key: String,
+    },
+    /// The cluster's unlock key (autolock), or a new one.
+    UnlockKey {
+        #[serde(default)]
+        rotate: bool,
+    },
 }
 
 /// The node process: a manager serves Raft, the bootstrap calls and the control API on its
@@ -167,7 +176,18 @@ pub enum ControlRequest {
 pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     let paths = Paths::new(root);
     let mut cfg = NodeConfig::load(&paths)?;
-    let data_key = crypt::read_data_key(&paths.data_key(), None)?;
+    tokio::pin!(stop);
+    // With autolock the data key (and the node's key) are sealed by the unlock key, which only a
+    // user gives (`cluster unlock`): until then the node answers nothing but that.
+    let unlock = if crypt::is_locked(&paths.data_key())? {
+        match wait_for_unlock(&paths, &cfg, &mut stop).await? {
+            Some(k) => Some(k),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    let data_key = crypt::read_data_key(&paths.data_key(), unlock.as_ref())?;
     let mut bootstrap_ca = None;
     if cfg.bootstrap && paths.raft().exists() {
         // A first start cut short after its store was made: its CA may be in the store while
@@ -189,7 +209,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             now(),
             cfg.cert_expiry.unwrap_or(manager::CERT_LIFETIME),
         )?;
-        crypt::write_private(&paths.key(), key.serialize_pem().as_bytes())?;
+        crypt::write_node_key(&paths.key(), &key.serialize_pem(), unlock.as_ref())?;
         crypt::write_private(&paths.cert(), cert.as_bytes())?;
         crypt::write_private(&paths.ca(), ca.cert_pem().as_bytes())?;
         bootstrap_ca = Some(ca);
@@ -197,7 +217,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     finish_renewal(&paths);
     let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io(&p));
     let (ca_pem, cert_pem) = (read(paths.ca())?, read(paths.cert())?);
-    let key_pem = zeroize::Zeroizing::new(read(paths.key())?);
+    let key_pem = crypt::read_node_key(&paths.key(), unlock.as_ref())?;
     let me = tls::Identity::new(&cert_pem, &key_pem)?;
     let client_tls = tls::client_config(&ca_pem, Some(me.clone()))?;
     let mut mgr = None;
@@ -243,6 +263,17 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 labels: Default::default(),
             };
             m.init_state(&ca, &first).await?;
+            if let Some(u) = &unlock {
+                // The cluster's unlock key, for `cluster unlock-key` and the other managers.
+                m.write(store::Request {
+                    checks: vec![],
+                    ops: vec![store::Op::Put {
+                        key: UNLOCK_KEY.into(),
+                        value: crypt::unlock_key_text(u).into_bytes(),
+                    }],
+                })
+                .await?;
+            }
             if let Some(exp) = cfg.cert_expiry {
                 m.write(store::Request {
                     checks: vec![],
@@ -266,6 +297,22 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             cfg.needs_membership = false;
             cfg.save(&paths)?;
         }
+        // A manager keeps its own files sealed by the cluster's unlock key, as the store has it
+        // (set at init, rotated by `cluster unlock-key --rotate`, learnt by a manager that joins).
+        let (mm, p2) = (m.clone(), paths.clone());
+        tokio::spawn(async move {
+            let mut current = unlock.as_ref().map(crypt::unlock_key_text);
+            loop {
+                let want = mm.sm.get(UNLOCK_KEY).and_then(|v| String::from_utf8(v).ok());
+                if want.is_some() && want != current {
+                    match reseal(&p2, want.as_deref()) {
+                        Ok(()) => current = want,
+                        Err(e) => tracing::error!(error = %e, "sealing this node's keys with the unlock key"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         mgr = Some(m);
     }
     // Every node renews its own certificate, at a random point between 50 % and 80 % of its life.
@@ -293,7 +340,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     };
     tokio::select! {
         _ = accept => {}
-        _ = stop => {}
+        _ = &mut stop => {}
     }
     if let Some(m) = &state.1 {
         let _ = m.raft.shutdown().await;
@@ -367,12 +414,104 @@ async fn renewals(paths: Paths, me: Arc<tls::Identity>, ca_pem: String, cfg: Nod
 /// [`finish_renewal`]) and uses them from now on.
 fn store_renewal(paths: &Paths, me: &tls::Identity, cert: &str, key: &str) -> Result<()> {
     let (kn, cn) = (paths.key().with_extension("key.new"), paths.cert().with_extension("crt.new"));
-    crypt::write_private(&kn, key.as_bytes())?;
+    let unlock = UNLOCKED.lock().expect("not poisoned").clone();
+    crypt::write_node_key(&kn, key, unlock.as_ref())?;
     crypt::write_private(&cn, cert.as_bytes())?;
     std::fs::rename(&kn, paths.key()).map_err(io(&kn))?;
     std::fs::rename(&cn, paths.cert()).map_err(io(&cn))?;
     me.replace(cert, key)?;
     Ok(())
+}
+
+/// Where the store keeps the cluster's unlock key (autolock).
+const UNLOCK_KEY: &str = "config/unlock_key";
+
+/// Seals this node's data key and TLS key with the unlock key `text` (re-reading them with
+/// whatever seals them now, which this process knows from its start).
+fn reseal(paths: &Paths, text: Option<&str>) -> Result<()> {
+    let Some(t) = text else { return Ok(()) };
+    let new = crypt::parse_unlock_key(t)?;
+    let old = UNLOCKED.lock().expect("not poisoned").clone();
+    let data = crypt::read_data_key(&paths.data_key(), old.as_ref())?;
+    let key = crypt::read_node_key(&paths.key(), old.as_ref())?;
+    crypt::write_node_key(&paths.key(), &key, Some(&new))?;
+    crypt::write_data_key(&paths.data_key(), &data, Some(&new))?;
+    *UNLOCKED.lock().expect("not poisoned") = Some(new);
+    Ok(())
+}
+
+/// The unlock key this process was given (or sealed its files with since).
+static UNLOCKED: std::sync::Mutex<Option<crypt::Key>> = std::sync::Mutex::new(None);
+
+/// A locked node: its control socket answers `status` (locked) and `unlock`, nothing else,
+/// until the right unlock key comes (returned), or `stop` (None).
+async fn wait_for_unlock(
+    paths: &Paths,
+    cfg: &NodeConfig,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Result<Option<crypt::Key>> {
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
+    }
+    tracing::warn!("this node is locked (autolock): waiting for `bulkhead cluster unlock`");
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = &mut *stop => {
+                let _ = std::fs::remove_file(&socket);
+                return Ok(None);
+            }
+        };
+        let Ok((conn, _)) = conn else { continue };
+        let (r, mut w) = conn.into_split();
+        let reply = |v: serde_json::Value| {
+            let mut line = serde_json::to_vec(&v).expect("serialisable");
+            line.push(b'\n');
+            line
+        };
+        if r.as_ref().peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX) != 0 {
+            let _ = w
+                .write_all(&reply(serde_json::json!({"error": "only root may control this node"})))
+                .await;
+            continue;
+        }
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(r.take(64 << 10));
+        if tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let (out, key) = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(ControlRequest::Status) => (
+                serde_json::json!({"ok": {"node_id": cfg.node_id, "role": cfg.role, "cluster_id": cfg.cluster_id, "locked": true}}),
+                None,
+            ),
+            Ok(ControlRequest::Unlock { key }) => {
+                match crypt::parse_unlock_key(&key).and_then(|k| crypt::read_data_key(&paths.data_key(), Some(&k)).map(|_| k)) {
+                    Ok(k) => (serde_json::json!({"ok": {"unlocked": true}}), Some(k)),
+                    Err(e) => (serde_json::json!({"error": e.to_string()}), None),
+                }
+            }
+            Ok(_) => (
+                serde_json::json!({"error": "this node is locked: give it its unlock key with `bulkhead cluster unlock`"}),
+                None,
+            ),
+            Err(e) => (serde_json::json!({"error": format!("bad request: {e}")}), None),
+        };
+        let _ = w.write_all(&reply(out)).await;
+        if let Some(k) = key {
+            drop(listener);
+            let _ = std::fs::remove_file(&socket);
+            *UNLOCKED.lock().expect("not poisoned") = Some(k.clone());
+            return Ok(Some(k));
+        }
+    }
 }
 
 async fn wait_leader(m: &Manager) -> Result<()> {
@@ -451,6 +590,26 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                     .ok_or_else(|| Error::Invalid("no token in the store".into()))?
             };
             serde_json::json!({"token": t})
+        }
+        ControlRequest::Unlock { .. } => return Err(Error::Invalid("this node is not locked".into())),
+        ControlRequest::UnlockKey { rotate } => {
+            let m = need()?;
+            if rotate {
+                let k = crypt::Key::generate()?;
+                m.write(store::Request {
+                    checks: vec![],
+                    ops: vec![store::Op::Put {
+                        key: UNLOCK_KEY.into(),
+                        value: crypt::unlock_key_text(&k).into_bytes(),
+                    }],
+                })
+                .await?;
+            }
+            let k =
+                m.sm.get(UNLOCK_KEY)
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .ok_or_else(|| Error::Invalid("autolock is off: this cluster has no unlock key".into()))?;
+            serde_json::json!({"key": k})
         }
         ControlRequest::NodeRm { node } => {
             let m = need()?;
