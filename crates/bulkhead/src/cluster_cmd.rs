@@ -100,6 +100,19 @@ pub enum NodeCommand {
     /// expires.
     #[command(alias = "remove")]
     Rm { node: String },
+    /// A node's record (JSON); `self` is this node.
+    Inspect { node: String },
+    /// Change a node's availability (active, pause, drain) or labels.
+    Update {
+        node: String,
+        #[arg(long)]
+        availability: Option<String>,
+        /// KEY=VALUE
+        #[arg(long)]
+        label_add: Vec<String>,
+        #[arg(long)]
+        label_rm: Vec<String>,
+    },
 }
 
 fn with_port(a: &str) -> String {
@@ -404,6 +417,29 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 };
                 node::serve(&ctx.root, stop).await.map_err(anyhow::Error::from)
             })?;
+        }
+        NodeCommand::Inspect { node } => json(&call(ctx, ControlRequest::NodeInspect { node })?)?,
+        NodeCommand::Update {
+            node,
+            availability,
+            label_add,
+            label_rm,
+        } => {
+            let mut adds = Vec::new();
+            for l in &label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                adds.push((k.to_owned(), v.to_owned()));
+            }
+            let v = call(
+                ctx,
+                ControlRequest::NodeUpdate {
+                    node,
+                    availability,
+                    label_add: adds,
+                    label_rm,
+                },
+            )?;
+            println!("{}", v["id"].as_str().unwrap_or(""));
         }
         NodeCommand::Start => {
             let v = start_node(ctx)?;

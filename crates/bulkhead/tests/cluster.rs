@@ -183,6 +183,35 @@ fn three_managers_and_two_workers_form_a_cluster_that_survives_its_leader() {
         assert_eq!(node_ids(&ls), node_ids(&ls1), "h{i}: {ls}");
     }
     assert!(lan.fails(4, &["node", "ls"]).contains("worker"));
+    // A node's availability and labels, changed on one manager, seen on another.
+    let worker_id = ls1
+        .lines()
+        .find(|l| l.contains(" worker "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    lan.ok(
+        1,
+        &["node", "update", "--availability", "drain", "--label-add", "zone=a", &worker_id],
+    );
+    let mut seen = String::new();
+    for _ in 0..50 {
+        seen = lan.ok(2, &["node", "inspect", &worker_id]);
+        if seen.contains("drain") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen.contains("\"availability\": \"drain\"") && seen.contains("\"zone\": \"a\""),
+        "{seen}"
+    );
+    assert!(lan
+        .fails(1, &["node", "update", "--availability", "gone", &worker_id])
+        .contains("active, pause or drain"));
+    assert!(lan.ok(1, &["node", "inspect", "self"]).contains("\"role\": \"manager\""));
     // A wrong token and a rotated one are refused, in one line.
     let mut wrong = worker_token.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");

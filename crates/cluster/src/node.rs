@@ -159,6 +159,20 @@ pub enum ControlRequest {
     NodeRm {
         node: String,
     },
+    /// One node's record (`self`: this node).
+    NodeInspect {
+        node: String,
+    },
+    /// A node's availability and labels.
+    NodeUpdate {
+        node: String,
+        #[serde(default)]
+        availability: Option<String>,
+        #[serde(default)]
+        label_add: Vec<(String, String)>,
+        #[serde(default)]
+        label_rm: Vec<String>,
+    },
     /// Gives a locked node (autolock) its unlock key.
     Unlock {
         key: String,
@@ -610,6 +624,64 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                     .and_then(|v| String::from_utf8(v).ok())
                     .ok_or_else(|| Error::Invalid("autolock is off: this cluster has no unlock key".into()))?;
             serde_json::json!({"key": k})
+        }
+        ControlRequest::NodeInspect { node } => {
+            let m = need()?;
+            let id = if node == "self" { cfg.node_id.clone() } else { node };
+            let rec = m
+                .get::<NodeRecord>(&crate::records::node_key(&id))
+                .ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
+            serde_json::to_value(rec).expect("serialisable")
+        }
+        ControlRequest::NodeUpdate {
+            node,
+            availability,
+            label_add,
+            label_rm,
+        } => {
+            let m = need()?;
+            let id = if node == "self" { cfg.node_id.clone() } else { node };
+            if let Some(a) = &availability {
+                if !matches!(a.as_str(), "active" | "pause" | "drain") {
+                    return Err(Error::Invalid(format!("--availability {a:?}: active, pause or drain")));
+                }
+            }
+            for (k, v) in &label_add {
+                if k.is_empty() || k.len() > 128 || v.len() > 1024 || !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
+                    return Err(Error::Invalid(format!(
+                        "label {k:?}: letters, digits, '.', '_', '-', '/' (at most 128), a value of at most 1 KiB"
+                    )));
+                }
+            }
+            let key = crate::records::node_key(&id);
+            let raw = m.sm.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
+            let mut rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+            if let Some(a) = availability {
+                rec.availability = a;
+            }
+            for k in &label_rm {
+                rec.labels.remove(k);
+            }
+            rec.labels.extend(label_add);
+            if rec.labels.len() > 64 {
+                return Err(Error::Invalid("at most 64 labels per node".into()));
+            }
+            let r = m
+                .write(store::Request {
+                    checks: vec![store::Check::Is {
+                        key: key.clone(),
+                        value: Some(raw),
+                    }],
+                    ops: vec![store::Op::Put {
+                        key,
+                        value: serde_json::to_vec(&rec).expect("serialisable"),
+                    }],
+                })
+                .await?;
+            if !r.applied {
+                return Err(Error::Invalid(format!("node {id} changed meanwhile; try again")));
+            }
+            serde_json::to_value(rec).expect("serialisable")
         }
         ControlRequest::NodeRm { node } => {
             let m = need()?;
