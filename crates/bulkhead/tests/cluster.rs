@@ -215,34 +215,23 @@ fn three_managers_and_two_workers_form_a_cluster_that_survives_its_leader() {
     // A wrong token and a rotated one are refused, in one line.
     let mut wrong = worker_token.clone();
     wrong.replace_range(wrong.len() - 4.., "0000");
-    let root6 = lan.root(4).join("again");
-    let o = Command::new("ip")
-        .args(["netns", "exec", &lan.ns(4)])
-        .arg(env!("CARGO_BIN_EXE_bulkhead"))
-        .arg("--root")
-        .arg(&root6)
-        .args(["cluster", "join", "--token", &wrong, &first])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("wrong or rotated"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // (From host 4 again, as another node with a root of its own.)
+    let join_again = |token: &str| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &lan.ns(4)])
+            .arg(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("--root")
+            .arg(lan.root(4).join("again"))
+            .args(["cluster", "join", "--token", token, &first])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = join_again(&wrong);
+    assert!(e.contains("wrong or rotated"), "{e}");
     lan.ok(1, &["cluster", "join-token", "worker", "--rotate"]);
-    let o = Command::new("ip")
-        .args(["netns", "exec", &lan.ns(4)])
-        .arg(env!("CARGO_BIN_EXE_bulkhead"))
-        .arg("--root")
-        .arg(&root6)
-        .args(["cluster", "join", "--token", &worker_token, &first])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("wrong or rotated"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let e = join_again(&worker_token);
+    assert!(e.contains("wrong or rotated"), "{e}");
     // No Raft file holds a token (they are in the store) in clear.
     let secret = &manager_token[manager_token.len() - 64..];
     for i in 1..=3 {

@@ -83,60 +83,17 @@ fn put(k: &str, v: &str) -> Request {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
     let dir = tempfile::tempdir().unwrap();
-    // The first manager: its CA, its own certificate, Raft initialised with itself alone.
-    let ca = Ca::create("c1", now(), 10).unwrap();
-    let first_id = manager::new_node_id().unwrap();
-    let (k, csr) = pki::key_and_request().unwrap();
-    let cert = ca.issue(&csr, &first_id, Role::Manager, "c1", now(), 3600).unwrap();
-    let raft1 = manager::new_raft_id().unwrap();
-    let m1 = serve(dir.path(), raft1, &cert, &k.serialize_pem(), ca.cert_pem(), None).await;
-    let mut members = std::collections::BTreeMap::new();
-    members.insert(raft1, openraft::BasicNode { addr: m1.addr.clone() });
-    m1.manager.raft.initialize(members).await.unwrap();
-    until("m1 to lead", || m1.manager.raft.metrics().borrow().current_leader == Some(raft1)).await;
-    let ident = pki::identity(cert.as_bytes()).unwrap();
-    let first = NodeRecord {
-        id: first_id.clone(),
-        role: Role::Manager,
-        raft_id: Some(raft1),
-        addr: Some(m1.addr.clone()),
-        serial: ident.serial,
-        previous_serial: None,
-        not_after: ident.not_after,
-        joined: now(),
-        availability: "active".into(),
-        labels: Default::default(),
-    };
-    let (worker_token, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
-    assert!(m1
+    // Three managers (the third joins through a follower: its request to be added is redirected
+    // to the leader, which must see the new manager's own certificate).
+    let formed = form(dir.path(), 3).await;
+    let (mut managers, ca, first, worker_token) = (formed.managers, formed.ca, formed.first, formed.worker_token);
+    assert!(managers[0]
         .manager
         .init_state(&ca, &first)
         .await
         .unwrap_err()
         .to_string()
         .contains("initialised already"));
-
-    // Two managers join and are added to Raft.
-    let mut managers = vec![m1];
-    for k in 0..2 {
-        // The second joins through a follower: its request to be added is redirected to the
-        // leader, which must see the new manager's own certificate.
-        let through = managers[k].addr.clone();
-        let j = manager::join_cluster(&through, &manager_token.text()).await.unwrap();
-        assert_eq!(j.role, Role::Manager);
-        let raft_id: u64 = managers[0]
-            .manager
-            .get::<NodeRecord>(&format!("nodes/{}", j.node_id))
-            .unwrap()
-            .raft_id
-            .unwrap();
-        let m = serve(dir.path(), raft_id, &j.cert_pem, &j.key_pem, &j.ca_pem, None).await;
-        // It asks (with its new manager certificate) to be added, through any manager.
-        manager::request_membership(&through, m.manager.tls.clone(), raft_id, &m.addr)
-            .await
-            .unwrap_or_else(|e| panic!("add_manager: {e}"));
-        managers.push(m);
-    }
     let voters = managers[0]
         .manager
         .raft
@@ -264,9 +221,21 @@ async fn a_cluster_forms_by_joining_and_refuses_what_it_should() {
     }
 }
 
-/// A cluster of `n` managers over loopback (the first initialises, the others join and are
-/// added), and the manager token.
-async fn form(dir: &std::path::Path, n: usize) -> (Vec<Running>, Vec<bulkhead_cluster::manager::Joined>, pki::JoinToken, Ca) {
+/// A cluster formed over loopback.
+struct Formed {
+    managers: Vec<Running>,
+    /// The managers that joined (all but the first), as they joined.
+    joined: Vec<bulkhead_cluster::manager::Joined>,
+    worker_token: pki::JoinToken,
+    manager_token: pki::JoinToken,
+    ca: Ca,
+    first: NodeRecord,
+}
+
+/// A cluster of `n` managers over loopback: the first initialises Raft with itself and puts the
+/// cluster's state; each other joins through the one before it (so the third goes through a
+/// follower) and asks it to be added.
+async fn form(dir: &std::path::Path, n: usize) -> Formed {
     let ca = Ca::create("c1", now(), 10).unwrap();
     let first_id = manager::new_node_id().unwrap();
     let (k, csr) = pki::key_and_request().unwrap();
@@ -290,25 +259,39 @@ async fn form(dir: &std::path::Path, n: usize) -> (Vec<Running>, Vec<bulkhead_cl
         availability: "active".into(),
         labels: Default::default(),
     };
-    let (_w, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
+    let (worker_token, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
     let mut managers = vec![m1];
     let mut joined = Vec::new();
-    for _ in 1..n {
-        let j = manager::join_cluster(&managers[0].addr, &manager_token.text()).await.unwrap();
+    for k in 0..n - 1 {
+        let through = managers[k].addr.clone();
+        let j = manager::join_cluster(&through, &manager_token.text()).await.unwrap();
+        assert_eq!(j.role, Role::Manager);
         let m = serve(dir, j.raft_id.unwrap(), &j.cert_pem, &j.key_pem, &j.ca_pem, None).await;
-        manager::request_membership(&managers[0].addr, m.manager.tls.clone(), j.raft_id.unwrap(), &m.addr)
+        manager::request_membership(&through, m.manager.tls.clone(), j.raft_id.unwrap(), &m.addr)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("add_manager: {e}"));
         managers.push(m);
         joined.push(j);
     }
-    (managers, joined, manager_token, ca)
+    Formed {
+        managers,
+        joined,
+        worker_token,
+        manager_token,
+        ca,
+        first,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_manager_cannot_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (managers, joined, manager_token, _ca) = form(dir.path(), 3).await;
+    let Formed {
+        managers,
+        joined,
+        manager_token,
+        ..
+    } = form(dir.path(), 3).await;
     let gone = &joined[1];
     let rec = managers[0].manager.remove_node(&gone.node_id, now()).await.unwrap();
     assert_eq!(rec.id, gone.node_id);
