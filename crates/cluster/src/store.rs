@@ -177,10 +177,16 @@ struct Shared {
 }
 
 impl Shared {
-    fn put_meta<T: Serialize>(&self, name: &str, v: &T) -> Result<(), AnyError> {
+    /// Writes a sealed meta record; `durable`: forced to disk before returning (the vote must be;
+    /// the committed log id need not: it only spares a restart re-reading, and openraft finds
+    /// the committed entries again from its peers).
+    fn put_meta<T: Serialize>(&self, name: &str, v: &T, durable: bool) -> Result<(), AnyError> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(any)?);
         let sealed = self.key.seal(format!("meta:{name}").as_bytes(), &plain).map_err(any)?;
-        let tx = self.db.begin_write().map_err(any)?;
+        let mut tx = self.db.begin_write().map_err(any)?;
+        if !durable {
+            tx.set_durability(redb::Durability::Eventual);
+        }
         tx.open_table(META).map_err(any)?.insert(name, sealed.as_slice()).map_err(any)?;
         tx.commit().map_err(any)
     }
@@ -308,7 +314,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        self.shared.put_meta("vote", vote).map_err(|e| StorageIOError::write_vote(e).into())
+        self.shared
+            .put_meta("vote", vote, true)
+            .map_err(|e| StorageIOError::write_vote(e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
@@ -317,7 +325,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
         self.shared
-            .put_meta("committed", &committed)
+            .put_meta("committed", &committed, false)
             .map_err(|e| StorageIOError::write(e).into())
     }
 
@@ -364,7 +372,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        self.shared.put_meta("last_purged", &log_id).map_err(StorageIOError::write_logs)?;
+        self.shared
+            .put_meta("last_purged", &log_id, true)
+            .map_err(StorageIOError::write_logs)?;
         self.remove(..=log_id.index).map_err(|e| StorageIOError::write_logs(e).into())
     }
 }

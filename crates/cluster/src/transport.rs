@@ -122,6 +122,8 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
+            // Replies go out at once (Nagle's algorithm against a delayed ACK costs 40 ms).
+            let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {

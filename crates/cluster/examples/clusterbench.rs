@@ -1,0 +1,181 @@
+//! bench/cluster's harness: three managers of the replicated store in this process, over real
+//! mutual TLS on loopback, each with its own sealed redb file; then
+//! - commit latency: sequential writes of 256 bytes through the leader (median, p99);
+//! - throughput: concurrent writers;
+//! - 500 worker agents joining with a token (CA fetch, CSR, certificate), 32 at a time;
+//! - a renewal storm: the same 500 renewing at once, 32 at a time.
+//!
+//! Prints one JSON object. Not a test: bench/cluster runs it beside etcd.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_cluster::crypt::Key;
+use bulkhead_cluster::manager::{self, Manager, NodeRecord};
+use bulkhead_cluster::pki::{self, Ca, Role};
+use bulkhead_cluster::store::{self, Op, Request};
+use bulkhead_cluster::tls;
+use bulkhead_cluster::transport::{self, Auth, Network};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str) -> (Manager, String) {
+    let me = tls::Identity::new(cert, key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (log, sm) = store::open(&dir.join(format!("{raft_id}.redb")), Key::generate().unwrap()).unwrap();
+    let config = store::raft_config("bench").unwrap();
+    let client_tls = tls::client_config(ca, Some(me.clone())).unwrap();
+    let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
+        .await
+        .unwrap();
+    let m = Manager {
+        raft,
+        sm: sm.clone(),
+        auth: Auth::new("bench").with_store(sm),
+        tls: client_tls,
+    };
+    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap());
+    (m, addr)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let writes: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let agents: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(500);
+    let dir = tempfile::Builder::new().prefix("clusterbench-").tempdir_in("/var/tmp").unwrap();
+    // Three managers.
+    let ca = Ca::create("bench", now(), 10).unwrap();
+    let id1 = manager::new_node_id().unwrap();
+    let (k, csr) = pki::key_and_request().unwrap();
+    let cert = ca.issue(&csr, &id1, Role::Manager, "bench", now(), 86400).unwrap();
+    let r1 = manager::new_raft_id().unwrap();
+    let (m1, a1) = manager(dir.path(), r1, &cert, &k.serialize_pem(), ca.cert_pem()).await;
+    let mut members = BTreeMap::new();
+    members.insert(r1, openraft::BasicNode { addr: a1.clone() });
+    m1.raft.initialize(members).await.unwrap();
+    while m1.raft.metrics().borrow().current_leader != Some(r1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ident = pki::identity(cert.as_bytes()).unwrap();
+    let first = NodeRecord {
+        id: id1,
+        role: Role::Manager,
+        raft_id: Some(r1),
+        addr: Some(a1.clone()),
+        serial: ident.serial,
+        previous_serial: None,
+        not_after: ident.not_after,
+        joined: now(),
+        availability: "active".into(),
+        labels: Default::default(),
+    };
+    let (worker_token, manager_token) = m1.init_state(&ca, &first).await.unwrap();
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let j = manager::join_cluster(&a1, &manager_token.text()).await.unwrap();
+        let (m, a) = manager(dir.path(), j.raft_id.unwrap(), &j.cert_pem, &j.key_pem, &j.ca_pem).await;
+        manager::request_membership(&a1, m.tls.clone(), j.raft_id.unwrap(), &a)
+            .await
+            .unwrap();
+        others.push(m);
+    }
+    let value = vec![b'v'; 256];
+    // Commit latency: one write at a time through the leader.
+    let mut lat = Vec::with_capacity(writes);
+    for i in 0..writes {
+        let t = Instant::now();
+        let r = m1
+            .write(Request {
+                checks: vec![],
+                ops: vec![Op::Put {
+                    key: format!("bench/seq/{i}"),
+                    value: value.clone(),
+                }],
+            })
+            .await
+            .unwrap();
+        assert!(r.applied);
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (p50, p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
+    // Throughput: 16 writers.
+    let total = writes * 4;
+    let t = Instant::now();
+    let m = Arc::new(m1.clone());
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (m, value) = (m.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (w..total).step_by(16) {
+                m.write(Request {
+                    checks: vec![],
+                    ops: vec![Op::Put {
+                        key: format!("bench/par/{i}"),
+                        value: value.clone(),
+                    }],
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let per_sec = total as f64 / t.elapsed().as_secs_f64();
+    // 500 agents join, 32 at a time.
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let t = Instant::now();
+    let mut joins = Vec::new();
+    for _ in 0..agents {
+        let (sem, a1, tok) = (sem.clone(), a1.clone(), worker_token.text().to_string());
+        joins.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            manager::join_cluster(&a1, &tok).await.unwrap()
+        }));
+    }
+    let mut joined = Vec::new();
+    for j in joins {
+        joined.push(j.await.unwrap());
+    }
+    let join_s = t.elapsed().as_secs_f64();
+    // A renewal storm: all of them at once, 32 at a time.
+    let t = Instant::now();
+    let mut renews = Vec::new();
+    for j in &joined {
+        let id = tls::Identity::new(&j.cert_pem, &j.key_pem).unwrap();
+        let ctls = tls::client_config(&j.ca_pem, Some(id)).unwrap();
+        let (sem, a1) = (sem.clone(), a1.clone());
+        renews.push(tokio::spawn(async move {
+            let _p = sem.acquire_owned().await.unwrap();
+            manager::renew_at(&a1, ctls).await.unwrap()
+        }));
+    }
+    for r in renews {
+        r.await.unwrap();
+    }
+    let renew_s = t.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "writes": writes, "commit_ms_p50": p50, "commit_ms_p99": p99,
+            "concurrent_writes": total, "writers": 16, "writes_per_s": per_sec,
+            "agents": agents, "join_s": join_s, "renew_s": renew_s,
+        })
+    );
+    for m in others.into_iter().chain(std::iter::once(m1)) {
+        let _ = m.raft.shutdown().await;
+    }
+}
