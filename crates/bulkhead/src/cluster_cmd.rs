@@ -183,6 +183,82 @@ fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
     bail!("the node process did not answer within 30 s: {}", last_lines(&paths.log()))
 }
 
+/// `cluster join` on a node that is in a cluster: allowed only when its certificate has expired
+/// (it was away too long to renew), to come back as itself with a new token.
+fn rejoin(ctx: &Ctx, paths: &Paths, a: &JoinArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = NodeConfig::load(paths)?;
+    let cert = std::fs::read_to_string(paths.cert()).with_context(|| paths.cert().display().to_string())?;
+    let ident = bulkhead_cluster::pki::identity(cert.as_bytes())?;
+    let now = bulkhead_cluster::node::now();
+    if ident.not_after > now {
+        bail!(
+            "this node is in cluster {} already, and its certificate is valid: `cluster leave` first",
+            cfg.cluster_id
+        );
+    }
+    let key = bulkhead_cluster::crypt::read_node_key(&paths.key(), None)
+        .context("the node's key is sealed (autolock): this node cannot rejoin by itself")?;
+    let token = read_token(a)?;
+    let manager = with_port(&a.manager);
+    let previous = bulkhead_cluster::manager::Previous {
+        node_id: &cfg.node_id,
+        cert_pem: &cert,
+        key_pem: &key,
+    };
+    let joined = runtime()?.block_on(bulkhead_cluster::manager::rejoin_cluster(&manager, token.trim(), previous))?;
+    stop_node(ctx, paths);
+    bulkhead_cluster::crypt::write_private(&paths.key(), joined.key_pem.as_bytes())?;
+    bulkhead_cluster::crypt::write_private(&paths.cert(), joined.cert_pem.as_bytes())?;
+    if !cfg.managers.contains(&manager) {
+        cfg.managers.insert(0, manager);
+    }
+    cfg.save(paths)?;
+    start_node(ctx)?;
+    println!(
+        "back in cluster {} as {} ({})",
+        cfg.cluster_id,
+        cfg.node_id,
+        if joined.role == Role::Manager { "manager" } else { "worker" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The join token from `--token` or `--token-file` (`-`: standard input).
+fn read_token(a: &JoinArgs) -> anyhow::Result<String> {
+    Ok(match (&a.token, &a.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1024), &mut t)?;
+            t
+        }
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| f.display().to_string())?,
+        (None, None) => bail!("give --token or --token-file"),
+    })
+}
+
+/// Stops this root's node process, if it runs (only ours: its command line names this root).
+fn stop_node(ctx: &Ctx, paths: &Paths) {
+    let Some(pid) = std::fs::read_to_string(paths.dir.join("node.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&*ctx.root.to_string_lossy()) {
+        return;
+    }
+    // SAFETY: kill(2) with a pid we started and just identified.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits (30 s at most) until the node answers as unlocked and ready.
 fn wait_ready(ctx: &Ctx) -> anyhow::Result<()> {
     for _ in 0..300 {
@@ -280,22 +356,10 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
         }
         ClusterCommand::Join(a) => {
             if paths.config().exists() {
-                bail!(
-                    "this node is in a cluster already ({}): `cluster leave` first",
-                    paths.config().display()
-                );
+                return rejoin(ctx, &paths, &a);
             }
             let manager = with_port(&a.manager);
-            let token = match (&a.token, &a.token_file) {
-                (Some(t), _) => t.clone(),
-                (None, Some(f)) if f.as_os_str() == "-" => {
-                    let mut t = String::new();
-                    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1024), &mut t)?;
-                    t
-                }
-                (None, Some(f)) => std::fs::read_to_string(f).with_context(|| f.display().to_string())?,
-                (None, None) => bail!("give --token or --token-file"),
-            };
+            let token = read_token(&a)?;
             let joined = runtime()?.block_on(bulkhead_cluster::manager::join_cluster(&manager, token.trim()))?;
             paths.create()?;
             bulkhead_cluster::crypt::write_private(&paths.key(), joined.key_pem.as_bytes())?;
@@ -379,23 +443,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             if cfg.role == Role::Manager && !force {
                 bail!("this node is a manager: leaving may cost the cluster its quorum; give --force (demote it first when the cluster must keep running)");
             }
-            if let Some(pid) = std::fs::read_to_string(paths.dir.join("node.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                // Only our own node process (its command line names this root).
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&*ctx.root.to_string_lossy()) {
-                    // SAFETY: kill(2) with a pid we started and just identified.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                    for _ in 0..100 {
-                        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
+            stop_node(ctx, &paths);
             std::fs::remove_dir_all(&paths.dir).with_context(|| paths.dir.display().to_string())?;
             println!("left cluster {}", cfg.cluster_id);
         }

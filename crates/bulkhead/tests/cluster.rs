@@ -397,3 +397,38 @@ fn autolock_keeps_a_restarted_manager_locked_until_it_is_given_its_key() {
     lan.ok(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()]);
     assert_eq!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim(), token);
 }
+
+#[test]
+fn a_worker_away_past_its_certificates_expiry_comes_back_as_itself() {
+    let lan = Lan::new(2);
+    lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1), "--cert-expiry", "60s"]);
+    let token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    let first = format!("{}:2377", lan.addr(1));
+    lan.ok(2, &["cluster", "join", "--token", &token, &first]);
+    // Away (killed before its first renewal) until its certificate has expired.
+    lan.kill(2);
+    let cert = std::fs::read_to_string(lan.root(2).join("cluster/node.crt")).unwrap();
+    let id = bulkhead_cluster::pki::identity(cert.as_bytes()).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    while now() <= id.not_after {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A valid certificate does not rejoin (host 1's is renewed); an expired one does, with a new
+    // token, keeping its id.
+    assert!(lan
+        .fails(1, &["cluster", "join", "--token", &token, &first])
+        .contains("certificate is valid"));
+    let fresh = lan.ok(1, &["-q", "cluster", "join-token", "worker", "--rotate"]).trim().to_owned();
+    let out = lan.ok(2, &["cluster", "join", "--token", &fresh, &first]);
+    assert!(out.contains(&format!("as {}", id.node_id)), "{out}");
+    let ls = lan.ok(1, &["node", "ls"]);
+    assert_eq!(node_ids(&ls).len(), 2, "{ls}");
+    assert!(ls.contains(&id.node_id), "{ls}");
+    let back = bulkhead_cluster::pki::identity(std::fs::read_to_string(lan.root(2).join("cluster/node.crt")).unwrap().as_bytes()).unwrap();
+    assert!(back.not_after > now() && back.node_id == id.node_id);
+}

@@ -425,6 +425,83 @@ impl Manager {
         self.get(&token_key(role))
     }
 
+    /// A node back after its certificate expired: a valid token for the role the store gives it,
+    /// and proof that it holds the key of its last certificate (issued by this CA, for this id,
+    /// its current or previous serial, not denied). It gets a certificate for its new key, same id
+    /// and role; the token's use and the record's new serial go in one conditional write.
+    pub async fn rejoin(
+        &self,
+        token: &str,
+        csr: &[u8],
+        node_id: &str,
+        old_cert: &[u8],
+        proof: &[u8],
+        now: i64,
+    ) -> Result<(NodeRecord, String)> {
+        let presented = JoinToken::parse(token)?;
+        let ca = self.ca()?;
+        let key = crate::records::node_key(node_id);
+        let raw = self
+            .sm
+            .get(&key)
+            .ok_or_else(|| Error::Invalid(format!("node {node_id} is not in the cluster (removed?): join as a new node")))?;
+        let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let old = pki::old_identity(&ca, old_cert, csr, proof)?;
+        if old.node_id != rec.id || old.cluster_id != self.auth.cluster_id {
+            return Err(Error::Invalid("the old certificate is another node's".into()));
+        }
+        if old.serial != rec.serial && rec.previous_serial.as_deref() != Some(old.serial.as_str()) {
+            return Err(Error::Invalid("a superseded certificate cannot rejoin".into()));
+        }
+        if self.sm.get(&crate::records::denied_key(&old.serial)).is_some() {
+            return Err(Error::Invalid("this node was removed from the cluster".into()));
+        }
+        let token_raw = self
+            .sm
+            .get(&token_key(rec.role))
+            .ok_or_else(|| Error::Invalid("no join token in the store".into()))?;
+        let trec: TokenRecord = serde_json::from_slice(&token_raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        // The token must be for the node's own role: a worker token brings no manager back.
+        trec.admits(&presented, &ca.digest(), now)?;
+        let cert = ca.issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?;
+        let ident = pki::identity(cert.as_bytes())?;
+        let updated = NodeRecord {
+            previous_serial: Some(rec.serial.clone()),
+            serial: ident.serial,
+            not_after: ident.not_after,
+            ..rec
+        };
+        let mut ops = vec![Op::Put {
+            key: key.clone(),
+            value: json(&updated),
+        }];
+        if let Some(n) = trec.uses_left {
+            ops.push(Op::Put {
+                key: token_key(updated.role),
+                value: json(&TokenRecord {
+                    uses_left: Some(n - 1),
+                    ..trec.clone()
+                }),
+            });
+        }
+        let r = self
+            .write(Request {
+                checks: vec![
+                    Check::Is { key, value: Some(raw) },
+                    Check::Is {
+                        key: token_key(updated.role),
+                        value: Some(token_raw),
+                    },
+                ],
+                ops,
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid("the node or the token changed meanwhile; try again".into()));
+        }
+        Ok((updated, cert))
+    }
+
     /// Every node record.
     pub fn nodes(&self) -> Vec<NodeRecord> {
         self.sm
@@ -497,15 +574,16 @@ impl proto::bootstrap_server::Bootstrap for BootstrapService {
 
     async fn join(&self, req: GrpcRequest<proto::JoinRequest>) -> std::result::Result<GrpcResponse<proto::JoinReply>, Status> {
         let r = req.get_ref();
-        if !r.node_id.is_empty() {
-            return Err(Status::unimplemented(
-                "rejoining with an existing node id is not supported yet: join as a new node",
-            ));
-        }
-        if r.csr.len() > 16 << 10 || r.token.len() > 256 {
+        if r.csr.len() > 16 << 10 || r.token.len() > 256 || r.old_cert.len() > 16 << 10 || r.proof.len() > 1024 {
             return Err(Status::invalid_argument("request too large"));
         }
-        let (node, cert) = self.manager.join(&r.token, &r.csr, None, (self.now)()).await?;
+        let (node, cert) = if r.node_id.is_empty() {
+            self.manager.join(&r.token, &r.csr, None, (self.now)()).await?
+        } else {
+            self.manager
+                .rejoin(&r.token, &r.csr, &r.node_id, &r.old_cert, &r.proof, (self.now)())
+                .await?
+        };
         let node_id = node.id.clone();
         let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
         Ok(GrpcResponse::new(proto::JoinReply {
@@ -596,6 +674,23 @@ pub struct Joined {
 /// 2. make a fresh key and a request for it, and send it with the token over a connection that
 ///    verifies the server against that CA.
 pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
+    join_as(addr, token, None).await
+}
+
+/// A node's last certificate and key, to come back as itself after the certificate expired.
+pub struct Previous<'a> {
+    pub node_id: &'a str,
+    pub cert_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+/// Joins with a new token as the node it was (its id, its record, its tasks), after its
+/// certificate expired while it was away: it proves it holds the key of its last certificate.
+pub async fn rejoin_cluster(addr: &str, token: &str, previous: Previous<'_>) -> Result<Joined> {
+    join_as(addr, token, Some(previous)).await
+}
+
+async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Result<Joined> {
     let t = JoinToken::parse(token)?;
     let ch = transport::connect(addr, crate::tls::fetch_ca_config()?)
         .await
@@ -611,6 +706,14 @@ pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
         return Err(pki::Error::Token("the manager's CA is not the one the token names (a fake manager, or another cluster)").into());
     }
     let (key, csr) = pki::key_and_request()?;
+    let (node_id, old_cert, proof) = match &previous {
+        Some(p) => (
+            p.node_id.to_owned(),
+            crate::tls::certs(p.cert_pem)?[0].to_vec(),
+            pki::prove(p.key_pem, &csr)?,
+        ),
+        None => (String::new(), Vec::new(), Vec::new()),
+    };
     let ch = transport::connect(addr, crate::tls::client_config(&ca_pem, None)?)
         .await
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -618,13 +721,15 @@ pub async fn join_cluster(addr: &str, token: &str) -> Result<Joined> {
         .join(proto::JoinRequest {
             token: token.trim().to_owned(),
             csr,
-            node_id: String::new(),
+            node_id: node_id.clone(),
+            old_cert,
+            proof,
         })
         .await
         .map_err(|s| Error::Invalid(s.message().to_owned()))?
         .into_inner();
     let ident = pki::identity(r.cert_pem.as_bytes())?;
-    if ident.node_id != r.node_id {
+    if ident.node_id != r.node_id || (!node_id.is_empty() && r.node_id != node_id) {
         return Err(Error::Invalid("the manager sent a certificate for another node".into()));
     }
     Ok(Joined {

@@ -17,6 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -257,6 +258,37 @@ pub fn identity(cert: &[u8]) -> Result<Identity> {
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
     })
+}
+
+/// A node's proof that it holds the key of its last certificate: an ECDSA P-256 signature of
+/// `msg` (its new certificate request) by that key (PKCS#8 PEM).
+pub fn prove(key_pem: &str, msg: &[u8]) -> Result<Vec<u8>> {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| Error::Invalid(format!("the old key: {e}")))?;
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der())
+        .map_err(|e| Error::Invalid(format!("the old key: {e}")))?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    kp.sign(&rng, msg)
+        .map(|s| s.as_ref().to_vec())
+        .map_err(|e| Error::Invalid(format!("signing: {e}")))
+}
+
+/// What an old (possibly expired) certificate of this CA says, if it is one: its signature is
+/// the CA's, and `proof` is a signature of `msg` by its key. Expiry is not judged here: this is
+/// how a node whose certificate ran out while it was away proves who it is.
+pub fn old_identity(ca: &Ca, old_der: &[u8], msg: &[u8], proof: &[u8]) -> Result<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(old_der).map_err(|e| Error::Invalid(format!("the old certificate: {e}")))?;
+    let (_, cac) = x509_parser::parse_x509_certificate(&ca.cert_der).map_err(|e| Error::Invalid(format!("the CA: {e}")))?;
+    cert.verify_signature(Some(cac.public_key()))
+        .map_err(|_| Error::Invalid("the old certificate is not this cluster's".into()))?;
+    let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        cert.public_key().subject_public_key.data.as_ref(),
+    );
+    key.verify(msg, proof)
+        .map_err(|_| Error::Invalid("no proof of the old certificate's key".into()))?;
+    identity(old_der)
 }
 
 const TOKEN_PREFIX: &str = "BKTKN-1-";

@@ -323,3 +323,92 @@ async fn a_removed_manager_cannot_come_back() {
         m.manager.raft.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_its_certificate_expired_rejoins_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = form(dir.path(), 2).await;
+    let (m, addr) = (f.managers[0].manager.clone(), f.managers[0].addr.clone());
+    let w = manager::join_cluster(&addr, &f.worker_token.text()).await.unwrap();
+    // Its certificate ran out while it was away (issued here already expired, for its own key,
+    // and recorded as its current one).
+    let key = rcgen::KeyPair::from_pem(&w.key_pem).unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec();
+    let expired = f.ca.issue(&csr, &w.node_id, Role::Worker, "c1", now() - 7200, 60).unwrap();
+    let ident = pki::identity(expired.as_bytes()).unwrap();
+    assert!(ident.not_after < now());
+    let rec: NodeRecord = m.get(&format!("nodes/{}", w.node_id)).unwrap();
+    m.write(Request {
+        checks: vec![],
+        ops: vec![Op::Put {
+            key: format!("nodes/{}", w.node_id),
+            value: serde_json::to_vec(&NodeRecord {
+                serial: ident.serial.clone(),
+                previous_serial: None,
+                not_after: ident.not_after,
+                ..rec
+            })
+            .unwrap(),
+        }],
+    })
+    .await
+    .unwrap();
+    let (wid, wkey) = (w.node_id.clone(), w.key_pem.to_string());
+    let token = m.rotate_token(Role::Worker, None, None, now()).await.unwrap();
+    // Someone else's key, or another node's id: refused.
+    let other_key = pki::key_and_request().unwrap().0.serialize_pem();
+    let e = manager::rejoin_cluster(&addr, &token.text(), prev(&wid, &expired, &other_key))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no proof"), "{e}");
+    let e = manager::rejoin_cluster(&addr, &token.text(), prev(&f.first.id, &expired, &wkey))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("another node's"), "{e}");
+    // With a worker token and its own key: back, as itself.
+    let back = manager::rejoin_cluster(&addr, &token.text(), prev(&wid, &expired, &wkey))
+        .await
+        .unwrap();
+    assert_eq!((back.node_id.as_str(), back.role), (wid.as_str(), Role::Worker));
+    let now_rec: NodeRecord = m.get(&format!("nodes/{}", w.node_id)).unwrap();
+    assert_eq!(now_rec.serial, pki::identity(back.cert_pem.as_bytes()).unwrap().serial);
+    assert_eq!(m.nodes().len(), 3, "a second record was made for it");
+    // A worker token brings no manager back (the token must be for the node's own role).
+    let jm = &f.joined[0];
+    let e = manager::rejoin_cluster(&addr, &token.text(), prev(&jm.node_id, &jm.cert_pem, &jm.key_pem))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("wrong or rotated"), "{e}");
+    // The original certificate (two back now) is superseded; after `node rm`, nothing rejoins.
+    let e = manager::rejoin_cluster(&addr, &token.text(), prev(&wid, &w.cert_pem, &wkey))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("superseded"), "{e}");
+    m.remove_node(&wid, now()).await.unwrap();
+    let e = manager::rejoin_cluster(&addr, &token.text(), prev(&wid, &back.cert_pem, &back.key_pem))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("not in the cluster"), "{e}");
+    for r in f.managers {
+        r.server.abort();
+        r.manager.raft.shutdown().await.unwrap();
+    }
+}
+
+fn prev<'a>(node_id: &'a str, cert_pem: &'a str, key_pem: &'a str) -> manager::Previous<'a> {
+    manager::Previous {
+        node_id,
+        cert_pem,
+        key_pem,
+    }
+}
