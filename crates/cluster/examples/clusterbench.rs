@@ -69,18 +69,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ident = pki::identity(cert.as_bytes()).unwrap();
-    let first = NodeRecord {
-        id: id1,
-        role: Role::Manager,
-        raft_id: Some(r1),
-        addr: Some(a1.clone()),
-        serial: ident.serial,
-        previous_serial: None,
-        not_after: ident.not_after,
-        joined: now(),
-        availability: "active".into(),
-        labels: Default::default(),
-    };
+    let first = NodeRecord::new(&ident, Some(r1), Some(a1.clone()), now());
     let (worker_token, manager_token) = m1.init_state(&ca, &first).await.unwrap();
     let mut others = Vec::new();
     for _ in 0..2 {

@@ -5,7 +5,7 @@
 //! memory), `tokens/<role>` (a [`TokenRecord`]: the secret's hash and its limits), and
 //! `nodes/<id>` (a [`NodeRecord`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,13 +142,7 @@ impl Manager {
     pub async fn init_state(&self, ca: &Ca, first: &NodeRecord) -> Result<(JoinToken, JoinToken)> {
         let worker = JoinToken::generate(&ca.digest())?;
         let manager = JoinToken::generate(&ca.digest())?;
-        let rec = |t: &JoinToken, role| TokenRecord {
-            role,
-            hash: t.hash(),
-            text: Some(t.text().to_string()),
-            expires: None,
-            uses_left: None,
-        };
+        let rec = |t: &JoinToken, role| TokenRecord::new(t, role, None, None);
         let ops = vec![
             Op::Put {
                 key: "cluster/id".into(),
@@ -210,13 +204,7 @@ impl Manager {
     pub async fn rotate_token(&self, role: Role, ttl: Option<i64>, uses: Option<u32>, now: i64) -> Result<JoinToken> {
         let ca = self.ca()?;
         let t = JoinToken::generate(&ca.digest())?;
-        let rec = TokenRecord {
-            role,
-            hash: t.hash(),
-            text: Some(t.text().to_string()),
-            expires: ttl.map(|s| now + s),
-            uses_left: uses,
-        };
+        let rec = TokenRecord::new(&t, role, ttl.map(|s| now + s), uses);
         self.write(Request {
             checks: vec![],
             ops: vec![Op::Put {
@@ -253,18 +241,9 @@ impl Manager {
             let id = new_node_id()?;
             let cert = ca.issue(csr, &id, role, &self.auth.cluster_id, now, self.cert_lifetime())?;
             let ident = pki::identity(cert.as_bytes())?;
-            let node = NodeRecord {
-                id: id.clone(),
-                role,
-                raft_id: (role == Role::Manager).then(new_raft_id).transpose()?,
-                addr: if role == Role::Manager { addr.clone() } else { None },
-                serial: ident.serial,
-                previous_serial: None,
-                not_after: ident.not_after,
-                joined: now,
-                availability: "active".into(),
-                labels: BTreeMap::new(),
-            };
+            let raft_id = (role == Role::Manager).then(new_raft_id).transpose()?;
+            let addr = if role == Role::Manager { addr.clone() } else { None };
+            let node = NodeRecord::new(&ident, raft_id, addr, now);
             let mut ops = vec![Op::Put {
                 key: format!("nodes/{id}"),
                 value: json(&node),
@@ -381,13 +360,12 @@ impl Manager {
                 let old: Option<TokenRecord> = self.get(&token_key(role));
                 ops.push(Op::Put {
                     key: token_key(role),
-                    value: json(&TokenRecord {
+                    value: json(&TokenRecord::new(
+                        &t,
                         role,
-                        hash: t.hash(),
-                        text: Some(t.text().to_string()),
-                        expires: old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
-                        uses_left: old.and_then(|o| o.uses_left),
-                    }),
+                        old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
+                        old.and_then(|o| o.uses_left),
+                    )),
                 });
             }
         }

@@ -264,18 +264,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             m.raft.initialize(members).await.map_err(|e| Error::Invalid(e.to_string()))?;
             wait_leader(&m).await?;
             let ident = pki::identity(cert_pem.as_bytes())?;
-            let first = NodeRecord {
-                id: cfg.node_id.clone(),
-                role: Role::Manager,
-                raft_id: Some(raft_id),
-                addr: Some(cfg.advertise.clone()),
-                serial: ident.serial,
-                previous_serial: None,
-                not_after: ident.not_after,
-                joined: now(),
-                availability: "active".into(),
-                labels: Default::default(),
-            };
+            let first = NodeRecord::new(&ident, Some(raft_id), Some(cfg.advertise.clone()), now());
             m.init_state(&ca, &first).await?;
             if let Some(u) = &unlock {
                 // The cluster's unlock key, for `cluster unlock-key` and the other managers.
@@ -335,13 +324,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         tokio::spawn(async move { renewals(paths, me, ca_pem, cfg).await });
     }
 
-    let socket = paths.socket();
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
-    }
+    let (socket, listener) = (paths.socket(), bind_control(&paths)?);
     let state = Arc::new((cfg, mgr));
     let accept = async {
         loop {
@@ -464,13 +447,7 @@ async fn wait_for_unlock(
     cfg: &NodeConfig,
     stop: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> Result<Option<crypt::Key>> {
-    let socket = paths.socket();
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
-    }
+    let (socket, listener) = (paths.socket(), bind_control(paths)?);
     tracing::warn!("this node is locked (autolock): waiting for `bulkhead cluster unlock`");
     loop {
         let conn = tokio::select! {
@@ -481,27 +458,8 @@ async fn wait_for_unlock(
             }
         };
         let Ok((conn, _)) = conn else { continue };
-        let (r, mut w) = conn.into_split();
-        let reply = |v: serde_json::Value| {
-            let mut line = serde_json::to_vec(&v).expect("serialisable");
-            line.push(b'\n');
-            line
-        };
-        if r.as_ref().peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX) != 0 {
-            let _ = w
-                .write_all(&reply(serde_json::json!({"error": "only root may control this node"})))
-                .await;
-            continue;
-        }
-        let mut line = String::new();
-        let mut reader = tokio::io::BufReader::new(r.take(64 << 10));
-        if tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let (out, key) = match serde_json::from_str::<ControlRequest>(&line) {
+        let Some((req, mut w)) = read_request(conn).await else { continue };
+        let (out, key) = match req {
             Ok(ControlRequest::Status) => (
                 serde_json::json!({"ok": {"node_id": cfg.node_id, "role": cfg.role, "cluster_id": cfg.cluster_id, "locked": true}}),
                 None,
@@ -516,9 +474,9 @@ async fn wait_for_unlock(
                 serde_json::json!({"error": "this node is locked: give it its unlock key with `bulkhead cluster unlock`"}),
                 None,
             ),
-            Err(e) => (serde_json::json!({"error": format!("bad request: {e}")}), None),
+            Err(e) => (serde_json::json!({"error": e}), None),
         };
-        let _ = w.write_all(&reply(out)).await;
+        let _ = send(&mut w, out).await;
         if let Some(k) = key {
             drop(listener);
             let _ = std::fs::remove_file(&socket);
@@ -539,31 +497,56 @@ async fn wait_leader(m: &Manager) -> Result<()> {
     Err(Error::Invalid("this manager did not become the leader of its new cluster".into()))
 }
 
-/// One CLI request: only root's (checked by the peer's credentials), one JSON line in, one out.
-async fn control(conn: tokio::net::UnixStream, cfg: &NodeConfig, mgr: Option<&Manager>) -> std::io::Result<()> {
+/// The control socket, bound afresh, 0600 (in a 0700 directory).
+fn bind_control(paths: &Paths) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let socket = paths.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(io(&socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(io(&socket))?;
+    Ok(listener)
+}
+
+/// One JSON line to a client of the control socket.
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, v: serde_json::Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(&v).expect("serialisable");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+/// A request on the control socket: only root's (checked by the peer's credentials; anyone
+/// else is answered with a refusal here), one JSON line of at most 64 KiB within 10 s. Returns
+/// it (or why it is not one) and where to answer; None when nothing can be answered.
+async fn read_request(
+    conn: tokio::net::UnixStream,
+) -> Option<(std::result::Result<ControlRequest, String>, tokio::net::unix::OwnedWriteHalf)> {
     let (r, mut w) = conn.into_split();
-    let reply = |v: serde_json::Value| {
-        let mut line = serde_json::to_vec(&v).expect("serialisable");
-        line.push(b'\n');
-        line
-    };
-    let uid = r.as_ref().peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
-    if uid != 0 {
-        return w
-            .write_all(&reply(serde_json::json!({"error": "only root may control this node"})))
-            .await;
+    if r.as_ref().peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX) != 0 {
+        let _ = send(&mut w, serde_json::json!({"error": "only root may control this node"})).await;
+        return None;
     }
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(r.take(64 << 10));
-    reader.read_line(&mut line).await?;
-    let out = match serde_json::from_str::<ControlRequest>(&line) {
-        Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .ok()?
+        .ok()?;
+    Some((serde_json::from_str(&line).map_err(|e| format!("bad request: {e}")), w))
+}
+
+/// One CLI request, one answer.
+async fn control(conn: tokio::net::UnixStream, cfg: &NodeConfig, mgr: Option<&Manager>) -> std::io::Result<()> {
+    let Some((req, mut w)) = read_request(conn).await else {
+        return Ok(());
+    };
+    let out = match req {
+        Err(e) => serde_json::json!({"error": e}),
         Ok(req) => match answer(req, cfg, mgr).await {
             Ok(v) => serde_json::json!({"ok": v}),
             Err(e) => serde_json::json!({"error": e.to_string()}),
         },
     };
-    w.write_all(&reply(out)).await
+    send(&mut w, out).await
 }
 
 async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) -> Result<serde_json::Value> {

@@ -368,6 +368,18 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// The record of a new token: its hash (what joins are judged by), its text (for `cluster
+    /// join-token` to show), and its limits.
+    pub fn new(token: &JoinToken, role: Role, expires: Option<i64>, uses_left: Option<u32>) -> TokenRecord {
+        TokenRecord {
+            role,
+            hash: token.hash(),
+            text: Some(token.text().to_string()),
+            expires,
+            uses_left,
+        }
+    }
+
     /// Whether `presented` is this token, now: compared in constant time (the hash, so the
     /// comparison's time says nothing of the secret either way), within its expiry and uses.
     /// The caller counts the use down in the same write that admits the node.

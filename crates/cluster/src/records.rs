@@ -34,6 +34,25 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
 }
 
+impl NodeRecord {
+    /// A node as it joins: its id, role and certificate from `cert` (the certificate the CA
+    /// just issued it), active, without labels.
+    pub fn new(cert: &crate::pki::Identity, raft_id: Option<NodeId>, addr: Option<String>, now: i64) -> NodeRecord {
+        NodeRecord {
+            id: cert.node_id.clone(),
+            role: cert.role,
+            raft_id,
+            addr,
+            serial: cert.serial.clone(),
+            previous_serial: None,
+            not_after: cert.not_after,
+            joined: now,
+            availability: active(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 fn active() -> String {
     "active".into()
 }

@@ -247,18 +247,7 @@ async fn form(dir: &std::path::Path, n: usize) -> Formed {
     m1.manager.raft.initialize(members).await.unwrap();
     until("m1 to lead", || m1.manager.raft.metrics().borrow().current_leader == Some(raft1)).await;
     let ident = pki::identity(cert.as_bytes()).unwrap();
-    let first = NodeRecord {
-        id: first_id,
-        role: Role::Manager,
-        raft_id: Some(raft1),
-        addr: Some(m1.addr.clone()),
-        serial: ident.serial,
-        previous_serial: None,
-        not_after: ident.not_after,
-        joined: now(),
-        availability: "active".into(),
-        labels: Default::default(),
-    };
+    let first = NodeRecord::new(&ident, Some(raft1), Some(m1.addr.clone()), now());
     let (worker_token, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
     let mut managers = vec![m1];
     let mut joined = Vec::new();
