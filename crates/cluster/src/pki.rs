@@ -487,6 +487,25 @@ mod tests {
     }
 
     #[test]
+    fn a_mangled_request_never_panics_and_never_names_another() {
+        // (cargo-fuzz is not installed here: fuzz/fuzz_targets/cluster_bootstrap.rs does this
+        // with coverage; every single-byte change of a real request, here.)
+        let ca = Ca::create("c0ffee", NOW, 10).unwrap();
+        let (_k, csr) = key_and_request().unwrap();
+        for i in 0..csr.len() {
+            for x in [0x01u8, 0x80, 0xff] {
+                let mut m = csr.clone();
+                m[i] ^= x;
+                if let Ok(pem) = ca.issue(&m, "n1", Role::Worker, "c0ffee", NOW, 60) {
+                    let id = identity(pem.as_bytes()).unwrap();
+                    assert_eq!((id.node_id.as_str(), id.role), ("n1", Role::Worker));
+                }
+                let _ = identity(&m);
+            }
+        }
+    }
+
+    #[test]
     fn the_ca_survives_its_pem_form() {
         let ca = Ca::create("c0ffee", NOW, 10).unwrap();
         let again = Ca::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
