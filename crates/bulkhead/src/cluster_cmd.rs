@@ -45,6 +45,21 @@ pub enum ClusterCommand {
         #[arg(long)]
         rotate: bool,
     },
+    /// The cluster's root CA (PEM); rotate it, or change how long node certificates last.
+    ///
+    /// A rotation makes a new root, cross-signed by the old, which issues every certificate from
+    /// then on; nodes renew in batches, and when all have, the old root is no longer trusted and
+    /// the join tokens change. Run it after removing a manager: the old root's key was on it.
+    Ca {
+        #[arg(long)]
+        rotate: bool,
+        /// How long node certificates last from their next renewal on (e.g. 90s, 30m, 24h).
+        #[arg(long)]
+        cert_expiry: Option<String>,
+        /// Return once the rotation has started, without waiting for it to finish.
+        #[arg(long, short = 'd')]
+        detach: bool,
+    },
     /// Stop this node's process and forget the cluster (a manager needs --force).
     Leave {
         #[arg(long)]
@@ -67,6 +82,9 @@ pub struct InitArgs {
     /// restarted manager waits for `cluster unlock`.
     #[arg(long)]
     autolock: bool,
+    /// How often nodes check in with a manager (e.g. 500ms, 5s; 5s unless given).
+    #[arg(long)]
+    dispatcher_heartbeat: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +172,19 @@ fn duration_secs(s: &str) -> anyhow::Result<i64> {
         .with_context(|| format!("{s:?}: between 1 s and 365 days"))
 }
 
+fn duration_ms(s: &str) -> anyhow::Result<u64> {
+    let ms = match s.strip_suffix("ms") {
+        Some(n) => n
+            .parse::<u64>()
+            .with_context(|| format!("{s:?}: a number and a unit (ms, s, m, h)"))?,
+        None => duration_secs(s)? as u64 * 1000,
+    };
+    if !(200..=60_000).contains(&ms) {
+        bail!("{s:?}: between 200ms and 60s");
+    }
+    Ok(ms)
+}
+
 /// Starts `node serve` for this root in its own session, its output in the node's log, and waits
 /// (30 s at most) until it answers on its control socket; on failure, the log's last lines say why.
 fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
@@ -166,9 +197,8 @@ fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
         .open(paths.log())
         .with_context(|| paths.log().display().to_string())?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("this program's path")?);
-    cmd.arg("--root").arg(&ctx.root).args(["node", "serve"]);
-    cmd.stdout(log.try_clone()?).stderr(log);
-    let mut child = bulkhead_runtime::lifecycle::spawn_detached(cmd, false).context("starting the node process")?;
+    cmd.arg("--root").arg(&ctx.root).args(["--log-level", "info", "node", "serve"]);
+    let mut child = bulkhead_runtime::lifecycle::spawn_detached_logging(cmd, false, Some(log)).context("starting the node process")?;
     for _ in 0..300 {
         if let Ok(Some(status)) = child.try_wait() {
             bail!("the node process ended ({status}): {}", last_lines(&paths.log()));
@@ -304,6 +334,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 bootstrap: true,
                 needs_membership: false,
                 cert_expiry: a.cert_expiry.as_deref().map(duration_secs).transpose()?.map(|s| s.max(60)),
+                heartbeat_ms: a.dispatcher_heartbeat.as_deref().map(duration_ms).transpose()?,
             };
             let unlock = if a.autolock {
                 Some(bulkhead_cluster::crypt::Key::generate()?)
@@ -384,6 +415,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 bootstrap: false,
                 needs_membership: manager_role,
                 cert_expiry: None,
+                heartbeat_ms: None,
             };
             cfg.save(&paths)?;
             start_node(ctx)?;
@@ -436,6 +468,40 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 println!("{k}");
             } else {
                 println!("The cluster's unlock key (a restarted manager waits for it):\n    {k}");
+            }
+        }
+        ClusterCommand::Ca {
+            rotate,
+            cert_expiry,
+            detach,
+        } => {
+            let cert_expiry = cert_expiry.as_deref().map(duration_secs).transpose()?;
+            let mut v = call(ctx, ControlRequest::Ca { rotate, cert_expiry })?;
+            if rotate && !detach {
+                // Until every node has a certificate of the new root (a node that is down and
+                // not removed holds it up: `node rm` it, or bring it back).
+                let mut last = usize::MAX;
+                while v["rotating"] == true {
+                    let n = v["pending"].as_array().map_or(0, |a| a.len());
+                    if n != last && !ctx.quiet {
+                        eprintln!("CA rotation: {n} node(s) to renew");
+                        last = n;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    v = call(
+                        ctx,
+                        ControlRequest::Ca {
+                            rotate: false,
+                            cert_expiry: None,
+                        },
+                    )?;
+                }
+                if !ctx.quiet {
+                    eprintln!("CA rotation done: the old root is no longer trusted, and the join tokens changed");
+                }
+            }
+            if ctx.quiet || !rotate {
+                print!("{}", v["roots"].as_str().unwrap_or_default());
             }
         }
         ClusterCommand::Leave { force } => {
@@ -500,6 +566,9 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Rm { node } => {
             let v = call(ctx, ControlRequest::NodeRm { node })?;
             println!("{}", v["removed"].as_str().unwrap_or(""));
+            if v["role"] == "manager" && !ctx.quiet {
+                eprintln!("note: a manager's copy of the store holds the CA's key: run `bulkhead cluster ca --rotate`");
+            }
         }
         NodeCommand::Ls => {
             let v = call(ctx, ControlRequest::Nodes)?;

@@ -281,7 +281,9 @@ fn main() -> ExitCode {
     // cgroup controllers this host lacks, say) speak only at debug and trace, or when named.
     let directive = match cli.log_level.as_str() {
         l @ ("error" | "warn" | "info") => {
-            format!("off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l},bulkhead_registry={l},bulkhead_network={l}")
+            format!(
+                "off,bulkhead={l},bulkhead_image={l},bulkhead_runtime={l},bulkhead_registry={l},bulkhead_network={l},bulkhead_cluster={l}"
+            )
         }
         other => other.to_owned(),
     };

@@ -69,11 +69,16 @@ impl Lan {
 
     /// bulkhead on host `i` (in its namespace, with its root).
     fn run(&self, i: usize, args: &[&str]) -> std::process::Output {
+        self.run_as(i, &self.root(i), args)
+    }
+
+    /// bulkhead on host `i` with another root (another node on the same host).
+    fn run_as(&self, i: usize, root: &std::path::Path, args: &[&str]) -> std::process::Output {
         Command::new("timeout")
             .args(["-s", "KILL", "90", "ip", "netns", "exec", &self.ns(i)])
             .arg(env!("CARGO_BIN_EXE_bulkhead"))
             .arg("--root")
-            .arg(self.root(i))
+            .arg(root)
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
@@ -431,4 +436,77 @@ fn a_worker_away_past_its_certificates_expiry_comes_back_as_itself() {
     assert!(ls.contains(&id.node_id), "{ls}");
     let back = bulkhead_cluster::pki::identity(std::fs::read_to_string(lan.root(2).join("cluster/node.crt")).unwrap().as_bytes()).unwrap();
     assert!(back.not_after > now() && back.node_id == id.node_id);
+}
+
+#[test]
+fn the_ca_rotates_to_a_new_root_every_node_moves_to_and_old_tokens_stop_working() {
+    let lan = Lan::new(3);
+    lan.ok(
+        1,
+        &[
+            "cluster",
+            "init",
+            "--advertise-addr",
+            &lan.addr(1),
+            "--dispatcher-heartbeat",
+            "500ms",
+        ],
+    );
+    let first = format!("{}:2377", lan.addr(1));
+    let manager_token = lan.ok(1, &["-q", "cluster", "join-token", "manager"]).trim().to_owned();
+    let worker_token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    lan.ok(
+        2,
+        &[
+            "cluster",
+            "join",
+            "--token",
+            &manager_token,
+            "--advertise-addr",
+            &lan.addr(2),
+            &first,
+        ],
+    );
+    lan.ok(3, &["cluster", "join", "--token", &worker_token, &first]);
+    let file = |i: usize, f: &str| std::fs::read_to_string(lan.root(i).join("cluster").join(f)).unwrap();
+    let old_root = lan.ok(1, &["cluster", "ca"]);
+    assert_eq!(old_root, file(3, "ca.crt"));
+    // Rotated: the command returns when every node has a certificate of the new root.
+    lan.ok(1, &["cluster", "ca", "--rotate"]);
+    let new_root = lan.ok(2, &["cluster", "ca"]);
+    let new_der = bulkhead_cluster::tls::certs(&new_root).unwrap();
+    assert_eq!(new_der.len(), 1, "{new_root}");
+    assert_ne!(new_root, old_root);
+    let key_id = bulkhead_cluster::pki::key_id(&new_der[0]).unwrap();
+    for i in 1..=3 {
+        let id = bulkhead_cluster::pki::identity(file(i, "node.crt").as_bytes()).unwrap();
+        assert_eq!(id.issuer_key.as_deref(), Some(key_id.as_str()), "h{i}'s certificate");
+        // Each node drops the old root within a heartbeat or two.
+        for _ in 0..50 {
+            if file(i, "ca.crt") == new_root {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            file(i, "ca.crt"),
+            new_root,
+            "h{i} still trusts the old root: {}",
+            file(i, "node.log")
+        );
+    }
+    // The managers still reach each other (a write from the follower goes through the leader).
+    lan.ok(2, &["cluster", "join-token", "worker", "--rotate"]);
+    let ls = lan.ok(2, &["node", "ls"]);
+    assert_eq!(node_ids(&ls).len(), 3, "{ls}");
+    // The old tokens pin the old root: refused. The new ones work.
+    let join_again = |token: &str, dir: &str| lan.run_as(3, &lan.root(3).join(dir), &["cluster", "join", "--token", token, &first]);
+    let o = join_again(&worker_token, "again");
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("not the one the token names"), "{e}");
+    let fresh = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    let o = join_again(&fresh, "again2");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lan.run_as(3, &lan.root(3).join("again2"), &["cluster", "leave"]);
 }

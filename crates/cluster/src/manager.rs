@@ -59,7 +59,11 @@ impl From<Error> for Status {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-pub use crate::records::{token_key, NodeRecord};
+pub use crate::records::{token_key, CaRotation, NodeRecord};
+use crate::records::{CA_CERT, CA_KEY, CA_ROTATION};
+
+/// Nodes asked to renew at once during a CA rotation.
+const ROTATION_BATCH: usize = 32;
 
 /// A fresh node id: 16 hex digits.
 pub fn new_node_id() -> Result<String> {
@@ -149,11 +153,11 @@ impl Manager {
                 value: self.auth.cluster_id.clone().into_bytes(),
             },
             Op::Put {
-                key: "ca/cert".into(),
+                key: CA_CERT.into(),
                 value: ca.cert_pem().as_bytes().to_vec(),
             },
             Op::Put {
-                key: "ca/key".into(),
+                key: CA_KEY.into(),
                 value: ca.key_pem().as_bytes().to_vec(),
             },
             Op::Put {
@@ -188,13 +192,9 @@ impl Manager {
     pub fn ca(&self) -> Result<Ca> {
         let cert = self
             .sm
-            .get("ca/cert")
+            .get(CA_CERT)
             .ok_or_else(|| Error::Invalid("no CA in the store yet".into()))?;
-        let key = zeroize::Zeroizing::new(
-            self.sm
-                .get("ca/key")
-                .ok_or_else(|| Error::Invalid("no CA key in the store".into()))?,
-        );
+        let key = zeroize::Zeroizing::new(self.sm.get(CA_KEY).ok_or_else(|| Error::Invalid("no CA key in the store".into()))?);
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| Error::Invalid("the CA in the store is not text".into()));
         Ok(Ca::from_pem(&text(&cert)?, &zeroize::Zeroizing::new(text(&key)?))?)
     }
@@ -202,8 +202,7 @@ impl Manager {
     /// A new join token for `role` (the old one stops working at once), with an expiry and a
     /// number of uses if given.
     pub async fn rotate_token(&self, role: Role, ttl: Option<i64>, uses: Option<u32>, now: i64) -> Result<JoinToken> {
-        let ca = self.ca()?;
-        let t = JoinToken::generate(&ca.digest())?;
+        let t = JoinToken::generate(&self.token_digest()?)?;
         let rec = TokenRecord::new(&t, role, ttl.map(|s| now + s), uses);
         self.write(Request {
             checks: vec![],
@@ -229,7 +228,7 @@ impl Manager {
                 let Some(raw) = self.sm.get(&token_key(role)) else { continue };
                 let rec: TokenRecord =
                     serde_json::from_slice(&raw).map_err(|e| Error::Invalid(format!("the {role:?} token record: {e}")))?;
-                match rec.admits(&presented, &ca.digest(), now) {
+                match rec.admits(&presented, &self.token_digest()?, now) {
                     Ok(()) => found = Some((role, raw, rec)),
                     Err(pki::Error::Token("wrong or rotated token")) => {}
                     Err(e) => refusal = e,
@@ -239,7 +238,7 @@ impl Manager {
                 return Err(refusal.into());
             };
             let id = new_node_id()?;
-            let cert = ca.issue(csr, &id, role, &self.auth.cluster_id, now, self.cert_lifetime())?;
+            let cert = self.chain(ca.issue(csr, &id, role, &self.auth.cluster_id, now, self.cert_lifetime())?);
             let ident = pki::identity(cert.as_bytes())?;
             let raft_id = (role == Role::Manager).then(new_raft_id).transpose()?;
             let addr = if role == Role::Manager { addr.clone() } else { None };
@@ -275,6 +274,160 @@ impl Manager {
         Err(Error::Invalid("the join token keeps changing; try again".into()))
     }
 
+    /// A CA rotation in progress, if any.
+    pub fn rotation(&self) -> Option<CaRotation> {
+        self.get(CA_ROTATION)
+    }
+
+    /// The roots every node trusts: the CA, and during a rotation the old root too (PEM).
+    pub fn trust_pem(&self) -> Result<String> {
+        let ca = self
+            .sm
+            .get(CA_CERT)
+            .ok_or_else(|| Error::Invalid("no CA in the store yet".into()))?;
+        let mut pem = String::from_utf8(ca).map_err(|_| Error::Invalid("the CA in the store is not text".into()))?;
+        if let Some(r) = self.rotation() {
+            pem.push_str(&r.old_cert);
+        }
+        Ok(pem)
+    }
+
+    /// The digest of the root join tokens pin: the old root until a rotation is done.
+    pub fn token_digest(&self) -> Result<String> {
+        match self.rotation() {
+            Some(r) => Ok(pki::digest(&crate::tls::certs(&r.old_cert)?[0])),
+            None => Ok(self.ca()?.digest()),
+        }
+    }
+
+    /// A certificate the CA just issued, with the cross-signed new root after it during a
+    /// rotation (so that it verifies against either root).
+    fn chain(&self, cert: String) -> String {
+        match self.rotation() {
+            Some(r) => cert + &r.cross,
+            None => cert,
+        }
+    }
+
+    /// How often nodes check in (`cluster init --dispatcher-heartbeat`), 5 s unless set.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.get::<u64>("config/heartbeat_ms").unwrap_or(5000).clamp(200, 60_000))
+    }
+
+    /// Starts a CA rotation: a new root (a new key) cross-signed by the old, which issues every
+    /// certificate from now on; the old one stays trusted until every node has a certificate of
+    /// the new one ([`Manager::drive_ca_rotation`] asks them in batches), then goes, and the join
+    /// tokens change.
+    pub async fn start_ca_rotation(&self, now: i64) -> Result<()> {
+        if self.rotation().is_some() {
+            return Err(Error::Invalid("a CA rotation is in progress already".into()));
+        }
+        let old = self.ca()?;
+        let (new, cross) = old.successor(&self.auth.cluster_id, now, 10)?;
+        let rotation = CaRotation {
+            old_cert: old.cert_pem().to_owned(),
+            cross,
+            started: now,
+            batch: Vec::new(),
+        };
+        let r = self
+            .write(Request {
+                checks: vec![
+                    Check::Is {
+                        key: CA_CERT.into(),
+                        value: Some(old.cert_pem().as_bytes().to_vec()),
+                    },
+                    Check::Is {
+                        key: CA_ROTATION.into(),
+                        value: None,
+                    },
+                ],
+                ops: vec![
+                    Op::Put {
+                        key: CA_CERT.into(),
+                        value: new.cert_pem().as_bytes().to_vec(),
+                    },
+                    Op::Put {
+                        key: CA_KEY.into(),
+                        value: new.key_pem().as_bytes().to_vec(),
+                    },
+                    Op::Put {
+                        key: CA_ROTATION.into(),
+                        value: json(&rotation),
+                    },
+                ],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid("the CA changed meanwhile; try again".into()));
+        }
+        Ok(())
+    }
+
+    /// Where a CA rotation stands: the nodes whose certificate is not yet the new root's (a
+    /// node whose certificate has expired is not waited for: it can only come back with a join
+    /// token, after the rotation).
+    pub fn ca_pending(&self, now: i64) -> Result<Vec<NodeRecord>> {
+        let key_id = self.ca()?.key_id()?;
+        Ok(self
+            .nodes()
+            .into_iter()
+            .filter(|n| n.issuer.as_deref() != Some(key_id.as_str()) && n.not_after > now)
+            .collect())
+    }
+
+    /// One step of a CA rotation, on the leader: the next batch of nodes to renew when the last
+    /// one is done, and the end when no node is left (the old root goes, and both join tokens
+    /// change, keeping their limits). Nothing without a rotation or on a follower.
+    pub async fn drive_ca_rotation(&self, now: i64) -> Result<()> {
+        let Some(raw) = self.sm.get(CA_ROTATION) else { return Ok(()) };
+        {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(m.id) {
+                return Ok(());
+            }
+        }
+        let mut rotation: CaRotation = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let pending: Vec<String> = self.ca_pending(now)?.into_iter().map(|n| n.id).collect();
+        let ops = if pending.is_empty() {
+            let pin = self.ca()?.digest();
+            let mut ops = vec![Op::Delete { key: CA_ROTATION.into() }];
+            for role in [Role::Worker, Role::Manager] {
+                let t = JoinToken::generate(&pin)?;
+                let old: Option<TokenRecord> = self.get(&token_key(role));
+                ops.push(Op::Put {
+                    key: token_key(role),
+                    value: json(&TokenRecord::new(
+                        &t,
+                        role,
+                        old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
+                        old.and_then(|o| o.uses_left),
+                    )),
+                });
+            }
+            tracing::info!("CA rotation done: the old root is no longer trusted, and the join tokens changed");
+            ops
+        } else if rotation.batch.iter().any(|n| pending.contains(n)) {
+            return Ok(());
+        } else {
+            rotation.batch = pending.into_iter().take(ROTATION_BATCH).collect();
+            tracing::info!(batch = ?rotation.batch, "CA rotation: the next nodes renew");
+            vec![Op::Put {
+                key: CA_ROTATION.into(),
+                value: json(&rotation),
+            }]
+        };
+        self.write(Request {
+            checks: vec![Check::Is {
+                key: CA_ROTATION.into(),
+                value: Some(raw),
+            }],
+            ops,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// How long node certificates last (`cluster init --cert-expiry`), 24 h unless set.
     pub fn cert_lifetime(&self) -> i64 {
         self.get::<i64>("config/cert_expiry").unwrap_or(CERT_LIFETIME)
@@ -295,14 +448,16 @@ impl Manager {
         if rec.serial != caller.serial && rec.previous_serial.as_deref() != Some(caller.serial.as_str()) {
             return Err(Error::Invalid("a superseded certificate cannot be renewed".into()));
         }
-        let cert = self
-            .ca()?
-            .issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?;
+        let cert = self.chain(
+            self.ca()?
+                .issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?,
+        );
         let ident = pki::identity(cert.as_bytes())?;
         let updated = NodeRecord {
             previous_serial: Some(rec.serial.clone()),
             serial: ident.serial,
             not_after: ident.not_after,
+            issuer: ident.issuer_key,
             ..rec
         };
         let r = self
@@ -354,9 +509,9 @@ impl Manager {
             });
         }
         if rec.role == Role::Manager {
-            let ca = self.ca()?;
+            let pin = self.token_digest()?;
             for role in [Role::Worker, Role::Manager] {
-                let t = JoinToken::generate(&ca.digest())?;
+                let t = JoinToken::generate(&pin)?;
                 let old: Option<TokenRecord> = self.get(&token_key(role));
                 ops.push(Op::Put {
                     key: token_key(role),
@@ -424,7 +579,11 @@ impl Manager {
             .get(&key)
             .ok_or_else(|| Error::Invalid(format!("node {node_id} is not in the cluster (removed?): join as a new node")))?;
         let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
-        let old = pki::old_identity(&ca, old_cert, csr, proof)?;
+        let rotation = self.rotation();
+        let old_root = rotation.as_ref().map(|r| crate::tls::certs(&r.old_cert)).transpose()?;
+        let mut roots: Vec<&[u8]> = vec![ca.cert_der()];
+        roots.extend(old_root.iter().flatten().map(|c| c.as_ref()));
+        let old = pki::old_identity(&roots, old_cert, csr, proof)?;
         if old.node_id != rec.id || old.cluster_id != self.auth.cluster_id {
             return Err(Error::Invalid("the old certificate is another node's".into()));
         }
@@ -440,13 +599,14 @@ impl Manager {
             .ok_or_else(|| Error::Invalid("no join token in the store".into()))?;
         let trec: TokenRecord = serde_json::from_slice(&token_raw).map_err(|e| Error::Invalid(e.to_string()))?;
         // The token must be for the node's own role: a worker token brings no manager back.
-        trec.admits(&presented, &ca.digest(), now)?;
-        let cert = ca.issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?;
+        trec.admits(&presented, &self.token_digest()?, now)?;
+        let cert = self.chain(ca.issue(csr, &rec.id, rec.role, &self.auth.cluster_id, now, self.cert_lifetime())?);
         let ident = pki::identity(cert.as_bytes())?;
         let updated = NodeRecord {
             previous_serial: Some(rec.serial.clone()),
             serial: ident.serial,
             not_after: ident.not_after,
+            issuer: ident.issuer_key,
             ..rec
         };
         let mut ops = vec![Op::Put {
@@ -540,14 +700,11 @@ pub struct BootstrapService {
 #[tonic::async_trait]
 impl proto::bootstrap_server::Bootstrap for BootstrapService {
     async fn get_ca(&self, _req: GrpcRequest<proto::Empty>) -> std::result::Result<GrpcResponse<proto::CaReply>, Status> {
-        let ca = self
+        let ca_pem = self
             .manager
-            .sm
-            .get("ca/cert")
-            .ok_or_else(|| Status::unavailable("the cluster is not initialised"))?;
-        Ok(GrpcResponse::new(proto::CaReply {
-            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
-        }))
+            .trust_pem()
+            .map_err(|_| Status::unavailable("the cluster is not initialised"))?;
+        Ok(GrpcResponse::new(proto::CaReply { ca_pem }))
     }
 
     async fn join(&self, req: GrpcRequest<proto::JoinRequest>) -> std::result::Result<GrpcResponse<proto::JoinReply>, Status> {
@@ -563,12 +720,11 @@ impl proto::bootstrap_server::Bootstrap for BootstrapService {
                 .await?
         };
         let node_id = node.id.clone();
-        let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
         Ok(GrpcResponse::new(proto::JoinReply {
             node_id,
             role: node.role.ou().to_owned(),
             cert_pem: cert,
-            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+            ca_pem: self.manager.trust_pem()?,
             raft_id: node.raft_id.unwrap_or(0),
         }))
     }
@@ -679,10 +835,14 @@ async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Res
         .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?
         .into_inner()
         .ca_pem;
-    let der = crate::tls::certs(&ca_pem)?;
-    if der.len() != 1 || pki::digest(&der[0]) != t.ca_digest {
-        return Err(pki::Error::Token("the manager's CA is not the one the token names (a fake manager, or another cluster)").into());
-    }
+    // The root the token names, among the ones the manager trusts (two during a CA rotation).
+    let (pinned_pem, pinned) = crate::tls::pem_blocks(&ca_pem)
+        .into_iter()
+        .filter_map(|b| Some((b.clone(), crate::tls::certs(&b).ok()?.remove(0))))
+        .find(|(_, d)| pki::digest(d) == t.ca_digest)
+        .ok_or(pki::Error::Token(
+            "the manager's CA is not the one the token names (a fake manager, or another cluster)",
+        ))?;
     let (key, csr) = pki::key_and_request()?;
     let (node_id, old_cert, proof) = match &previous {
         Some(p) => (
@@ -692,7 +852,7 @@ async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Res
         ),
         None => (String::new(), Vec::new(), Vec::new()),
     };
-    let ch = transport::connect(addr, crate::tls::client_config(&ca_pem, None)?)
+    let ch = transport::connect(addr, crate::tls::client_config(&pinned_pem, None)?)
         .await
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let r = proto::bootstrap_client::BootstrapClient::new(ch)
@@ -710,6 +870,10 @@ async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Res
     if ident.node_id != r.node_id || (!node_id.is_empty() && r.node_id != node_id) {
         return Err(Error::Invalid("the manager sent a certificate for another node".into()));
     }
+    // The roots to trust from now on (a verified manager's word), which must hold the pinned one.
+    if !crate::tls::certs(&r.ca_pem)?.iter().any(|d| d.as_ref() == pinned.as_ref()) {
+        return Err(Error::Invalid("the manager's roots do not include the one the token names".into()));
+    }
     Ok(Joined {
         node_id: r.node_id,
         role: ident.role,
@@ -717,7 +881,7 @@ async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Res
         raft_id: (ident.role == Role::Manager && r.raft_id != 0).then_some(r.raft_id),
         cert_pem: r.cert_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
-        ca_pem,
+        ca_pem: r.ca_pem,
     })
 }
 
@@ -763,10 +927,26 @@ impl proto::certs_server::Certs for CertsService {
             return Err(Status::invalid_argument("request too large"));
         }
         let cert = self.manager.renew(&caller, &req.get_ref().csr, (self.now)()).await?;
-        let ca = self.manager.sm.get("ca/cert").unwrap_or_default();
         Ok(GrpcResponse::new(proto::RenewReply {
             cert_pem: cert,
-            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+            ca_pem: self.manager.trust_pem()?,
+        }))
+    }
+
+    async fn status(&self, req: GrpcRequest<proto::Empty>) -> std::result::Result<GrpcResponse<proto::StatusReply>, Status> {
+        let caller = self.manager.auth.require(&req, None)?;
+        let rec: Option<NodeRecord> = self.manager.get(&crate::records::node_key(&caller.node_id));
+        let rec = rec.ok_or_else(|| Status::permission_denied("this node was removed from the cluster"))?;
+        let key_id = self.manager.ca()?.key_id().map_err(Error::from)?;
+        // Renew now: in a CA rotation's current batch, and not yet from the new root.
+        let renew = self
+            .manager
+            .rotation()
+            .is_some_and(|r| r.batch.contains(&rec.id) && caller.issuer_key.as_deref() != Some(key_id.as_str()));
+        Ok(GrpcResponse::new(proto::StatusReply {
+            ca_pem: self.manager.trust_pem()?,
+            renew,
+            heartbeat_ms: self.manager.heartbeat().as_millis() as u64,
         }))
     }
 }
@@ -782,6 +962,17 @@ pub async fn renew_at(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<(Str
         .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?
         .into_inner();
     Ok((r.cert_pem, zeroize::Zeroizing::new(key.serialize_pem())))
+}
+
+/// A node's check-in with the manager at `addr`: what to trust, whether to renew now, when to
+/// ask again.
+pub async fn status_at(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<proto::StatusReply> {
+    let ch = transport::connect(addr, tls).await.map_err(|e| Error::Invalid(e.to_string()))?;
+    proto::certs_client::CertsClient::new(ch)
+        .status(proto::Empty {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))
 }
 
 /// Serves a manager's gRPC services on `listener` (TLS with `server_tls`), each call checked

@@ -110,6 +110,9 @@ pub struct NodeConfig {
     /// `cluster init --cert-expiry`, in seconds (read at the first start only).
     #[serde(default)]
     pub cert_expiry: Option<i64>,
+    /// `cluster init --dispatcher-heartbeat`, in milliseconds (read at the first start only).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
 }
 
 impl NodeConfig {
@@ -182,6 +185,14 @@ pub enum ControlRequest {
         #[serde(default)]
         rotate: bool,
     },
+    /// The root CA and where a rotation stands; a rotation started, or the certificates'
+    /// lifetime changed.
+    Ca {
+        #[serde(default)]
+        rotate: bool,
+        #[serde(default)]
+        cert_expiry: Option<i64>,
+    },
 }
 
 /// The node process: a manager serves Raft, the bootstrap calls and the control API on its
@@ -233,7 +244,9 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     let (ca_pem, cert_pem) = (read(paths.ca())?, read(paths.cert())?);
     let key_pem = crypt::read_node_key(&paths.key(), unlock.as_ref())?;
     let me = tls::Identity::new(&cert_pem, &key_pem)?;
-    let client_tls = tls::client_config(&ca_pem, Some(me.clone()))?;
+    // The roots this node trusts, replaced when a CA rotation starts or ends (check_in).
+    let trust = tls::Trust::new(&ca_pem)?;
+    let client_tls = tls::client_config_trusting(trust.clone(), Some(me.clone()))?;
     let mut mgr = None;
     if cfg.role == Role::Manager {
         let raft_id = cfg.raft_id.ok_or_else(|| Error::Invalid("a manager without a Raft id".into()))?;
@@ -252,7 +265,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
-        manager::serve_manager(&m, listener, tls::server_config(&ca_pem, me.clone())?);
+        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?);
         if let Some(ca) = bootstrap_ca.take() {
             let mut members = std::collections::BTreeMap::new();
             members.insert(
@@ -287,6 +300,16 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 })
                 .await?;
             }
+            if let Some(ms) = cfg.heartbeat_ms {
+                m.write(store::Request {
+                    checks: vec![],
+                    ops: vec![store::Op::Put {
+                        key: "config/heartbeat_ms".into(),
+                        value: serde_json::to_vec(&ms).expect("serialisable"),
+                    }],
+                })
+                .await?;
+            }
             cfg.bootstrap = false;
             cfg.save(&paths)?;
         }
@@ -316,12 +339,33 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+        // The leader drives a CA rotation along.
+        let mm = m.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = mm.drive_ca_rotation(now()).await {
+                    tracing::warn!(error = %e, "CA rotation");
+                }
+            }
+        });
         mgr = Some(m);
     }
-    // Every node renews its own certificate, at a random point between 50 % and 80 % of its life.
+    // Every node renews its own certificate, at a random point between 50 % and 80 % of its life
+    // (or at once when a CA rotation asks), and checks in every heartbeat.
+    let mut targets: Vec<String> = Vec::new();
+    if cfg.role == Role::Manager {
+        targets.push(cfg.advertise.clone());
+    }
+    targets.extend(cfg.managers.iter().filter(|m| **m != cfg.advertise).cloned());
+    let (renew_now, renew_asked) = tokio::sync::watch::channel(0u64);
     {
-        let (paths, me, ca_pem, cfg) = (paths.clone(), me.clone(), ca_pem.clone(), cfg.clone());
-        tokio::spawn(async move { renewals(paths, me, ca_pem, cfg).await });
+        let (paths, me, tls, targets) = (paths.clone(), me.clone(), client_tls.clone(), targets.clone());
+        tokio::spawn(async move { renewals(paths, me, tls, targets, renew_asked).await });
+    }
+    {
+        let (paths, trust, tls) = (paths.clone(), trust.clone(), client_tls.clone());
+        tokio::spawn(async move { check_in(paths, trust, tls, targets, renew_now).await });
     }
 
     let (socket, listener) = (paths.socket(), bind_control(&paths)?);
@@ -368,12 +412,57 @@ pub fn renewal_time(not_before: i64, not_after: i64) -> i64 {
     issued + life / 2 + (life * 3 / 10) * r / 65535
 }
 
-async fn renewals(paths: Paths, me: Arc<tls::Identity>, ca_pem: String, cfg: NodeConfig) {
-    let mut targets: Vec<String> = Vec::new();
-    if cfg.role == Role::Manager {
-        targets.push(cfg.advertise.clone());
+/// Asks a manager every heartbeat what to trust (the roots change when a CA rotation starts
+/// and ends) and whether to renew now (a rotation's batch).
+async fn check_in(
+    paths: Paths,
+    trust: Arc<tls::Trust>,
+    tls: Arc<rustls::ClientConfig>,
+    targets: Vec<String>,
+    renew_now: tokio::sync::watch::Sender<u64>,
+) {
+    let mut every = Duration::from_secs(5);
+    loop {
+        for t in &targets {
+            match manager::status_at(t, tls.clone()).await {
+                Ok(r) => {
+                    match trust.replace(&r.ca_pem) {
+                        Ok(true) => {
+                            tracing::info!(
+                                roots = tls::certs(&r.ca_pem).map(|c| c.len()).unwrap_or(0),
+                                "the cluster's roots changed"
+                            );
+                            if let Err(e) = crypt::write_private(&paths.ca(), r.ca_pem.as_bytes()) {
+                                tracing::error!(error = %e, "writing the roots");
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "the roots a manager sent"),
+                    }
+                    if r.renew {
+                        renew_now.send_modify(|n| *n += 1);
+                    }
+                    every = Duration::from_millis(r.heartbeat_ms.clamp(200, 60_000));
+                    break;
+                }
+                // Said once all have failed: one manager down is no news.
+                Err(e) if Some(t) == targets.last() => tracing::warn!(manager = %t, error = %e, "check-in: no manager answered"),
+                Err(e) => tracing::debug!(manager = %t, error = %e, "check-in"),
+            }
+        }
+        // A little jitter, so that nodes started together do not call together.
+        let jitter = crypt::random::<1>().map(|b| b[0] as u64).unwrap_or(0) * every.as_millis() as u64 / 2550;
+        tokio::time::sleep(every + Duration::from_millis(jitter)).await;
     }
-    targets.extend(cfg.managers.iter().cloned());
+}
+
+async fn renewals(
+    paths: Paths,
+    me: Arc<tls::Identity>,
+    tls: Arc<rustls::ClientConfig>,
+    targets: Vec<String>,
+    mut renew_now: tokio::sync::watch::Receiver<u64>,
+) {
     loop {
         let cert = std::fs::read_to_string(paths.cert()).unwrap_or_default();
         let Ok(id) = pki::identity(cert.as_bytes()) else {
@@ -383,15 +472,18 @@ async fn renewals(paths: Paths, me: Arc<tls::Identity>, ca_pem: String, cfg: Nod
         let at = renewal_time(id.not_before, id.not_after);
         let wait = (at - now()).max(0) as u64;
         tracing::info!(at, wait, "next certificate renewal");
-        tokio::time::sleep(Duration::from_secs(wait)).await;
-        let Ok(tls) = tls::client_config(&ca_pem, Some(me.clone())) else {
-            return;
-        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+            _ = renew_now.changed() => tracing::info!("renewing now (CA rotation)"),
+        }
         let mut done = false;
         for t in &targets {
             match manager::renew_at(t, tls.clone()).await {
                 Ok((cert, key)) => match store_renewal(&paths, &me, &cert, &key) {
                     Ok(()) => {
+                        // A check-in made with the old certificate while this renewal ran asked
+                        // for what is done now.
+                        renew_now.borrow_and_update();
                         tracing::info!(manager = %t, "certificate renewed");
                         done = true;
                         break;
@@ -669,12 +761,45 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
         ControlRequest::NodeRm { node } => {
             let m = need()?;
             let rec = m.remove_node(&node, now()).await?;
-            serde_json::json!({"removed": rec.id})
+            serde_json::json!({"removed": rec.id, "role": rec.role})
+        }
+        ControlRequest::Ca { rotate, cert_expiry } => {
+            let m = need()?;
+            if let Some(exp) = cert_expiry {
+                if !(60..=10 * 365 * 86400).contains(&exp) {
+                    return Err(Error::Invalid("--cert-expiry: from 1 minute to 10 years".into()));
+                }
+                m.write(store::Request {
+                    checks: vec![],
+                    ops: vec![store::Op::Put {
+                        key: "config/cert_expiry".into(),
+                        value: serde_json::to_vec(&exp).expect("serialisable"),
+                    }],
+                })
+                .await?;
+            }
+            if rotate {
+                m.start_ca_rotation(now()).await?;
+            }
+            let rotation = m.rotation();
+            let pending: Vec<String> = if rotation.is_some() {
+                m.ca_pending(now())?.into_iter().map(|n| n.id).collect()
+            } else {
+                Vec::new()
+            };
+            serde_json::json!({
+                "roots": m.trust_pem()?,
+                "ca_digest": m.ca()?.digest(),
+                "rotating": rotation.is_some(),
+                "pending": pending,
+                "batch": rotation.map(|r| r.batch).unwrap_or_default(),
+                "cert_expiry": m.cert_lifetime(),
+            })
         }
         ControlRequest::Inspect => {
             let m = need()?;
             let metrics = m.raft.metrics().borrow().clone();
-            let ca = m.sm.get("ca/cert").map(|c| String::from_utf8_lossy(&c).into_owned());
+            let ca = m.sm.get(crate::records::CA_CERT).map(|c| String::from_utf8_lossy(&c).into_owned());
             let digest = ca.as_deref().and_then(|c| tls::certs(c).ok()).map(|d| pki::digest(&d[0]));
             serde_json::json!({
                 "cluster_id": cfg.cluster_id,

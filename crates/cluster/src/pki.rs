@@ -74,6 +74,9 @@ pub struct Identity {
     pub serial: String,
     pub not_before: i64,
     pub not_after: i64,
+    /// The key identifier of the CA that issued it (hex; its authority key identifier): which
+    /// root a node's certificate comes from, during a CA rotation.
+    pub issuer_key: Option<String>,
 }
 
 /// The root CA: its certificate, and its key (kept in the encrypted store).
@@ -95,6 +98,29 @@ fn serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&b))
 }
 
+/// A root's parameters: CA for one level of node certificates below it (and a cross-signed
+/// copy of a successor between), named with a random suffix so that two roots of a cluster
+/// never share a subject.
+fn root_params(cluster_id: &str, now: i64, years: i64) -> Result<CertificateParams> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    let tag = hex::encode(random::<4>().map_err(|e| Error::Invalid(e.to_string()))?);
+    dn.push(DnType::CommonName, format!("bulkhead cluster root CA {tag}"));
+    dn.push(DnType::OrganizationName, cluster_id);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.serial_number = Some(serial()?);
+    p.not_before = offset(now - 3600)?;
+    p.not_after = offset(now + years * 365 * 86400)?;
+    p.use_authority_key_identifier_extension = false;
+    Ok(p)
+}
+
 fn offset(t: i64) -> Result<time::OffsetDateTime> {
     time::OffsetDateTime::from_unix_timestamp(t).map_err(|e| Error::Invalid(format!("time {t}: {e}")))
 }
@@ -103,27 +129,42 @@ impl Ca {
     /// A new root for cluster `cluster_id`, valid `years` years.
     pub fn create(cluster_id: &str, now: i64, years: i64) -> Result<Ca> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("CA key"))?;
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "bulkhead cluster root CA");
-        dn.push(DnType::OrganizationName, cluster_id);
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.serial_number = Some(serial()?);
-        p.not_before = offset(now - 3600)?;
-        p.not_after = offset(now + years * 365 * 86400)?;
-        p.use_authority_key_identifier_extension = false;
+        let p = root_params(cluster_id, now, years)?;
         let cert = p.self_signed(&key).map_err(rc("CA certificate"))?;
         Ok(Ca {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
             key,
         })
+    }
+
+    /// A CA rotation's new root (a new key), and the same root cross-signed by this one (PEM):
+    /// a certificate the new root issues, sent with the cross-signed one, verifies for a node
+    /// that trusts only this root as for one that trusts only the new one.
+    pub fn successor(&self, cluster_id: &str, now: i64, years: i64) -> Result<(Ca, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("CA key"))?;
+        let mut p = root_params(cluster_id, now, years)?;
+        let root = p.self_signed(&key).map_err(rc("CA certificate"))?;
+        // Same subject and key (so the same key identifier), another serial, and no longer valid
+        // than the old root that signs it.
+        p.serial_number = Some(serial()?);
+        let old_end = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| Error::Invalid(format!("the CA: {e}")))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        p.not_after = offset(old_end.min(now + years * 365 * 86400))?;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(rc("CA"))?;
+        let cross = p.signed_by(&key, &issuer).map_err(rc("cross-signed certificate"))?;
+        Ok((
+            Ca {
+                cert_pem: root.pem(),
+                cert_der: root.der().to_vec(),
+                key,
+            },
+            cross.pem(),
+        ))
     }
 
     /// The CA from its certificate and key (PEM), as the store keeps them.
@@ -152,6 +193,11 @@ impl Ca {
 
     pub fn digest(&self) -> String {
         digest(&self.cert_der)
+    }
+
+    /// Its key identifier (hex), as the certificates it issues name it.
+    pub fn key_id(&self) -> Result<String> {
+        key_id(&self.cert_der)
     }
 
     /// A node certificate for `node_id` with `role` in `cluster_id`, for the key of `csr_der`
@@ -202,6 +248,18 @@ fn is_p256_key(csr_der: &[u8]) -> bool {
         && curve == Some(x509_parser::oid_registry::OID_EC_P256)
         && spki.subject_public_key.data.len() == 65
         && spki.subject_public_key.data[0] == 4
+}
+
+/// A CA certificate's subject key identifier (hex).
+pub fn key_id(der: &[u8]) -> Result<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Invalid(format!("the CA: {e}")))?;
+    c.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(hex::encode(k.0)),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Invalid("the CA has no key identifier".into()))
 }
 
 /// Node ids: lower-case hex or letters and digits, at most 64 (they are DNS names too).
@@ -257,6 +315,10 @@ pub fn identity(cert: &[u8]) -> Result<Identity> {
         serial: c.raw_serial_as_string().replace(':', ""),
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),
+        issuer_key: c.extensions().iter().find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| hex::encode(k.0)),
+            _ => None,
+        }),
     })
 }
 
@@ -274,14 +336,20 @@ pub fn prove(key_pem: &str, msg: &[u8]) -> Result<Vec<u8>> {
         .map_err(|e| Error::Invalid(format!("signing: {e}")))
 }
 
-/// What an old (possibly expired) certificate of this CA says, if it is one: its signature is
-/// the CA's, and `proof` is a signature of `msg` by its key. Expiry is not judged here: this is
-/// how a node whose certificate ran out while it was away proves who it is.
-pub fn old_identity(ca: &Ca, old_der: &[u8], msg: &[u8], proof: &[u8]) -> Result<Identity> {
+/// What an old (possibly expired) certificate of one of `roots` (DER: the CA, and during a
+/// rotation the old root too) says, if it is one: its signature is the root's, and `proof` is a
+/// signature of `msg` by its key. Expiry is not judged here: this is how a node whose
+/// certificate ran out while it was away proves who it is.
+pub fn old_identity(roots: &[&[u8]], old_der: &[u8], msg: &[u8], proof: &[u8]) -> Result<Identity> {
     let (_, cert) = x509_parser::parse_x509_certificate(old_der).map_err(|e| Error::Invalid(format!("the old certificate: {e}")))?;
-    let (_, cac) = x509_parser::parse_x509_certificate(&ca.cert_der).map_err(|e| Error::Invalid(format!("the CA: {e}")))?;
-    cert.verify_signature(Some(cac.public_key()))
-        .map_err(|_| Error::Invalid("the old certificate is not this cluster's".into()))?;
+    let mut signed = false;
+    for root in roots {
+        let (_, cac) = x509_parser::parse_x509_certificate(root).map_err(|e| Error::Invalid(format!("the CA: {e}")))?;
+        signed |= cert.verify_signature(Some(cac.public_key())).is_ok();
+    }
+    if !signed {
+        return Err(Error::Invalid("the old certificate is not this cluster's".into()));
+    }
     let key = aws_lc_rs::signature::UnparsedPublicKey::new(
         &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
         cert.public_key().subject_public_key.data.as_ref(),
@@ -503,6 +571,40 @@ mod tests {
                 let _ = identity(&m);
             }
         }
+    }
+
+    #[test]
+    fn a_successor_root_is_trusted_through_the_old_one_and_by_itself() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::server::danger::ClientCertVerifier;
+        let old = Ca::create("c0ffee", NOW, 10).unwrap();
+        let (new, cross) = old.successor("c0ffee", NOW, 10).unwrap();
+        assert_ne!(old.key_id().unwrap(), new.key_id().unwrap());
+        let (_k, csr) = key_and_request().unwrap();
+        let leaf = new.issue(&csr, "n1", Role::Manager, "c0ffee", NOW, 86400).unwrap();
+        assert_eq!(identity(leaf.as_bytes()).unwrap().issuer_key, Some(new.key_id().unwrap()));
+        let chain = crate::tls::certs(&format!("{leaf}{cross}")).unwrap();
+        let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(NOW as u64));
+        let name = rustls::pki_types::ServerName::try_from(crate::tls::MANAGER_NAME).unwrap();
+        let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+        // A node that trusts only the old root, only the new one, or both: all accept it.
+        for roots in [old.cert_pem(), new.cert_pem(), both.as_str()] {
+            let t = crate::tls::Trust::new(roots).unwrap();
+            t.verify_server_cert(&chain[0], &chain[1..], &name, &[], at).unwrap();
+            t.verify_client_cert(&chain[0], &chain[1..], at).unwrap();
+        }
+        // Without the cross-signed certificate, the old root alone does not; a third root's
+        // does not either; and once the old root is dropped, its certificates are refused.
+        let t = crate::tls::Trust::new(old.cert_pem()).unwrap();
+        assert!(t.verify_client_cert(&chain[0], &[], at).is_err());
+        let (_other, foreign_cross) = Ca::create("c0ffee", NOW, 10).unwrap().successor("c0ffee", NOW, 10).unwrap();
+        let foreign = crate::tls::certs(&format!("{leaf}{foreign_cross}")).unwrap();
+        assert!(t.verify_client_cert(&foreign[0], &foreign[1..], at).is_err());
+        let old_leaf = crate::tls::certs(&old.issue(&csr, "n1", Role::Manager, "c0ffee", NOW, 86400).unwrap()).unwrap();
+        let t = crate::tls::Trust::new(new.cert_pem()).unwrap();
+        assert!(t.verify_client_cert(&old_leaf[0], &[], at).is_err());
+        t.replace(&both).unwrap();
+        t.verify_client_cert(&old_leaf[0], &[], at).unwrap();
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct NodeRecord {
     #[serde(default)]
     pub previous_serial: Option<String>,
     pub not_after: i64,
+    /// The key identifier of the root that issued its certificate (a CA rotation is done when
+    /// every node's is the new root's).
+    #[serde(default)]
+    pub issuer: Option<String>,
     pub joined: i64,
     #[serde(default = "active")]
     pub availability: String,
@@ -46,6 +50,7 @@ impl NodeRecord {
             serial: cert.serial.clone(),
             previous_serial: None,
             not_after: cert.not_after,
+            issuer: cert.issuer_key.clone(),
             joined: now,
             availability: active(),
             labels: BTreeMap::new(),
@@ -71,6 +76,25 @@ pub fn token_key(role: Role) -> String {
             Role::Worker => "worker",
         }
     )
+}
+
+/// Where the root CA's certificate lives (during a rotation: the new root, which issues).
+pub const CA_CERT: &str = "ca/cert";
+/// Where its key lives (only ever in the sealed store and in memory).
+pub const CA_KEY: &str = "ca/key";
+/// A CA rotation in progress (a [`CaRotation`]).
+pub const CA_ROTATION: &str = "ca/rotation";
+
+/// A CA rotation in progress: the old root (still trusted, and what join tokens pin until the
+/// end), the new root cross-signed by the old (sent with every certificate the new root issues,
+/// so that nodes that trust only the old root accept it), and the nodes asked to renew now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub old_cert: String,
+    pub cross: String,
+    pub started: i64,
+    #[serde(default)]
+    pub batch: Vec<String>,
 }
 
 /// Where a denied certificate serial lives (its value: the certificate's expiry).

@@ -11,8 +11,11 @@
 
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -43,6 +46,22 @@ pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
         return Err(Error::Invalid("no certificate in the PEM text".into()));
     }
     Ok(out)
+}
+
+/// The PEM blocks of a text of certificates, each as its own text.
+pub fn pem_blocks(pem: &str) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let (Some(b), Some(e)) = (rest.find("-----BEGIN CERTIFICATE-----"), rest.find(END)) {
+        if e < b {
+            rest = &rest[e + END.len()..];
+            continue;
+        }
+        out.push(format!("{}\n", &rest[b..e + END.len()]));
+        rest = &rest[e + END.len()..];
+    }
+    out
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
@@ -106,34 +125,191 @@ impl ResolvesClientCert for Identity {
     }
 }
 
-/// A manager's server side: its own certificate (renewable); client certificates verified
-/// against the cluster's CA when given.
-pub fn server_config(ca_pem: &str, me: Arc<Identity>) -> Result<Arc<ServerConfig>> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+/// The roots a node trusts: the cluster's CA, and during a CA rotation the old root and the
+/// new one. Replaced in place when they change (a rotation starts or ends), for the server and
+/// the client side alike, without a restart: the configurations below ask it on every
+/// handshake.
+#[derive(Debug)]
+pub struct Trust {
+    current: RwLock<Roots>,
+}
+
+/// The roots (PEM) and the verifiers made from them.
+type Roots = (String, Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>);
+
+fn verifiers(ca_pem: &str) -> Result<(Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>)> {
+    let r = roots(ca_pem)?;
+    let client = WebPkiClientVerifier::builder_with_provider(r.clone(), provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| Error::Invalid(format!("client verifier: {e}")))?;
+    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(r, provider())
+        .build()
+        .map_err(|e| Error::Invalid(format!("server verifier: {e}")))?;
+    Ok((client, server))
+}
+
+impl Trust {
+    /// Trusting the root certificates of `ca_pem` (one or more).
+    pub fn new(ca_pem: &str) -> Result<Arc<Trust>> {
+        let (c, s) = verifiers(ca_pem)?;
+        Ok(Arc::new(Trust {
+            current: RwLock::new((ca_pem.to_owned(), c, s)),
+        }))
+    }
+
+    /// Trusts `ca_pem` from now on (connections made before keep what they verified); whether
+    /// it changed.
+    pub fn replace(&self, ca_pem: &str) -> Result<bool> {
+        if self.pem() == ca_pem {
+            return Ok(false);
+        }
+        let (c, s) = verifiers(ca_pem)?;
+        *self.current.write().expect("not poisoned") = (ca_pem.to_owned(), c, s);
+        Ok(true)
+    }
+
+    /// The roots trusted now, PEM.
+    pub fn pem(&self) -> String {
+        self.current.read().expect("not poisoned").0.clone()
+    }
+
+    fn client(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current.read().expect("not poisoned").1.clone()
+    }
+
+    fn server(&self) -> Arc<dyn ServerCertVerifier> {
+        self.current.read().expect("not poisoned").2.clone()
+    }
+}
+
+impl ClientCertVerifier for Trust {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // The bootstrap calls take a client without one; every other call checks (transport).
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: a node has one certificate, and the roots change under a rotation.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.client().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.client().supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for Trust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.server().verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls12_signature(&*self.server(), message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        ServerCertVerifier::verify_tls13_signature(&*self.server(), message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        ServerCertVerifier::supported_verify_schemes(&*self.server())
+    }
+}
+
+/// No TLS session resumption, on either side: a resumed session skips the certificates, so it
+/// would carry a node's old certificate past its renewal (and its old role past a demotion), and
+/// an old root past a CA rotation. A full handshake is a millisecond here.
+fn no_resumption_server(c: &mut ServerConfig) {
+    c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    c.send_tls13_tickets = 0;
+}
+
+/// A manager's server side: its own certificate (renewable); client certificates verified
+/// against the roots of `ca_pem` when given.
+pub fn server_config(ca_pem: &str, me: Arc<Identity>) -> Result<Arc<ServerConfig>> {
+    server_config_trusting(Trust::new(ca_pem)?, me)
+}
+
+/// As [`server_config`], with roots that may change (a CA rotation).
+pub fn server_config_trusting(trust: Arc<Trust>, me: Arc<Identity>) -> Result<Arc<ServerConfig>> {
     let mut c = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(bad("TLS"))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(trust)
         .with_cert_resolver(me);
     c.alpn_protocols = vec![b"h2".to_vec()];
+    no_resumption_server(&mut c);
     Ok(Arc::new(c))
 }
 
 /// A node's client side: the server must be a manager of the cluster whose CA is `ca_pem`; the
 /// node presents its own certificate if it has one (a joining node has none yet).
 pub fn client_config(ca_pem: &str, me: Option<Arc<Identity>>) -> Result<Arc<ClientConfig>> {
+    client_config_trusting(Trust::new(ca_pem)?, me)
+}
+
+/// As [`client_config`], with roots that may change (a CA rotation).
+pub fn client_config_trusting(trust: Arc<Trust>, me: Option<Arc<Identity>>) -> Result<Arc<ClientConfig>> {
     let b = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(bad("TLS"))?
-        .with_root_certificates(roots(ca_pem)?);
+        .dangerous()
+        .with_custom_certificate_verifier(trust);
     let mut c = match me {
         Some(id) => b.with_client_cert_resolver(id),
         None => b.with_no_client_auth(),
     };
     c.alpn_protocols = vec![b"h2".to_vec()];
+    c.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(c))
 }
 
@@ -148,6 +324,7 @@ pub fn fetch_ca_config() -> Result<Arc<ClientConfig>> {
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
         .with_no_client_auth();
     c.alpn_protocols = vec![b"h2".to_vec()];
+    c.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(c))
 }
 

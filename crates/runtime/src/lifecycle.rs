@@ -145,11 +145,22 @@ pub fn stop(cs: &Containers, rec: &ContainerRecord, stop_signal: i32, timeout: D
 /// Starts `cmd` as a helper of its own (the health loop, a pending restart): its own session,
 /// standard streams on /dev/null, none of our other descriptors (a shim's hold the container's
 /// output pipes); with `die_with_parent`, killed when this process goes.
-pub fn spawn_detached(mut cmd: std::process::Command, die_with_parent: bool) -> std::io::Result<std::process::Child> {
+pub fn spawn_detached(cmd: std::process::Command, die_with_parent: bool) -> std::io::Result<std::process::Child> {
+    spawn_detached_logging(cmd, die_with_parent, None)
+}
+
+/// As [`spawn_detached`], its output and errors into `log` if given (a node process's log).
+pub fn spawn_detached_logging(
+    mut cmd: std::process::Command,
+    die_with_parent: bool,
+    log: Option<std::fs::File>,
+) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.stdin(std::process::Stdio::null());
+    match log {
+        Some(f) => cmd.stdout(f.try_clone()?).stderr(f),
+        None => cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()),
+    };
     // SAFETY: setsid(2), close_range(2) and prctl(2) in the child before exec touch no memory of
     // the parent.
     unsafe {
