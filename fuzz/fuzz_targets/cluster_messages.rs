@@ -1,5 +1,6 @@
 //! What managers read from each other and from the CLI: Raft's messages (JSON in gRPC
-//! payloads), store requests (forwarded writes), and control socket requests. Never a panic.
+//! payloads), store requests (forwarded writes), control socket requests, and backup files
+//! (`cluster restore`, a recovery's seed). Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
@@ -11,4 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<openraft::raft::VoteRequest<u64>>(data);
     let _ = serde_json::from_slice::<Request>(data);
     let _ = serde_json::from_slice::<ControlRequest>(data);
+    static KEY: std::sync::OnceLock<bulkhead_cluster::crypt::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| bulkhead_cluster::crypt::Key::generate().unwrap());
+    let _ = bulkhead_cluster::recovery::open(data, key);
 });

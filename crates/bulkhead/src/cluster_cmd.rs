@@ -60,6 +60,22 @@ pub enum ClusterCommand {
         #[arg(long, short = 'd')]
         detach: bool,
     },
+    /// Write the cluster's store to FILE, sealed (with the unlock key under autolock, else with a
+    /// new key printed once): everything `cluster restore` needs, on any machine.
+    Backup { file: std::path::PathBuf },
+    /// Make this machine the only manager of the cluster in a backup (another address is fine);
+    /// the backup's managers are removed, its workers stay.
+    Restore {
+        file: std::path::PathBuf,
+        /// The backup's key, from a file (default: standard input).
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+        /// Where the other nodes reach this manager: ADDR[:PORT] (2377 unless given).
+        #[arg(long)]
+        advertise_addr: String,
+        #[arg(long)]
+        listen_addr: Option<String>,
+    },
     /// Stop this node's process and forget the cluster (a manager needs --force).
     Leave {
         #[arg(long)]
@@ -70,8 +86,8 @@ pub enum ClusterCommand {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Where the other nodes reach this manager: ADDR[:PORT] (port 2377 unless given).
-    #[arg(long)]
-    advertise_addr: String,
+    #[arg(long, required_unless_present = "force_new_cluster")]
+    advertise_addr: Option<String>,
     /// Where to listen: ADDR[:PORT] (default: 0.0.0.0 and the advertised port).
     #[arg(long)]
     listen_addr: Option<String>,
@@ -85,6 +101,10 @@ pub struct InitArgs {
     /// How often nodes check in with a manager (e.g. 500ms, 5s; 5s unless given).
     #[arg(long)]
     dispatcher_heartbeat: Option<String>,
+    /// On a manager of a cluster that lost its quorum: start a new cluster of this manager
+    /// alone, with everything its store holds; the other managers are removed (workers stay).
+    #[arg(long, conflicts_with_all = ["autolock", "cert_expiry", "dispatcher_heartbeat"])]
+    force_new_cluster: bool,
 }
 
 #[derive(Args, Debug)]
@@ -312,6 +332,120 @@ fn last_lines(p: &std::path::Path) -> String {
 pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
     let paths = Paths::new(&ctx.root);
     match c {
+        ClusterCommand::Init(a) if a.force_new_cluster => {
+            let mut cfg = NodeConfig::load(&paths)?;
+            if cfg.role != Role::Manager {
+                bail!("--force-new-cluster: this node is a worker; run it on a manager");
+            }
+            if let Some(adv) = &a.advertise_addr {
+                cfg.advertise = with_port(adv);
+            }
+            if let Some(l) = &a.listen_addr {
+                cfg.listen = with_port(l);
+            }
+            stop_node(ctx, &paths);
+            cfg.recover = true;
+            cfg.needs_membership = false;
+            cfg.save(&paths)?;
+            let status = start_node(ctx)?;
+            if status["locked"] == true {
+                println!("started, locked (autolock): `bulkhead cluster unlock` finishes the recovery");
+            } else {
+                println!(
+                    "cluster {}: a new cluster of this manager alone ({}), with its store; the other managers were removed",
+                    cfg.cluster_id, cfg.node_id
+                );
+            }
+        }
+        ClusterCommand::Backup { file } => {
+            let v = call(ctx, ControlRequest::Backup)?;
+            bulkhead_cluster::crypt::write_private(&file, v["sealed"].as_str().context("the node's answer")?.as_bytes())?;
+            match v["key"].as_str() {
+                Some(k) => println!(
+                    "{} written. Its key (shown only here; keep it apart from the file):\n    {k}",
+                    file.display()
+                ),
+                None => println!("{} written, sealed with the cluster's unlock key", file.display()),
+            }
+        }
+        ClusterCommand::Restore {
+            file,
+            key_file,
+            advertise_addr,
+            listen_addr,
+        } => {
+            if paths.config().exists() {
+                bail!(
+                    "this node is in a cluster already ({}): `cluster leave` first",
+                    paths.config().display()
+                );
+            }
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    std::fs::File::open(&file).with_context(|| file.display().to_string())?,
+                    bulkhead_cluster::recovery::MAX_BACKUP,
+                ),
+                &mut bytes,
+            )?;
+            let key_text = match key_file {
+                Some(f) => std::fs::read_to_string(&f).with_context(|| f.display().to_string())?,
+                None => {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::Read::take(std::io::stdin(), 1024), &mut t)?;
+                    t
+                }
+            };
+            let key = bulkhead_cluster::crypt::parse_unlock_key(&key_text)?;
+            let backup = bulkhead_cluster::recovery::open(&bytes, &key).with_context(|| file.display().to_string())?;
+            let unlock = backup
+                .data
+                .get("config/unlock_key")
+                .map(|k| bulkhead_cluster::crypt::parse_unlock_key(&String::from_utf8_lossy(k)))
+                .transpose()?;
+            paths.create()?;
+            let data_key = bulkhead_cluster::crypt::Key::generate()?;
+            bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &data_key, unlock.as_ref())?;
+            bulkhead_cluster::crypt::write_private(
+                &paths.seed(),
+                &bulkhead_cluster::recovery::seal(&backup.cluster_id, backup.created, &backup.data, &data_key)?,
+            )?;
+            let advertise = with_port(&advertise_addr);
+            let port = advertise.rsplit_once(':').map_or("2377", |(_, p)| p).to_owned();
+            let cfg = NodeConfig {
+                node_id: bulkhead_cluster::manager::new_node_id()?,
+                role: Role::Manager,
+                cluster_id: backup.cluster_id.clone(),
+                raft_id: Some(bulkhead_cluster::manager::new_raft_id()?),
+                listen: listen_addr.as_deref().map(with_port).unwrap_or_else(|| format!("0.0.0.0:{port}")),
+                advertise: advertise.clone(),
+                managers: vec![advertise.clone()],
+                bootstrap: false,
+                needs_membership: false,
+                cert_expiry: None,
+                heartbeat_ms: None,
+                recover: true,
+            };
+            cfg.save(&paths)?;
+            let status = start_node(ctx)?;
+            if let Some(u) = &unlock {
+                if status["locked"] == true {
+                    call(
+                        ctx,
+                        ControlRequest::Unlock {
+                            key: bulkhead_cluster::crypt::unlock_key_text(u),
+                        },
+                    )?;
+                }
+            }
+            wait_ready(ctx)?;
+            println!(
+                "cluster {} restored from {}: this node ({}) is its only manager, at {advertise}",
+                cfg.cluster_id,
+                file.display(),
+                cfg.node_id
+            );
+        }
         ClusterCommand::Init(a) => {
             if paths.config().exists() {
                 bail!(
@@ -320,7 +454,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             paths.create()?;
-            let advertise = with_port(&a.advertise_addr);
+            let advertise = with_port(a.advertise_addr.as_deref().unwrap_or_default());
             let port = advertise.rsplit_once(':').map_or("2377", |(_, p)| p).to_owned();
             let listen = a.listen_addr.as_deref().map(with_port).unwrap_or_else(|| format!("0.0.0.0:{port}"));
             let cfg = NodeConfig {
@@ -335,6 +469,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 needs_membership: false,
                 cert_expiry: a.cert_expiry.as_deref().map(duration_secs).transpose()?.map(|s| s.max(60)),
                 heartbeat_ms: a.dispatcher_heartbeat.as_deref().map(duration_ms).transpose()?,
+                recover: false,
             };
             let unlock = if a.autolock {
                 Some(bulkhead_cluster::crypt::Key::generate()?)
@@ -416,6 +551,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 needs_membership: manager_role,
                 cert_expiry: None,
                 heartbeat_ms: None,
+                recover: false,
             };
             cfg.save(&paths)?;
             start_node(ctx)?;

@@ -274,6 +274,9 @@ fn three_managers_and_two_workers_form_a_cluster_that_survives_its_leader() {
     assert!(new.is_some(), "no new leader after the old one was killed");
     let t = lan.ok(other, &["-q", "cluster", "join-token", "worker", "--rotate"]);
     assert!(t.starts_with("BKTKN-1-"), "{t}");
+    // No acknowledged write was lost with the old leader.
+    let seen = lan.ok(other, &["node", "inspect", &worker_id]);
+    assert!(seen.contains("\"zone\": \"a\"") && seen.contains("drain"), "{seen}");
 }
 
 /// Runs `f` on a thread inside host `i`'s network namespace, with a runtime of its own.
@@ -509,4 +512,135 @@ fn the_ca_rotates_to_a_new_root_every_node_moves_to_and_old_tokens_stop_working(
     let o = join_again(&fresh, "again2");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     lan.run_as(3, &lan.root(3).join("again2"), &["cluster", "leave"]);
+}
+
+/// Cuts host `i` off the LAN, or puts it back.
+fn cable(lan: &Lan, i: usize, up: bool) {
+    sh(Command::new("ip").args(["-n", &lan.ns(i), "link", "set", "eth0", if up { "up" } else { "down" }]));
+}
+
+#[test]
+fn a_partitioned_manager_cannot_commit_and_a_lone_survivor_recovers_as_a_new_cluster() {
+    let lan = Lan::new(5);
+    let init = lan.ok(
+        1,
+        &[
+            "cluster",
+            "init",
+            "--advertise-addr",
+            &lan.addr(1),
+            "--autolock",
+            "--dispatcher-heartbeat",
+            "500ms",
+        ],
+    );
+    let unlock = init.split_whitespace().find(|w| w.starts_with("BKUNLOCK-1-")).unwrap().to_owned();
+    let key_file = lan.root(1).with_extension("unlock");
+    std::fs::write(&key_file, &unlock).unwrap();
+    let first = format!("{}:2377", lan.addr(1));
+    let mt = lan.ok(1, &["-q", "cluster", "join-token", "manager"]).trim().to_owned();
+    let wt = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    for i in 2..=3 {
+        lan.ok(i, &["cluster", "join", "--token", &mt, "--advertise-addr", &lan.addr(i), &first]);
+    }
+    lan.ok(4, &["cluster", "join", "--token", &wt, &first]);
+    let worker_id: String = serde_json::from_str::<serde_json::Value>(&lan.ok(1, &["--format", "json", "node", "ls"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "worker")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let marker = format!("MARKER{}", std::process::id());
+    lan.ok(1, &["node", "update", "--label-add", &format!("before={marker}"), &worker_id]);
+    // Cut off, h3 cannot commit (a clear error, within the write deadline); h1 and h2 can.
+    cable(&lan, 3, false);
+    let e = lan.fails(3, &["node", "update", "--label-add", "cut=1", &worker_id]);
+    assert!(e.contains("no quorum") && e.contains("read-only"), "{e}");
+    lan.ok(1, &["node", "update", "--label-add", &format!("during={marker}"), &worker_id]);
+    // Healed, it catches up.
+    cable(&lan, 3, true);
+    let mut seen = String::new();
+    for _ in 0..150 {
+        seen = lan
+            .run(3, &["node", "inspect", &worker_id])
+            .stdout
+            .iter()
+            .map(|b| *b as char)
+            .collect();
+        if seen.contains("during") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.contains("\"during\"") && !seen.contains("\"cut\""), "{seen}");
+    // Two of three lost: reads go on, writes fail in one clear line.
+    lan.kill(2);
+    lan.kill(3);
+    let e = lan.fails(1, &["cluster", "join-token", "worker", "--rotate"]);
+    assert!(e.contains("no quorum") && e.contains("--force-new-cluster"), "{e}");
+    assert!(lan.ok(1, &["node", "ls"]).contains(&worker_id));
+    // The survivor starts a new cluster of itself, with its store (autolock: locked until
+    // unlocked); the lost managers are gone, the worker and what was written stay.
+    let out = lan.ok(1, &["cluster", "init", "--force-new-cluster"]);
+    assert!(out.contains("locked"), "{out}");
+    lan.ok(1, &["cluster", "unlock", "--key-file", key_file.to_str().unwrap()]);
+    let ls = lan.ok(1, &["node", "ls"]);
+    assert_eq!(node_ids(&ls).len(), 2, "{ls}");
+    let w = lan.ok(1, &["node", "inspect", &worker_id]);
+    assert!(w.contains(&format!("\"before\": \"{marker}\"")) && w.contains("\"during\""), "{w}");
+    let t = lan.ok(1, &["-q", "cluster", "join-token", "worker", "--rotate"]);
+    assert!(t.starts_with("BKTKN-1-"));
+    assert!(!lan.root(1).join("cluster/recover.sealed").exists());
+    // A backup, sealed (no marker in it), restored on another host at another address.
+    let backup = lan.root(1).with_extension("backup");
+    let out = lan.ok(1, &["cluster", "backup", backup.to_str().unwrap()]);
+    assert!(out.contains("unlock key"), "{out}");
+    let bytes = std::fs::read(&backup).unwrap();
+    assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()));
+    for f in ["raft.redb", "node.key", "data.key"] {
+        let b = std::fs::read(lan.root(1).join("cluster").join(f)).unwrap();
+        assert!(!b.windows(marker.len()).any(|w| w == marker.as_bytes()), "{f}");
+    }
+    let out = lan.ok(
+        5,
+        &[
+            "cluster",
+            "restore",
+            backup.to_str().unwrap(),
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--advertise-addr",
+            &lan.addr(5),
+        ],
+    );
+    assert!(out.contains("restored"), "{out}");
+    let w = lan.ok(5, &["node", "inspect", &worker_id]);
+    assert!(w.contains(&marker), "{w}");
+    let ls = lan.ok(5, &["node", "ls"]);
+    assert_eq!(node_ids(&ls).len(), 2, "{ls}");
+    assert!(ls.contains(&lan.addr(5)), "{ls}");
+    lan.ok(5, &["cluster", "join-token", "worker", "--rotate"]);
+    // A backup with a wrong key: one line, nothing made.
+    let wrong = lan.root(5).with_extension("wrong");
+    std::fs::write(&wrong, format!("BKUNLOCK-1-{}", "11".repeat(32))).unwrap();
+    let o = lan.run_as(
+        5,
+        &lan.root(5).join("other"),
+        &[
+            "cluster",
+            "restore",
+            backup.to_str().unwrap(),
+            "--key-file",
+            wrong.to_str().unwrap(),
+            "--advertise-addr",
+            &lan.addr(5),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not open"));
+    assert!(!lan.root(5).join("other/cluster").exists());
 }

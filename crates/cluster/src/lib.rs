@@ -15,6 +15,7 @@ pub mod manager;
 pub mod node;
 pub mod pki;
 pub mod records;
+pub mod recovery;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -274,6 +274,87 @@ impl Manager {
         Err(Error::Invalid("the join token keeps changing; try again".into()))
     }
 
+    /// Writes that replace both join tokens with new ones pinning the root of digest `pin`,
+    /// each keeping its expiry (if still ahead) and uses left: for when the old ones must stop
+    /// working (a manager that knew them is gone, a CA rotation ends, a recovery).
+    fn new_tokens(&self, pin: &str, now: i64) -> Result<Vec<Op>> {
+        let mut ops = Vec::new();
+        for role in [Role::Worker, Role::Manager] {
+            let t = JoinToken::generate(pin)?;
+            let old: Option<TokenRecord> = self.get(&token_key(role));
+            ops.push(Op::Put {
+                key: token_key(role),
+                value: json(&TokenRecord::new(
+                    &t,
+                    role,
+                    old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
+                    old.and_then(|o| o.uses_left),
+                )),
+            });
+        }
+        Ok(ops)
+    }
+
+    /// Puts a recovered store (`--force-new-cluster`, `cluster restore`) into this new Raft of
+    /// one manager, `me`: every key, except that the other managers are removed (their
+    /// certificates denied, as `node rm` does: they are not in this Raft, and a copy of the old
+    /// one must not come back); then both join tokens are replaced. Returns the removed ids.
+    pub async fn recover_state(
+        &self,
+        data: &std::collections::BTreeMap<String, Vec<u8>>,
+        me: &NodeRecord,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut ops = Vec::new();
+        let mut removed = Vec::new();
+        for (k, v) in data {
+            if let Some(id) = k.strip_prefix("nodes/") {
+                if id == me.id {
+                    continue;
+                }
+                if let Ok(rec) = serde_json::from_slice::<NodeRecord>(v) {
+                    if rec.role == Role::Manager {
+                        for serial in std::iter::once(&rec.serial).chain(rec.previous_serial.as_ref()) {
+                            ops.push(Op::Put {
+                                key: crate::records::denied_key(serial),
+                                value: json(&rec.not_after),
+                            });
+                        }
+                        removed.push(rec.id);
+                        continue;
+                    }
+                }
+            }
+            ops.push(Op::Put {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+        ops.push(Op::Put {
+            key: crate::records::node_key(&me.id),
+            value: json(me),
+        });
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: "cluster/id".into(),
+                    value: None,
+                }],
+                ops,
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid("this manager's new store is not empty".into()));
+        }
+        let tokens = self.new_tokens(&self.token_digest()?, now)?;
+        self.write(Request {
+            checks: vec![],
+            ops: tokens,
+        })
+        .await?;
+        Ok(removed)
+    }
+
     /// A CA rotation in progress, if any.
     pub fn rotation(&self) -> Option<CaRotation> {
         self.get(CA_ROTATION)
@@ -390,21 +471,8 @@ impl Manager {
         let mut rotation: CaRotation = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
         let pending: Vec<String> = self.ca_pending(now)?.into_iter().map(|n| n.id).collect();
         let ops = if pending.is_empty() {
-            let pin = self.ca()?.digest();
             let mut ops = vec![Op::Delete { key: CA_ROTATION.into() }];
-            for role in [Role::Worker, Role::Manager] {
-                let t = JoinToken::generate(&pin)?;
-                let old: Option<TokenRecord> = self.get(&token_key(role));
-                ops.push(Op::Put {
-                    key: token_key(role),
-                    value: json(&TokenRecord::new(
-                        &t,
-                        role,
-                        old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
-                        old.and_then(|o| o.uses_left),
-                    )),
-                });
-            }
+            ops.extend(self.new_tokens(&self.ca()?.digest(), now)?);
             tracing::info!("CA rotation done: the old root is no longer trusted, and the join tokens changed");
             ops
         } else if rotation.batch.iter().any(|n| pending.contains(n)) {
@@ -509,20 +577,7 @@ impl Manager {
             });
         }
         if rec.role == Role::Manager {
-            let pin = self.token_digest()?;
-            for role in [Role::Worker, Role::Manager] {
-                let t = JoinToken::generate(&pin)?;
-                let old: Option<TokenRecord> = self.get(&token_key(role));
-                ops.push(Op::Put {
-                    key: token_key(role),
-                    value: json(&TokenRecord::new(
-                        &t,
-                        role,
-                        old.as_ref().and_then(|o| o.expires).filter(|e| *e > now),
-                        old.and_then(|o| o.uses_left),
-                    )),
-                });
-            }
+            ops.extend(self.new_tokens(&self.token_digest()?, now)?);
         }
         let r = self
             .write(Request {

@@ -71,6 +71,10 @@ impl Paths {
     pub fn log(&self) -> PathBuf {
         self.dir.join("node.log")
     }
+    /// The store a recovering manager starts from (sealed with its data key).
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join("recover.sealed")
+    }
 
     /// Makes the directory, 0700; one that is there already must be a directory of root's,
     /// not a link (someone who could write the root could have put it there).
@@ -113,6 +117,10 @@ pub struct NodeConfig {
     /// `cluster init --dispatcher-heartbeat`, in milliseconds (read at the first start only).
     #[serde(default)]
     pub heartbeat_ms: Option<u64>,
+    /// Start a new Raft of this manager alone from its store (`--force-new-cluster`) or from a
+    /// backup (`cluster restore`: the seed file).
+    #[serde(default)]
+    pub recover: bool,
 }
 
 impl NodeConfig {
@@ -185,6 +193,8 @@ pub enum ControlRequest {
         #[serde(default)]
         rotate: bool,
     },
+    /// The store's contents, for `cluster backup` (root only, as every request here).
+    Backup,
     /// The root CA and where a rotation stands; a rotation started, or the certificates'
     /// lifetime changed.
     Ca {
@@ -213,6 +223,11 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         None
     };
     let data_key = crypt::read_data_key(&paths.data_key(), unlock.as_ref())?;
+    let mut recovering = if cfg.recover {
+        Some(prepare_recovery(&paths, &cfg, &data_key, unlock.as_ref())?)
+    } else {
+        None
+    };
     let mut bootstrap_ca = None;
     if cfg.bootstrap && paths.raft().exists() {
         // A first start cut short after its store was made: its CA may be in the store while
@@ -266,7 +281,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
         manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?);
-        if let Some(ca) = bootstrap_ca.take() {
+        if bootstrap_ca.is_some() || recovering.is_some() {
             let mut members = std::collections::BTreeMap::new();
             members.insert(
                 raft_id,
@@ -276,6 +291,38 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             );
             m.raft.initialize(members).await.map_err(|e| Error::Invalid(e.to_string()))?;
             wait_leader(&m).await?;
+        }
+        if let Some(b) = recovering.take() {
+            let ident = pki::identity(cert_pem.as_bytes())?;
+            let fresh = NodeRecord::new(&ident, Some(raft_id), Some(cfg.advertise.clone()), now());
+            let me = match b
+                .data
+                .get(&crate::records::node_key(&cfg.node_id))
+                .and_then(|v| serde_json::from_slice::<NodeRecord>(v).ok())
+            {
+                // This manager as it was (its labels, its join time), at its address now.
+                Some(old) => NodeRecord {
+                    role: Role::Manager,
+                    raft_id: Some(raft_id),
+                    addr: Some(cfg.advertise.clone()),
+                    serial: fresh.serial,
+                    previous_serial: None,
+                    not_after: fresh.not_after,
+                    issuer: fresh.issuer,
+                    ..old
+                },
+                None => fresh,
+            };
+            let removed = m.recover_state(&b.data, &me, now()).await?;
+            tracing::warn!(
+                ?removed,
+                "recovered: a new cluster of this one manager; the other managers were removed"
+            );
+            let _ = std::fs::remove_file(paths.seed());
+            cfg.recover = false;
+            cfg.save(&paths)?;
+        }
+        if let Some(ca) = bootstrap_ca.take() {
             let ident = pki::identity(cert_pem.as_bytes())?;
             let first = NodeRecord::new(&ident, Some(raft_id), Some(cfg.advertise.clone()), now());
             m.init_state(&ca, &first).await?;
@@ -388,6 +435,61 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The store a recovering manager starts from: the seed if a recovery was cut short or this is
+/// a restore, else everything its own Raft files hold (then written as the seed, before those
+/// files go). A restored node gets its first certificate here, from the backup's CA.
+fn prepare_recovery(
+    paths: &Paths,
+    cfg: &NodeConfig,
+    data_key: &crypt::Key,
+    unlock: Option<&crypt::Key>,
+) -> Result<crate::recovery::Backup> {
+    let seed = paths.seed();
+    if !seed.exists() {
+        let data = store::recover(&paths.raft(), data_key.clone()).map_err(|e| Error::Invalid(e.to_string()))?;
+        crypt::write_private(&seed, &crate::recovery::seal(&cfg.cluster_id, now(), &data, data_key)?)?;
+    }
+    let bytes = std::fs::read(&seed).map_err(io(&seed))?;
+    let b = crate::recovery::open(&bytes, data_key)?;
+    if b.cluster_id != cfg.cluster_id {
+        return Err(Error::Invalid(format!("{}: another cluster's store", seed.display())));
+    }
+    match std::fs::remove_file(paths.raft()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&paths.raft())(e)),
+        _ => {}
+    }
+    if !paths.cert().exists() {
+        let text = |k: &str| {
+            b.data
+                .get(k)
+                .and_then(|v| String::from_utf8(v.clone()).ok())
+                .ok_or_else(|| Error::Invalid(format!("the backup has no {k}")))
+        };
+        let ca = Ca::from_pem(
+            &text(crate::records::CA_CERT)?,
+            &zeroize::Zeroizing::new(text(crate::records::CA_KEY)?),
+        )?;
+        let lifetime = b
+            .data
+            .get("config/cert_expiry")
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or(manager::CERT_LIFETIME);
+        let rotation: Option<crate::records::CaRotation> =
+            b.data.get(crate::records::CA_ROTATION).and_then(|v| serde_json::from_slice(v).ok());
+        let (key, csr) = pki::key_and_request()?;
+        let mut cert = ca.issue(&csr, &cfg.node_id, Role::Manager, &cfg.cluster_id, now(), lifetime)?;
+        let mut roots = ca.cert_pem().to_owned();
+        if let Some(r) = rotation {
+            cert.push_str(&r.cross);
+            roots.push_str(&r.old_cert);
+        }
+        crypt::write_node_key(&paths.key(), &key.serialize_pem(), unlock)?;
+        crypt::write_private(&paths.cert(), cert.as_bytes())?;
+        crypt::write_private(&paths.ca(), roots.as_bytes())?;
+    }
+    Ok(b)
 }
 
 /// Completes a renewal cut short between its two renames (the key and the certificate are
@@ -762,6 +864,21 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             let m = need()?;
             let rec = m.remove_node(&node, now()).await?;
             serde_json::json!({"removed": rec.id, "role": rec.role})
+        }
+        ControlRequest::Backup => {
+            // Sealed here: the store's contents never cross the socket in clear. With autolock
+            // by the cluster's unlock key, else by a new key the user is shown once.
+            let m = need()?;
+            let data: std::collections::BTreeMap<String, Vec<u8>> = m.sm.scan("").into_iter().collect();
+            let (key, fresh) = match data.get(UNLOCK_KEY) {
+                Some(k) => (crypt::parse_unlock_key(&String::from_utf8_lossy(k))?, false),
+                None => (crypt::Key::generate()?, true),
+            };
+            let sealed = crate::recovery::seal(&cfg.cluster_id, now(), &data, &key)?;
+            serde_json::json!({
+                "sealed": String::from_utf8(sealed).expect("JSON"),
+                "key": fresh.then(|| crypt::unlock_key_text(&key)),
+            })
         }
         ControlRequest::Ca { rotate, cert_expiry } => {
             let m = need()?;

@@ -269,6 +269,25 @@ pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
     Ok((LogStore { shared }, sm))
 }
 
+/// Everything a manager's files hold: the last snapshot, and every entry of the log after it
+/// applied, known to be committed or not (as etcd's `--force-new-cluster` does: a sole
+/// survivor's log is all there is). For `cluster init --force-new-cluster`.
+pub fn recover(path: &Path, key: Key) -> Result<BTreeMap<String, Vec<u8>>, SError> {
+    if !path.exists() {
+        return Err(StorageIOError::read(any(format!("{}: no store to recover", path.display()))).into());
+    }
+    let (_log, sm) = open(path, key)?;
+    let from = sm.state.lock().expect("not poisoned").last_applied.map_or(0, |l| l.index + 1);
+    let entries = sm.shared.read_entries(from..).map_err(StorageIOError::read_logs)?;
+    let mut s = sm.state.lock().expect("not poisoned");
+    for e in &entries {
+        if let EntryPayload::Normal(req) = &e.payload {
+            apply_one(&mut s.data, req);
+        }
+    }
+    Ok(std::mem::take(&mut s.data))
+}
+
 /// The Raft log (and the vote), sealed.
 #[derive(Clone)]
 pub struct LogStore {
