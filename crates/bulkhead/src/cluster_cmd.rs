@@ -137,9 +137,26 @@ pub enum NodeCommand {
     /// Remove a node: its certificate is refused from now on, by every manager, until it
     /// expires.
     #[command(alias = "remove")]
-    Rm { node: String },
+    Rm {
+        node: String,
+        /// Remove a manager without demoting it first (one that is gone for good).
+        #[arg(long, short)]
+        force: bool,
+    },
     /// A node's record (JSON); `self` is this node.
     Inspect { node: String },
+    /// Make workers managers: each renews into a manager's certificate at its next check-in,
+    /// starts again as a manager and joins Raft (keep 3, 5 or 7 managers).
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers: each leaves Raft, renews into a worker's certificate and starts
+    /// again as a worker, its copy of the store deleted. The last manager cannot be demoted.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Change a node's availability (active, pause, drain) or labels.
     Update {
         node: String,
@@ -699,8 +716,24 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
                 println!("started");
             }
         }
-        NodeCommand::Rm { node } => {
-            let v = call(ctx, ControlRequest::NodeRm { node })?;
+        NodeCommand::Promote { nodes: ref n } | NodeCommand::Demote { nodes: ref n } => {
+            let role = if matches!(c, NodeCommand::Promote { .. }) {
+                Role::Manager
+            } else {
+                Role::Worker
+            };
+            for node in n.clone() {
+                let v = call(ctx, ControlRequest::NodeRole { node, role })?;
+                let what = if v["demoting"] == true {
+                    "is leaving Raft, to be a worker".to_owned()
+                } else {
+                    format!("is a {}", v["role"].as_str().unwrap_or_default())
+                };
+                println!("{} {what}", v["node"].as_str().unwrap_or_default());
+            }
+        }
+        NodeCommand::Rm { node, force } => {
+            let v = call(ctx, ControlRequest::NodeRm { node, force })?;
             println!("{}", v["removed"].as_str().unwrap_or(""));
             if v["role"] == "manager" && !ctx.quiet {
                 eprintln!("note: a manager's copy of the store holds the CA's key: run `bulkhead cluster ca --rotate`");

@@ -644,3 +644,82 @@ fn a_partitioned_manager_cannot_commit_and_a_lone_survivor_recovers_as_a_new_clu
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not open"));
     assert!(!lan.root(5).join("other/cluster").exists());
 }
+
+#[test]
+fn a_promoted_worker_becomes_a_manager_and_a_demoted_manager_a_worker() {
+    let lan = Lan::new(3);
+    lan.ok(
+        1,
+        &[
+            "cluster",
+            "init",
+            "--advertise-addr",
+            &lan.addr(1),
+            "--dispatcher-heartbeat",
+            "500ms",
+        ],
+    );
+    let first = format!("{}:2377", lan.addr(1));
+    let wt = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    lan.ok(2, &["cluster", "join", "--token", &wt, &first]);
+    lan.ok(3, &["cluster", "join", "--token", &wt, &first]);
+    let config = |i: usize| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(lan.root(i).join("cluster/node.json")).unwrap()).unwrap()
+    };
+    let (id1, id2) = (
+        config(1)["node_id"].as_str().unwrap().to_owned(),
+        config(2)["node_id"].as_str().unwrap().to_owned(),
+    );
+    let role_of = |i: usize| {
+        bulkhead_cluster::pki::identity(&std::fs::read(lan.root(i).join("cluster/node.crt")).unwrap())
+            .unwrap()
+            .role
+    };
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        for _ in 0..300 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what}: {}{}",
+            std::fs::read_to_string(lan.root(1).join("cluster/node.log")).unwrap(),
+            std::fs::read_to_string(lan.root(2).join("cluster/node.log")).unwrap()
+        );
+    };
+    // Promoted: a manager's certificate, a voter in Raft, answering as a manager.
+    assert!(lan.ok(1, &["node", "promote", &id2]).contains("manager"));
+    until("h2 a manager in Raft", &|| {
+        let ls = lan.ok(1, &["node", "ls"]);
+        ls.lines()
+            .any(|l| l.starts_with(&id2) && l.contains(" manager ") && l.contains("reachable"))
+    });
+    assert_eq!(role_of(2), bulkhead_cluster::pki::Role::Manager);
+    until("h2 answers as a manager", &|| {
+        let o = lan.run(2, &["node", "ls"]);
+        o.status.success() && node_ids(&String::from_utf8_lossy(&o.stdout)).len() == 3
+    });
+    // The worker learns where the managers are.
+    until("h3 knows of h2", &|| config(3)["managers"].to_string().contains(&lan.addr(2)));
+    // The first manager demoted: it leaves Raft, renews into a worker, and its store is gone.
+    lan.ok(2, &["node", "demote", &id1]);
+    until("h1 a worker", &|| {
+        role_of(1) == bulkhead_cluster::pki::Role::Worker
+            && config(1)["role"] == "worker"
+            && lan.run(1, &["node", "ls"]).status.code() != Some(0)
+    });
+    until("h1's Raft file gone", &|| !lan.root(1).join("cluster/raft.redb").exists());
+    until("h2 the leader", &|| {
+        lan.ok(2, &["node", "ls"])
+            .lines()
+            .any(|l| l.starts_with(&id2) && l.contains("leader"))
+    });
+    assert!(lan.fails(1, &["node", "ls"]).contains("worker"));
+    lan.ok(2, &["cluster", "join-token", "worker", "--rotate"]);
+    let inspect = lan.ok(2, &["cluster", "inspect"]);
+    let voters: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(voters["voters"].as_array().unwrap().len(), 1, "{inspect}");
+    // The last manager cannot be demoted.
+    assert!(lan.fails(2, &["node", "demote", &id2]).contains("last manager"));
+}

@@ -355,6 +355,111 @@ impl Manager {
         Ok(removed)
     }
 
+    /// Promotes a worker or demotes a manager, in one write that applies only if its record did
+    /// not change meanwhile. A promoted node gets a Raft id here, and asks to join Raft once it
+    /// has renewed into a manager's certificate; a demoted one leaves Raft by the leader's hand
+    /// ([`Manager::reconcile_membership`]). The last manager cannot be demoted.
+    pub async fn set_role(&self, id: &str, role: Role) -> Result<NodeRecord> {
+        let key = crate::records::node_key(id);
+        let raw = self.sm.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
+        let mut rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        if rec.role == role {
+            return Ok(rec);
+        }
+        match role {
+            Role::Worker => {
+                if self.nodes().iter().filter(|n| n.role == Role::Manager && !n.demoting).count() <= 1 {
+                    return Err(Error::Invalid("the last manager cannot be demoted".into()));
+                }
+                if rec.demoting {
+                    return Ok(rec);
+                }
+                // Out of Raft first (reconcile_membership), as a manager; then a worker.
+                rec.demoting = true;
+            }
+            Role::Manager => {
+                rec.role = role;
+                rec.raft_id = Some(new_raft_id()?);
+                rec.addr = None;
+            }
+        }
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: Some(raw),
+                }],
+                ops: vec![Op::Put { key, value: json(&rec) }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("node {id} changed meanwhile; try again")));
+        }
+        Ok(rec)
+    }
+
+    /// On the leader: Raft's voters that the store does not keep as managers (being demoted,
+    /// removed) leave Raft, and a manager being demoted that has left becomes a worker. Never
+    /// the last voter, and nothing before the store is there.
+    pub async fn reconcile_membership(&self) -> Result<()> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(m.id) || self.sm.get("cluster/id").is_none() {
+            return Ok(());
+        }
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let members: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(n, _)| *n).collect();
+        for n in self.nodes().into_iter().filter(|n| n.demoting) {
+            if n.raft_id.is_some_and(|r| members.contains(&r)) {
+                continue;
+            }
+            let key = crate::records::node_key(&n.id);
+            let raw = self.sm.get(&key);
+            let worker = NodeRecord {
+                role: Role::Worker,
+                raft_id: None,
+                addr: None,
+                demoting: false,
+                ..n
+            };
+            self.write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: raw,
+                }],
+                ops: vec![Op::Put { key, value: json(&worker) }],
+            })
+            .await?;
+            tracing::info!(node = %worker.id, "demoted: out of Raft, now a worker");
+        }
+        let managers: BTreeSet<NodeId> = self
+            .nodes()
+            .into_iter()
+            .filter(|n| n.role == Role::Manager && !n.demoting)
+            .filter_map(|n| n.raft_id)
+            .collect();
+        let keep: BTreeSet<NodeId> = voters.intersection(&managers).copied().collect();
+        if keep.len() == voters.len() || keep.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(?keep, "Raft's voters: the store's managers only");
+        tokio::time::timeout(WRITE, self.raft.change_membership(keep, false))
+            .await
+            .map_err(|_| Error::NoQuorum)?
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether this manager is a voter in Raft: one that is not (demoted or removed, or still
+    /// catching up) has a store that may lag for ever, and tells nodes to ask another.
+    pub fn voting(&self) -> std::result::Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().voter_ids().any(|v| v == m.id) {
+            Ok(())
+        } else {
+            Err(Status::unavailable("this manager is not a voter in Raft: ask another"))
+        }
+    }
+
     /// A CA rotation in progress, if any.
     pub fn rotation(&self) -> Option<CaRotation> {
         self.get(CA_ROTATION)
@@ -549,10 +654,26 @@ impl Manager {
     /// Removes a node: its record goes, and its certificate's serial goes on the deny list that
     /// every manager checks on every call, until the certificate expires. A manager leaves Raft
     /// first.
-    pub async fn remove_node(&self, id: &str, now: i64) -> Result<NodeRecord> {
+    pub async fn remove_node(&self, id: &str, force: bool, now: i64) -> Result<NodeRecord> {
         let key = crate::records::node_key(id);
         let raw = self.sm.get(&key).ok_or_else(|| Error::Invalid(format!("no such node: {id}")))?;
         let rec: NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        if rec.role == Role::Manager {
+            // As in Swarm: a manager leaves Raft by demotion. A manager that is gone for good
+            // can be forced out, but not the leader (its own removal would cut it off before it
+            // could commit it).
+            if !force {
+                return Err(Error::Invalid(format!(
+                    "node {id} is a manager: `node demote` it first (`node rm --force` one that is gone for good)"
+                )));
+            }
+            let m = self.raft.metrics().borrow().clone();
+            if rec.raft_id.is_some() && rec.raft_id == m.current_leader {
+                return Err(Error::Invalid(format!(
+                    "node {id} is the leader: demote it, or stop it and wait for another leader"
+                )));
+            }
+        }
         let voters_after: Option<BTreeSet<NodeId>> = rec.raft_id.map(|r| {
             self.raft
                 .metrics()
@@ -977,7 +1098,8 @@ pub struct CertsService {
 #[tonic::async_trait]
 impl proto::certs_server::Certs for CertsService {
     async fn renew(&self, req: GrpcRequest<proto::RenewRequest>) -> std::result::Result<GrpcResponse<proto::RenewReply>, Status> {
-        let caller = self.manager.auth.require(&req, None)?;
+        let caller = self.manager.auth.require_changing_role(&req)?;
+        self.manager.voting()?;
         if req.get_ref().csr.len() > 16 << 10 {
             return Err(Status::invalid_argument("request too large"));
         }
@@ -989,7 +1111,8 @@ impl proto::certs_server::Certs for CertsService {
     }
 
     async fn status(&self, req: GrpcRequest<proto::Empty>) -> std::result::Result<GrpcResponse<proto::StatusReply>, Status> {
-        let caller = self.manager.auth.require(&req, None)?;
+        let caller = self.manager.auth.require_changing_role(&req)?;
+        self.manager.voting()?;
         let rec: Option<NodeRecord> = self.manager.get(&crate::records::node_key(&caller.node_id));
         let rec = rec.ok_or_else(|| Status::permission_denied("this node was removed from the cluster"))?;
         let key_id = self.manager.ca()?.key_id().map_err(Error::from)?;
@@ -998,10 +1121,22 @@ impl proto::certs_server::Certs for CertsService {
             .manager
             .rotation()
             .is_some_and(|r| r.batch.contains(&rec.id) && caller.issuer_key.as_deref() != Some(key_id.as_str()));
+        // Renew now too when the store gives the node another role (promoted, demoted).
+        let renew = renew || rec.role != caller.role;
+        let managers = self
+            .manager
+            .nodes()
+            .into_iter()
+            .filter(|n| n.role == Role::Manager)
+            .filter_map(|n| n.addr)
+            .collect();
         Ok(GrpcResponse::new(proto::StatusReply {
             ca_pem: self.manager.trust_pem()?,
             renew,
             heartbeat_ms: self.manager.heartbeat().as_millis() as u64,
+            role: rec.role.ou().to_owned(),
+            raft_id: rec.raft_id.unwrap_or(0),
+            managers,
         }))
     }
 }
@@ -1058,7 +1193,7 @@ pub fn serve_manager(m: &Manager, listener: tokio::net::TcpListener, server_tls:
             now: crate::node::now,
         })
         .max_decoding_message_size(64 << 10),
-        auth.interceptor(None),
+        auth.interceptor_changing_role(),
     );
     let bootstrap = BootstrapServer::new(BootstrapService {
         manager: m.clone(),

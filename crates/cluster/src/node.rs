@@ -169,6 +169,13 @@ pub enum ControlRequest {
     Inspect,
     NodeRm {
         node: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// A worker made a manager, or a manager a worker.
+    NodeRole {
+        node: String,
+        role: Role,
     },
     /// One node's record (`self`: this node).
     NodeInspect {
@@ -309,6 +316,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                     previous_serial: None,
                     not_after: fresh.not_after,
                     issuer: fresh.issuer,
+                    demoting: false,
                     ..old
                 },
                 None => fresh,
@@ -394,25 +402,24 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 if let Err(e) = mm.drive_ca_rotation(now()).await {
                     tracing::warn!(error = %e, "CA rotation");
                 }
+                if let Err(e) = mm.reconcile_membership().await {
+                    tracing::warn!(error = %e, "Raft membership");
+                }
             }
         });
         mgr = Some(m);
     }
     // Every node renews its own certificate, at a random point between 50 % and 80 % of its life
     // (or at once when a CA rotation asks), and checks in every heartbeat.
-    let mut targets: Vec<String> = Vec::new();
-    if cfg.role == Role::Manager {
-        targets.push(cfg.advertise.clone());
-    }
-    targets.extend(cfg.managers.iter().filter(|m| **m != cfg.advertise).cloned());
+    let targets = Arc::new(std::sync::RwLock::new(manager_targets(&cfg, &cfg.managers)));
     let (renew_now, renew_asked) = tokio::sync::watch::channel(0u64);
     {
         let (paths, me, tls, targets) = (paths.clone(), me.clone(), client_tls.clone(), targets.clone());
         tokio::spawn(async move { renewals(paths, me, tls, targets, renew_asked).await });
     }
     {
-        let (paths, trust, tls) = (paths.clone(), trust.clone(), client_tls.clone());
-        tokio::spawn(async move { check_in(paths, trust, tls, targets, renew_now).await });
+        let (paths, trust, tls, cfg) = (paths.clone(), trust.clone(), client_tls.clone(), cfg.clone());
+        tokio::spawn(async move { check_in(paths, cfg, trust, tls, targets, renew_now).await });
     }
 
     let (socket, listener) = (paths.socket(), bind_control(&paths)?);
@@ -514,18 +521,34 @@ pub fn renewal_time(not_before: i64, not_after: i64) -> i64 {
     issued + life / 2 + (life * 3 / 10) * r / 65535
 }
 
+/// The managers a node asks, in order: itself first (a manager), then the others.
+fn manager_targets(cfg: &NodeConfig, managers: &[String]) -> Vec<String> {
+    let mut targets: Vec<String> = Vec::new();
+    if cfg.role == Role::Manager {
+        targets.push(cfg.advertise.clone());
+    }
+    targets.extend(managers.iter().filter(|m| **m != cfg.advertise && !m.is_empty()).cloned());
+    targets
+}
+
+type Targets = Arc<std::sync::RwLock<Vec<String>>>;
+
 /// Asks a manager every heartbeat what to trust (the roots change when a CA rotation starts
-/// and ends) and whether to renew now (a rotation's batch).
+/// and ends), whether to renew now (a rotation's batch, a new role), where the managers are
+/// now, and the node's role: a node promoted or demoted, once it has its new certificate,
+/// starts again in its new role.
 async fn check_in(
     paths: Paths,
+    cfg: NodeConfig,
     trust: Arc<tls::Trust>,
     tls: Arc<rustls::ClientConfig>,
-    targets: Vec<String>,
+    targets: Targets,
     renew_now: tokio::sync::watch::Sender<u64>,
 ) {
     let mut every = Duration::from_secs(5);
     loop {
-        for t in &targets {
+        let now_targets = targets.read().expect("not poisoned").clone();
+        for t in &now_targets {
             match manager::status_at(t, tls.clone()).await {
                 Ok(r) => {
                     match trust.replace(&r.ca_pem) {
@@ -545,10 +568,29 @@ async fn check_in(
                         renew_now.send_modify(|n| *n += 1);
                     }
                     every = Duration::from_millis(r.heartbeat_ms.clamp(200, 60_000));
+                    if !r.managers.is_empty() {
+                        let mut known = r.managers.clone();
+                        known.sort();
+                        let new_targets = manager_targets(&cfg, &known);
+                        if new_targets != now_targets {
+                            *targets.write().expect("not poisoned") = new_targets;
+                            if let Err(e) = remember_managers(&paths, known) {
+                                tracing::warn!(error = %e, "saving where the managers are");
+                            }
+                        }
+                    }
+                    if let Some(role) = pki::Role::from_ou(&r.role).filter(|r| *r != cfg.role) {
+                        let held = std::fs::read(paths.cert()).ok().and_then(|c| pki::identity(&c).ok());
+                        if held.is_some_and(|h| h.role == role) {
+                            if let Err(e) = change_role(&paths, role, r.raft_id, t) {
+                                tracing::error!(error = %e, "starting again in the new role");
+                            }
+                        }
+                    }
                     break;
                 }
                 // Said once all have failed: one manager down is no news.
-                Err(e) if Some(t) == targets.last() => tracing::warn!(manager = %t, error = %e, "check-in: no manager answered"),
+                Err(e) if Some(t) == now_targets.last() => tracing::warn!(manager = %t, error = %e, "check-in: no manager answered"),
                 Err(e) => tracing::debug!(manager = %t, error = %e, "check-in"),
             }
         }
@@ -558,11 +600,67 @@ async fn check_in(
     }
 }
 
+/// Keeps where the managers are in node.json, for the next start.
+fn remember_managers(paths: &Paths, managers: Vec<String>) -> Result<()> {
+    let mut c = NodeConfig::load(paths)?;
+    if c.managers != managers {
+        c.managers = managers;
+        c.save(paths)?;
+    }
+    Ok(())
+}
+
+/// A node the store has promoted or demoted, holding its new certificate: its configuration
+/// says the new role, and the process starts again as it (same arguments, same log). A
+/// promoted node asks to join Raft at that start (advertising the address it reaches `via`
+/// from, unless it has one); a demoted one's Raft files go (they hold the CA's key).
+fn change_role(paths: &Paths, role: Role, raft_id: u64, via: &str) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut c = NodeConfig::load(paths)?;
+    c.role = role;
+    match role {
+        Role::Manager => {
+            if raft_id == 0 {
+                return Err(Error::Invalid("promoted without a Raft id".into()));
+            }
+            c.raft_id = Some(raft_id);
+            c.needs_membership = true;
+            if c.advertise.is_empty() {
+                let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| Error::Invalid(e.to_string()))?;
+                sock.connect(via).map_err(|e| Error::Invalid(format!("{via}: {e}")))?;
+                let ip = sock.local_addr().map_err(|e| Error::Invalid(e.to_string()))?.ip();
+                let port = c.listen.rsplit_once(':').map_or("2377", |(_, p)| p).to_owned();
+                c.advertise = std::net::SocketAddr::new(ip, port.parse().unwrap_or(2377)).to_string();
+            }
+            // Joins Raft through a manager other than itself.
+            c.managers.retain(|m| *m != c.advertise);
+        }
+        Role::Worker => {
+            c.raft_id = None;
+            c.needs_membership = false;
+            if !c.managers.contains(&via.to_owned()) && via != c.advertise {
+                c.managers.insert(0, via.to_owned());
+            }
+            c.managers.retain(|m| *m != c.advertise);
+            match std::fs::remove_file(paths.raft()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&paths.raft())(e)),
+                _ => {}
+            }
+        }
+    }
+    c.save(paths)?;
+    tracing::warn!(?role, "this node's role changed: starting again as it");
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(Error::Invalid(format!("starting again: {err}")))
+}
+
 async fn renewals(
     paths: Paths,
     me: Arc<tls::Identity>,
     tls: Arc<rustls::ClientConfig>,
-    targets: Vec<String>,
+    targets: Targets,
     mut renew_now: tokio::sync::watch::Receiver<u64>,
 ) {
     loop {
@@ -576,10 +674,11 @@ async fn renewals(
         tracing::info!(at, wait, "next certificate renewal");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
-            _ = renew_now.changed() => tracing::info!("renewing now (CA rotation)"),
+            _ = renew_now.changed() => tracing::info!("renewing now (CA rotation, or a new role)"),
         }
         let mut done = false;
-        for t in &targets {
+        let now_targets = targets.read().expect("not poisoned").clone();
+        for t in &now_targets {
             match manager::renew_at(t, tls.clone()).await {
                 Ok((cert, key)) => match store_renewal(&paths, &me, &cert, &key) {
                     Ok(()) => {
@@ -860,9 +959,15 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             }
             serde_json::to_value(rec).expect("serialisable")
         }
-        ControlRequest::NodeRm { node } => {
+        ControlRequest::NodeRole { node, role } => {
             let m = need()?;
-            let rec = m.remove_node(&node, now()).await?;
+            let id = if node == "self" { cfg.node_id.clone() } else { node };
+            let rec = m.set_role(&id, role).await?;
+            serde_json::json!({"node": rec.id, "role": rec.role, "demoting": rec.demoting})
+        }
+        ControlRequest::NodeRm { node, force } => {
+            let m = need()?;
+            let rec = m.remove_node(&node, force, now()).await?;
             serde_json::json!({"removed": rec.id, "role": rec.role})
         }
         ControlRequest::Backup => {

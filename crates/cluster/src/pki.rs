@@ -55,7 +55,7 @@ impl Role {
         }
     }
 
-    fn from_ou(s: &str) -> Option<Role> {
+    pub fn from_ou(s: &str) -> Option<Role> {
         match s {
             "bulkhead-manager" => Some(Role::Manager),
             "bulkhead-worker" => Some(Role::Worker),

@@ -36,6 +36,10 @@ pub struct NodeRecord {
     pub availability: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// A manager on its way to being a worker: it leaves Raft first (still a manager, so that
+    /// its last messages as a leader are heard), then the store makes it a worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demoting: bool,
 }
 
 impl NodeRecord {
@@ -54,6 +58,7 @@ impl NodeRecord {
             joined: now,
             availability: active(),
             labels: BTreeMap::new(),
+            demoting: false,
         }
     }
 }

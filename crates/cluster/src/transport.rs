@@ -193,6 +193,12 @@ impl Auth {
 
     /// The store's record of the caller (None without a store).
     pub fn record(&self, id: &pki::Identity) -> Result<Option<crate::records::NodeRecord>, Status> {
+        self.record_as(id, true)
+    }
+
+    /// [`Auth::record`], the role left unjudged when `same_role` is false (see
+    /// [`Auth::require_changing_role`]).
+    fn record_as(&self, id: &pki::Identity, same_role: bool) -> Result<Option<crate::records::NodeRecord>, Status> {
         let Some(sm) = &self.store else { return Ok(None) };
         // A manager that just joined has an empty store until the leader's log reaches it: its
         // certificate is all it can judge by until then.
@@ -209,7 +215,7 @@ impl Auth {
         if rec.serial != id.serial && rec.previous_serial.as_deref() != Some(id.serial.as_str()) {
             return Err(Status::permission_denied("a superseded certificate of this node"));
         }
-        if rec.role != id.role {
+        if same_role && rec.role != id.role {
             return Err(Status::permission_denied(
                 "the certificate's role is not the one the store gives this node",
             ));
@@ -227,8 +233,34 @@ impl Auth {
         }
     }
 
+    /// The interceptor of [`Auth::require_changing_role`].
+    pub fn interceptor_changing_role(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        let auth = self.clone();
+        move |req: Request<()>| {
+            auth.require_changing_role(&req)?;
+            Ok(req)
+        }
+    }
+
+    /// As [`Auth::require`] for any role, where the certificate's role may be one the store no
+    /// longer gives the node: a node promoted or demoted calls with the certificate of its old
+    /// role to learn of the change and renew into the new one. Only the calls of the `Certs`
+    /// service take this, and they grant nothing of either role.
+    pub fn require_changing_role<T>(&self, req: &Request<T>) -> Result<pki::Identity, Status> {
+        let id = self.require_certificate(req, None)?;
+        self.record_as(&id, false)?;
+        Ok(id)
+    }
+
     /// The caller's identity, if it may make a call that needs `role` (any role: None).
     pub fn require<T>(&self, req: &Request<T>, role: Option<Role>) -> Result<pki::Identity, Status> {
+        let id = self.require_certificate(req, role)?;
+        self.record(&id)?;
+        Ok(id)
+    }
+
+    /// What the certificate alone says: this cluster's, not denied, of `role` if given.
+    fn require_certificate<T>(&self, req: &Request<T>, role: Option<Role>) -> Result<pki::Identity, Status> {
         let peer = req
             .extensions()
             .get::<Peer>()
@@ -248,7 +280,6 @@ impl Auth {
                 return Err(Status::permission_denied(format!("{} only", r.ou())));
             }
         }
-        self.record(&id)?;
         Ok(id)
     }
 }

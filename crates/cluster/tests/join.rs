@@ -282,7 +282,7 @@ async fn a_removed_manager_cannot_come_back() {
         ..
     } = form(dir.path(), 3).await;
     let gone = &joined[1];
-    let rec = managers[0].manager.remove_node(&gone.node_id, now()).await.unwrap();
+    let rec = managers[0].manager.remove_node(&gone.node_id, true, now()).await.unwrap();
     assert_eq!(rec.id, gone.node_id);
     let m0 = managers[0].manager.clone();
     until("two voters", || {
@@ -381,7 +381,7 @@ async fn a_node_back_after_its_certificate_expired_rejoins_as_itself() {
         .unwrap()
         .to_string();
     assert!(e.contains("superseded"), "{e}");
-    m.remove_node(&wid, now()).await.unwrap();
+    m.remove_node(&wid, false, now()).await.unwrap();
     let e = manager::rejoin_cluster(&addr, &token.text(), prev(&wid, &back.cert_pem, &back.key_pem))
         .await
         .err()
