@@ -59,6 +59,14 @@ pub enum ClusterCommand {
         /// Return once the rotation has started, without waiting for it to finish.
         #[arg(long, short = 'd')]
         detach: bool,
+        /// Write an admin certificate, its key and the roots to FILE (0600), for
+        /// `BULKHEAD_MANAGER=ADDR BULKHEAD_ADMIN_CERT=FILE bulkhead node ls` from elsewhere; it
+        /// lasts 7 days, or --cert-expiry.
+        #[arg(long, conflicts_with = "rotate")]
+        issue_admin: Option<std::path::PathBuf>,
+        /// Revoke the admin certificate of this name (as --issue-admin printed it).
+        #[arg(long, conflicts_with_all = ["rotate", "issue_admin"])]
+        revoke_admin: Option<String>,
     },
     /// Write the cluster's store to FILE, sealed (with the unlock key under autolock, else with a
     /// new key printed once): everything `cluster restore` needs, on any machine.
@@ -190,7 +198,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
+/// A manager to administer remotely (`BULKHEAD_MANAGER=ADDR[:PORT]`, with
+/// `BULKHEAD_ADMIN_CERT=FILE` from `cluster ca --issue-admin`), as DOCKER_HOST does.
+fn remote() -> Option<String> {
+    std::env::var("BULKHEAD_MANAGER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|a| with_port(&a))
+}
+
+/// One request to this node's process over its control socket, or to the remote manager.
 fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
+    if let Some(addr) = remote() {
+        let file = std::env::var_os("BULKHEAD_ADMIN_CERT")
+            .context("BULKHEAD_MANAGER needs BULKHEAD_ADMIN_CERT: a file `bulkhead cluster ca --issue-admin FILE` wrote")?;
+        return Ok(runtime()?.block_on(node::call_remote(&addr, std::path::Path::new(&file), &req))?);
+    }
     Ok(runtime()?.block_on(node::call(&ctx.root, &req))?)
 }
 
@@ -587,11 +610,13 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             if ctx.quiet {
                 println!("{token}");
             } else {
-                let cfg = NodeConfig::load(&paths)?;
+                let at = match remote() {
+                    Some(a) => a,
+                    None => NodeConfig::load(&paths)?.advertise,
+                };
                 println!(
-                    "To add a {}:\n    bulkhead cluster join --token {token} {}",
+                    "To add a {}:\n    bulkhead cluster join --token {token} {at}",
                     if role == Role::Manager { "manager" } else { "worker" },
-                    cfg.advertise
                 );
             }
         }
@@ -624,9 +649,42 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ClusterCommand::Ca {
+            revoke_admin: Some(name), ..
+        } => {
+            let v = call(ctx, ControlRequest::RevokeAdmin { name })?;
+            println!("revoked {}", v["revoked"].as_str().unwrap_or_default());
+        }
+        ClusterCommand::Ca {
+            issue_admin: Some(file),
+            cert_expiry,
+            ..
+        } => {
+            if remote().is_some() {
+                bail!("admin certificates are issued on a manager's own machine");
+            }
+            let (key, csr) = bulkhead_cluster::pki::key_and_request()?;
+            let lifetime = cert_expiry.as_deref().map(duration_secs).transpose()?;
+            let v = call(ctx, ControlRequest::IssueAdmin { csr, lifetime })?;
+            let f = node::AdminFile {
+                cluster_id: v["cluster_id"].as_str().unwrap_or_default().to_owned(),
+                cert: v["cert"].as_str().unwrap_or_default().to_owned(),
+                key: key.serialize_pem(),
+                ca: v["ca"].as_str().unwrap_or_default().to_owned(),
+            };
+            bulkhead_cluster::crypt::write_private(&file, &serde_json::to_vec_pretty(&f)?)?;
+            println!(
+                "{} written ({}): BULKHEAD_MANAGER=<a manager> BULKHEAD_ADMIN_CERT={} bulkhead node ls",
+                file.display(),
+                v["name"].as_str().unwrap_or_default(),
+                file.display()
+            );
+        }
+        ClusterCommand::Ca {
             rotate,
             cert_expiry,
             detach,
+            issue_admin: None,
+            revoke_admin: None,
         } => {
             let cert_expiry = cert_expiry.as_deref().map(duration_secs).transpose()?;
             let mut v = call(ctx, ControlRequest::Ca { rotate, cert_expiry })?;

@@ -723,3 +723,67 @@ fn a_promoted_worker_becomes_a_manager_and_a_demoted_manager_a_worker() {
     // The last manager cannot be demoted.
     assert!(lan.fails(2, &["node", "demote", &id2]).contains("last manager"));
 }
+
+#[test]
+fn an_admin_certificate_administers_from_another_host_and_nothing_else_does() {
+    let lan = Lan::new(2);
+    lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1)]);
+    let file = lan.root(2).with_extension("admin.json");
+    let out = lan.ok(1, &["cluster", "ca", "--issue-admin", file.to_str().unwrap()]);
+    let name = out.split(['(', ')']).nth(1).unwrap().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    // From host 2, which is in no cluster: reads and writes.
+    let remote = |admin: &std::path::Path, args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &lan.ns(2)])
+            .arg(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("--root")
+            .arg(lan.root(2))
+            .args(args)
+            .env("BULKHEAD_MANAGER", lan.addr(1))
+            .env("BULKHEAD_ADMIN_CERT", admin)
+            .output()
+            .unwrap()
+    };
+    let o = remote(&file, &["node", "ls"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(node_ids(&String::from_utf8_lossy(&o.stdout)).len(), 1);
+    let before = lan.ok(1, &["-q", "cluster", "join-token", "worker"]);
+    let o = remote(&file, &["-q", "cluster", "join-token", "worker", "--rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]), before);
+    // Unlocking and issuing admins stay on the manager's machine.
+    let key = lan.root(2).with_extension("key");
+    std::fs::write(&key, format!("BKUNLOCK-1-{}", "00".repeat(32))).unwrap();
+    let o = remote(&file, &["cluster", "unlock", "--key-file", key.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("own machine"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A node's own certificate is no admin's.
+    let node = serde_json::json!({
+        "cluster_id": "x",
+        "cert": std::fs::read_to_string(lan.root(1).join("cluster/node.crt")).unwrap(),
+        "key": std::fs::read_to_string(lan.root(1).join("cluster/node.key")).unwrap(),
+        "ca": std::fs::read_to_string(lan.root(1).join("cluster/ca.crt")).unwrap(),
+    });
+    let forged = lan.root(2).with_extension("node.json");
+    std::fs::write(&forged, node.to_string()).unwrap();
+    let o = remote(&forged, &["node", "ls"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bulkhead-admin only"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Revoked: refused from then on.
+    lan.ok(1, &["cluster", "ca", "--revoke-admin", &name]);
+    let o = remote(&file, &["node", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("revoked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

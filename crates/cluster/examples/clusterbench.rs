@@ -41,7 +41,7 @@ async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca:
         auth: Auth::new("bench").with_store(sm),
         tls: client_tls,
     };
-    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap());
+    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap(), None);
     (m, addr)
 }
 

@@ -367,6 +367,7 @@ impl Manager {
             return Ok(rec);
         }
         match role {
+            Role::Admin => return Err(Error::Invalid("a node is a manager or a worker".into())),
             Role::Worker => {
                 if self.nodes().iter().filter(|n| n.role == Role::Manager && !n.demoting).count() <= 1 {
                     return Err(Error::Invalid("the last manager cannot be demoted".into()));
@@ -458,6 +459,29 @@ impl Manager {
         } else {
             Err(Status::unavailable("this manager is not a voter in Raft: ask another"))
         }
+    }
+
+    /// An admin certificate for the key of `csr`, valid `lifetime` seconds, recorded in the store
+    /// (so that removing the record revokes it). Returns its name and the certificate.
+    pub async fn issue_admin(&self, csr: &[u8], lifetime: i64, now: i64) -> Result<(String, String)> {
+        let name = format!("admin{}", new_node_id()?);
+        let cert = self.chain(self.ca()?.issue(csr, &name, Role::Admin, &self.auth.cluster_id, now, lifetime)?);
+        let ident = pki::identity(cert.as_bytes())?;
+        let rec = crate::records::AdminRecord {
+            name: name.clone(),
+            serial: ident.serial,
+            not_after: ident.not_after,
+            created: now,
+        };
+        self.write(Request {
+            checks: vec![],
+            ops: vec![Op::Put {
+                key: crate::records::admin_key(&name),
+                value: json(&rec),
+            }],
+        })
+        .await?;
+        Ok((name, cert))
     }
 
     /// A CA rotation in progress, if any.
@@ -1169,7 +1193,12 @@ pub async fn status_at(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<pro
 /// before its body is read: Raft and Control for managers, renewal for any node of the
 /// cluster, the bootstrap calls for anyone (with small messages). Connections are bounded in
 /// number, streams, idle time and age.
-pub fn serve_manager(m: &Manager, listener: tokio::net::TcpListener, server_tls: Arc<rustls::ServerConfig>) -> tokio::task::JoinHandle<()> {
+pub fn serve_manager(
+    m: &Manager,
+    listener: tokio::net::TcpListener,
+    server_tls: Arc<rustls::ServerConfig>,
+    admin: Option<crate::node::AdminService>,
+) -> tokio::task::JoinHandle<()> {
     use crate::proto::{
         bootstrap_server::BootstrapServer, certs_server::CertsServer, control_server::ControlServer, raft_server::RaftServer,
     };
@@ -1209,7 +1238,13 @@ pub fn serve_manager(m: &Manager, listener: tokio::net::TcpListener, server_tls:
         .add_service(raft)
         .add_service(control)
         .add_service(certs)
-        .add_service(bootstrap);
+        .add_service(bootstrap)
+        .add_optional_service(admin.map(|a| {
+            InterceptedService::new(
+                crate::proto::admin_server::AdminServer::new(a).max_decoding_message_size(64 << 10),
+                auth.interceptor_admin(),
+            )
+        }));
     let incoming = transport::incoming(listener, server_tls);
     tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming(incoming).await {

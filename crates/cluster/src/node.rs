@@ -202,6 +202,16 @@ pub enum ControlRequest {
     },
     /// The store's contents, for `cluster backup` (root only, as every request here).
     Backup,
+    /// An admin certificate revoked: its record goes and its serial is denied.
+    RevokeAdmin {
+        name: String,
+    },
+    /// An admin certificate for the key of `csr` (DER), for remote administration.
+    IssueAdmin {
+        csr: Vec<u8>,
+        #[serde(default)]
+        lifetime: Option<i64>,
+    },
     /// The root CA and where a rotation stands; a rotation started, or the certificates'
     /// lifetime changed.
     Ca {
@@ -287,7 +297,11 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
-        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?);
+        let admin = AdminService {
+            cfg: cfg.clone(),
+            manager: m.clone(),
+        };
+        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?, Some(admin));
         if bootstrap_ca.is_some() || recovering.is_some() {
             let mut members = std::collections::BTreeMap::new();
             members.insert(
@@ -619,6 +633,7 @@ fn change_role(paths: &Paths, role: Role, raft_id: u64, via: &str) -> Result<()>
     let mut c = NodeConfig::load(paths)?;
     c.role = role;
     match role {
+        Role::Admin => return Err(Error::Invalid("a node is a manager or a worker".into())),
         Role::Manager => {
             if raft_id == 0 {
                 return Err(Error::Invalid("promoted without a Raft id".into()));
@@ -872,6 +887,9 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
         }
         ControlRequest::JoinToken { role, rotate, ttl, uses } => {
             let m = need()?;
+            if role == Role::Admin {
+                return Err(Error::Invalid("join tokens are for managers and workers".into()));
+            }
             let t = if rotate || ttl.is_some() || uses.is_some() {
                 m.rotate_token(role, ttl, uses, now()).await?.text().to_string()
             } else {
@@ -961,6 +979,9 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
         }
         ControlRequest::NodeRole { node, role } => {
             let m = need()?;
+            if role == Role::Admin {
+                return Err(Error::Invalid("a node is a manager or a worker".into()));
+            }
             let id = if node == "self" { cfg.node_id.clone() } else { node };
             let rec = m.set_role(&id, role).await?;
             serde_json::json!({"node": rec.id, "role": rec.role, "demoting": rec.demoting})
@@ -969,6 +990,34 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             let m = need()?;
             let rec = m.remove_node(&node, force, now()).await?;
             serde_json::json!({"removed": rec.id, "role": rec.role})
+        }
+        ControlRequest::IssueAdmin { csr, lifetime } => {
+            let m = need()?;
+            let lifetime = lifetime.unwrap_or(ADMIN_LIFETIME);
+            if !(60..=365 * 86400).contains(&lifetime) {
+                return Err(Error::Invalid("an admin certificate lasts from 1 minute to 1 year".into()));
+            }
+            let (name, cert) = m.issue_admin(&csr, lifetime, now()).await?;
+            serde_json::json!({"name": name, "cert": cert, "ca": m.trust_pem()?, "cluster_id": cfg.cluster_id})
+        }
+        ControlRequest::RevokeAdmin { name } => {
+            let m = need()?;
+            let key = crate::records::admin_key(&name);
+            let rec: crate::records::AdminRecord = m
+                .get(&key)
+                .ok_or_else(|| Error::Invalid(format!("no admin certificate {name:?}")))?;
+            m.write(store::Request {
+                checks: vec![],
+                ops: vec![
+                    store::Op::Delete { key },
+                    store::Op::Put {
+                        key: crate::records::denied_key(&rec.serial),
+                        value: serde_json::to_vec(&rec.not_after).expect("serialisable"),
+                    },
+                ],
+            })
+            .await?;
+            serde_json::json!({"revoked": name})
         }
         ControlRequest::Backup => {
             // Sealed here: the store's contents never cross the socket in clear. With autolock
@@ -1033,6 +1082,74 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             })
         }
     })
+}
+
+/// How long an admin certificate lasts unless asked (7 days).
+const ADMIN_LIFETIME: i64 = 7 * 86400;
+
+/// Remote administration: a manager answers a request of the control socket from a caller with
+/// an admin certificate of the cluster (checked by [`transport::Auth::require_admin`] before the
+/// body is read). Giving a locked node its key and issuing admin certificates stay local.
+pub struct AdminService {
+    pub cfg: NodeConfig,
+    pub manager: Manager,
+}
+
+#[tonic::async_trait]
+impl crate::proto::admin_server::Admin for AdminService {
+    async fn call(
+        &self,
+        req: tonic::Request<crate::proto::Payload>,
+    ) -> std::result::Result<tonic::Response<crate::proto::Payload>, tonic::Status> {
+        let who = self.manager.auth.require_admin(&req)?;
+        let r: ControlRequest =
+            serde_json::from_slice(&req.get_ref().json).map_err(|e| tonic::Status::invalid_argument(format!("bad request: {e}")))?;
+        if matches!(r, ControlRequest::Unlock { .. } | ControlRequest::IssueAdmin { .. }) {
+            return Err(tonic::Status::permission_denied("only on the manager's own machine"));
+        }
+        tracing::info!(admin = %who.node_id, request = ?std::mem::discriminant(&r), "remote administration");
+        let v = answer(r, &self.cfg, Some(&self.manager))
+            .await
+            .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
+        Ok(tonic::Response::new(crate::proto::Payload {
+            json: serde_json::to_vec(&v).map_err(|e| tonic::Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+/// What `cluster ca --issue-admin` writes (0600): the certificate, its key and the roots.
+#[derive(Serialize, Deserialize)]
+pub struct AdminFile {
+    pub cluster_id: String,
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+/// The CLI's side of remote administration: `req` to the manager at `addr`, with the admin
+/// certificate in `file`.
+pub async fn call_remote(addr: &str, file: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
+    let mut bytes = Vec::new();
+    tokio::fs::File::open(file)
+        .await
+        .map_err(io(file))?
+        .take(64 << 10)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(io(file))?;
+    let f: AdminFile =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("{}: not an admin certificate file: {e}", file.display())))?;
+    let id = tls::Identity::new(&f.cert, &f.key)?;
+    let ch = transport::connect(addr, tls::client_config(&f.ca, Some(id))?)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let r = crate::proto::admin_client::AdminClient::new(ch)
+        .call(crate::proto::Payload {
+            json: serde_json::to_vec(req).expect("serialisable"),
+        })
+        .await
+        .map_err(|s| Error::Invalid(format!("{addr}: {}", s.message())))?;
+    serde_json::from_slice(&r.get_ref().json).map_err(|e| Error::Invalid(format!("{addr}: {e}")))
 }
 
 /// The CLI's side of the control socket: one request, its answer (an error is one line).

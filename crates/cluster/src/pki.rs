@@ -44,6 +44,9 @@ fn rc(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
 pub enum Role {
     Manager,
     Worker,
+    /// A person administering the cluster from elsewhere (`cluster ca --issue-admin`): no node,
+    /// never in Raft; only the `Admin` service takes it.
+    Admin,
 }
 
 impl Role {
@@ -52,6 +55,7 @@ impl Role {
         match self {
             Role::Manager => "bulkhead-manager",
             Role::Worker => "bulkhead-worker",
+            Role::Admin => "bulkhead-admin",
         }
     }
 
@@ -59,6 +63,7 @@ impl Role {
         match s {
             "bulkhead-manager" => Some(Role::Manager),
             "bulkhead-worker" => Some(Role::Worker),
+            "bulkhead-admin" => Some(Role::Admin),
             _ => None,
         }
     }
@@ -220,13 +225,18 @@ impl Ca {
         dn.push(DnType::OrganizationalUnitName, role.ou());
         dn.push(DnType::OrganizationName, cluster_id);
         p.distinguished_name = dn;
-        p.subject_alt_names = vec![
-            SanType::DnsName(role.ou().try_into().map_err(rc("name"))?),
-            SanType::DnsName(node_id.try_into().map_err(rc("name"))?),
-        ];
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        if role == Role::Admin {
+            // A client only: no name a server could be asked for.
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        } else {
+            p.subject_alt_names = vec![
+                SanType::DnsName(role.ou().try_into().map_err(rc("name"))?),
+                SanType::DnsName(node_id.try_into().map_err(rc("name"))?),
+            ];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        }
         p.serial_number = Some(serial()?);
         p.not_before = offset(now - 3600)?;
         p.not_after = offset(now + lifetime)?;

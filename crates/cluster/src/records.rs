@@ -79,6 +79,7 @@ pub fn token_key(role: Role) -> String {
         match role {
             Role::Manager => "manager",
             Role::Worker => "worker",
+            Role::Admin => "admin",
         }
     )
 }
@@ -100,6 +101,21 @@ pub struct CaRotation {
     pub started: i64,
     #[serde(default)]
     pub batch: Vec<String>,
+}
+
+/// Where an admin certificate's record lives (its value: an [`AdminRecord`]).
+pub fn admin_key(name: &str) -> String {
+    format!("admins/{name}")
+}
+
+/// An admin certificate the CA issued (`cluster ca --issue-admin`): accepted only while its
+/// record is here and its serial the record's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub name: String,
+    pub serial: String,
+    pub not_after: i64,
+    pub created: i64,
 }
 
 /// Where a denied certificate serial lives (its value: the certificate's expiry).

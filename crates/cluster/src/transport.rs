@@ -233,6 +233,34 @@ impl Auth {
         }
     }
 
+    /// The interceptor of [`Auth::require_admin`].
+    pub fn interceptor_admin(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        let auth = self.clone();
+        move |req: Request<()>| {
+            auth.require_admin(&req)?;
+            Ok(req)
+        }
+    }
+
+    /// An admin certificate of this cluster, whose record the store has (with its serial), not
+    /// denied. Nodes' certificates are not admins'.
+    pub fn require_admin<T>(&self, req: &Request<T>) -> Result<pki::Identity, Status> {
+        let id = self.require_certificate(req, Some(Role::Admin))?;
+        let Some(sm) = &self.store else {
+            return Err(Status::permission_denied("no store to check an admin against"));
+        };
+        if sm.get(&crate::records::denied_key(&id.serial)).is_some() {
+            return Err(Status::permission_denied("this admin certificate was revoked"));
+        }
+        let rec: Option<crate::records::AdminRecord> = sm
+            .get(&crate::records::admin_key(&id.node_id))
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        match rec {
+            Some(r) if r.serial == id.serial => Ok(id),
+            _ => Err(Status::permission_denied("this admin certificate was revoked")),
+        }
+    }
+
     /// The interceptor of [`Auth::require_changing_role`].
     pub fn interceptor_changing_role(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
         let auth = self.clone();

@@ -56,7 +56,7 @@ async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &
         auth: Auth::new("c1").with_store(sm),
         tls: client_tls,
     };
-    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap());
+    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap(), None);
     Running { manager, addr, server }
 }
 
