@@ -40,6 +40,12 @@ pub enum ClusterCommand {
         #[arg(long)]
         key_file: Option<std::path::PathBuf>,
     },
+    /// Give this manager's store a new data key: the whole store sealed anew with it (each
+    /// manager has its own; `unlock-key --rotate` also rotates every manager's).
+    DataKey {
+        #[arg(long, required = true)]
+        rotate: bool,
+    },
     /// Print the cluster's unlock key (autolock), or replace it (which turns autolock on).
     UnlockKey {
         #[arg(long)]
@@ -714,6 +720,10 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             if ctx.quiet || !rotate {
                 print!("{}", v["roots"].as_str().unwrap_or_default());
             }
+        }
+        ClusterCommand::DataKey { .. } => {
+            call(ctx, ControlRequest::RotateDataKey)?;
+            println!("this manager's data key rotated");
         }
         ClusterCommand::Leave { force } => {
             let cfg = NodeConfig::load(&paths)?;

@@ -390,6 +390,11 @@ fn autolock_keeps_a_restarted_manager_locked_until_it_is_given_its_key() {
     // A new unlock key: the old one opens nothing any more.
     let new_key = lan.ok(1, &["-q", "cluster", "unlock-key", "--rotate"]).trim().to_owned();
     assert_ne!(new_key, key);
+    let before = bulkhead_cluster::crypt::read_data_key(
+        &dir.join("data.key"),
+        Some(&bulkhead_cluster::crypt::parse_unlock_key(&key).unwrap()),
+    )
+    .unwrap();
     for _ in 0..50 {
         if !std::fs::read_to_string(dir.join("data.key")).unwrap().eq(&data) {
             break;
@@ -397,11 +402,36 @@ fn autolock_keeps_a_restarted_manager_locked_until_it_is_given_its_key() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
+    let new_unlock = bulkhead_cluster::crypt::parse_unlock_key(&new_key).unwrap();
+    let mut after = None;
+    for _ in 0..50 {
+        after = bulkhead_cluster::crypt::read_data_key(&dir.join("data.key"), Some(&new_unlock)).ok();
+        if after.as_ref().is_some_and(|a| a.as_bytes() != before.as_bytes()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        after.is_some_and(|a| a.as_bytes() != before.as_bytes()),
+        "the data key did not change with the unlock key"
+    );
     restart(&lan);
     assert!(lan
         .fails(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()])
         .contains("wrong unlock key"));
     std::fs::write(&right, &new_key).unwrap();
+    lan.ok(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()]);
+    assert_eq!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim(), token);
+    // A new unlock key brought a new data key; `cluster data-key --rotate` makes another. The
+    // store, sealed anew each time, opens after a restart with what it holds.
+    let unlock = bulkhead_cluster::crypt::parse_unlock_key(&new_key).unwrap();
+    let data_key = || bulkhead_cluster::crypt::read_data_key(&dir.join("data.key"), Some(&unlock)).unwrap();
+    let k1 = data_key();
+    lan.ok(1, &["cluster", "data-key", "--rotate"]);
+    let k2 = data_key();
+    assert_ne!(k1.as_bytes(), k2.as_bytes());
+    assert!(!dir.join("data.key.next").exists());
+    restart(&lan);
     lan.ok(1, &["cluster", "unlock", "--key-file", right.to_str().unwrap()]);
     assert_eq!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim(), token);
 }

@@ -202,6 +202,8 @@ pub enum ControlRequest {
     },
     /// The store's contents, for `cluster backup` (root only, as every request here).
     Backup,
+    /// A new data key for this manager's store.
+    RotateDataKey,
     /// An admin certificate revoked: its record goes and its serial is denied.
     RevokeAdmin {
         name: String,
@@ -228,6 +230,7 @@ pub enum ControlRequest {
 pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
     let paths = Paths::new(root);
     let mut cfg = NodeConfig::load(&paths)?;
+    let _ = SERVING.set(paths.clone());
     tokio::pin!(stop);
     // With autolock the data key (and the node's key) are sealed by the unlock key, which only a
     // user gives (`cluster unlock`): until then the node answers nothing but that.
@@ -239,6 +242,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     } else {
         None
     };
+    finish_data_key_rotation(&paths, unlock.as_ref());
     let data_key = crypt::read_data_key(&paths.data_key(), unlock.as_ref())?;
     let mut recovering = if cfg.recover {
         Some(prepare_recovery(&paths, &cfg, &data_key, unlock.as_ref())?)
@@ -401,7 +405,15 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
                 let want = mm.sm.get(UNLOCK_KEY).and_then(|v| String::from_utf8(v).ok());
                 if want.is_some() && want != current {
                     match reseal(&p2, want.as_deref()) {
-                        Ok(()) => current = want,
+                        Ok(()) => {
+                            // A new unlock key brings a new data key (as in Swarm).
+                            if current.is_some() {
+                                if let Err(e) = rotate_data_key(&p2, &mm.sm) {
+                                    tracing::error!(error = %e, "rotating the data key");
+                                }
+                            }
+                            current = want;
+                        }
                         Err(e) => tracing::error!(error = %e, "sealing this node's keys with the unlock key"),
                     }
                 }
@@ -735,6 +747,7 @@ const UNLOCK_KEY: &str = "config/unlock_key";
 /// whatever seals them now, which this process knows from its start).
 fn reseal(paths: &Paths, text: Option<&str>) -> Result<()> {
     let Some(t) = text else { return Ok(()) };
+    let _one = KEYS.lock().expect("not poisoned");
     let new = crypt::parse_unlock_key(t)?;
     let old = UNLOCKED.lock().expect("not poisoned").clone();
     let data = crypt::read_data_key(&paths.data_key(), old.as_ref())?;
@@ -743,6 +756,44 @@ fn reseal(paths: &Paths, text: Option<&str>) -> Result<()> {
     crypt::write_data_key(&paths.data_key(), &data, Some(&new))?;
     *UNLOCKED.lock().expect("not poisoned") = Some(new);
     Ok(())
+}
+
+/// The files of the node this process serves (one per process).
+static SERVING: std::sync::OnceLock<Paths> = std::sync::OnceLock::new();
+
+/// One change of this node's key files at a time.
+static KEYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A new data key for this manager's store: written aside (sealed as the current one is), the
+/// whole store sealed anew with it in one transaction, then put in place. A start finds a
+/// rotation cut short in between ([`finish_data_key_rotation`]).
+pub fn rotate_data_key(paths: &Paths, sm: &store::StateMachine) -> Result<()> {
+    let _one = KEYS.lock().expect("not poisoned");
+    let unlock = UNLOCKED.lock().expect("not poisoned").clone();
+    let next = crypt::Key::generate()?;
+    let aside = paths.data_key().with_extension("key.next");
+    crypt::write_data_key(&aside, &next, unlock.as_ref())?;
+    sm.rotate_key(next)
+        .map_err(|e| Error::Invalid(format!("sealing the store anew: {e}")))?;
+    std::fs::rename(&aside, paths.data_key()).map_err(io(&aside))?;
+    tracing::info!("the store's data key rotated");
+    Ok(())
+}
+
+/// A data key rotation cut short: the key set aside is the one if the store opens with it.
+fn finish_data_key_rotation(paths: &Paths, unlock: Option<&crypt::Key>) {
+    let aside = paths.data_key().with_extension("key.next");
+    if !aside.exists() {
+        return;
+    }
+    match crypt::read_data_key(&aside, unlock) {
+        Ok(k) if paths.raft().exists() && store::StateMachine::key_fits(&paths.raft(), &k) => {
+            let _ = std::fs::rename(&aside, paths.data_key());
+        }
+        _ => {
+            let _ = std::fs::remove_file(&aside);
+        }
+    }
 }
 
 /// The unlock key this process was given (or sealed its files with since).
@@ -1018,6 +1069,15 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             })
             .await?;
             serde_json::json!({"revoked": name})
+        }
+        ControlRequest::RotateDataKey => {
+            let m = need()?;
+            let sm = m.sm.clone();
+            let paths = SERVING.get().cloned().ok_or_else(|| Error::Invalid("no node served here".into()))?;
+            tokio::task::spawn_blocking(move || rotate_data_key(&paths, &sm))
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+            serde_json::json!({"rotated": true})
         }
         ControlRequest::Backup => {
             // Sealed here: the store's contents never cross the socket in clear. With autolock

@@ -173,7 +173,10 @@ fn log_aad(index: u64, term: u64, leader: NodeId) -> Vec<u8> {
 /// snapshot builders.
 struct Shared {
     db: redb::Database,
-    key: Key,
+    /// Held for reading through each whole read or write (seal, then commit), and for writing
+    /// through a rotation (every record sealed anew in one transaction, then the new key): no
+    /// record is ever sealed or opened with a key the file no longer uses.
+    key: std::sync::RwLock<Key>,
 }
 
 impl Shared {
@@ -182,7 +185,8 @@ impl Shared {
     /// the committed entries again from its peers).
     fn put_meta<T: Serialize>(&self, name: &str, v: &T, durable: bool) -> Result<(), AnyError> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(v).map_err(any)?);
-        let sealed = self.key.seal(format!("meta:{name}").as_bytes(), &plain).map_err(any)?;
+        let key = self.key();
+        let sealed = key.seal(format!("meta:{name}").as_bytes(), &plain).map_err(any)?;
         let mut tx = self.db.begin_write().map_err(any)?;
         if !durable {
             tx.set_durability(redb::Durability::Eventual);
@@ -191,7 +195,51 @@ impl Shared {
         tx.commit().map_err(any)
     }
 
+    fn key(&self) -> std::sync::RwLockReadGuard<'_, Key> {
+        self.key.read().expect("not poisoned")
+    }
+
+    /// Seals every record anew with `new` in one transaction, then uses it: the log, the meta
+    /// records and the snapshot. (redb may keep the old pages in its free space until they are
+    /// reused: ciphertext under the old key, useless without it.)
+    fn rotate(&self, new: Key) -> Result<(), AnyError> {
+        let mut key = self.key.write().expect("not poisoned");
+        let tx = self.db.begin_write().map_err(any)?;
+        {
+            let mut log = tx.open_table(LOG).map_err(any)?;
+            let rows: Vec<(u64, Vec<u8>)> = log
+                .iter()
+                .map_err(any)?
+                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(any)?;
+            for (i, v) in rows {
+                let e = self.open_entry(&key, i, &v)?;
+                log.insert(i, self.seal_entry(&new, &e)?.as_slice()).map_err(any)?;
+            }
+            for (table, aad) in [(META, None), (SNAPSHOT, Some(b"snapshot".as_slice()))] {
+                let mut t = tx.open_table(table).map_err(any)?;
+                let rows: Vec<(String, Vec<u8>)> = t
+                    .iter()
+                    .map_err(any)?
+                    .map(|r| r.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())))
+                    .collect::<Result<_, _>>()
+                    .map_err(any)?;
+                for (name, v) in rows {
+                    let a = aad.map(<[u8]>::to_vec).unwrap_or_else(|| format!("meta:{name}").into_bytes());
+                    let plain = key.open(&a, &v, &name).map_err(any)?;
+                    t.insert(name.as_str(), new.seal(&a, &plain).map_err(any)?.as_slice())
+                        .map_err(any)?;
+                }
+            }
+        }
+        tx.commit().map_err(any)?;
+        *key = new;
+        Ok(())
+    }
+
     fn get_meta<T: for<'de> Deserialize<'de>>(&self, name: &str) -> Result<Option<T>, AnyError> {
+        let key = self.key();
         let tx = self.db.begin_read().map_err(any)?;
         let t = match tx.open_table(META) {
             Ok(t) => t,
@@ -199,11 +247,12 @@ impl Shared {
             Err(e) => return Err(any(e)),
         };
         let Some(v) = t.get(name).map_err(any)? else { return Ok(None) };
-        let plain = self.key.open(format!("meta:{name}").as_bytes(), v.value(), name).map_err(any)?;
+        let plain = key.open(format!("meta:{name}").as_bytes(), v.value(), name).map_err(any)?;
         serde_json::from_slice(&plain).map(Some).map_err(any)
     }
 
     fn read_entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+        let key = self.key();
         let tx = self.db.begin_read().map_err(any)?;
         let t = match tx.open_table(LOG) {
             Ok(t) => t,
@@ -213,19 +262,19 @@ impl Shared {
         let mut out = Vec::new();
         for row in t.range(range).map_err(any)? {
             let (k, v) = row.map_err(any)?;
-            out.push(self.open_entry(k.value(), v.value())?);
+            out.push(self.open_entry(&key, k.value(), v.value())?);
         }
         Ok(out)
     }
 
-    fn open_entry(&self, index: u64, v: &[u8]) -> Result<Entry<TypeConfig>, AnyError> {
+    fn open_entry(&self, key: &Key, index: u64, v: &[u8]) -> Result<Entry<TypeConfig>, AnyError> {
         let what = format!("log entry {index}");
         if v.len() < 16 {
             return Err(any(format!("{what}: cut short")));
         }
         let term = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
         let leader = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
-        let plain = self.key.open(&log_aad(index, term, leader), &v[16..], &what).map_err(any)?;
+        let plain = key.open(&log_aad(index, term, leader), &v[16..], &what).map_err(any)?;
         let e: Entry<TypeConfig> = serde_json::from_slice(&plain).map_err(any)?;
         // The clear prefix and the sealed entry agree (a prefix is bound by the seal anyway).
         if e.log_id.index != index || e.log_id.leader_id.term != term {
@@ -234,13 +283,13 @@ impl Shared {
         Ok(e)
     }
 
-    fn seal_entry(&self, e: &Entry<TypeConfig>) -> Result<Vec<u8>, AnyError> {
+    fn seal_entry(&self, key: &Key, e: &Entry<TypeConfig>) -> Result<Vec<u8>, AnyError> {
         let (index, term, leader) = (e.log_id.index, e.log_id.leader_id.term, e.log_id.leader_id.node_id);
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(e).map_err(any)?);
         let mut v = Vec::with_capacity(16 + plain.len() + 41);
         v.extend_from_slice(&term.to_be_bytes());
         v.extend_from_slice(&leader.to_be_bytes());
-        v.extend_from_slice(&self.key.seal(&log_aad(index, term, leader), &plain).map_err(any)?);
+        v.extend_from_slice(&key.seal(&log_aad(index, term, leader), &plain).map_err(any)?);
         Ok(v)
     }
 }
@@ -249,7 +298,10 @@ impl Shared {
 /// machine, the latter loaded from the last snapshot.
 pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
     let db = redb::Database::create(path).map_err(|e| StorageIOError::read(any(format!("{}: {e}", path.display()))))?;
-    let shared = Arc::new(Shared { db, key });
+    let shared = Arc::new(Shared {
+        db,
+        key: std::sync::RwLock::new(key),
+    });
     // Every table exists from the start (readers need not tell "none yet" from an error).
     {
         let tx = shared.db.begin_write().map_err(|e| StorageIOError::write(any(e)))?;
@@ -258,6 +310,9 @@ pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
         }
         tx.open_table(LOG).map_err(|e| StorageIOError::write(any(e)))?;
         tx.commit().map_err(|e| StorageIOError::write(any(e)))?;
+    }
+    if shared.get_meta::<String>("check").map_err(StorageIOError::read)?.is_none() {
+        shared.put_meta("check", &"bulkhead", true).map_err(StorageIOError::write)?;
     }
     let sm = StateMachine {
         shared: shared.clone(),
@@ -309,13 +364,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
         let last_purged: Option<LogId<NodeId>> = self.shared.get_meta("last_purged").map_err(StorageIOError::read_logs)?;
         let last = {
+            let key = self.shared.key();
             let tx = self.shared.db.begin_read().map_err(|e| StorageIOError::read_logs(any(e)))?;
             let t = tx.open_table(LOG).map_err(|e| StorageIOError::read_logs(any(e)))?;
             let last = t.last().map_err(|e| StorageIOError::read_logs(any(e)))?;
             match last {
                 Some((k, v)) => Some(
                     self.shared
-                        .open_entry(k.value(), v.value())
+                        .open_entry(&key, k.value(), v.value())
                         .map_err(StorageIOError::read_logs)?
                         .log_id,
                 ),
@@ -362,11 +418,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let written = (|| -> Result<(), AnyError> {
+            let key = self.shared.key();
             let tx = self.shared.db.begin_write().map_err(any)?;
             {
                 let mut t = tx.open_table(LOG).map_err(any)?;
                 for e in entries {
-                    let v = self.shared.seal_entry(&e)?;
+                    let v = self.shared.seal_entry(&key, &e)?;
                     t.insert(e.log_id.index, v.as_slice()).map_err(any)?;
                 }
             }
@@ -443,6 +500,22 @@ impl StateMachine {
         self.state.lock().expect("not poisoned").data.get(key).cloned()
     }
 
+    /// Seals the whole file anew with the data key `new` (a data key rotation), in one
+    /// transaction; reads and writes wait meanwhile.
+    pub fn rotate_key(&self, new: Key) -> Result<(), SError> {
+        self.shared.rotate(new).map_err(|e| StorageIOError::write(e).into())
+    }
+
+    /// Whether `key` opens the file's check record (written at the first open): which of two
+    /// keys a file uses, after a rotation cut short.
+    pub fn key_fits(path: &Path, key: &Key) -> bool {
+        let Ok(db) = redb::Database::open(path) else { return false };
+        let Ok(tx) = db.begin_read() else { return false };
+        let Ok(t) = tx.open_table(META) else { return false };
+        let Ok(Some(v)) = t.get("check") else { return false };
+        key.open(b"meta:check", v.value(), "check").is_ok()
+    }
+
     /// Every key starting with `prefix`, with its value.
     pub fn scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
         let s = self.state.lock().expect("not poisoned");
@@ -455,10 +528,11 @@ impl StateMachine {
 
     fn read_snapshot(&self) -> Result<Option<StoredSnapshot>, SError> {
         let read = (|| -> Result<Option<StoredSnapshot>, AnyError> {
+            let key = self.shared.key();
             let tx = self.shared.db.begin_read().map_err(any)?;
             let t = tx.open_table(SNAPSHOT).map_err(any)?;
             let Some(v) = t.get("current").map_err(any)? else { return Ok(None) };
-            let plain = self.shared.key.open(b"snapshot", v.value(), "the snapshot").map_err(any)?;
+            let plain = key.open(b"snapshot", v.value(), "the snapshot").map_err(any)?;
             serde_json::from_slice(&plain).map(Some).map_err(any)
         })();
         read.map_err(|e| StorageIOError::read_snapshot(None, e).into())
@@ -467,7 +541,8 @@ impl StateMachine {
     fn write_snapshot(&self, snap: &StoredSnapshot) -> Result<(), SError> {
         let write = (|| -> Result<(), AnyError> {
             let plain = zeroize::Zeroizing::new(serde_json::to_vec(snap).map_err(any)?);
-            let sealed = self.shared.key.seal(b"snapshot", &plain).map_err(any)?;
+            let key = self.shared.key();
+            let sealed = key.seal(b"snapshot", &plain).map_err(any)?;
             let tx = self.shared.db.begin_write().map_err(any)?;
             tx.open_table(SNAPSHOT)
                 .map_err(any)?

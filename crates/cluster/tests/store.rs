@@ -259,10 +259,27 @@ async fn three_nodes_replicate_sealed_survive_a_restart_and_catch_up_by_chunked_
         sm1.get("k59").is_some() && sm1.get("secret/db").is_some()
     })
     .await;
+    // Node 2's data key rotated while it runs: the whole file sealed anew, writes going on.
+    let new2 = Key::generate().unwrap();
+    nodes[&2].1.rotate_key(new2.clone()).unwrap();
+    let leader = raft1.metrics().borrow().current_leader.unwrap();
+    let lr = if leader == 1 { raft1.clone() } else { nodes[&leader].0.clone() };
+    lr.client_write(put("after/rotation", b"y")).await.unwrap();
+    let sm2 = nodes[&2].1.clone();
+    until("node 2 to apply after its rotation", || sm2.get("after/rotation").is_some()).await;
     raft1.shutdown().await.unwrap();
     for (_, (r, _)) in nodes {
         r.shutdown().await.unwrap();
     }
+    let n2 = dir.path().join("n2.redb");
+    drop((sm1, sm2, sm3, lr));
+    router.nodes.lock().unwrap().clear();
+    // (The file is let go of when the last task of its Raft has ended.)
+    until("node 2's file to open under its new key", || StateMachine::key_fits(&n2, &new2)).await;
+    assert!(!StateMachine::key_fits(&n2, &keys[1]));
+    assert!(store::open(&n2, keys[1].clone()).is_err(), "the old key still opens node 2's file");
+    let recovered = store::recover(&n2, new2.clone()).unwrap();
+    assert!(recovered.contains_key("after/rotation") && recovered.contains_key("k59"));
     // No file holds the marker in clear; each opens only under its own key.
     for id in 1..=3 {
         let p = dir.path().join(format!("n{id}.redb"));
@@ -270,7 +287,7 @@ async fn three_nodes_replicate_sealed_survive_a_restart_and_catch_up_by_chunked_
         assert!(!bytes.windows(marker.len()).any(|w| w == marker), "n{id} holds the marker in clear");
         assert!(!bytes.windows(6).any(|w| w == b"secret"), "n{id} holds a key name in clear");
     }
-    let wrong = store::open(&dir.path().join("n2.redb"), keys[0].clone());
+    let wrong = store::open(&dir.path().join("n3.redb"), keys[0].clone());
     let err = match wrong {
         Ok(_) => panic!("opened under another key"),
         Err(e) => e.to_string(),
