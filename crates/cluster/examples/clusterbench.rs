@@ -1,9 +1,14 @@
 //! bench/cluster's harness: three managers of the replicated store in this process, over real
-//! mutual TLS on loopback, each with its own sealed redb file; then
+//! mutual TLS, each with its own sealed redb file; then
 //! - commit latency: sequential writes of 256 bytes through the leader (median, p99);
 //! - throughput: concurrent writers;
 //! - 500 worker agents joining with a token (CA fetch, CSR, certificate), 32 at a time;
 //! - a renewal storm: the same 500 renewing at once, 32 at a time.
+//!
+//! With `CLUSTERBENCH_NETNS=client,m1,m2,m3` and `CLUSTERBENCH_ADDRS=a1,a2,a3`, each manager
+//! runs on threads of its own inside its network namespace, listening on its address, and the
+//! writers and agents run in the client's: every message crosses veths and a bridge, as between
+//! hosts. Without them, everything is on loopback.
 //!
 //! Prints one JSON object. Not a test: bench/cluster runs it beside etcd.
 
@@ -25,9 +30,48 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str) -> (Manager, String) {
+/// Moves this thread into the network namespace `ns` (threads it starts later are there too).
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    rustix::thread::move_into_link_name_space(std::os::fd::AsFd::as_fd(&f), Some(rustix::thread::LinkNameSpaceType::Network)).unwrap();
+}
+
+/// Where the managers run: (namespace, address) each, or loopback.
+fn placement() -> Option<(String, Vec<(String, String)>)> {
+    let ns: Vec<String> = std::env::var("CLUSTERBENCH_NETNS").ok()?.split(',').map(str::to_owned).collect();
+    let addrs: Vec<String> = std::env::var("CLUSTERBENCH_ADDRS").ok()?.split(',').map(str::to_owned).collect();
+    assert!(ns.len() == 4 && addrs.len() == 3, "CLUSTERBENCH_NETNS: client and 3 managers; CLUSTERBENCH_ADDRS: 3");
+    Some((ns[0].clone(), ns[1..].iter().cloned().zip(addrs).collect()))
+}
+
+/// A manager listening on loopback, or (`at`: a namespace and an address) on a runtime of its
+/// own whose threads are in that namespace, until the process ends.
+async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str, at: Option<(String, String)>) -> (Manager, String) {
+    let Some(at) = at else {
+        // On loopback, on the harness's own runtime.
+        return start_manager(dir, raft_id, cert, key, ca, "127.0.0.1").await;
+    };
+    let (dir, cert, key, ca) = (dir.to_owned(), cert.to_owned(), key.to_owned(), ca.to_owned());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let (ns, ip) = at;
+        enter(&ns);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _ = tx.send(start_manager(&dir, raft_id, &cert, &key, &ca, &ip).await);
+            std::future::pending::<()>().await
+        });
+    });
+    rx.await.unwrap()
+}
+
+async fn start_manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str, ip: &str) -> (Manager, String) {
     let me = tls::Identity::new(cert, key).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (log, sm) = store::open(&dir.join(format!("{raft_id}.redb")), Key::generate().unwrap()).unwrap();
     let config = store::raft_config("bench").unwrap();
@@ -50,8 +94,21 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    let place = placement();
+    if let Some((client, _)) = &place {
+        enter(client);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(place.map(|p| p.1)));
+}
+
+async fn bench(at: Option<Vec<(String, String)>>) {
+    let at = |i: usize| at.as_ref().map(|a| a[i].clone());
     let writes: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let agents: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(500);
     let dir = tempfile::Builder::new().prefix("clusterbench-").tempdir_in("/var/tmp").unwrap();
@@ -61,7 +118,7 @@ async fn main() {
     let (k, csr) = pki::key_and_request().unwrap();
     let cert = ca.issue(&csr, &id1, Role::Manager, "bench", now(), 86400).unwrap();
     let r1 = manager::new_raft_id().unwrap();
-    let (m1, a1) = manager(dir.path(), r1, &cert, &k.serialize_pem(), ca.cert_pem()).await;
+    let (m1, a1) = manager(dir.path(), r1, &cert, &k.serialize_pem(), ca.cert_pem(), at(0)).await;
     let mut members = BTreeMap::new();
     members.insert(r1, openraft::BasicNode { addr: a1.clone() });
     m1.raft.initialize(members).await.unwrap();
@@ -72,9 +129,9 @@ async fn main() {
     let first = NodeRecord::new(&ident, Some(r1), Some(a1.clone()), now());
     let (worker_token, manager_token) = m1.init_state(&ca, &first).await.unwrap();
     let mut others = Vec::new();
-    for _ in 0..2 {
+    for i in 1..=2 {
         let j = manager::join_cluster(&a1, &manager_token.text()).await.unwrap();
-        let (m, a) = manager(dir.path(), j.raft_id.unwrap(), &j.cert_pem, &j.key_pem, &j.ca_pem).await;
+        let (m, a) = manager(dir.path(), j.raft_id.unwrap(), &j.cert_pem, &j.key_pem, &j.ca_pem, at(i)).await;
         manager::request_membership(&a1, m.tls.clone(), j.raft_id.unwrap(), &a)
             .await
             .unwrap();
@@ -167,4 +224,6 @@ async fn main() {
     for m in others.into_iter().chain(std::iter::once(m1)) {
         let _ = m.raft.shutdown().await;
     }
+    drop(dir);
+    std::process::exit(0);
 }
