@@ -215,7 +215,7 @@ fn remote() -> Option<String> {
 
 /// One request to this node's process over its control socket, or to the remote manager.
 fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
-    if let Some(addr) = remote() {
+    if let Some(addr) = remote().filter(|_| req.remote()) {
         let file = std::env::var_os("BULKHEAD_ADMIN_CERT")
             .context("BULKHEAD_MANAGER needs BULKHEAD_ADMIN_CERT: a file `bulkhead cluster ca --issue-admin FILE` wrote")?;
         return Ok(runtime()?.block_on(node::call_remote(&addr, std::path::Path::new(&file), &req))?);
@@ -406,13 +406,11 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Backup { file } => {
             let v = call(ctx, ControlRequest::Backup)?;
             bulkhead_cluster::crypt::write_private(&file, v["sealed"].as_str().context("the node's answer")?.as_bytes())?;
-            match v["key"].as_str() {
-                Some(k) => println!(
-                    "{} written. Its key (shown only here; keep it apart from the file):\n    {k}",
-                    file.display()
-                ),
-                None => println!("{} written, sealed with the cluster's unlock key", file.display()),
-            }
+            println!(
+                "{} written. Its key (shown only here; keep it apart from the file):\n    {}",
+                file.display(),
+                v["key"].as_str().unwrap_or_default()
+            );
         }
         ClusterCommand::Restore {
             file,

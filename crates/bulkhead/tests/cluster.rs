@@ -628,7 +628,8 @@ fn a_partitioned_manager_cannot_commit_and_a_lone_survivor_recovers_as_a_new_clu
     // A backup, sealed (no marker in it), restored on another host at another address.
     let backup = lan.root(1).with_extension("backup");
     let out = lan.ok(1, &["cluster", "backup", backup.to_str().unwrap()]);
-    assert!(out.contains("unlock key"), "{out}");
+    let backup_key = lan.root(1).with_extension("backupkey");
+    std::fs::write(&backup_key, out.split_whitespace().find(|w| w.starts_with("BKUNLOCK-1-")).unwrap()).unwrap();
     let bytes = std::fs::read(&backup).unwrap();
     assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()));
     for f in ["raft.redb", "node.key", "data.key"] {
@@ -642,7 +643,7 @@ fn a_partitioned_manager_cannot_commit_and_a_lone_survivor_recovers_as_a_new_clu
             "restore",
             backup.to_str().unwrap(),
             "--key-file",
-            key_file.to_str().unwrap(),
+            backup_key.to_str().unwrap(),
             "--advertise-addr",
             &lan.addr(5),
         ],
@@ -783,15 +784,21 @@ fn an_admin_certificate_administers_from_another_host_and_nothing_else_does() {
     let o = remote(&file, &["-q", "cluster", "join-token", "worker", "--rotate"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(lan.ok(1, &["-q", "cluster", "join-token", "worker"]), before);
-    // Unlocking and issuing admins stay on the manager's machine.
-    let key = lan.root(2).with_extension("key");
-    std::fs::write(&key, format!("BKUNLOCK-1-{}", "00".repeat(32))).unwrap();
-    let o = remote(&file, &["cluster", "unlock", "--key-file", key.to_str().unwrap()]);
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("own machine"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // What hands out the cluster's secrets (a backup holds the CA's key, the unlock key) stays
+    // on the manager's machine: the manager refuses it to an admin certificate.
+    for req in [
+        bulkhead_cluster::node::ControlRequest::Backup,
+        bulkhead_cluster::node::ControlRequest::UnlockKey { rotate: false },
+    ] {
+        let (addr, f) = (format!("{}:2377", lan.addr(1)), file.clone());
+        let e = in_host(&lan, 2, move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(bulkhead_cluster::node::call_remote(&addr, &f, &req))
+                .unwrap_err()
+                .to_string()
+        });
+        assert!(e.contains("own machine"), "{e}");
+    }
     // A node's own certificate is no admin's.
     let node = serde_json::json!({
         "cluster_id": "x",

@@ -40,7 +40,10 @@ fn enter(ns: &str) {
 fn placement() -> Option<(String, Vec<(String, String)>)> {
     let ns: Vec<String> = std::env::var("CLUSTERBENCH_NETNS").ok()?.split(',').map(str::to_owned).collect();
     let addrs: Vec<String> = std::env::var("CLUSTERBENCH_ADDRS").ok()?.split(',').map(str::to_owned).collect();
-    assert!(ns.len() == 4 && addrs.len() == 3, "CLUSTERBENCH_NETNS: client and 3 managers; CLUSTERBENCH_ADDRS: 3");
+    assert!(
+        ns.len() == 4 && addrs.len() == 3,
+        "CLUSTERBENCH_NETNS: client and 3 managers; CLUSTERBENCH_ADDRS: 3"
+    );
     Some((ns[0].clone(), ns[1..].iter().cloned().zip(addrs).collect()))
 }
 

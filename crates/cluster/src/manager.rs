@@ -305,9 +305,17 @@ impl Manager {
         me: &NodeRecord,
         now: i64,
     ) -> Result<Vec<String>> {
+        if !self.sm.scan("").is_empty() {
+            return Err(Error::Invalid("this manager's new store is not empty".into()));
+        }
         let mut ops = Vec::new();
         let mut removed = Vec::new();
         for (k, v) in data {
+            // Admin certificates are issued again: one revoked after the backup was taken must
+            // not come back with it.
+            if k.starts_with("admins/") {
+                continue;
+            }
             if let Some(id) = k.strip_prefix("nodes/") {
                 if id == me.id {
                     continue;
@@ -382,6 +390,8 @@ impl Manager {
                 rec.role = role;
                 rec.raft_id = Some(new_raft_id()?);
                 rec.addr = None;
+                // Only the current certificate renews into the new role.
+                rec.previous_serial = None;
             }
         }
         let r = self
@@ -407,6 +417,12 @@ impl Manager {
         if m.current_leader != Some(m.id) || self.sm.get("cluster/id").is_none() {
             return Ok(());
         }
+        // On a store that has applied all it must have (a new leader's may lag its log).
+        tokio::time::timeout(WRITE, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| Error::NoQuorum)?
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let m = self.raft.metrics().borrow().clone();
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let members: BTreeSet<NodeId> = m.membership_config.membership().nodes().map(|(n, _)| *n).collect();
         for n in self.nodes().into_iter().filter(|n| n.demoting) {
@@ -447,7 +463,9 @@ impl Manager {
             .await
             .map_err(|_| Error::NoQuorum)?
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        Ok(())
+        // Those being demoted are workers at once (not a tick later, when one could have asked
+        // to be added back).
+        Box::pin(self.reconcile_membership()).await
     }
 
     /// Whether this manager is a voter in Raft: one that is not (demoted or removed, or still
@@ -644,6 +662,9 @@ impl Manager {
         // from): a stale copy of an older one renews nothing.
         if rec.serial != caller.serial && rec.previous_serial.as_deref() != Some(caller.serial.as_str()) {
             return Err(Error::Invalid("a superseded certificate cannot be renewed".into()));
+        }
+        if rec.role != caller.role && rec.serial != caller.serial {
+            return Err(Error::Invalid("only the current certificate renews into a new role".into()));
         }
         let cert = self.chain(
             self.ca()?
@@ -961,6 +982,21 @@ impl proto::control_server::Control for ControlService {
         if rec.role != Role::Manager || rec.raft_id != Some(r.raft_id) {
             return Err(Status::permission_denied("a manager may add only itself, with its own Raft id"));
         }
+        if rec.demoting {
+            return Err(Status::permission_denied("this manager is being demoted"));
+        }
+        let members = self
+            .manager
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == r.raft_id);
+        if members {
+            return Err(Status::already_exists("this manager is in Raft already"));
+        }
         self.manager.add_manager(r.raft_id, &r.addr).await?;
         // Its address, into its record, only if the record is still the one judged above (a
         // node removed meanwhile stays removed).
@@ -1081,7 +1117,9 @@ async fn join_as(addr: &str, token: &str, previous: Option<Previous<'_>>) -> Res
         raft_id: (ident.role == Role::Manager && r.raft_id != 0).then_some(r.raft_id),
         cert_pem: r.cert_pem,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
-        ca_pem: r.ca_pem,
+        // Only the root the token names: a new root (a CA rotation) is trusted at a check-in,
+        // with its cross-signature checked.
+        ca_pem: pinned_pem,
     })
 }
 
@@ -1101,6 +1139,8 @@ pub async fn request_membership(addr: &str, tls: Arc<rustls::ClientConfig>, raft
             .await;
         match r {
             Ok(_) => return Ok(()),
+            // A reply lost the first time.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
             // Not the leader: ask the one it names (the leader must see this node's own
             // certificate, so the call is redirected, not forwarded).
             Err(s) if s.code() == tonic::Code::FailedPrecondition => match s.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
@@ -1161,6 +1201,8 @@ impl proto::certs_server::Certs for CertsService {
             role: rec.role.ou().to_owned(),
             raft_id: rec.raft_id.unwrap_or(0),
             managers,
+            cross_pem: self.manager.rotation().map(|r| r.cross).unwrap_or_default(),
+            denied: self.manager.denied((self.now)()).into_iter().collect(),
         }))
     }
 }
@@ -1210,7 +1252,7 @@ pub fn serve_manager(
             auth: auth.clone(),
         })
         .max_decoding_message_size(transport::MAX_MESSAGE),
-        auth.interceptor(Some(Role::Manager)),
+        auth.interceptor_raft(),
     );
     let control = InterceptedService::new(
         ControlServer::new(ControlService { manager: m.clone() }).max_decoding_message_size(transport::MAX_MESSAGE),

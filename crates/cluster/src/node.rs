@@ -224,6 +224,22 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// Whether an admin certificate may ask it from elsewhere. Not: the node's own status, its
+    /// unlocking, and what hands out the cluster's secrets (the unlock key, a backup holding the
+    /// CA's key, new admin certificates).
+    pub fn remote(&self) -> bool {
+        !matches!(
+            self,
+            ControlRequest::Status
+                | ControlRequest::Unlock { .. }
+                | ControlRequest::UnlockKey { .. }
+                | ControlRequest::Backup
+                | ControlRequest::IssueAdmin { .. }
+        )
+    }
+}
+
 /// The node process: a manager serves Raft, the bootstrap calls and the control API on its
 /// listen address; every node answers the CLI on its control socket. Returns when `stop`
 /// resolves (SIGTERM).
@@ -242,7 +258,7 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     } else {
         None
     };
-    finish_data_key_rotation(&paths, unlock.as_ref());
+    finish_data_key_rotation(&paths, unlock.as_ref())?;
     let data_key = crypt::read_data_key(&paths.data_key(), unlock.as_ref())?;
     let mut recovering = if cfg.recover {
         Some(prepare_recovery(&paths, &cfg, &data_key, unlock.as_ref())?)
@@ -301,11 +317,6 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;
-        let admin = AdminService {
-            cfg: cfg.clone(),
-            manager: m.clone(),
-        };
-        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?, Some(admin));
         if bootstrap_ca.is_some() || recovering.is_some() {
             let mut members = std::collections::BTreeMap::new();
             members.insert(
@@ -386,6 +397,13 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             cfg.bootstrap = false;
             cfg.save(&paths)?;
         }
+        // Served only now: a new or recovered store is written before anyone can call (a
+        // manager's certificate alone is judged only while a store is empty).
+        let admin = AdminService {
+            cfg: cfg.clone(),
+            manager: m.clone(),
+        };
+        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?, Some(admin));
         if cfg.needs_membership {
             let through = cfg
                 .managers
@@ -440,8 +458,15 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
     let targets = Arc::new(std::sync::RwLock::new(manager_targets(&cfg, &cfg.managers)));
     let (renew_now, renew_asked) = tokio::sync::watch::channel(0u64);
     {
-        let (paths, me, tls, targets) = (paths.clone(), me.clone(), client_tls.clone(), targets.clone());
-        tokio::spawn(async move { renewals(paths, me, tls, targets, renew_asked).await });
+        let (paths, me, tls, targets, trust, id) = (
+            paths.clone(),
+            me.clone(),
+            client_tls.clone(),
+            targets.clone(),
+            trust.clone(),
+            (cfg.node_id.clone(), cfg.cluster_id.clone()),
+        );
+        tokio::spawn(async move { renewals(paths, me, tls, targets, trust, id, renew_asked).await });
     }
     {
         let (paths, trust, tls, cfg) = (paths.clone(), trust.clone(), client_tls.clone(), cfg.clone());
@@ -577,7 +602,9 @@ async fn check_in(
         for t in &now_targets {
             match manager::status_at(t, tls.clone()).await {
                 Ok(r) => {
-                    match trust.replace(&r.ca_pem) {
+                    trust.deny(r.denied.iter().cloned());
+                    let own = std::fs::read_to_string(paths.cert()).unwrap_or_default();
+                    match trust.replace_checked(&r.ca_pem, &r.cross_pem, &own) {
                         Ok(true) => {
                             tracing::info!(
                                 roots = tls::certs(&r.ca_pem).map(|c| c.len()).unwrap_or(0),
@@ -588,15 +615,22 @@ async fn check_in(
                             }
                         }
                         Ok(false) => {}
-                        Err(e) => tracing::error!(error = %e, "the roots a manager sent"),
+                        Err(e) => tracing::error!(manager = %t, error = %e, "the roots a manager sent: refused"),
                     }
                     if r.renew {
                         renew_now.send_modify(|n| *n += 1);
                     }
                     every = Duration::from_millis(r.heartbeat_ms.clamp(200, 60_000));
                     if !r.managers.is_empty() {
-                        let mut known = r.managers.clone();
+                        // Added to what the node knows, never narrowed to what one manager says
+                        // (each must prove itself a manager at every call anyway).
+                        let mut known: Vec<String> = r.managers.iter().take(16).cloned().collect();
                         known.sort();
+                        for m in NodeConfig::load(&paths).map(|c| c.managers).unwrap_or_default() {
+                            if !known.contains(&m) && known.len() < 32 {
+                                known.push(m);
+                            }
+                        }
                         let new_targets = manager_targets(&cfg, &known);
                         if new_targets != now_targets {
                             *targets.write().expect("not poisoned") = new_targets;
@@ -669,6 +703,9 @@ fn change_role(paths: &Paths, role: Role, raft_id: u64, via: &str) -> Result<()>
                 c.managers.insert(0, via.to_owned());
             }
             c.managers.retain(|m| *m != c.advertise);
+            // Saved first: a crash before the file goes must not start a manager without a
+            // store.
+            c.save(paths)?;
             match std::fs::remove_file(paths.raft()) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&paths.raft())(e)),
                 _ => {}
@@ -688,6 +725,8 @@ async fn renewals(
     me: Arc<tls::Identity>,
     tls: Arc<rustls::ClientConfig>,
     targets: Targets,
+    trust: Arc<tls::Trust>,
+    (node_id, cluster_id): (String, String),
     mut renew_now: tokio::sync::watch::Receiver<u64>,
 ) {
     loop {
@@ -707,17 +746,19 @@ async fn renewals(
         let now_targets = targets.read().expect("not poisoned").clone();
         for t in &now_targets {
             match manager::renew_at(t, tls.clone()).await {
-                Ok((cert, key)) => match store_renewal(&paths, &me, &cert, &key) {
-                    Ok(()) => {
-                        // A check-in made with the old certificate while this renewal ran asked
-                        // for what is done now.
-                        renew_now.borrow_and_update();
-                        tracing::info!(manager = %t, "certificate renewed");
-                        done = true;
-                        break;
+                Ok((cert, key)) => {
+                    match check_renewal(&trust, &node_id, &cluster_id, &cert, &key).and_then(|()| store_renewal(&paths, &me, &cert, &key)) {
+                        Ok(()) => {
+                            // A check-in made with the old certificate while this renewal ran asked
+                            // for what is done now.
+                            renew_now.borrow_and_update();
+                            tracing::info!(manager = %t, "certificate renewed");
+                            done = true;
+                            break;
+                        }
+                        Err(e) => tracing::error!(error = %e, "storing the renewed certificate"),
                     }
-                    Err(e) => tracing::error!(error = %e, "storing the renewed certificate"),
-                },
+                }
                 Err(e) => tracing::warn!(manager = %t, error = %e, "certificate renewal"),
             }
         }
@@ -725,6 +766,22 @@ async fn renewals(
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     }
+}
+
+/// What a manager sent as this node's renewed certificate, checked before anything is written:
+/// for this node of this cluster, for the key just made, and verifying against the roots.
+fn check_renewal(trust: &tls::Trust, node_id: &str, cluster_id: &str, cert: &str, key: &str) -> Result<()> {
+    use rustls::server::danger::ClientCertVerifier;
+    tls::Identity::new(cert, key)?;
+    let id = pki::identity(cert.as_bytes())?;
+    if id.node_id != node_id || id.cluster_id != cluster_id {
+        return Err(Error::Invalid("the renewed certificate is another node's".into()));
+    }
+    let chain = tls::certs(cert)?;
+    trust
+        .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
+        .map_err(|e| Error::Invalid(format!("the renewed certificate does not verify: {e}")))?;
+    Ok(())
 }
 
 /// Puts a renewed key and certificate in place (aside first, then renamed, the key first; see
@@ -780,19 +837,32 @@ pub fn rotate_data_key(paths: &Paths, sm: &store::StateMachine) -> Result<()> {
     Ok(())
 }
 
-/// A data key rotation cut short: the key set aside is the one if the store opens with it.
-fn finish_data_key_rotation(paths: &Paths, unlock: Option<&crypt::Key>) {
+/// A data key rotation cut short: the key set aside is the one if the store opens with it; it
+/// goes only when the current key is known to open the store. When neither can be told, both
+/// stay and the start fails with the reason.
+fn finish_data_key_rotation(paths: &Paths, unlock: Option<&crypt::Key>) -> Result<()> {
     let aside = paths.data_key().with_extension("key.next");
     if !aside.exists() {
-        return;
+        return Ok(());
     }
-    match crypt::read_data_key(&aside, unlock) {
-        Ok(k) if paths.raft().exists() && store::StateMachine::key_fits(&paths.raft(), &k) => {
-            let _ = std::fs::rename(&aside, paths.data_key());
-        }
-        _ => {
-            let _ = std::fs::remove_file(&aside);
-        }
+    let fits = |p: &Path| -> std::result::Result<bool, String> {
+        let k = crypt::read_data_key(p, unlock).map_err(|e| e.to_string())?;
+        store::StateMachine::key_fits(&paths.raft(), &k)
+    };
+    if fits(&aside) == Ok(true) {
+        std::fs::rename(&aside, paths.data_key()).map_err(io(&aside))?;
+        return Ok(());
+    }
+    match fits(&paths.data_key()) {
+        Ok(true) => std::fs::remove_file(&aside).map_err(io(&aside)),
+        Ok(false) => Err(Error::Invalid(format!(
+            "neither {} nor {} opens the store",
+            paths.data_key().display(),
+            aside.display()
+        ))),
+        Err(e) => Err(Error::Invalid(format!(
+            "a data key rotation was cut short and which key the store uses cannot be told ({e}); both are kept"
+        ))),
     }
 }
 
@@ -1084,14 +1154,13 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             // by the cluster's unlock key, else by a new key the user is shown once.
             let m = need()?;
             let data: std::collections::BTreeMap<String, Vec<u8>> = m.sm.scan("").into_iter().collect();
-            let (key, fresh) = match data.get(UNLOCK_KEY) {
-                Some(k) => (crypt::parse_unlock_key(&String::from_utf8_lossy(k))?, false),
-                None => (crypt::Key::generate()?, true),
-            };
+            // A key of its own: not the unlock key, which every manager knows (a removed one
+            // could seal a backup of its making with it).
+            let key = crypt::Key::generate()?;
             let sealed = crate::recovery::seal(&cfg.cluster_id, now(), &data, &key)?;
             serde_json::json!({
                 "sealed": String::from_utf8(sealed).expect("JSON"),
-                "key": fresh.then(|| crypt::unlock_key_text(&key)),
+                "key": crypt::unlock_key_text(&key),
             })
         }
         ControlRequest::Ca { rotate, cert_expiry } => {
@@ -1164,9 +1233,17 @@ impl crate::proto::admin_server::Admin for AdminService {
         let who = self.manager.auth.require_admin(&req)?;
         let r: ControlRequest =
             serde_json::from_slice(&req.get_ref().json).map_err(|e| tonic::Status::invalid_argument(format!("bad request: {e}")))?;
-        if matches!(r, ControlRequest::Unlock { .. } | ControlRequest::IssueAdmin { .. }) {
+        if !r.remote() {
             return Err(tonic::Status::permission_denied("only on the manager's own machine"));
         }
+        // Judged against a store known to be current: a manager cut off, or out of Raft, would
+        // still honour an admin certificate revoked since.
+        self.manager.voting()?;
+        tokio::time::timeout(Duration::from_secs(5), self.manager.raft.ensure_linearizable())
+            .await
+            .map_err(|_| tonic::Status::unavailable(manager::Error::NoQuorum.to_string()))?
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        self.manager.auth.require_admin(&req)?;
         tracing::info!(admin = %who.node_id, request = ?std::mem::discriminant(&r), "remote administration");
         let v = answer(r, &self.cfg, Some(&self.manager))
             .await

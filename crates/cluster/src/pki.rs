@@ -260,6 +260,29 @@ fn is_p256_key(csr_der: &[u8]) -> bool {
         && spki.subject_public_key.data[0] == 4
 }
 
+/// Whether `root` (DER) may be trusted by a node that trusts `trusted` (DER roots): `cross`
+/// (DER) names the same subject and key as `root`, and is signed by one of `trusted`; and `root`
+/// signs itself. (A check-in's new root during a CA rotation.)
+pub fn successor_ok(trusted: &[&[u8]], root: &[u8], cross: &[u8]) -> bool {
+    let (Ok((_, r)), Ok((_, c))) = (
+        x509_parser::parse_x509_certificate(root),
+        x509_parser::parse_x509_certificate(cross),
+    ) else {
+        return false;
+    };
+    if r.subject().as_raw() != c.subject().as_raw()
+        || r.public_key().raw != c.public_key().raw
+        || !r.is_ca()
+        || r.verify_signature(None).is_err()
+    {
+        return false;
+    }
+    trusted.iter().any(|t| {
+        x509_parser::parse_x509_certificate(t)
+            .is_ok_and(|(_, t)| c.issuer().as_raw() == t.subject().as_raw() && c.verify_signature(Some(t.public_key())).is_ok())
+    })
+}
+
 /// A CA certificate's subject key identifier (hex).
 pub fn key_id(der: &[u8]) -> Result<String> {
     let (_, c) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::Invalid(format!("the CA: {e}")))?;
@@ -615,6 +638,45 @@ mod tests {
         assert!(t.verify_client_cert(&old_leaf[0], &[], at).is_err());
         t.replace(&both).unwrap();
         t.verify_client_cert(&old_leaf[0], &[], at).unwrap();
+    }
+
+    #[test]
+    fn a_check_in_cannot_make_a_node_trust_a_root_without_a_trusted_cross_signature() {
+        use rustls::client::danger::ServerCertVerifier;
+        // (Checked against the clock: the certificates are made now.)
+        let now = crate::node::now();
+        let old = Ca::create("c0ffee", now, 10).unwrap();
+        let (new, cross) = old.successor("c0ffee", now, 10).unwrap();
+        let (evil, evil_cross) = Ca::create("c0ffee", now, 10).unwrap().successor("c0ffee", now, 10).unwrap();
+        let (_k, csr) = key_and_request().unwrap();
+        let own_old = old.issue(&csr, "n1", Role::Worker, "c0ffee", now, 86400).unwrap();
+        let both = format!("{}{}", new.cert_pem(), old.cert_pem());
+        let t = crate::tls::Trust::new(old.cert_pem()).unwrap();
+        // An attacker's root: alone, beside the old one, or with a cross-signature not by a
+        // trusted root. Refused, and nothing changes.
+        for (roots, x) in [
+            (evil.cert_pem().to_owned(), String::new()),
+            (format!("{}{}", evil.cert_pem(), old.cert_pem()), String::new()),
+            (format!("{}{}", evil.cert_pem(), old.cert_pem()), evil_cross.clone()),
+            (format!("{}{}", evil.cert_pem(), old.cert_pem()), cross.clone()),
+        ] {
+            assert!(t.replace_checked(&roots, &x, &own_old).is_err(), "{roots}");
+            assert_eq!(t.pem(), old.cert_pem());
+        }
+        // The rotation's new root with its cross-signature: trusted beside the old one.
+        assert!(t.replace_checked(&both, &cross, &own_old).unwrap());
+        // The old root cannot be dropped while this node's certificate needs it...
+        assert!(t.replace_checked(new.cert_pem(), "", &own_old).is_err());
+        // ...and can once it has one of the new root.
+        let own_new = format!("{}{cross}", new.issue(&csr, "n1", Role::Worker, "c0ffee", now, 86400).unwrap());
+        assert!(t.replace_checked(new.cert_pem(), "", &own_new).unwrap());
+        // A manager on the deny list a check-in brought is refused as a server.
+        let m = crate::tls::certs(&new.issue(&csr, "m1", Role::Manager, "c0ffee", now, 86400).unwrap()).unwrap();
+        let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now as u64));
+        let name = rustls::pki_types::ServerName::try_from(crate::tls::MANAGER_NAME).unwrap();
+        t.verify_server_cert(&m[0], &[], &name, &[], at).unwrap();
+        t.deny([identity(&m[0]).unwrap().serial]);
+        assert!(t.verify_server_cert(&m[0], &[], &name, &[], at).is_err());
     }
 
     #[test]

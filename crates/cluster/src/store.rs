@@ -507,13 +507,14 @@ impl StateMachine {
     }
 
     /// Whether `key` opens the file's check record (written at the first open): which of two
-    /// keys a file uses, after a rotation cut short.
-    pub fn key_fits(path: &Path, key: &Key) -> bool {
-        let Ok(db) = redb::Database::open(path) else { return false };
-        let Ok(tx) = db.begin_read() else { return false };
-        let Ok(t) = tx.open_table(META) else { return false };
-        let Ok(Some(v)) = t.get("check") else { return false };
-        key.open(b"meta:check", v.value(), "check").is_ok()
+    /// keys a file uses, after a rotation cut short. An error when it cannot tell (the file
+    /// would not open, or has no check record).
+    pub fn key_fits(path: &Path, key: &Key) -> Result<bool, String> {
+        let db = redb::Database::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let t = tx.open_table(META).map_err(|e| e.to_string())?;
+        let v = t.get("check").map_err(|e| e.to_string())?.ok_or("no check record")?;
+        Ok(key.open(b"meta:check", v.value(), "check").is_ok())
     }
 
     /// Every key starting with `prefix`, with its value.

@@ -132,6 +132,9 @@ impl ResolvesClientCert for Identity {
 #[derive(Debug)]
 pub struct Trust {
     current: RwLock<Roots>,
+    /// Serials of certificates removed from the cluster, as managers said at check-ins: a
+    /// server presenting one is refused.
+    denied: RwLock<std::collections::BTreeSet<String>>,
 }
 
 /// The roots (PEM) and the verifiers made from them.
@@ -155,7 +158,47 @@ impl Trust {
         let (c, s) = verifiers(ca_pem)?;
         Ok(Arc::new(Trust {
             current: RwLock::new((ca_pem.to_owned(), c, s)),
+            denied: RwLock::default(),
         }))
+    }
+
+    /// Adds serials to refuse in servers' certificates (at most 100,000 are kept).
+    pub fn deny(&self, serials: impl IntoIterator<Item = String>) {
+        let mut d = self.denied.write().expect("not poisoned");
+        for s in serials {
+            if d.len() >= 100_000 {
+                break;
+            }
+            d.insert(s);
+        }
+    }
+
+    /// Trusts `ca_pem` from now on if a node may: every root in it is trusted already, or comes
+    /// with `cross_pem` (the root cross-signed by one trusted now); and the node's own
+    /// certificate (`own_pem`, with its chain) still verifies against it, so that no reply can
+    /// cut the node off. Whether it changed; why not, when refused.
+    pub fn replace_checked(&self, ca_pem: &str, cross_pem: &str, own_pem: &str) -> Result<bool> {
+        if self.pem() == ca_pem {
+            return Ok(false);
+        }
+        let new = certs(ca_pem)?;
+        if new.len() > 2 {
+            return Err(Error::Invalid("more than two roots".into()));
+        }
+        let current = certs(&self.pem())?;
+        let trusted: Vec<&[u8]> = current.iter().map(|c| c.as_ref()).collect();
+        let cross = if cross_pem.is_empty() { Vec::new() } else { certs(cross_pem)? };
+        for root in &new {
+            if !trusted.contains(&root.as_ref()) && !cross.iter().any(|c| crate::pki::successor_ok(&trusted, root, c)) {
+                return Err(Error::Invalid("a new root without a cross-signature by a trusted one".into()));
+            }
+        }
+        let own = certs(own_pem)?;
+        let candidate = Trust::new(ca_pem)?;
+        candidate
+            .verify_client_cert(&own[0], &own[1..], UnixTime::now())
+            .map_err(|e| Error::Invalid(format!("this node's certificate would not verify against the new roots: {e}")))?;
+        self.replace(ca_pem)
     }
 
     /// Trusts `ca_pem` from now on (connections made before keep what they verified); whether
@@ -239,7 +282,14 @@ impl ServerCertVerifier for Trust {
         ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.server().verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        let ok = self
+            .server()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let serial = crate::pki::identity(end_entity).map(|i| i.serial).unwrap_or_default();
+        if self.denied.read().expect("not poisoned").contains(&serial) {
+            return Err(rustls::Error::General("a manager removed from the cluster".into()));
+        }
+        Ok(ok)
     }
 
     fn verify_tls12_signature(

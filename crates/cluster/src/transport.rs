@@ -193,17 +193,22 @@ impl Auth {
 
     /// The store's record of the caller (None without a store).
     pub fn record(&self, id: &pki::Identity) -> Result<Option<crate::records::NodeRecord>, Status> {
-        self.record_as(id, true)
+        self.record_as(id, true, false)
     }
 
     /// [`Auth::record`], the role left unjudged when `same_role` is false (see
     /// [`Auth::require_changing_role`]).
-    fn record_as(&self, id: &pki::Identity, same_role: bool) -> Result<Option<crate::records::NodeRecord>, Status> {
+    fn record_as(&self, id: &pki::Identity, same_role: bool, raft: bool) -> Result<Option<crate::records::NodeRecord>, Status> {
         let Some(sm) = &self.store else { return Ok(None) };
-        // A manager that just joined has an empty store until the leader's log reaches it: its
-        // certificate is all it can judge by until then.
+        // A manager that just joined has an empty store until the leader's log reaches it: for
+        // Raft's calls (the leader's), its certificate is all it can judge by until then. Every
+        // other call waits for the store.
         if sm.get("cluster/id").is_none() {
-            return Ok(None);
+            return if raft {
+                Ok(None)
+            } else {
+                Err(Status::unavailable("this manager's store is not there yet: ask another"))
+            };
         }
         if sm.get(&crate::records::denied_key(&id.serial)).is_some() {
             return Err(Status::permission_denied("this node was removed from the cluster"));
@@ -229,6 +234,17 @@ impl Auth {
         let auth = self.clone();
         move |req: Request<()>| {
             auth.require(&req, role)?;
+            Ok(req)
+        }
+    }
+
+    /// The interceptor of Raft's calls: a manager's certificate, judged by the store once there
+    /// is one (see [`Auth::record`]).
+    pub fn interceptor_raft(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        let auth = self.clone();
+        move |req: Request<()>| {
+            let id = auth.require_certificate(&req, Some(Role::Manager))?;
+            auth.record_as(&id, true, true)?;
             Ok(req)
         }
     }
@@ -276,7 +292,7 @@ impl Auth {
     /// service take this, and they grant nothing of either role.
     pub fn require_changing_role<T>(&self, req: &Request<T>) -> Result<pki::Identity, Status> {
         let id = self.require_certificate(req, None)?;
-        self.record_as(&id, false)?;
+        self.record_as(&id, false, false)?;
         Ok(id)
     }
 
@@ -333,8 +349,10 @@ impl RaftService {
     /// that Raft node, and a member of the current membership. Without a store (a bare
     /// transport), the certificate's role is all there is to check.
     fn speaks_for<T>(&self, req: &Request<T>, claimed: NodeId) -> Result<(), Status> {
-        let id = self.auth.require(req, Some(Role::Manager))?;
-        let Some(rec) = self.auth.record(&id)? else { return Ok(()) };
+        let id = self.auth.require_certificate(req, Some(Role::Manager))?;
+        let Some(rec) = self.auth.record_as(&id, true, true)? else {
+            return Ok(());
+        };
         if rec.raft_id != Some(claimed) {
             return Err(Status::permission_denied("a manager speaks only for itself in Raft"));
         }
