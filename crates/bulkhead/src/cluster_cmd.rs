@@ -251,6 +251,21 @@ fn duration_ms(s: &str) -> anyhow::Result<u64> {
     Ok(ms)
 }
 
+/// Starts the node process and, when it waits locked (autolock), gives it `unlock`, which this
+/// command made or read; returns once it is ready.
+fn start_unlocked(ctx: &Ctx, unlock: Option<&bulkhead_cluster::crypt::Key>) -> anyhow::Result<()> {
+    let status = start_node(ctx)?;
+    if let (Some(u), true) = (unlock, status["locked"] == true) {
+        call(
+            ctx,
+            ControlRequest::Unlock {
+                key: bulkhead_cluster::crypt::unlock_key_text(u),
+            },
+        )?;
+    }
+    wait_ready(ctx)
+}
+
 /// Starts `node serve` for this root in its own session, its output in the node's log, and waits
 /// (30 s at most) until it answers on its control socket; on failure, the log's last lines say why.
 fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
@@ -471,18 +486,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                 recover: true,
             };
             cfg.save(&paths)?;
-            let status = start_node(ctx)?;
-            if let Some(u) = &unlock {
-                if status["locked"] == true {
-                    call(
-                        ctx,
-                        ControlRequest::Unlock {
-                            key: bulkhead_cluster::crypt::unlock_key_text(u),
-                        },
-                    )?;
-                }
-            }
-            wait_ready(ctx)?;
+            start_unlocked(ctx, unlock.as_ref())?;
             println!(
                 "cluster {} restored from {}: this node ({}) is its only manager, at {advertise}",
                 cfg.cluster_id,
@@ -522,18 +526,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
             };
             bulkhead_cluster::crypt::write_data_key(&paths.data_key(), &bulkhead_cluster::crypt::Key::generate()?, unlock.as_ref())?;
             cfg.save(&paths)?;
-            let status = start_node(ctx)?;
-            if let Some(u) = &unlock {
-                if status["locked"] == true {
-                    call(
-                        ctx,
-                        ControlRequest::Unlock {
-                            key: bulkhead_cluster::crypt::unlock_key_text(u),
-                        },
-                    )?;
-                    wait_ready(ctx)?;
-                }
-            }
+            start_unlocked(ctx, unlock.as_ref())?;
             let token = call(
                 ctx,
                 ControlRequest::JoinToken {

@@ -141,6 +141,30 @@ impl Manager {
         serde_json::from_slice(&r.get_ref().json).map_err(|e| Error::Invalid(e.to_string()))
     }
 
+    /// One unconditional put, through the leader.
+    pub async fn put(&self, key: impl Into<String>, value: Vec<u8>) -> Result<()> {
+        self.write(Request {
+            checks: vec![],
+            ops: vec![Op::Put { key: key.into(), value }],
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes `ops` into a store that has no cluster yet: whether it had none.
+    async fn write_if_new(&self, ops: Vec<Op>) -> Result<bool> {
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: "cluster/id".into(),
+                    value: None,
+                }],
+                ops,
+            })
+            .await?;
+        Ok(r.applied)
+    }
+
     /// Puts the first state of a new cluster (after Raft's initialisation): its id, the CA, and
     /// the two join tokens, which it returns (worker, manager).
     pub async fn init_state(&self, ca: &Ca, first: &NodeRecord) -> Result<(JoinToken, JoinToken)> {
@@ -173,16 +197,7 @@ impl Manager {
                 value: json(first),
             },
         ];
-        let r = self
-            .write(Request {
-                checks: vec![Check::Is {
-                    key: "cluster/id".into(),
-                    value: None,
-                }],
-                ops,
-            })
-            .await?;
-        if !r.applied {
+        if !self.write_if_new(ops).await? {
             return Err(Error::Invalid("the cluster is initialised already".into()));
         }
         Ok((worker, manager))
@@ -342,16 +357,7 @@ impl Manager {
             key: crate::records::node_key(&me.id),
             value: json(me),
         });
-        let r = self
-            .write(Request {
-                checks: vec![Check::Is {
-                    key: "cluster/id".into(),
-                    value: None,
-                }],
-                ops,
-            })
-            .await?;
-        if !r.applied {
+        if !self.write_if_new(ops).await? {
             return Err(Error::Invalid("this manager's new store is not empty".into()));
         }
         let tokens = self.new_tokens(&self.token_digest()?, now)?;

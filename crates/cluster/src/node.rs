@@ -365,34 +365,13 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             m.init_state(&ca, &first).await?;
             if let Some(u) = &unlock {
                 // The cluster's unlock key, for `cluster unlock-key` and the other managers.
-                m.write(store::Request {
-                    checks: vec![],
-                    ops: vec![store::Op::Put {
-                        key: UNLOCK_KEY.into(),
-                        value: crypt::unlock_key_text(u).into_bytes(),
-                    }],
-                })
-                .await?;
+                m.put(UNLOCK_KEY, crypt::unlock_key_text(u).into_bytes()).await?;
             }
             if let Some(exp) = cfg.cert_expiry {
-                m.write(store::Request {
-                    checks: vec![],
-                    ops: vec![store::Op::Put {
-                        key: "config/cert_expiry".into(),
-                        value: serde_json::to_vec(&exp).expect("serialisable"),
-                    }],
-                })
-                .await?;
+                m.put("config/cert_expiry", serde_json::to_vec(&exp).expect("serialisable")).await?;
             }
             if let Some(ms) = cfg.heartbeat_ms {
-                m.write(store::Request {
-                    checks: vec![],
-                    ops: vec![store::Op::Put {
-                        key: "config/heartbeat_ms".into(),
-                        value: serde_json::to_vec(&ms).expect("serialisable"),
-                    }],
-                })
-                .await?;
+                m.put("config/heartbeat_ms", serde_json::to_vec(&ms).expect("serialisable")).await?;
             }
             cfg.bootstrap = false;
             cfg.save(&paths)?;
@@ -1025,14 +1004,7 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             let m = need()?;
             if rotate {
                 let k = crypt::Key::generate()?;
-                m.write(store::Request {
-                    checks: vec![],
-                    ops: vec![store::Op::Put {
-                        key: UNLOCK_KEY.into(),
-                        value: crypt::unlock_key_text(&k).into_bytes(),
-                    }],
-                })
-                .await?;
+                m.put(UNLOCK_KEY, crypt::unlock_key_text(&k).into_bytes()).await?;
             }
             let k =
                 m.sm.get(UNLOCK_KEY)
@@ -1169,14 +1141,7 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                 if !(60..=10 * 365 * 86400).contains(&exp) {
                     return Err(Error::Invalid("--cert-expiry: from 1 minute to 10 years".into()));
                 }
-                m.write(store::Request {
-                    checks: vec![],
-                    ops: vec![store::Op::Put {
-                        key: "config/cert_expiry".into(),
-                        value: serde_json::to_vec(&exp).expect("serialisable"),
-                    }],
-                })
-                .await?;
+                m.put("config/cert_expiry", serde_json::to_vec(&exp).expect("serialisable")).await?;
             }
             if rotate {
                 m.start_ca_rotation(now()).await?;
