@@ -822,3 +822,142 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// A new secret from FILE (`-`: standard input), at most 500 KiB.
+    Create { name: String, file: std::path::PathBuf },
+    /// A new version of a secret, under the same name.
+    Rotate { name: String, file: std::path::PathBuf },
+    /// The secrets (never their data).
+    #[command(alias = "list")]
+    Ls,
+    /// A secret's record (never its data).
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// A new config from FILE (`-`: standard input), at most 500 KiB.
+    Create { name: String, file: std::path::PathBuf },
+    #[command(alias = "list")]
+    Ls,
+    /// A config's record and data.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// A secret's or config's data from `file` (`-`: standard input): a regular file only (a FIFO or
+/// a device is refused, never waited on), at most 500 KiB.
+fn read_secret(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let max = bulkhead_cluster::secrets::MAX_SIZE;
+    let mut data = Vec::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().take(max as u64 + 1).read_to_end(&mut data)?;
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(file)
+            .with_context(|| file.display().to_string())?;
+        if !f.metadata()?.is_file() {
+            bail!("{}: not a regular file", file.display());
+        }
+        f.take(max as u64 + 1).read_to_end(&mut data)?;
+    }
+    if data.len() > max {
+        bail!("{}: more than 500 KiB", file.display());
+    }
+    Ok(data)
+}
+
+fn secret_rows(v: &serde_json::Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        r["id"].as_str().unwrap_or_default().to_owned(),
+                        r["name"].as_str().unwrap_or_default().to_owned(),
+                        r["version"].to_string(),
+                        r["size"].to_string(),
+                        r["updated"].to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn secrets_common(ctx: &Ctx, kind: bulkhead_cluster::secrets::Kind, c: SecretCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        SecretCommand::Create { name, file } => {
+            let data = read_secret(&file)?;
+            let v = call(ctx, ControlRequest::SecretCreate { kind, name, data })?;
+            println!("{}", v["id"].as_str().unwrap_or_default());
+        }
+        SecretCommand::Rotate { name, file } => {
+            let data = read_secret(&file)?;
+            let v = call(ctx, ControlRequest::SecretRotate { kind, name, data })?;
+            println!("{} version {}", v["name"].as_str().unwrap_or_default(), v["version"]);
+        }
+        SecretCommand::Ls => {
+            let v = call(ctx, ControlRequest::SecretLs { kind })?;
+            if ctx.quiet {
+                for r in v.as_array().into_iter().flatten() {
+                    println!("{}", r["name"].as_str().unwrap_or_default());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            match ctx.output()? {
+                Output::Json => json(&v)?,
+                Output::Table => table(&["ID", "NAME", "VERSION", "SIZE", "UPDATED"], &secret_rows(&v))?,
+            }
+        }
+        SecretCommand::Inspect { names } => {
+            let mut all = Vec::new();
+            for name in names {
+                all.push(call(ctx, ControlRequest::SecretInspect { kind, name })?);
+            }
+            json(&serde_json::Value::Array(all))?;
+        }
+        SecretCommand::Rm { names } => {
+            for name in names {
+                let v = call(ctx, ControlRequest::SecretRm { kind, name })?;
+                println!("{}", v["name"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn secret(ctx: &Ctx, c: SecretCommand) -> anyhow::Result<ExitCode> {
+    secrets_common(ctx, bulkhead_cluster::secrets::Kind::Secret, c)
+}
+
+pub fn config(ctx: &Ctx, c: ConfigCommand) -> anyhow::Result<ExitCode> {
+    let c = match c {
+        ConfigCommand::Create { name, file } => SecretCommand::Create { name, file },
+        ConfigCommand::Ls => SecretCommand::Ls,
+        ConfigCommand::Inspect { names } => SecretCommand::Inspect { names },
+        ConfigCommand::Rm { names } => SecretCommand::Rm { names },
+    };
+    secrets_common(ctx, bulkhead_cluster::secrets::Kind::Config, c)
+}

@@ -74,6 +74,12 @@ enum Command {
     /// This node's process, and the cluster's nodes.
     #[command(subcommand)]
     Node(cluster_cmd::NodeCommand),
+    /// The cluster's secrets (sealed in its store; their data is never shown).
+    #[command(subcommand)]
+    Secret(cluster_cmd::SecretCommand),
+    /// The cluster's configs (files for services, not secret).
+    #[command(subcommand)]
+    Config(cluster_cmd::ConfigCommand),
     /// Applications from a compose file: its model, and the conversations it allows.
     Compose(compose_cmd::ComposeArgs),
     /// List images (same as `image ls`).
@@ -332,6 +338,8 @@ fn main() -> ExitCode {
         Command::Volume(c) => volume_cmd::run(&ctx, c),
         Command::Cluster(c) => cluster_cmd::run(&ctx, c),
         Command::Node(c) => cluster_cmd::node(&ctx, c),
+        Command::Secret(c) => cluster_cmd::secret(&ctx, c),
+        Command::Config(c) => cluster_cmd::config(&ctx, c),
         Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),
         Command::Images(a) => image_cmd::run(&ctx, image_cmd::ImageCommand::Ls(a)),

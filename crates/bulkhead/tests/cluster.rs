@@ -824,3 +824,69 @@ fn an_admin_certificate_administers_from_another_host_and_nothing_else_does() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn secrets_are_sealed_in_the_store_and_never_shown_and_configs_are() {
+    let lan = Lan::new(2);
+    lan.ok(1, &["cluster", "init", "--advertise-addr", &lan.addr(1)]);
+    let marker = format!("MARKER{}secret", std::process::id());
+    let f = lan.root(1).with_extension("pw");
+    std::fs::write(&f, &marker).unwrap();
+    let id = lan.ok(1, &["secret", "create", "db_pw", f.to_str().unwrap()]);
+    assert_eq!(id.trim().len(), 16, "{id}");
+    for args in [
+        &["secret", "ls"][..],
+        &["--format", "json", "secret", "ls"],
+        &["secret", "inspect", "db_pw"],
+    ] {
+        let out = lan.ok(1, args);
+        assert!(out.contains("db_pw") && !out.contains(&marker), "{args:?}: {out}");
+    }
+    assert!(lan
+        .fails(1, &["secret", "create", "db_pw", f.to_str().unwrap()])
+        .contains("exists already"));
+    // A new version under the same name.
+    std::fs::write(&f, format!("{marker}2")).unwrap();
+    assert!(lan.ok(1, &["secret", "rotate", "db_pw", f.to_str().unwrap()]).contains("version 2"));
+    assert!(lan.ok(1, &["secret", "inspect", "db_pw"]).contains("\"version\": 2"));
+    // Bad input: one line each, nothing made.
+    let fifo = lan.root(1).with_extension("fifo");
+    sh(Command::new("mkfifo").arg(&fifo));
+    assert!(lan
+        .fails(1, &["secret", "create", "f", fifo.to_str().unwrap()])
+        .contains("not a regular file"));
+    let big = lan.root(1).with_extension("big");
+    std::fs::write(&big, vec![b'x'; 600 << 10]).unwrap();
+    assert!(lan
+        .fails(1, &["secret", "create", "big", big.to_str().unwrap()])
+        .contains("500 KiB"));
+    assert!(lan.fails(1, &["secret", "create", "../x", f.to_str().unwrap()]).contains("name"));
+    assert_eq!(lan.ok(1, &["-q", "secret", "ls"]).trim(), "db_pw");
+    // A config shows its data.
+    let c = lan.root(1).with_extension("conf");
+    std::fs::write(&c, "listen 80;\n").unwrap();
+    lan.ok(1, &["config", "create", "nginx", c.to_str().unwrap()]);
+    assert!(lan.ok(1, &["config", "inspect", "nginx"]).contains("listen 80;"));
+    // From another host with an admin certificate: 400 KiB through the Admin service.
+    let admin = lan.root(2).with_extension("admin.json");
+    lan.ok(1, &["cluster", "ca", "--issue-admin", admin.to_str().unwrap()]);
+    let large = lan.root(2).with_extension("large");
+    std::fs::write(&large, vec![b'y'; 400 << 10]).unwrap();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lan.ns(2)])
+        .arg(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["secret", "create", "large", large.to_str().unwrap()])
+        .env("BULKHEAD_MANAGER", lan.addr(1))
+        .env("BULKHEAD_ADMIN_CERT", &admin)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lan.ok(1, &["secret", "inspect", "large"]).contains("409600"));
+    // Sealed at rest; in no log.
+    for f in ["raft.redb", "node.log"] {
+        let b = std::fs::read(lan.root(1).join("cluster").join(f)).unwrap();
+        assert!(!b.windows(marker.len()).any(|w| w == marker.as_bytes()), "{f} holds the secret");
+    }
+    lan.ok(1, &["secret", "rm", "db_pw", "large"]);
+    assert_eq!(lan.ok(1, &["-q", "secret", "ls"]).trim(), "");
+}

@@ -16,6 +16,7 @@ pub mod node;
 pub mod pki;
 pub mod records;
 pub mod recovery;
+pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -1289,7 +1289,7 @@ pub fn serve_manager(
         .add_service(bootstrap)
         .add_optional_service(admin.map(|a| {
             InterceptedService::new(
-                crate::proto::admin_server::AdminServer::new(a).max_decoding_message_size(64 << 10),
+                crate::proto::admin_server::AdminServer::new(a).max_decoding_message_size(4 << 20),
                 auth.interceptor_admin(),
             )
         }));

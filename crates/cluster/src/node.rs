@@ -204,6 +204,30 @@ pub enum ControlRequest {
     Backup,
     /// A new data key for this manager's store.
     RotateDataKey,
+    /// A new secret or config (its data is never returned after this).
+    SecretCreate {
+        kind: crate::secrets::Kind,
+        name: String,
+        data: Vec<u8>,
+    },
+    /// A new version of one, under the same name.
+    SecretRotate {
+        kind: crate::secrets::Kind,
+        name: String,
+        data: Vec<u8>,
+    },
+    SecretLs {
+        kind: crate::secrets::Kind,
+    },
+    /// Its record (and a config's data).
+    SecretInspect {
+        kind: crate::secrets::Kind,
+        name: String,
+    },
+    SecretRm {
+        kind: crate::secrets::Kind,
+        name: String,
+    },
     /// An admin certificate revoked: its record goes and its serial is denied.
     RevokeAdmin {
         name: String,
@@ -923,7 +947,8 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, v: serde_json::Value) ->
 }
 
 /// A request on the control socket: only root's (checked by the peer's credentials; anyone
-/// else is answered with a refusal here), one JSON line of at most 64 KiB within 10 s. Returns
+/// else is answered with a refusal here), one JSON line of at most 4 MiB (a secret of 500 KiB,
+/// as JSON) within 10 s. Returns
 /// it (or why it is not one) and where to answer; None when nothing can be answered.
 async fn read_request(
     conn: tokio::net::UnixStream,
@@ -934,7 +959,7 @@ async fn read_request(
         return None;
     }
     let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(r.take(64 << 10));
+    let mut reader = tokio::io::BufReader::new(r.take(4 << 20));
     tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
         .await
         .ok()?
@@ -1112,6 +1137,27 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             .await?;
             serde_json::json!({"revoked": name})
         }
+        ControlRequest::SecretCreate { kind, name, data } => {
+            let data = zeroize::Zeroizing::new(data);
+            serde_json::to_value(need()?.create_secret(kind, &name, &data, now()).await?).expect("serialisable")
+        }
+        ControlRequest::SecretRotate { kind, name, data } => {
+            let data = zeroize::Zeroizing::new(data);
+            serde_json::to_value(need()?.rotate_secret(kind, &name, &data, now()).await?).expect("serialisable")
+        }
+        ControlRequest::SecretLs { kind } => serde_json::to_value(need()?.secrets(kind)).expect("serialisable"),
+        ControlRequest::SecretInspect { kind, name } => {
+            let m = need()?;
+            let rec = m
+                .secret(kind, &name)
+                .ok_or_else(|| Error::Invalid(format!("no such {kind:?}: {name}").to_lowercase()))?;
+            let mut v = serde_json::to_value(rec).expect("serialisable");
+            if kind == crate::secrets::Kind::Config {
+                v["data"] = m.config_data(&name).map(|d| String::from_utf8_lossy(&d).into_owned()).into();
+            }
+            v
+        }
+        ControlRequest::SecretRm { kind, name } => serde_json::to_value(need()?.remove_secret(kind, &name).await?).expect("serialisable"),
         ControlRequest::RotateDataKey => {
             let m = need()?;
             let sm = m.sm.clone();
