@@ -13,6 +13,7 @@
 pub mod crypt;
 pub mod manager;
 pub mod node;
+pub mod orchestrator;
 pub mod pki;
 pub mod records;
 pub mod recovery;
