@@ -144,74 +144,70 @@ impl Manager {
         Ok(rec)
     }
 
-    /// A new version of a secret or config under the same name; the older versions go (no
-    /// service pins one yet).
-    pub async fn rotate_secret(&self, kind: Kind, name: &str, data: &[u8], now: i64) -> Result<Record> {
-        check(kind, name, data)?;
+    /// A secret's or config's record as stored (its raw value, for a conditional write), or why
+    /// there is none.
+    fn existing(&self, kind: Kind, name: &str) -> Result<(String, Vec<u8>, Record)> {
         let key = format!("{}{name}", kind.prefix());
         let raw = self
             .sm
             .get(&key)
             .ok_or_else(|| Error::Invalid(format!("no {} named {name:?}", kind.what())))?;
-        let old: Record = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let rec = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok((key, raw, rec))
+    }
+
+    /// `ops`, applied only if the record at `key` is still `raw`.
+    async fn write_unchanged(&self, kind: Kind, name: &str, key: String, raw: Vec<u8>, ops: Vec<Op>) -> Result<()> {
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is { key, value: Some(raw) }],
+                ops,
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("the {} {name:?} changed meanwhile; try again", kind.what())));
+        }
+        Ok(())
+    }
+
+    /// A new version of a secret or config under the same name; the older versions go (no
+    /// service pins one yet).
+    pub async fn rotate_secret(&self, kind: Kind, name: &str, data: &[u8], now: i64) -> Result<Record> {
+        check(kind, name, data)?;
+        let (key, raw, old) = self.existing(kind, name)?;
         let rec = Record {
             version: old.version + 1,
             size: data.len(),
             updated: now,
             ..old.clone()
         };
-        let r = self
-            .write(Request {
-                checks: vec![Check::Is {
-                    key: key.clone(),
-                    value: Some(raw),
-                }],
-                ops: vec![
-                    Op::Put {
-                        key,
-                        value: serde_json::to_vec(&rec).expect("serialisable"),
-                    },
-                    Op::Put {
-                        key: kind.data_key(name, rec.version),
-                        value: data.to_vec(),
-                    },
-                    Op::Delete {
-                        key: kind.data_key(name, old.version),
-                    },
-                ],
-            })
-            .await?;
-        if !r.applied {
-            return Err(Error::Invalid(format!("the {} {name:?} changed meanwhile; try again", kind.what())));
-        }
+        let ops = vec![
+            Op::Put {
+                key: key.clone(),
+                value: serde_json::to_vec(&rec).expect("serialisable"),
+            },
+            Op::Put {
+                key: kind.data_key(name, rec.version),
+                value: data.to_vec(),
+            },
+            Op::Delete {
+                key: kind.data_key(name, old.version),
+            },
+        ];
+        self.write_unchanged(kind, name, key, raw, ops).await?;
         Ok(rec)
     }
 
     /// Removes a secret or config and its data.
     pub async fn remove_secret(&self, kind: Kind, name: &str) -> Result<Record> {
-        let key = format!("{}{name}", kind.prefix());
-        let raw = self
-            .sm
-            .get(&key)
-            .ok_or_else(|| Error::Invalid(format!("no {} named {name:?}", kind.what())))?;
-        let rec: Record = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
-        let r = self
-            .write(Request {
-                checks: vec![Check::Is {
-                    key: key.clone(),
-                    value: Some(raw),
-                }],
-                ops: vec![
-                    Op::Delete { key },
-                    Op::Delete {
-                        key: kind.data_key(name, rec.version),
-                    },
-                ],
-            })
-            .await?;
-        if !r.applied {
-            return Err(Error::Invalid(format!("the {} {name:?} changed meanwhile; try again", kind.what())));
-        }
+        let (key, raw, rec) = self.existing(kind, name)?;
+        let ops = vec![
+            Op::Delete { key: key.clone() },
+            Op::Delete {
+                key: kind.data_key(name, rec.version),
+            },
+        ];
+        self.write_unchanged(kind, name, key, raw, ops).await?;
         Ok(rec)
     }
 
