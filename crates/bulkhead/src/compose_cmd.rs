@@ -1577,7 +1577,7 @@ fn down(ctx: &Ctx, p: &bulkhead_compose::Project, volumes: bool) -> anyhow::Resu
         let _lock = cs.lock()?;
         for v in vols.list()? {
             if v.labels.get(PROJECT_LABEL) == Some(&p.name) {
-                match vols.remove(&cs, &v.name) {
+                match vols.remove(&v.name, &cs.volume_users(&v.name)?) {
                     Ok(()) => println!("volume {} removed", v.name),
                     Err(e) => {
                         eprintln!("bulkhead: error: {e}");

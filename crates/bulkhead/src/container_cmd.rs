@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use bulkhead_runtime::container::{Containers, State};
+use bulkhead_runtime::engine::{CreateRequest, Runtime};
 use bulkhead_runtime::executor::Executor;
 use bulkhead_runtime::lifecycle;
 use bulkhead_runtime::profile::{Network, Seccomp, SecurityProfile, UserNs};
-use bulkhead_runtime::run::{create, remove, run_foreground, CreateRequest};
 use bulkhead_runtime::spec::{ProcessOverrides, Resources};
 use clap::Args;
 
@@ -590,13 +590,8 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
     })
 }
 
-fn create_container(
-    ctx: &Ctx,
-    a: &RunArgs,
-    auto_remove: bool,
-) -> anyhow::Result<(bulkhead_image::Store, Containers, bulkhead_runtime::container::ContainerRecord)> {
+fn create_container(ctx: &Ctx, a: &RunArgs, auto_remove: bool) -> anyhow::Result<(Runtime, bulkhead_runtime::container::ContainerRecord)> {
     let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
     pull_if_missing(ctx, &store, &a.image)?;
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
@@ -617,18 +612,16 @@ fn create_container(
             }
         }
     }
-    let rec = {
-        let _lock = store.lock_shared()?;
-        create(&store, &cs, req)?
-    };
+    let rt = Runtime::new(store)?;
+    let rec = rt.create(req)?;
     if let Err(e) = crate::network_cmd::container_rules(ctx, &rec.id, &rec.name, &a.allow_from, &a.allow_to) {
-        let _ = bulkhead_runtime::run::remove(&store, &cs, &rec.id, true);
+        let _ = rt.remove(&rec.id, true);
         return Err(e);
     }
     for w in &rec.warnings {
         eprintln!("bulkhead: warning: {w}");
     }
-    Ok((store, cs, rec))
+    Ok((rt, rec))
 }
 
 /// `run`/`create` of an image the store does not have pull it first, as Docker does. The pull runs
@@ -695,9 +688,9 @@ pub(crate) fn pull_if_missing(ctx: &Ctx, store: &bulkhead_image::Store, image: &
 
 /// `bulkhead create`: a container with its root filesystem and bundle, not started.
 pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (_, cs, rec) = create_container(ctx, &a, a.rm)?;
+    let (rt, rec) = create_container(ctx, &a, a.rm)?;
     // A created container is started by `start`, which mounts its root filesystem again.
-    cs.unmount_rootfs(&rec.id)?;
+    rt.containers().unmount_rootfs(&rec.id)?;
     println!("{}", rec.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -705,17 +698,16 @@ pub fn create_cmd(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 /// `bulkhead run`: create and run; in the foreground exits with the container's status, with -d
 /// leaves it to its shim and prints its id.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
-    let (store, cs, mut rec) = create_container(ctx, &a, a.rm)?;
+    let (rt, mut rec) = create_container(ctx, &a, a.rm)?;
     if a.detach {
-        lifecycle::spawn_shim(&ctx.root, &rec.id)?;
-        lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
+        rt.start(&rec.id)?;
         println!("{}", rec.id);
         return Ok(ExitCode::SUCCESS);
     }
     let executor = Executor::from_flag(a.runtime.as_deref())?;
-    let result = run_foreground(&cs, &mut rec, &executor);
+    let result = rt.run_foreground(&mut rec, &executor);
     if a.rm {
-        if let Err(e) = remove(&store, &cs, &rec.id, true) {
+        if let Err(e) = rt.remove(&rec.id, true) {
             eprintln!("bulkhead: warning: removing {}: {e}", rec.name);
         }
     }
@@ -725,69 +717,37 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `bulkhead start`: (re)start stopped or created containers under a new shim.
 pub fn start(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
+    let rt = Runtime::new(ctx.store()?)?;
     for n in names {
-        let rec = lifecycle::refresh(&cs, cs.find(n)?)?;
-        if lifecycle::is_running(&rec) {
-            println!("{n}");
-            continue;
-        }
-        {
-            let _shared = store.lock_shared()?;
-            let _lock = cs.lock()?;
-            let mut r = lifecycle::refresh(&cs, cs.load(&rec.id)?)?;
-            // Its restart policy is starting it right now (created again by `restart-after`; a
-            // container `create` made has never been restarted): that start is this one.
-            let restarting = matches!(r.state, State::Created) && r.restart.is_some() && r.restart_count > 0;
-            if restarting || matches!(r.state, State::Running { .. }) {
-                drop(_lock);
-                lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
-                println!("{n}");
-                continue;
-            }
-            r.state = State::Created;
-            r.error = None;
-            // A user's start: the restart policy applies again, counting from zero.
-            r.stopped_by_user = false;
-            r.restart_count = 0;
-            cs.save(&r)?;
-        }
-        lifecycle::spawn_shim(&ctx.root, &rec.id)?;
-        lifecycle::wait_started(&cs, &rec.id, std::time::Duration::from_secs(30))?;
+        rt.start(n)?;
         println!("{n}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn stop(ctx: &Ctx, names: &[String], timeout: Option<u64>) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
+    let rt = Runtime::new(ctx.store()?)?;
     for n in names {
-        let rec = cs.find(n)?;
-        let t = std::time::Duration::from_secs(timeout.unwrap_or(rec.stop_timeout));
-        lifecycle::stop(&cs, &rec, rec.stop_signal, t)?;
+        rt.stop(n, timeout.map(std::time::Duration::from_secs))?;
         println!("{n}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn kill(ctx: &Ctx, names: &[String], sig: &str) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
+    let rt = Runtime::new(ctx.store()?)?;
     let sig = lifecycle::parse_signal(sig)?;
     for n in names {
-        lifecycle::signal(&cs.find(n)?, sig)?;
+        rt.kill(n, sig)?;
         println!("{n}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn wait(ctx: &Ctx, names: &[String]) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
+    let rt = Runtime::new(ctx.store()?)?;
     for n in names {
-        let rec = lifecycle::wait_exited(&cs, &cs.find(n)?.id, None)?;
+        let rec = rt.wait(n, None)?;
         match rec.state {
             State::Exited { code, .. } => println!("{code}"),
             _ => println!("0"),
@@ -832,10 +792,9 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 
 pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
-    let rec = cs.find(&a.container)?;
-    let dir = cs.dir(&rec.id).join("logs");
+    let rt = Runtime::new(ctx.store()?)?;
+    let rec = rt.containers().find(&a.container)?;
+    let dir = rt.containers().dir(&rec.id).join("logs");
     if a.verify {
         let n = bulkhead_runtime::logs::verify(&dir)?;
         println!("{n} records verified: the log is complete and unaltered");
@@ -857,7 +816,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         Ok(())
     };
-    let mut follower = bulkhead_runtime::logs::Follower::new(&dir);
+    let mut follower = rt.logs(&rec.id)?;
     let all = follower.poll()?;
     let start = a.tail.map_or(0, |t| all.len().saturating_sub(t));
     print(&all[start..])?;
@@ -866,7 +825,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> anyhow::Result<ExitCode> {
     }
     // From here on only what was written since the last poll is read.
     loop {
-        let running = lifecycle::is_running(&lifecycle::refresh(&cs, cs.load(&rec.id)?)?);
+        let running = rt.is_running(&rt.status(&rec.id)?);
         print(&follower.poll()?)?;
         if !running {
             break;
@@ -1133,11 +1092,10 @@ pub fn ps(ctx: &Ctx, all: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rm(ctx: &Ctx, names: &[String], force: bool) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
-    let cs = Containers::open(&store)?;
+    let rt = Runtime::new(ctx.store()?)?;
     let mut failed = false;
     for n in names {
-        match remove(&store, &cs, n, force) {
+        match rt.remove(n, force) {
             Ok(_) => println!("{n}"),
             Err(e) => {
                 eprintln!("bulkhead: error: {e}");

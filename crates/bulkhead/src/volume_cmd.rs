@@ -107,7 +107,7 @@ pub fn run(ctx: &Ctx, c: VolumeCommand) -> anyhow::Result<ExitCode> {
                     "Labels": v.labels,
                     "Mountpoint": vols.data(n),
                     "Scope": "local",
-                    "UsedBy": Volumes::users(&cs, n)?,
+                    "UsedBy": cs.volume_users(n)?,
                 }));
             }
             json(&serde_json::Value::Array(out))?;
@@ -116,7 +116,7 @@ pub fn run(ctx: &Ctx, c: VolumeCommand) -> anyhow::Result<ExitCode> {
             let _lock = cs.lock()?;
             let mut failed = false;
             for n in &names {
-                match vols.remove(&cs, n) {
+                match vols.remove(n, &cs.volume_users(n)?) {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
                         eprintln!("bulkhead: error: {e}");
@@ -134,7 +134,7 @@ pub fn run(ctx: &Ctx, c: VolumeCommand) -> anyhow::Result<ExitCode> {
             let used: Vec<String> = cs.list()?.into_iter().flat_map(|r| r.volumes.into_iter().map(|v| v.name)).collect();
             for v in vols.list()? {
                 if !used.contains(&v.name) && matches(&v, &filter)? {
-                    vols.remove(&cs, &v.name)?;
+                    vols.remove(&v.name, &cs.volume_users(&v.name)?)?;
                     println!("{}", v.name);
                 }
             }

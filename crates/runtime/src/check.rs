@@ -7,7 +7,8 @@ use std::fs;
 
 use bulkhead_image::Store;
 
-use crate::container::{remove_cgroups, Containers, State};
+use crate::cgroup::remove as remove_cgroups;
+use crate::container::{Containers, State};
 use crate::error::Result;
 use crate::lifecycle::{is_running, refresh};
 
@@ -18,7 +19,7 @@ pub fn check_containers(store: &Store, cs: &Containers, repair: bool) -> Result<
     let mut problems = Vec::new();
     let mut known = std::collections::BTreeSet::new();
     let dir = store.root().join("containers");
-    for e in fs::read_dir(&dir).map_err(|e| crate::container::io(&dir, e))? {
+    for e in fs::read_dir(&dir).map_err(|e| crate::fsutil::io(&dir, e))? {
         let Ok(e) = e else { continue };
         let id = e.file_name().to_string_lossy().into_owned();
         if id.starts_with('.') {
@@ -54,7 +55,7 @@ pub fn check_containers(store: &Store, cs: &Containers, repair: bool) -> Result<
         if !known.contains(&holder) {
             problems.push(fixed(format!("image lease {holder}: its container is gone")));
             if repair {
-                remove_cgroups(&crate::run::cgroup_path(&holder));
+                remove_cgroups(&crate::cgroup::path(&holder));
                 store.remove_lease(&holder)?;
             }
             known.insert(holder);
@@ -66,8 +67,8 @@ pub fn check_containers(store: &Store, cs: &Containers, repair: bool) -> Result<
     for id in stray_cgroups(&known) {
         problems.push(fixed(format!("cgroup bulkhead/{id}: no container, and no container process in it")));
         if repair {
-            crate::container::kill_cgroup_processes(&crate::run::cgroup_path(&id));
-            remove_cgroups(&crate::run::cgroup_path(&id));
+            crate::cgroup::kill_processes(&crate::cgroup::path(&id));
+            remove_cgroups(&crate::cgroup::path(&id));
         }
     }
     Ok(problems)
@@ -111,7 +112,7 @@ fn stray_cgroups(known: &std::collections::BTreeSet<String>) -> std::collections
         .collect();
     ids.into_iter()
         .filter(|id| {
-            crate::container::cgroup_processes(&crate::run::cgroup_path(id))
+            crate::cgroup::processes(&crate::cgroup::path(id))
                 .into_iter()
                 .all(orphaned_setup_process)
         })

@@ -15,6 +15,7 @@ use bulkhead_image::{Digest, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsutil::{io, lock_file, read_records};
 use crate::profile::{SecurityProfile, UserNs, ID_RANGE};
 
 /// At most this many distinct ranges of 65536 ids are drawn from bulkhead's reservation in
@@ -343,9 +344,17 @@ impl Containers {
 
     /// A fresh, random 64-hex-character id.
     pub fn new_id() -> Result<String> {
-        let mut b = [0u8; 32];
-        rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).map_err(|e| io(Path::new("getrandom"), e))?;
-        Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+        crate::fsutil::random_id()
+    }
+
+    /// The containers (any state) that mount volume `name`.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|r| r.volumes.iter().any(|v| v.name == name))
+            .map(|r| r.name)
+            .collect())
     }
 
     /// Takes the container-wide lock (creating, naming and removing containers are serialised).
@@ -437,6 +446,16 @@ impl Containers {
         self.dir.parent().unwrap_or(&self.dir)
     }
 
+    /// The log of container `id`; one that is removed at its exit is not forced to disk.
+    pub fn log_writer(&self, id: &str, auto_remove: bool) -> Result<crate::logs::LogWriter> {
+        let log = crate::logs::LogWriter::open(
+            &self.dir(id).join("logs"),
+            crate::logs::DEFAULT_MAX_SIZE,
+            crate::logs::DEFAULT_MAX_FILES,
+        )?;
+        Ok(if auto_remove { log.volatile() } else { log })
+    }
+
     /// Unmounts the root filesystem if it is mounted.
     pub fn unmount_rootfs(&self, id: &str) -> Result<()> {
         let r = self.rootfs(id);
@@ -456,8 +475,8 @@ impl Containers {
         self.unmount_rootfs(id)?;
         // Whatever still runs in the container's cgroups is the container's (the first process of a
         // container whose CLI was killed mid-start waits forever for a parent that is gone).
-        kill_cgroup_processes(&crate::run::cgroup_path(id));
-        remove_cgroups(&crate::run::cgroup_path(id));
+        crate::cgroup::kill_processes(&crate::cgroup::path(id));
+        crate::cgroup::remove(&crate::cgroup::path(id));
         // The id range goes back only once the files that its ids own are gone: if removal fails,
         // the container stays, with its range, for the next `rm` to finish.
         let host_id = self.load(id).ok().and_then(|r| r.host_id);
@@ -468,24 +487,6 @@ impl Containers {
         }
         Ok(())
     }
-}
-
-/// One record per entry of `dir` (entries starting with `.` are not records); one that `load`
-/// cannot read is skipped with a warning naming the `what`.
-pub(crate) fn read_records<T>(dir: &Path, what: &str, load: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let e = e.map_err(|e| io(dir, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        match load(&name) {
-            Ok(r) => out.push(r),
-            Err(err) => tracing::warn!(path = %e.path().display(), %err, "skipping an unreadable {what}"),
-        }
-    }
-    Ok(out)
 }
 
 /// The container's root is an unprivileged host user, which must be able to search every directory
@@ -506,68 +507,7 @@ fn check_reachable(rootfs: &Path, host_id: u32) -> Result<()> {
     Ok(())
 }
 
-/// The cgroup directories of `cgroup` under every hierarchy mounted in /sys/fs/cgroup.
-fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    let rel = cgroup.trim_start_matches('/');
-    let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    roots.push(PathBuf::from("/sys/fs/cgroup"));
-    roots.into_iter().map(|r| r.join(rel)).filter(|p| p.is_dir()).collect()
-}
-
-/// The processes in `cgroup` (under any hierarchy).
-pub fn cgroup_processes(cgroup: &str) -> std::collections::BTreeSet<i32> {
-    cgroup_dirs(cgroup)
-        .iter()
-        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-        .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
-        .collect()
-}
-
-/// SIGKILLs every process in `cgroup` until none is left (or a second has passed).
-pub fn kill_cgroup_processes(cgroup: &str) {
-    for _ in 0..100 {
-        let pids = cgroup_processes(cgroup);
-        if pids.is_empty() {
-            return;
-        }
-        for pid in pids {
-            // SAFETY: kill(2); the pid was read from the container's own cgroup just now.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    tracing::warn!(cgroup, "processes are left in a removed container's cgroup");
-}
-
-/// Removes a container's cgroup directories under every hierarchy mounted in /sys/fs/cgroup (the v1
-/// controllers, or the v2 tree); empty cgroups only, as rmdir allows.
-pub fn remove_cgroups(cgroup: &str) {
-    for p in cgroup_dirs(cgroup) {
-        if let Err(e) = fs::remove_dir(&p) {
-            tracing::warn!(path = %p.display(), error = %e, "removing a container cgroup");
-        }
-    }
-}
-
-/// Opens (creating) `p` and holds an exclusive flock on it until the file is dropped.
-pub(crate) fn lock_file(p: &Path) -> Result<fs::File> {
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(p)
-        .map_err(|e| io(p, e))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io(p, e))?;
-    Ok(f)
-}
-
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).map_err(|e| io(p, e))
-}
-
-pub(crate) fn io(p: &Path, e: impl Into<std::io::Error>) -> Error {
-    Error::Invalid(format!("{}: {}", p.display(), e.into()))
 }

@@ -113,7 +113,7 @@ fn plan(spec: &Value, rec: &ContainerRecord, pid: i32, req: &ExecRequest) -> Res
         let f = std::fs::File::open(&theirs).map_err(|e| err(format!("{theirs}: {e}")))?;
         namespaces.push((kind, OwnedFd::from(f)));
     }
-    let rel = crate::run::cgroup_path(&rec.id);
+    let rel = crate::cgroup::path(&rec.id);
     let rel = rel.trim_start_matches('/');
     let mut cgroup_procs = Vec::new();
     let roots: Vec<std::path::PathBuf> = std::fs::read_dir("/sys/fs/cgroup")

@@ -115,7 +115,7 @@ impl Executor {
         match self {
             // libcontainer 0.7's tenant builder joins every namespace but the user namespace and
             // drops the seccomp filter (seen from inside: uid_map "0 0 4294967295", Seccomp 0), so
-            // bulkhead joins its containers itself: crate::exec.
+            // bulkhead joins its containers itself (the exec module).
             Executor::Embedded => Err(Error::Executor("the embedded executor execs through bulkhead_runtime::exec".into())),
             Executor::External(bin) => {
                 let mut cmd = Command::new(bin);
@@ -258,7 +258,7 @@ impl MonitorTarget {
     pub fn cleanup(&self, id: &str, state_dir: &Path, cgroup: &str) {
         match self {
             MonitorTarget::Embedded { .. } => {
-                crate::container::remove_cgroups(cgroup);
+                crate::cgroup::remove(cgroup);
                 let _ = std::fs::remove_dir_all(state_dir.join(id));
             }
             MonitorTarget::Adopted { runtime, .. } => {
@@ -595,4 +595,9 @@ pub fn oom_killed(cgroup: &str) -> bool {
                 .is_some_and(|n| n > 0)
         })
     })
+}
+
+/// A close-on-exec pipe (read end, write end) for a container's output.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {}", std::io::Error::from(e))))
 }

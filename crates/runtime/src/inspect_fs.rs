@@ -24,7 +24,7 @@ pub struct Process {
 
 /// The processes in the container's cgroup, by host pid.
 pub fn top(rec: &ContainerRecord) -> Result<Vec<Process>> {
-    let rel = crate::run::cgroup_path(&rec.id);
+    let rel = crate::cgroup::path(&rec.id);
     let rel = rel.trim_start_matches('/');
     let procs = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
         .iter()

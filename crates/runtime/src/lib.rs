@@ -5,6 +5,9 @@
 //! seccomp filter, masked and read-only paths, a pids limit, private namespaces), and the explicit
 //! flags that weaken it, each of which yields a warning.
 //!
+//! [`engine::Runtime`] is the one entry for what is done with a container (create, start, stop,
+//! status, logs, remove); the CLI and the cluster's agent both use it.
+//!
 //! Data flows one way: an image config and the user's flags give a [`spec::ProcessConfig`]
 //! ([`spec::command_line`], [`spec::environment`]); with the profile and [`spec::Resources`] it
 //! becomes one OCI runtime spec ([`spec::build_spec`]), the only thing an executor ever sees.
@@ -21,13 +24,16 @@
 //! ```
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod cgroup;
 pub mod check;
 pub mod container;
 pub mod diff;
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod executor;
 pub mod files;
+pub mod fsutil;
 pub mod hooks;
 pub mod idmap;
 pub mod inspect_fs;

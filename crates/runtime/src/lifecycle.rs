@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::container::{ContainerRecord, Containers, State};
 use crate::error::{Error, Result};
-use crate::run::cgroup_path;
 
 /// Whether `pid` is alive and belongs to container `id` (its cgroup, as the host sees it).
 pub fn owns_pid(id: &str, pid: i32) -> bool {
     pid > 0
         && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|c| c.lines().any(|l| l.ends_with(&cgroup_path(id))))
+            .map(|c| c.lines().any(|l| l.ends_with(&crate::cgroup::path(id))))
             .unwrap_or(false)
 }
 
@@ -248,6 +247,37 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         _ => return Err(Error::Invalid(format!("unknown signal {s:?}"))),
     };
     Ok(n)
+}
+
+/// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,
+/// directory and image lease.
+pub fn remove(store: &bulkhead_image::Store, cs: &Containers, key: &str, force: bool) -> Result<ContainerRecord> {
+    let mut rec = refresh(cs, cs.find(key)?)?;
+    if rec.restart.is_some() && force {
+        // No restart may begin now; one already begun is let finish starting, then killed.
+        mark_stopped(cs, &rec.id)?;
+        if matches!(rec.state, crate::container::State::Created) {
+            let _ = wait_started(cs, &rec.id, std::time::Duration::from_secs(10));
+        }
+        rec = refresh(cs, cs.load(&rec.id)?)?;
+    }
+    if is_running(&rec) {
+        if !force {
+            return Err(Error::Invalid(format!(
+                "container {} is running: stop it first, or use --force",
+                rec.name
+            )));
+        }
+        signal(&rec, libc::SIGKILL)?;
+        // Let the shim record the exit and unmount; go on regardless after a while.
+        let _ = wait_exited(cs, &rec.id, Some(std::time::Duration::from_secs(10)));
+    }
+    let _lock = cs.lock()?;
+    cs.remove_dir(&rec.id)?;
+    store.remove_lease(&rec.id)?;
+    crate::hooks::exited(&rec.id);
+    crate::hooks::removed(&rec.id);
+    Ok(rec)
 }
 
 #[cfg(test)]

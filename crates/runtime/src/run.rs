@@ -56,11 +56,6 @@ const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bulkhead-in
 /// Where `--init` puts it in the container.
 const INIT_PATH: &str = "/dev/init";
 
-/// The cgroup path of a container (the same under every v1 controller, or in the v2 tree).
-pub fn cgroup_path(id: &str) -> String {
-    format!("/bulkhead/{id}")
-}
-
 fn valid_name(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
@@ -253,7 +248,7 @@ pub fn create(store: &Store, cs: &Containers, req: CreateRequest) -> Result<Cont
             spec.set_mounts(Some(mounts));
         }
         if let Some(mut linux) = spec.linux().clone() {
-            linux.set_cgroups_path(Some(cgroup_path(&id).into()));
+            linux.set_cgroups_path(Some(crate::cgroup::path(&id).into()));
             spec.set_linux(Some(linux));
         }
         let image_stop = info
@@ -479,10 +474,10 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
         }
         forward_signals(pid);
     };
-    let cgroup = cgroup_path(&rec.id);
+    let cgroup = crate::cgroup::path(&rec.id);
     let exit = if let Some(socket_dir) = console_dir.as_deref() {
         // A pty's output is shown and logged (as one stream, stdout, like Docker's).
-        let mut log = container_log(cs, &rec.id, rec.auto_remove)?;
+        let mut log = cs.log_writer(&rec.id, rec.auto_remove)?;
         let tty = crate::executor::Tty { socket_dir, log: &mut log };
         executor.run_tty(&rec.id, &cs.bundle(&rec.id), &state_dir, &cgroup, tty, on_start)
     } else {
@@ -513,16 +508,6 @@ pub fn run_foreground(cs: &Containers, rec: &mut ContainerRecord, executor: &Exe
     Ok(exit)
 }
 
-/// The log of container `id`; one that is removed at its exit is not forced to disk.
-pub(crate) fn container_log(cs: &Containers, id: &str, auto_remove: bool) -> Result<crate::logs::LogWriter> {
-    let log = crate::logs::LogWriter::open(
-        &cs.dir(id).join("logs"),
-        crate::logs::DEFAULT_MAX_SIZE,
-        crate::logs::DEFAULT_MAX_FILES,
-    )?;
-    Ok(if auto_remove { log.volatile() } else { log })
-}
-
 /// Runs the container with its stdout/stderr on pipes that we copy to ours and into its log.
 fn run_logged(
     cs: &Containers,
@@ -532,10 +517,10 @@ fn run_logged(
     cgroup: &str,
     on_start: impl FnOnce(i32),
 ) -> Result<Exit> {
-    let (out_r, out_w) = crate::shim::pipe()?;
-    let (err_r, err_w) = crate::shim::pipe()?;
+    let (out_r, out_w) = crate::executor::pipe()?;
+    let (err_r, err_w) = crate::executor::pipe()?;
     let id = rec.id.as_str();
-    let mut log = container_log(cs, id, rec.auto_remove)?;
+    let mut log = cs.log_writer(id, rec.auto_remove)?;
     let stdio = crate::executor::Stdio {
         stdin: None,
         stdout: Some(out_w),
@@ -564,35 +549,4 @@ fn forward_signals(pid: i32) {
             unsafe { libc::kill(pid, sig) };
         }
     });
-}
-
-/// Removes a container that is not running (or, with `force`, kills it first): its mounts, cgroup,
-/// directory and image lease.
-pub fn remove(store: &Store, cs: &Containers, key: &str, force: bool) -> Result<ContainerRecord> {
-    let mut rec = crate::lifecycle::refresh(cs, cs.find(key)?)?;
-    if rec.restart.is_some() && force {
-        // No restart may begin now; one already begun is let finish starting, then killed.
-        crate::lifecycle::mark_stopped(cs, &rec.id)?;
-        if matches!(rec.state, crate::container::State::Created) {
-            let _ = crate::lifecycle::wait_started(cs, &rec.id, std::time::Duration::from_secs(10));
-        }
-        rec = crate::lifecycle::refresh(cs, cs.load(&rec.id)?)?;
-    }
-    if crate::lifecycle::is_running(&rec) {
-        if !force {
-            return Err(Error::Invalid(format!(
-                "container {} is running: stop it first, or use --force",
-                rec.name
-            )));
-        }
-        crate::lifecycle::signal(&rec, libc::SIGKILL)?;
-        // Let the shim record the exit and unmount; go on regardless after a while.
-        let _ = crate::lifecycle::wait_exited(cs, &rec.id, Some(std::time::Duration::from_secs(10)));
-    }
-    let _lock = cs.lock()?;
-    cs.remove_dir(&rec.id)?;
-    store.remove_lease(&rec.id)?;
-    crate::hooks::exited(&rec.id);
-    crate::hooks::removed(&rec.id);
-    Ok(rec)
 }

@@ -11,7 +11,6 @@ use bulkhead_image::Store;
 use crate::container::{Containers, State};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, MonitorTarget, Stdio};
-use crate::run::cgroup_path;
 
 /// Runs container `id` under this process until it exits. Any failure to start is recorded in the
 /// container's record (status 125 and the reason) as well as returned.
@@ -31,11 +30,6 @@ pub fn run_shim(store: &Store, cs: &Containers, id: &str) -> Result<()> {
         let _ = cs.unmount_rootfs(id);
     }
     result
-}
-
-/// A close-on-exec pipe (read end, write end) for a container's output.
-pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Executor(format!("pipe: {}", std::io::Error::from(e))))
 }
 
 /// Where a detached container's output goes before the monitor takes it over.
@@ -60,7 +54,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     let (stdin, hold) = if terminal {
         (None, None)
     } else if rec.open_stdin {
-        let (r, w) = pipe()?;
+        let (r, w) = crate::executor::pipe()?;
         (Some(r), Some(w))
     } else {
         let null = std::fs::File::open("/dev/null").map_err(|e| Error::Executor(format!("/dev/null: {e}")))?;
@@ -74,8 +68,8 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     let (pipes, stdout, stderr) = if terminal {
         (None, None, None)
     } else {
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        let (out_r, out_w) = crate::executor::pipe()?;
+        let (err_r, err_w) = crate::executor::pipe()?;
         (Some((out_r, err_r)), Some(out_w), Some(err_w))
     };
     let stdio = Stdio {
@@ -121,7 +115,7 @@ fn supervise(store: &Store, cs: &Containers, rec: &mut crate::container::Contain
     let e = exec_monitor(store, cs, &rec.id, &target, &output, hold.as_ref());
     // Only on failure: monitor here instead.
     tracing::warn!(error = %e, "could not execute the shim monitor; monitoring in place");
-    let mut log = crate::run::container_log(cs, &rec.id, rec.auto_remove)?;
+    let mut log = cs.log_writer(&rec.id, rec.auto_remove)?;
     let pid = target.pid();
     let streams = match output {
         Output::Pipes { out, err } => [Some(out), Some(err)],
@@ -240,7 +234,7 @@ pub fn finish(
             )))
         }
     };
-    let cgroup = cgroup_path(id);
+    let cgroup = crate::cgroup::path(id);
     let oom = crate::executor::oom_killed(&cgroup);
     target.cleanup(id, &cs.dir(id).join("exec"), &cgroup);
     crate::hooks::exited(id);
@@ -256,7 +250,7 @@ pub fn finish(
     drop(lock);
     cs.unmount_rootfs(id)?;
     if rec.auto_remove {
-        crate::run::remove(store, cs, id, true)?;
+        crate::lifecycle::remove(store, cs, id, true)?;
         return Ok(None);
     }
     let ran = (finished - started).to_std().unwrap_or_default();

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use rustix::mount::MountAttrFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::container::{io, Containers};
 use crate::error::{Error, Result};
+use crate::fsutil::io;
 
 /// A volume's metadata (`volume.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ impl Volumes {
 
     /// Serialises making, removing and clearing volumes (within one store).
     fn lock(&self) -> Result<fs::File> {
-        crate::container::lock_file(&self.dir.join(".lock"))
+        crate::fsutil::lock_file(&self.dir.join(".lock"))
     }
 
     /// Makes a volume, or returns the one of that name (`false`: it existed). A new volume's root
@@ -104,7 +104,7 @@ impl Volumes {
             labels,
         };
         // Made aside and renamed into place: a volume is whole or absent, even after kill -9.
-        let tmp = self.dir.join(format!(".new-{}", &Containers::new_id()?[..16]));
+        let tmp = self.dir.join(format!(".new-{}", &crate::fsutil::random_id()?[..16]));
         let made = (|| -> Result<()> {
             fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
             fs::create_dir(tmp.join("_data")).map_err(|e| io(&tmp, e))?;
@@ -140,32 +140,22 @@ impl Volumes {
 
     /// Every volume, by name; unreadable ones are skipped with a warning.
     pub fn list(&self) -> Result<Vec<Volume>> {
-        let mut out = crate::container::read_records(&self.dir, "volume", |name| self.get(name))?;
+        let mut out = crate::fsutil::read_records(&self.dir, "volume", |name| self.get(name))?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// The containers (any state) that mount the volume.
-    pub fn users(cs: &Containers, name: &str) -> Result<Vec<String>> {
-        Ok(cs
-            .list()?
-            .into_iter()
-            .filter(|r| r.volumes.iter().any(|v| v.name == name))
-            .map(|r| r.name)
-            .collect())
-    }
-
-    /// Removes a volume no container mounts (the caller holds the containers' lock, so that no
-    /// container is made with it meanwhile).
-    pub fn remove(&self, cs: &Containers, name: &str) -> Result<()> {
+    /// Removes a volume no container mounts; `users` are the containers that do (see
+    /// [`crate::container::Containers::volume_users`]), listed under the containers' lock, which the
+    /// caller holds so that no container is made with it meanwhile.
+    pub fn remove(&self, name: &str, users: &[String]) -> Result<()> {
         let _lock = self.lock()?;
         self.get(name)?;
-        let users = Self::users(cs, name)?;
         if !users.is_empty() {
             return Err(Error::Invalid(format!("volume {name} is in use by {}", users.join(", "))));
         }
         // Out of the way first: a removal cut short leaves no half volume under the name.
-        let gone = self.dir.join(format!(".gone-{}", &Containers::new_id()?[..16]));
+        let gone = self.dir.join(format!(".gone-{}", &crate::fsutil::random_id()?[..16]));
         fs::rename(self.dir.join(name), &gone).map_err(|e| io(&self.dir.join(name), e))?;
         bulkhead_image::unpack::remove_all_at(&rustix::fs::CWD, gone.as_os_str()).map_err(|e| io(&gone, e))
     }

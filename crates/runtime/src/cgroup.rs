@@ -1,0 +1,55 @@
+//! A container's cgroup: its path (the same under every v1 controller, or in the v2 tree), its
+//! processes, and its removal.
+
+use std::fs;
+use std::path::PathBuf;
+
+/// The cgroup path of a container.
+pub fn path(id: &str) -> String {
+    format!("/bulkhead/{id}")
+}
+
+/// The cgroup directories of `cgroup` under every hierarchy mounted in /sys/fs/cgroup.
+fn dirs(cgroup: &str) -> Vec<PathBuf> {
+    let rel = cgroup.trim_start_matches('/');
+    let mut roots: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    roots.into_iter().map(|r| r.join(rel)).filter(|p| p.is_dir()).collect()
+}
+
+/// The processes in `cgroup` (under any hierarchy).
+pub fn processes(cgroup: &str) -> std::collections::BTreeSet<i32> {
+    dirs(cgroup)
+        .iter()
+        .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+        .collect()
+}
+
+/// SIGKILLs every process in `cgroup` until none is left (or a second has passed).
+pub fn kill_processes(cgroup: &str) {
+    for _ in 0..100 {
+        let pids = processes(cgroup);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: kill(2); the pid was read from the container's own cgroup just now.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(cgroup, "processes are left in a removed container's cgroup");
+}
+
+/// Removes a container's cgroup directories under every hierarchy mounted in /sys/fs/cgroup (the v1
+/// controllers, or the v2 tree); empty cgroups only, as rmdir allows.
+pub fn remove(cgroup: &str) {
+    for p in dirs(cgroup) {
+        if let Err(e) = fs::remove_dir(&p) {
+            tracing::warn!(path = %p.display(), error = %e, "removing a container cgroup");
+        }
+    }
+}
