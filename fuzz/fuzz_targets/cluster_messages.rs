@@ -1,6 +1,8 @@
 //! What managers read from each other and from the CLI: Raft's messages (JSON in gRPC
 //! payloads), store requests (forwarded writes), control socket requests, and backup files
-//! (`cluster restore`, a recovery's seed). Never a panic.
+//! (`cluster restore`, a recovery's seed); the dispatcher's messages both ways (a session's
+//! hello, a node's report, the assignments an agent receives) and service specs with their
+//! checks. Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
@@ -11,7 +13,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(data);
     let _ = serde_json::from_slice::<openraft::raft::VoteRequest<u64>>(data);
     let _ = serde_json::from_slice::<Request>(data);
-    let _ = serde_json::from_slice::<ControlRequest>(data);
+    if let Ok(ControlRequest::ServiceCreate { spec } | ControlRequest::ServiceUpdate { spec }) =
+        serde_json::from_slice::<ControlRequest>(data)
+    {
+        let _ = bulkhead_cluster::services::validate(&spec);
+    }
+    let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::SessionHello>(data);
+    let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Report>(data);
+    let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Assignments>(data);
     static KEY: std::sync::OnceLock<bulkhead_cluster::crypt::Key> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| bulkhead_cluster::crypt::Key::generate().unwrap());
     let _ = bulkhead_cluster::recovery::open(data, key);

@@ -214,7 +214,7 @@ fn remote() -> Option<String> {
 }
 
 /// One request to this node's process over its control socket, or to the remote manager.
-fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
     if let Some(addr) = remote().filter(|_| req.remote()) {
         let file = std::env::var_os("BULKHEAD_ADMIN_CERT")
             .context("BULKHEAD_MANAGER needs BULKHEAD_ADMIN_CERT: a file `bulkhead cluster ca --issue-admin FILE` wrote")?;
@@ -741,7 +741,9 @@ pub fn node(ctx: &Ctx, c: NodeCommand) -> anyhow::Result<ExitCode> {
                         _ = tokio::signal::ctrl_c() => {}
                     }
                 };
-                node::serve(&ctx.root, stop).await.map_err(anyhow::Error::from)
+                node::serve_with(&ctx.root, stop, Some(crate::agent_exec::RuntimeExecutor::shared(ctx)))
+                    .await
+                    .map_err(anyhow::Error::from)
             })?;
         }
         NodeCommand::Inspect { node } => json(&call(ctx, ControlRequest::NodeInspect { node })?)?,

@@ -170,7 +170,7 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_bytes(s: &str) -> anyhow::Result<i64> {
     let s = s.trim().to_ascii_lowercase();
     let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -590,7 +590,11 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
     })
 }
 
-fn create_container(ctx: &Ctx, a: &RunArgs, auto_remove: bool) -> anyhow::Result<(Runtime, bulkhead_runtime::container::ContainerRecord)> {
+pub(crate) fn create_container(
+    ctx: &Ctx,
+    a: &RunArgs,
+    auto_remove: bool,
+) -> anyhow::Result<(Runtime, bulkhead_runtime::container::ContainerRecord)> {
     let store = ctx.store()?;
     pull_if_missing(ctx, &store, &a.image)?;
     crate::scan_cmd::gate(ctx, &store, &a.image)?;

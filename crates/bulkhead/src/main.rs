@@ -1,6 +1,7 @@
 //! `bulkhead`: the command line. Parses flags, calls the libraries, prints one clear line on error.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod agent_exec;
 mod cluster_cmd;
 mod compose_cmd;
 mod container_cmd;
@@ -9,6 +10,7 @@ mod network_cmd;
 mod output;
 mod registry_cmd;
 mod scan_cmd;
+mod service_cmd;
 mod trust_cmd;
 mod volume_cmd;
 
@@ -77,6 +79,9 @@ enum Command {
     /// The cluster's secrets (sealed in its store; their data is never shown).
     #[command(subcommand)]
     Secret(cluster_cmd::SecretCommand),
+    /// Services on the cluster: replicated or global tasks with the hardened defaults.
+    #[command(subcommand)]
+    Service(Box<service_cmd::ServiceCommand>),
     /// The cluster's configs (files for services, not secret).
     #[command(subcommand)]
     Config(cluster_cmd::ConfigCommand),
@@ -234,6 +239,7 @@ enum SystemCommand {
 }
 
 /// What every command gets: the store location and output choices.
+#[derive(Clone, Debug)]
 pub struct Ctx {
     pub root: PathBuf,
     pub config: PathBuf,
@@ -339,6 +345,7 @@ fn main() -> ExitCode {
         Command::Cluster(c) => cluster_cmd::run(&ctx, c),
         Command::Node(c) => cluster_cmd::node(&ctx, c),
         Command::Secret(c) => cluster_cmd::secret(&ctx, c),
+        Command::Service(c) => service_cmd::service(&ctx, *c),
         Command::Config(c) => cluster_cmd::config(&ctx, c),
         Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use common::sh;
 
+/// Mounts the network namespace's own sysfs on /sys (as `ip netns exec` does), with the host's
+/// cgroup tree kept at /sys/fs/cgroup, then runs the command given.
+const SYSFS_OF_THE_NAMESPACE: &str = "d=$(mktemp -d) && mount --rbind /sys/fs/cgroup \"$d\" && mount -t sysfs sysfs /sys \
+    && mount --rbind \"$d\" /sys/fs/cgroup && umount -l \"$d\" && rmdir \"$d\" && exec \"$@\"";
+
 /// Hosts on one LAN: a namespace per host, each with a veth on a bridge in a "switch" namespace.
 struct Lan {
     tag: String,
@@ -74,8 +79,20 @@ impl Lan {
 
     /// bulkhead on host `i` with another root (another node on the same host).
     fn run_as(&self, i: usize, root: &std::path::Path, args: &[&str]) -> std::process::Output {
+        // Not `ip netns exec`: that one mounts the namespace's sysfs over /sys and with it hides
+        // the host's cgroup tree, which the node's containers need. The same, keeping the tree.
         Command::new("timeout")
-            .args(["-s", "KILL", "90", "ip", "netns", "exec", &self.ns(i)])
+            .args(["-s", "KILL", "90", "nsenter", &format!("--net=/run/netns/{}", self.ns(i))])
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "slave",
+                "sh",
+                "-c",
+                SYSFS_OF_THE_NAMESPACE,
+                "sh",
+            ])
             .arg(env!("CARGO_BIN_EXE_bulkhead"))
             .arg("--root")
             .arg(root)
@@ -126,6 +143,15 @@ impl Drop for Lan {
     fn drop(&mut self) {
         for i in 1..=self.hosts {
             self.kill(i);
+        }
+        // The tasks' containers outlive their node process (their shims are their own).
+        for i in 1..=self.hosts {
+            if self.root(i).join("containers").exists() {
+                let ids = String::from_utf8_lossy(&self.run(i, &["-q", "ps", "-a"]).stdout).into_owned();
+                for id in ids.split_whitespace() {
+                    let _ = self.run(i, &["rm", "-f", id]);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
         for i in 1..=self.hosts {
@@ -889,4 +915,239 @@ fn secrets_are_sealed_in_the_store_and_never_shown_and_configs_are() {
     }
     lan.ok(1, &["secret", "rm", "db_pw", "large"]);
     assert_eq!(lan.ok(1, &["-q", "secret", "ls"]).trim(), "");
+}
+
+/// A node's id, from its files.
+fn node_id(lan: &Lan, i: usize) -> String {
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(lan.root(i).join("cluster/node.json")).unwrap()).unwrap();
+    cfg["node_id"].as_str().unwrap().to_owned()
+}
+
+/// `service ps NAME` as JSON: each task's node, desired state and state.
+fn tasks(lan: &Lan, i: usize, service: &str) -> Vec<serde_json::Value> {
+    let out = lan.ok(i, &["--format", "json", "service", "ps", service]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits (at most 60 s) until `service`'s tasks meant to run are `n` running ones, on nodes that
+/// `on` accepts; returns them.
+fn wait_running(lan: &Lan, service: &str, n: usize, on: impl Fn(&str) -> bool) -> Vec<serde_json::Value> {
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last = tasks(lan, 1, service)
+            .into_iter()
+            .filter(|t| t["task"]["desired"] == "running")
+            .collect();
+        if last.len() == n
+            && last
+                .iter()
+                .all(|t| t["state"] == "running" && on(t["task"]["node"].as_str().unwrap_or("")))
+        {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{service}: not {n} running tasks: {}", serde_json::to_string_pretty(&last).unwrap());
+}
+
+/// Whether any regular file under `dir` holds `marker`.
+fn holds(dir: &std::path::Path, marker: &[u8]) -> Option<std::path::PathBuf> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    for e in rd.flatten() {
+        let ft = e.file_type().ok()?;
+        let p = e.path();
+        if ft.is_dir() {
+            if let Some(f) = holds(&p, marker) {
+                return Some(f);
+            }
+        } else if ft.is_file() {
+            if let Ok(b) = std::fs::read(&p) {
+                if b.windows(marker.len()).any(|w| w == marker) {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_when_nodes_go() {
+    let lan = Lan::new(3);
+    // Containers' roots are unprivileged host users: the roots must be searchable.
+    std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    lan.ok(
+        1,
+        &["cluster", "init", "--advertise-addr", &lan.addr(1), "--dispatcher-heartbeat", "1s"],
+    );
+    let token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
+    let first = format!("{}:2377", lan.addr(1));
+    for i in 2..=3 {
+        lan.ok(i, &["cluster", "join", "--token", &token, &first]);
+    }
+    // No registry here: every node has the image by name (as `image import` on each node).
+    let rootfs = lan.dir.path().join("rootfs");
+    common::busybox_rootfs(&rootfs);
+    for a in ["sleep", "cat", "grep", "sh"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
+    }
+    for i in 1..=3 {
+        lan.ok(
+            i,
+            &[
+                "image",
+                "import",
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                "--tag",
+                "svcbox",
+                "--cmd",
+                "/bin/sh",
+            ],
+        );
+    }
+    let (h2, h3) = (node_id(&lan, 2), node_id(&lan, 3));
+    lan.ok(1, &["node", "update", "--label-add", "disk=ssd", &h2]);
+
+    // Three replicas on the two workers, spread.
+    lan.ok(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.role==worker",
+            "svcbox",
+            "sleep",
+            "3600",
+        ],
+    );
+    let running = wait_running(&lan, "web", 3, |n| n == h2 || n == h3);
+    let on2 = running.iter().filter(|t| t["task"]["node"] == h2.as_str()).count();
+    assert!(on2 == 1 || on2 == 2, "not spread: {running:?}");
+    // An ordinary container of its node, labelled, with the hardened defaults, seen from inside.
+    let host_of = |t: &serde_json::Value| if t["task"]["node"] == h2.as_str() { 2 } else { 3 };
+    let t0 = &running[0];
+    let container = t0["status"]["container"].as_str().unwrap().to_owned();
+    let h = host_of(t0);
+    let inspect = lan.ok(h, &["inspect", &container]);
+    assert!(
+        inspect.contains("com.bulkhead.service.name") && inspect.contains(t0["task"]["id"].as_str().unwrap()),
+        "{inspect}"
+    );
+    let status = lan.ok(h, &["exec", &container, "cat", "/proc/self/status"]);
+    assert!(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"), "{status}");
+    let uid_map = lan.ok(h, &["exec", &container, "cat", "/proc/self/uid_map"]);
+    assert!(
+        uid_map.split_whitespace().nth(1).is_some_and(|o| o != "0"),
+        "a user namespace: {uid_map}"
+    );
+
+    // A secret for a service pinned to h2: there only, in the task's tmpfs, and nowhere else.
+    let marker = format!("MARKER{}svc", std::process::id());
+    let f = lan.dir.path().join("pw");
+    std::fs::write(&f, &marker).unwrap();
+    lan.ok(1, &["secret", "create", "pw", f.to_str().unwrap()]);
+    lan.ok(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "db",
+            "--secret",
+            "pw",
+            "--constraint",
+            "node.labels.disk==ssd",
+            "svcbox",
+            "sleep",
+            "3600",
+        ],
+    );
+    let db = wait_running(&lan, "db", 1, |n| n == h2);
+    let dbc = db[0]["status"]["container"].as_str().unwrap().to_owned();
+    assert_eq!(lan.ok(2, &["exec", &dbc, "cat", "/run/secrets/pw"]), marker);
+    let mounts = lan.ok(2, &["exec", &dbc, "grep", "/run/secrets/pw", "/proc/self/mounts"]);
+    assert!(
+        mounts.contains("ro,") && mounts.contains("nosuid") && mounts.contains("nodev") && mounts.contains("noexec"),
+        "{mounts}"
+    );
+    assert!(lan.fails(1, &["secret", "rm", "pw"]).contains("in use by service db"));
+    // h2 has it only through the task's mounts; the others have nothing of it.
+    for i in [1, 3] {
+        assert_eq!(holds(&lan.root(i), marker.as_bytes()), None, "h{i}'s files hold the secret");
+    }
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains("bulkhead-task"),
+        "the agent's tmpfs outlived the start: {host_mounts}"
+    );
+
+    // Drained: h2's tasks move to h3 (db has nowhere to go and waits), and its secret goes with
+    // its task.
+    lan.ok(1, &["node", "update", "--availability", "drain", &h2]);
+    wait_running(&lan, "web", 3, |n| n == h3);
+    for _ in 0..150 {
+        if lan.ok(2, &["-q", "ps"]).trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lan.ok(2, &["-q", "ps"]).trim(), "", "h2 still runs tasks");
+    assert!(tasks(&lan, 1, "db")
+        .iter()
+        .any(|t| t["task"]["desired"] == "running" && t["state"] == "pending"));
+
+    // A node that dies: its tasks are rescheduled after 3 missed heartbeats.
+    lan.ok(1, &["node", "update", "--availability", "active", &h2]);
+    wait_running(&lan, "db", 1, |n| n == h2);
+    lan.kill(3);
+    wait_running(&lan, "web", 3, |n| n == h2);
+
+    // A failing update rolls back: the new image exists nowhere.
+    lan.ok(
+        1,
+        &[
+            "service",
+            "update",
+            "--image",
+            "nosuch:1",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "1s",
+            "web",
+        ],
+    );
+    let mut state = serde_json::Value::Null;
+    for _ in 0..300 {
+        let v: serde_json::Value = serde_json::from_str(&lan.ok(1, &["service", "inspect", "web"])).unwrap();
+        state = v[0]["update"].clone();
+        if state.get("rolled_back").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(state.get("rolled_back").is_some(), "{state}");
+    let back = wait_running(&lan, "web", 3, |n| n == h2);
+    assert!(back.iter().all(|t| t["task"]["template"]["image"] == "svcbox"), "{back:?}");
+
+    // Removed: its tasks stop and their containers go.
+    lan.ok(1, &["service", "rm", "web", "db"]);
+    for _ in 0..150 {
+        if lan.ok(2, &["-q", "ps", "-a"]).trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lan.ok(2, &["-q", "ps", "-a"]).trim(), "", "h2 keeps containers of removed services");
+    lan.ok(1, &["secret", "rm", "pw"]);
 }

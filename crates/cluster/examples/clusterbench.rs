@@ -88,7 +88,7 @@ async fn start_manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &st
         auth: Auth::new("bench").with_store(sm),
         tls: client_tls,
     };
-    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap(), None);
+    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap(), None, None);
     (m, addr)
 }
 

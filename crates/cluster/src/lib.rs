@@ -10,7 +10,9 @@
 //! The transport (gRPC over mutual TLS), the node process and the commands come next; see
 //! docs/cluster.md.
 
+pub mod agent;
 pub mod crypt;
+pub mod dispatcher;
 pub mod manager;
 pub mod node;
 pub mod orchestrator;
@@ -18,6 +20,7 @@ pub mod pki;
 pub mod records;
 pub mod recovery;
 pub mod secrets;
+pub mod services;
 pub mod store;
 pub mod tls;
 pub mod transport;

@@ -1246,6 +1246,7 @@ pub fn serve_manager(
     listener: tokio::net::TcpListener,
     server_tls: Arc<rustls::ServerConfig>,
     admin: Option<crate::node::AdminService>,
+    hub: Option<Arc<crate::dispatcher::Hub>>,
 ) -> tokio::task::JoinHandle<()> {
     use crate::proto::{
         bootstrap_server::BootstrapServer, certs_server::CertsServer, control_server::ControlServer, raft_server::RaftServer,
@@ -1287,6 +1288,14 @@ pub fn serve_manager(
         .add_service(control)
         .add_service(certs)
         .add_service(bootstrap)
+        .add_optional_service(hub.map(|hub| {
+            InterceptedService::new(
+                crate::proto::dispatcher_server::DispatcherServer::new(crate::dispatcher::DispatcherService { manager: m.clone(), hub })
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(64 << 20),
+                auth.interceptor(None),
+            )
+        }))
         .add_optional_service(admin.map(|a| {
             InterceptedService::new(
                 crate::proto::admin_server::AdminServer::new(a).max_decoding_message_size(4 << 20),

@@ -228,6 +228,35 @@ pub enum ControlRequest {
         kind: crate::secrets::Kind,
         name: String,
     },
+    /// A new service.
+    ServiceCreate {
+        spec: crate::orchestrator::ServiceSpec,
+    },
+    ServiceLs,
+    /// A service's record (`tasks`: with its tasks).
+    ServiceInspect {
+        name: String,
+        #[serde(default)]
+        tasks: bool,
+    },
+    /// A new spec for a service (its tasks roll to it).
+    ServiceUpdate {
+        spec: crate::orchestrator::ServiceSpec,
+    },
+    ServiceScale {
+        name: String,
+        replicas: u32,
+    },
+    ServiceRollback {
+        name: String,
+    },
+    ServiceRm {
+        name: String,
+    },
+    /// The tasks of a node (`self`: this one).
+    NodePs {
+        node: String,
+    },
     /// An admin certificate revoked: its record goes and its serial is denied.
     RevokeAdmin {
         name: String,
@@ -268,6 +297,15 @@ impl ControlRequest {
 /// listen address; every node answers the CLI on its control socket. Returns when `stop`
 /// resolves (SIGTERM).
 pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+    serve_with(root, stop, None).await
+}
+
+/// [`serve`], with an agent running this node's tasks through `executor`.
+pub async fn serve_with(
+    root: &Path,
+    stop: impl std::future::Future<Output = ()>,
+    executor: Option<Arc<dyn crate::agent::Executor>>,
+) -> Result<()> {
     let paths = Paths::new(root);
     let mut cfg = NodeConfig::load(&paths)?;
     let _ = SERVING.set(paths.clone());
@@ -406,7 +444,16 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             cfg: cfg.clone(),
             manager: m.clone(),
         };
-        manager::serve_manager(&m, listener, tls::server_config_trusting(trust.clone(), me.clone())?, Some(admin));
+        let hub = crate::dispatcher::Hub::new();
+        tokio::spawn(hub.clone().follow(m.clone()));
+        tokio::spawn(hub.clone().orchestrate(m.clone()));
+        manager::serve_manager(
+            &m,
+            listener,
+            tls::server_config_trusting(trust.clone(), me.clone())?,
+            Some(admin),
+            Some(hub),
+        );
         if cfg.needs_membership {
             let through = cfg
                 .managers
@@ -470,6 +517,10 @@ pub async fn serve(root: &Path, stop: impl std::future::Future<Output = ()>) -> 
             (cfg.node_id.clone(), cfg.cluster_id.clone()),
         );
         tokio::spawn(async move { renewals(paths, me, tls, targets, trust, id, renew_asked).await });
+    }
+    if let Some(exec) = executor {
+        let agent = crate::agent::Agent::new(&cfg.node_id, &paths.dir, exec);
+        tokio::spawn(crate::agent::run(agent, client_tls.clone(), targets.clone()));
     }
     {
         let (paths, trust, tls, cfg) = (paths.clone(), trust.clone(), client_tls.clone(), cfg.clone());
@@ -1156,6 +1207,57 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                 v["data"] = m.config_data(&name).map(|d| String::from_utf8_lossy(&d).into_owned()).into();
             }
             v
+        }
+        ControlRequest::ServiceCreate { spec } => serde_json::to_value(need()?.create_service(spec, now()).await?).expect("serialisable"),
+        ControlRequest::ServiceLs => {
+            let m = need()?;
+            let list: Vec<serde_json::Value> = m
+                .services()
+                .into_iter()
+                .map(|s| {
+                    let tasks = m.tasks_of(&s.spec.name);
+                    let running = tasks
+                        .iter()
+                        .filter(|t| {
+                            t.task.desired == crate::services::Desired::Running && t.state == crate::orchestrator::TaskState::Running
+                        })
+                        .count();
+                    serde_json::json!({"service": s, "running": running})
+                })
+                .collect();
+            serde_json::Value::Array(list)
+        }
+        ControlRequest::ServiceInspect { name, tasks } => {
+            let m = need()?;
+            let s = m
+                .service(&name)
+                .ok_or_else(|| Error::Invalid(format!("no service named {name:?}")))?;
+            let mut v = serde_json::json!({"service": s});
+            if tasks {
+                let mut ts = m.tasks_of(&name);
+                ts.sort_by_key(|t| (t.task.slot, t.task.node.clone(), std::cmp::Reverse(t.task.created)));
+                v["tasks"] = serde_json::to_value(ts).expect("serialisable");
+                let nodes: std::collections::BTreeMap<String, String> =
+                    m.nodes().into_iter().map(|n| (n.id.clone(), n.hostname.clone())).collect();
+                v["hostnames"] = serde_json::to_value(nodes).expect("serialisable");
+            }
+            v
+        }
+        ControlRequest::ServiceUpdate { spec } => {
+            let name = spec.name.clone();
+            serde_json::to_value(need()?.update_service(&name, spec, now()).await?).expect("serialisable")
+        }
+        ControlRequest::ServiceScale { name, replicas } => {
+            serde_json::to_value(need()?.scale_service(&name, replicas, now()).await?).expect("serialisable")
+        }
+        ControlRequest::ServiceRollback { name } => {
+            serde_json::to_value(need()?.rollback_service(&name, "rolled back by the user", now()).await?).expect("serialisable")
+        }
+        ControlRequest::ServiceRm { name } => serde_json::to_value(need()?.remove_service(&name).await?).expect("serialisable"),
+        ControlRequest::NodePs { node } => {
+            let m = need()?;
+            let id = if node == "self" { cfg.node_id.clone() } else { node };
+            serde_json::to_value(m.node_tasks(&id)).expect("serialisable")
         }
         ControlRequest::SecretRm { kind, name } => serde_json::to_value(need()?.remove_secret(kind, &name).await?).expect("serialisable"),
         ControlRequest::RotateDataKey => {

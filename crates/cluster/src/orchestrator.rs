@@ -10,7 +10,7 @@
 //!   that service first, then fewest tasks overall, then the node id, so that every manager
 //!   decides alike).
 //!
-//! Not wired to the store yet: the dispatcher and the agent come next.
+//! The leader runs them on the store: `services::Manager::orchestrate`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +40,7 @@ pub struct Constraint {
 #[serde(rename_all = "lowercase")]
 pub enum Field {
     Id,
+    Hostname,
     Role,
     Label(String),
 }
@@ -60,11 +61,12 @@ impl Constraint {
         }
         let field = match lhs {
             "node.id" => Field::Id,
+            "node.hostname" => Field::Hostname,
             "node.role" if matches!(rhs, "manager" | "worker") => Field::Role,
             "node.role" => return Err(format!("constraint {s:?}: node.role is manager or worker")),
             l => match l.strip_prefix("node.labels.") {
                 Some(k) if !k.is_empty() => Field::Label(k.to_owned()),
-                _ => return Err(format!("constraint {s:?}: node.id, node.role or node.labels.KEY")),
+                _ => return Err(format!("constraint {s:?}: node.id, node.hostname, node.role or node.labels.KEY")),
             },
         };
         Ok(Constraint {
@@ -77,6 +79,7 @@ impl Constraint {
     fn holds(&self, n: &NodeRecord) -> bool {
         let have = match &self.field {
             Field::Id => Some(n.id.as_str()),
+            Field::Hostname => Some(n.hostname.as_str()),
             Field::Role => Some(match n.role {
                 Role::Manager => "manager",
                 Role::Worker => "worker",
@@ -100,6 +103,15 @@ pub struct ServiceSpec {
     pub reserve_memory: u64,
     #[serde(default)]
     pub reserve_cpu: u64,
+    /// What each task runs.
+    #[serde(default)]
+    pub task: crate::services::TaskTemplate,
+    /// When a task that ended is replaced.
+    #[serde(default)]
+    pub restart: crate::services::Restart,
+    /// How an update rolls.
+    #[serde(default)]
+    pub update: crate::services::UpdateConfig,
 }
 
 /// A task's life, as Swarm names its states.
@@ -138,6 +150,10 @@ pub struct Task {
     pub state: TaskState,
     /// Whether it should run (false: being shut down).
     pub desired_running: bool,
+    /// It ended, and its restart condition keeps it in its slot (`--restart-condition none`, or
+    /// `on-failure` after a clean exit): no task replaces it.
+    #[serde(default)]
+    pub stays: bool,
 }
 
 /// What a node can give, as its agent reports it (None: not reported, no bound).
@@ -178,9 +194,9 @@ pub fn reconcile(spec: &ServiceSpec, tasks: &[Task], nodes: &[NodeRecord], down:
     let mut live: Vec<&Task> = Vec::new();
     for t in tasks
         .iter()
-        .filter(|t| t.service == spec.name && t.desired_running && !t.state.terminal())
+        .filter(|t| t.service == spec.name && t.desired_running && (!t.state.terminal() || t.stays))
     {
-        if placed_well(spec, t, &live_nodes) {
+        if t.stays || placed_well(spec, t, &live_nodes) {
             live.push(t);
         } else {
             out.push(Change::Shutdown { task: t.id.clone() });
@@ -295,6 +311,7 @@ mod tests {
             joined: 0,
             availability: "active".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            hostname: format!("host-{id}"),
             demoting: false,
         }
     }
@@ -306,6 +323,9 @@ mod tests {
             constraints: constraints.iter().map(|c| Constraint::parse(c).unwrap()).collect(),
             reserve_memory: 0,
             reserve_cpu: 0,
+            task: Default::default(),
+            restart: Default::default(),
+            update: Default::default(),
         }
     }
 
@@ -322,6 +342,7 @@ mod tests {
                         state: if node.is_some() { TaskState::Assigned } else { TaskState::Pending },
                         node,
                         desired_running: true,
+                        stays: false,
                     });
                 }
                 Change::Shutdown { task } => {
@@ -425,6 +446,7 @@ mod tests {
                 node: None,
                 state: TaskState::Pending,
                 desired_running: true,
+                stays: false,
             })
             .collect();
         let placed = schedule(&r, &pending, &[], &nodes, &BTreeSet::new(), &cap, &BTreeMap::new());

@@ -36,6 +36,9 @@ pub struct NodeRecord {
     pub availability: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The host's name, as its agent reports it (for `node.hostname` constraints).
+    #[serde(default)]
+    pub hostname: String,
     /// A manager on its way to being a worker: it leaves Raft first (still a manager, so that
     /// its last messages as a leader are heard), then the store makes it a worker.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -58,6 +61,7 @@ impl NodeRecord {
             joined: now,
             availability: active(),
             labels: BTreeMap::new(),
+            hostname: String::new(),
             demoting: false,
         }
     }

@@ -7,8 +7,9 @@
 //! - **At most 500 KiB**, a name of letters, digits, `_`, `.` and `-` (at most 64, starting with a
 //!   letter or digit), at most 1,000 of each kind.
 //! - **Versions**: `secret rotate NAME` puts a new version under the same name (moby/moby#29882:
-//!   no renaming dance). Services will roll to it and pin the version they run; until they exist,
-//!   a rotation drops the older versions at once.
+//!   no renaming dance). Every task pins the version it was made with; the services that use the
+//!   name roll to the new one, and the leader drops an old version once no task pins it.
+//! - **In use**: `secret rm` is refused while a service uses it.
 //!
 //! Keys: `secrets/<name>` or `configs/<name>` (a [`Record`], no data), and
 //! `secretdata/<name>/<version>` or `configdata/<name>/<version>` (the data).
@@ -170,8 +171,8 @@ impl Manager {
         Ok(())
     }
 
-    /// A new version of a secret or config under the same name; the older versions go (no
-    /// service pins one yet).
+    /// A new version of a secret or config under the same name; the services that use it roll
+    /// to it (the old version goes when no task pins it any more).
     pub async fn rotate_secret(&self, kind: Kind, name: &str, data: &[u8], now: i64) -> Result<Record> {
         check(kind, name, data)?;
         let (key, raw, old) = self.existing(kind, name)?;
@@ -190,17 +191,38 @@ impl Manager {
                 key: kind.data_key(name, rec.version),
                 value: data.to_vec(),
             },
-            Op::Delete {
-                key: kind.data_key(name, old.version),
-            },
         ];
         self.write_unchanged(kind, name, key, raw, ops).await?;
+        for svc in self.users_of(kind, name) {
+            let rolled = self
+                .change_service(&svc, now, |old| {
+                    Ok(crate::services::ServiceRecord {
+                        version: old.version + 1,
+                        previous: Some(old.spec.clone()),
+                        update: Some(crate::services::UpdateState::Updating),
+                        next_batch_ms: 0,
+                        ..old.clone()
+                    })
+                })
+                .await;
+            if let Err(e) = rolled {
+                tracing::warn!(service = %svc, error = %e, "rolling a service to a rotated {}", kind.what());
+            }
+        }
         Ok(rec)
     }
 
-    /// Removes a secret or config and its data.
+    /// Removes a secret or config and its data; refused while a service uses it.
     pub async fn remove_secret(&self, kind: Kind, name: &str) -> Result<Record> {
         let (key, raw, rec) = self.existing(kind, name)?;
+        let users = self.users_of(kind, name);
+        if !users.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{} {name} is in use by service {}: remove it from them first",
+                kind.what(),
+                users.join(", ")
+            )));
+        }
         let ops = vec![
             Op::Delete { key: key.clone() },
             Op::Delete {

@@ -317,6 +317,7 @@ pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
     let sm = StateMachine {
         shared: shared.clone(),
         state: Arc::new(Mutex::new(SmState::default())),
+        changes: tokio::sync::broadcast::channel(4096).0,
     };
     if let Some(snap) = sm.read_snapshot()? {
         sm.load(&snap.meta, &snap.data)?;
@@ -492,9 +493,17 @@ impl Drop for StoredSnapshot {
 pub struct StateMachine {
     shared: Arc<Shared>,
     state: Arc<Mutex<SmState>>,
+    /// The keys each applied batch of entries changed (a snapshot installed: `*`).
+    changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
 }
 
 impl StateMachine {
+    /// The keys changed from now on, a batch per apply (`*`: everything may have changed). A
+    /// receiver that lags gets `Lagged` and should assume everything changed.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<String>>> {
+        self.changes.subscribe()
+    }
+
     /// A value of the store, as applied here.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.state.lock().expect("not poisoned").data.get(key).cloned()
@@ -636,16 +645,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut s = self.state.lock().expect("not poisoned");
         let mut out = Vec::new();
+        let mut changed = Vec::new();
         for e in entries {
             s.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Response::default()),
-                EntryPayload::Normal(req) => out.push(apply_one(&mut s.data, &req)),
+                EntryPayload::Normal(req) => {
+                    let r = apply_one(&mut s.data, &req);
+                    if r.applied {
+                        changed.extend(req.ops.iter().map(|op| match op {
+                            Op::Put { key, .. } | Op::Delete { key } => key.clone(),
+                        }));
+                    }
+                    out.push(r)
+                }
                 EntryPayload::Membership(m) => {
                     s.last_membership = StoredMembership::new(Some(e.log_id), m);
                     out.push(Response::default());
                 }
             }
+        }
+        drop(s);
+        if !changed.is_empty() {
+            // No receiver is no error: nobody watches on a node without a dispatcher.
+            let _ = self.changes.send(Arc::new(changed));
         }
         Ok(out)
     }
@@ -661,6 +684,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, BasicNode>, snapshot: Box<SnapshotBuf>) -> Result<(), SError> {
         let data = snapshot.into_inner();
         self.load(meta, &data)?;
+        let _ = self.changes.send(Arc::new(vec!["*".to_owned()]));
         self.write_snapshot(&StoredSnapshot { meta: meta.clone(), data })
     }
 

@@ -56,7 +56,10 @@ async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &
         auth: Auth::new("c1").with_store(sm),
         tls: client_tls,
     };
-    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap(), None);
+    let hub = bulkhead_cluster::dispatcher::Hub::new();
+    tokio::spawn(hub.clone().follow(manager.clone()));
+    tokio::spawn(hub.clone().orchestrate(manager.clone()));
+    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap(), None, Some(hub));
     Running { manager, addr, server }
 }
 
@@ -400,4 +403,147 @@ fn prev<'a>(node_id: &'a str, cert_pem: &'a str, key_pem: &'a str) -> manager::P
         cert_pem,
         key_pem,
     }
+}
+
+/// A worker's dispatcher client, with its own certificate.
+async fn dispatcher_as(
+    addr: &str,
+    j: &manager::Joined,
+) -> bulkhead_cluster::proto::dispatcher_client::DispatcherClient<tonic::transport::Channel> {
+    let me = tls::Identity::new(&j.cert_pem, &j.key_pem).unwrap();
+    let ch = transport::connect(addr, tls::client_config(&j.ca_pem, Some(me)).unwrap())
+        .await
+        .unwrap();
+    bulkhead_cluster::proto::dispatcher_client::DispatcherClient::new(ch)
+}
+
+fn payload<T: serde::Serialize>(v: &T) -> bulkhead_cluster::proto::Payload {
+    bulkhead_cluster::proto::Payload {
+        json: serde_json::to_vec(v).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_gets_and_reports_only_its_own_tasks_and_secrets_go_only_where_they_are_needed() {
+    use bulkhead_cluster::dispatcher::{Assignments, Report, ReportItem, SessionHello};
+    use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec, TaskState};
+    use bulkhead_cluster::services::{FileRef, TaskTemplate};
+    let dir = tempfile::tempdir().unwrap();
+    let formed = form(dir.path(), 1).await;
+    let m = formed.managers[0].manager.clone();
+    let addr = formed.managers[0].addr.clone();
+    let a = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let b = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    m.create_secret(bulkhead_cluster::secrets::Kind::Secret, "pw", b"MARKER-pw", now())
+        .await
+        .unwrap();
+    let spec = |name: &str, replicas, constraint: &str, secrets: Vec<FileRef>| ServiceSpec {
+        name: name.into(),
+        mode: Mode::Replicated { replicas },
+        constraints: vec![Constraint::parse(constraint).unwrap()],
+        reserve_memory: 0,
+        reserve_cpu: 0,
+        task: TaskTemplate {
+            image: "x".into(),
+            secrets,
+            ..Default::default()
+        },
+        restart: Default::default(),
+        update: Default::default(),
+    };
+    m.create_service(spec("web", 2, "node.role==worker", vec![]), now()).await.unwrap();
+    let pw = FileRef {
+        source: "pw".into(),
+        target: "pw".into(),
+        ..Default::default()
+    };
+    m.create_service(spec("db", 1, &format!("node.id=={}", a.node_id), vec![pw]), now())
+        .await
+        .unwrap();
+    let mm = m.clone();
+    until("three tasks placed", || {
+        mm.tasks_of("web").iter().filter(|t| t.task.node.is_some()).count() == 2
+            && mm.tasks_of("db").iter().all(|t| t.task.node.is_some())
+            && mm.tasks_of("db").len() == 1
+    })
+    .await;
+    let web = m.tasks_of("web");
+    let of = |n: &str| web.iter().find(|t| t.task.node.as_deref() == Some(n)).unwrap().task.id.clone();
+    let (task_a, task_b) = (of(&a.node_id), of(&b.node_id));
+
+    // A asks for B's assignments: refused.
+    let mut ca = dispatcher_as(&addr, &a).await;
+    let hello_b = SessionHello {
+        node: Some(b.node_id.clone()),
+        hostname: "h".into(),
+    };
+    let e = ca.session(payload(&hello_b)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // Its own: its two tasks, and the secret of db's.
+    let mut sa = ca.session(payload(&SessionHello::default())).await.unwrap().into_inner();
+    let first: Assignments = serde_json::from_slice(&sa.message().await.unwrap().unwrap().json).unwrap();
+    let mut ids: Vec<&str> = first.tasks.iter().map(|t| t.service.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["db", "web"]);
+    assert_eq!(first.secrets.len(), 1);
+    assert_eq!(first.secrets[0].data, b"MARKER-pw");
+    // B: its one task, no secret.
+    let mut cb = dispatcher_as(&addr, &b).await;
+    let mut sb = cb.session(payload(&SessionHello::default())).await.unwrap().into_inner();
+    let bs: Assignments = serde_json::from_slice(&sb.message().await.unwrap().unwrap().json).unwrap();
+    assert_eq!(bs.tasks.len(), 1);
+    assert_eq!(bs.tasks[0].id, task_b);
+    assert!(bs.secrets.is_empty());
+
+    // A reports B's task: refused, and nothing is recorded.
+    let item = |task: &str, state| ReportItem {
+        task: task.into(),
+        status: bulkhead_cluster::services::TaskStatus {
+            state,
+            message: String::new(),
+            container: None,
+            digest: None,
+            exit_code: None,
+            updated: 0,
+        },
+    };
+    let forged = Report {
+        statuses: vec![item(&task_a, TaskState::Running), item(&task_b, TaskState::Failed)],
+    };
+    let e = ca.report(payload(&forged)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(m.tasks_of("web").iter().all(|t| t.status.is_none()));
+    // A state before accepted is not a node's to report.
+    let e = ca
+        .report(payload(&Report {
+            statuses: vec![item(&task_a, TaskState::Pending)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Its own task: recorded; an older state afterwards changes nothing.
+    ca.report(payload(&Report {
+        statuses: vec![item(&task_a, TaskState::Running)],
+    }))
+    .await
+    .unwrap();
+    ca.report(payload(&Report {
+        statuses: vec![item(&task_a, TaskState::Starting)],
+    }))
+    .await
+    .unwrap();
+    let mine = m.tasks_of("web").into_iter().find(|t| t.task.id == task_a).unwrap();
+    assert_eq!(mine.state, TaskState::Running);
+
+    // db removed: A's next message has no secret any more.
+    m.remove_service("db").await.unwrap();
+    let mut last = first;
+    for _ in 0..50 {
+        if last.secrets.is_empty() {
+            break;
+        }
+        last = serde_json::from_slice(&sa.message().await.unwrap().unwrap().json).unwrap();
+    }
+    assert!(last.secrets.is_empty(), "{last:?}");
+    drop(sb);
 }

@@ -1,0 +1,174 @@
+//! The cluster agent's executor: a task becomes an ordinary container of this node, made and
+//! started through the runtime's one entry ([`bulkhead_runtime::engine::Runtime`]) with exactly
+//! the flags of `bulkhead run`, so that it gets the same hardened defaults, the same trust and
+//! scan gates, and `ps`, `exec`, `logs`, `inspect` and `diff` work on it. Its labels name its
+//! service, task, slot and node.
+
+use std::sync::Arc;
+
+use bulkhead_cluster::agent::{Executor, Observed, Started, TaskFile};
+use bulkhead_cluster::dispatcher::Assignment;
+use bulkhead_runtime::engine::{Runtime, State};
+use clap::Parser;
+
+use crate::container_cmd::RunArgs;
+use crate::Ctx;
+
+pub const TASK_LABEL: &str = "com.bulkhead.task.id";
+pub const SERVICE_LABEL: &str = "com.bulkhead.service.name";
+pub const SERVICE_ID_LABEL: &str = "com.bulkhead.service.id";
+pub const SLOT_LABEL: &str = "com.bulkhead.task.slot";
+pub const NODE_LABEL: &str = "com.bulkhead.node.id";
+pub const STACK_LABEL: &str = "com.bulkhead.stack.namespace";
+
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct Flags {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub struct RuntimeExecutor {
+    ctx: Ctx,
+}
+
+impl RuntimeExecutor {
+    pub fn shared(ctx: &Ctx) -> Arc<dyn Executor> {
+        Arc::new(RuntimeExecutor { ctx: ctx.clone() })
+    }
+
+    fn runtime(&self) -> Result<Runtime, String> {
+        let store = self.ctx.store().map_err(|e| e.to_string())?;
+        Runtime::new(store).map_err(|e| e.to_string())
+    }
+}
+
+/// The `bulkhead run` flags of a task.
+pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> {
+    let tpl = &t.template;
+    let short = &t.id[..t.id.len().min(12)];
+    let name = if t.slot > 0 {
+        format!("{}.{}.{short}", t.service, t.slot)
+    } else {
+        format!("{}.{}.{short}", t.service, &node[..node.len().min(12)])
+    };
+    let mut a: Vec<String> = vec!["-d".into(), "--name".into(), name, "--restart".into(), "no".into()];
+    for (k, v) in [
+        (TASK_LABEL, t.id.as_str()),
+        (SERVICE_LABEL, t.service.as_str()),
+        (SERVICE_ID_LABEL, t.service_id.as_str()),
+        (NODE_LABEL, node),
+    ] {
+        a.push("--label".into());
+        a.push(format!("{k}={v}"));
+    }
+    a.push("--label".into());
+    a.push(format!("{SLOT_LABEL}={}", t.slot));
+    if let Some(s) = &tpl.stack {
+        a.push("--label".into());
+        a.push(format!("{STACK_LABEL}={s}"));
+    }
+    for (k, v) in &tpl.labels {
+        a.push("--label".into());
+        a.push(format!("{k}={v}"));
+    }
+    for e in &tpl.env {
+        a.push("-e".into());
+        a.push(e.clone());
+    }
+    for f in files {
+        let mut spec = format!("src={},target={}", f.path.display(), f.target);
+        if let Some(u) = f.uid {
+            spec.push_str(&format!(",uid={u}"));
+        }
+        if let Some(g) = f.gid {
+            spec.push_str(&format!(",gid={g}"));
+        }
+        spec.push_str(&format!(",mode={:o}", f.mode));
+        a.push(if f.secret { "--secret".into() } else { "--config-file".into() });
+        a.push(spec);
+    }
+    if let Some(m) = tpl.limit_memory {
+        a.push("--memory".into());
+        a.push(m.to_string());
+    }
+    if let Some(c) = tpl.limit_cpu {
+        a.push("--cpus".into());
+        a.push(format!("{}", c as f64 / 1000.0));
+    }
+    if tpl.read_only {
+        a.push("--read-only".into());
+    }
+    for c in &tpl.cap_add {
+        a.push("--cap-add".into());
+        a.push(c.clone());
+    }
+    for p in &tpl.ports {
+        a.push("-p".into());
+        a.push(format!("{}:{}/{}", p.published, p.target, p.protocol));
+    }
+    if let Some(n) = tpl.networks.first() {
+        a.push("--network".into());
+        a.push(n.clone());
+    }
+    if let Some(h) = &tpl.health_cmd {
+        a.push("--health-cmd".into());
+        a.push(h.clone());
+    }
+    // The image the manager resolved, when this node has it by that digest; else the name.
+    a.push(tpl.image.clone());
+    a.extend(tpl.command.iter().cloned());
+    a
+}
+
+impl Executor for RuntimeExecutor {
+    fn start(&self, node: &str, t: &Assignment, files: &[TaskFile]) -> Result<Started, String> {
+        let flags = Flags::try_parse_from(run_flags(node, t, files)).map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())?;
+        let (rt, rec) = crate::container_cmd::create_container(&self.ctx, &flags.run, false).map_err(|e| format!("{e:#}"))?;
+        if let Err(e) = rt.start(&rec.id) {
+            let _ = rt.remove(&rec.id, true);
+            return Err(e.to_string());
+        }
+        Ok(Started {
+            container: rec.id,
+            digest: Some(rec.image_id.to_string()),
+        })
+    }
+
+    fn observe(&self, container: &str) -> Observed {
+        let Ok(rt) = self.runtime() else { return Observed::Running };
+        match rt.status(container) {
+            Ok(r) => match r.state {
+                State::Exited { code, .. } => Observed::Exited(code),
+                _ => Observed::Running,
+            },
+            Err(bulkhead_runtime::error::Error::NotFound(_)) => Observed::Gone,
+            Err(_) => Observed::Running,
+        }
+    }
+
+    fn stop(&self, container: &str) -> Result<(), String> {
+        let rt = self.runtime()?;
+        match rt.stop(container, None) {
+            Ok(_) | Err(bulkhead_runtime::error::Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn remove(&self, container: &str) -> Result<(), String> {
+        let rt = self.runtime()?;
+        match rt.remove(container, true) {
+            Ok(_) | Err(bulkhead_runtime::error::Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn adopt(&self) -> Vec<(String, String)> {
+        let Ok(rt) = self.runtime() else { return Vec::new() };
+        rt.list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| Some((r.labels.get(TASK_LABEL)?.clone(), r.id)))
+            .collect()
+    }
+}

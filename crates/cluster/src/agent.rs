@@ -1,0 +1,504 @@
+//! A node's agent (issue 16): takes its assignments from the leader's dispatcher over its own
+//! stream, runs them through an [`Executor`] (the runtime's, given by the binary; a recording
+//! one in the benchmark), and reports their states.
+//!
+//! - **Secrets only in memory, and only while needed.** The agent keeps the secrets of its last
+//!   assignment message in memory (zeroed when dropped) and replaces them with each message: a
+//!   secret that no task here needs any more is gone at the next message. For a start, each task
+//!   gets its own tmpfs (root-only, nodev, nosuid, noexec) holding its files, which the runtime
+//!   copies into the container's own tmpfs at `/run/secrets`; the agent's tmpfs is unmounted as
+//!   soon as the start is over. Nothing of a secret goes to disk or into the agent's state file.
+//! - **State across a restart** (never secrets): `agent.json` beside the node's files keeps each
+//!   task's container and last state; the executor also lists the containers labelled with a
+//!   task, so a crash between a start and the save loses nothing.
+//! - **A task that is no longer assigned** is stopped and its container removed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dispatcher::{Assignment, Assignments, Report, ReportItem, SessionHello};
+use crate::orchestrator::TaskState;
+use crate::proto;
+use crate::services::Desired;
+
+/// A file handed to a task's container: read at its start from `path` (on the agent's tmpfs).
+#[derive(Clone, Debug)]
+pub struct TaskFile {
+    pub path: PathBuf,
+    /// A name under /run/secrets, or an absolute path.
+    pub target: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+    pub secret: bool,
+}
+
+/// A started task's container.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub container: String,
+    /// The image digest it runs.
+    pub digest: Option<String>,
+}
+
+/// What became of a task's container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Running,
+    Exited(i32),
+    Gone,
+}
+
+/// What runs tasks on this node. Blocking calls: the agent makes them off its event loop.
+pub trait Executor: Send + Sync + 'static {
+    /// Creates and starts the task's container, with `files` as its secrets and configs.
+    fn start(&self, node: &str, task: &Assignment, files: &[TaskFile]) -> Result<Started, String>;
+    fn observe(&self, container: &str) -> Observed;
+    /// Stops the container (its stop signal, then SIGKILL).
+    fn stop(&self, container: &str) -> Result<(), String>;
+    /// Removes the container (killing it if it runs).
+    fn remove(&self, container: &str) -> Result<(), String>;
+    /// The containers this node has for tasks: (task id, container id).
+    fn adopt(&self) -> Vec<(String, String)>;
+}
+
+/// What the agent knows of one task (persisted, without secrets).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Local {
+    container: Option<String>,
+    state: TaskState,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
+    digest: Option<String>,
+    /// The leader has this state.
+    #[serde(default)]
+    reported: bool,
+    /// A start, stop or removal is under way.
+    #[serde(skip)]
+    busy: bool,
+}
+
+/// A secret (true) or config (false), by name and version.
+type FileKey = (bool, String, u32);
+
+pub struct Agent {
+    node: String,
+    dir: PathBuf,
+    exec: Arc<dyn Executor>,
+    tasks: Mutex<BTreeMap<String, Local>>,
+    /// The secrets and configs of the last assignment message, by (name, version).
+    files: Mutex<HashMap<FileKey, zeroize::Zeroizing<Vec<u8>>>>,
+    /// The tasks of the last assignment message (only those may be reported).
+    assigned: Mutex<BTreeSet<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Agent {
+    /// The agent of node `node`, its state under `dir` (the node's cluster directory).
+    pub fn new(node: &str, dir: &Path, exec: Arc<dyn Executor>) -> Arc<Agent> {
+        let state = dir.join("agent.json");
+        let mut tasks: BTreeMap<String, Local> = std::fs::read(&state)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default();
+        for (task, container) in exec.adopt() {
+            tasks.entry(task).or_insert(Local {
+                container: Some(container),
+                state: TaskState::Running,
+                message: String::new(),
+                exit_code: None,
+                digest: None,
+                reported: false,
+                busy: false,
+            });
+        }
+        for l in tasks.values_mut() {
+            // Reported again to whichever leader there is now.
+            l.reported = false;
+        }
+        Arc::new(Agent {
+            node: node.to_owned(),
+            dir: dir.to_owned(),
+            exec,
+            tasks: Mutex::new(tasks),
+            files: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(BTreeSet::new()),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn save(&self) {
+        let data = serde_json::to_vec(&*self.tasks.lock().expect("not poisoned")).expect("serialisable");
+        let p = self.dir.join("agent.json");
+        let tmp = self.dir.join("agent.json.new");
+        if let Err(e) = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, &p)) {
+            tracing::warn!(error = %e, "saving the agent's state");
+        }
+    }
+
+    fn set(&self, task: &str, f: impl FnOnce(&mut Local)) {
+        if let Some(l) = self.tasks.lock().expect("not poisoned").get_mut(task) {
+            f(l);
+            l.reported = false;
+        }
+        self.save();
+        self.changed.notify_one();
+    }
+
+    /// Takes a new assignment message: starts, stops and removes what differs.
+    pub fn apply(self: &Arc<Self>, a: Assignments) {
+        {
+            let mut files = self.files.lock().expect("not poisoned");
+            files.clear();
+            for (secret, list) in [(true, &a.secrets), (false, &a.configs)] {
+                for f in list {
+                    files.insert((secret, f.name.clone(), f.version), zeroize::Zeroizing::new(f.data.clone()));
+                }
+            }
+        }
+        *self.assigned.lock().expect("not poisoned") = a.tasks.iter().map(|t| t.id.clone()).collect();
+        let ids: BTreeSet<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
+        let mut starts = Vec::new();
+        let mut stops = Vec::new();
+        let mut removes = Vec::new();
+        {
+            let mut tasks = self.tasks.lock().expect("not poisoned");
+            for t in &a.tasks {
+                match (t.desired, tasks.get_mut(&t.id)) {
+                    (Desired::Running, None) if !t.state.terminal() => {
+                        tasks.insert(
+                            t.id.clone(),
+                            Local {
+                                container: None,
+                                state: TaskState::Accepted,
+                                message: String::new(),
+                                exit_code: None,
+                                digest: None,
+                                reported: false,
+                                busy: true,
+                            },
+                        );
+                        starts.push(t.clone());
+                    }
+                    (Desired::Shutdown, Some(l)) if !l.busy && !l.state.terminal() => {
+                        l.busy = true;
+                        stops.push((t.id.clone(), l.container.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            for (id, l) in tasks.iter_mut() {
+                if !ids.contains(id.as_str()) && !l.busy {
+                    l.busy = true;
+                    removes.push((id.clone(), l.container.clone()));
+                }
+            }
+        }
+        for t in starts {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.start(t));
+        }
+        for (id, c) in stops {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = c.as_deref().map(|c| me.exec.stop(c)).unwrap_or(Ok(()));
+                me.set(&id, |l| {
+                    l.busy = false;
+                    l.state = TaskState::Shutdown;
+                    if let Err(e) = r {
+                        l.message = format!("stopping: {e}");
+                    }
+                });
+            });
+        }
+        for (id, c) in removes {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(c) = c {
+                    if let Err(e) = me.exec.remove(&c) {
+                        tracing::warn!(task = %id, error = %e, "removing a task's container");
+                    }
+                }
+                me.tasks.lock().expect("not poisoned").remove(&id);
+                me.save();
+            });
+        }
+        self.changed.notify_one();
+    }
+
+    /// A task's start: its files on a tmpfs of its own, the executor's start, the tmpfs gone.
+    fn start(&self, t: Assignment) {
+        self.set(&t.id, |l| l.state = TaskState::Preparing);
+        let dir = self.dir.join("tasks").join(&t.id);
+        let result = self.write_files(&t, &dir).and_then(|files| {
+            self.set(&t.id, |l| l.state = TaskState::Starting);
+            self.exec.start(&self.node, &t, &files)
+        });
+        drop_files(&dir);
+        self.set(&t.id, |l| {
+            l.busy = false;
+            match result {
+                Ok(s) => {
+                    l.state = TaskState::Running;
+                    l.container = Some(s.container);
+                    l.digest = s.digest;
+                }
+                Err(e) => {
+                    l.state = TaskState::Rejected;
+                    l.message = e;
+                }
+            }
+        });
+    }
+
+    /// The task's secrets and configs, each a file on a tmpfs made for this start.
+    fn write_files(&self, t: &Assignment, dir: &Path) -> Result<Vec<TaskFile>, String> {
+        if t.template.secrets.is_empty() && t.template.configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = self.files.lock().expect("not poisoned");
+        let mut need = Vec::new();
+        for (secret, list) in [(true, &t.template.secrets), (false, &t.template.configs)] {
+            for f in list {
+                let data = files.get(&(secret, f.source.clone(), f.version)).ok_or_else(|| {
+                    format!(
+                        "the {} {} (version {}) did not come with the assignment",
+                        if secret { "secret" } else { "config" },
+                        f.source,
+                        f.version
+                    )
+                })?;
+                need.push((secret, f, data.clone()));
+            }
+        }
+        drop(files);
+        let size: usize = need.iter().map(|(_, _, d)| d.len() + 4096).sum::<usize>() + (64 << 10);
+        mount_tmpfs(dir, size).map_err(|e| format!("the task's tmpfs at {}: {e}", dir.display()))?;
+        let mut out = Vec::new();
+        for (i, (secret, f, data)) in need.into_iter().enumerate() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let p = dir.join(format!("{i}"));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .custom_flags(libc_o_nofollow())
+                .open(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            file.write_all(&data).map_err(|e| format!("{}: {e}", p.display()))?;
+            let target = if secret && !f.target.starts_with('/') {
+                format!("/run/secrets/{}", f.target)
+            } else {
+                f.target.clone()
+            };
+            out.push(TaskFile {
+                path: p,
+                target,
+                uid: f.uid,
+                gid: f.gid,
+                mode: f.mode.unwrap_or(if secret { 0o400 } else { 0o444 }),
+                secret,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks the containers of running tasks: an exit is reported as complete or failed.
+    pub fn observe(&self) {
+        let running: Vec<(String, String)> = self
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|(_, l)| !l.busy && l.state == TaskState::Running)
+            .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
+            .collect();
+        for (id, c) in running {
+            match self.exec.observe(&c) {
+                Observed::Running => {}
+                Observed::Exited(code) => self.set(&id, |l| {
+                    l.state = if code == 0 { TaskState::Complete } else { TaskState::Failed };
+                    l.exit_code = Some(code);
+                    l.message = if code == 0 {
+                        "finished".into()
+                    } else {
+                        format!("exited with {code}")
+                    };
+                }),
+                Observed::Gone => self.set(&id, |l| {
+                    l.state = TaskState::Failed;
+                    l.message = "the task's container is gone".into();
+                }),
+            }
+        }
+    }
+
+    /// What to report: every assigned task's state (`all`), or those the leader does not have.
+    fn report(&self, all: bool) -> Report {
+        let assigned = self.assigned.lock().expect("not poisoned");
+        let tasks = self.tasks.lock().expect("not poisoned");
+        Report {
+            statuses: tasks
+                .iter()
+                .filter(|(id, l)| assigned.contains(*id) && (all || !l.reported))
+                .map(|(id, l)| ReportItem {
+                    task: id.clone(),
+                    status: crate::services::TaskStatus {
+                        state: l.state,
+                        message: l.message.clone(),
+                        container: l.container.clone(),
+                        digest: l.digest.clone(),
+                        exit_code: l.exit_code,
+                        updated: 0,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn reported(&self, r: &Report) {
+        let mut tasks = self.tasks.lock().expect("not poisoned");
+        for item in &r.statuses {
+            if let Some(l) = tasks.get_mut(&item.task) {
+                if l.state == item.status.state {
+                    l.reported = true;
+                }
+            }
+        }
+    }
+}
+
+fn libc_o_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+fn mount_tmpfs(dir: &Path, size: usize) -> std::io::Result<()> {
+    use rustix::mount::MountFlags;
+    std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = dir.parent().unwrap_or(dir);
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    drop_files(dir);
+    std::fs::create_dir(dir)?;
+    rustix::mount::mount(
+        "bulkhead-task",
+        dir,
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+        Some(
+            std::ffi::CString::new(format!("mode=0700,size={size},noswap"))
+                .expect("no NUL")
+                .as_c_str(),
+        ),
+    )
+    .or_else(|_| {
+        // noswap needs Linux 6.4.
+        rustix::mount::mount(
+            "bulkhead-task",
+            dir,
+            "tmpfs",
+            MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+            Some(std::ffi::CString::new(format!("mode=0700,size={size}")).expect("no NUL").as_c_str()),
+        )
+    })
+    .map_err(std::io::Error::from)
+}
+
+/// Unmounts and removes a task's tmpfs directory, if there is one.
+fn drop_files(dir: &Path) {
+    let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The agent's loop: a session with the leader (found through `targets`, the managers this
+/// node knows), its messages applied, reports sent when something changed and every heartbeat.
+pub async fn run(agent: Arc<Agent>, tls: Arc<rustls::ClientConfig>, targets: Arc<std::sync::RwLock<Vec<String>>>) {
+    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let mut leader: Option<String> = None;
+    loop {
+        let mut order: Vec<String> = targets.read().expect("not poisoned").clone();
+        if let Some(l) = leader.take() {
+            order.retain(|t| *t != l);
+            order.insert(0, l);
+        }
+        for target in order {
+            match session(&agent, &tls, &target, &hostname).await {
+                Ok(()) => {}
+                Err(s) => {
+                    if let Some(l) = crate::dispatcher::leader_hint(&s) {
+                        leader = Some(l);
+                        break;
+                    }
+                    tracing::debug!(manager = %target, error = %s, "dispatcher session");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &str, hostname: &str) -> Result<(), tonic::Status> {
+    let ch = crate::transport::connect(target, tls.clone())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = proto::dispatcher_client::DispatcherClient::new(ch)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(16 << 20);
+    let hello = SessionHello {
+        node: Some(agent.node.clone()),
+        hostname: hostname.to_owned(),
+    };
+    let mut stream = client
+        .session(proto::Payload {
+            json: serde_json::to_vec(&hello).expect("serialisable"),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(manager = %target, "dispatcher session open");
+    let mut heartbeat = Duration::from_secs(5);
+    let mut last_full = Instant::now() - Duration::from_secs(3600);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                match msg? {
+                    Some(p) => {
+                        let a: Assignments = serde_json::from_slice(&p.json)
+                            .map_err(|e| tonic::Status::invalid_argument(format!("assignments: {e}")))?;
+                        heartbeat = Duration::from_millis(a.heartbeat_ms.clamp(200, 60_000));
+                        agent.apply(a);
+                    }
+                    None => return Ok(()),
+                }
+            }
+            _ = tick.tick() => {
+                let me = agent.clone();
+                let _ = tokio::task::spawn_blocking(move || me.observe()).await;
+            }
+            _ = agent.changed.notified() => {}
+        }
+        let all = last_full.elapsed() >= heartbeat;
+        let r = agent.report(all);
+        if all || !r.statuses.is_empty() {
+            client
+                .report(proto::Payload {
+                    json: serde_json::to_vec(&r).expect("serialisable"),
+                })
+                .await?;
+            agent.reported(&r);
+            if all {
+                last_full = Instant::now();
+            }
+        }
+    }
+}

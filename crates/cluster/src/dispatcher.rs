@@ -1,0 +1,484 @@
+//! The leader's dispatcher (issue 16): each node's assignments over its own mutually
+//! authenticated stream, its reports of its tasks, its heartbeats; and the loop that runs the
+//! orchestrator when something changed.
+//!
+//! - **Only the leader dispatches.** A follower refuses with `not the leader` and the leader's
+//!   address, and the agent moves there. Heartbeats live in the leader's memory (as Swarm's do):
+//!   a node not heard for 3 heartbeats is down and its tasks are rescheduled; a new leader gives
+//!   every node 3 heartbeats from its election.
+//! - **A node sees and reports only its own tasks**: its id is its certificate's; the tasks of a
+//!   report must be under `nodetasks/<its id>/`, or the whole report is refused.
+//! - **Secrets go only where needed**: an assignment message carries the data of the secrets
+//!   and configs that the node's tasks reference while they are between assigned and running,
+//!   and nothing else; the next message without one tells the agent to drop it.
+//! - **Changes, not polling**: the state machine announces the keys each apply changed; the hub
+//!   wakes the sessions of the nodes concerned and marks the services to orchestrate.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::manager::{Error, Manager};
+use crate::orchestrator::TaskState;
+use crate::pki::Role;
+use crate::proto;
+use crate::services::{Desired, TaskStatus, TaskTemplate};
+use crate::store::{Op, Request};
+
+/// The first message of a session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionHello {
+    /// Must be the caller's own id if given (a node asks only for its own assignments).
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// One task as its node gets it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub id: String,
+    pub service: String,
+    pub service_id: String,
+    pub slot: u32,
+    pub desired: Desired,
+    pub template: TaskTemplate,
+    /// The state the store has (what the node last reported, or assigned).
+    pub state: TaskState,
+}
+
+/// A secret's or config's data for a node; its `Debug` shows no data.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileData {
+    pub name: String,
+    pub version: u32,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileData({} v{}, {} bytes)", self.name, self.version, self.data.len())
+    }
+}
+
+impl Drop for FileData {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
+/// Everything a node should run now, sent whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    pub tasks: Vec<Assignment>,
+    pub secrets: Vec<FileData>,
+    pub configs: Vec<FileData>,
+    pub heartbeat_ms: u64,
+}
+
+/// A node's report of some of its tasks.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub statuses: Vec<ReportItem>,
+}
+
+/// One task's state as its node reports it (the leader sets `updated` itself).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportItem {
+    pub task: String,
+    #[serde(flatten)]
+    pub status: TaskStatus,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportReply {
+    pub heartbeat_ms: u64,
+}
+
+/// At most this many statuses in one report.
+pub const MAX_REPORT: usize = 10_000;
+
+/// What the leader keeps in memory: heartbeats, sessions to wake, services to orchestrate.
+#[derive(Default)]
+pub struct Hub {
+    seen: Mutex<HashMap<String, Instant>>,
+    leading_since: Mutex<Option<Instant>>,
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    dirty: Mutex<Option<BTreeSet<String>>>,
+    all_dirty: std::sync::atomic::AtomicBool,
+    kick: tokio::sync::Notify,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Hub> {
+        let h = Hub::default();
+        h.all_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(h)
+    }
+
+    fn seen(&self, node: &str) {
+        self.seen.lock().expect("not poisoned").insert(node.to_owned(), Instant::now());
+    }
+
+    /// The nodes not heard for `3 × heartbeat` (counting from this manager's election for nodes
+    /// it has not heard at all).
+    pub fn down(&self, nodes: &[String], heartbeat: Duration) -> BTreeSet<String> {
+        let Some(since) = *self.leading_since.lock().expect("not poisoned") else {
+            return BTreeSet::new();
+        };
+        let seen = self.seen.lock().expect("not poisoned");
+        let limit = heartbeat * 3;
+        nodes
+            .iter()
+            .filter(|n| seen.get(*n).copied().unwrap_or(since).elapsed() > limit)
+            .cloned()
+            .collect()
+    }
+
+    fn notifier(&self, node: &str) -> Arc<tokio::sync::Notify> {
+        self.sessions
+            .lock()
+            .expect("not poisoned")
+            .entry(node.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn wake(&self, node: &str) {
+        if let Some(n) = self.sessions.lock().expect("not poisoned").get(node) {
+            n.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for n in self.sessions.lock().expect("not poisoned").values() {
+            n.notify_one();
+        }
+    }
+
+    fn mark(&self, service: &str) {
+        self.dirty
+            .lock()
+            .expect("not poisoned")
+            .get_or_insert_with(BTreeSet::new)
+            .insert(service.to_owned());
+        self.kick.notify_one();
+    }
+
+    fn mark_all(&self) {
+        self.all_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kick.notify_one();
+    }
+
+    /// Follows the store's changes: wakes the sessions of the nodes concerned and marks the
+    /// services to orchestrate.
+    pub async fn follow(self: Arc<Hub>, m: Manager) {
+        let mut rx = m.sm.subscribe();
+        loop {
+            let keys = match rx.recv().await {
+                Ok(k) => k,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Arc::new(vec!["*".to_owned()]),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            for k in keys.iter() {
+                let mut parts = k.splitn(3, '/');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("nodetasks"), Some(node), _) => self.wake(node),
+                    (Some("tasks"), Some(svc), Some(_)) => {
+                        self.mark(svc);
+                        if let Some(node) = m.get::<crate::services::TaskRecord>(k).and_then(|t| t.node) {
+                            self.wake(&node);
+                        }
+                    }
+                    (Some("taskstatus"), Some(svc), _) | (Some("services"), Some(svc), _) => self.mark(svc),
+                    (Some("nodes"), _, _) | (Some("*"), _, _) => {
+                        self.mark_all();
+                        self.wake_all();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The leader's loop: on each change (or every second), orchestrate the services marked;
+    /// every 5 s, or when the nodes that are down change, all of them.
+    pub async fn orchestrate(self: Arc<Hub>, m: Manager) {
+        let mut last_full = Instant::now() - Duration::from_secs(60);
+        let mut last_down = BTreeSet::new();
+        let mut was_leader = false;
+        loop {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.kick.notified()).await;
+            // Changes come in bursts: gather them for a moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let leading = {
+                let metrics = m.raft.metrics().borrow().clone();
+                metrics.current_leader == Some(metrics.id)
+            };
+            if !leading {
+                was_leader = false;
+                *self.leading_since.lock().expect("not poisoned") = None;
+                continue;
+            }
+            if !was_leader {
+                was_leader = true;
+                *self.leading_since.lock().expect("not poisoned") = Some(Instant::now());
+                self.seen.lock().expect("not poisoned").clear();
+                self.mark_all();
+            }
+            let ids: Vec<String> = m.nodes().into_iter().map(|n| n.id).collect();
+            let down = self.down(&ids, m.heartbeat());
+            if down != last_down {
+                if !down.is_empty() {
+                    tracing::warn!(?down, "nodes missed 3 heartbeats: their tasks are rescheduled");
+                }
+                last_down = down.clone();
+                self.mark_all();
+            }
+            let full = self.all_dirty.swap(false, std::sync::atomic::Ordering::SeqCst) || last_full.elapsed() > Duration::from_secs(5);
+            let marked = self.dirty.lock().expect("not poisoned").take();
+            let only = if full {
+                last_full = Instant::now();
+                None
+            } else {
+                match marked {
+                    Some(s) => Some(s),
+                    None => continue,
+                }
+            };
+            if let Err(e) = m.orchestrate(only.as_ref(), &down).await {
+                tracing::warn!(error = %e, "orchestrating");
+                self.mark_all();
+            }
+        }
+    }
+}
+
+impl Manager {
+    /// What node `node` should run now, with the data of the secrets and configs its tasks need
+    /// while between assigned and running.
+    pub fn assignments(&self, node: &str) -> Assignments {
+        let mut out = Assignments {
+            heartbeat_ms: self.heartbeat().as_millis() as u64,
+            ..Default::default()
+        };
+        let mut secrets: BTreeSet<(String, u32)> = BTreeSet::new();
+        let mut configs: BTreeSet<(String, u32)> = BTreeSet::new();
+        for v in self.node_tasks(node) {
+            let live = v.task.desired == Desired::Running && !v.state.terminal();
+            if live {
+                secrets.extend(v.task.template.secrets.iter().map(|f| (f.source.clone(), f.version)));
+                configs.extend(v.task.template.configs.iter().map(|f| (f.source.clone(), f.version)));
+            }
+            out.tasks.push(Assignment {
+                id: v.task.id,
+                service: v.task.service,
+                service_id: v.task.service_id,
+                slot: v.task.slot,
+                desired: v.task.desired,
+                template: v.task.template,
+                state: v.state,
+            });
+        }
+        let data = |prefix: &str, set: BTreeSet<(String, u32)>| -> Vec<FileData> {
+            set.into_iter()
+                .filter_map(|(name, version)| {
+                    let data = self.sm.get(&format!("{prefix}/{name}/{version}"))?;
+                    Some(FileData { name, version, data })
+                })
+                .collect()
+        };
+        out.secrets = data("secretdata", secrets);
+        out.configs = data("configdata", configs);
+        out
+    }
+
+    /// A node's report: each task must be the node's; states only move forward. Returns the
+    /// operations that record what changed.
+    pub fn judge_report(&self, node: &str, report: &Report, now_ms: i64) -> std::result::Result<Vec<Op>, Status> {
+        if report.statuses.len() > MAX_REPORT {
+            return Err(Status::invalid_argument(format!("at most {MAX_REPORT} statuses in a report")));
+        }
+        let mut ops = Vec::new();
+        for item in &report.statuses {
+            let key = self
+                .sm
+                .get(&crate::services::node_task_key(node, &item.task))
+                .and_then(|k| String::from_utf8(k).ok())
+                .ok_or_else(|| Status::permission_denied(format!("task {} is not assigned to this node", item.task)))?;
+            let Some(task) = self.get::<crate::services::TaskRecord>(&key) else {
+                continue;
+            };
+            if task.node.as_deref() != Some(node) {
+                return Err(Status::permission_denied(format!(
+                    "task {} is not assigned to this node",
+                    item.task
+                )));
+            }
+            let (id, item) = (&item.task, &item.status);
+            if item.state < TaskState::Accepted || item.message.len() > 4096 {
+                return Err(Status::invalid_argument(format!(
+                    "task {id}: a node reports accepted and later states"
+                )));
+            }
+            let skey = crate::services::status_key(&task.service, &task.id);
+            let old: Option<TaskStatus> = self.get(&skey);
+            if old.as_ref().is_some_and(|o| o.state >= item.state) {
+                continue;
+            }
+            let status = TaskStatus {
+                state: item.state,
+                message: item.message.clone(),
+                container: item.container.clone().or(old.as_ref().and_then(|o| o.container.clone())),
+                digest: item.digest.clone().or(old.as_ref().and_then(|o| o.digest.clone())),
+                exit_code: item.exit_code,
+                updated: now_ms,
+            };
+            ops.push(Op::Put {
+                key: skey,
+                value: serde_json::to_vec(&status).expect("serialisable"),
+            });
+        }
+        Ok(ops)
+    }
+
+    /// Refuses unless this manager leads, naming the leader's address.
+    fn leading(&self) -> std::result::Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) {
+            return Ok(());
+        }
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        Err(Status::failed_precondition(format!("not the leader; leader={addr}")))
+    }
+}
+
+/// The leader's address in a follower's refusal.
+pub fn leader_hint(s: &Status) -> Option<String> {
+    s.message()
+        .split_once("leader=")
+        .map(|(_, a)| a.to_owned())
+        .filter(|a| !a.is_empty())
+}
+
+/// The gRPC side.
+pub struct DispatcherService {
+    pub manager: Manager,
+    pub hub: Arc<Hub>,
+}
+
+impl DispatcherService {
+    fn caller<T>(&self, req: &GrpcRequest<T>) -> std::result::Result<crate::pki::Identity, Status> {
+        let id = self.manager.auth.require(req, None)?;
+        if id.role == Role::Admin {
+            return Err(Status::permission_denied("the dispatcher serves nodes, not admins"));
+        }
+        Ok(id)
+    }
+}
+
+type SessionStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::Payload, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream = SessionStream;
+
+    async fn session(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<SessionStream>, Status> {
+        let id = self.caller(&req)?;
+        self.manager.leading()?;
+        let hello: SessionHello =
+            serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("session: {e}")))?;
+        if hello.node.as_ref().is_some_and(|n| *n != id.node_id) {
+            return Err(Status::permission_denied("a node asks only for its own assignments"));
+        }
+        let node = id.node_id.clone();
+        self.hub.seen(&node);
+        if !hello.hostname.is_empty() && hello.hostname.len() <= 253 {
+            let m = self.manager.clone();
+            let (node, hostname) = (node.clone(), hello.hostname.clone());
+            tokio::spawn(async move {
+                if let Err(e) = record_hostname(&m, &node, &hostname).await {
+                    tracing::debug!(%node, error = %e, "recording a node's hostname");
+                }
+            });
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (m, hub) = (self.manager.clone(), self.hub.clone());
+        tokio::spawn(async move {
+            let wake = hub.notifier(&node);
+            let mut last: Option<Vec<u8>> = None;
+            loop {
+                if let Err(s) = m.leading() {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+                let a = m.assignments(&node);
+                let bytes = serde_json::to_vec(&a).expect("serialisable");
+                if last.as_ref() != Some(&bytes) {
+                    if tx.send(Ok(proto::Payload { json: bytes.clone() })).await.is_err() {
+                        return;
+                    }
+                    if let Some(mut old) = last.replace(bytes) {
+                        zeroize::Zeroize::zeroize(&mut old);
+                    }
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(m.heartbeat()) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        Ok(GrpcResponse::new(Box::pin(stream) as SessionStream))
+    }
+
+    async fn report(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
+        let id = self.caller(&req)?;
+        self.manager.leading()?;
+        let report: Report = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
+        self.hub.seen(&id.node_id);
+        let ops = self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())?;
+        if !ops.is_empty() {
+            self.manager
+                .write(Request { checks: vec![], ops })
+                .await
+                .map_err(|e: Error| Status::unavailable(e.to_string()))?;
+        }
+        let reply = ReportReply {
+            heartbeat_ms: self.manager.heartbeat().as_millis() as u64,
+        };
+        Ok(GrpcResponse::new(proto::Payload {
+            json: serde_json::to_vec(&reply).expect("serialisable"),
+        }))
+    }
+}
+
+async fn record_hostname(m: &Manager, node: &str, hostname: &str) -> crate::manager::Result<()> {
+    let key = crate::records::node_key(node);
+    let Some(raw) = m.sm.get(&key) else { return Ok(()) };
+    let mut rec: crate::records::NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+    if rec.hostname == hostname {
+        return Ok(());
+    }
+    rec.hostname = hostname.to_owned();
+    m.write(Request {
+        checks: vec![crate::store::Check::Is {
+            key: key.clone(),
+            value: Some(raw),
+        }],
+        ops: vec![Op::Put {
+            key,
+            value: serde_json::to_vec(&rec).expect("serialisable"),
+        }],
+    })
+    .await?;
+    Ok(())
+}

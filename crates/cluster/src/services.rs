@@ -1,0 +1,985 @@
+//! Services and their tasks in the replicated store (issue 16), and the leader's orchestration
+//! pass that runs [`crate::orchestrator`]'s pure decisions on it.
+//!
+//! Keys:
+//! - `services/<name>`: a [`ServiceRecord`] (the spec, its version, the one before it, where an
+//!   update stands);
+//! - `tasks/<service>/<id>`: a [`TaskRecord`], written only by the leader's orchestrator (slot,
+//!   node, desired state, the template it runs with the secret versions pinned);
+//! - `taskstatus/<service>/<id>`: a [`TaskStatus`], what the node running it reported, written
+//!   only by the leader's dispatcher (a node's reports are judged against `nodetasks/`);
+//! - `nodetasks/<node>/<id>`: the task's key, for the tasks of one node (the dispatcher's view).
+//!
+//! A task's observed state: its status's, else `assigned` with a node, else `pending`.
+//! Terminal tasks are kept as history, the newest [`HISTORY`] per slot (per node for a global
+//! service), as Swarm keeps 5.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manager::{Error, Manager, Result};
+use crate::orchestrator::{self, Mode, ServiceSpec, TaskState};
+use crate::store::{Check, Op, Request};
+
+/// Ended tasks kept per slot.
+pub const HISTORY: usize = 5;
+/// At most this many replicas (the bench's 10,000 tasks fit in one service).
+pub const MAX_REPLICAS: u32 = 100_000;
+/// Writes of one orchestration pass go in requests of at most this many operations.
+const OPS_PER_WRITE: usize = 2000;
+/// Capabilities a service may add. Others (CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE,
+/// CAP_BPF, CAP_NET_ADMIN...) would undo the isolation: the cluster refuses them, as it refuses
+/// privileged tasks, host namespaces and an unconfined seccomp filter (no flag exists for them).
+pub const ALLOWED_CAP_ADD: &[&str] = &[
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+];
+
+/// A secret or config a task gets as a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The secret's or config's name in the store.
+    pub source: String,
+    /// A file name under /run/secrets (secrets), or an absolute path.
+    pub target: String,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Default 0400 for a secret, 0444 for a config.
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// The version a task runs (pinned when the task is made; 0 in a service's spec).
+    #[serde(default)]
+    pub version: u32,
+}
+
+/// A port published on the node of each task (`mode=host`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub published: u16,
+    pub target: u16,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+fn tcp() -> String {
+    "tcp".into()
+}
+
+/// What every task of a service runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskTemplate {
+    pub image: String,
+    /// The digest the manager resolved the image to, if a registry had it; else each node uses
+    /// its own image of that name (and the task records the digest it ran).
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Empty: the image's.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub secrets: Vec<FileRef>,
+    #[serde(default)]
+    pub configs: Vec<FileRef>,
+    #[serde(default)]
+    pub limit_memory: Option<u64>,
+    /// Thousandths of a CPU.
+    #[serde(default)]
+    pub limit_cpu: Option<u64>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// A healthcheck command (run with `/bin/sh -c`): a task is running once it passes.
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The stack the service belongs to (`stack deploy`).
+    #[serde(default)]
+    pub stack: Option<String>,
+}
+
+/// When a task that ended is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    #[default]
+    Any,
+    OnFailure,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restart {
+    pub condition: Condition,
+    /// How long after a task ended its replacement starts.
+    pub delay_ms: u64,
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            condition: Condition::Any,
+            delay_ms: 5000,
+        }
+    }
+}
+
+/// What an update does when a new task fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Rollback,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once.
+    pub parallelism: u32,
+    /// Between two batches.
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long a new task must keep running before its batch counts as done.
+    pub monitor_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5000,
+        }
+    }
+}
+
+/// Where a service's last update stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused { message: String },
+    RollingBack { message: String },
+    RolledBack { message: String },
+    Completed,
+}
+
+/// A service as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub spec: ServiceSpec,
+    /// Bumped by every change of the spec; a task runs the version it was made from.
+    pub version: u64,
+    /// The spec before the last update (`service rollback`).
+    #[serde(default)]
+    pub previous: Option<ServiceSpec>,
+    pub created: i64,
+    pub updated: i64,
+    #[serde(default)]
+    pub update: Option<UpdateState>,
+    /// When the update's next batch may start (unix ms).
+    #[serde(default)]
+    pub next_batch_ms: i64,
+}
+
+/// Whether a task should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Running,
+    Shutdown,
+}
+
+/// A task as stored (the orchestrator's part).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub service: String,
+    pub service_id: String,
+    /// 1..=replicas; 0 for a global service.
+    pub slot: u32,
+    pub node: Option<String>,
+    pub desired: Desired,
+    /// The service version it runs.
+    pub version: u64,
+    pub template: TaskTemplate,
+    pub created: i64,
+}
+
+/// What the node running a task reported (the dispatcher's part).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub state: TaskState,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The image digest the node ran.
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Unix ms of the report, as the leader received it.
+    #[serde(default)]
+    pub updated: i64,
+}
+
+pub fn service_key(name: &str) -> String {
+    format!("services/{name}")
+}
+pub fn task_key(service: &str, id: &str) -> String {
+    format!("tasks/{service}/{id}")
+}
+pub fn status_key(service: &str, id: &str) -> String {
+    format!("taskstatus/{service}/{id}")
+}
+pub fn node_task_key(node: &str, id: &str) -> String {
+    format!("nodetasks/{node}/{id}")
+}
+
+/// A task with its status, and the state that follows from both.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskView {
+    pub task: TaskRecord,
+    pub status: Option<TaskStatus>,
+    pub state: TaskState,
+}
+
+impl TaskView {
+    fn new(task: TaskRecord, status: Option<TaskStatus>) -> TaskView {
+        let state = match (&status, &task.node) {
+            (Some(s), _) => s.state,
+            (None, Some(_)) => TaskState::Assigned,
+            (None, None) => TaskState::Pending,
+        };
+        TaskView { task, status, state }
+    }
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialisable")
+}
+
+/// Checks a spec (one line for what is wrong): names, replicas, image, environment,
+/// capabilities, ports, files.
+pub fn validate(spec: &ServiceSpec) -> Result<()> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if !crate::secrets::valid_name(&spec.name) {
+        return bad(format!(
+            "service name {:?}: a letter or digit, then letters, digits, '_', '.', '-' (at most 64)",
+            spec.name
+        ));
+    }
+    if let Mode::Replicated { replicas } = spec.mode {
+        if replicas > MAX_REPLICAS {
+            return bad(format!("at most {MAX_REPLICAS} replicas"));
+        }
+    }
+    let t = &spec.task;
+    if t.image.is_empty() || t.image.len() > 512 || t.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad(format!("image {:?}: a name or a digest", t.image));
+    }
+    for e in &t.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !k.contains('\0') => {}
+            _ => return bad(format!("-e {e:?}: KEY=VALUE")),
+        }
+    }
+    for c in &t.cap_add {
+        let name = normalise_cap(c);
+        if !ALLOWED_CAP_ADD.contains(&name.as_str()) {
+            return bad(format!(
+                "--cap-add {c}: refused by the cluster's policy (it may add only {})",
+                ALLOWED_CAP_ADD.join(", ")
+            ));
+        }
+    }
+    let mut published = BTreeSet::new();
+    for p in &t.ports {
+        if p.published == 0 || p.target == 0 || !matches!(p.protocol.as_str(), "tcp" | "udp") {
+            return bad(format!("-p {}:{}/{}: ports 1-65535, tcp or udp", p.published, p.target, p.protocol));
+        }
+        if !published.insert((p.published, p.protocol.clone())) {
+            return bad(format!("-p: port {}/{} published twice", p.published, p.protocol));
+        }
+    }
+    let mut targets = BTreeSet::new();
+    for f in t.secrets.iter().chain(&t.configs) {
+        if !crate::secrets::valid_name(&f.source) {
+            return bad(format!("secret or config {:?}: no such name", f.source));
+        }
+        let ok_name = !f.target.is_empty() && !f.target.contains('/') && f.target != "." && f.target != "..";
+        let ok_path = f.target.starts_with('/') && !f.target.split('/').any(|c| c == "..") && !f.target.contains('\0');
+        if !(ok_name || ok_path) || f.target.len() > 256 {
+            return bad(format!("target {:?}: a file name, or an absolute path without '..'", f.target));
+        }
+        if f.mode.is_some_and(|m| m > 0o777) {
+            return bad(format!("mode {:o} of {}: at most 0777", f.mode.unwrap_or(0), f.source));
+        }
+        if !targets.insert(f.target.clone()) {
+            return bad(format!("two files at {}", f.target));
+        }
+    }
+    if spec.update.parallelism == 0 {
+        return bad("--update-parallelism: at least 1".into());
+    }
+    Ok(())
+}
+
+/// `sys_admin`, `CAP_SYS_ADMIN`, `cap_sys_admin`: one spelling.
+pub fn normalise_cap(c: &str) -> String {
+    let up = c.trim().to_ascii_uppercase();
+    if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    }
+}
+
+impl Manager {
+    pub fn service(&self, name: &str) -> Option<ServiceRecord> {
+        self.get(&service_key(name))
+    }
+
+    pub fn services(&self) -> Vec<ServiceRecord> {
+        self.sm
+            .scan("services/")
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect()
+    }
+
+    /// A service's tasks, with their statuses.
+    pub fn tasks_of(&self, service: &str) -> Vec<TaskView> {
+        let statuses: BTreeMap<String, TaskStatus> = self
+            .sm
+            .scan(&format!("taskstatus/{service}/"))
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.rsplit('/').next()?.to_owned(), serde_json::from_slice(&v).ok()?)))
+            .collect();
+        self.sm
+            .scan(&format!("tasks/{service}/"))
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<TaskRecord>(&v).ok())
+            .map(|t| {
+                let s = statuses.get(&t.id).cloned();
+                TaskView::new(t, s)
+            })
+            .collect()
+    }
+
+    /// The tasks the store gives node `node`, with their statuses.
+    pub fn node_tasks(&self, node: &str) -> Vec<TaskView> {
+        self.sm
+            .scan(&format!("nodetasks/{node}/"))
+            .into_iter()
+            .filter_map(|(_, key)| {
+                let key = String::from_utf8(key).ok()?;
+                let t: TaskRecord = self.get(&key)?;
+                let s = self.get(&status_key(&t.service, &t.id));
+                Some(TaskView::new(t, s))
+            })
+            .collect()
+    }
+
+    /// The secrets' and configs' current versions, for pinning; an error names one that is gone.
+    fn pin(&self, template: &TaskTemplate) -> Result<TaskTemplate> {
+        let mut t = template.clone();
+        for (files, kind) in [
+            (&mut t.secrets, crate::secrets::Kind::Secret),
+            (&mut t.configs, crate::secrets::Kind::Config),
+        ] {
+            for f in files.iter_mut() {
+                let rec = self
+                    .secret(kind, &f.source)
+                    .ok_or_else(|| Error::Invalid(format!("no {} named {:?}", kind_name(kind), f.source)))?;
+                f.version = rec.version;
+            }
+        }
+        Ok(t)
+    }
+
+    /// A new service; refused if the name is taken or a secret or config it names is missing.
+    pub async fn create_service(&self, mut spec: ServiceSpec, now: i64) -> Result<ServiceRecord> {
+        validate(&spec)?;
+        for f in spec.task.secrets.iter_mut().chain(spec.task.configs.iter_mut()) {
+            f.version = 0;
+        }
+        self.pin(&spec.task)?;
+        if self.sm.scan("services/").len() >= 10_000 {
+            return Err(Error::Invalid("at most 10000 services".into()));
+        }
+        let rec = ServiceRecord {
+            id: crate::manager::new_node_id()?,
+            spec,
+            version: 1,
+            previous: None,
+            created: now,
+            updated: now,
+            update: None,
+            next_batch_ms: 0,
+        };
+        let key = service_key(&rec.spec.name);
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: None,
+                }],
+                ops: vec![Op::Put { key, value: json(&rec) }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("a service named {:?} exists already", rec.spec.name)));
+        }
+        Ok(rec)
+    }
+
+    /// Changes a service with `change` (applied to its spec), as one conditional write. A change
+    /// of what tasks run starts a rolling update; a change of the count only scales.
+    pub async fn change_service(
+        &self,
+        name: &str,
+        now: i64,
+        change: impl FnOnce(&ServiceRecord) -> Result<ServiceRecord>,
+    ) -> Result<ServiceRecord> {
+        let key = service_key(name);
+        let raw = self
+            .sm
+            .get(&key)
+            .ok_or_else(|| Error::Invalid(format!("no service named {name:?}")))?;
+        let old: ServiceRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut new = change(&old)?;
+        validate(&new.spec)?;
+        self.pin(&new.spec.task)?;
+        new.updated = now;
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: Some(raw),
+                }],
+                ops: vec![Op::Put { key, value: json(&new) }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("the service {name:?} changed meanwhile; try again")));
+        }
+        Ok(new)
+    }
+
+    /// `service update`: a new spec; its tasks roll to it if what they run changed.
+    pub async fn update_service(&self, name: &str, spec: ServiceSpec, now: i64) -> Result<ServiceRecord> {
+        if spec.name != name {
+            return Err(Error::Invalid("a service cannot be renamed".into()));
+        }
+        self.change_service(name, now, |old| {
+            if (matches!(old.spec.mode, Mode::Global)) != (matches!(spec.mode, Mode::Global)) {
+                return Err(Error::Invalid("a service's mode (replicated or global) cannot change".into()));
+            }
+            let rolls = rolls(&old.spec, &spec);
+            Ok(ServiceRecord {
+                version: if rolls { old.version + 1 } else { old.version },
+                previous: if rolls { Some(old.spec.clone()) } else { old.previous.clone() },
+                update: if rolls { Some(UpdateState::Updating) } else { old.update.clone() },
+                next_batch_ms: 0,
+                spec,
+                ..old.clone()
+            })
+        })
+        .await
+    }
+
+    /// `service rollback`: the spec before the last update, rolled out as an update is.
+    pub async fn rollback_service(&self, name: &str, message: &str, now: i64) -> Result<ServiceRecord> {
+        self.change_service(name, now, |old| {
+            let prev = old
+                .previous
+                .clone()
+                .ok_or_else(|| Error::Invalid(format!("service {name} has no previous spec to roll back to")))?;
+            Ok(ServiceRecord {
+                version: old.version + 1,
+                previous: Some(old.spec.clone()),
+                update: Some(UpdateState::RollingBack {
+                    message: message.to_owned(),
+                }),
+                next_batch_ms: 0,
+                spec: ServiceSpec {
+                    // The count stays as it is now (as Swarm's rollback does not undo a scale).
+                    mode: old.spec.mode.clone(),
+                    ..prev
+                },
+                ..old.clone()
+            })
+        })
+        .await
+    }
+
+    /// `service scale NAME=N`.
+    pub async fn scale_service(&self, name: &str, replicas: u32, now: i64) -> Result<ServiceRecord> {
+        self.change_service(name, now, |old| match old.spec.mode {
+            Mode::Global => Err(Error::Invalid(format!("service {name} is global: it cannot be scaled"))),
+            Mode::Replicated { .. } => {
+                let mut s = old.clone();
+                s.spec.mode = Mode::Replicated { replicas };
+                Ok(s)
+            }
+        })
+        .await
+    }
+
+    /// `service rm`: the service goes; its tasks are shut down and then forgotten by the
+    /// orchestrator.
+    pub async fn remove_service(&self, name: &str) -> Result<ServiceRecord> {
+        let key = service_key(name);
+        let raw = self
+            .sm
+            .get(&key)
+            .ok_or_else(|| Error::Invalid(format!("no service named {name:?}")))?;
+        let rec: ServiceRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: key.clone(),
+                    value: Some(raw),
+                }],
+                ops: vec![Op::Delete { key }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!("the service {name:?} changed meanwhile; try again")));
+        }
+        Ok(rec)
+    }
+
+    /// The services that use secret or config `name`.
+    pub fn users_of(&self, kind: crate::secrets::Kind, name: &str) -> Vec<String> {
+        self.services()
+            .into_iter()
+            .filter(|s| {
+                let files = match kind {
+                    crate::secrets::Kind::Secret => &s.spec.task.secrets,
+                    crate::secrets::Kind::Config => &s.spec.task.configs,
+                };
+                files.iter().any(|f| f.source == name)
+            })
+            .map(|s| s.spec.name)
+            .collect()
+    }
+
+    /// Whether a task (of any service, not yet forgotten) pins this version.
+    pub fn version_pinned(&self, kind: crate::secrets::Kind, name: &str, version: u32) -> bool {
+        self.sm.scan("tasks/").into_iter().any(|(_, v)| {
+            serde_json::from_slice::<TaskRecord>(&v).is_ok_and(|t| {
+                let files = match kind {
+                    crate::secrets::Kind::Secret => &t.template.secrets,
+                    crate::secrets::Kind::Config => &t.template.configs,
+                };
+                files.iter().any(|f| f.source == name && f.version == version)
+            })
+        })
+    }
+
+    /// The leader's orchestration pass over `services` (None: every service, and the tasks of
+    /// services that are gone): rolling updates, the orchestrator's changes, the scheduler's
+    /// placements and the history's trimming, written in batches. `down`: nodes that missed
+    /// their heartbeats. Returns how many operations it wrote.
+    pub async fn orchestrate(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<usize> {
+        let now = now_ms();
+        let nodes = self.nodes();
+        let node_ids: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        let services: BTreeMap<String, ServiceRecord> = self.services().into_iter().map(|s| (s.spec.name.clone(), s)).collect();
+        // Every task, for the scheduler's spread and reservations.
+        let mut all: BTreeMap<String, Vec<TaskView>> = BTreeMap::new();
+        {
+            let statuses: BTreeMap<String, TaskStatus> = self
+                .sm
+                .scan("taskstatus/")
+                .into_iter()
+                .filter_map(|(k, v)| Some((k["taskstatus/".len()..].to_owned(), serde_json::from_slice(&v).ok()?)))
+                .collect();
+            for (k, v) in self.sm.scan("tasks/") {
+                let Ok(t) = serde_json::from_slice::<TaskRecord>(&v) else {
+                    continue;
+                };
+                let s = statuses.get(&k["tasks/".len()..]).cloned();
+                all.entry(t.service.clone()).or_default().push(TaskView::new(t, s));
+            }
+        }
+        let mut ops: Vec<Op> = Vec::new();
+        // Services that are gone: their tasks stop, then go.
+        for (svc, tasks) in &all {
+            if services.contains_key(svc) || only.is_some_and(|o| !o.contains(svc)) {
+                continue;
+            }
+            for v in tasks {
+                let gone_node = v.task.node.as_ref().is_none_or(|n| !node_ids.contains(n.as_str()));
+                if v.state.terminal() || gone_node || v.state == TaskState::Pending {
+                    forget(&mut ops, &v.task);
+                } else if v.task.desired == Desired::Running {
+                    let mut t = v.task.clone();
+                    t.desired = Desired::Shutdown;
+                    put_task(&mut ops, &t);
+                }
+            }
+        }
+        let placed_all: Vec<orchestrator::Task> = all.values().flatten().map(as_orch).collect();
+        let mut reserved: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for v in all.values().flatten() {
+            if let (Some(n), Some(s)) = (&v.task.node, services.get(&v.task.service)) {
+                if v.task.desired == Desired::Running && !v.state.terminal() {
+                    let r = reserved.entry(n.clone()).or_default();
+                    r.0 += s.spec.reserve_memory;
+                    r.1 += s.spec.reserve_cpu;
+                }
+            }
+        }
+        for (name, svc) in &services {
+            if only.is_some_and(|o| !o.contains(name)) {
+                continue;
+            }
+            let mut tasks: Vec<TaskView> = all.get(name).cloned().unwrap_or_default();
+            let mut svc = svc.clone();
+            let svc_changed = self.roll(&mut svc, &mut tasks, now, &mut ops);
+            // A task that ended and is replaced is no longer meant to run (as Swarm marks it).
+            for v in tasks.iter_mut() {
+                if v.state.terminal() && v.task.desired == Desired::Running && !stays(&svc.spec, v, now) {
+                    v.task.desired = Desired::Shutdown;
+                    put_task(&mut ops, &v.task);
+                }
+            }
+            let mut orch: Vec<orchestrator::Task> = tasks
+                .iter()
+                .map(|v| {
+                    let mut t = as_orch(v);
+                    t.stays = stays(&svc.spec, v, now);
+                    t
+                })
+                .collect();
+            let mut made: Vec<TaskRecord> = Vec::new();
+            for c in orchestrator::reconcile(&svc.spec, &orch, &nodes, down) {
+                match c {
+                    orchestrator::Change::Shutdown { task } => {
+                        if let Some(v) = tasks.iter_mut().find(|v| v.task.id == task) {
+                            v.task.desired = Desired::Shutdown;
+                            put_task(&mut ops, &v.task);
+                        }
+                        if let Some(t) = orch.iter_mut().find(|t| t.id == task) {
+                            t.desired_running = false;
+                        }
+                    }
+                    orchestrator::Change::Create { slot, node } => {
+                        // A replacement waits out the restart delay after the slot's last task
+                        // ended (not after a scale, an update or a node's loss).
+                        if restart_wait(&svc.spec, &tasks, slot, node.as_deref(), now) {
+                            continue;
+                        }
+                        let template = match self.pin(&svc.spec.task) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::warn!(service = %name, error = %e, "cannot make a task");
+                                continue;
+                            }
+                        };
+                        let t = TaskRecord {
+                            id: crate::manager::new_node_id()?,
+                            service: name.clone(),
+                            service_id: svc.id.clone(),
+                            slot,
+                            node,
+                            desired: Desired::Running,
+                            version: svc.version,
+                            template,
+                            created: now,
+                        };
+                        orch.push(orchestrator::Task {
+                            id: t.id.clone(),
+                            service: name.clone(),
+                            slot,
+                            node: t.node.clone(),
+                            state: if t.node.is_some() {
+                                TaskState::Assigned
+                            } else {
+                                TaskState::Pending
+                            },
+                            desired_running: true,
+                            stays: false,
+                        });
+                        made.push(t);
+                    }
+                }
+            }
+            // Pending tasks (new, or left pending before) get a node.
+            let pending: Vec<orchestrator::Task> = orch.iter().filter(|t| t.node.is_none() && t.desired_running).cloned().collect();
+            let mut placed = placed_all.clone();
+            placed.extend(orch.iter().filter(|t| t.node.is_some()).cloned());
+            let capacity = BTreeMap::new();
+            let places: BTreeMap<String, String> = orchestrator::schedule(&svc.spec, &pending, &placed, &nodes, down, &capacity, &reserved)
+                .into_iter()
+                .collect();
+            for t in &mut made {
+                if let Some(n) = places.get(&t.id) {
+                    t.node = Some(n.clone());
+                }
+                put_task(&mut ops, t);
+            }
+            for v in tasks.iter_mut().filter(|v| v.task.node.is_none()) {
+                if let Some(n) = places.get(&v.task.id) {
+                    v.task.node = Some(n.clone());
+                    put_task(&mut ops, &v.task);
+                }
+            }
+            trim_history(&tasks, &node_ids, &mut ops);
+            if svc_changed {
+                ops.push(Op::Put {
+                    key: service_key(name),
+                    value: json(&svc),
+                });
+            }
+        }
+        // Secret and config versions no task pins any more go (a rotation's old versions).
+        if only.is_none() {
+            self.drop_unpinned(&mut ops);
+        }
+        let n = ops.len();
+        let mut rest = ops;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(OPS_PER_WRITE));
+            self.write(Request { checks: vec![], ops: rest }).await?;
+            rest = tail;
+        }
+        Ok(n)
+    }
+
+    /// A rolling update's step: tasks of an older version are shut down `parallelism` at a time
+    /// once the previous batch has run for the monitor period; a new task that fails pauses the
+    /// update or rolls it back. Returns whether the service's record changed.
+    fn roll(&self, svc: &mut ServiceRecord, tasks: &mut [TaskView], now: i64, ops: &mut Vec<Op>) -> bool {
+        let Some(state) = svc.update.clone() else { return false };
+        if !matches!(state, UpdateState::Updating | UpdateState::RollingBack { .. }) {
+            return false;
+        }
+        let cfg = svc.spec.update;
+        let new: Vec<&TaskView> = tasks.iter().filter(|v| v.task.version == svc.version).collect();
+        let failed = new.iter().find(|v| matches!(v.state, TaskState::Failed | TaskState::Rejected));
+        if let (Some(f), UpdateState::Updating) = (failed, &state) {
+            let why = format!(
+                "task {} failed: {}",
+                &f.task.id,
+                f.status.as_ref().map(|s| s.message.as_str()).unwrap_or("")
+            );
+            match (cfg.failure_action, &svc.previous) {
+                (FailureAction::Rollback, Some(prev)) => {
+                    let cur = svc.spec.clone();
+                    svc.spec = ServiceSpec {
+                        mode: cur.mode.clone(),
+                        ..prev.clone()
+                    };
+                    svc.previous = Some(cur);
+                    svc.version += 1;
+                    svc.update = Some(UpdateState::RollingBack {
+                        message: format!("update rolled back: {why}"),
+                    });
+                    svc.next_batch_ms = 0;
+                }
+                _ => {
+                    svc.update = Some(UpdateState::Paused {
+                        message: format!("update paused: {why}"),
+                    })
+                }
+            }
+            return true;
+        }
+        // The batch in flight: new tasks not yet running for the monitor period.
+        let in_flight = new
+            .iter()
+            .filter(|v| v.task.desired == Desired::Running && !v.state.terminal())
+            .filter(|v| v.state < TaskState::Running || v.status.as_ref().is_some_and(|s| now - s.updated < cfg.monitor_ms as i64))
+            .count();
+        let outdated: Vec<usize> = (0..tasks.len())
+            .filter(|&i| {
+                let v = &tasks[i];
+                v.task.version < svc.version && v.task.desired == Desired::Running && !v.state.terminal()
+            })
+            .collect();
+        if outdated.is_empty() && in_flight == 0 {
+            svc.update = Some(match state {
+                UpdateState::RollingBack { message } => UpdateState::RolledBack { message },
+                _ => UpdateState::Completed,
+            });
+            return true;
+        }
+        if now < svc.next_batch_ms || in_flight >= cfg.parallelism as usize {
+            return false;
+        }
+        let mut order = outdated;
+        order.sort_by_key(|&i| (tasks[i].task.slot, tasks[i].task.node.clone()));
+        for i in order.into_iter().take(cfg.parallelism as usize - in_flight) {
+            tasks[i].task.desired = Desired::Shutdown;
+            put_task(ops, &tasks[i].task);
+        }
+        svc.next_batch_ms = now + cfg.delay_ms as i64;
+        true
+    }
+
+    fn drop_unpinned(&self, ops: &mut Vec<Op>) {
+        let mut pinned: BTreeSet<String> = BTreeSet::new();
+        for (_, v) in self.sm.scan("tasks/") {
+            if let Ok(t) = serde_json::from_slice::<TaskRecord>(&v) {
+                for f in &t.template.secrets {
+                    pinned.insert(format!("secretdata/{}/{}", f.source, f.version));
+                }
+                for f in &t.template.configs {
+                    pinned.insert(format!("configdata/{}/{}", f.source, f.version));
+                }
+            }
+        }
+        for (kind, prefix) in [
+            (crate::secrets::Kind::Secret, "secretdata/"),
+            (crate::secrets::Kind::Config, "configdata/"),
+        ] {
+            for (k, _) in self.sm.scan(prefix) {
+                let Some((name, ver)) = k[prefix.len()..].rsplit_once('/') else {
+                    continue;
+                };
+                let current = self.secret(kind, name).map(|r| r.version);
+                let ver: u32 = ver.parse().unwrap_or(0);
+                if current != Some(ver) && !pinned.contains(&k) {
+                    ops.push(Op::Delete { key: k });
+                }
+            }
+        }
+    }
+}
+
+fn kind_name(k: crate::secrets::Kind) -> &'static str {
+    match k {
+        crate::secrets::Kind::Secret => "secret",
+        crate::secrets::Kind::Config => "config",
+    }
+}
+
+/// Whether a change from `a` to `b` replaces tasks (what they run, or where they may run), not
+/// only their count.
+fn rolls(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    a.task != b.task || a.constraints != b.constraints || a.reserve_cpu != b.reserve_cpu || a.reserve_memory != b.reserve_memory
+}
+
+fn as_orch(v: &TaskView) -> orchestrator::Task {
+    orchestrator::Task {
+        id: v.task.id.clone(),
+        service: v.task.service.clone(),
+        slot: v.task.slot,
+        node: v.task.node.clone(),
+        state: v.state,
+        desired_running: v.task.desired == Desired::Running,
+        stays: false,
+    }
+}
+
+/// An ended task its restart condition keeps in its slot.
+fn stays(spec: &ServiceSpec, v: &TaskView, _now: i64) -> bool {
+    if !v.state.terminal() || v.task.desired != Desired::Running {
+        return false;
+    }
+    match spec.restart.condition {
+        Condition::Any => false,
+        Condition::None => true,
+        Condition::OnFailure => v.state == TaskState::Complete,
+    }
+}
+
+/// Whether the slot's (or node's) last task ended less than the restart delay ago.
+fn restart_wait(spec: &ServiceSpec, tasks: &[TaskView], slot: u32, node: Option<&str>, now: i64) -> bool {
+    tasks
+        .iter()
+        .filter(|v| v.task.slot == slot && (slot != 0 || v.task.node.as_deref() == node))
+        .filter(|v| matches!(v.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected))
+        .filter_map(|v| v.status.as_ref())
+        .any(|s| now - s.updated < spec.restart.delay_ms as i64)
+}
+
+fn put_task(ops: &mut Vec<Op>, t: &TaskRecord) {
+    let key = task_key(&t.service, &t.id);
+    if let Some(n) = &t.node {
+        ops.push(Op::Put {
+            key: node_task_key(n, &t.id),
+            value: key.clone().into_bytes(),
+        });
+    }
+    ops.push(Op::Put { key, value: json(t) });
+}
+
+fn forget(ops: &mut Vec<Op>, t: &TaskRecord) {
+    ops.push(Op::Delete {
+        key: task_key(&t.service, &t.id),
+    });
+    ops.push(Op::Delete {
+        key: status_key(&t.service, &t.id),
+    });
+    if let Some(n) = &t.node {
+        ops.push(Op::Delete {
+            key: node_task_key(n, &t.id),
+        });
+    }
+}
+
+/// Ended tasks beyond [`HISTORY`] per slot go, and so do ended tasks whose node is gone.
+fn trim_history(tasks: &[TaskView], nodes: &BTreeSet<&str>, ops: &mut Vec<Op>) {
+    let mut by_slot: BTreeMap<(u32, Option<&str>), Vec<&TaskView>> = BTreeMap::new();
+    for v in tasks {
+        let dead = v.task.desired == Desired::Shutdown && (v.state.terminal() || v.state <= TaskState::Assigned && v.status.is_none());
+        let node_gone = v.task.node.as_deref().is_some_and(|n| !nodes.contains(n));
+        if node_gone && (dead || v.task.desired == Desired::Shutdown) {
+            forget(ops, &v.task);
+            continue;
+        }
+        if dead {
+            let key = if v.task.slot == 0 {
+                (0, v.task.node.as_deref())
+            } else {
+                (v.task.slot, None)
+            };
+            by_slot.entry(key).or_default().push(v);
+        }
+    }
+    for (_, mut dead) in by_slot {
+        dead.sort_by_key(|v| std::cmp::Reverse(v.task.created));
+        for v in dead.into_iter().skip(HISTORY) {
+            forget(ops, &v.task);
+        }
+    }
+}
