@@ -52,29 +52,26 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> 
     } else {
         format!("{}.{}.{short}", t.service, &node[..node.len().min(12)])
     };
-    let mut a: Vec<String> = vec!["-d".into(), "--name".into(), name, "--restart".into(), "no".into()];
+    // Every value goes as `--flag=VALUE`, so that none can read as a flag of its own, and the
+    // image after `--`; the manager has checked the values that go inside a flag's own syntax.
+    let mut a: Vec<String> = vec!["-d".into(), format!("--name={name}"), "--restart=no".into()];
     for (k, v) in [
         (TASK_LABEL, t.id.as_str()),
         (SERVICE_LABEL, t.service.as_str()),
         (SERVICE_ID_LABEL, t.service_id.as_str()),
         (NODE_LABEL, node),
     ] {
-        a.push("--label".into());
-        a.push(format!("{k}={v}"));
+        a.push(format!("--label={k}={v}"));
     }
-    a.push("--label".into());
-    a.push(format!("{SLOT_LABEL}={}", t.slot));
+    a.push(format!("--label={SLOT_LABEL}={}", t.slot));
     if let Some(s) = &tpl.stack {
-        a.push("--label".into());
-        a.push(format!("{STACK_LABEL}={s}"));
+        a.push(format!("--label={STACK_LABEL}={s}"));
     }
     for (k, v) in &tpl.labels {
-        a.push("--label".into());
-        a.push(format!("{k}={v}"));
+        a.push(format!("--label={k}={v}"));
     }
     for e in &tpl.env {
-        a.push("-e".into());
-        a.push(e.clone());
+        a.push(format!("--env={e}"));
     }
     for f in files {
         let mut spec = format!("src={},target={}", f.path.display(), f.target);
@@ -85,37 +82,30 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> 
             spec.push_str(&format!(",gid={g}"));
         }
         spec.push_str(&format!(",mode={:o}", f.mode));
-        a.push(if f.secret { "--secret".into() } else { "--config-file".into() });
-        a.push(spec);
+        a.push(format!("{}={spec}", if f.secret { "--secret" } else { "--config-file" }));
     }
     if let Some(m) = tpl.limit_memory {
-        a.push("--memory".into());
-        a.push(m.to_string());
+        a.push(format!("--memory={m}"));
     }
     if let Some(c) = tpl.limit_cpu {
-        a.push("--cpus".into());
-        a.push(format!("{}", c as f64 / 1000.0));
+        a.push(format!("--cpus={}", c as f64 / 1000.0));
     }
     if tpl.read_only {
         a.push("--read-only".into());
     }
     for c in &tpl.cap_add {
-        a.push("--cap-add".into());
-        a.push(c.clone());
+        a.push(format!("--cap-add={c}"));
     }
     for p in &tpl.ports {
-        a.push("-p".into());
-        a.push(format!("{}:{}/{}", p.published, p.target, p.protocol));
+        a.push(format!("--publish={}:{}/{}", p.published, p.target, p.protocol));
     }
     if let Some(n) = tpl.networks.first() {
-        a.push("--network".into());
-        a.push(n.clone());
+        a.push(format!("--network={n}"));
     }
     if let Some(h) = &tpl.health_cmd {
-        a.push("--health-cmd".into());
-        a.push(h.clone());
+        a.push(format!("--health-cmd={h}"));
     }
-    // The image the manager resolved, when this node has it by that digest; else the name.
+    a.push("--".into());
     a.push(tpl.image.clone());
     a.extend(tpl.command.iter().cloned());
     a
@@ -170,5 +160,44 @@ impl Executor for RuntimeExecutor {
             .into_iter()
             .filter_map(|r| Some((r.labels.get(TASK_LABEL)?.clone(), r.id)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_cluster::services::{Desired, TaskTemplate};
+
+    /// Values that look like flags stay values: the parsed run has the defaults, and the image
+    /// and command are what the spec says.
+    #[test]
+    fn values_never_become_flags() {
+        let t = Assignment {
+            id: "0123456789abcdef".into(),
+            service: "web".into(),
+            service_id: "s".into(),
+            slot: 1,
+            desired: Desired::Running,
+            template: TaskTemplate {
+                image: "box".into(),
+                command: vec!["--privileged".into(), "--network=host".into()],
+                env: vec!["A=--privileged".into()],
+                labels: [("k".to_owned(), "--userns=host".to_owned())].into(),
+                health_cmd: Some("--pid=host".into()),
+                ..Default::default()
+            },
+            state: bulkhead_cluster::orchestrator::TaskState::Assigned,
+        };
+        let flags = Flags::try_parse_from(run_flags("node1", &t, &[])).unwrap();
+        let dbg = format!("{:?}", flags.run);
+        assert!(dbg.contains("privileged: false"), "{dbg}");
+        assert!(dbg.contains("userns: \"auto\""), "{dbg}");
+        assert!(dbg.contains("pid: None"), "{dbg}");
+        assert!(
+            dbg.contains("network: \"bridge\"") || dbg.contains(&format!("network: {:?}", bulkhead_network::DEFAULT_NETWORK)),
+            "{dbg}"
+        );
+        assert!(dbg.contains("image: \"box\""), "{dbg}");
+        assert!(dbg.contains("command: [\"--privileged\", \"--network=host\"]"), "{dbg}");
     }
 }

@@ -122,6 +122,17 @@ impl Agent {
         for l in tasks.values_mut() {
             // Reported again to whichever leader there is now.
             l.reported = false;
+            // A start cut short by a crash: it does not resume.
+            if matches!(l.state, TaskState::Accepted | TaskState::Preparing | TaskState::Starting) && l.container.is_none() {
+                l.state = TaskState::Rejected;
+                l.message = "the node's agent stopped during the start".into();
+            }
+        }
+        // Tmpfs of starts cut short by a crash (with the secrets they held).
+        if let Ok(rd) = std::fs::read_dir(dir.join("tasks")) {
+            for e in rd.flatten() {
+                drop_files(&e.path());
+            }
         }
         Arc::new(Agent {
             node: node.to_owned(),
@@ -171,6 +182,29 @@ impl Agent {
         {
             let mut tasks = self.tasks.lock().expect("not poisoned");
             for t in &a.tasks {
+                // A manager's word is not taken for what runs here: ids are ours to use as
+                // paths and names, and the template is checked as the manager checks it.
+                if t.id.len() != 16 || !t.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    tracing::warn!(task = %crate::dispatcher::truncate(&t.id, 64), "an assignment with a malformed task id: ignored");
+                    continue;
+                }
+                if let Err(e) = crate::services::validate_task(&t.template) {
+                    if !tasks.contains_key(&t.id) {
+                        tasks.insert(
+                            t.id.clone(),
+                            Local {
+                                container: None,
+                                state: TaskState::Rejected,
+                                message: crate::dispatcher::truncate(&format!("refused by the node: {e}"), 1024),
+                                exit_code: None,
+                                digest: None,
+                                reported: false,
+                                busy: false,
+                            },
+                        );
+                    }
+                    continue;
+                }
                 match (t.desired, tasks.get_mut(&t.id)) {
                     (Desired::Running, None) if !t.state.terminal() => {
                         tasks.insert(
@@ -252,7 +286,7 @@ impl Agent {
                 }
                 Err(e) => {
                     l.state = TaskState::Rejected;
-                    l.message = e;
+                    l.message = crate::dispatcher::truncate(&e, 1024);
                 }
             }
         });

@@ -304,7 +304,11 @@ impl Manager {
             return Err(Status::invalid_argument(format!("at most {MAX_REPORT} statuses in a report")));
         }
         let mut ops = Vec::new();
+        let mut seen = BTreeSet::new();
         for item in &report.statuses {
+            if !seen.insert(item.task.as_str()) {
+                return Err(Status::invalid_argument(format!("task {} twice in one report", item.task)));
+            }
             let key = self
                 .sm
                 .get(&crate::services::node_task_key(node, &item.task))
@@ -320,9 +324,15 @@ impl Manager {
                 )));
             }
             let (id, item) = (&item.task, &item.status);
-            if item.state < TaskState::Accepted || item.message.len() > 4096 {
+            if item.state < TaskState::Accepted {
                 return Err(Status::invalid_argument(format!(
                     "task {id}: a node reports accepted and later states"
+                )));
+            }
+            let short = |v: &Option<String>| v.as_ref().is_none_or(|s| s.len() <= 256);
+            if !short(&item.container) || !short(&item.digest) {
+                return Err(Status::invalid_argument(format!(
+                    "task {id}: a container id or digest of more than 256 bytes"
                 )));
             }
             let skey = crate::services::status_key(&task.service, &task.id);
@@ -332,7 +342,7 @@ impl Manager {
             }
             let status = TaskStatus {
                 state: item.state,
-                message: item.message.clone(),
+                message: truncate(&item.message, 1024),
                 container: item.container.clone().or(old.as_ref().and_then(|o| o.container.clone())),
                 digest: item.digest.clone().or(old.as_ref().and_then(|o| o.digest.clone())),
                 exit_code: item.exit_code,
@@ -400,6 +410,7 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         }
         let node = id.node_id.clone();
         self.hub.seen(&node);
+        let id = id.clone();
         if !hello.hostname.is_empty() && hello.hostname.len() <= 253 {
             let m = self.manager.clone();
             let (node, hostname) = (node.clone(), hello.hostname.clone());
@@ -415,7 +426,9 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
             let wake = hub.notifier(&node);
             let mut last: Option<Vec<u8>> = None;
             loop {
-                if let Err(s) = m.leading() {
+                // Judged again at every message: a node removed or denied meanwhile gets
+                // nothing more (its stream ends).
+                if let Err(s) = m.leading().and_then(|()| m.auth.record(&id).map(|_| ())) {
                     let _ = tx.send(Err(s)).await;
                     return;
                 }
@@ -481,4 +494,13 @@ async fn record_hostname(m: &Manager, node: &str, hostname: &str) -> crate::mana
     })
     .await?;
     Ok(())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }

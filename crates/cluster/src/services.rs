@@ -308,9 +308,43 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
             return bad(format!("at most {MAX_REPLICAS} replicas"));
         }
     }
-    let t = &spec.task;
-    if t.image.is_empty() || t.image.len() > 512 || t.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    validate_task(&spec.task)?;
+    if spec.update.parallelism == 0 {
+        return bad("--update-parallelism: at least 1".into());
+    }
+    Ok(())
+}
+
+/// The largest task template, as JSON (it is copied into every task record).
+pub const MAX_TEMPLATE: usize = 64 << 10;
+
+/// Checks what a task runs: on the manager for every spec, and again on the node before it runs
+/// anything (a manager's word is not taken for it).
+pub fn validate_task(t: &TaskTemplate) -> Result<()> {
+    let bad = |m: String| Err(Error::Invalid(m));
+    if serde_json::to_vec(t).map_or(true, |j| j.len() > MAX_TEMPLATE) {
+        return bad(format!("a service's task spec is at most {} KiB", MAX_TEMPLATE >> 10));
+    }
+    for k in t.labels.keys() {
+        if k.starts_with("com.bulkhead.") && k != "com.bulkhead.force" {
+            return bad(format!("label {k:?}: the com.bulkhead. prefix is the cluster's"));
+        }
+    }
+    // Every value below ends up as a `bulkhead run` argument on the nodes: none may read as a
+    // flag, or carry the separators of the flag it goes in (`,` and `=` in `--secret`).
+    let plain = |v: &str| !v.is_empty() && !v.starts_with('-') && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@+".contains(&b));
+    if t.image.len() > 512 || !plain(&t.image) {
         return bad(format!("image {:?}: a name or a digest", t.image));
+    }
+    for n in &t.networks {
+        if n == "host" || n.starts_with("container:") || !crate::secrets::valid_name(n) {
+            return bad(format!(
+                "--network {n:?}: a network's name (the cluster refuses the host's network and another container's)"
+            ));
+        }
+    }
+    if t.networks.len() > 1 {
+        return bad("one --network per service for now".into());
     }
     for e in &t.env {
         match e.split_once('=') {
@@ -341,9 +375,10 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         if !crate::secrets::valid_name(&f.source) {
             return bad(format!("secret or config {:?}: no such name", f.source));
         }
-        let ok_name = !f.target.is_empty() && !f.target.contains('/') && f.target != "." && f.target != "..";
-        let ok_path = f.target.starts_with('/') && !f.target.split('/').any(|c| c == "..") && !f.target.contains('\0');
-        if !(ok_name || ok_path) || f.target.len() > 256 {
+        let chars = f.target.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        let ok_name = !f.target.contains('/') && f.target != "." && f.target != ".." && !f.target.starts_with('-');
+        let ok_path = f.target.starts_with('/') && !f.target.split('/').any(|c| c == ".." || c == ".");
+        if !chars || f.target.is_empty() || !(ok_name || ok_path) || f.target.len() > 256 {
             return bad(format!("target {:?}: a file name, or an absolute path without '..'", f.target));
         }
         if f.mode.is_some_and(|m| m > 0o777) {
@@ -352,9 +387,6 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         if !targets.insert(f.target.clone()) {
             return bad(format!("two files at {}", f.target));
         }
-    }
-    if spec.update.parallelism == 0 {
-        return bad("--update-parallelism: at least 1".into());
     }
     Ok(())
 }
@@ -621,7 +653,17 @@ impl Manager {
         let now = now_ms();
         let nodes = self.nodes();
         let node_ids: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-        let services: BTreeMap<String, ServiceRecord> = self.services().into_iter().map(|s| (s.spec.name.clone(), s)).collect();
+        let raw_services: BTreeMap<String, Vec<u8>> = self
+            .sm
+            .scan("services/")
+            .into_iter()
+            .map(|(k, v)| (k["services/".len()..].to_owned(), v))
+            .collect();
+        let services: BTreeMap<String, ServiceRecord> = raw_services
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v).ok()?)))
+            .collect();
+        let mut service_writes: Vec<Request> = Vec::new();
         // Every task, for the scheduler's spread and reservations.
         let mut all: BTreeMap<String, Vec<TaskView>> = BTreeMap::new();
         {
@@ -764,9 +806,16 @@ impl Manager {
             }
             trim_history(&tasks, &node_ids, &mut ops);
             if svc_changed {
-                ops.push(Op::Put {
-                    key: service_key(name),
-                    value: json(&svc),
+                // Only over the record this pass read: a `service rm` or `update` meanwhile wins.
+                service_writes.push(Request {
+                    checks: vec![Check::Is {
+                        key: service_key(name),
+                        value: raw_services.get(name).cloned(),
+                    }],
+                    ops: vec![Op::Put {
+                        key: service_key(name),
+                        value: json(&svc),
+                    }],
                 });
             }
         }
@@ -780,6 +829,9 @@ impl Manager {
             let tail = rest.split_off(rest.len().min(OPS_PER_WRITE));
             self.write(Request { checks: vec![], ops: rest }).await?;
             rest = tail;
+        }
+        for w in service_writes {
+            self.write(w).await?;
         }
         Ok(n)
     }
@@ -981,5 +1033,62 @@ fn trim_history(tasks: &[TaskView], nodes: &BTreeSet<&str>, ops: &mut Vec<Op>) {
         for v in dead.into_iter().skip(HISTORY) {
             forget(ops, &v.task);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(f: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
+        let mut s = ServiceSpec {
+            name: "web".into(),
+            mode: Mode::Replicated { replicas: 1 },
+            constraints: vec![],
+            reserve_memory: 0,
+            reserve_cpu: 0,
+            task: TaskTemplate {
+                image: "registry.example/box:1@sha256:abc".into(),
+                ..Default::default()
+            },
+            restart: Default::default(),
+            update: Default::default(),
+        };
+        f(&mut s);
+        validate(&s)
+    }
+
+    fn secret(target: &str) -> FileRef {
+        FileRef {
+            source: "pw".into(),
+            target: target.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What would change a task's `bulkhead run` flags, or weaken it, is refused in one line.
+    #[test]
+    fn specs_that_would_inject_flags_or_weaken_tasks_are_refused() {
+        spec(|_| {}).unwrap();
+        spec(|s| s.task.secrets = vec![secret("pw"), secret("/etc/app/pw")]).unwrap();
+        for image in ["--privileged", "-v", "box --privileged", "box,x", ""] {
+            assert!(spec(|s| s.task.image = image.into()).is_err(), "{image}");
+        }
+        for target in ["/x,src=/etc/shadow", "pw,uid=0", "/a/../b", "-x", "a=b", "/a/./b", ".."] {
+            assert!(spec(|s| s.task.secrets = vec![secret(target)]).is_err(), "{target}");
+        }
+        for net in ["host", "container:abc", "-x"] {
+            assert!(spec(|s| s.task.networks = vec![net.into()]).is_err(), "{net}");
+        }
+        for cap in ["SYS_ADMIN", "cap_sys_ptrace", "CAP_BPF", "NET_ADMIN", "ALL"] {
+            let e = spec(|s| s.task.cap_add = vec![cap.into()]).unwrap_err().to_string();
+            assert!(e.contains("policy"), "{e}");
+        }
+        spec(|s| s.task.cap_add = vec!["net_bind_service".into()]).unwrap();
+        assert!(spec(|s| s.name = "../x".into()).is_err());
+        assert!(spec(|s| s.mode = Mode::Replicated {
+            replicas: MAX_REPLICAS + 1
+        })
+        .is_err());
     }
 }

@@ -55,10 +55,20 @@ pub fn parse(s: &str, secret: bool) -> Result<InjectedFile> {
             .filter(|&n| n < crate::profile::ID_RANGE)
             .ok_or_else(|| bad(format!("{v:?}: an id below {}", crate::profile::ID_RANGE)))
     };
+    let mut keys = std::collections::BTreeSet::new();
     for kv in s.split(',') {
         let Some((k, v)) = kv.split_once('=') else {
             return Err(bad(format!("{kv:?}: expected KEY=VALUE")));
         };
+        // One value per key: a value that carried `,src=` must not replace the first.
+        let key = match k {
+            "source" => "src",
+            "dst" => "target",
+            k => k,
+        };
+        if !keys.insert(key) {
+            return Err(bad(format!("{k} given twice")));
+        }
         match k {
             "src" | "source" => source = Some(v.to_owned()),
             "target" | "dst" => target = Some(v.to_owned()),
