@@ -45,7 +45,7 @@ impl Kind {
             Kind::Config => format!("configdata/{name}/{version}"),
         }
     }
-    fn what(self) -> &'static str {
+    pub(crate) fn what(self) -> &'static str {
         match self {
             Kind::Secret => "secret",
             Kind::Config => "config",

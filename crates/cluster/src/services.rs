@@ -457,7 +457,7 @@ impl Manager {
             for f in files.iter_mut() {
                 let rec = self
                     .secret(kind, &f.source)
-                    .ok_or_else(|| Error::Invalid(format!("no {} named {:?}", kind_name(kind), f.source)))?;
+                    .ok_or_else(|| Error::Invalid(format!("no {} named {:?}", kind.what(), f.source)))?;
                 f.version = rec.version;
             }
         }
@@ -630,19 +630,6 @@ impl Manager {
             })
             .map(|s| s.spec.name)
             .collect()
-    }
-
-    /// Whether a task (of any service, not yet forgotten) pins this version.
-    pub fn version_pinned(&self, kind: crate::secrets::Kind, name: &str, version: u32) -> bool {
-        self.sm.scan("tasks/").into_iter().any(|(_, v)| {
-            serde_json::from_slice::<TaskRecord>(&v).is_ok_and(|t| {
-                let files = match kind {
-                    crate::secrets::Kind::Secret => &t.template.secrets,
-                    crate::secrets::Kind::Config => &t.template.configs,
-                };
-                files.iter().any(|f| f.source == name && f.version == version)
-            })
-        })
     }
 
     /// The leader's orchestration pass over `services` (None: every service, and the tasks of
@@ -934,13 +921,6 @@ impl Manager {
                 }
             }
         }
-    }
-}
-
-fn kind_name(k: crate::secrets::Kind) -> &'static str {
-    match k {
-        crate::secrets::Kind::Secret => "secret",
-        crate::secrets::Kind::Config => "config",
     }
 }
 
