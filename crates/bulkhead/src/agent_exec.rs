@@ -106,7 +106,13 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> 
         a.push(format!("--health-cmd={h}"));
     }
     a.push("--".into());
-    a.push(tpl.image.clone());
+    // The digest the manager resolved, if it did: every node runs the same image whatever the
+    // tag says by now (the name keeps the registry to pull it from).
+    let pinned = tpl.digest.as_ref().and_then(|d| {
+        let r = bulkhead_image::Reference::parse(&tpl.image).ok()?;
+        Some(r.with_digest(d.parse().ok()?).to_string())
+    });
+    a.push(pinned.unwrap_or_else(|| tpl.image.clone()));
     a.extend(tpl.command.iter().cloned());
     a
 }

@@ -278,7 +278,13 @@ fn start_node(ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
         .open(paths.log())
         .with_context(|| paths.log().display().to_string())?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("this program's path")?);
-    cmd.arg("--root").arg(&ctx.root).args(["--log-level", "info", "node", "serve"]);
+    // The node's agent pulls and gates images as this command would: the same registry
+    // configuration and trust policy.
+    cmd.arg("--root").arg(&ctx.root).arg("--config").arg(&ctx.config);
+    if let Some(p) = &ctx.policy {
+        cmd.arg("--policy").arg(p);
+    }
+    cmd.args(["--log-level", "info", "node", "serve"]);
     let mut child = bulkhead_runtime::lifecycle::spawn_detached_logging(cmd, false, Some(log)).context("starting the node process")?;
     for _ in 0..300 {
         if let Ok(Some(status)) = child.try_wait() {

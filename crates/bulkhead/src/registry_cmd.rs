@@ -46,11 +46,11 @@ pub struct LoginArgs {
     password_stdin: bool,
 }
 
-fn registries(ctx: &Ctx) -> anyhow::Result<Registries> {
+pub(crate) fn registries(ctx: &Ctx) -> anyhow::Result<Registries> {
     Ok(Registries::load(&ctx.config)?)
 }
 
-fn warn(msg: String) {
+pub(crate) fn warn(msg: String) {
     eprintln!("bulkhead: warning: {msg}");
 }
 

@@ -445,10 +445,40 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// The digest every node runs for `image`, resolved once here on the manager: a tag the trust
+/// policy covers through its signed metadata (and refused as `pull` refuses it), any other name
+/// through its registry. Where no registry has it (an air-gapped cluster, images loaded with
+/// `image import` on each node) each node runs its own image of that name, as Swarm does, and
+/// the task records the digest each one ran.
+fn pin(ctx: &Ctx, image: &str) -> anyhow::Result<Option<String>> {
+    let Ok(r) = bulkhead_image::Reference::parse(image) else {
+        eprintln!("bulkhead: warning: {image} is not a registry name: each node runs its own image of it");
+        return Ok(None);
+    };
+    if let Some(d) = r.digest() {
+        return Ok(Some(d.to_string()));
+    }
+    let regs = crate::registry_cmd::registries(ctx)?;
+    if let Some(d) = crate::trust_cmd::enforce(ctx, &regs, &r, false)? {
+        return Ok(Some(d.to_string()));
+    }
+    match bulkhead_registry::fetch_manifest(&regs, &r, &crate::registry_cmd::warn) {
+        Ok((_, d)) => Ok(Some(d.to_string())),
+        Err(e) => {
+            eprintln!(
+                "bulkhead: warning: {r} could not be resolved to a digest ({}): each node runs its own image of that name",
+                e.to_string().lines().next().unwrap_or_default()
+            );
+            Ok(None)
+        }
+    }
+}
+
 pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
     match c {
         ServiceCommand::Create(a) => {
-            let spec = spec_from(a)?;
+            let mut spec = spec_from(a)?;
+            spec.task.digest = pin(ctx, &spec.task.image)?;
             let v = call(ctx, ControlRequest::ServiceCreate { spec })?;
             println!("{}", v["id"].as_str().unwrap_or_default());
         }
@@ -533,7 +563,11 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
         }
         ServiceCommand::Update(a) => {
             let name = a.name.clone();
-            let spec = updated(ctx, a)?;
+            let new_image = a.image.is_some();
+            let mut spec = updated(ctx, a)?;
+            if new_image {
+                spec.task.digest = pin(ctx, &spec.task.image)?;
+            }
             call(ctx, ControlRequest::ServiceUpdate { spec })?;
             println!("{name}");
         }

@@ -1151,3 +1151,167 @@ fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_w
     assert_eq!(lan.ok(2, &["-q", "ps", "-a"]).trim(), "", "h2 keeps containers of removed services");
     lan.ok(1, &["secret", "rm", "pw"]);
 }
+
+/// A docker-registry inside host `i`'s namespace, on its address, with TLS from a CA made here;
+/// stopped when dropped.
+struct LanRegistry {
+    child: std::process::Child,
+    host: String,
+    ns: String,
+    certs: std::path::PathBuf,
+}
+
+impl LanRegistry {
+    fn start(lan: &Lan, i: usize) -> LanRegistry {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+        let dir = lan.dir.path().join("registry");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress(lan.addr(i).parse().unwrap()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(certs.join("ca.crt"), ca.pem()).unwrap();
+        let host = format!("{}:5000", lan.addr(i));
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("data").display(),
+                dir.join("server.crt").display(),
+                dir.join("server.key").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lan.ns(i), "docker-registry", "serve"])
+            .arg(dir.join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let r = LanRegistry {
+            child,
+            host,
+            ns: lan.ns(i),
+            certs,
+        };
+        for _ in 0..150 {
+            if r.skopeo_try(&["inspect", "--raw", &format!("docker://{}/none/none:0", r.host)])
+                .contains("manifest unknown")
+            {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the registry did not come up: {}",
+            std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default()
+        );
+    }
+
+    /// skopeo in the registry's namespace; its stdout, or its stderr when it fails.
+    fn skopeo_try(&self, args: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "skopeo"])
+            .args(args)
+            .args(if args[0] == "copy" { ["--dest-cert-dir"] } else { ["--cert-dir"] })
+            .arg(&self.certs)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(if o.status.success() { &o.stdout } else { &o.stderr }).into_owned()
+    }
+
+    /// Pushes an image whose /etc/greeting says `greeting` as `repo`; its manifest digest.
+    fn push(&self, dir: &std::path::Path, repo: &str, greeting: &str) -> String {
+        let layout = dir.join(format!("layout-{greeting}"));
+        let g = greeting.to_owned();
+        common::umoci_image(
+            &layout,
+            &[&|r: &std::path::Path| common::busybox_rootfs(r), &move |r: &std::path::Path| {
+                std::fs::create_dir_all(r.join("etc")).unwrap();
+                std::fs::write(r.join("etc/greeting"), &g).unwrap();
+                let _ = std::os::unix::fs::symlink("busybox", r.join("bin/sleep"));
+            }],
+        );
+        let to = format!("docker://{}/{repo}", self.host);
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "skopeo", "copy", "--quiet", "--dest-cert-dir"])
+            .arg(&self.certs)
+            .arg(format!("oci:{}:t", layout.display()))
+            .arg(&to)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&o.stderr));
+        self.skopeo_try(&["inspect", "--format", "{{.Digest}}", &to]).trim().to_owned()
+    }
+}
+
+impl Drop for LanRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The manager resolves a service's tag to a digest once, through its registry (and the trust
+/// policy): every task runs that digest, also after the tag moves, until `service update
+/// --image` resolves it again; a policy that denies the repository refuses the service.
+#[test]
+fn services_run_the_digest_their_tag_had_until_an_update_resolves_it_again() {
+    let lan = Lan::new(2);
+    std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let reg = LanRegistry::start(&lan, 2);
+    let config = lan.dir.path().join("config");
+    let certs = config.join("certs.d").join(&reg.host);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(reg.certs.join("ca.crt"), certs.join("ca.crt")).unwrap();
+    let cfg = config.to_str().unwrap();
+    let bh = |args: &[&str]| -> String { lan.ok(1, &[&["--config", cfg], args].concat()) };
+    bh(&["cluster", "init", "--advertise-addr", &lan.addr(1), "--dispatcher-heartbeat", "1s"]);
+
+    let image = format!("{}/test/app:v1", reg.host);
+    let first = reg.push(lan.dir.path(), "test/app:v1", "first");
+    bh(&["service", "create", "--name", "app", &image, "sleep", "3600"]);
+    let spec: serde_json::Value = serde_json::from_str(&bh(&["service", "inspect", "app"])).unwrap();
+    assert_eq!(spec[0]["spec"]["task"]["digest"], first.as_str(), "{spec}");
+    let greeting = |t: &serde_json::Value| bh(&["exec", t["status"]["container"].as_str().unwrap(), "cat", "/etc/greeting"]);
+    let running = wait_running(&lan, "app", 1, |_| true);
+    assert_eq!(greeting(&running[0]), "first");
+
+    // The tag moves; a new task still runs what the service was created with.
+    let second = reg.push(lan.dir.path(), "test/app:v1", "second");
+    assert_ne!(first, second);
+    bh(&["service", "scale", "app=2"]);
+    let running = wait_running(&lan, "app", 2, |_| true);
+    for t in &running {
+        assert_eq!(greeting(t), "first", "{t}");
+    }
+    // `update --image` resolves the tag again, and the tasks roll to it.
+    bh(&["service", "update", "--image", &image, "--update-monitor", "1s", "app"]);
+    let mut rolled = Vec::new();
+    for _ in 0..300 {
+        rolled = wait_running(&lan, "app", 2, |_| true);
+        if rolled.iter().all(|t| t["task"]["template"]["digest"] == second.as_str()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for t in &rolled {
+        assert_eq!(greeting(t), "second", "{t}");
+    }
+
+    // A trust policy whose default is deny refuses the service, and nothing is created.
+    std::fs::write(config.join("policy.toml"), "default = \"deny\"\n").unwrap();
+    let err = lan.fails(1, &["--config", cfg, "service", "create", "--name", "denied", &image]);
+    assert!(err.contains("not covered by the trust policy"), "{err}");
+    std::fs::remove_file(config.join("policy.toml")).unwrap();
+    assert!(!bh(&["service", "ls"]).contains("denied"));
+    bh(&["service", "rm", "app"]);
+}

@@ -697,17 +697,57 @@ fn artifacts_attach_to_an_image_through_the_referrers_tag_schema() {
     assert_eq!(m["annotations"]["made-by"], "test");
 }
 
+/// An image pulled by the digest of its index (a cluster pins a service to it) is found again by
+/// that digest: `run` of it uses the store, with the registry gone.
+#[test]
+fn an_image_pulled_by_its_index_digest_runs_by_that_digest_without_the_registry() {
+    use sha2::Digest as _;
+    let env = Env::new();
+    let reg = Registry::start(&env.path("registry"), Some(make_tls(false)), true);
+    let l = layout(&env);
+    skopeo_push(&reg, &l, "test/multi:m");
+    let manifest = skopeo_digest(&reg, "test/multi:m");
+    let mut raw = skopeo_raw(&reg, "test/multi:m");
+    if format!("sha256:{}", hex::encode(sha2::Sha256::digest(raw.as_bytes()))) != manifest {
+        raw.truncate(raw.trim_end().len());
+    }
+    assert_eq!(format!("sha256:{}", hex::encode(sha2::Sha256::digest(raw.as_bytes()))), manifest);
+    let entry = |arch: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest,
+            "size": raw.len(), "platform": {"architecture": arch, "os": "linux"}})
+    };
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("arm64"), entry("amd64")]})
+    .to_string();
+    put_manifest(&reg, "test/multi", "1", &index);
+    let index_digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(index.as_bytes())));
+    trust_and_login(&env, &reg);
+    let pinned = format!("{}/test/multi@{index_digest}", reg.host);
+    let out = env.ok(&["pull", &pinned]);
+    assert!(out.contains(&manifest), "the platform's manifest is what was pulled: {out}");
+    drop(reg);
+    assert_eq!(
+        env.ok(&["run", "--rm", &pinned, "cat", "/etc/greeting"]),
+        "hello from the registry\n"
+    );
+    assert_eq!(env.inspect(&pinned)["Bulkhead"]["ManifestDigest"], manifest);
+}
+
 /// PUTs `manifest` under `tag` in `repo`, as anyone who can write to the registry could (the
 /// registry is not trusted: this is how a test plays the attacker).
 fn put_manifest(reg: &Registry, repo: &str, tag: &str, manifest: &str) {
     let ca = reg.dir.join("put-ca.crt");
     std::fs::write(&ca, &reg.tls.as_ref().unwrap().ca).unwrap();
     let script = r#"
-import base64, ssl, sys, urllib.request
+import base64, json, ssl, sys, urllib.request
 url, ca, user, pw, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.stdin.buffer.read()
 ctx = ssl.create_default_context(cafile=ca)
 req = urllib.request.Request(url, data=body, method="PUT")
-req.add_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+try:
+    media_type = json.loads(body).get("mediaType")
+except Exception:
+    media_type = None
+req.add_header("Content-Type", media_type or "application/vnd.oci.image.manifest.v1+json")
 req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
 urllib.request.urlopen(req, context=ctx)
 "#;

@@ -336,6 +336,12 @@ pub fn validate_task(t: &TaskTemplate) -> Result<()> {
     if t.image.len() > 512 || !plain(&t.image) {
         return bad(format!("image {:?}: a name or a digest", t.image));
     }
+    if let Some(d) = &t.digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return bad(format!("digest {d:?}: sha256: and 64 hex digits"));
+        }
+    }
     for n in &t.networks {
         if n == "host" || n.starts_with("container:") || !crate::secrets::valid_name(n) {
             return bad(format!(

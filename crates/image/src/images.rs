@@ -185,8 +185,21 @@ impl Store {
                 .cloned()
                 .ok_or_else(|| Error::NotFound(format!("no such image: {input}")))?,
         };
-        self.get_image(&manifest)?
-            .ok_or_else(|| Error::NotFound(format!("no such image: {input}")))
+        if let Some(rec) = self.get_image(&manifest)? {
+            return Ok(rec);
+        }
+        // A digest that names an index the store keeps (pulled by it): this platform's image.
+        if r.digest().is_some() && self.has_blob(&manifest) {
+            let data = self.read_blob(&manifest)?;
+            if let Ok(idx) = crate::spec::parse_index(&data) {
+                if let Ok(d) = crate::spec::select_platform(&idx, &crate::spec::PlatformSpec::default()) {
+                    if let Some(rec) = self.get_image(&Digest::try_from(d.digest())?)? {
+                        return Ok(rec);
+                    }
+                }
+            }
+        }
+        Err(Error::NotFound(format!("no such image: {input}")))
     }
 
     /// All readable image records.

@@ -121,6 +121,7 @@ async fn fetch(
     }
     let (mut data, mut media_type) = (data.to_vec(), media_type_of(&data)?);
     let mut digest = Digest::sha256_of(&data);
+    let mut index = None;
     if spec::kind_of(&media_type) == Some(Kind::Index) {
         let idx = spec::parse_index(&data)?;
         let d = spec::select_platform(&idx, platform)?;
@@ -134,6 +135,7 @@ async fn fetch(
             )));
         }
         child.verify(&cdata, "manifest digest")?;
+        index = Some((data, digest));
         (data, media_type, digest) = (cdata.to_vec(), d.media_type().to_string(), child);
     }
     let manifest = spec::parse_manifest(&data, Some(&media_type))?;
@@ -204,6 +206,11 @@ async fn fetch(
     }
     // Every blob is verified and in the store: now the manifest, which import reads back.
     store.put_blob(&data[..], &digest, Some(data.len() as u64))?;
+    // The index too (small, bounded like any manifest), so that the image is found again by the
+    // digest it was pulled by: a cluster pins a service's image to its index digest.
+    if let Some((idata, idigest)) = index {
+        store.put_blob(&idata[..], &idigest, Some(idata.len() as u64))?;
+    }
     let size = data.len() as u64;
     Ok((digest, media_type, size, transferred.load(Ordering::Relaxed)))
 }
