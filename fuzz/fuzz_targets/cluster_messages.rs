@@ -1,8 +1,8 @@
 //! What managers read from each other and from the CLI: Raft's messages (JSON in gRPC
 //! payloads), store requests (forwarded writes), control socket requests, and backup files
 //! (`cluster restore`, a recovery's seed); the dispatcher's messages both ways (a session's
-//! hello, a node's report, the assignments an agent receives) and service specs with their
-//! checks. Never a panic.
+//! hello, a node's report, the assignments an agent receives, a task's identity asked and
+//! given, its certificate request signed) and service specs with their checks. Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
@@ -21,6 +21,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::SessionHello>(data);
     let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Report>(data);
     let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Assignments>(data);
+    let _ = serde_json::from_slice::<bulkhead_cluster::identity::IdentityReply>(data);
+    // A node's request for a task's identity: its CSR goes to the workload CA.
+    if let Ok(req) = serde_json::from_slice::<bulkhead_cluster::identity::IdentityRequest>(data) {
+        static CA: std::sync::OnceLock<bulkhead_cluster::pki::Ca> = std::sync::OnceLock::new();
+        let ca = CA.get_or_init(|| {
+            let root = bulkhead_cluster::pki::Ca::create("c", 1_700_000_000, 10).unwrap();
+            root.workload_ca("c", 1_700_000_000).unwrap().0
+        });
+        let _ = ca.issue_svid(&req.csr, "spiffe://c/ns/default/svc/x", 1_700_000_000, 60);
+    }
     static KEY: std::sync::OnceLock<bulkhead_cluster::crypt::Key> = std::sync::OnceLock::new();
     let key = KEY.get_or_init(|| bulkhead_cluster::crypt::Key::generate().unwrap());
     let _ = bulkhead_cluster::recovery::open(data, key);

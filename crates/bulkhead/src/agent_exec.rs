@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bulkhead_cluster::agent::{Executor, Observed, Started, TaskFile};
+use bulkhead_cluster::agent::{Executor, IdentityMount, Observed, Started, TaskFile};
 use bulkhead_cluster::dispatcher::Assignment;
 use bulkhead_runtime::engine::{Runtime, State};
 use clap::Parser;
@@ -44,7 +44,7 @@ impl RuntimeExecutor {
 }
 
 /// The `bulkhead run` flags of a task.
-pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> {
+pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Vec<String> {
     let tpl = &t.template;
     let short = &t.id[..t.id.len().min(12)];
     let name = if t.slot > 0 {
@@ -105,6 +105,17 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> 
     if let Some(h) = &tpl.health_cmd {
         a.push(format!("--health-cmd={h}"));
     }
+    // The task's identity, read-only: its files, and the Workload API's socket (the agent's
+    // paths, checked by the caller to carry no `,`).
+    if let Some(i) = identity {
+        use bulkhead_cluster::workload::{endpoint_env, IDENTITY_TARGET, SOCKET_TARGET_DIR};
+        a.push(format!("--mount=type=bind,src={},dst={IDENTITY_TARGET},ro", i.files.display()));
+        a.push(format!(
+            "--mount=type=bind,src={},dst={SOCKET_TARGET_DIR},ro",
+            i.socket_dir.display()
+        ));
+        a.push(format!("--env={}", endpoint_env()));
+    }
     a.push("--".into());
     // The digest the manager resolved, if it did: every node runs the same image whatever the
     // tag says by now (the name keeps the registry to pull it from).
@@ -118,9 +129,25 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile]) -> Vec<String> 
 }
 
 impl Executor for RuntimeExecutor {
-    fn start(&self, node: &str, t: &Assignment, files: &[TaskFile]) -> Result<Started, String> {
-        let flags = Flags::try_parse_from(run_flags(node, t, files)).map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())?;
+    fn start(&self, node: &str, t: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Result<Started, String> {
+        if let Some(i) = identity {
+            if [&i.files, &i.socket_dir].iter().any(|p| p.to_string_lossy().contains(',')) {
+                return Err(format!(
+                    "the node's directory {} has a ',' in its path: no --mount of it",
+                    i.files.display()
+                ));
+            }
+        }
+        let flags = Flags::try_parse_from(run_flags(node, t, files, identity))
+            .map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())?;
         let (rt, rec) = crate::container_cmd::create_container(&self.ctx, &flags.run, false).map_err(|e| format!("{e:#}"))?;
+        // The identity files become the task's user's (as it maps on the host), before it runs.
+        if let Some(i) = identity {
+            if let Err(e) = own_identity(&i.files, owner_of(&rec)) {
+                let _ = rt.remove(&rec.id, true);
+                return Err(format!("the task's identity files: {e}"));
+            }
+        }
         if let Err(e) = rt.start(&rec.id) {
             let _ = rt.remove(&rec.id, true);
             return Err(e.to_string());
@@ -159,6 +186,15 @@ impl Executor for RuntimeExecutor {
         }
     }
 
+    fn container_of_pid(&self, pid: i32) -> Option<String> {
+        bulkhead_runtime::cgroup::container_of(pid)
+    }
+
+    fn owner(&self, container: &str) -> Option<(u32, u32)> {
+        let rt = self.runtime().ok()?;
+        Some(owner_of(&rt.status(container).ok()?))
+    }
+
     fn adopt(&self) -> Vec<(String, String)> {
         let Ok(rt) = self.runtime() else { return Vec::new() };
         rt.list()
@@ -167,6 +203,25 @@ impl Executor for RuntimeExecutor {
             .filter_map(|r| Some((r.labels.get(TASK_LABEL)?.clone(), r.id)))
             .collect()
     }
+}
+
+/// The host ids of a container's user.
+fn owner_of(rec: &bulkhead_runtime::container::ContainerRecord) -> (u32, u32) {
+    let base = rec.host_id.unwrap_or(0);
+    (base + rec.user.0, base + rec.user.1)
+}
+
+/// The identity directory and its files to `owner`; the directory readable and searchable by it
+/// alone.
+fn own_identity(dir: &std::path::Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (u, g) = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        rustix::fs::chownat(rustix::fs::CWD, &p, u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    rustix::fs::chownat(rustix::fs::CWD, dir, u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
 }
 
 #[cfg(test)]
@@ -194,7 +249,7 @@ mod tests {
             },
             state: bulkhead_cluster::orchestrator::TaskState::Assigned,
         };
-        let flags = Flags::try_parse_from(run_flags("node1", &t, &[])).unwrap();
+        let flags = Flags::try_parse_from(run_flags("node1", &t, &[], None)).unwrap();
         let dbg = format!("{:?}", flags.run);
         assert!(dbg.contains("privileged: false"), "{dbg}");
         assert!(dbg.contains("userns: \"auto\""), "{dbg}");

@@ -62,6 +62,10 @@ pub enum ClusterCommand {
         /// How long node certificates last from their next renewal on (e.g. 90s, 30m, 24h).
         #[arg(long)]
         cert_expiry: Option<String>,
+        /// How long tasks' X509-SVIDs last (1h unless set; from 10s to 7 days); each is renewed
+        /// at half its life.
+        #[arg(long, conflicts_with_all = ["issue_admin", "revoke_admin"])]
+        svid_expiry: Option<String>,
         /// Return once the rotation has started, without waiting for it to finish.
         #[arg(long, short = 'd')]
         detach: bool,
@@ -685,12 +689,21 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
         ClusterCommand::Ca {
             rotate,
             cert_expiry,
+            svid_expiry,
             detach,
             issue_admin: None,
             revoke_admin: None,
         } => {
             let cert_expiry = cert_expiry.as_deref().map(duration_secs).transpose()?;
-            let mut v = call(ctx, ControlRequest::Ca { rotate, cert_expiry })?;
+            let svid_expiry = svid_expiry.as_deref().map(duration_secs).transpose()?;
+            let mut v = call(
+                ctx,
+                ControlRequest::Ca {
+                    rotate,
+                    cert_expiry,
+                    svid_expiry,
+                },
+            )?;
             if rotate && !detach {
                 // Until every node has a certificate of the new root (a node that is down and
                 // not removed holds it up: `node rm` it, or bring it back).
@@ -707,6 +720,7 @@ pub fn run(ctx: &Ctx, c: ClusterCommand) -> anyhow::Result<ExitCode> {
                         ControlRequest::Ca {
                             rotate: false,
                             cert_expiry: None,
+                            svid_expiry: None,
                         },
                     )?;
                 }

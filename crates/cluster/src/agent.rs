@@ -53,10 +53,20 @@ pub enum Observed {
     Gone,
 }
 
+/// A task's identity as its container gets it: the directory of its identity files (for
+/// [`crate::workload::IDENTITY_TARGET`], owned by the task's user once the container is made)
+/// and the Workload API's socket directory (for [`crate::workload::SOCKET_TARGET_DIR`]).
+#[derive(Clone, Debug)]
+pub struct IdentityMount {
+    pub files: PathBuf,
+    pub socket_dir: PathBuf,
+}
+
 /// What runs tasks on this node. Blocking calls: the agent makes them off its event loop.
 pub trait Executor: Send + Sync + 'static {
-    /// Creates and starts the task's container, with `files` as its secrets and configs.
-    fn start(&self, node: &str, task: &Assignment, files: &[TaskFile]) -> Result<Started, String>;
+    /// Creates and starts the task's container, with `files` as its secrets and configs and
+    /// `identity` mounted read-only.
+    fn start(&self, node: &str, task: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Result<Started, String>;
     fn observe(&self, container: &str) -> Observed;
     /// Stops the container (its stop signal, then SIGKILL).
     fn stop(&self, container: &str) -> Result<(), String>;
@@ -64,6 +74,14 @@ pub trait Executor: Send + Sync + 'static {
     fn remove(&self, container: &str) -> Result<(), String>;
     /// The containers this node has for tasks: (task id, container id).
     fn adopt(&self) -> Vec<(String, String)>;
+    /// The container whose cgroup process `pid` (of this host) is in.
+    fn container_of_pid(&self, _pid: i32) -> Option<String> {
+        None
+    }
+    /// The host ids that own files of the container's user (for its identity files).
+    fn owner(&self, _container: &str) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// What the agent knows of one task (persisted, without secrets).
@@ -98,6 +116,15 @@ pub struct Agent {
     /// The tasks of the last assignment message (only those may be reported).
     assigned: Mutex<BTreeSet<String>>,
     changed: tokio::sync::Notify,
+    /// Running tasks' identities (keys only in memory and in each task's tmpfs).
+    identities: Mutex<HashMap<String, crate::workload::TaskIdentity>>,
+    /// Bumped at every change of an identity (the Workload API's streams watch it).
+    identity_changed: tokio::sync::watch::Sender<u64>,
+    /// The session's client, for identities asked during a start.
+    client: Mutex<Option<proto::dispatcher_client::DispatcherClient<tonic::transport::Channel>>>,
+    handle: Option<tokio::runtime::Handle>,
+    /// When a failed renewal is tried again (unix s), by task.
+    retry: Mutex<HashMap<String, i64>>,
 }
 
 impl Agent {
@@ -128,10 +155,22 @@ impl Agent {
                 l.message = "the node's agent stopped during the start".into();
             }
         }
-        // Tmpfs of starts cut short by a crash (with the secrets they held).
+        // Tmpfs of starts cut short by a crash (with the secrets they held), and identities
+        // of tasks no longer here (those of running tasks stay mounted in their containers,
+        // and are renewed in place).
         if let Ok(rd) = std::fs::read_dir(dir.join("tasks")) {
             for e in rd.flatten() {
                 drop_files(&e.path());
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(crate::workload::tasks_dir(dir)) {
+            for e in rd.flatten() {
+                let keep = tasks
+                    .get(e.file_name().to_string_lossy().as_ref())
+                    .is_some_and(|l| l.state == TaskState::Running && l.container.is_some());
+                if !keep {
+                    drop_files(&e.path());
+                }
             }
         }
         Arc::new(Agent {
@@ -142,7 +181,104 @@ impl Agent {
             files: Mutex::new(HashMap::new()),
             assigned: Mutex::new(BTreeSet::new()),
             changed: tokio::sync::Notify::new(),
+            identities: Mutex::new(HashMap::new()),
+            identity_changed: tokio::sync::watch::Sender::new(0),
+            client: Mutex::new(None),
+            handle: tokio::runtime::Handle::try_current().ok(),
+            retry: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.exec
+    }
+
+    /// The task whose container is `container`, if it is one of this node's live tasks.
+    pub fn task_of_container(&self, container: &str) -> Option<String> {
+        self.tasks
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|(_, l)| l.container.as_deref() == Some(container) && !l.state.terminal())
+            .map(|(id, _)| id.clone())
+    }
+
+    pub fn identity_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.identity_changed.subscribe()
+    }
+
+    /// `f` of task `task`'s identity, if it has one.
+    pub fn identity_of<R>(&self, task: &str, f: impl FnOnce(&crate::workload::TaskIdentity) -> R) -> Option<R> {
+        self.identities.lock().expect("not poisoned").get(task).map(f)
+    }
+
+    fn identity_dir(&self, task: &str) -> PathBuf {
+        crate::workload::tasks_dir(&self.dir).join(task)
+    }
+
+    /// A task's identity goes: from memory, and its tmpfs.
+    fn drop_identity(&self, task: &str) {
+        self.retry.lock().expect("not poisoned").remove(task);
+        let had = self.identities.lock().expect("not poisoned").remove(task).is_some();
+        drop_files(&self.identity_dir(task));
+        if had {
+            self.identity_changed.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// A new identity for `task` into its tmpfs (made if `mount`) and memory.
+    async fn renew_identity(
+        &self,
+        client: &mut proto::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
+        task: &str,
+        mount: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), String> {
+        let f = crate::workload::fetch(client, task).await?;
+        let dir = self.identity_dir(task);
+        if mount {
+            // Searchable by the container's user while its runtime mounts it (the owner becomes
+            // that user once the container is made).
+            mount_tmpfs(&dir, 64 << 10, 0o711, "bulkhead-identity")
+                .map_err(|e| format!("the task's identity tmpfs at {}: {e}", dir.display()))?;
+        }
+        if dir.is_dir() {
+            crate::workload::write_files(&dir, &f, owner).map_err(|e| format!("the task's identity files: {e}"))?;
+        }
+        self.identities.lock().expect("not poisoned").insert(task.to_owned(), f.identity);
+        self.identity_changed.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Renews identities at half their life, and gives one to a running task without (after the
+    /// agent's restart).
+    async fn renew_identities(&self, client: &mut proto::dispatcher_client::DispatcherClient<tonic::transport::Channel>) {
+        let now = crate::services::now_ms() / 1000;
+        let due: Vec<(String, String)> = {
+            let tasks = self.tasks.lock().expect("not poisoned");
+            let ids = self.identities.lock().expect("not poisoned");
+            tasks
+                .iter()
+                .filter(|(_, l)| !l.busy && l.state == TaskState::Running)
+                .filter(|(id, _)| ids.get(*id).is_none_or(|i| now >= i.renew_at()))
+                .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
+                .collect()
+        };
+        for (task, container) in due {
+            if self.retry.lock().expect("not poisoned").get(&task).is_some_and(|&t| now < t) {
+                continue;
+            }
+            let owner = self.exec.owner(&container);
+            match self.renew_identity(client, &task, false, owner).await {
+                Ok(()) => {
+                    self.retry.lock().expect("not poisoned").remove(&task);
+                }
+                Err(e) => {
+                    tracing::warn!(%task, error = %e, "renewing a task's identity (again in 5 s)");
+                    self.retry.lock().expect("not poisoned").insert(task, now + 5);
+                }
+            }
+        }
     }
 
     fn save(&self) {
@@ -243,6 +379,7 @@ impl Agent {
             let me = self.clone();
             tokio::task::spawn_blocking(move || {
                 let r = c.as_deref().map(|c| me.exec.stop(c)).unwrap_or(Ok(()));
+                me.drop_identity(&id);
                 me.set(&id, |l| {
                     l.busy = false;
                     l.state = TaskState::Shutdown;
@@ -260,6 +397,7 @@ impl Agent {
                         tracing::warn!(task = %id, error = %e, "removing a task's container");
                     }
                 }
+                me.drop_identity(&id);
                 me.tasks.lock().expect("not poisoned").remove(&id);
                 me.save();
             });
@@ -267,15 +405,20 @@ impl Agent {
         self.changed.notify_one();
     }
 
-    /// A task's start: its files on a tmpfs of its own, the executor's start, the tmpfs gone.
+    /// A task's start: its files on a tmpfs of its own, its identity, the executor's start, the
+    /// files' tmpfs gone.
     fn start(&self, t: Assignment) {
         self.set(&t.id, |l| l.state = TaskState::Preparing);
         let dir = self.dir.join("tasks").join(&t.id);
         let result = self.write_files(&t, &dir).and_then(|files| {
+            let identity = self.identity_for_start(&t.id)?;
             self.set(&t.id, |l| l.state = TaskState::Starting);
-            self.exec.start(&self.node, &t, &files)
+            self.exec.start(&self.node, &t, &files, identity.as_ref())
         });
         drop_files(&dir);
+        if result.is_err() {
+            self.drop_identity(&t.id);
+        }
         self.set(&t.id, |l| {
             l.busy = false;
             match result {
@@ -290,6 +433,21 @@ impl Agent {
                 }
             }
         });
+    }
+
+    /// The task's identity, asked of the leader over the session, on a tmpfs of its own.
+    fn identity_for_start(&self, task: &str) -> Result<Option<IdentityMount>, String> {
+        let (Some(handle), Some(mut client)) = (self.handle.clone(), self.client.lock().expect("not poisoned").clone()) else {
+            return Err("no session with the leader for the task's identity".into());
+        };
+        handle.block_on(self.renew_identity(&mut client, task, true, None))?;
+        Ok(Some(IdentityMount {
+            files: self.identity_dir(task),
+            socket_dir: crate::workload::socket_path(&self.dir)
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_owned(),
+        }))
     }
 
     /// The task's secrets and configs, each a file on a tmpfs made for this start.
@@ -314,7 +472,7 @@ impl Agent {
         }
         drop(files);
         let size: usize = need.iter().map(|(_, _, d)| d.len() + 4096).sum::<usize>() + (64 << 10);
-        mount_tmpfs(dir, size).map_err(|e| format!("the task's tmpfs at {}: {e}", dir.display()))?;
+        mount_tmpfs(dir, size, 0o700, "bulkhead-task").map_err(|e| format!("the task's tmpfs at {}: {e}", dir.display()))?;
         let mut out = Vec::new();
         for (i, (secret, f, data)) in need.into_iter().enumerate() {
             use std::io::Write;
@@ -356,7 +514,11 @@ impl Agent {
             .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
             .collect();
         for (id, c) in running {
-            match self.exec.observe(&c) {
+            let seen = self.exec.observe(&c);
+            if seen != Observed::Running {
+                self.drop_identity(&id);
+            }
+            match seen {
                 Observed::Running => {}
                 Observed::Exited(code) => self.set(&id, |l| {
                     l.state = if code == 0 { TaskState::Complete } else { TaskState::Failed };
@@ -414,23 +576,25 @@ fn libc_o_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-fn mount_tmpfs(dir: &Path, size: usize) -> std::io::Result<()> {
+/// A tmpfs at `dir` (made anew) whose root and parent directory have `mode`; `name` is its
+/// source in the mount table.
+fn mount_tmpfs(dir: &Path, size: usize, mode: u32, name: &str) -> std::io::Result<()> {
     use rustix::mount::MountFlags;
     std::fs::create_dir_all(dir.parent().unwrap_or(dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let parent = dir.parent().unwrap_or(dir);
-        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode))?;
     }
     drop_files(dir);
     std::fs::create_dir(dir)?;
     rustix::mount::mount(
-        "bulkhead-task",
+        name,
         dir,
         "tmpfs",
         MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
         Some(
-            std::ffi::CString::new(format!("mode=0700,size={size},noswap"))
+            std::ffi::CString::new(format!("mode={mode:04o},size={size},noswap"))
                 .expect("no NUL")
                 .as_c_str(),
         ),
@@ -438,11 +602,15 @@ fn mount_tmpfs(dir: &Path, size: usize) -> std::io::Result<()> {
     .or_else(|_| {
         // noswap needs Linux 6.4.
         rustix::mount::mount(
-            "bulkhead-task",
+            name,
             dir,
             "tmpfs",
             MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-            Some(std::ffi::CString::new(format!("mode=0700,size={size}")).expect("no NUL").as_c_str()),
+            Some(
+                std::ffi::CString::new(format!("mode={mode:04o},size={size}"))
+                    .expect("no NUL")
+                    .as_c_str(),
+            ),
         )
     })
     .map_err(std::io::Error::from)
@@ -499,6 +667,7 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
         .await?
         .into_inner();
     tracing::info!(manager = %target, "dispatcher session open");
+    *agent.client.lock().expect("not poisoned") = Some(client.clone());
     let mut heartbeat = Duration::from_secs(5);
     let mut last_full = Instant::now() - Duration::from_secs(3600);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -518,6 +687,7 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
             _ = tick.tick() => {
                 let me = agent.clone();
                 let _ = tokio::task::spawn_blocking(move || me.observe()).await;
+                agent.renew_identities(&mut client).await;
             }
             _ = agent.changed.notified() => {}
         }

@@ -472,6 +472,28 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
             json: serde_json::to_vec(&reply).expect("serialisable"),
         }))
     }
+
+    async fn identity(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
+        self.identity_of(req).await
+    }
+}
+
+impl DispatcherService {
+    async fn identity_of(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
+        let id = self.caller(&req)?;
+        self.manager.leading()?;
+        let ask: crate::identity::IdentityRequest =
+            serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+        let now = crate::services::now_ms() / 1000;
+        let reply = self.manager.issue_identity(&id.node_id, &ask, now).await.map_err(|e| match e {
+            Error::Invalid(m) => Status::permission_denied(m),
+            Error::Pki(e) => Status::invalid_argument(e.to_string()),
+            e => Status::unavailable(e.to_string()),
+        })?;
+        Ok(GrpcResponse::new(proto::Payload {
+            json: serde_json::to_vec(&reply).expect("serialisable"),
+        }))
+    }
 }
 
 async fn record_hostname(m: &Manager, node: &str, hostname: &str) -> crate::manager::Result<()> {

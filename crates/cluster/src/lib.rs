@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod crypt;
 pub mod dispatcher;
+pub mod identity;
 pub mod manager;
 pub mod node;
 pub mod orchestrator;
@@ -24,6 +25,7 @@ pub mod services;
 pub mod store;
 pub mod tls;
 pub mod transport;
+pub mod workload;
 
 /// The generated gRPC services (proto/cluster.proto).
 #[allow(clippy::all, missing_docs)]

@@ -274,6 +274,8 @@ pub enum ControlRequest {
         rotate: bool,
         #[serde(default)]
         cert_expiry: Option<i64>,
+        #[serde(default)]
+        svid_expiry: Option<i64>,
     },
 }
 
@@ -520,6 +522,13 @@ pub async fn serve_with(
     }
     if let Some(exec) = executor {
         let agent = crate::agent::Agent::new(&cfg.node_id, &paths.dir, exec);
+        let socket = crate::workload::socket_path(&paths.dir);
+        let a = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::workload::serve(a, socket).await {
+                tracing::error!(error = %e, "the Workload API stopped");
+            }
+        });
         tokio::spawn(crate::agent::run(agent, client_tls.clone(), targets.clone()));
     }
     {
@@ -1283,8 +1292,18 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                 "key": crypt::unlock_key_text(&key),
             })
         }
-        ControlRequest::Ca { rotate, cert_expiry } => {
+        ControlRequest::Ca {
+            rotate,
+            cert_expiry,
+            svid_expiry,
+        } => {
             let m = need()?;
+            if let Some(exp) = svid_expiry {
+                if !crate::identity::SVID_LIFETIME_RANGE.contains(&exp) {
+                    return Err(Error::Invalid("--svid-expiry: from 10 seconds to 7 days".into()));
+                }
+                m.put("config/svid_expiry", serde_json::to_vec(&exp).expect("serialisable")).await?;
+            }
             if let Some(exp) = cert_expiry {
                 if !(60..=10 * 365 * 86400).contains(&exp) {
                     return Err(Error::Invalid("--cert-expiry: from 1 minute to 10 years".into()));
@@ -1307,6 +1326,7 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                 "pending": pending,
                 "batch": rotation.map(|r| r.batch).unwrap_or_default(),
                 "cert_expiry": m.cert_lifetime(),
+                "svid_expiry": m.svid_lifetime(),
             })
         }
         ControlRequest::Inspect => {

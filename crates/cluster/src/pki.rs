@@ -247,6 +247,84 @@ impl Ca {
     }
 }
 
+/// The SPIFFE ID of a service's tasks: `spiffe://<cluster id>/ns/<stack or default>/svc/<name>`
+/// (the cluster id is the trust domain). Stack and service names are the store's checked names
+/// (letters, digits, `-`, `_`, `.`), which SPIFFE path segments allow; the `spiffe` crate checks
+/// the result.
+pub fn spiffe_id(cluster_id: &str, stack: Option<&str>, service: &str) -> Result<String> {
+    let id = format!(
+        "spiffe://{}/ns/{}/svc/{service}",
+        cluster_id.to_ascii_lowercase(),
+        stack.unwrap_or("default")
+    );
+    spiffe::SpiffeId::new(&id).map_err(|e| Error::Invalid(format!("SPIFFE ID {id:?}: {e}")))?;
+    Ok(id)
+}
+
+impl Ca {
+    /// The workload CA under this root: it issues the tasks' X509-SVIDs and nothing else (a
+    /// CA for one level, pathLen 0, naming the trust domain in a URI SAN as SPIFFE advises),
+    /// valid a year or as long as the root if that is sooner.
+    pub fn workload_ca(&self, cluster_id: &str, now: i64) -> Result<(Ca, String)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc("workload CA key"))?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "bulkhead workload CA");
+        dn.push(DnType::OrganizationName, cluster_id);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let td = format!("spiffe://{}", cluster_id.to_ascii_lowercase());
+        p.subject_alt_names = vec![SanType::URI(td.as_str().try_into().map_err(rc("trust domain"))?)];
+        p.serial_number = Some(serial()?);
+        p.not_before = offset(now - 3600)?;
+        let root_end = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| Error::Invalid(format!("the CA: {e}")))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        p.not_after = offset(root_end.min(now + 365 * 86400))?;
+        p.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(rc("CA"))?;
+        let cert = p.signed_by(&key, &issuer).map_err(rc("workload CA certificate"))?;
+        let pem = cert.pem();
+        Ok((
+            Ca {
+                cert_pem: pem.clone(),
+                cert_der: cert.der().to_vec(),
+                key,
+            },
+            pem,
+        ))
+    }
+
+    /// An X509-SVID for the key of `csr_der` (ECDSA P-256, its signature checked): exactly one
+    /// URI SAN, `spiffe_id`; no subject, not a CA, digital signature only; server and client
+    /// authentication; from a minute before `now` for `lifetime` seconds. Nothing of the CSR but
+    /// its key is used.
+    pub fn issue_svid(&self, csr_der: &[u8], spiffe_id: &str, now: i64, lifetime: i64) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| Error::Invalid(format!("certificate request refused: {e}")))?;
+        if !is_p256_key(csr_der) {
+            return Err(Error::Invalid("certificate request refused: the key must be ECDSA P-256".into()));
+        }
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().map_err(rc("SPIFFE ID"))?)];
+        p.serial_number = Some(serial()?);
+        p.not_before = offset(now - 60)?;
+        p.not_after = offset(now + lifetime)?;
+        p.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), &self.key).map_err(rc("workload CA"))?;
+        let cert = p.signed_by(&csr.public_key, &issuer).map_err(rc("SVID"))?;
+        Ok(cert.pem())
+    }
+}
+
 fn is_p256_key(csr_der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer;
     let Ok((_, csr)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der) else {
@@ -336,6 +414,12 @@ pub fn identity(cert: &[u8]) -> Result<Identity> {
             _ => Err(Error::Invalid(format!("the certificate has {} {what}", all.len()))),
         }
     };
+    // A workload's SVID chains to the same root through the workload CA: it is never a node.
+    if !uris_of(&c).is_empty() {
+        return Err(Error::Invalid(
+            "a workload's certificate (it has a URI name) is not a node's".into(),
+        ));
+    }
     let s = c.subject();
     let node_id = one(&mut s.iter_common_name(), "common names")?;
     let ou = one(&mut s.iter_organizational_unit(), "organisational units")?;
@@ -353,6 +437,34 @@ pub fn identity(cert: &[u8]) -> Result<Identity> {
             _ => None,
         }),
     })
+}
+
+/// The URI names of a certificate (its SPIFFE ID, for an SVID).
+fn uris_of(c: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = c.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The URI names of a certificate (PEM or DER); none for what does not parse.
+pub fn uri_names(cert: &[u8]) -> Vec<String> {
+    let der = if cert.starts_with(b"-----") {
+        match std::str::from_utf8(cert).ok().and_then(|p| pem_der(p).ok()) {
+            Some(d) => d,
+            None => return Vec::new(),
+        }
+    } else {
+        cert.to_vec()
+    };
+    x509_parser::parse_x509_certificate(&der).map_or_else(|_| Vec::new(), |(_, c)| uris_of(&c))
 }
 
 /// A node's proof that it holds the key of its last certificate: an ECDSA P-256 signature of

@@ -547,3 +547,241 @@ async fn a_node_gets_and_reports_only_its_own_tasks_and_secrets_go_only_where_th
     assert!(last.secrets.is_empty(), "{last:?}");
     drop(sb);
 }
+
+/// An executor that only records, whose "containers" are named after their tasks; the process
+/// this test runs in is taken for whichever container `caller` names (the kernel's cgroup
+/// lookup, played by the test).
+#[derive(Default)]
+struct Recorder {
+    started: std::sync::Mutex<Vec<(String, String, Option<std::path::PathBuf>)>>,
+    caller: std::sync::Mutex<Option<String>>,
+}
+
+impl bulkhead_cluster::agent::Executor for Recorder {
+    fn start(
+        &self,
+        _node: &str,
+        t: &bulkhead_cluster::dispatcher::Assignment,
+        _files: &[bulkhead_cluster::agent::TaskFile],
+        identity: Option<&bulkhead_cluster::agent::IdentityMount>,
+    ) -> Result<bulkhead_cluster::agent::Started, String> {
+        let container = format!("c{}", t.id);
+        self.started
+            .lock()
+            .unwrap()
+            .push((t.service.clone(), container.clone(), identity.map(|i| i.files.clone())));
+        Ok(bulkhead_cluster::agent::Started { container, digest: None })
+    }
+    fn observe(&self, _c: &str) -> bulkhead_cluster::agent::Observed {
+        bulkhead_cluster::agent::Observed::Running
+    }
+    fn stop(&self, _c: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove(&self, _c: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn adopt(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn container_of_pid(&self, pid: i32) -> Option<String> {
+        (pid == std::process::id() as i32)
+            .then(|| self.caller.lock().unwrap().clone())
+            .flatten()
+    }
+}
+
+/// Identities, end to end in one process: the leader issues SVIDs only for a node's own running
+/// tasks; the agent writes each task's files and serves the Workload API, where a caller gets
+/// its own task's SVID (checked by the `spiffe` crate's client, and against the bundle by
+/// rustls's WebPKI verifier), never another's, nothing if it is no task, and a renewed one
+/// before the first expires. An SVID is never taken for a node's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothing_else_does() {
+    use bulkhead_cluster::identity::{IdentityReply, IdentityRequest};
+    use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
+    use bulkhead_cluster::services::TaskTemplate;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let formed = form(dir.path(), 1).await;
+    let m = formed.managers[0].manager.clone();
+    let addr = formed.managers[0].addr.clone();
+    m.put("config/svid_expiry", b"12".to_vec()).await.unwrap();
+    let a = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let b = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let spec = |name: &str, node: &str| ServiceSpec {
+        name: name.into(),
+        mode: Mode::Replicated { replicas: 1 },
+        constraints: vec![Constraint::parse(&format!("node.id=={node}")).unwrap()],
+        reserve_memory: 0,
+        reserve_cpu: 0,
+        task: TaskTemplate {
+            image: "x".into(),
+            ..Default::default()
+        },
+        restart: Default::default(),
+        update: Default::default(),
+    };
+    m.create_service(spec("web", &a.node_id), now()).await.unwrap();
+    m.create_service(spec("api", &a.node_id), now()).await.unwrap();
+    m.create_service(spec("other", &b.node_id), now()).await.unwrap();
+    let mm = m.clone();
+    until("tasks placed", || {
+        ["web", "api", "other"]
+            .iter()
+            .all(|s| mm.tasks_of(s).iter().any(|t| t.task.node.is_some()))
+    })
+    .await;
+    let task_of = |s: &str| m.tasks_of(s)[0].task.id.clone();
+
+    // B asks for a task of A's: refused. A CSR for another curve: refused.
+    let mut cb = dispatcher_as(&addr, &b).await;
+    let (_, csr) = pki::key_and_request().unwrap();
+    let e = cb
+        .identity(payload(&IdentityRequest {
+            task: task_of("web"),
+            csr: csr.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let csr384 = rcgen::CertificateParams::default().serialize_request(&p384).unwrap().der().to_vec();
+    let e = cb
+        .identity(payload(&IdentityRequest {
+            task: task_of("other"),
+            csr: csr384,
+        }))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("P-256"), "{e}");
+    // Its own: an SVID whose only name is the service's SPIFFE ID.
+    let (k, csr) = pki::key_and_request().unwrap();
+    let r: IdentityReply = serde_json::from_slice(
+        &cb.identity(payload(&IdentityRequest {
+            task: task_of("other"),
+            csr,
+        }))
+        .await
+        .unwrap()
+        .get_ref()
+        .json,
+    )
+    .unwrap();
+    assert_eq!(r.spiffe_id, "spiffe://c1/ns/default/svc/other");
+    let chain = tls::certs(&r.chain).unwrap();
+    assert_eq!(bulkhead_cluster::pki::uri_names(&chain[0]), std::slice::from_ref(&r.spiffe_id));
+    // An SVID presented to a manager is not a node's certificate.
+    let svid = tls::Identity::new(&r.chain, &k.serialize_pem()).unwrap();
+    let ch = transport::connect(&addr, tls::client_config(&b.ca_pem, Some(svid)).unwrap()).await;
+    if let Ok(ch) = ch {
+        let e = bulkhead_cluster::proto::dispatcher_client::DispatcherClient::new(ch)
+            .session(payload(&bulkhead_cluster::dispatcher::SessionHello::default()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
+            "{e}"
+        );
+    }
+
+    // A's agent, with the Workload API; its tmpfs mounts go with the test, also when it fails.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+                if std::path::Path::new(m).starts_with(&self.0) {
+                    let _ = std::process::Command::new("umount").args(["-l", m]).status();
+                }
+            }
+        }
+    }
+    let _unmount = Unmount(dir.path().to_owned());
+    let exec = Arc::new(Recorder::default());
+    let adir = dir.path().join("agent-a");
+    std::fs::create_dir_all(&adir).unwrap();
+    let agent = bulkhead_cluster::agent::Agent::new(&a.node_id, &adir, exec.clone());
+    let me = tls::Identity::new(&a.cert_pem, &a.key_pem).unwrap();
+    let targets = Arc::new(std::sync::RwLock::new(vec![addr.clone()]));
+    let run = tokio::spawn(bulkhead_cluster::agent::run(
+        agent.clone(),
+        tls::client_config(&a.ca_pem, Some(me)).unwrap(),
+        targets,
+    ));
+    let socket = bulkhead_cluster::workload::socket_path(&adir);
+    let serve = tokio::spawn(bulkhead_cluster::workload::serve(agent.clone(), socket.clone()));
+    let ex = exec.clone();
+    until("A's two tasks started", || ex.started.lock().unwrap().len() == 2).await;
+    let started = exec.started.lock().unwrap().clone();
+    let container_of = |s: &str| started.iter().find(|t| t.0 == s).unwrap().1.clone();
+    // The files: the SVID, its key (0400), the bundle.
+    let files = started.iter().find(|t| t.0 == "web").unwrap().2.clone().unwrap();
+    let pem = std::fs::read_to_string(files.join("svid.pem")).unwrap();
+    assert_eq!(
+        bulkhead_cluster::pki::uri_names(&tls::certs(&pem).unwrap()[0]),
+        ["spiffe://c1/ns/default/svc/web"]
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(files.join("svid_key.pem")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o400);
+
+    let endpoint = format!("unix:{}", socket.display());
+    let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();
+    // No task: nothing.
+    let e = client.fetch_x509_svid().await.unwrap_err();
+    assert!(e.to_string().contains("no identity"), "{e}");
+    // web's caller: web's SVID, which verifies against the bundle.
+    *exec.caller.lock().unwrap() = Some(container_of("web"));
+    let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://c1/ns/default/svc/web");
+    let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = spiffe::TrustDomain::new("c1").unwrap();
+    let bundle = bundles.get(&td).expect("the trust domain's bundle");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in bundle.authorities() {
+        roots.add(rustls::pki_types::CertificateDer::from(c.as_bytes().to_vec())).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+    let chain: Vec<rustls::pki_types::CertificateDer> = svid
+        .cert_chain()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_bytes().to_vec()))
+        .collect();
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
+        .expect("the SVID verifies against the bundle");
+    // api's caller: api's, never web's.
+    *exec.caller.lock().unwrap() = Some(container_of("api"));
+    let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();
+    assert_eq!(
+        client.fetch_x509_svid().await.unwrap().spiffe_id().to_string(),
+        "spiffe://c1/ns/default/svc/api"
+    );
+    // Renewed at half its life (12 s): the stream brings a new SVID, and the file changes.
+    use futures_util::StreamExt;
+    let mut stream = client.stream_x509_svids().await.unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("a renewed SVID within 15 s")
+        .unwrap()
+        .unwrap();
+    assert_ne!(first.leaf().as_bytes(), second.leaf().as_bytes());
+    assert_eq!(second.spiffe_id().to_string(), "spiffe://c1/ns/default/svc/api");
+    let f = files.clone();
+    until("web's file renewed too", || {
+        std::fs::read_to_string(f.join("svid.pem")).unwrap() != pem
+    })
+    .await;
+
+    // web removed: its identity goes, from memory and from the node.
+    m.remove_service("web").await.unwrap();
+    let f = files.clone();
+    until("web's identity files gone", || !f.join("svid.pem").exists()).await;
+    *exec.caller.lock().unwrap() = Some(container_of("web"));
+    let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();
+    assert!(client.fetch_x509_svid().await.is_err());
+    run.abort();
+    serve.abort();
+}

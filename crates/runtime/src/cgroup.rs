@@ -9,6 +9,24 @@ pub fn path(id: &str) -> String {
     format!("/bulkhead/{id}")
 }
 
+/// The container whose cgroup process `pid` is in, read from `/proc/<pid>/cgroup` as this
+/// host's cgroup namespace sees it: the `pids` controller's path on a v1 or hybrid host (every
+/// container has one there), else the v2 path. Only the first component under `/bulkhead/`
+/// counts: a process may make cgroups below its own, never beside it.
+pub fn container_of(pid: i32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let line = |want: &dyn Fn(&str) -> bool| {
+        text.lines().find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            want(controllers).then(|| path.to_owned())
+        })
+    };
+    let path = line(&|c: &str| c.split(',').any(|c| c == "pids")).or_else(|| line(&|c: &str| c.is_empty()))?;
+    let id = path.strip_prefix("/bulkhead/")?.split('/').next()?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_owned())
+}
+
 /// The cgroup directories of `cgroup` under every hierarchy mounted in /sys/fs/cgroup.
 fn dirs(cgroup: &str) -> Vec<PathBuf> {
     let rel = cgroup.trim_start_matches('/');
