@@ -37,14 +37,33 @@ impl RuntimeExecutor {
         Arc::new(RuntimeExecutor { ctx: ctx.clone() })
     }
 
+    /// Whether the container runs the image its service is pinned to (the tag was verified
+    /// through this node's trust policy on the way in).
+    fn is_pinned(
+        &self,
+        tpl: &bulkhead_cluster::services::TaskTemplate,
+        rec: &bulkhead_runtime::container::ContainerRecord,
+    ) -> Result<(), String> {
+        let digest = tpl.digest.as_deref().unwrap_or_default();
+        let name = bulkhead_image::Reference::parse(&tpl.image).map_err(|e| e.to_string())?.name();
+        let store = self.ctx.store().map_err(|e| e.to_string())?;
+        match store.resolve(&format!("{name}@{digest}")) {
+            Ok(img) if img.config == rec.image_id => Ok(()),
+            _ => Err(format!(
+                "on this node {} is signed as another image than the service's pinned {digest}: `service update --image` moves the service",
+                tpl.image
+            )),
+        }
+    }
+
     fn runtime(&self) -> Result<Runtime, String> {
         let store = self.ctx.store().map_err(|e| e.to_string())?;
         Runtime::new(store).map_err(|e| e.to_string())
     }
 }
 
-/// The `bulkhead run` flags of a task.
-pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Vec<String> {
+/// The `bulkhead run` flags of a task; its image by the digest the manager pinned if `pin`.
+pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>, pin: bool) -> Vec<String> {
     let tpl = &t.template;
     let short = &t.id[..t.id.len().min(12)];
     let name = if t.slot > 0 {
@@ -119,7 +138,7 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Optio
     a.push("--".into());
     // The digest the manager resolved, if it did: every node runs the same image whatever the
     // tag says by now (the name keeps the registry to pull it from).
-    let pinned = tpl.digest.as_ref().and_then(|d| {
+    let pinned = tpl.digest.as_ref().filter(|_| pin).and_then(|d| {
         let r = bulkhead_image::Reference::parse(&tpl.image).ok()?;
         Some(r.with_digest(d.parse().ok()?).to_string())
     });
@@ -138,12 +157,28 @@ impl Executor for RuntimeExecutor {
                 ));
             }
         }
-        let flags = Flags::try_parse_from(run_flags(node, t, files, identity))
+        // A repository this node's trust policy covers is verified here, as `run` verifies it:
+        // the task runs the tag, which must be signed as the digest the service is pinned to.
+        let signed_here = t.template.digest.is_some()
+            && bulkhead_image::Reference::parse(&t.template.image)
+                .ok()
+                .map(|r| crate::trust_cmd::covers(&self.ctx, &r))
+                .transpose()
+                .map_err(|e| format!("{e:#}"))?
+                .unwrap_or(false);
+        let flags = Flags::try_parse_from(run_flags(node, t, files, identity, !signed_here))
             .map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())?;
         let (rt, rec) = crate::container_cmd::create_container(&self.ctx, &flags.run, false).map_err(|e| format!("{e:#}"))?;
+        if signed_here {
+            if let Err(e) = self.is_pinned(&t.template, &rec) {
+                let _ = rt.remove(&rec.id, true);
+                return Err(e);
+            }
+        }
         // The identity files become the task's user's (as it maps on the host), before it runs.
         if let Some(i) = identity {
-            if let Err(e) = own_identity(&i.files, owner_of(&rec)) {
+            let owner = owner_of(&rec).ok_or_else(|| format!("the task's user {:?} is outside its id range", rec.user));
+            if let Err(e) = owner.and_then(|o| own_identity(&i.files, o).map_err(|e| e.to_string())) {
                 let _ = rt.remove(&rec.id, true);
                 return Err(format!("the task's identity files: {e}"));
             }
@@ -192,7 +227,7 @@ impl Executor for RuntimeExecutor {
 
     fn owner(&self, container: &str) -> Option<(u32, u32)> {
         let rt = self.runtime().ok()?;
-        Some(owner_of(&rt.status(container).ok()?))
+        owner_of(&rt.status(container).ok()?)
     }
 
     fn adopt(&self) -> Vec<(String, String)> {
@@ -205,21 +240,32 @@ impl Executor for RuntimeExecutor {
     }
 }
 
-/// The host ids of a container's user.
-fn owner_of(rec: &bulkhead_runtime::container::ContainerRecord) -> (u32, u32) {
-    let base = rec.host_id.unwrap_or(0);
-    (base + rec.user.0, base + rec.user.1)
+/// The host ids of a container's user: inside its range, or none.
+fn owner_of(rec: &bulkhead_runtime::container::ContainerRecord) -> Option<(u32, u32)> {
+    let (u, g) = rec.user;
+    match rec.host_id {
+        None => Some((u, g)),
+        Some(_) if u >= bulkhead_runtime::profile::ID_RANGE || g >= bulkhead_runtime::profile::ID_RANGE => None,
+        Some(h) => Some((h.checked_add(u)?, h.checked_add(g)?)),
+    }
 }
 
-/// The identity directory and its files to `owner`; the directory readable and searchable by it
-/// alone.
+/// The identity directory, and everything in it, to `owner` (no link followed: the agent
+/// wrote all of it, the task has not run yet); the directory readable and searchable by it alone.
 fn own_identity(dir: &std::path::Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let (u, g) = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        rustix::fs::chownat(rustix::fs::CWD, &p, u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    fn walk(d: &std::path::Path, u: Option<rustix::fs::Uid>, g: Option<rustix::fs::Gid>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(d)? {
+            let e = e?;
+            rustix::fs::chownat(rustix::fs::CWD, e.path(), u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+            if e.file_type()?.is_dir() {
+                walk(&e.path(), u, g)?;
+            }
+        }
+        Ok(())
     }
+    walk(dir, u, g)?;
     rustix::fs::chownat(rustix::fs::CWD, dir, u, g, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500))
 }
@@ -249,7 +295,7 @@ mod tests {
             },
             state: bulkhead_cluster::orchestrator::TaskState::Assigned,
         };
-        let flags = Flags::try_parse_from(run_flags("node1", &t, &[], None)).unwrap();
+        let flags = Flags::try_parse_from(run_flags("node1", &t, &[], None, true)).unwrap();
         let dbg = format!("{:?}", flags.run);
         assert!(dbg.contains("privileged: false"), "{dbg}");
         assert!(dbg.contains("userns: \"auto\""), "{dbg}");

@@ -1564,7 +1564,7 @@ fn tasks_have_identities_they_renew_and_use_for_mutual_tls() {
     assert_eq!(bulkhead_cluster::pki::uri_names(w.chain.as_bytes()), [id("web")]);
     assert_eq!(bulkhead_cluster::pki::uri_names(a.chain.as_bytes()), [id("api")]);
     // Owned by the task's user (root in its namespace), the key 0400, and read-only.
-    let ls = lan.ok(1, &["exec", &cw, "ls", "-ln", "/run/secrets/identity"]);
+    let ls = lan.ok(1, &["exec", &cw, "ls", "-lnL", "/run/secrets/identity"]);
     assert!(
         ls.lines()
             .any(|l| l.starts_with("-r--------") && l.contains(" 0 ") && l.ends_with("svid_key.pem")),

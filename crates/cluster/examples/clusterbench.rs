@@ -16,19 +16,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead_cluster::crypt::Key;
 use bulkhead_cluster::manager::{self, Manager, NodeRecord};
 use bulkhead_cluster::pki::{self, Ca, Role};
-use bulkhead_cluster::store::{self, Op, Request};
+use bulkhead_cluster::store::{Op, Request};
 use bulkhead_cluster::tls;
-use bulkhead_cluster::transport::{self, Auth, Network};
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+mod benchkit;
+use benchkit::{join_many, now, pct, start_manager};
 
 /// Moves this thread into the network namespace `ns` (threads it starts later are there too).
 fn enter(ns: &str) {
@@ -52,7 +46,7 @@ fn placement() -> Option<(String, Vec<(String, String)>)> {
 async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str, at: Option<(String, String)>) -> (Manager, String) {
     let Some(at) = at else {
         // On loopback, on the harness's own runtime.
-        return start_manager(dir, raft_id, cert, key, ca, "127.0.0.1").await;
+        return start_manager(dir, raft_id, cert, key, ca, "127.0.0.1", false).await;
     };
     let (dir, cert, key, ca) = (dir.to_owned(), cert.to_owned(), key.to_owned(), ca.to_owned());
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -65,36 +59,11 @@ async fn manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca:
             .build()
             .unwrap();
         rt.block_on(async move {
-            let _ = tx.send(start_manager(&dir, raft_id, &cert, &key, &ca, &ip).await);
+            let _ = tx.send(start_manager(&dir, raft_id, &cert, &key, &ca, &ip, false).await);
             std::future::pending::<()>().await
         });
     });
     rx.await.unwrap()
-}
-
-async fn start_manager(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &str, ip: &str) -> (Manager, String) {
-    let me = tls::Identity::new(cert, key).unwrap();
-    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (log, sm) = store::open(&dir.join(format!("{raft_id}.redb")), Key::generate().unwrap()).unwrap();
-    let config = store::raft_config("bench").unwrap();
-    let client_tls = tls::client_config(ca, Some(me.clone())).unwrap();
-    let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
-        .await
-        .unwrap();
-    let m = Manager {
-        raft,
-        sm: sm.clone(),
-        auth: Auth::new("bench").with_store(sm),
-        tls: client_tls,
-    };
-    manager::serve_manager(&m, listener, tls::server_config(ca, me).unwrap(), None, None);
-    (m, addr)
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() {
@@ -185,22 +154,11 @@ async fn bench(at: Option<Vec<(String, String)>>) {
     }
     let per_sec = total as f64 / t.elapsed().as_secs_f64();
     // 500 agents join, 32 at a time.
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let t = Instant::now();
-    let mut joins = Vec::new();
-    for _ in 0..agents {
-        let (sem, a1, tok) = (sem.clone(), a1.clone(), worker_token.text().to_string());
-        joins.push(tokio::spawn(async move {
-            let _p = sem.acquire_owned().await.unwrap();
-            manager::join_cluster(&a1, &tok).await.unwrap()
-        }));
-    }
-    let mut joined = Vec::new();
-    for j in joins {
-        joined.push(j.await.unwrap());
-    }
+    let joined = join_many(&a1, &worker_token.text(), agents).await;
     let join_s = t.elapsed().as_secs_f64();
     // A renewal storm: all of them at once, 32 at a time.
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let t = Instant::now();
     let mut renews = Vec::new();
     for j in &joined {

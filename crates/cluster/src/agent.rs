@@ -82,6 +82,11 @@ pub trait Executor: Send + Sync + 'static {
     fn owner(&self, _container: &str) -> Option<(u32, u32)> {
         None
     }
+    /// Whether tasks get their identity as files (a tmpfs each) besides the Workload API; a
+    /// harness that simulates many nodes in one process says no.
+    fn identity_files(&self) -> bool {
+        true
+    }
 }
 
 /// What the agent knows of one task (persisted, without secrets).
@@ -125,6 +130,8 @@ pub struct Agent {
     handle: Option<tokio::runtime::Handle>,
     /// When a failed renewal is tried again (unix s), by task.
     retry: Mutex<HashMap<String, i64>>,
+    /// Held while identity files are written or dropped.
+    identity_io: Mutex<()>,
 }
 
 impl Agent {
@@ -186,6 +193,7 @@ impl Agent {
             client: Mutex::new(None),
             handle: tokio::runtime::Handle::try_current().ok(),
             retry: Mutex::new(HashMap::new()),
+            identity_io: Mutex::new(()),
         })
     }
 
@@ -218,6 +226,7 @@ impl Agent {
 
     /// A task's identity goes: from memory, and its tmpfs.
     fn drop_identity(&self, task: &str) {
+        let _io = self.identity_io.lock().expect("not poisoned");
         self.retry.lock().expect("not poisoned").remove(task);
         let had = self.identities.lock().expect("not poisoned").remove(task).is_some();
         drop_files(&self.identity_dir(task));
@@ -226,23 +235,37 @@ impl Agent {
         }
     }
 
-    /// A new identity for `task` into its tmpfs (made if `mount`) and memory.
+    /// A new identity for `task` into its tmpfs (made if `mount`) and memory; `starting`: for
+    /// the task's start (which holds it busy), else a renewal.
     async fn renew_identity(
         &self,
         client: &mut proto::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
         task: &str,
+        starting: bool,
         mount: bool,
         owner: Option<(u32, u32)>,
     ) -> Result<(), String> {
         let f = crate::workload::fetch(client, task).await?;
         let dir = self.identity_dir(task);
+        // Against a stop or removal meanwhile: a task that is no longer live gets nothing, and
+        // files are written only into its tmpfs, never into the directory under it.
+        let _io = self.identity_io.lock().expect("not poisoned");
+        let live = self
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .get(task)
+            .is_some_and(|l| !l.state.terminal() && (starting || !l.busy));
+        if !live {
+            return Err("the task is no longer running".into());
+        }
         if mount {
             // Searchable by the container's user while its runtime mounts it (the owner becomes
             // that user once the container is made).
             mount_tmpfs(&dir, 64 << 10, 0o711, "bulkhead-identity")
                 .map_err(|e| format!("the task's identity tmpfs at {}: {e}", dir.display()))?;
         }
-        if dir.is_dir() {
+        if is_mountpoint(&dir) {
             crate::workload::write_files(&dir, &f, owner).map_err(|e| format!("the task's identity files: {e}"))?;
         }
         self.identities.lock().expect("not poisoned").insert(task.to_owned(), f.identity);
@@ -250,9 +273,13 @@ impl Agent {
         Ok(())
     }
 
-    /// Renews identities at half their life, and gives one to a running task without (after the
-    /// agent's restart).
-    async fn renew_identities(&self, client: &mut proto::dispatcher_client::DispatcherClient<tonic::transport::Channel>) {
+    /// Renews identities at about half their life, and gives one to a running task without
+    /// (after the agent's restart); four at a time, beside the session (which goes on with its
+    /// reports and heartbeats).
+    async fn renew_identities(self: &Arc<Self>) {
+        let Some(client) = self.client.lock().expect("not poisoned").clone() else {
+            return;
+        };
         let now = crate::services::now_ms() / 1000;
         let due: Vec<(String, String)> = {
             let tasks = self.tasks.lock().expect("not poisoned");
@@ -260,25 +287,41 @@ impl Agent {
             tasks
                 .iter()
                 .filter(|(_, l)| !l.busy && l.state == TaskState::Running)
-                .filter(|(id, _)| ids.get(*id).is_none_or(|i| now >= i.renew_at()))
+                .filter(|(id, _)| ids.get(*id).is_none_or(|i| now >= i.renew_at))
                 .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
                 .collect()
         };
+        let mut running = tokio::task::JoinSet::new();
         for (task, container) in due {
             if self.retry.lock().expect("not poisoned").get(&task).is_some_and(|&t| now < t) {
                 continue;
             }
-            let owner = self.exec.owner(&container);
-            match self.renew_identity(client, &task, false, owner).await {
-                Ok(()) => {
-                    self.retry.lock().expect("not poisoned").remove(&task);
-                }
-                Err(e) => {
-                    tracing::warn!(%task, error = %e, "renewing a task's identity (again in 5 s)");
-                    self.retry.lock().expect("not poisoned").insert(task, now + 5);
-                }
+            while running.len() >= 4 {
+                running.join_next().await;
             }
+            let (me, mut client) = (self.clone(), client.clone());
+            running.spawn(async move {
+                let exec = me.exec.clone();
+                let c = container.clone();
+                let owner = tokio::task::spawn_blocking(move || exec.owner(&c)).await.ok().flatten();
+                // Files the task's user cannot read are no renewal: the old ones stay until
+                // the owner is known again.
+                let r = match owner {
+                    None if me.exec.identity_files() => Err(format!("the owner of container {container} is unknown")),
+                    owner => me.renew_identity(&mut client, &task, false, false, owner).await,
+                };
+                match r {
+                    Ok(()) => {
+                        me.retry.lock().expect("not poisoned").remove(&task);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%task, error = %e, "renewing a task's identity (again in 5 s)");
+                        me.retry.lock().expect("not poisoned").insert(task, now + 5);
+                    }
+                }
+            });
         }
+        while running.join_next().await.is_some() {}
     }
 
     fn save(&self) {
@@ -440,7 +483,11 @@ impl Agent {
         let (Some(handle), Some(mut client)) = (self.handle.clone(), self.client.lock().expect("not poisoned").clone()) else {
             return Err("no session with the leader for the task's identity".into());
         };
-        handle.block_on(self.renew_identity(&mut client, task, true, None))?;
+        let files = self.exec.identity_files();
+        handle.block_on(self.renew_identity(&mut client, task, true, files, None))?;
+        if !files {
+            return Ok(None);
+        }
         Ok(Some(IdentityMount {
             files: self.identity_dir(task),
             socket_dir: crate::workload::socket_path(&self.dir)
@@ -616,6 +663,15 @@ fn mount_tmpfs(dir: &Path, size: usize, mode: u32, name: &str) -> std::io::Resul
     .map_err(std::io::Error::from)
 }
 
+/// Whether `dir` is a mount point (another filesystem than its parent's).
+fn is_mountpoint(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Some(Ok(p))) = (std::fs::symlink_metadata(dir), dir.parent().map(std::fs::metadata)) else {
+        return false;
+    };
+    d.is_dir() && d.dev() != p.dev()
+}
+
 /// Unmounts and removes a task's tmpfs directory, if there is one.
 fn drop_files(dir: &Path) {
     let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
@@ -625,6 +681,13 @@ fn drop_files(dir: &Path) {
 /// The agent's loop: a session with the leader (found through `targets`, the managers this
 /// node knows), its messages applied, reports sent when something changed and every heartbeat.
 pub async fn run(agent: Arc<Agent>, tls: Arc<rustls::ClientConfig>, targets: Arc<std::sync::RwLock<Vec<String>>>) {
+    let a = agent.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            a.renew_identities().await;
+        }
+    });
     let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let mut leader: Option<String> = None;
     loop {
@@ -687,7 +750,6 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
             _ = tick.tick() => {
                 let me = agent.clone();
                 let _ = tokio::task::spawn_blocking(move || me.observe()).await;
-                agent.renew_identities(&mut client).await;
             }
             _ = agent.changed.notified() => {}
         }

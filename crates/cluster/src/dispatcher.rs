@@ -25,7 +25,7 @@ use crate::manager::{Error, Manager};
 use crate::orchestrator::TaskState;
 use crate::pki::Role;
 use crate::proto;
-use crate::services::{Desired, TaskStatus, TaskTemplate};
+use crate::services::{Desired, TaskStatus, TaskTemplate, UpdateState};
 use crate::store::{Op, Request};
 
 /// The first message of a session.
@@ -240,7 +240,18 @@ impl Hub {
                 self.mark_all();
             }
             let full = self.all_dirty.swap(false, std::sync::atomic::Ordering::SeqCst) || last_full.elapsed() > Duration::from_secs(5);
-            let marked = self.dirty.lock().expect("not poisoned").take();
+            let mut marked = self.dirty.lock().expect("not poisoned").take();
+            // A rolling update waits on time (its monitor period, its delay), which no store
+            // change announces: its service is looked at again every second.
+            if !full {
+                for (_, v) in m.sm.scan("services/") {
+                    if let Ok(r) = serde_json::from_slice::<crate::services::ServiceRecord>(&v) {
+                        if matches!(r.update, Some(UpdateState::Updating | UpdateState::RollingBack { .. })) {
+                            marked.get_or_insert_with(BTreeSet::new).insert(r.spec.name);
+                        }
+                    }
+                }
+            }
             let only = if full {
                 last_full = Instant::now();
                 None

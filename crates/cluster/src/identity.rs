@@ -10,8 +10,10 @@
 //!   the request.
 //! - **The workload CA** (`ca/workload` in the sealed store, made by the first manager that needs
 //!   it) issues SVIDs only. Node certificates come from the root alone, and a certificate with a
-//!   URI name is never taken for a node's ([`crate::pki::identity`]). It is made again when the
-//!   root changes (a CA rotation) or within 30 days of its end.
+//!   URI name is never taken for a node's ([`crate::pki::identity`]). The bundle workloads get
+//!   holds the workload CAs, not the root, so a node's certificate never passes for a workload.
+//!   A new CA is made when the root changes (a CA rotation), and ahead of the current one's end
+//!   (see [`Manager::workload_cas`]).
 //! - SVIDs last an hour (`cluster ca --svid-expiry`); the agent renews them at half their life.
 
 use serde::{Deserialize, Serialize};
@@ -30,18 +32,50 @@ pub const SVID_LIFETIME_RANGE: std::ops::RangeInclusive<i64> = 10..=7 * 86400;
 /// A certificate request is small: at most this many bytes.
 const MAX_CSR: usize = 4096;
 
+/// One workload CA as the store keeps it.
 #[derive(Clone, Serialize, Deserialize)]
-struct WorkloadCaRecord {
+struct CaEntry {
     cert: String,
     key: String,
-    /// The digest of the root that issued it.
-    root: String,
     not_after: i64,
 }
 
-impl Drop for WorkloadCaRecord {
+impl Drop for CaEntry {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// The workload CAs: the one that issues; the next, made 60 days before the current one ends and
+/// in every bundle from then on, which issues from 30 days before; the previous, still in the
+/// bundles while SVIDs it issued may live.
+#[derive(Clone, Serialize, Deserialize)]
+struct WorkloadCas {
+    current: CaEntry,
+    #[serde(default)]
+    next: Option<CaEntry>,
+    /// The previous CA's certificate, and until when bundles carry it.
+    #[serde(default)]
+    previous: Option<(String, i64)>,
+    /// The digest of the root that issued `current` and `next`.
+    root: String,
+}
+
+impl WorkloadCas {
+    /// What workloads trust: the workload CAs, never the cluster root (which also issues the
+    /// nodes' certificates: a workload that checks only the chain must not take a node for a
+    /// peer).
+    fn bundle(&self, now: i64) -> String {
+        let mut pem = self.current.cert.clone();
+        if let Some(n) = &self.next {
+            pem.push_str(&n.cert);
+        }
+        if let Some((c, until)) = &self.previous {
+            if *until > now {
+                pem.push_str(c);
+            }
+        }
+        pem
     }
 }
 
@@ -70,30 +104,68 @@ impl Manager {
             .unwrap_or(SVID_LIFETIME)
     }
 
-    /// The workload CA: the store's, or a new one under the current root.
-    async fn workload_ca(&self, now: i64) -> Result<Ca> {
+    fn new_workload_ca(&self, root: &Ca, now: i64) -> Result<CaEntry> {
+        let (ca, cert) = root.workload_ca(&self.auth.cluster_id, now)?;
+        let not_after = x509_parser::parse_x509_certificate(ca.cert_der())
+            .map_err(|e| Error::Invalid(format!("the workload CA: {e}")))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        Ok(CaEntry {
+            cert,
+            key: ca.key_pem().to_string(),
+            not_after,
+        })
+    }
+
+    /// The workload CAs, brought up to date and written if they changed:
+    /// - none yet, or the root changed (a CA rotation, after which the old key may be known): a
+    ///   new one issues at once; the old stays in bundles for one SVID lifetime;
+    /// - 60 days before the current one ends: a next one, in bundles from now on;
+    /// - 30 days before: the next one issues, the current one stays in bundles until its end.
+    ///
+    /// A CA near the root's own end is kept (a new one would end no later).
+    async fn workload_cas(&self, now: i64) -> Result<WorkloadCas> {
+        const DAY: i64 = 86400;
         let root = self.ca()?;
+        let root_digest = root.digest();
+        let root_end = x509_parser::parse_x509_certificate(root.cert_der())
+            .map_err(|e| Error::Invalid(format!("the CA: {e}")))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
         for _ in 0..3 {
             let raw = self.sm.get(WORKLOAD_CA);
-            let rec = raw.as_ref().and_then(|r| serde_json::from_slice::<WorkloadCaRecord>(r).ok());
-            if let Some(rec) = rec.as_ref().filter(|r| r.root == root.digest() && r.not_after > now + 30 * 86400) {
-                return Ok(Ca::from_pem(&rec.cert, &rec.key)?);
-            }
-            let (ca, cert) = root.workload_ca(&self.auth.cluster_id, now)?;
-            let not_after = x509_parser::parse_x509_certificate(ca.cert_der())
-                .map_err(|e| Error::Invalid(format!("the workload CA: {e}")))?
-                .1
-                .validity()
-                .not_after
-                .timestamp();
-            let new = WorkloadCaRecord {
-                cert,
-                key: ca.key_pem().to_string(),
-                root: root.digest(),
-                not_after,
+            let old = raw.as_ref().and_then(|r| serde_json::from_slice::<WorkloadCas>(r).ok());
+            let new = match &old {
+                None => WorkloadCas {
+                    current: self.new_workload_ca(&root, now)?,
+                    next: None,
+                    previous: None,
+                    root: root_digest.clone(),
+                },
+                Some(o) if o.root != root_digest => WorkloadCas {
+                    current: self.new_workload_ca(&root, now)?,
+                    next: None,
+                    previous: Some((o.current.cert.clone(), now + self.svid_lifetime())),
+                    root: root_digest.clone(),
+                },
+                Some(o) if o.current.not_after - now < 30 * DAY && o.next.is_some() => WorkloadCas {
+                    current: o.next.clone().expect("checked"),
+                    next: None,
+                    previous: Some((o.current.cert.clone(), o.current.not_after)),
+                    root: o.root.clone(),
+                },
+                Some(o) if o.next.is_none() && o.current.not_after - now < 60 * DAY && root_end > o.current.not_after => WorkloadCas {
+                    next: Some(self.new_workload_ca(&root, now)?),
+                    ..o.clone()
+                },
+                Some(o) => return Ok(o.clone()),
             };
             let mut value = serde_json::to_vec(&new).expect("serialisable");
-            // Only over what was read: two managers making one at once keep the first.
+            // Only over what was read: two managers changing it at once keep the first.
             let applied = self
                 .write(Request {
                     checks: vec![Check::Is {
@@ -109,7 +181,7 @@ impl Manager {
                 .applied;
             zeroize::Zeroize::zeroize(&mut value);
             if applied {
-                return Ok(ca);
+                return Ok(new);
             }
         }
         Err(Error::Invalid("the workload CA changed under three attempts to make it".into()))
@@ -131,13 +203,14 @@ impl Manager {
             return Err(refused());
         }
         let spiffe_id = pki::spiffe_id(&self.auth.cluster_id, task.template.stack.as_deref(), &task.service)?;
-        let ca = self.workload_ca(now).await?;
+        let cas = self.workload_cas(now).await?;
+        let ca = Ca::from_pem(&cas.current.cert, &cas.current.key)?;
         let lifetime = self.svid_lifetime();
         let leaf = ca.issue_svid(&req.csr, &spiffe_id, now, lifetime)?;
         Ok(IdentityReply {
             spiffe_id,
             chain: leaf + ca.cert_pem(),
-            bundle: self.trust_pem()?,
+            bundle: cas.bundle(now),
             not_after: now + lifetime,
         })
     }

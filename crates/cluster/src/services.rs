@@ -336,6 +336,13 @@ pub fn validate_task(t: &TaskTemplate) -> Result<()> {
     if t.image.len() > 512 || !plain(&t.image) {
         return bad(format!("image {:?}: a name or a digest", t.image));
     }
+    if let Some(s) = &t.stack {
+        // It names the tasks' SPIFFE ID's namespace, where `default` is that of services in no
+        // stack.
+        if !crate::secrets::valid_name(s) || s == "default" {
+            return bad(format!("stack {s:?}: a name (and not `default`)"));
+        }
+    }
     if let Some(d) = &t.digest {
         let hex = d.strip_prefix("sha256:").unwrap_or_default();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -888,6 +895,10 @@ impl Manager {
             return true;
         }
         if now < svc.next_batch_ms || in_flight >= cfg.parallelism as usize {
+            return false;
+        }
+        if outdated.is_empty() {
+            // Only the last batch's monitor period is left: nothing to write until it ends.
             return false;
         }
         let mut order = outdated;

@@ -74,14 +74,14 @@ pub struct TaskIdentity {
     pub bundle: Vec<Vec<u8>>,
     pub issued: i64,
     pub not_after: i64,
+    /// When it is renewed: at half its life, less up to a tenth of it at random (so that tasks
+    /// started together do not all renew at once).
+    pub renew_at: i64,
+    /// Which identity of the agent's this is (Workload API streams send a new one on change).
+    pub serial: u64,
 }
 
-impl TaskIdentity {
-    /// Renewed at half its life.
-    pub fn renew_at(&self) -> i64 {
-        self.issued + (self.not_after - self.issued) / 2
-    }
-}
+static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// What the leader gave, with the key made here, ready for files and the API.
 pub struct Fetched {
@@ -135,14 +135,19 @@ pub async fn fetch(
         return Err(format!("the SVID names {uris:?}, not {}", r.spiffe_id));
     }
     let not_after = leaf.validity().not_after.timestamp();
+    let issued = now();
+    let life = (not_after - issued).max(2);
+    let jitter = u16::from_le_bytes(crate::crypt::random::<2>().map_err(|e| e.to_string())?) as i64 % (life / 10).max(1);
     Ok(Fetched {
         identity: TaskIdentity {
             spiffe_id: r.spiffe_id,
             chain,
             key: zeroize::Zeroizing::new(key.serialize_der()),
             bundle,
-            issued: now(),
+            issued,
             not_after,
+            renew_at: issued + life / 2 - jitter,
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         },
         chain_pem: r.chain,
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
@@ -150,29 +155,53 @@ pub async fn fetch(
     })
 }
 
-/// Writes the identity files into `dir` (the task's tmpfs), each beside the old one and then
-/// renamed over it, owned by `owner` (host ids) if given.
+/// Writes the identity files into `dir` (the task's tmpfs) all at once: a new directory
+/// `..<serial>` holds the three files, the symlink `..data` is renamed over to point at it, and
+/// `svid.pem`, `svid_key.pem` and `bundle.pem` are symlinks through `..data` (as Kubernetes
+/// updates projected volumes): a reader sees the old set or the new one, never a certificate
+/// with another's key. Owned by `owner` (host ids) if given; the old directory goes.
 pub fn write_files(dir: &Path, f: &Fetched, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    for (name, data, mode) in [
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let chown = |fd: &std::fs::File| -> std::io::Result<()> {
+        if let Some((u, g)) = owner {
+            rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(g)))?;
+        }
+        Ok(())
+    };
+    let name = format!("..{}", f.identity.serial);
+    let set = dir.join(&name);
+    let _ = std::fs::remove_dir_all(&set);
+    std::fs::create_dir(&set)?;
+    for (file, data, mode) in [
         ("svid.pem", f.chain_pem.as_bytes(), 0o444),
         ("svid_key.pem", f.key_pem.as_bytes(), 0o400),
         ("bundle.pem", f.bundle_pem.as_bytes(), 0o444),
     ] {
-        let tmp = dir.join(format!(".{name}.new"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
+        let mut w = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        if let Some((u, g)) = owner {
-            rustix::fs::fchown(&file, Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(g)))?;
+            .open(set.join(file))?;
+        w.write_all(data)?;
+        chown(&w)?;
+    }
+    std::fs::set_permissions(&set, std::fs::Permissions::from_mode(0o500))?;
+    chown(&std::fs::File::open(&set)?)?;
+    let tmp = dir.join("..data.new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&name, &tmp)?;
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data"))?;
+    for file in ["svid.pem", "svid_key.pem", "bundle.pem"] {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link)?;
         }
-        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    if let Some(old) = old.filter(|o| o.as_os_str() != name.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
 }
@@ -184,10 +213,35 @@ pub struct Caller {
     pub container: Option<String>,
 }
 
-/// A Workload API connection, with its caller.
+/// A Workload API connection, with its caller, and its place among the connections.
 pub struct CallerStream {
     inner: tokio::net::UnixStream,
     caller: Caller,
+    _slot: Slot,
+}
+
+/// Connections at most, all callers together.
+const MAX_CONNECTIONS: usize = 512;
+/// Connections at most from one container (or from all callers that are no task, together).
+const MAX_PER_CALLER: usize = 8;
+
+/// A caller's count of open connections, given back when the connection closes.
+struct Slot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    key: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("not poisoned");
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for CallerStream {
@@ -257,17 +311,13 @@ fn identify(agent: &Agent, sock: &tokio::net::UnixStream) -> Caller {
         return none;
     };
     let pid = cred.pid.as_raw_nonzero().get();
-    let pidfd = match peer_pidfd(sock) {
-        Ok(fd) => Some(fd),
-        // Older kernels: the pid alone (and its reuse window).
-        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
-        Err(_) => return none,
-    };
+    // Without a pidfd (Linux before 6.5) a caller that exits could have its pid reused by
+    // another container's process between the connect and the cgroup read: no answer then (the
+    // files still work).
+    let Ok(pidfd) = peer_pidfd(sock) else { return none };
     let container = agent.executor().container_of_pid(pid);
-    if let Some(fd) = &pidfd {
-        if pidfd_pid(fd) != Some(pid) {
-            return none;
-        }
+    if pidfd_pid(&pidfd) != Some(pid) {
+        return none;
     }
     Caller { container }
 }
@@ -287,8 +337,12 @@ pub async fn serve(agent: Arc<Agent>, socket: PathBuf) -> std::io::Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<CallerStream>>(16);
     let a = agent.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let counts = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
     tokio::spawn(async move {
         loop {
+            // Past the bound, connections wait in the kernel's backlog, not in our memory.
+            let Ok(permit) = slots.clone().acquire_owned().await else { return };
             let sock = match listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
@@ -298,12 +352,37 @@ pub async fn serve(agent: Arc<Agent>, socket: PathBuf) -> std::io::Result<()> {
                 }
             };
             let caller = identify(&a, &sock);
-            if tx.send(Ok(CallerStream { inner: sock, caller })).await.is_err() {
+            let key = caller.container.clone().unwrap_or_default();
+            {
+                let mut c = counts.lock().expect("not poisoned");
+                let n = c.entry(key.clone()).or_default();
+                if *n >= MAX_PER_CALLER {
+                    continue;
+                }
+                *n += 1;
+            }
+            let slot = Slot {
+                counts: counts.clone(),
+                key,
+                _permit: permit,
+            };
+            if tx
+                .send(Ok(CallerStream {
+                    inner: sock,
+                    caller,
+                    _slot: slot,
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(4))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(api::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(WorkloadApi { agent }))
         .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
@@ -346,18 +425,18 @@ impl WorkloadApi {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let current = agent.identity_of(&task, |i| (i.not_after, i.chain.clone(), make(i)));
+                let current = agent.identity_of(&task, |i| (i.serial, make(i)));
                 match current {
                     None => {
                         let _ = tx.send(Err(Status::permission_denied("the task has no identity (any more)"))).await;
                         return;
                     }
-                    Some((not_after, chain, msg)) => {
-                        if last.as_ref() != Some(&(not_after, chain.clone())) {
+                    Some((serial, msg)) => {
+                        if last != Some(serial) {
                             if tx.send(Ok(msg)).await.is_err() {
                                 return;
                             }
-                            last = Some((not_after, chain));
+                            last = Some(serial);
                         }
                     }
                 }

@@ -584,6 +584,9 @@ impl bulkhead_cluster::agent::Executor for Recorder {
     fn adopt(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+    fn owner(&self, _c: &str) -> Option<(u32, u32)> {
+        Some((0, 0))
+    }
     fn container_of_pid(&self, pid: i32) -> Option<String> {
         (pid == std::process::id() as i32)
             .then(|| self.caller.lock().unwrap().clone())
@@ -730,6 +733,17 @@ async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothin
     // No task: nothing.
     let e = client.fetch_x509_svid().await.unwrap_err();
     assert!(e.to_string().contains("no identity"), "{e}");
+    drop(client);
+    // A caller holds at most 8 connections: the ninth is closed at once.
+    let hog: Vec<std::os::unix::net::UnixStream> = (0..8).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ninth = match spiffe::WorkloadApiClient::connect_to(&endpoint).await {
+        Ok(c) => c.fetch_x509_svid().await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(ninth.as_ref().is_err_and(|e| !e.contains("no identity")), "{ninth:?}");
+    drop(hog);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // web's caller: web's SVID, which verifies against the bundle.
     *exec.caller.lock().unwrap() = Some(container_of("web"));
     let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();
@@ -751,6 +765,12 @@ async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothin
     verifier
         .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
         .expect("the SVID verifies against the bundle");
+    // The bundle is the workload CA's, not the cluster root: a node's certificate is no peer.
+    assert!(bundle.authorities().iter().all(|c| c.as_bytes() != formed.ca.cert_der()));
+    let node_cert = tls::certs(&a.cert_pem).unwrap();
+    assert!(verifier
+        .verify_client_cert(&node_cert[0], &node_cert[1..], rustls::pki_types::UnixTime::now())
+        .is_err());
     // api's caller: api's, never web's.
     *exec.caller.lock().unwrap() = Some(container_of("api"));
     let client = spiffe::WorkloadApiClient::connect_to(&endpoint).await.unwrap();

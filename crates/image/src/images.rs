@@ -189,7 +189,8 @@ impl Store {
             return Ok(rec);
         }
         // A digest that names an index the store keeps (pulled by it): this platform's image.
-        if r.digest().is_some() && self.has_blob(&manifest) {
+        let small = |d: &Digest| fs::metadata(self.blob_path(d)).is_ok_and(|m| m.len() <= self.limits().max_json_bytes);
+        if r.digest().is_some() && small(&manifest) {
             let data = self.read_blob(&manifest)?;
             if let Ok(idx) = crate::spec::parse_index(&data) {
                 if let Ok(d) = crate::spec::select_platform(&idx, &crate::spec::PlatformSpec::default()) {

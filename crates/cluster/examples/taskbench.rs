@@ -1,0 +1,265 @@
+//! bench/tasks' harness (issue 16): the cluster's orchestration, scheduling and dispatch at
+//! scale, with agents simulated many per process. This is a harness, not a cluster: the agents
+//! are real (each node joins with the worker token and holds its own mutually authenticated
+//! dispatcher session, and every task gets its SVID from the leader), but their executor only
+//! records, and their identities are not written as files.
+//!
+//! `taskbench NODES TASKS` runs the managers (three, on loopback, in this process) and a child
+//! process with the NODES agents (`taskbench agents ...`), then measures:
+//! - the time from `service create` of TASKS replicas until all run (as the leader's store says);
+//! - each task's latency from its creation to its node's report that it runs (p50, p99);
+//! - a secret's delivery: from `secret create` (and a service naming it) to its one task running
+//!   with the file (median of 5);
+//! - a rolling update of 1,000 tasks (parallelism 100, no delay, 1 s monitor) to its end;
+//! - the managers' process memory (VmHWM, VmRSS).
+//!
+//! Prints one JSON object.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_cluster::manager::{self, Manager};
+use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec, TaskState};
+use bulkhead_cluster::services::{FileRef, TaskTemplate, UpdateConfig};
+use bulkhead_cluster::tls;
+
+mod benchkit;
+use benchkit::{join_many, now, pct, start_manager};
+
+/// Records starts, runs nothing.
+struct Recorder;
+
+impl bulkhead_cluster::agent::Executor for Recorder {
+    fn start(
+        &self,
+        _node: &str,
+        t: &bulkhead_cluster::dispatcher::Assignment,
+        _files: &[bulkhead_cluster::agent::TaskFile],
+        _identity: Option<&bulkhead_cluster::agent::IdentityMount>,
+    ) -> Result<bulkhead_cluster::agent::Started, String> {
+        Ok(bulkhead_cluster::agent::Started {
+            container: format!("c{}", t.id),
+            digest: None,
+        })
+    }
+    fn observe(&self, _c: &str) -> bulkhead_cluster::agent::Observed {
+        bulkhead_cluster::agent::Observed::Running
+    }
+    fn stop(&self, _c: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn remove(&self, _c: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn adopt(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn identity_files(&self) -> bool {
+        false
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .unwrap();
+    if args.get(1).map(String::as_str) == Some("agents") {
+        rt.block_on(agents(&args[2], &args[3], args[4].parse().unwrap(), &args[5]));
+    } else {
+        let nodes = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+        let tasks = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+        rt.block_on(bench(nodes, tasks));
+    }
+}
+
+/// The child: `n` nodes join through `addr` with `token`, each runs an agent; "ready" on stdout
+/// once all have joined; runs until killed.
+async fn agents(addr: &str, token: &str, n: usize, dir: &str) {
+    let joined = join_many(addr, token, n).await;
+    let targets = Arc::new(std::sync::RwLock::new(vec![addr.to_owned()]));
+    for j in joined {
+        let d = std::path::Path::new(dir).join(&j.node_id);
+        std::fs::create_dir_all(&d).unwrap();
+        let agent = bulkhead_cluster::agent::Agent::new(&j.node_id, &d, Arc::new(Recorder));
+        let me = tls::Identity::new(&j.cert_pem, &j.key_pem).unwrap();
+        let ctls = tls::client_config(&j.ca_pem, Some(me)).unwrap();
+        tokio::spawn(bulkhead_cluster::agent::run(agent, ctls, targets.clone()));
+    }
+    println!("ready");
+    std::future::pending::<()>().await;
+}
+
+fn spec(name: &str, replicas: u32) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        mode: Mode::Replicated { replicas },
+        constraints: vec![Constraint::parse("node.role==worker").unwrap()],
+        reserve_memory: 0,
+        reserve_cpu: 0,
+        task: TaskTemplate {
+            image: "bench".into(),
+            ..Default::default()
+        },
+        restart: Default::default(),
+        update: UpdateConfig {
+            parallelism: 100,
+            delay_ms: 0,
+            monitor_ms: 1000,
+            ..Default::default()
+        },
+    }
+}
+
+/// Waits until `service`'s tasks meant to run are `n` running ones at version `version` (or
+/// any if None); the time it took.
+async fn until_running(m: &Manager, service: &str, n: usize, version: Option<u64>, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let views = m.tasks_of(service);
+        let running = views
+            .iter()
+            .filter(|v| v.task.desired == bulkhead_cluster::services::Desired::Running)
+            .filter(|v| v.state == TaskState::Running && version.is_none_or(|ver| v.task.version == ver))
+            .count();
+        if running == n {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "{service}: {running} of {n} running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (kib("VmHWM:"), kib("VmRSS:"))
+}
+
+async fn bench(nodes: usize, tasks: u32) {
+    let dir = tempfile::Builder::new().prefix("taskbench-").tempdir_in("/var/tmp").unwrap();
+    let (m1, a1, worker_token, manager_token) = benchkit::first_manager(dir.path(), "127.0.0.1", true).await;
+    for _ in 0..2 {
+        let j = manager::join_cluster(&a1, &manager_token.text()).await.unwrap();
+        let (m, a) = start_manager(
+            dir.path(),
+            j.raft_id.unwrap(),
+            &j.cert_pem,
+            &j.key_pem,
+            &j.ca_pem,
+            "127.0.0.1",
+            true,
+        )
+        .await;
+        manager::request_membership(&a1, m.tls.clone(), j.raft_id.unwrap(), &a)
+            .await
+            .unwrap();
+    }
+    // The agents' process, its state on a tmpfs.
+    let adir = tempfile::Builder::new().prefix("taskbench-agents-").tempdir_in("/dev/shm").unwrap();
+    let t = Instant::now();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "agents",
+            &a1,
+            &worker_token.text(),
+            &nodes.to_string(),
+            adir.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        while out.next_line().await.unwrap().as_deref() != Some("ready") {}
+    }
+    let join_s = t.elapsed().as_secs_f64();
+    // Every node's session open (it has been seen by the leader's dispatcher).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // TASKS replicas (services of at most 75,000).
+    let t = Instant::now();
+    let per = 75_000u32;
+    let mut names = Vec::new();
+    let mut left = tasks;
+    while left > 0 {
+        let n = left.min(per);
+        let name = format!("bench{}", names.len());
+        m1.create_service(spec(&name, n), now()).await.unwrap();
+        names.push((name, n));
+        left -= n;
+    }
+    for (name, n) in &names {
+        until_running(&m1, name, *n as usize, None, Duration::from_secs(3600)).await;
+    }
+    let all_running_s = t.elapsed().as_secs_f64();
+    eprintln!("taskbench: {tasks} tasks running in {all_running_s:.1} s");
+    let mut lat: Vec<f64> = names
+        .iter()
+        .flat_map(|(name, _)| m1.tasks_of(name))
+        .filter_map(|v| Some((v.status?.updated - v.task.created) as f64))
+        .collect();
+    let (lat_p50, lat_p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
+    let (hwm_after_tasks, rss_after_tasks) = memory();
+
+    // Secret delivery: 5 times, a new secret and a service of one task naming it.
+    let mut secret_ms = Vec::new();
+    for i in 0..5 {
+        let t = Instant::now();
+        let name = format!("s{i}");
+        m1.create_secret(bulkhead_cluster::secrets::Kind::Secret, &name, b"bench-secret", now())
+            .await
+            .unwrap();
+        let mut s = spec(&format!("sec{i}"), 1);
+        s.task.secrets = vec![FileRef {
+            source: name.clone(),
+            target: name.clone(),
+            ..Default::default()
+        }];
+        m1.create_service(s, now()).await.unwrap();
+        until_running(&m1, &format!("sec{i}"), 1, None, Duration::from_secs(120)).await;
+        secret_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let secret_p50 = pct(&mut secret_ms, 0.5);
+    eprintln!("taskbench: secrets delivered ({secret_p50:.0} ms)");
+
+    // A rolling update of 1,000 tasks.
+    m1.create_service(spec("roll", 1000), now()).await.unwrap();
+    until_running(&m1, "roll", 1000, None, Duration::from_secs(600)).await;
+    let mut s = m1.service("roll").unwrap().spec;
+    s.task.env = vec!["V=2".into()];
+    eprintln!("taskbench: 1000 tasks to update running");
+    let t = Instant::now();
+    let rec = m1.update_service("roll", s, now()).await.unwrap();
+    until_running(&m1, "roll", 1000, Some(rec.version), Duration::from_secs(1200)).await;
+    let roll_s = t.elapsed().as_secs_f64();
+    let (hwm, rss) = memory();
+    println!(
+        "{}",
+        serde_json::json!({
+            "nodes": nodes, "tasks": tasks, "managers": 3,
+            "join_s": join_s,
+            "all_running_s": all_running_s,
+            "create_to_running_ms_p50": lat_p50, "create_to_running_ms_p99": lat_p99,
+            "secret_create_to_task_running_ms_p50": secret_p50,
+            "rolling_update_1000_s": roll_s, "rolling_update": "parallelism 100, delay 0, monitor 1 s",
+            "managers_vmhwm_mib_after_tasks": hwm_after_tasks / 1024, "managers_vmrss_mib_after_tasks": rss_after_tasks / 1024,
+            "managers_vmhwm_mib": hwm / 1024, "managers_vmrss_mib": rss / 1024,
+        })
+    );
+    let _ = child.kill().await;
+    // exit() runs no destructor: the directories go first.
+    drop(adir);
+    drop(dir);
+    std::process::exit(0);
+}
