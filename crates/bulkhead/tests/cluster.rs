@@ -1623,3 +1623,73 @@ fn node_cluster_id(lan: &Lan, i: usize) -> String {
     let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(lan.root(i).join("cluster/node.json")).unwrap()).unwrap();
     cfg["cluster_id"].as_str().unwrap().to_owned()
 }
+
+/// A node verifies a repository its trust policy covers itself: a service pinned to a digest
+/// the signed tag does not name (by a CLI that ran without the policy, after the registry moved
+/// the tag) is refused on the node; pinned through the policy, it runs the signed image.
+#[test]
+fn nodes_verify_a_covered_tag_against_the_digest_a_service_is_pinned_to() {
+    for role in ["ROOT", "TARGETS", "SNAPSHOT", "TIMESTAMP"] {
+        std::env::set_var(format!("BULKHEAD_TRUST_{role}_PASSPHRASE"), format!("{role} passphrase"));
+    }
+    let lan = Lan::new(2);
+    std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let reg = LanRegistry::start(&lan, 2);
+    // The node's configuration (with the trust policy), and one without any.
+    let config = |name: &str| {
+        let c = lan.dir.path().join(name);
+        let certs = c.join("certs.d").join(&reg.host);
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::copy(reg.certs.join("ca.crt"), certs.join("ca.crt")).unwrap();
+        c.to_str().unwrap().to_owned()
+    };
+    let (signed_cfg, bare_cfg) = (config("config"), config("bare"));
+    let with = |cfg: &str, args: &[&str]| -> String { lan.ok(1, &[&["--config", cfg], args].concat()) };
+    let signed = reg.push(lan.dir.path(), "test/app:1", "signed");
+    let repo = format!("{}/test/app", reg.host);
+    with(&signed_cfg, &["trust", "init", &repo]);
+    with(&signed_cfg, &["trust", "sign", &format!("{repo}:1")]);
+    with(
+        &signed_cfg,
+        &["cluster", "init", "--advertise-addr", &lan.addr(1), "--dispatcher-heartbeat", "1s"],
+    );
+    // The registry moves the tag; a CLI without the policy pins what it now says.
+    let moved = reg.push(lan.dir.path(), "test/app:1", "moved");
+    assert_ne!(signed, moved);
+    let image = format!("{repo}:1");
+    with(&bare_cfg, &["service", "create", "--name", "unsigned", &image, "sleep", "3600"]);
+    let spec: serde_json::Value = serde_json::from_str(&with(&bare_cfg, &["service", "inspect", "unsigned"])).unwrap();
+    assert_eq!(spec[0]["spec"]["task"]["digest"], moved.as_str());
+    let mut message = String::new();
+    for _ in 0..150 {
+        let t = tasks(&lan, 1, "unsigned");
+        if let Some(m) = t
+            .iter()
+            .find_map(|t| t["status"]["message"].as_str().filter(|m| m.contains("signed as another image")))
+        {
+            message = m.to_owned();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !message.is_empty(),
+        "the node ran an image its trust policy does not sign: {:?}",
+        tasks(&lan, 1, "unsigned")
+    );
+    assert!(wait_running_none(&lan, "unsigned"));
+    with(&bare_cfg, &["service", "rm", "unsigned"]);
+    // Through the policy: pinned to the signed image, which runs.
+    with(&signed_cfg, &["service", "create", "--name", "app", &image, "sleep", "3600"]);
+    let spec: serde_json::Value = serde_json::from_str(&with(&signed_cfg, &["service", "inspect", "app"])).unwrap();
+    assert_eq!(spec[0]["spec"]["task"]["digest"], signed.as_str());
+    let t = wait_running(&lan, "app", 1, |_| true).remove(0);
+    let c = t["status"]["container"].as_str().unwrap();
+    assert_eq!(with(&signed_cfg, &["exec", c, "cat", "/etc/greeting"]), "signed");
+    with(&signed_cfg, &["service", "rm", "app"]);
+}
+
+/// Whether no task of `service` is running.
+fn wait_running_none(lan: &Lan, service: &str) -> bool {
+    tasks(lan, 1, service).iter().all(|t| t["state"] != "running")
+}
