@@ -663,6 +663,17 @@ fn mount_tmpfs(dir: &Path, size: usize, mode: u32, name: &str) -> std::io::Resul
     .map_err(std::io::Error::from)
 }
 
+/// This host's memory (bytes, /proc/meminfo's MemTotal) and CPUs (thousandths, those this
+/// process may use).
+fn host_resources() -> Option<(u64, u64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())?;
+    let cpus = std::thread::available_parallelism().ok()?.get() as u64;
+    Some((kib * 1024, cpus * 1000))
+}
+
 /// Whether `dir` is a mount point (another filesystem than its parent's).
 fn is_mountpoint(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -722,6 +733,7 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
     let hello = SessionHello {
         node: Some(agent.node.clone()),
         hostname: hostname.to_owned(),
+        resources: host_resources(),
     };
     let mut stream = client
         .session(proto::Payload {

@@ -36,7 +36,13 @@ pub struct SessionHello {
     pub node: Option<String>,
     #[serde(default)]
     pub hostname: String,
+    /// The host's memory (bytes) and CPUs (thousandths), for reservations.
+    #[serde(default)]
+    pub resources: Option<(u64, u64)>,
 }
+
+/// The largest resources a node may report: 1 PiB of memory, 100,000 CPUs.
+const MAX_RESOURCES: (u64, u64) = (1 << 50, 100_000_000);
 
 /// One task as its node gets it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -422,12 +428,14 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         let node = id.node_id.clone();
         self.hub.seen(&node);
         let id = id.clone();
-        if !hello.hostname.is_empty() && hello.hostname.len() <= 253 {
+        let hostname = Some(hello.hostname.clone()).filter(|h| !h.is_empty() && h.len() <= 253);
+        let resources = hello.resources.filter(|r| r.0 <= MAX_RESOURCES.0 && r.1 <= MAX_RESOURCES.1);
+        if hostname.is_some() || resources.is_some() {
             let m = self.manager.clone();
-            let (node, hostname) = (node.clone(), hello.hostname.clone());
+            let node = node.clone();
             tokio::spawn(async move {
-                if let Err(e) = record_hostname(&m, &node, &hostname).await {
-                    tracing::debug!(%node, error = %e, "recording a node's hostname");
+                if let Err(e) = record_description(&m, &node, hostname, resources).await {
+                    tracing::debug!(%node, error = %e, "recording a node's hostname and resources");
                 }
             });
         }
@@ -507,14 +515,26 @@ impl DispatcherService {
     }
 }
 
-async fn record_hostname(m: &Manager, node: &str, hostname: &str) -> crate::manager::Result<()> {
+/// What a node says of its host, into its record (written only if it changed).
+async fn record_description(
+    m: &Manager,
+    node: &str,
+    hostname: Option<String>,
+    resources: Option<(u64, u64)>,
+) -> crate::manager::Result<()> {
     let key = crate::records::node_key(node);
     let Some(raw) = m.sm.get(&key) else { return Ok(()) };
     let mut rec: crate::records::NodeRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
-    if rec.hostname == hostname {
+    let old = (rec.hostname.clone(), rec.resources);
+    if let Some(h) = hostname {
+        rec.hostname = h;
+    }
+    if resources.is_some() {
+        rec.resources = resources;
+    }
+    if (rec.hostname.clone(), rec.resources) == old {
         return Ok(());
     }
-    rec.hostname = hostname.to_owned();
     m.write(Request {
         checks: vec![crate::store::Check::Is {
             key: key.clone(),

@@ -312,6 +312,7 @@ mod tests {
             availability: "active".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             hostname: format!("host-{id}"),
+            resources: None,
             demoting: false,
         }
     }

@@ -39,6 +39,10 @@ pub struct NodeRecord {
     /// The host's name, as its agent reports it (for `node.hostname` constraints).
     #[serde(default)]
     pub hostname: String,
+    /// What the host has, as its agent reports it: memory in bytes, CPU in thousandths of a
+    /// CPU (reservations are judged against it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<(u64, u64)>,
     /// A manager on its way to being a worker: it leaves Raft first (still a manager, so that
     /// its last messages as a leader are heard), then the store makes it a worker.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -62,6 +66,7 @@ impl NodeRecord {
             availability: active(),
             labels: BTreeMap::new(),
             hostname: String::new(),
+            resources: None,
             demoting: false,
         }
     }

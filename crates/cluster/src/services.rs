@@ -788,7 +788,19 @@ impl Manager {
             let pending: Vec<orchestrator::Task> = orch.iter().filter(|t| t.node.is_none() && t.desired_running).cloned().collect();
             let mut placed = placed_all.clone();
             placed.extend(orch.iter().filter(|t| t.node.is_some()).cloned());
-            let capacity = BTreeMap::new();
+            let capacity: BTreeMap<String, orchestrator::Capacity> = nodes
+                .iter()
+                .filter_map(|n| {
+                    let (memory, cpu) = n.resources?;
+                    Some((
+                        n.id.clone(),
+                        orchestrator::Capacity {
+                            memory: Some(memory),
+                            cpu: Some(cpu),
+                        },
+                    ))
+                })
+                .collect();
             let places: BTreeMap<String, String> = orchestrator::schedule(&svc.spec, &pending, &placed, &nodes, down, &capacity, &reserved)
                 .into_iter()
                 .collect();

@@ -476,6 +476,7 @@ async fn a_node_gets_and_reports_only_its_own_tasks_and_secrets_go_only_where_th
     let hello_b = SessionHello {
         node: Some(b.node_id.clone()),
         hostname: "h".into(),
+        ..Default::default()
     };
     let e = ca.session(payload(&hello_b)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -734,8 +735,9 @@ async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothin
     let e = client.fetch_x509_svid().await.unwrap_err();
     assert!(e.to_string().contains("no identity"), "{e}");
     drop(client);
-    // A caller holds at most 8 connections: the ninth is closed at once.
-    let hog: Vec<std::os::unix::net::UnixStream> = (0..8).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    // A caller holds at most 8 connections: past them, each is closed at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hog: Vec<std::os::unix::net::UnixStream> = (0..12).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ninth = match spiffe::WorkloadApiClient::connect_to(&endpoint).await {
         Ok(c) => c.fetch_x509_svid().await.map(|_| ()).map_err(|e| e.to_string()),
@@ -804,4 +806,68 @@ async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothin
     assert!(client.fetch_x509_svid().await.is_err());
     run.abort();
     serve.abort();
+}
+
+/// A node's reported resources bound what is reserved on it: a task that reserves more memory
+/// than the node has waits pending; one that fits runs there; nothing else is placed past them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_are_judged_against_what_a_node_reports() {
+    use bulkhead_cluster::dispatcher::SessionHello;
+    use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
+    use bulkhead_cluster::services::TaskTemplate;
+    let dir = tempfile::tempdir().unwrap();
+    let formed = form(dir.path(), 1).await;
+    let m = formed.managers[0].manager.clone();
+    let addr = formed.managers[0].addr.clone();
+    let a = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let mut ca = dispatcher_as(&addr, &a).await;
+    let hello = SessionHello {
+        node: None,
+        hostname: "small".into(),
+        resources: Some((1 << 30, 2000)),
+    };
+    let _session = ca.session(payload(&hello)).await.unwrap().into_inner();
+    let mm = m.clone();
+    let id = a.node_id.clone();
+    until("the node's resources recorded", || {
+        mm.nodes().iter().any(|n| n.id == id && n.resources == Some((1 << 30, 2000)))
+    })
+    .await;
+    // Absurd figures are not recorded.
+    let mut cb = dispatcher_as(&addr, &a).await;
+    let absurd = SessionHello {
+        resources: Some((u64::MAX, u64::MAX)),
+        ..hello.clone()
+    };
+    let _other = cb.session(payload(&absurd)).await.unwrap().into_inner();
+    let spec = |name: &str, replicas, memory: u64| ServiceSpec {
+        name: name.into(),
+        mode: Mode::Replicated { replicas },
+        constraints: vec![Constraint::parse(&format!("node.id=={}", a.node_id)).unwrap()],
+        reserve_memory: memory,
+        reserve_cpu: 0,
+        task: TaskTemplate {
+            image: "x".into(),
+            ..Default::default()
+        },
+        restart: Default::default(),
+        update: Default::default(),
+    };
+    m.create_service(spec("big", 1, 2 << 30), now()).await.unwrap();
+    m.create_service(spec("fits", 3, 300 << 20), now()).await.unwrap();
+    let mm = m.clone();
+    until("what fits placed", || {
+        mm.tasks_of("fits").iter().filter(|t| t.task.node.is_some()).count() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        m.tasks_of("big").iter().all(|t| t.task.node.is_none()),
+        "placed past the node's memory"
+    );
+    assert!(m.nodes().iter().any(|n| n.id == a.node_id && n.resources == Some((1 << 30, 2000))));
+    // A fourth that fits alone does not fit beside the three (900 MiB of 1 GiB reserved).
+    m.scale_service("fits", 4, now()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(m.tasks_of("fits").iter().filter(|t| t.task.node.is_some()).count(), 3);
 }
