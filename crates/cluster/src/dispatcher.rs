@@ -113,11 +113,22 @@ pub const MAX_REPORT: usize = 10_000;
 pub struct Hub {
     seen: Mutex<HashMap<String, Instant>>,
     leading_since: Mutex<Option<Instant>>,
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Bumped to wake every session of a node (none misses a bump made while it was busy).
+    sessions: Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>,
     dirty: Mutex<Option<BTreeSet<String>>>,
     all_dirty: std::sync::atomic::AtomicBool,
     kick: tokio::sync::Notify,
+    /// Each node's open sessions, oldest first.
+    open: Mutex<HashMap<String, Vec<OpenSession>>>,
+    next_session: std::sync::atomic::AtomicU64,
 }
+
+/// A session's serial, and what ends it when dropped.
+type OpenSession = (u64, tokio::sync::oneshot::Sender<()>);
+
+/// Sessions one node may hold at once: a reconnect may overlap the session it replaces, and a
+/// third ends the oldest (a node cannot multiply the leader's work by opening more).
+pub const MAX_SESSIONS_PER_NODE: usize = 2;
 
 impl Hub {
     pub fn new() -> Arc<Hub> {
@@ -145,24 +156,48 @@ impl Hub {
             .collect()
     }
 
-    fn notifier(&self, node: &str) -> Arc<tokio::sync::Notify> {
+    /// A new session of `node`: its serial, and what fires when a newer one ends it.
+    fn open_session(&self, node: &str) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let serial = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut open = self.open.lock().expect("not poisoned");
+        let list = open.entry(node.to_owned()).or_default();
+        list.push((serial, tx));
+        while list.len() > MAX_SESSIONS_PER_NODE {
+            // Dropping its sender ends the oldest.
+            list.remove(0);
+        }
+        (serial, rx)
+    }
+
+    fn close_session(&self, node: &str, serial: u64) {
+        let mut open = self.open.lock().expect("not poisoned");
+        if let Some(list) = open.get_mut(node) {
+            list.retain(|(s, _)| *s != serial);
+            if list.is_empty() {
+                open.remove(node);
+            }
+        }
+    }
+
+    fn notifier(&self, node: &str) -> tokio::sync::watch::Receiver<u64> {
         self.sessions
             .lock()
             .expect("not poisoned")
             .entry(node.to_owned())
-            .or_default()
-            .clone()
+            .or_insert_with(|| tokio::sync::watch::Sender::new(0))
+            .subscribe()
     }
 
     fn wake(&self, node: &str) {
         if let Some(n) = self.sessions.lock().expect("not poisoned").get(node) {
-            n.notify_one();
+            n.send_modify(|g| *g += 1);
         }
     }
 
     fn wake_all(&self) {
         for n in self.sessions.lock().expect("not poisoned").values() {
-            n.notify_one();
+            n.send_modify(|g| *g += 1);
         }
     }
 
@@ -441,9 +476,17 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let (m, hub) = (self.manager.clone(), self.hub.clone());
+        let (serial, mut ended) = hub.open_session(&node);
         tokio::spawn(async move {
-            let wake = hub.notifier(&node);
+            let mut wake = hub.notifier(&node);
             let mut last: Option<Vec<u8>> = None;
+            struct Close(Arc<Hub>, String, u64);
+            impl Drop for Close {
+                fn drop(&mut self) {
+                    self.0.close_session(&self.1, self.2);
+                }
+            }
+            let _close = Close(hub.clone(), node.clone(), serial);
             loop {
                 // Judged again at every message: a node removed or denied meanwhile gets
                 // nothing more (its stream ends).
@@ -462,9 +505,13 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
                     }
                 }
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = wake.changed() => {}
                     _ = tokio::time::sleep(m.heartbeat()) => {}
                     _ = tx.closed() => return,
+                    _ = &mut ended => {
+                        let _ = tx.send(Err(Status::resource_exhausted("a newer session of this node ended this one"))).await;
+                        return;
+                    }
                 }
             }
         });

@@ -871,3 +871,60 @@ async fn reservations_are_judged_against_what_a_node_reports() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(m.tasks_of("fits").iter().filter(|t| t.task.node.is_some()).count(), 3);
 }
+
+/// A node holds at most two sessions: a third ends the oldest (a reconnect is never locked
+/// out, and a node cannot multiply the leader's work); both live ones hear every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_session_of_a_node_ends_its_oldest_and_the_others_hear_every_change() {
+    use bulkhead_cluster::dispatcher::{Assignments, SessionHello};
+    use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
+    use bulkhead_cluster::services::TaskTemplate;
+    let dir = tempfile::tempdir().unwrap();
+    let formed = form(dir.path(), 1).await;
+    let m = formed.managers[0].manager.clone();
+    let addr = formed.managers[0].addr.clone();
+    let a = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let mut c = dispatcher_as(&addr, &a).await;
+    let hello = payload(&SessionHello::default());
+    let mut s1 = c.session(hello.clone()).await.unwrap().into_inner();
+    s1.message().await.unwrap().unwrap();
+    let mut s2 = c.session(hello.clone()).await.unwrap().into_inner();
+    s2.message().await.unwrap().unwrap();
+    let mut s3 = c.session(hello).await.unwrap().into_inner();
+    s3.message().await.unwrap().unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), s1.message())
+        .await
+        .expect("the oldest session ends")
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    m.create_service(
+        ServiceSpec {
+            name: "web".into(),
+            mode: Mode::Replicated { replicas: 1 },
+            constraints: vec![Constraint::parse(&format!("node.id=={}", a.node_id)).unwrap()],
+            reserve_memory: 0,
+            reserve_cpu: 0,
+            task: TaskTemplate {
+                image: "x".into(),
+                ..Default::default()
+            },
+            restart: Default::default(),
+            update: Default::default(),
+        },
+        now(),
+    )
+    .await
+    .unwrap();
+    for s in [&mut s2, &mut s3] {
+        let got: Assignments = serde_json::from_slice(
+            &tokio::time::timeout(Duration::from_secs(3), s.message())
+                .await
+                .expect("woken by the change, before a heartbeat")
+                .unwrap()
+                .unwrap()
+                .json,
+        )
+        .unwrap();
+        assert_eq!(got.tasks.len(), 1);
+    }
+}
