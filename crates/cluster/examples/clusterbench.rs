@@ -12,17 +12,15 @@
 //!
 //! Prints one JSON object. Not a test: bench/cluster runs it beside etcd.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bulkhead_cluster::manager::{self, Manager, NodeRecord};
-use bulkhead_cluster::pki::{self, Ca, Role};
+use bulkhead_cluster::manager::{self, Manager};
 use bulkhead_cluster::store::{Op, Request};
 use bulkhead_cluster::tls;
 
 mod benchkit;
-use benchkit::{join_many, now, pct, start_manager};
+use benchkit::{join_many, pct, start_manager};
 
 /// Moves this thread into the network namespace `ns` (threads it starts later are there too).
 fn enter(ns: &str) {
@@ -85,21 +83,9 @@ async fn bench(at: Option<Vec<(String, String)>>) {
     let agents: usize = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(500);
     let dir = tempfile::Builder::new().prefix("clusterbench-").tempdir_in("/var/tmp").unwrap();
     // Three managers.
-    let ca = Ca::create("bench", now(), 10).unwrap();
-    let id1 = manager::new_node_id().unwrap();
-    let (k, csr) = pki::key_and_request().unwrap();
-    let cert = ca.issue(&csr, &id1, Role::Manager, "bench", now(), 86400).unwrap();
-    let r1 = manager::new_raft_id().unwrap();
-    let (m1, a1) = manager(dir.path(), r1, &cert, &k.serialize_pem(), ca.cert_pem(), at(0)).await;
-    let mut members = BTreeMap::new();
-    members.insert(r1, openraft::BasicNode { addr: a1.clone() });
-    m1.raft.initialize(members).await.unwrap();
-    while m1.raft.metrics().borrow().current_leader != Some(r1) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let ident = pki::identity(cert.as_bytes()).unwrap();
-    let first = NodeRecord::new(&ident, Some(r1), Some(a1.clone()), now());
-    let (worker_token, manager_token) = m1.init_state(&ca, &first).await.unwrap();
+    let f = benchkit::first_identity();
+    let (m1, a1) = manager(dir.path(), f.raft_id, &f.cert, &f.key, f.ca.cert_pem(), at(0)).await;
+    let (worker_token, manager_token) = benchkit::bootstrap(&m1, &a1, &f).await;
     let mut others = Vec::new();
     for i in 1..=2 {
         let j = manager::join_cluster(&a1, &manager_token.text()).await.unwrap();

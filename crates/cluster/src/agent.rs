@@ -635,32 +635,20 @@ fn mount_tmpfs(dir: &Path, size: usize, mode: u32, name: &str) -> std::io::Resul
     }
     drop_files(dir);
     std::fs::create_dir(dir)?;
-    rustix::mount::mount(
-        name,
-        dir,
-        "tmpfs",
-        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-        Some(
-            std::ffi::CString::new(format!("mode={mode:04o},size={size},noswap"))
-                .expect("no NUL")
-                .as_c_str(),
-        ),
-    )
-    .or_else(|_| {
-        // noswap needs Linux 6.4.
+    let mount = |options: String| {
+        let options = std::ffi::CString::new(options).expect("no NUL");
         rustix::mount::mount(
             name,
             dir,
             "tmpfs",
             MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
-            Some(
-                std::ffi::CString::new(format!("mode={mode:04o},size={size}"))
-                    .expect("no NUL")
-                    .as_c_str(),
-            ),
+            Some(options.as_c_str()),
         )
-    })
-    .map_err(std::io::Error::from)
+    };
+    // noswap needs Linux 6.4.
+    mount(format!("mode={mode:04o},size={size},noswap"))
+        .or_else(|_| mount(format!("mode={mode:04o},size={size}")))
+        .map_err(std::io::Error::from)
 }
 
 /// This host's memory (bytes, /proc/meminfo's MemTotal) and CPUs (thousandths, those this

@@ -56,24 +56,48 @@ pub async fn start_manager(
     (m, addr)
 }
 
-/// The first manager of a new cluster: its CA made, Raft initialised with it, the cluster's
-/// state put. Returns it, its address, and the (worker, manager) join tokens.
-pub async fn first_manager(dir: &std::path::Path, ip: &str, dispatch: bool) -> (Manager, String, JoinToken, JoinToken) {
+/// A new cluster's CA, and its first manager's credentials and Raft id.
+pub struct First {
+    pub ca: Ca,
+    pub cert: String,
+    pub key: String,
+    pub raft_id: u64,
+}
+
+pub fn first_identity() -> First {
     let ca = Ca::create("bench", now(), 10).unwrap();
-    let id1 = manager::new_node_id().unwrap();
     let (k, csr) = pki::key_and_request().unwrap();
-    let cert = ca.issue(&csr, &id1, Role::Manager, "bench", now(), 86400).unwrap();
-    let r1 = manager::new_raft_id().unwrap();
-    let (m1, a1) = start_manager(dir, r1, &cert, &k.serialize_pem(), ca.cert_pem(), ip, dispatch).await;
+    let cert = ca
+        .issue(&csr, &manager::new_node_id().unwrap(), Role::Manager, "bench", now(), 86400)
+        .unwrap();
+    First {
+        ca,
+        cert,
+        key: k.serialize_pem(),
+        raft_id: manager::new_raft_id().unwrap(),
+    }
+}
+
+/// Raft initialised with the first manager `m1` (at `a1`), which leads, and the cluster's state
+/// put: the (worker, manager) join tokens.
+pub async fn bootstrap(m1: &Manager, a1: &str, f: &First) -> (JoinToken, JoinToken) {
     let mut members = BTreeMap::new();
-    members.insert(r1, openraft::BasicNode { addr: a1.clone() });
+    members.insert(f.raft_id, openraft::BasicNode { addr: a1.to_owned() });
     m1.raft.initialize(members).await.unwrap();
-    while m1.raft.metrics().borrow().current_leader != Some(r1) {
+    while m1.raft.metrics().borrow().current_leader != Some(f.raft_id) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ident = pki::identity(cert.as_bytes()).unwrap();
-    let first = NodeRecord::new(&ident, Some(r1), Some(a1.clone()), now());
-    let (worker, manager) = m1.init_state(&ca, &first).await.unwrap();
+    let ident = pki::identity(f.cert.as_bytes()).unwrap();
+    let first = NodeRecord::new(&ident, Some(f.raft_id), Some(a1.to_owned()), now());
+    m1.init_state(&f.ca, &first).await.unwrap()
+}
+
+/// The first manager of a new cluster on `ip`: it, its address, and the (worker, manager) join
+/// tokens.
+pub async fn first_manager(dir: &std::path::Path, ip: &str, dispatch: bool) -> (Manager, String, JoinToken, JoinToken) {
+    let f = first_identity();
+    let (m1, a1) = start_manager(dir, f.raft_id, &f.cert, &f.key, f.ca.cert_pem(), ip, dispatch).await;
+    let (worker, manager) = bootstrap(&m1, &a1, &f).await;
     (m1, a1, worker, manager)
 }
 
