@@ -2,7 +2,7 @@
 //! payloads), store requests (forwarded writes), control socket requests, and backup files
 //! (`cluster restore`, a recovery's seed); the dispatcher's messages both ways (a session's
 //! hello, a node's report, the assignments an agent receives, a task's identity asked and
-//! given, its certificate request signed) and service specs with their checks. Never a panic.
+//! given, its certificate request signed), service specs and stacks with their checks. Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
@@ -20,7 +20,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::SessionHello>(data);
     let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Report>(data);
-    let _ = serde_json::from_slice::<bulkhead_cluster::dispatcher::Assignments>(data);
+    if let Ok(a) = serde_json::from_slice::<bulkhead_cluster::dispatcher::Assignments>(data) {
+        for s in &a.stacks {
+            let _ = s.validate();
+        }
+    }
+    if let Ok(ControlRequest::StackDeploy { stack, services, .. }) = serde_json::from_slice::<ControlRequest>(data) {
+        let _ = stack.validate().and_then(|()| stack.check_services(&services));
+    }
     let _ = serde_json::from_slice::<bulkhead_cluster::identity::IdentityReply>(data);
     // A node's request for a task's identity: its CSR goes to the workload CA.
     if let Ok(req) = serde_json::from_slice::<bulkhead_cluster::identity::IdentityRequest>(data) {

@@ -20,6 +20,17 @@ pub const SERVICE_ID_LABEL: &str = "com.bulkhead.service.id";
 pub const SLOT_LABEL: &str = "com.bulkhead.task.slot";
 pub const NODE_LABEL: &str = "com.bulkhead.node.id";
 pub const STACK_LABEL: &str = "com.bulkhead.stack.namespace";
+/// `<stack>.<service>` on a stack's tasks, and `<stack>` on the networks the agent made for it:
+/// under the `bulkhead.` prefix, which `run --label` and compose files may not set, because
+/// the stack's rules select containers by it.
+pub const STACK_SERVICE_LABEL: &str = "bulkhead.stack.service";
+pub const STACK_NETWORK_LABEL: &str = "bulkhead.stack";
+/// The origin of a stack's rules starts with this and the stack's name.
+const STACK_ORIGIN: &str = "stack ";
+
+fn stack_origin(stack: &str) -> String {
+    format!("{STACK_ORIGIN}{stack}: ")
+}
 
 #[derive(Parser)]
 #[command(no_binary_name = true)]
@@ -85,6 +96,14 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Optio
     a.push(format!("--label={SLOT_LABEL}={}", t.slot));
     if let Some(s) = &tpl.stack {
         a.push(format!("--label={STACK_LABEL}={s}"));
+        // Its stack's rules select it by this label; the replicas of a service share its names
+        // (`web` within the stack, `shop_web` as the cluster calls it) on this node's network.
+        let short = t.service.strip_prefix(&format!("{s}_")).unwrap_or(&t.service);
+        a.push(format!("--label={STACK_SERVICE_LABEL}={s}.{short}"));
+        a.push(format!("--network-alias={short}"));
+        if short != t.service {
+            a.push(format!("--network-alias={}", t.service));
+        }
     }
     for (k, v) in &tpl.labels {
         a.push(format!("--label={k}={v}"));
@@ -166,8 +185,9 @@ impl Executor for RuntimeExecutor {
                 .transpose()
                 .map_err(|e| format!("{e:#}"))?
                 .unwrap_or(false);
-        let flags = Flags::try_parse_from(run_flags(node, t, files, identity, !signed_here))
+        let mut flags = Flags::try_parse_from(run_flags(node, t, files, identity, !signed_here))
             .map_err(|e| e.to_string().lines().next().unwrap_or("").to_owned())?;
+        flags.run.stack_task = t.template.stack.is_some();
         let (rt, rec) = crate::container_cmd::create_container(&self.ctx, &flags.run, false).map_err(|e| format!("{e:#}"))?;
         if signed_here {
             if let Err(e) = self.is_pinned(&t.template, &rec) {
@@ -219,6 +239,86 @@ impl Executor for RuntimeExecutor {
             Ok(_) | Err(bulkhead_runtime::error::Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn stacks(&self, wanted: &[bulkhead_cluster::stacks::StackRecord]) -> Result<bool, String> {
+        use bulkhead_network::rules::{Action, Rule, Selector};
+        let nets = bulkhead_network::Networks::open(&self.ctx.root, &self.ctx.config).map_err(|e| e.to_string())?;
+        let existing = nets.list().map_err(|e| e.to_string())?;
+        let mut settled = true;
+        for s in wanted {
+            for n in &s.networks {
+                match existing.iter().find(|x| x.name == n.name) {
+                    Some(x) if x.labels.get(STACK_NETWORK_LABEL) == Some(&s.name) => {}
+                    Some(_) => return Err(format!("network {} exists on this node and is not stack {}'s", n.name, s.name)),
+                    None => {
+                        let mut labels = std::collections::BTreeMap::new();
+                        labels.insert(STACK_NETWORK_LABEL.to_owned(), s.name.clone());
+                        nets.create(&bulkhead_network::CreateRequest {
+                            name: n.name.clone(),
+                            internal: n.internal,
+                            labels,
+                            ..Default::default()
+                        })
+                        .map_err(|e| format!("network {}: {e}", n.name))?;
+                    }
+                }
+            }
+            let origin = stack_origin(&s.name);
+            let sel = |svc: &str| Selector::Label(STACK_SERVICE_LABEL.into(), format!("{}.{svc}", s.name));
+            let new: Vec<Rule> = s
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    id: 0,
+                    action: Action::Allow,
+                    from: sel(&r.from),
+                    to: sel(&r.to),
+                    port: Some(r.port),
+                    proto: Some(r.proto.clone()),
+                    network: None,
+                    origin: format!("{origin}{}", r.origin),
+                    owner: None,
+                    created: chrono::Utc::now(),
+                    hits: 0,
+                })
+                .collect();
+            // Written only when they differ (every write reprograms the node's tables).
+            let key = |r: &Rule| (r.from.to_string(), r.to.to_string(), r.port, r.proto.clone(), r.origin.clone());
+            let have: std::collections::BTreeSet<_> = nets
+                .rules()
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter(|r| r.origin.starts_with(&origin))
+                .map(key)
+                .collect();
+            if have != new.iter().map(key).collect() {
+                nets.set_rules_of_origin(&origin, new).map_err(|e| e.to_string())?;
+            }
+        }
+        // What stacks no longer here left: their rules at once, their networks once no
+        // container uses them.
+        let wanted_names: std::collections::BTreeSet<&str> = wanted.iter().map(|s| s.name.as_str()).collect();
+        let stale: std::collections::BTreeSet<String> = nets
+            .rules()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter_map(|r| r.origin.strip_prefix(STACK_ORIGIN)?.split_once(": ").map(|(s, _)| s.to_owned()))
+            .filter(|s| !wanted_names.contains(s.as_str()))
+            .collect();
+        for s in stale {
+            nets.set_rules_of_origin(&stack_origin(&s), Vec::new()).map_err(|e| e.to_string())?;
+        }
+        for n in existing {
+            let Some(owner) = n.labels.get(STACK_NETWORK_LABEL) else { continue };
+            let in_use = wanted
+                .iter()
+                .any(|s| &s.name == owner && s.networks.iter().any(|x| x.name == n.name));
+            if !in_use && nets.remove(&n.name).is_err() {
+                settled = false;
+            }
+        }
+        Ok(settled)
     }
 
     fn container_of_pid(&self, pid: i32) -> Option<String> {

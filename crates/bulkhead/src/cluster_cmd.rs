@@ -886,7 +886,7 @@ pub enum ConfigCommand {
 
 /// A secret's or config's data from `file` (`-`: standard input): a regular file only (a FIFO or
 /// a device is refused, never waited on), at most 500 KiB.
-fn read_secret(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_secret(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let max = bulkhead_cluster::secrets::MAX_SIZE;

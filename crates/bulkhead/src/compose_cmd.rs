@@ -324,7 +324,7 @@ fn network_name(p: &bulkhead_compose::Project, key: &str) -> String {
 }
 
 /// A service's networks (the project's `default` if it names none), with its aliases on each.
-fn service_networks(s: &bulkhead_compose::types::Service) -> Vec<(String, Vec<String>, Option<String>)> {
+pub(crate) fn service_networks(s: &bulkhead_compose::types::Service) -> Vec<(String, Vec<String>, Option<String>)> {
     use bulkhead_compose::types::{MapOrEmpty, Networks};
     match &s.networks {
         Networks::Simple(v) if v.is_empty() => vec![("default".into(), Vec::new(), None)],
@@ -830,14 +830,15 @@ fn volume_name(p: &bulkhead_compose::Project, key: &str) -> anyhow::Result<(Stri
     Ok((name, external))
 }
 
-/// The `--secret` and `--config-file` options of service `name`: each file the top level names
-/// (`file:`, inside the project's directory unless host paths are allowed), at its target.
-fn injected_files(
+/// A service's secret and config entries as written: (source, target, uid, gid, mode), short
+/// and long forms alike (`compose up` and `stack deploy` read them the same way).
+pub(crate) type FileEntry = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+
+pub(crate) fn file_entries(
     p: &bulkhead_compose::Project,
     name: &str,
     s: &bulkhead_compose::types::Service,
-    allow: Allow,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(Vec<FileEntry>, Vec<FileEntry>)> {
     let at = |key: &str| {
         format!(
             "{}: line {}: services.{name}.{key}",
@@ -846,9 +847,7 @@ fn injected_files(
         )
     };
     // (source, target, uid, gid, mode) as the service writes them.
-    type Entry = (String, Option<String>, Option<String>, Option<String>, Option<String>);
-    let mut out = Vec::new();
-    let secrets: Vec<Entry> = match &s.secrets {
+    let secrets: Vec<FileEntry> = match &s.secrets {
         None => Vec::new(),
         Some(bulkhead_compose::types::Secrets::Simple(v)) => v.iter().map(|x| (x.clone(), None, None, None, None)).collect(),
         Some(bulkhead_compose::types::Secrets::Advanced(v)) => v
@@ -856,7 +855,7 @@ fn injected_files(
             .map(|x| (x.source.clone(), x.target.clone(), x.uid.clone(), x.gid.clone(), x.mode.clone()))
             .collect(),
     };
-    let configs: Vec<Entry> = match p.extra.get(name).and_then(|e| e.get("configs")) {
+    let configs: Vec<FileEntry> = match p.extra.get(name).and_then(|e| e.get("configs")) {
         None => Vec::new(),
         Some(serde_json::Value::Array(items)) => {
             let mut v = Vec::new();
@@ -879,6 +878,26 @@ fn injected_files(
         }
         Some(_) => anyhow::bail!("{}: a list", at("configs")),
     };
+    Ok((secrets, configs))
+}
+
+/// The `--secret` and `--config-file` options of service `name`: each file the top level names
+/// (`file:`, inside the project's directory unless host paths are allowed), at its target.
+fn injected_files(
+    p: &bulkhead_compose::Project,
+    name: &str,
+    s: &bulkhead_compose::types::Service,
+    allow: Allow,
+) -> anyhow::Result<Vec<String>> {
+    let at = |key: &str| {
+        format!(
+            "{}: line {}: services.{name}.{key}",
+            p.file.display(),
+            bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"))
+        )
+    };
+    let (secrets, configs) = file_entries(p, name, s)?;
+    let mut out = Vec::new();
     for (secret, (source, target, uid, gid, mode)) in secrets
         .into_iter()
         .map(|e| (true, e))
@@ -942,14 +961,14 @@ fn injected_files(
     Ok(out)
 }
 
-fn project_dir(p: &bulkhead_compose::Project) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn project_dir(p: &bulkhead_compose::Project) -> anyhow::Result<std::path::PathBuf> {
     p.dir.canonicalize().with_context(|| p.dir.display().to_string())
 }
 
 /// `rel` (a path the file names, for `key`) inside the project's directory, links resolved:
 /// a file from anywhere never reads the host's files into a container (an `env_file:
 /// /etc/shadow` would).
-fn inside(p: &bulkhead_compose::Project, rel: &str, key: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn inside(p: &bulkhead_compose::Project, rel: &str, key: &str) -> anyhow::Result<std::path::PathBuf> {
     let full = p
         .dir
         .join(rel)
@@ -1242,6 +1261,25 @@ fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: 
     for name in p.order.iter().filter(|s| wanted.contains(*s)) {
         let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
         let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
+        if let Some(d) = &svc.deploy {
+            // A limit asked for is never dropped; what only a cluster can do is said.
+            if d.resources.is_some() {
+                anyhow::bail!(
+                    "{}: services.{name}.deploy.resources: `stack deploy` honours it; for `compose up` give mem_limit and cpus",
+                    p.file.display()
+                );
+            }
+            for (key, set) in [
+                ("mode", d.mode.is_some()),
+                ("placement", d.placement.is_some()),
+                ("update_config", d.update_config.is_some()),
+                ("restart_policy", d.restart_policy.is_some()),
+            ] {
+                if set {
+                    eprintln!("bulkhead: warning: services.{name}.deploy.{key}: honoured by `stack deploy` only");
+                }
+            }
+        }
         if !(0..=100).contains(&replicas) {
             anyhow::bail!("{}: services.{name}.deploy.replicas: {replicas} (0 to 100)", p.file.display());
         }

@@ -20,6 +20,10 @@ pub const ENGINE_ERROR: u8 = 125;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// A task of a stack, made by the cluster's agent: it may carry the stack's service label
+    /// (which its stack's rules select) and share its service's names with its replicas.
+    #[arg(skip)]
+    pub(crate) stack_task: bool,
     /// Run in the background and print the container id (logs go to `bulkhead logs`).
     #[arg(short, long)]
     detach: bool,
@@ -470,7 +474,8 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         }
         // Which compose project and service a container belongs to decides its rules and the
         // names it may share: set by `compose` alone.
-        if k.starts_with("bulkhead.") && std::env::var_os(crate::compose_cmd::COMPOSE_CHILD).is_none() {
+        let agents = a.stack_task && (k == crate::agent_exec::STACK_SERVICE_LABEL);
+        if k.starts_with("bulkhead.") && !agents && std::env::var_os(crate::compose_cmd::COMPOSE_CHILD).is_none() {
             bail!("--label {k}: labels starting with `bulkhead.` are bulkhead's own");
         }
         labels.insert(k.to_owned(), v.to_owned());
@@ -581,7 +586,12 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
             }
             a.network_alias.clone()
         },
-        alias_group_label: Some(crate::compose_cmd::SERVICE_LABEL.to_owned()),
+        // The replicas of a compose service, or of a stack's service on this node, share its names.
+        alias_group_label: Some(if a.stack_task {
+            crate::agent_exec::STACK_SERVICE_LABEL.to_owned()
+        } else {
+            crate::compose_cmd::SERVICE_LABEL.to_owned()
+        }),
         networks: match a.network.as_str() {
             "none" | "host" => Vec::new(),
             "bridge" => vec![bulkhead_network::DEFAULT_NETWORK.to_owned()],

@@ -11,6 +11,7 @@ mod output;
 mod registry_cmd;
 mod scan_cmd;
 mod service_cmd;
+mod stack_cmd;
 mod trust_cmd;
 mod volume_cmd;
 
@@ -82,6 +83,9 @@ enum Command {
     /// Services on the cluster: replicated or global tasks with the hardened defaults.
     #[command(subcommand)]
     Service(Box<service_cmd::ServiceCommand>),
+    /// A compose file's services on the cluster, with the conversations it allows.
+    #[command(subcommand)]
+    Stack(stack_cmd::StackCommand),
     /// The cluster's configs (files for services, not secret).
     #[command(subcommand)]
     Config(cluster_cmd::ConfigCommand),
@@ -346,6 +350,7 @@ fn main() -> ExitCode {
         Command::Node(c) => cluster_cmd::node(&ctx, c),
         Command::Secret(c) => cluster_cmd::secret(&ctx, c),
         Command::Service(c) => service_cmd::service(&ctx, *c),
+        Command::Stack(c) => stack_cmd::stack(&ctx, c),
         Command::Config(c) => cluster_cmd::config(&ctx, c),
         Command::Compose(a) => compose_cmd::run(&ctx, a),
         Command::Image(c) => image_cmd::run(&ctx, c),

@@ -169,7 +169,7 @@ pub struct UpdateArgs {
     force: bool,
 }
 
-fn ms(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn ms(s: &str) -> anyhow::Result<u64> {
     crate::container_cmd::parse_duration_ms(s)
 }
 
@@ -209,7 +209,7 @@ fn file_ref(s: &str, secret: bool) -> anyhow::Result<FileRef> {
     Ok(f)
 }
 
-fn port(s: &str) -> anyhow::Result<PortSpec> {
+pub(crate) fn port(s: &str) -> anyhow::Result<PortSpec> {
     let bad = || format!("-p {s:?}: published=P,target=T[,protocol=tcp|udp][,mode=host], or P:T[/tcp|udp]");
     if s.contains('=') {
         let (mut published, mut target, mut protocol) = (None, None, "tcp".to_owned());
@@ -239,18 +239,18 @@ fn port(s: &str) -> anyhow::Result<PortSpec> {
     })
 }
 
-fn bytes(s: &str) -> anyhow::Result<u64> {
+pub(crate) fn bytes(s: &str) -> anyhow::Result<u64> {
     Ok(crate::container_cmd::parse_bytes(s)? as u64)
 }
 
-fn millicpu(c: f64) -> anyhow::Result<u64> {
+pub(crate) fn millicpu(c: f64) -> anyhow::Result<u64> {
     if !(c > 0.0 && c <= 1024.0) {
         bail!("{c}: CPUs between 0.001 and 1024");
     }
     Ok((c * 1000.0).round() as u64)
 }
 
-fn condition(s: &str) -> anyhow::Result<Condition> {
+pub(crate) fn condition(s: &str) -> anyhow::Result<Condition> {
     Ok(match s {
         "any" => Condition::Any,
         "on-failure" => Condition::OnFailure,
@@ -259,7 +259,7 @@ fn condition(s: &str) -> anyhow::Result<Condition> {
     })
 }
 
-fn failure_action(s: &str) -> anyhow::Result<FailureAction> {
+pub(crate) fn failure_action(s: &str) -> anyhow::Result<FailureAction> {
     Ok(match s {
         "pause" => FailureAction::Pause,
         "rollback" => FailureAction::Rollback,
@@ -428,7 +428,7 @@ fn updated(ctx: &Ctx, a: UpdateArgs) -> anyhow::Result<ServiceSpec> {
     Ok(s)
 }
 
-fn trunc(s: &str, n: usize, no_trunc: bool) -> String {
+pub(crate) fn trunc(s: &str, n: usize, no_trunc: bool) -> String {
     if no_trunc {
         s.to_owned()
     } else {
@@ -436,7 +436,7 @@ fn trunc(s: &str, n: usize, no_trunc: bool) -> String {
     }
 }
 
-fn ago(ms: i64) -> String {
+pub(crate) fn ago(ms: i64) -> String {
     let secs = (chrono::Utc::now().timestamp_millis() - ms).max(0) / 1000;
     match secs {
         0..=59 => format!("{secs} seconds ago"),
@@ -450,7 +450,7 @@ fn ago(ms: i64) -> String {
 /// through its registry. Where no registry has it (an air-gapped cluster, images loaded with
 /// `image import` on each node) each node runs its own image of that name, as Swarm does, and
 /// the task records the digest each one ran.
-fn pin(ctx: &Ctx, image: &str) -> anyhow::Result<Option<String>> {
+pub(crate) fn pin(ctx: &Ctx, image: &str) -> anyhow::Result<Option<String>> {
     let Ok(r) = bulkhead_image::Reference::parse(image) else {
         eprintln!("bulkhead: warning: {image} is not a registry name: each node runs its own image of it");
         return Ok(None);
@@ -492,28 +492,7 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
             }
             match ctx.output()? {
                 Output::Json => json(&v)?,
-                Output::Table => {
-                    let rows: Vec<Vec<String>> = v
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| {
-                            let rec: bulkhead_cluster::services::ServiceRecord = serde_json::from_value(s["service"].clone()).ok()?;
-                            let (mode, want) = match rec.spec.mode {
-                                Mode::Replicated { replicas } => ("replicated", replicas.to_string()),
-                                Mode::Global => ("global", "global".into()),
-                            };
-                            Some(vec![
-                                rec.id.chars().take(12).collect(),
-                                rec.spec.name.clone(),
-                                mode.into(),
-                                format!("{}/{}", s["running"], want),
-                                rec.spec.task.image.clone(),
-                            ])
-                        })
-                        .collect();
-                    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], &rows)?;
-                }
+                Output::Table => print_services(v.as_array().map(Vec::as_slice).unwrap_or_default())?,
             }
         }
         ServiceCommand::Ps { service, no_trunc } => {
@@ -527,32 +506,7 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
             if matches!(ctx.output()?, Output::Json) {
                 return json(&v["tasks"]).map(|()| ExitCode::SUCCESS);
             }
-            let tasks: Vec<bulkhead_cluster::services::TaskView> = serde_json::from_value(v["tasks"].clone())?;
-            let name = v["service"]["spec"]["name"].as_str().unwrap_or_default().to_owned();
-            let hosts = &v["hostnames"];
-            let rows: Vec<Vec<String>> = tasks
-                .iter()
-                .map(|t| {
-                    let node = t.task.node.clone().unwrap_or_default();
-                    let host = hosts[&node].as_str().filter(|h| !h.is_empty()).map(str::to_owned).unwrap_or(node);
-                    let since = t.status.as_ref().map(|s| ago(s.updated)).unwrap_or_default();
-                    let msg = t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
-                    vec![
-                        trunc(&t.task.id, 12, no_trunc),
-                        if t.task.slot > 0 {
-                            format!("{name}.{}", t.task.slot)
-                        } else {
-                            name.clone()
-                        },
-                        t.task.template.image.clone(),
-                        host,
-                        format!("{:?}", t.task.desired).to_lowercase(),
-                        format!("{} {since}", format!("{:?}", t.state).to_lowercase()),
-                        trunc(&msg, 40, no_trunc),
-                    ]
-                })
-                .collect();
-            table(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows)?;
+            print_tasks(&[v], no_trunc)?;
         }
         ServiceCommand::Inspect { names } => {
             let mut all = Vec::new();
@@ -597,4 +551,65 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `service ls`'s table of the entries of a `ServiceLs` answer.
+pub(crate) fn print_services(list: &[serde_json::Value]) -> anyhow::Result<()> {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .filter_map(|s| {
+            let rec: bulkhead_cluster::services::ServiceRecord = serde_json::from_value(s["service"].clone()).ok()?;
+            let (mode, want) = match rec.spec.mode {
+                Mode::Replicated { replicas } => ("replicated", replicas.to_string()),
+                Mode::Global => ("global", "global".into()),
+            };
+            Some(vec![
+                rec.id.chars().take(12).collect(),
+                rec.spec.name.clone(),
+                mode.into(),
+                format!("{}/{}", s["running"], want),
+                rec.spec.task.image.clone(),
+            ])
+        })
+        .collect();
+    table(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"], &rows)?;
+    Ok(())
+}
+
+/// `service ps`'s table of `ServiceInspect` answers with their tasks.
+pub(crate) fn print_tasks(answers: &[serde_json::Value], no_trunc: bool) -> anyhow::Result<()> {
+    let mut all_rows = Vec::new();
+    for v in answers {
+        let tasks: Vec<bulkhead_cluster::services::TaskView> = serde_json::from_value(v["tasks"].clone())?;
+        let name = v["service"]["spec"]["name"].as_str().unwrap_or_default().to_owned();
+        let hosts = &v["hostnames"];
+        let rows: Vec<Vec<String>> = tasks
+            .iter()
+            .map(|t| {
+                let node = t.task.node.clone().unwrap_or_default();
+                let host = hosts[&node].as_str().filter(|h| !h.is_empty()).map(str::to_owned).unwrap_or(node);
+                let since = t.status.as_ref().map(|s| ago(s.updated)).unwrap_or_default();
+                let msg = t.status.as_ref().map(|s| s.message.clone()).unwrap_or_default();
+                vec![
+                    trunc(&t.task.id, 12, no_trunc),
+                    if t.task.slot > 0 {
+                        format!("{name}.{}", t.task.slot)
+                    } else {
+                        name.clone()
+                    },
+                    t.task.template.image.clone(),
+                    host,
+                    format!("{:?}", t.task.desired).to_lowercase(),
+                    format!("{} {since}", format!("{:?}", t.state).to_lowercase()),
+                    trunc(&msg, 40, no_trunc),
+                ]
+            })
+            .collect();
+        all_rows.extend(rows);
+    }
+    table(
+        &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+        &all_rows,
+    )?;
+    Ok(())
 }

@@ -975,9 +975,9 @@ fn holds(dir: &std::path::Path, marker: &[u8]) -> Option<std::path::PathBuf> {
     None
 }
 
-#[test]
-fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_when_nodes_go() {
-    let lan = Lan::new(3);
+/// A manager (host 1) and two workers, heartbeats every second, and on each a busybox image
+/// `tag` with `applets` and a /www/index.html (imported by name on each node: no registry).
+fn cluster_of_three_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
     // Containers' roots are unprivileged host users: the roots must be searchable.
     std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     lan.ok(
@@ -989,12 +989,15 @@ fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_w
     for i in 2..=3 {
         lan.ok(i, &["cluster", "join", "--token", &token, &first]);
     }
-    // No registry here: every node has the image by name (as `image import` on each node).
-    let rootfs = lan.dir.path().join("rootfs");
+    let rootfs = lan.dir.path().join(format!("rootfs-{tag}"));
     common::busybox_rootfs(&rootfs);
-    for a in ["sleep", "cat", "grep", "sh"] {
+    for a in applets {
         let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a));
     }
+    for d in ["etc", "tmp", "www"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
     for i in 1..=3 {
         lan.ok(
             i,
@@ -1004,12 +1007,18 @@ fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_w
                 "--rootfs",
                 rootfs.to_str().unwrap(),
                 "--tag",
-                "svcbox",
+                tag,
                 "--cmd",
                 "/bin/sh",
             ],
         );
     }
+}
+
+#[test]
+fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_when_nodes_go() {
+    let lan = Lan::new(3);
+    cluster_of_three_with_image(&lan, "svcbox", &["sleep", "cat", "grep", "sh"]);
     let (h2, h3) = (node_id(&lan, 2), node_id(&lan, 3));
     lan.ok(1, &["node", "update", "--label-add", "disk=ssd", &h2]);
 
@@ -1692,4 +1701,147 @@ fn nodes_verify_a_covered_tag_against_the_digest_a_service_is_pinned_to() {
 /// Whether no task of `service` is running.
 fn wait_running_none(lan: &Lan, service: &str) -> bool {
     tasks(lan, 1, service).iter().all(|t| t["state"] != "running")
+}
+
+const STACK: &str = r#"services:
+  web:
+    image: stackbox
+    command: httpd -f -p 80 -h /www
+    depends_on: [app]
+    deploy:
+      mode: global
+  app:
+    image: stackbox
+    command: httpd -f -p 8080 -h /www
+    expose: ["8080"]
+    depends_on: [db]
+    secrets: [token]
+    deploy:
+      mode: global
+      update_config:
+        parallelism: 3
+  db:
+    image: stackbox
+    command: ["sh", "-c", "while true; do echo pong | nc -l -p 5432; done"]
+    expose: ["5432"]
+    deploy:
+      mode: global
+      resources:
+        limits:
+          memory: 64M
+secrets:
+  token:
+    file: ./token
+"#;
+
+#[test]
+fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_nothing() {
+    let lan = Lan::new(3);
+    cluster_of_three_with_image(&lan, "stackbox", &["httpd", "nc", "sleep", "timeout", "echo", "wget"]);
+    let dir = lan.dir.path().join("shop");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = format!("STACKTOKEN{}", std::process::id());
+    std::fs::write(dir.join("token"), &marker).unwrap();
+    let file = dir.join("compose.yaml");
+    std::fs::write(&file, STACK).unwrap();
+    let f = file.to_str().unwrap();
+
+    // A file a stack cannot honour changes nothing.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "services:\n  x:\n    image: stackbox\n    volumes: [\"/:/host\"]\n").unwrap();
+    let err = lan.fails(1, &["stack", "deploy", "-c", bad.to_str().unwrap(), "bad"]);
+    assert!(err.contains("services.x.volumes") && err.lines().count() <= 2, "{err}");
+    assert!(!lan.ok(1, &["service", "ls"]).contains("bad_x"));
+
+    let out = lan.ok(1, &["stack", "deploy", "-c", f, "shop"]);
+    assert!(
+        out.contains("secret shop_token created") && out.contains("service shop_web created"),
+        "{out}"
+    );
+    assert!(lan
+        .ok(1, &["stack", "ls"])
+        .lines()
+        .any(|l| l.starts_with("shop ") && l.trim_end().ends_with('3')));
+    let ids: Vec<String> = (1..=3).map(|i| node_id(&lan, i)).collect();
+    let mut on: std::collections::BTreeMap<(String, String), String> = std::collections::BTreeMap::new();
+    for svc in ["shop_web", "shop_app", "shop_db"] {
+        for t in wait_running(&lan, svc, 3, |_| true) {
+            let node = t["task"]["node"].as_str().unwrap().to_owned();
+            on.insert((svc.to_owned(), node), t["status"]["container"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(lan.ok(1, &["stack", "services", "shop"]).contains("3/global"));
+    assert_eq!(
+        lan.ok(1, &["stack", "ps", "shop"])
+            .lines()
+            .filter(|l| l.contains("running"))
+            .count(),
+        9
+    );
+    // The same file again changes nothing.
+    let again = lan.ok(1, &["stack", "deploy", "-c", f, "shop"]);
+    assert!(again.contains("service shop_db unchanged") && !again.contains("created"), "{again}");
+
+    // On every node: what the file declares passes, nothing else does, seen from inside.
+    for (i, node) in ids.iter().enumerate() {
+        let h = i + 1;
+        let c = |svc: &str| on[&(svc.to_owned(), node.clone())].clone();
+        let tcp = |from: &str, to: &str, port: &str| {
+            let o = lan.run(h, &["exec", &c(from), "timeout", "-s", "KILL", "3", "nc", to, port]);
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let http = |from: &str, url: &str| {
+            let o = lan.run(h, &["exec", &c(from), "timeout", "-s", "KILL", "3", "wget", "-qO-", url]);
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let mut pong = false;
+        for _ in 0..10 {
+            pong = tcp("shop_app", "db", "5432").contains("pong");
+            if pong {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(pong, "host {h}: app cannot reach db:5432");
+        assert!(
+            http("shop_web", "http://app:8080/").contains("hello"),
+            "host {h}: web cannot reach app:8080"
+        );
+        assert!(!tcp("shop_web", "db", "5432").contains("pong"), "host {h}: web reached db");
+        assert!(!http("shop_db", "http://app:8080/").contains("hello"), "host {h}: db reached app");
+        assert!(!http("shop_app", "http://web:80/").contains("hello"), "host {h}: app reached web");
+        let rules = lan.ok(h, &["network", "rules"]);
+        assert!(
+            rules.contains("stack shop: ") && rules.contains("compose.yaml:5 depends_on"),
+            "{rules}"
+        );
+        assert!(lan.ok(h, &["network", "ls"]).contains("shop_default"));
+        // The secret the file brings, in the app's task only.
+        assert_eq!(lan.ok(h, &["exec", &c("shop_app"), "cat", "/run/secrets/token"]), marker);
+        let status = lan.ok(h, &["exec", &c("shop_db"), "cat", "/proc/self/status"]);
+        assert!(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"), "{status}");
+    }
+    // Its services carry their stack (the namespace of their SPIFFE IDs, the rules' selector).
+    let spec = lan.ok(1, &["service", "inspect", "shop_db"]);
+    assert!(spec.contains("\"stack\": \"shop\""), "{spec}");
+
+    // `stack rm`: no task, container, network, rule or secret of it is left on any node.
+    lan.ok(1, &["stack", "rm", "shop"]);
+    for h in 1..=3 {
+        let mut clean = false;
+        for _ in 0..150 {
+            let ps = lan.ok(h, &["ps", "-a"]);
+            let nets = lan.ok(h, &["network", "ls"]);
+            let rules = lan.ok(h, &["network", "rules"]);
+            clean = !ps.contains("shop_") && !nets.contains("shop_default") && !rules.contains("stack shop");
+            if clean {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(clean, "host {h}: the stack left something");
+    }
+    assert!(!lan.ok(1, &["secret", "ls"]).contains("shop_token"));
+    assert!(!lan.ok(1, &["stack", "ls"]).contains("shop"));
+    assert!(lan.ok(1, &["service", "ls"]).lines().count() <= 1);
 }

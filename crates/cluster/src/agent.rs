@@ -87,6 +87,12 @@ pub trait Executor: Send + Sync + 'static {
     fn identity_files(&self) -> bool {
         true
     }
+    /// Makes the networks and rules of the stacks in `wanted` on this node, and takes away those
+    /// of stacks no longer wanted. `Ok(false)`: something is left to take away later (a network
+    /// a container still uses).
+    fn stacks(&self, _wanted: &[crate::stacks::StackRecord]) -> Result<bool, String> {
+        Ok(true)
+    }
 }
 
 /// What the agent knows of one task (persisted, without secrets).
@@ -120,6 +126,12 @@ pub struct Agent {
     files: Mutex<HashMap<FileKey, zeroize::Zeroizing<Vec<u8>>>>,
     /// The tasks of the last assignment message (only those may be reported).
     assigned: Mutex<BTreeSet<String>>,
+    /// The stacks of the last assignment message (none before the first: nothing is taken
+    /// away until the leader has said what is wanted).
+    stacks: Mutex<Option<Vec<crate::stacks::StackRecord>>>,
+    /// Whether the stacks' networks and rules need making or taking away.
+    stacks_dirty: std::sync::atomic::AtomicBool,
+    stack_io: Mutex<()>,
     changed: tokio::sync::Notify,
     /// Running tasks' identities (keys only in memory and in each task's tmpfs).
     identities: Mutex<HashMap<String, crate::workload::TaskIdentity>>,
@@ -187,6 +199,9 @@ impl Agent {
             tasks: Mutex::new(tasks),
             files: Mutex::new(HashMap::new()),
             assigned: Mutex::new(BTreeSet::new()),
+            stacks: Mutex::new(None),
+            stacks_dirty: std::sync::atomic::AtomicBool::new(false),
+            stack_io: Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             identities: Mutex::new(HashMap::new()),
             identity_changed: tokio::sync::watch::Sender::new(0),
@@ -354,6 +369,26 @@ impl Agent {
             }
         }
         *self.assigned.lock().expect("not poisoned") = a.tasks.iter().map(|t| t.id.clone()).collect();
+        {
+            // A manager's word is not taken for these either.
+            let valid: Vec<crate::stacks::StackRecord> = a
+                .stacks
+                .iter()
+                .filter(|s| match s.validate() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(stack = %crate::dispatcher::truncate(&s.name, 64), error = %e, "a stack that does not check: ignored");
+                        false
+                    }
+                })
+                .cloned()
+                .collect();
+            let mut stacks = self.stacks.lock().expect("not poisoned");
+            if stacks.as_ref() != Some(&valid) {
+                *stacks = Some(valid);
+                self.stacks_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         let ids: BTreeSet<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
         let mut starts = Vec::new();
         let mut stops = Vec::new();
@@ -443,6 +478,7 @@ impl Agent {
                 me.drop_identity(&id);
                 me.tasks.lock().expect("not poisoned").remove(&id);
                 me.save();
+                me.stacks_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
             });
         }
         self.changed.notify_one();
@@ -453,11 +489,14 @@ impl Agent {
     fn start(&self, t: Assignment) {
         self.set(&t.id, |l| l.state = TaskState::Preparing);
         let dir = self.dir.join("tasks").join(&t.id);
-        let result = self.write_files(&t, &dir).and_then(|files| {
-            let identity = self.identity_for_start(&t.id)?;
-            self.set(&t.id, |l| l.state = TaskState::Starting);
-            self.exec.start(&self.node, &t, &files, identity.as_ref())
-        });
+        let result = self
+            .stack_for_start(&t)
+            .and_then(|()| self.write_files(&t, &dir))
+            .and_then(|files| {
+                let identity = self.identity_for_start(&t.id)?;
+                self.set(&t.id, |l| l.state = TaskState::Starting);
+                self.exec.start(&self.node, &t, &files, identity.as_ref())
+            });
         drop_files(&dir);
         if result.is_err() {
             self.drop_identity(&t.id);
@@ -550,8 +589,49 @@ impl Agent {
         Ok(out)
     }
 
+    /// The networks and rules of the stacks wanted, made; those of others taken away.
+    fn sync_stacks(&self) -> Result<(), String> {
+        let _io = self.stack_io.lock().expect("not poisoned");
+        let Some(wanted) = self.stacks.lock().expect("not poisoned").clone() else {
+            return Ok(());
+        };
+        self.stacks_dirty.store(false, std::sync::atomic::Ordering::SeqCst);
+        match self.exec.stacks(&wanted) {
+            Ok(settled) => {
+                if !settled {
+                    self.stacks_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.stacks_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// A task of a stack starts only once its stack's networks and rules are in place here.
+    fn stack_for_start(&self, t: &Assignment) -> Result<(), String> {
+        let Some(stack) = &t.template.stack else { return Ok(()) };
+        let known = self
+            .stacks
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|w| w.iter().any(|s| &s.name == stack));
+        if !known {
+            return Err(format!("stack {stack}: its networks and rules did not come with the task"));
+        }
+        self.sync_stacks().map_err(|e| format!("stack {stack}: {e}"))
+    }
+
     /// Checks the containers of running tasks: an exit is reported as complete or failed.
     pub fn observe(&self) {
+        if self.stacks_dirty.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.sync_stacks() {
+                tracing::warn!(error = %e, "the stacks' networks and rules");
+            }
+        }
         let running: Vec<(String, String)> = self
             .tasks
             .lock()

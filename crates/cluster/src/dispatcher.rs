@@ -84,6 +84,9 @@ pub struct Assignments {
     pub secrets: Vec<FileData>,
     pub configs: Vec<FileData>,
     pub heartbeat_ms: u64,
+    /// The stacks of the node's tasks that are not over: their networks and rules.
+    #[serde(default)]
+    pub stacks: Vec<crate::stacks::StackRecord>,
 }
 
 /// A node's report of some of its tasks.
@@ -320,8 +323,12 @@ impl Manager {
         };
         let mut secrets: BTreeSet<(String, u32)> = BTreeSet::new();
         let mut configs: BTreeSet<(String, u32)> = BTreeSet::new();
+        let mut stacks: BTreeSet<String> = BTreeSet::new();
         for v in self.node_tasks(node) {
             let live = v.task.desired == Desired::Running && !v.state.terminal();
+            if let Some(s) = v.task.template.stack.as_ref().filter(|_| !v.state.terminal()) {
+                stacks.insert(s.clone());
+            }
             if live {
                 secrets.extend(v.task.template.secrets.iter().map(|f| (f.source.clone(), f.version)));
                 configs.extend(v.task.template.configs.iter().map(|f| (f.source.clone(), f.version)));
@@ -346,6 +353,7 @@ impl Manager {
         };
         out.secrets = data("secretdata", secrets);
         out.configs = data("configdata", configs);
+        out.stacks = stacks.iter().filter_map(|s| self.stack(s)).collect();
         out
     }
 

@@ -22,6 +22,7 @@ pub mod records;
 pub mod recovery;
 pub mod secrets;
 pub mod services;
+pub mod stacks;
 pub mod store;
 pub mod tls;
 pub mod transport;

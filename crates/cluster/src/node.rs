@@ -253,6 +253,17 @@ pub enum ControlRequest {
     ServiceRm {
         name: String,
     },
+    /// A stack's record and its services (`stack deploy`).
+    StackDeploy {
+        stack: crate::stacks::StackRecord,
+        services: Vec<crate::orchestrator::ServiceSpec>,
+        #[serde(default)]
+        prune: bool,
+    },
+    StackLs,
+    StackRm {
+        name: String,
+    },
     /// The tasks of a node (`self`: this one).
     NodePs {
         node: String,
@@ -1263,6 +1274,11 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             serde_json::to_value(need()?.rollback_service(&name, "rolled back by the user", now()).await?).expect("serialisable")
         }
         ControlRequest::ServiceRm { name } => serde_json::to_value(need()?.remove_service(&name).await?).expect("serialisable"),
+        ControlRequest::StackDeploy { stack, services, prune } => {
+            serde_json::to_value(need()?.deploy_stack(stack, services, prune, now()).await?).expect("serialisable")
+        }
+        ControlRequest::StackLs => serde_json::to_value(need()?.stacks()).expect("serialisable"),
+        ControlRequest::StackRm { name } => serde_json::to_value(need()?.remove_stack(&name).await?).expect("serialisable"),
         ControlRequest::NodePs { node } => {
             let m = need()?;
             let id = if node == "self" { cfg.node_id.clone() } else { node };

@@ -480,6 +480,7 @@ impl Manager {
     /// A new service; refused if the name is taken or a secret or config it names is missing.
     pub async fn create_service(&self, mut spec: ServiceSpec, now: i64) -> Result<ServiceRecord> {
         validate(&spec)?;
+        self.check_stack_of(&spec)?;
         for f in spec.task.secrets.iter_mut().chain(spec.task.configs.iter_mut()) {
             f.version = 0;
         }
@@ -529,6 +530,9 @@ impl Manager {
         let old: ServiceRecord = serde_json::from_slice(&raw).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut new = change(&old)?;
         validate(&new.spec)?;
+        if new.spec.task.stack != old.spec.task.stack {
+            return Err(Error::Invalid(format!("service {name}: its stack cannot change")));
+        }
         self.pin(&new.spec.task)?;
         new.updated = now;
         let r = self

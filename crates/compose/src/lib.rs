@@ -374,7 +374,13 @@ const SERVICE_REFUSED: &[(&str, &str)] = &[
     ("profiles", "not supported"),
     ("scale", "use deploy.replicas"),
 ];
-const DEPLOY: &[&str] = &["replicas"];
+/// `compose up` honours `replicas`; `stack deploy` all of these.
+const DEPLOY: &[&str] = &["replicas", "mode", "placement", "resources", "update_config", "restart_policy"];
+const DEPLOY_PLACEMENT: &[&str] = &["constraints"];
+const DEPLOY_RESOURCES: &[&str] = &["limits", "reservations"];
+const DEPLOY_RESOURCE: &[&str] = &["cpus", "memory"];
+const DEPLOY_UPDATE: &[&str] = &["parallelism", "delay", "failure_action", "monitor"];
+const DEPLOY_RESTART: &[&str] = &["condition", "delay"];
 const HEALTHCHECK: &[&str] = &[
     "test",
     "interval",
@@ -447,6 +453,23 @@ fn check_keys(t: &Node) -> Result<()> {
         }
         if let Some(d) = svc.get("deploy") {
             check_map(d, DEPLOY, &format!("{at}.deploy"))?;
+            for (key, known) in [
+                ("placement", DEPLOY_PLACEMENT),
+                ("resources", DEPLOY_RESOURCES),
+                ("update_config", DEPLOY_UPDATE),
+                ("restart_policy", DEPLOY_RESTART),
+            ] {
+                if let Some(v) = d.get(key) {
+                    check_map(v, known, &format!("{at}.deploy.{key}"))?;
+                }
+            }
+            if let Some(r) = d.get("resources") {
+                for key in ["limits", "reservations"] {
+                    if let Some(v) = r.get(key) {
+                        check_map(v, DEPLOY_RESOURCE, &format!("{at}.deploy.resources.{key}"))?;
+                    }
+                }
+            }
         }
         if let Some(h) = svc.get("healthcheck") {
             check_map(h, HEALTHCHECK, &format!("{at}.healthcheck"))?;
