@@ -142,6 +142,18 @@ pub fn run_flags(node: &str, t: &Assignment, files: &[TaskFile], identity: Optio
     }
     if let Some(h) = &tpl.health_cmd {
         a.push(format!("--health-cmd={h}"));
+        for (flag, v) in [
+            ("--health-interval", tpl.health_interval_ms),
+            ("--health-timeout", tpl.health_timeout_ms),
+            ("--health-start-period", tpl.health_start_period_ms),
+        ] {
+            if let Some(ms) = v {
+                a.push(format!("{flag}={ms}ms"));
+            }
+        }
+        if let Some(r) = tpl.health_retries {
+            a.push(format!("--health-retries={r}"));
+        }
     }
     // The task's identity, read-only: its files, and the Workload API's socket (the agent's
     // paths, checked by the caller to carry no `,`).
@@ -223,6 +235,18 @@ impl Executor for RuntimeExecutor {
             Err(bulkhead_runtime::error::Error::NotFound(_)) => Observed::Gone,
             Err(_) => Observed::Running,
         }
+    }
+
+    fn health(&self, container: &str) -> Option<bulkhead_cluster::agent::Health> {
+        let store = self.ctx.store().ok()?;
+        let cs = bulkhead_runtime::container::Containers::open(&store).ok()?;
+        let rec = self.runtime().ok()?.status(container).ok()?;
+        let h = crate::container_cmd::health_of(&cs, &rec)?;
+        Some(match h.status.as_str() {
+            "healthy" => bulkhead_cluster::agent::Health::Healthy,
+            "unhealthy" => bulkhead_cluster::agent::Health::Unhealthy,
+            _ => bulkhead_cluster::agent::Health::Starting,
+        })
     }
 
     fn stop(&self, container: &str) -> Result<(), String> {

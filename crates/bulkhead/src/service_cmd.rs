@@ -101,9 +101,20 @@ pub struct CommonArgs {
     restart_condition: Option<String>,
     #[arg(long)]
     restart_delay: Option<String>,
-    /// A command run with /bin/sh -c in the task.
+    /// A command run with /bin/sh -c in the task: it is `starting` until the command passes,
+    /// and an unhealthy task is stopped and replaced.
     #[arg(long)]
     health_cmd: Option<String>,
+    /// 30s, 500ms.
+    #[arg(long)]
+    health_interval: Option<String>,
+    #[arg(long)]
+    health_timeout: Option<String>,
+    #[arg(long)]
+    health_start_period: Option<String>,
+    /// Failures in a row that make a task unhealthy (3 unless given).
+    #[arg(long)]
+    health_retries: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +320,10 @@ fn spec_from(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
             ports: c.publish.iter().map(|p| port(p)).collect::<anyhow::Result<_>>()?,
             networks: c.network,
             health_cmd: c.health_cmd,
+            health_interval_ms: c.health_interval.as_deref().map(ms).transpose()?,
+            health_timeout_ms: c.health_timeout.as_deref().map(ms).transpose()?,
+            health_start_period_ms: c.health_start_period.as_deref().map(ms).transpose()?,
+            health_retries: c.health_retries,
             labels,
             stack: None,
         },

@@ -261,6 +261,7 @@ fn plan(p: &bulkhead_compose::Project, stack: &str) -> anyhow::Result<Plan> {
             }
         }
         let mut health_cmd = None;
+        let mut health: (Option<u64>, Option<u64>, Option<u64>, Option<u32>) = (None, None, None, None);
         if let Some(h) = s.healthcheck.as_ref().filter(|h| !h.disable) {
             use bulkhead_compose::types::HealthcheckTest;
             health_cmd = match &h.test {
@@ -277,13 +278,20 @@ fn plan(p: &bulkhead_compose::Project, stack: &str) -> anyhow::Result<Plan> {
                 },
                 None => return Err(refuse("healthcheck", "no test")),
             };
-            if h.interval.is_some() || h.timeout.is_some() || h.retries != 0 || h.start_period.is_some() {
-                eprintln!(
-                    "bulkhead: warning: {}: line {}: services.{name}.healthcheck: its timings are not carried to a cluster's tasks (the runtime's defaults apply)",
-                    p.file.display(),
-                    line("healthcheck")
-                );
-            }
+            let dur = |v: &Option<String>| -> anyhow::Result<Option<u64>> {
+                v.as_deref()
+                    .map(|v| crate::container_cmd::parse_duration_ms(v).map_err(|e| refuse("healthcheck", &e.to_string())))
+                    .transpose()
+            };
+            health = (
+                dur(&h.interval)?,
+                dur(&h.timeout)?,
+                dur(&h.start_period)?,
+                (h.retries != 0).then(|| u32::try_from(h.retries).unwrap_or(u32::MAX)),
+            );
+        }
+        if health_cmd.is_none() {
+            health = (None, None, None, None);
         }
         let (secrets, configs) = file_refs(p, name, s, stack, &mut files)?;
         let mut limit_memory = s
@@ -404,6 +412,10 @@ fn plan(p: &bulkhead_compose::Project, stack: &str) -> anyhow::Result<Plan> {
             ports,
             networks: vec![net],
             health_cmd,
+            health_interval_ms: health.0,
+            health_timeout_ms: health.1,
+            health_start_period_ms: health.2,
+            health_retries: health.3,
             labels,
             stack: Some(stack.to_owned()),
         };

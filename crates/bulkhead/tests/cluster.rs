@@ -1845,3 +1845,103 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
     assert!(!lan.ok(1, &["stack", "ls"]).contains("shop"));
     assert!(lan.ok(1, &["service", "ls"]).lines().count() <= 1);
 }
+
+/// A task with a healthcheck is `starting` until it passes; an update whose new task fails its
+/// healthcheck rolls back, and the unhealthy task is stopped.
+#[test]
+fn tasks_run_once_healthy_and_an_update_that_is_not_rolls_back() {
+    let lan = Lan::new(1);
+    std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    lan.ok(
+        1,
+        &["cluster", "init", "--advertise-addr", &lan.addr(1), "--dispatcher-heartbeat", "1s"],
+    );
+    let rootfs = lan.dir.path().join("rootfs");
+    common::busybox_rootfs(&rootfs);
+    for a in ["sleep", "touch", "test", "false"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    lan.ok(
+        1,
+        &[
+            "image",
+            "import",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--tag",
+            "hbox",
+            "--cmd",
+            "/bin/sh",
+        ],
+    );
+    lan.ok(
+        1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "slow",
+            "--health-cmd",
+            "test -f /tmp/ready",
+            "--health-interval",
+            "300ms",
+            "--health-start-period",
+            "5s",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "1s",
+            "hbox",
+            "sh",
+            "-c",
+            "sleep 3; touch /tmp/ready; sleep 3600",
+        ],
+    );
+    // Started, but not running before its healthcheck passes.
+    let mut seen_starting = false;
+    for _ in 0..100 {
+        let t = tasks(&lan, 1, "slow");
+        if t.iter().any(|t| t["state"] == "starting" && t["status"]["container"].is_string()) {
+            seen_starting = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_starting, "{:?}", tasks(&lan, 1, "slow"));
+    wait_running(&lan, "slow", 1, |_| true);
+    // An update whose tasks never become healthy: rolled back, its task stopped and failed.
+    lan.ok(1, &["service", "update", "--health-cmd", "false", "slow"]);
+    let mut inspect = serde_json::Value::Null;
+    for _ in 0..300 {
+        inspect = serde_json::from_str(&lan.ok(1, &["service", "inspect", "slow"])).unwrap();
+        if inspect[0]["update"]["rolled_back"].is_object() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(inspect[0]["update"]["rolled_back"].is_object(), "{inspect}");
+    assert_eq!(inspect[0]["spec"]["task"]["health_cmd"], "test -f /tmp/ready");
+    let all = tasks(&lan, 1, "slow");
+    assert!(
+        all.iter().any(|t| t["state"] == "failed"
+            && t["task"]["template"]["health_cmd"] == "false"
+            && t["status"]["message"].as_str().unwrap_or("").contains("healthcheck")),
+        "{all:?}"
+    );
+    let again = wait_running(&lan, "slow", 1, |_| true);
+    assert_eq!(again[0]["task"]["template"]["health_cmd"], "test -f /tmp/ready");
+    // The unhealthy task's container is stopped (not left running beside its replacement).
+    for t in all
+        .iter()
+        .filter(|t| t["task"]["template"]["health_cmd"] == "false" && t["state"] == "failed")
+    {
+        if let Some(c) = t["status"]["container"].as_str() {
+            let o = lan.run(1, &["inspect", c]);
+            let text = String::from_utf8_lossy(&o.stdout);
+            let running = o.status.success() && text.contains("\"Running\": true");
+            assert!(!running, "{}: {text}", serde_json::to_string(&all).unwrap());
+        }
+    }
+    lan.ok(1, &["service", "rm", "slow"]);
+}

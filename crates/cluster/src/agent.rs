@@ -53,6 +53,14 @@ pub enum Observed {
     Gone,
 }
 
+/// What a running task's healthcheck last found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
 /// A task's identity as its container gets it: the directory of its identity files (for
 /// [`crate::workload::IDENTITY_TARGET`], owned by the task's user once the container is made)
 /// and the Workload API's socket directory (for [`crate::workload::SOCKET_TARGET_DIR`]).
@@ -68,6 +76,10 @@ pub trait Executor: Send + Sync + 'static {
     /// `identity` mounted read-only.
     fn start(&self, node: &str, task: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Result<Started, String>;
     fn observe(&self, container: &str) -> Observed;
+    /// The container's health (None: no healthcheck, or no result yet).
+    fn health(&self, _container: &str) -> Option<Health> {
+        None
+    }
     /// Stops the container (its stop signal, then SIGKILL).
     fn stop(&self, container: &str) -> Result<(), String>;
     /// Removes the container (killing it if it runs).
@@ -489,6 +501,7 @@ impl Agent {
     fn start(&self, t: Assignment) {
         self.set(&t.id, |l| l.state = TaskState::Preparing);
         let dir = self.dir.join("tasks").join(&t.id);
+        let gated = t.template.health_cmd.is_some();
         let result = self
             .stack_for_start(&t)
             .and_then(|()| self.write_files(&t, &dir))
@@ -505,7 +518,8 @@ impl Agent {
             l.busy = false;
             match result {
                 Ok(s) => {
-                    l.state = TaskState::Running;
+                    // With a healthcheck, running once it passes (see `observe`).
+                    l.state = if gated { TaskState::Starting } else { TaskState::Running };
                     l.container = Some(s.container);
                     l.digest = s.digest;
                 }
@@ -637,7 +651,7 @@ impl Agent {
             .lock()
             .expect("not poisoned")
             .iter()
-            .filter(|(_, l)| !l.busy && l.state == TaskState::Running)
+            .filter(|(_, l)| !l.busy && matches!(l.state, TaskState::Running | TaskState::Starting))
             .filter_map(|(id, l)| Some((id.clone(), l.container.clone()?)))
             .collect();
         for (id, c) in running {
@@ -646,7 +660,26 @@ impl Agent {
                 self.drop_identity(&id);
             }
             match seen {
-                Observed::Running => {}
+                Observed::Running => match self.exec.health(&c) {
+                    Some(Health::Healthy) => self.set(&id, |l| {
+                        if l.state == TaskState::Starting {
+                            l.state = TaskState::Running;
+                        }
+                    }),
+                    // Unhealthy: stopped and failed, as Swarm does; the orchestrator replaces it
+                    // (and an update's new task that fails pauses or rolls the update back).
+                    Some(Health::Unhealthy) => {
+                        if let Err(e) = self.exec.stop(&c) {
+                            tracing::warn!(task = %id, error = %e, "stopping an unhealthy task");
+                        }
+                        self.drop_identity(&id);
+                        self.set(&id, |l| {
+                            l.state = TaskState::Failed;
+                            l.message = "its healthcheck failed: stopped".into();
+                        });
+                    }
+                    Some(Health::Starting) | None => {}
+                },
                 Observed::Exited(code) => self.set(&id, |l| {
                     l.state = if code == 0 { TaskState::Complete } else { TaskState::Failed };
                     l.exit_code = Some(code);

@@ -397,7 +397,10 @@ impl Manager {
             }
             let skey = crate::services::status_key(&task.service, &task.id);
             let old: Option<TaskStatus> = self.get(&skey);
-            if old.as_ref().is_some_and(|o| o.state >= item.state) {
+            // States only move forward; the same state is taken once more only to add the
+            // container a task got (a task with a healthcheck is `starting` before and after).
+            let adds_container = |o: &TaskStatus| o.state == item.state && o.container.is_none() && item.container.is_some();
+            if old.as_ref().is_some_and(|o| o.state >= item.state && !adds_container(o)) {
                 continue;
             }
             let status = TaskStatus {

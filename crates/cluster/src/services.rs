@@ -110,9 +110,21 @@ pub struct TaskTemplate {
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub networks: Vec<String>,
-    /// A healthcheck command (run with `/bin/sh -c`): a task is running once it passes.
+    /// A healthcheck command (run with `/bin/sh -c`): a task is `starting` until it passes, then
+    /// `running`; a task it finds unhealthy is stopped and failed (and an update's new task
+    /// that fails it pauses or rolls the update back).
     #[serde(default)]
     pub health_cmd: Option<String>,
+    /// Its interval, timeout and start period (ms), and the failures in a row that make a task
+    /// unhealthy; the runtime's defaults where not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_start_period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_retries: Option<u32>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The stack the service belongs to (`stack deploy`).
@@ -358,6 +370,24 @@ pub fn validate_task(t: &TaskTemplate) -> Result<()> {
     }
     if t.networks.len() > 1 {
         return bad("one --network per service for now".into());
+    }
+    for (what, v) in [
+        ("--health-interval", t.health_interval_ms),
+        ("--health-timeout", t.health_timeout_ms),
+        ("--health-start-period", t.health_start_period_ms),
+    ] {
+        if v.is_some_and(|ms| !(100..=86_400_000).contains(&ms)) || (v.is_some() && t.health_cmd.is_none()) {
+            return bad(format!("{what}: from 100ms to 24h, with --health-cmd"));
+        }
+    }
+    if t.health_retries.is_some_and(|r| !(1..=100).contains(&r)) || (t.health_retries.is_some() && t.health_cmd.is_none()) {
+        return bad("--health-retries: from 1 to 100, with --health-cmd".into());
+    }
+    if t.health_cmd
+        .as_ref()
+        .is_some_and(|h| h.is_empty() || h.len() > 4096 || h.contains('\0'))
+    {
+        return bad("--health-cmd: at most 4 KiB".into());
     }
     for e in &t.env {
         match e.split_once('=') {
