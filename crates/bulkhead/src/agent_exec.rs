@@ -266,58 +266,15 @@ impl Executor for RuntimeExecutor {
     }
 
     fn stacks(&self, wanted: &[bulkhead_cluster::stacks::StackRecord]) -> Result<bool, String> {
-        use bulkhead_network::rules::{Action, Rule, Selector};
         let nets = bulkhead_network::Networks::open(&self.ctx.root, &self.ctx.config).map_err(|e| e.to_string())?;
         let existing = nets.list().map_err(|e| e.to_string())?;
         let mut settled = true;
+        // Each stack on its own: one that cannot be made here (a network of its name that is
+        // not its own) fails only its own tasks' starts.
+        let mut failed = Vec::new();
         for s in wanted {
-            for n in &s.networks {
-                match existing.iter().find(|x| x.name == n.name) {
-                    Some(x) if x.labels.get(STACK_NETWORK_LABEL) == Some(&s.name) => {}
-                    Some(_) => return Err(format!("network {} exists on this node and is not stack {}'s", n.name, s.name)),
-                    None => {
-                        let mut labels = std::collections::BTreeMap::new();
-                        labels.insert(STACK_NETWORK_LABEL.to_owned(), s.name.clone());
-                        nets.create(&bulkhead_network::CreateRequest {
-                            name: n.name.clone(),
-                            internal: n.internal,
-                            labels,
-                            ..Default::default()
-                        })
-                        .map_err(|e| format!("network {}: {e}", n.name))?;
-                    }
-                }
-            }
-            let origin = stack_origin(&s.name);
-            let sel = |svc: &str| Selector::Label(STACK_SERVICE_LABEL.into(), format!("{}.{svc}", s.name));
-            let new: Vec<Rule> = s
-                .rules
-                .iter()
-                .map(|r| Rule {
-                    id: 0,
-                    action: Action::Allow,
-                    from: sel(&r.from),
-                    to: sel(&r.to),
-                    port: Some(r.port),
-                    proto: Some(r.proto.clone()),
-                    network: None,
-                    origin: format!("{origin}{}", r.origin),
-                    owner: None,
-                    created: chrono::Utc::now(),
-                    hits: 0,
-                })
-                .collect();
-            // Written only when they differ (every write reprograms the node's tables).
-            let key = |r: &Rule| (r.from.to_string(), r.to.to_string(), r.port, r.proto.clone(), r.origin.clone());
-            let have: std::collections::BTreeSet<_> = nets
-                .rules()
-                .map_err(|e| e.to_string())?
-                .iter()
-                .filter(|r| r.origin.starts_with(&origin))
-                .map(key)
-                .collect();
-            if have != new.iter().map(key).collect() {
-                nets.set_rules_of_origin(&origin, new).map_err(|e| e.to_string())?;
+            if let Err(e) = self.one_stack(&nets, &existing, s) {
+                failed.push(format!("stack {}: {e}", s.name));
             }
         }
         // What stacks no longer here left: their rules at once, their networks once no
@@ -342,7 +299,11 @@ impl Executor for RuntimeExecutor {
                 settled = false;
             }
         }
-        Ok(settled)
+        if failed.is_empty() {
+            Ok(settled)
+        } else {
+            Err(failed.join("; "))
+        }
     }
 
     fn container_of_pid(&self, pid: i32) -> Option<String> {
@@ -361,6 +322,67 @@ impl Executor for RuntimeExecutor {
             .into_iter()
             .filter_map(|r| Some((r.labels.get(TASK_LABEL)?.clone(), r.id)))
             .collect()
+    }
+}
+
+impl RuntimeExecutor {
+    /// One stack's networks (made if missing) and rules (written if they differ) on this node.
+    fn one_stack(
+        &self,
+        nets: &bulkhead_network::Networks,
+        existing: &[bulkhead_network::Network],
+        s: &bulkhead_cluster::stacks::StackRecord,
+    ) -> Result<(), String> {
+        use bulkhead_network::rules::{Action, Rule, Selector};
+        for n in &s.networks {
+            match existing.iter().find(|x| x.name == n.name) {
+                Some(x) if x.labels.get(STACK_NETWORK_LABEL) == Some(&s.name) => {}
+                Some(_) => return Err(format!("network {} exists on this node and is not stack {}'s", n.name, s.name)),
+                None => {
+                    let mut labels = std::collections::BTreeMap::new();
+                    labels.insert(STACK_NETWORK_LABEL.to_owned(), s.name.clone());
+                    nets.create(&bulkhead_network::CreateRequest {
+                        name: n.name.clone(),
+                        internal: n.internal,
+                        labels,
+                        ..Default::default()
+                    })
+                    .map_err(|e| format!("network {}: {e}", n.name))?;
+                }
+            }
+        }
+        let origin = stack_origin(&s.name);
+        let sel = |svc: &str| Selector::Label(STACK_SERVICE_LABEL.into(), format!("{}.{svc}", s.name));
+        let new: Vec<Rule> = s
+            .rules
+            .iter()
+            .map(|r| Rule {
+                id: 0,
+                action: Action::Allow,
+                from: sel(&r.from),
+                to: sel(&r.to),
+                port: Some(r.port),
+                proto: Some(r.proto.clone()),
+                network: None,
+                origin: format!("{origin}{}", r.origin),
+                owner: None,
+                created: chrono::Utc::now(),
+                hits: 0,
+            })
+            .collect();
+        // Written only when they differ (every write reprograms the node's tables).
+        let key = |r: &Rule| (r.from.to_string(), r.to.to_string(), r.port, r.proto.clone(), r.origin.clone());
+        let have: std::collections::BTreeSet<_> = nets
+            .rules()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|r| r.origin.starts_with(&origin))
+            .map(key)
+            .collect();
+        if have != new.iter().map(key).collect() {
+            nets.set_rules_of_origin(&origin, new).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 

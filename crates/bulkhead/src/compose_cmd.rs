@@ -466,6 +466,13 @@ fn run_args(
     use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
     let refuse = |key: &str, why: &str| anyhow::anyhow!("{}: line {}: services.{name}.{key}: {why}", p.file.display(), line(key));
+    // A limit asked for is never dropped (`up` and `run` alike).
+    if s.deploy.as_ref().is_some_and(|d| d.resources.is_some()) {
+        return Err(refuse(
+            "deploy",
+            "resources: `stack deploy` honours it; on one host give mem_limit and cpus",
+        ));
+    }
     let mut health: Vec<String> = Vec::new();
     if let Some(h) = s.healthcheck.as_ref().filter(|h| !h.disable) {
         use bulkhead_compose::types::HealthcheckTest;
@@ -1262,13 +1269,7 @@ fn up(ctx: &Ctx, p: &bulkhead_compose::Project, detach: bool, wait: bool, only: 
         let Some(Some(svc)) = p.model.services.0.get(name) else { continue };
         let replicas = svc.deploy.as_ref().and_then(|d| d.replicas).unwrap_or(1);
         if let Some(d) = &svc.deploy {
-            // A limit asked for is never dropped; what only a cluster can do is said.
-            if d.resources.is_some() {
-                anyhow::bail!(
-                    "{}: services.{name}.deploy.resources: `stack deploy` honours it; for `compose up` give mem_limit and cpus",
-                    p.file.display()
-                );
-            }
+            // What only a cluster can do is said (resources are refused by `run_args`).
             for (key, set) in [
                 ("mode", d.mode.is_some()),
                 ("placement", d.placement.is_some()),

@@ -475,7 +475,8 @@ fn request(a: &RunArgs, auto_remove: bool) -> anyhow::Result<CreateRequest> {
         // Which compose project and service a container belongs to decides its rules and the
         // names it may share: set by `compose` alone.
         let agents = a.stack_task && (k == crate::agent_exec::STACK_SERVICE_LABEL);
-        if k.starts_with("bulkhead.") && !agents && std::env::var_os(crate::compose_cmd::COMPOSE_CHILD).is_none() {
+        let composes = k.starts_with("bulkhead.compose.") && std::env::var_os(crate::compose_cmd::COMPOSE_CHILD).is_some();
+        if k.starts_with("bulkhead.") && !agents && !composes {
             bail!("--label {k}: labels starting with `bulkhead.` are bulkhead's own");
         }
         labels.insert(k.to_owned(), v.to_owned());
@@ -610,6 +611,9 @@ pub(crate) fn create_container(
     crate::scan_cmd::gate(ctx, &store, &a.image)?;
     let req = request(a, auto_remove)?;
     crate::network_cmd::ensure_networks(ctx, &req.networks)?;
+    if !a.stack_task {
+        crate::network_cmd::refuse_stack_networks(ctx, &req.networks)?;
+    }
     // A compose project's volume is its containers' (and those of files that share it, asked
     // with --allow-shared-volumes), not any container's that names it.
     let vols = bulkhead_runtime::volumes::Volumes::open(store.root())?;

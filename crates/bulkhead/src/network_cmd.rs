@@ -96,6 +96,10 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
             let mut labels = std::collections::BTreeMap::new();
             for l in &a.label {
                 let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                // Which compose project or stack a network is decides who may join it.
+                if k.starts_with("bulkhead.") {
+                    bail!("--label {k}: labels starting with `bulkhead.` are bulkhead's own");
+                }
                 labels.insert(k.to_owned(), v.to_owned());
             }
             let mut req = CreateRequest {
@@ -193,7 +197,10 @@ pub fn run(ctx: &Ctx, c: NetworkCommand) -> anyhow::Result<ExitCode> {
             }
         }
         NetworkCommand::Events { follow } => events(&nets, follow)?,
-        NetworkCommand::Connect { network, container } => connect(ctx, &nets, &network, &container, true)?,
+        NetworkCommand::Connect { network, container } => {
+            refuse_stack_networks(ctx, std::slice::from_ref(&network))?;
+            connect(ctx, &nets, &network, &container, true)?
+        }
         NetworkCommand::Disconnect { network, container } => connect(ctx, &nets, &network, &container, false)?,
         NetworkCommand::Prune => {
             // A network a stopped container names is kept: it joins it again at its next start.
@@ -578,4 +585,19 @@ impl bulkhead_runtime::hooks::ContainerHooks for NetworkHooks {
             Err(e) => tracing::warn!(error = %e, "removing the container's rules"),
         }
     }
+}
+
+/// A stack's networks are its tasks' alone (the cluster's agent makes them): a container of
+/// `run` or `network connect` there would answer to, and reach, what the stack's names and
+/// rules mean for its tasks.
+pub(crate) fn refuse_stack_networks(ctx: &Ctx, names: &[String]) -> anyhow::Result<()> {
+    let nets = networks(ctx)?;
+    for n in names {
+        if let Ok(net) = nets.get(n) {
+            if let Some(stack) = net.labels.get(crate::agent_exec::STACK_NETWORK_LABEL) {
+                bail!("network {n} is stack {stack}'s: only its tasks join it");
+            }
+        }
+    }
+    Ok(())
 }

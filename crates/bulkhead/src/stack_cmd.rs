@@ -30,6 +30,10 @@ pub enum StackCommand {
         /// Remove the stack's services that the file no longer has.
         #[arg(long)]
         prune: bool,
+        /// Let the file's `external: true` secrets and configs name the cluster's (a file from
+        /// anywhere could otherwise hand any secret of the cluster to a task of its choosing).
+        #[arg(long)]
+        allow_external: bool,
         name: String,
     },
     /// The stacks, with their services' count.
@@ -104,7 +108,7 @@ fn load(file: &std::path::Path, name: &str) -> anyhow::Result<bulkhead_compose::
 }
 
 /// The stack's record and its services' specs, from the file; nothing is sent yet.
-fn plan(p: &bulkhead_compose::Project, stack: &str) -> anyhow::Result<Plan> {
+fn plan(p: &bulkhead_compose::Project, stack: &str, allow_external: bool) -> anyhow::Result<Plan> {
     use bulkhead_compose::types::{Environment, Labels, MapOrEmpty, Ports, PublishedPort};
     let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
     if policy.learn {
@@ -293,7 +297,7 @@ fn plan(p: &bulkhead_compose::Project, stack: &str) -> anyhow::Result<Plan> {
         if health_cmd.is_none() {
             health = (None, None, None, None);
         }
-        let (secrets, configs) = file_refs(p, name, s, stack, &mut files)?;
+        let (secrets, configs) = file_refs(p, name, s, stack, allow_external, &mut files)?;
         let mut limit_memory = s
             .mem_limit
             .as_deref()
@@ -466,6 +470,7 @@ fn file_refs(
     name: &str,
     s: &bulkhead_compose::types::Service,
     stack: &str,
+    allow_external: bool,
     files: &mut BTreeMap<(bool, String), FileSource>,
 ) -> anyhow::Result<(Vec<FileRef>, Vec<FileRef>)> {
     let at = |key: &str| {
@@ -490,7 +495,9 @@ fn file_refs(
                 None => bail!("{}: {source:?} is not declared under the top-level `secrets`", at(key)),
                 Some(Some(ComposeSecret::File(f))) => (format!("{stack}_{source}"), Some(f.clone())),
                 Some(Some(ComposeSecret::External { external: true, name })) => (if name.is_empty() { source.clone() } else { name.clone() }, None),
-                Some(Some(ComposeSecret::External { .. })) | Some(None) => (source.clone(), None),
+                Some(Some(ComposeSecret::External { .. })) | Some(None) => {
+                    bail!("{}: secret {source:?}: `file:`, or `external: true` for one the cluster has", at(key))
+                }
                 Some(Some(ComposeSecret::Environment(_))) => bail!(
                     "{}: secret {source:?} from the environment: not supported (a process's environment is readable by others; give `file:`)",
                     at(key)
@@ -506,6 +513,12 @@ fn file_refs(
                 },
             }
         };
+        if file.is_none() && !allow_external {
+            bail!(
+                "{}: {source:?} names the cluster's {cluster:?}: give `stack deploy --allow-external` to hand it to this file's tasks",
+                at(key)
+            );
+        }
         if let Some(f) = file {
             let path = crate::compose_cmd::inside(p, &f, key)?;
             files.entry((secret, cluster.clone())).or_insert(FileSource {
@@ -548,9 +561,14 @@ fn services_of(ctx: &Ctx, name: &str) -> anyhow::Result<Vec<serde_json::Value>> 
 
 pub fn stack(ctx: &Ctx, c: StackCommand) -> anyhow::Result<ExitCode> {
     match c {
-        StackCommand::Deploy { file, prune, name } => {
+        StackCommand::Deploy {
+            file,
+            prune,
+            allow_external,
+            name,
+        } => {
             let p = load(&file, &name)?;
-            let mut plan = plan(&p, &name)?;
+            let mut plan = plan(&p, &name, allow_external)?;
             // Everything is checked here before anything is made: the record, the specs.
             plan.record.validate().map_err(|e| anyhow::anyhow!("stack {name}: {e}"))?;
             plan.record
@@ -559,11 +577,28 @@ pub fn stack(ctx: &Ctx, c: StackCommand) -> anyhow::Result<ExitCode> {
             for spec in &mut plan.specs {
                 spec.task.digest = svc::pin(ctx, &spec.task.image)?;
             }
+            // A secret or config of the stack's name that the stack did not bring is not taken
+            // (nor removed by its `rm`): checked for all before any is made.
+            let stacks = call(ctx, ControlRequest::StackLs)?;
+            let mine = stacks.as_array().into_iter().flatten().find(|s| s["name"].as_str() == Some(&name));
+            let mut exists = BTreeSet::new();
             for f in &plan.files {
                 let have = call(ctx, ControlRequest::SecretLs { kind: f.kind })?;
-                let exists = have.as_array().into_iter().flatten().any(|r| r["name"].as_str() == Some(&f.name));
                 let what = if f.kind == Kind::Secret { "secret" } else { "config" };
-                if exists {
+                if have.as_array().into_iter().flatten().any(|r| r["name"].as_str() == Some(&f.name)) {
+                    let list = if f.kind == Kind::Secret { "secrets" } else { "configs" };
+                    let ours = mine
+                        .and_then(|m| m[list].as_array())
+                        .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(&f.name)));
+                    if !ours {
+                        bail!("{what} {} exists and stack {name} did not make it: rename it in the file", f.name);
+                    }
+                    exists.insert((f.kind == Kind::Secret, f.name.clone()));
+                }
+            }
+            for f in &plan.files {
+                let what = if f.kind == Kind::Secret { "secret" } else { "config" };
+                if exists.contains(&(f.kind == Kind::Secret, f.name.clone())) {
                     eprintln!("bulkhead: {what} {} exists: kept (`{what} rotate` gives it a new version)", f.name);
                     continue;
                 }

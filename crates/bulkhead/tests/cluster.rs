@@ -1752,6 +1752,16 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
     let err = lan.fails(1, &["stack", "deploy", "-c", bad.to_str().unwrap(), "bad"]);
     assert!(err.contains("services.x.volumes") && err.lines().count() <= 2, "{err}");
     assert!(!lan.ok(1, &["service", "ls"]).contains("bad_x"));
+    // A file naming one of the cluster's secrets gets it only when the deployer says so.
+    lan.ok(1, &["secret", "create", "prod_pw", file_of(&lan, "prodpw", "PRODPW")]);
+    std::fs::write(
+        &bad,
+        "services:\n  x:\n    image: stackbox\n    secrets: [pw]\nsecrets:\n  pw:\n    external: true\n    name: prod_pw\n",
+    )
+    .unwrap();
+    let err = lan.fails(1, &["stack", "deploy", "-c", bad.to_str().unwrap(), "bad"]);
+    assert!(err.contains("--allow-external"), "{err}");
+    assert!(!lan.ok(1, &["service", "ls"]).contains("bad_x"));
 
     let out = lan.ok(1, &["stack", "deploy", "-c", f, "shop"]);
     assert!(
@@ -1818,6 +1828,9 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
         assert!(lan.ok(h, &["network", "ls"]).contains("shop_default"));
         // The secret the file brings, in the app's task only.
         assert_eq!(lan.ok(h, &["exec", &c("shop_app"), "cat", "/run/secrets/token"]), marker);
+        // The stack's network is its tasks' alone.
+        let err = lan.fails(h, &["run", "--rm", "--network", "shop_default", "stackbox", "true"]);
+        assert!(err.contains("stack shop's"), "{err}");
         let status = lan.ok(h, &["exec", &c("shop_db"), "cat", "/proc/self/status"]);
         assert!(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"), "{status}");
     }
@@ -1944,4 +1957,11 @@ fn tasks_run_once_healthy_and_an_update_that_is_not_rolls_back() {
         }
     }
     lan.ok(1, &["service", "rm", "slow"]);
+}
+
+/// A file under the test's directory holding `data`; its path.
+fn file_of(lan: &Lan, name: &str, data: &str) -> &'static str {
+    let p = lan.dir.path().join(name);
+    std::fs::write(&p, data).unwrap();
+    Box::leak(p.to_string_lossy().into_owned().into_boxed_str())
 }

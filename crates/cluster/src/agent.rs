@@ -636,7 +636,12 @@ impl Agent {
         if !known {
             return Err(format!("stack {stack}: its networks and rules did not come with the task"));
         }
-        self.sync_stacks().map_err(|e| format!("stack {stack}: {e}"))
+        // Another stack's failure (each is reported as `stack NAME: ...`) is not this task's.
+        match self.sync_stacks() {
+            Err(e) if e.split("; ").any(|x| x.starts_with(&format!("stack {stack}: "))) => Err(e),
+            Err(e) if !e.starts_with("stack ") => Err(format!("stack {stack}: {e}")),
+            _ => Ok(()),
+        }
     }
 
     /// Checks the containers of running tasks: an exit is reported as complete or failed.

@@ -338,8 +338,8 @@ pub fn validate_task(t: &TaskTemplate) -> Result<()> {
         return bad(format!("a service's task spec is at most {} KiB", MAX_TEMPLATE >> 10));
     }
     for k in t.labels.keys() {
-        if k.starts_with("com.bulkhead.") && k != "com.bulkhead.force" {
-            return bad(format!("label {k:?}: the com.bulkhead. prefix is the cluster's"));
+        if (k.starts_with("com.bulkhead.") && k != "com.bulkhead.force") || k.starts_with("bulkhead.") {
+            return bad(format!("label {k:?}: the com.bulkhead. and bulkhead. prefixes are the cluster's"));
         }
     }
     // Every value below ends up as a `bulkhead run` argument on the nodes: none may read as a

@@ -74,9 +74,11 @@ impl StackRecord {
     /// Checks a record (one line for what is wrong); a node checks again what it is sent.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
-        if !crate::secrets::valid_name(&self.name) || self.name == "default" || self.name.contains('_') {
+        // No '_' (the prefix of its services' and networks' names) and no '.' (the separator in
+        // its tasks' label `<stack>.<service>`): no stack's names can read as another's.
+        if !crate::secrets::valid_name(&self.name) || self.name == "default" || self.name.contains(['_', '.']) {
             return bad(format!(
-                "stack name {:?}: a letter or digit, then letters, digits, '.', '-' (no '_'; not `default`)",
+                "stack name {:?}: a letter or digit, then letters, digits, '-' (not `default`)",
                 self.name
             ));
         }
@@ -380,6 +382,7 @@ mod tests {
         assert!(refused(&|r| r.secrets[0] = "other_token".into()));
         assert!(refused(&|r| r.name = "default".into()));
         assert!(refused(&|r| r.name = "sh_op".into()));
+        assert!(refused(&|r| r.name = "shop.prod".into()));
         assert!(refused(&|r| r.name = "-shop".into()));
         // Rules between services of the stack only, with a port and tcp or udp.
         assert!(refused(&|r| r.rules[0].to = "elsewhere".into()));
