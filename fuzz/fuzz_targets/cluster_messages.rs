@@ -2,7 +2,7 @@
 //! payloads), store requests (forwarded writes), control socket requests, and backup files
 //! (`cluster restore`, a recovery's seed); the dispatcher's messages both ways (a session's
 //! hello, a node's report, the assignments an agent receives, a task's identity asked and
-//! given, its certificate request signed), service specs and stacks with their checks. Never a panic.
+//! given, its certificate request signed, its log stream), service specs and stacks with their checks. Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
@@ -29,6 +29,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = stack.validate().and_then(|()| stack.check_services(&services));
     }
     let _ = serde_json::from_slice::<bulkhead_cluster::identity::IdentityReply>(data);
+    // A node's log stream: its header, then batches of lines.
+    let _ = serde_json::from_slice::<bulkhead_cluster::logs::LogHeader>(data);
+    let _ = serde_json::from_slice::<Vec<bulkhead_cluster::logs::LogLine>>(data);
     // A node's request for a task's identity: its CSR goes to the workload CA.
     if let Ok(req) = serde_json::from_slice::<bulkhead_cluster::identity::IdentityRequest>(data) {
         static CA: std::sync::OnceLock<bulkhead_cluster::pki::Ca> = std::sync::OnceLock::new();

@@ -237,6 +237,16 @@ impl Executor for RuntimeExecutor {
         }
     }
 
+    fn logs(&self, container: &str) -> Result<Box<dyn bulkhead_cluster::agent::LogSource>, String> {
+        let rt = self.runtime()?;
+        let follower = rt.logs(container).map_err(|e| e.to_string())?;
+        Ok(Box::new(TaskLog {
+            rt,
+            container: container.to_owned(),
+            follower,
+        }))
+    }
+
     fn health(&self, container: &str) -> Option<bulkhead_cluster::agent::Health> {
         let store = self.ctx.store().ok()?;
         let cs = bulkhead_runtime::container::Containers::open(&store).ok()?;
@@ -383,6 +393,29 @@ impl RuntimeExecutor {
             nets.set_rules_of_origin(&origin, new).map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+}
+
+/// A task container's log as the runtime keeps it (the same records `bulkhead logs` reads).
+struct TaskLog {
+    rt: Runtime,
+    container: String,
+    follower: bulkhead_runtime::logs::Follower,
+}
+
+impl bulkhead_cluster::agent::LogSource for TaskLog {
+    fn poll(&mut self) -> Result<Vec<(String, String, String)>, String> {
+        Ok(self
+            .follower
+            .poll()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|r| (r.stream, r.log, r.time))
+            .collect())
+    }
+
+    fn running(&self) -> bool {
+        self.rt.status(&self.container).is_ok_and(|r| self.rt.is_running(&r))
     }
 }
 

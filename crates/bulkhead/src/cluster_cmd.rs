@@ -218,6 +218,11 @@ fn remote() -> Option<String> {
 }
 
 /// One request to this node's process over its control socket, or to the remote manager.
+/// A request answered in many lines (`service logs`), on this node's control socket.
+pub(crate) fn call_stream(ctx: &Ctx, req: ControlRequest, each: impl FnMut(serde_json::Value)) -> anyhow::Result<serde_json::Value> {
+    Ok(runtime()?.block_on(node::call_stream(&ctx.root, &req, each))?)
+}
+
 pub(crate) fn call(ctx: &Ctx, req: ControlRequest) -> anyhow::Result<serde_json::Value> {
     if let Some(addr) = remote().filter(|_| req.remote()) {
         let file = std::env::var_os("BULKHEAD_ADMIN_CERT")

@@ -10,7 +10,7 @@ use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
 use bulkhead_cluster::services::{Condition, FailureAction, FileRef, PortSpec, Restart, TaskTemplate, UpdateConfig};
 use clap::{Args, Subcommand};
 
-use crate::cluster_cmd::call;
+use crate::cluster_cmd::{call, call_stream};
 use crate::output::{json, table, Output};
 use crate::Ctx;
 
@@ -42,6 +42,19 @@ pub enum ServiceCommand {
     },
     /// Back to the spec before the last update.
     Rollback { name: String },
+    /// The output of the service's tasks, from the nodes that run them (on the leader).
+    Logs {
+        service: String,
+        /// Keep following what the tasks write.
+        #[arg(short, long)]
+        follow: bool,
+        /// The last N lines of each task.
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
+        /// Lines without the task's name and node.
+        #[arg(long)]
+        no_task_ids: bool,
+    },
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]
@@ -553,6 +566,61 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
                 )?;
                 println!("{name} scaled to {replicas}");
             }
+        }
+        ServiceCommand::Logs {
+            service,
+            follow,
+            tail,
+            no_task_ids,
+        } => {
+            use std::io::Write;
+            // Each task by `service.slot.id@host`, as `docker service logs` names it.
+            let v = call(
+                ctx,
+                ControlRequest::ServiceInspect {
+                    name: service.clone(),
+                    tasks: true,
+                },
+            )?;
+            let tasks: Vec<bulkhead_cluster::services::TaskView> = serde_json::from_value(v["tasks"].clone())?;
+            let names: std::collections::HashMap<String, String> = tasks
+                .iter()
+                .map(|t| {
+                    let slot = if t.task.slot > 0 {
+                        format!(".{}", t.task.slot)
+                    } else {
+                        String::new()
+                    };
+                    (t.task.id.clone(), format!("{service}{slot}.{}", trunc(&t.task.id, 12, false)))
+                })
+                .collect();
+            let hosts = v["hostnames"].clone();
+            call_stream(
+                ctx,
+                ControlRequest::ServiceLogs {
+                    name: service,
+                    follow,
+                    tail,
+                },
+                |l| {
+                    let Ok(l) = serde_json::from_value::<bulkhead_cluster::logs::LogLine>(l) else {
+                        return;
+                    };
+                    let text = if no_task_ids {
+                        l.line.clone()
+                    } else {
+                        let host = hosts[&l.node].as_str().filter(|h| !h.is_empty()).unwrap_or(&l.node).to_owned();
+                        let task = names.get(&l.task).cloned().unwrap_or_else(|| l.task.clone());
+                        format!("{task}@{host}    | {}", l.line)
+                    };
+                    let _ = if l.stream == "stderr" {
+                        std::io::stderr().lock().write_all(text.as_bytes())
+                    } else {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(text.as_bytes()).and_then(|()| out.flush())
+                    };
+                },
+            )?;
         }
         ServiceCommand::Rollback { name } => {
             call(ctx, ControlRequest::ServiceRollback { name: name.clone() })?;

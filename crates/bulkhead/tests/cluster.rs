@@ -1722,7 +1722,7 @@ const STACK: &str = r#"services:
         parallelism: 3
   db:
     image: stackbox
-    command: ["sh", "-c", "while true; do echo pong | nc -l -p 5432; done"]
+    command: ["sh", "-c", "echo db ready; while true; do echo pong | nc -l -p 5432; echo served; done"]
     expose: ["5432"]
     deploy:
       mode: global
@@ -1837,6 +1837,48 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
     // Its services carry their stack (the namespace of their SPIFFE IDs, the rules' selector).
     let spec = lan.ok(1, &["service", "inspect", "shop_db"]);
     assert!(spec.contains("\"stack\": \"shop\""), "{spec}");
+
+    // `service logs`: every task's output, from the nodes that run them, named by task and node.
+    let logs = lan.ok(1, &["service", "logs", "shop_db"]);
+    assert_eq!(
+        logs.lines()
+            .filter(|l| l.starts_with("shop_db.") && l.ends_with("| db ready"))
+            .count(),
+        3,
+        "{logs}"
+    );
+    // Following: what a task writes later reaches the user (from another node than the leader's).
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("--root")
+        .arg(lan.root(1))
+        .args(["service", "logs", "-f", "--tail", "0", "shop_db"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // (db writes `served` after each connection; app on host 2 makes one.)
+    let app2 = on[&("shop_app".to_owned(), ids[1].clone())].clone();
+    let mut late = None;
+    for _ in 0..20 {
+        lan.run(2, &["exec", &app2, "timeout", "-s", "KILL", "3", "nc", "db", "5432"]);
+        if let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+            late = Some(l);
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let late = late.expect("no line followed");
+    assert!(late.starts_with("shop_db.") && late.ends_with("| served"), "{late}");
 
     // `stack rm`: no task, container, network, rule or secret of it is left on any node.
     lan.ok(1, &["stack", "rm", "shop"]);

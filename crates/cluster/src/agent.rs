@@ -53,6 +53,14 @@ pub enum Observed {
     Gone,
 }
 
+/// A task container's output, read as it grows (`service logs`).
+pub trait LogSource: Send {
+    /// What was written since the last call: (stream, text, RFC 3339 time).
+    fn poll(&mut self) -> Result<Vec<(String, String, String)>, String>;
+    /// Whether the container still runs (more may come).
+    fn running(&self) -> bool;
+}
+
 /// What a running task's healthcheck last found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -76,6 +84,10 @@ pub trait Executor: Send + Sync + 'static {
     /// `identity` mounted read-only.
     fn start(&self, node: &str, task: &Assignment, files: &[TaskFile], identity: Option<&IdentityMount>) -> Result<Started, String>;
     fn observe(&self, container: &str) -> Observed;
+    /// The container's output, from its start.
+    fn logs(&self, _container: &str) -> Result<Box<dyn LogSource>, String> {
+        Err("this node keeps no logs".into())
+    }
     /// The container's health (None: no healthcheck, or no result yet).
     fn health(&self, _container: &str) -> Option<Health> {
         None
@@ -144,6 +156,8 @@ pub struct Agent {
     /// Whether the stacks' networks and rules need making or taking away.
     stacks_dirty: std::sync::atomic::AtomicBool,
     stack_io: Mutex<()>,
+    /// `service logs` streams running from here, by request.
+    log_jobs: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     changed: tokio::sync::Notify,
     /// Running tasks' identities (keys only in memory and in each task's tmpfs).
     identities: Mutex<HashMap<String, crate::workload::TaskIdentity>>,
@@ -214,6 +228,7 @@ impl Agent {
             stacks: Mutex::new(None),
             stacks_dirty: std::sync::atomic::AtomicBool::new(false),
             stack_io: Mutex::new(()),
+            log_jobs: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             identities: Mutex::new(HashMap::new()),
             identity_changed: tokio::sync::watch::Sender::new(0),
@@ -381,6 +396,7 @@ impl Agent {
             }
         }
         *self.assigned.lock().expect("not poisoned") = a.tasks.iter().map(|t| t.id.clone()).collect();
+        self.logs(&a.logs);
         {
             // A manager's word is not taken for these either.
             let valid: Vec<crate::stacks::StackRecord> = a
@@ -601,6 +617,100 @@ impl Agent {
             });
         }
         Ok(out)
+    }
+
+    /// Starts the log streams asked for that do not run yet; ends those no longer asked for
+    /// (the user went).
+    fn logs(self: &Arc<Self>, asked: &[crate::logs::LogRequest]) {
+        let mut jobs = self.log_jobs.lock().expect("not poisoned");
+        jobs.retain(|id, job| {
+            let asked = asked.iter().any(|r| r.id == *id);
+            if !asked {
+                job.abort();
+            }
+            asked
+        });
+        let Some(handle) = &self.handle else { return };
+        for r in asked.iter().take(crate::logs::MAX_SUBSCRIPTIONS) {
+            if jobs.contains_key(&r.id) {
+                continue;
+            }
+            let job = handle.spawn(self.clone().log_job(r.clone()));
+            jobs.insert(r.id, job.abort_handle());
+        }
+    }
+
+    /// One `service logs` stream: the asked tasks' lines (their last `tail` first), then with
+    /// `follow` what they write until they stop or the stream is ended.
+    async fn log_job(self: Arc<Self>, r: crate::logs::LogRequest) {
+        let Some(mut client) = self.client.lock().expect("not poisoned").clone() else {
+            return;
+        };
+        // Only tasks of this node, with a container (a manager's word is not taken for more).
+        let containers: Vec<(String, String)> = {
+            let tasks = self.tasks.lock().expect("not poisoned");
+            r.tasks
+                .iter()
+                .filter_map(|t| Some((t.clone(), tasks.get(t)?.container.clone()?)))
+                .collect()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::Payload>(8);
+        let header = crate::logs::LogHeader { id: r.id };
+        if tx
+            .send(proto::Payload {
+                json: serde_json::to_vec(&header).expect("serialisable"),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let exec = self.exec.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let send = |lines: Vec<crate::logs::LogLine>| -> bool {
+                lines.chunks(crate::logs::MAX_BATCH).all(|batch| {
+                    tx.blocking_send(proto::Payload {
+                        json: serde_json::to_vec(batch).expect("serialisable"),
+                    })
+                    .is_ok()
+                })
+            };
+            let line = |task: &str, (stream, line, time): (String, String, String)| crate::logs::LogLine {
+                task: task.to_owned(),
+                stream,
+                line,
+                time,
+                node: String::new(),
+            };
+            let mut sources: Vec<(String, Box<dyn LogSource>)> =
+                containers.into_iter().filter_map(|(t, c)| Some((t, exec.logs(&c).ok()?))).collect();
+            for (t, s) in sources.iter_mut() {
+                let all = s.poll().unwrap_or_default();
+                let skip = r.tail.map_or(0, |n| all.len().saturating_sub(n as usize));
+                if !send(all.into_iter().skip(skip).map(|x| line(t, x)).collect()) {
+                    return;
+                }
+            }
+            while r.follow && !tx.is_closed() {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let mut any = false;
+                for (t, s) in sources.iter_mut() {
+                    let running = s.running();
+                    any |= running;
+                    if !send(s.poll().unwrap_or_default().into_iter().map(|x| line(t, x)).collect()) {
+                        return;
+                    }
+                }
+                if !any {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if let Err(e) = client.logs(stream).await {
+            tracing::debug!(request = r.id, error = %e.message(), "a log stream ended");
+        }
+        let _ = producer.await;
     }
 
     /// The networks and rules of the stacks wanted, made; those of others taken away.

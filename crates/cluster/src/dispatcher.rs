@@ -87,6 +87,9 @@ pub struct Assignments {
     /// The stacks of the node's tasks that are not over: their networks and rules.
     #[serde(default)]
     pub stacks: Vec<crate::stacks::StackRecord>,
+    /// The log streams asked of the node now (`service logs`).
+    #[serde(default)]
+    pub logs: Vec<crate::logs::LogRequest>,
 }
 
 /// A node's report of some of its tasks.
@@ -124,6 +127,8 @@ pub struct Hub {
     /// Each node's open sessions, oldest first.
     open: Mutex<HashMap<String, Vec<OpenSession>>>,
     next_session: std::sync::atomic::AtomicU64,
+    /// `service logs` subscriptions.
+    pub(crate) logs: crate::logs::Subscriptions,
 }
 
 /// A session's serial, and what ends it when dropped.
@@ -192,7 +197,7 @@ impl Hub {
             .subscribe()
     }
 
-    fn wake(&self, node: &str) {
+    pub(crate) fn wake(&self, node: &str) {
         if let Some(n) = self.sessions.lock().expect("not poisoned").get(node) {
             n.send_modify(|g| *g += 1);
         }
@@ -420,7 +425,7 @@ impl Manager {
     }
 
     /// Refuses unless this manager leads, naming the leader's address.
-    fn leading(&self) -> std::result::Result<(), Status> {
+    pub(crate) fn leading(&self) -> std::result::Result<(), Status> {
         let m = self.raft.metrics().borrow().clone();
         if m.current_leader == Some(m.id) {
             return Ok(());
@@ -505,7 +510,8 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
                     let _ = tx.send(Err(s)).await;
                     return;
                 }
-                let a = m.assignments(&node);
+                let mut a = m.assignments(&node);
+                a.logs = hub.log_requests(&node);
                 let bytes = serde_json::to_vec(&a).expect("serialisable");
                 if last.as_ref() != Some(&bytes) {
                     if tx.send(Ok(proto::Payload { json: bytes.clone() })).await.is_err() {
@@ -552,6 +558,13 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn identity(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
         self.identity_of(req).await
+    }
+
+    async fn logs(&self, req: GrpcRequest<tonic::Streaming<proto::Payload>>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
+        let id = self.caller(&req)?;
+        self.manager.leading()?;
+        self.hub.take_logs(&id.node_id, req.into_inner()).await?;
+        Ok(GrpcResponse::new(proto::Payload { json: b"{}".to_vec() }))
     }
 }
 

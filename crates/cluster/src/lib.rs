@@ -14,6 +14,7 @@ pub mod agent;
 pub mod crypt;
 pub mod dispatcher;
 pub mod identity;
+pub mod logs;
 pub mod manager;
 pub mod node;
 pub mod orchestrator;

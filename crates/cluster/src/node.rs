@@ -253,6 +253,15 @@ pub enum ControlRequest {
     ServiceRm {
         name: String,
     },
+    /// A service's task logs, as many JSON lines (`{"log": ...}`) and then the answer
+    /// (on the leader's control socket only).
+    ServiceLogs {
+        name: String,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        tail: Option<u32>,
+    },
     /// A stack's record and its services (`stack deploy`).
     StackDeploy {
         stack: crate::stacks::StackRecord,
@@ -298,6 +307,7 @@ impl ControlRequest {
         !matches!(
             self,
             ControlRequest::Status
+                | ControlRequest::ServiceLogs { .. }
                 | ControlRequest::Unlock { .. }
                 | ControlRequest::UnlockKey { .. }
                 | ControlRequest::Backup
@@ -458,6 +468,7 @@ pub async fn serve_with(
             manager: m.clone(),
         };
         let hub = crate::dispatcher::Hub::new();
+        let _ = HUB.set(hub.clone());
         tokio::spawn(hub.clone().follow(m.clone()));
         tokio::spawn(hub.clone().orchestrate(m.clone()));
         manager::serve_manager(
@@ -554,7 +565,7 @@ pub async fn serve_with(
             let Ok((conn, _)) = listener.accept().await else { continue };
             let state = state.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(30), control(conn, &state.0, state.1.as_ref())).await;
+                let _ = control(conn, &state.0, state.1.as_ref()).await;
             });
         }
     };
@@ -1045,12 +1056,63 @@ async fn control(conn: tokio::net::UnixStream, cfg: &NodeConfig, mgr: Option<&Ma
     };
     let out = match req {
         Err(e) => serde_json::json!({"error": e}),
-        Ok(req) => match answer(req, cfg, mgr).await {
-            Ok(v) => serde_json::json!({"ok": v}),
-            Err(e) => serde_json::json!({"error": e.to_string()}),
+        Ok(ControlRequest::ServiceLogs { name, follow, tail }) => return service_logs(&mut w, mgr, &name, follow, tail).await,
+        Ok(req) => match tokio::time::timeout(Duration::from_secs(30), answer(req, cfg, mgr)).await {
+            Ok(Ok(v)) => serde_json::json!({"ok": v}),
+            Ok(Err(e)) => serde_json::json!({"error": e.to_string()}),
+            Err(_) => serde_json::json!({"error": "no answer within 30 s"}),
         },
     };
     send(&mut w, out).await
+}
+
+/// The leader's dispatcher hub, for `service logs` on the control socket.
+pub(crate) static HUB: std::sync::OnceLock<Arc<crate::dispatcher::Hub>> = std::sync::OnceLock::new();
+
+/// `service logs`: a subscription to the service's tasks on their nodes; each line as it comes
+/// (`{"log": ...}`), then `{"ok": null}`. Without `follow`, a node that does not answer within
+/// 30 s ends it with an error.
+async fn service_logs(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    mgr: Option<&Manager>,
+    name: &str,
+    follow: bool,
+    tail: Option<u32>,
+) -> std::io::Result<()> {
+    let fail = |m: String| serde_json::json!({ "error": m });
+    let Some(m) = mgr else {
+        return send(w, fail("this node is a worker: ask the leader".into())).await;
+    };
+    if let Err(s) = m.leading() {
+        let hint = crate::dispatcher::leader_hint(&s).map(|a| format!(" ({a})")).unwrap_or_default();
+        return send(w, fail(format!("service logs are served by the leader{hint}: ask it"))).await;
+    }
+    let (Some(hub), Some(_)) = (HUB.get(), m.service(name)) else {
+        return send(w, fail(format!("no service named {name:?}"))).await;
+    };
+    let mut nodes: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for t in m.tasks_of(name) {
+        if let (Some(node), Some(_)) = (&t.task.node, t.status.as_ref().and_then(|s| s.container.as_ref())) {
+            nodes.entry(node.clone()).or_default().insert(t.task.id.clone());
+        }
+    }
+    if nodes.is_empty() {
+        return send(w, serde_json::json!({"ok": null})).await;
+    }
+    let (mut rx, _guard) = match hub.open_logs(nodes, follow, tail) {
+        Ok(x) => x,
+        Err(e) => return send(w, fail(e)).await,
+    };
+    loop {
+        // Following, a line every 10 s of silence finds out whether the user is still there.
+        let wait = Duration::from_secs(if follow { 10 } else { 30 });
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(line)) => send(w, serde_json::json!({ "log": line })).await?,
+            Ok(None) => return send(w, serde_json::json!({"ok": null})).await,
+            Err(_) if follow => send(w, serde_json::json!({"keepalive": true})).await?,
+            Err(_) => return send(w, fail("a node did not answer within 30 s".into())).await,
+        }
+    }
 }
 
 async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) -> Result<serde_json::Value> {
@@ -1274,6 +1336,9 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
             serde_json::to_value(need()?.rollback_service(&name, "rolled back by the user", now()).await?).expect("serialisable")
         }
         ControlRequest::ServiceRm { name } => serde_json::to_value(need()?.remove_service(&name).await?).expect("serialisable"),
+        ControlRequest::ServiceLogs { .. } => {
+            return Err(Error::Invalid("service logs are served on a control socket, in many lines".into()))
+        }
         ControlRequest::StackDeploy { stack, services, prune } => {
             serde_json::to_value(need()?.deploy_stack(stack, services, prune, now()).await?).expect("serialisable")
         }
@@ -1438,8 +1503,8 @@ pub async fn call_remote(addr: &str, file: &Path, req: &ControlRequest) -> Resul
     serde_json::from_slice(&r.get_ref().json).map_err(|e| Error::Invalid(format!("{addr}: {e}")))
 }
 
-/// The CLI's side of the control socket: one request, its answer (an error is one line).
-pub async fn call(root: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
+/// Sends `req` on the control socket of the node at `root`; where the answer comes.
+async fn ask(root: &Path, req: &ControlRequest) -> Result<(PathBuf, tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
     let p = Paths::new(root).socket();
     let conn = tokio::net::UnixStream::connect(&p)
         .await
@@ -1448,6 +1513,12 @@ pub async fn call(root: &Path, req: &ControlRequest) -> Result<serde_json::Value
     let mut line = serde_json::to_vec(req).expect("serialisable");
     line.push(b'\n');
     w.write_all(&line).await.map_err(io(&p))?;
+    Ok((p, r, w))
+}
+
+/// The CLI's side of the control socket: one request, its answer (an error is one line).
+pub async fn call(root: &Path, req: &ControlRequest) -> Result<serde_json::Value> {
+    let (p, r, _w) = ask(root, req).await?;
     let mut out = String::new();
     tokio::io::BufReader::new(r.take(16 << 20))
         .read_line(&mut out)
@@ -1459,4 +1530,30 @@ pub async fn call(root: &Path, req: &ControlRequest) -> Result<serde_json::Value
         (_, Some(e)) => Err(Error::Invalid(e.as_str().unwrap_or("error").to_owned())),
         _ => Err(Error::Invalid("an answer without ok or error".into())),
     }
+}
+
+/// The CLI's side of a request answered in many lines (`service logs`): `each` gets every
+/// `{"log": ...}` line's value; the last line is the answer.
+pub async fn call_stream(root: &Path, req: &ControlRequest, mut each: impl FnMut(serde_json::Value)) -> Result<serde_json::Value> {
+    let (p, r, _w) = ask(root, req).await?;
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    while let Some(l) = lines.next_line().await.map_err(io(&p))? {
+        if l.len() > 1 << 20 {
+            return Err(Error::Invalid(format!("{}: a line of more than 1 MiB", p.display())));
+        }
+        let v: serde_json::Value = serde_json::from_str(&l).map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))?;
+        if let Some(x) = v.get("log") {
+            each(x.clone());
+            continue;
+        }
+        if v.get("keepalive").is_some() {
+            continue;
+        }
+        return match (v.get("ok"), v.get("error")) {
+            (Some(ok), _) => Ok(ok.clone()),
+            (_, Some(e)) => Err(Error::Invalid(e.as_str().unwrap_or("error").to_owned())),
+            _ => Err(Error::Invalid("an answer without ok or error".into())),
+        };
+    }
+    Err(Error::Invalid(format!("{}: the node ended the answer", p.display())))
 }

@@ -25,6 +25,7 @@ struct Running {
     manager: Manager,
     addr: String,
     server: tokio::task::JoinHandle<()>,
+    hub: Arc<bulkhead_cluster::dispatcher::Hub>,
 }
 
 /// A manager with these credentials, serving on a fresh loopback port (or `listener`).
@@ -59,8 +60,13 @@ async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &
     let hub = bulkhead_cluster::dispatcher::Hub::new();
     tokio::spawn(hub.clone().follow(manager.clone()));
     tokio::spawn(hub.clone().orchestrate(manager.clone()));
-    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap(), None, Some(hub));
-    Running { manager, addr, server }
+    let server = manager::serve_manager(&manager, listener, tls::server_config(ca, me).unwrap(), None, Some(hub.clone()));
+    Running {
+        manager,
+        addr,
+        server,
+        hub,
+    }
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -927,4 +933,114 @@ async fn a_third_session_of_a_node_ends_its_oldest_and_the_others_hear_every_cha
         .unwrap();
         assert_eq!(got.tasks.len(), 1);
     }
+}
+
+/// `service logs` over the dispatcher: a node is asked only for its own tasks' logs, may send
+/// only lines of those, under a request that asked it; the lines reach the subscriber with the
+/// node that sent them; the request ends when every node is done, and a node stops hearing of
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_streams_only_the_logs_it_was_asked_for() {
+    use bulkhead_cluster::dispatcher::{Assignments, SessionHello};
+    use bulkhead_cluster::logs::{LogHeader, LogLine};
+    use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
+    use bulkhead_cluster::services::TaskTemplate;
+    let dir = tempfile::tempdir().unwrap();
+    let formed = form(dir.path(), 1).await;
+    let m = formed.managers[0].manager.clone();
+    let hub = formed.managers[0].hub.clone();
+    let addr = formed.managers[0].addr.clone();
+    let a = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let b = manager::join_cluster(&addr, &formed.worker_token.text()).await.unwrap();
+    let spec = ServiceSpec {
+        name: "web".into(),
+        mode: Mode::Replicated { replicas: 2 },
+        constraints: vec![Constraint::parse("node.role==worker").unwrap()],
+        reserve_memory: 0,
+        reserve_cpu: 0,
+        task: TaskTemplate {
+            image: "x".into(),
+            ..Default::default()
+        },
+        restart: Default::default(),
+        update: Default::default(),
+    };
+    m.create_service(spec, now()).await.unwrap();
+    let mm = m.clone();
+    until("two tasks placed", || {
+        mm.tasks_of("web").iter().filter(|t| t.task.node.is_some()).count() == 2
+    })
+    .await;
+    let web = m.tasks_of("web");
+    let of = |n: &str| web.iter().find(|t| t.task.node.as_deref() == Some(n)).unwrap().task.id.clone();
+    let (task_a, task_b) = (of(&a.node_id), of(&b.node_id));
+    let mut nodes = std::collections::BTreeMap::new();
+    nodes.insert(a.node_id.clone(), [task_a.clone()].into_iter().collect());
+    nodes.insert(b.node_id.clone(), [task_b.clone()].into_iter().collect());
+    let (mut rx, guard) = hub.open_logs(nodes, false, Some(10)).unwrap();
+
+    // A hears of the request, for its own task only.
+    let mut ca = dispatcher_as(&addr, &a).await;
+    let mut sa = ca.session(payload(&SessionHello::default())).await.unwrap().into_inner();
+    let first: Assignments = serde_json::from_slice(&sa.message().await.unwrap().unwrap().json).unwrap();
+    assert_eq!(first.logs.len(), 1, "{:?}", first.logs);
+    let req = first.logs[0].clone();
+    assert_eq!(req.tasks, vec![task_a.clone()]);
+    assert_eq!(req.tail, Some(10));
+    let line = |task: &str, text: &str| LogLine {
+        task: task.into(),
+        stream: "stdout".into(),
+        line: text.into(),
+        time: String::new(),
+        node: "forged".into(),
+    };
+    let stream = |msgs: Vec<bulkhead_cluster::proto::Payload>| tokio_stream::iter(msgs);
+    // B's task under A's name, another request's id: refused, and nothing arrives.
+    let e = ca
+        .logs(stream(vec![
+            payload(&LogHeader { id: req.id }),
+            payload(&vec![line(&task_b, "B's secret")]),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = ca
+        .logs(stream(vec![
+            payload(&LogHeader { id: req.id ^ 1 }),
+            payload(&vec![line(&task_a, "x")]),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(rx.try_recv().is_err());
+    // Its own task's lines arrive, with the node that sent them (not the one it claims).
+    ca.logs(stream(vec![
+        payload(&LogHeader { id: req.id }),
+        payload(&vec![line(&task_a, "hello from a\n")]),
+    ]))
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (got.task.as_str(), got.line.as_str(), got.node.as_str()),
+        (task_a.as_str(), "hello from a\n", a.node_id.as_str())
+    );
+    // B is done (nothing to say): every node is, and the subscriber's stream ends.
+    let mut cb = dispatcher_as(&addr, &b).await;
+    cb.logs(stream(vec![payload(&LogHeader { id: req.id })])).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().is_none());
+    drop(guard);
+    // A stops hearing of it.
+    let mut none = false;
+    for _ in 0..20 {
+        let Ok(Ok(Some(p))) = tokio::time::timeout(Duration::from_secs(3), sa.message()).await else {
+            break;
+        };
+        let next: Assignments = serde_json::from_slice(&p.json).unwrap();
+        if next.logs.is_empty() {
+            none = true;
+            break;
+        }
+    }
+    assert!(none, "the request is still sent to A");
 }
