@@ -603,9 +603,13 @@ pub fn service(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<ExitCode> {
                     tail,
                 },
                 |l| {
-                    let Ok(l) = serde_json::from_value::<bulkhead_cluster::logs::LogLine>(l) else {
+                    let Ok(mut l) = serde_json::from_value::<bulkhead_cluster::logs::LogLine>(l) else {
                         return;
                     };
+                    // (The leader has written out control characters; a line always ends here.)
+                    if !l.line.ends_with('\n') {
+                        l.line.push('\n');
+                    }
                     let text = if no_task_ids {
                         l.line.clone()
                     } else {

@@ -1875,10 +1875,16 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
             break;
         }
     }
-    let _ = follow.kill();
-    let _ = follow.wait();
     let late = late.expect("no line followed");
     assert!(late.starts_with("shop_db.") && late.ends_with("| served"), "{late}");
+    // Still following past the calls' deadlines (a node sends in calls of 8 s).
+    std::thread::sleep(Duration::from_secs(20));
+    while rx.try_recv().is_ok() {}
+    lan.run(2, &["exec", &app2, "timeout", "-s", "KILL", "3", "nc", "db", "5432"]);
+    let later = rx.recv_timeout(Duration::from_secs(10));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(later.as_deref().is_ok_and(|l| l.ends_with("| served")), "{later:?}");
 
     // `stack rm`: no task, container, network, rule or secret of it is left on any node.
     lan.ok(1, &["stack", "rm", "shop"]);

@@ -623,12 +623,14 @@ impl Agent {
     /// (the user went).
     fn logs(self: &Arc<Self>, asked: &[crate::logs::LogRequest]) {
         let mut jobs = self.log_jobs.lock().expect("not poisoned");
+        // One still asked whose job ended (its call failed) starts again; the leader refuses
+        // a node that said it was done.
         jobs.retain(|id, job| {
             let asked = asked.iter().any(|r| r.id == *id);
             if !asked {
                 job.abort();
             }
-            asked
+            asked && !job.is_finished()
         });
         let Some(handle) = &self.handle else { return };
         for r in asked.iter().take(crate::logs::MAX_SUBSCRIPTIONS) {
@@ -641,9 +643,11 @@ impl Agent {
     }
 
     /// One `service logs` stream: the asked tasks' lines (their last `tail` first), then with
-    /// `follow` what they write until they stop or the stream is ended.
+    /// `follow` what they write until they stop or the request is withdrawn; sent in calls of
+    /// at most [`crate::logs::SEGMENT`], the last ending with an empty batch (done).
     async fn log_job(self: Arc<Self>, r: crate::logs::LogRequest) {
-        let Some(mut client) = self.client.lock().expect("not poisoned").clone() else {
+        use crate::logs::{LogLine, MAX_BATCH, MAX_LINE, SEGMENT};
+        let Some(client) = self.client.lock().expect("not poisoned").clone() else {
             return;
         };
         // Only tasks of this node, with a container (a manager's word is not taken for more).
@@ -654,31 +658,15 @@ impl Agent {
                 .filter_map(|t| Some((t.clone(), tasks.get(t)?.container.clone()?)))
                 .collect()
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<proto::Payload>(8);
-        let header = crate::logs::LogHeader { id: r.id };
-        if tx
-            .send(proto::Payload {
-                json: serde_json::to_vec(&header).expect("serialisable"),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
+        // The logs are read off the event loop, and handed over in batches (none: the end).
+        let (ptx, mut prx) = tokio::sync::mpsc::channel::<Vec<LogLine>>(8);
         let exec = self.exec.clone();
+        let (follow, tail) = (r.follow, r.tail);
         let producer = tokio::task::spawn_blocking(move || {
-            let send = |lines: Vec<crate::logs::LogLine>| -> bool {
-                lines.chunks(crate::logs::MAX_BATCH).all(|batch| {
-                    tx.blocking_send(proto::Payload {
-                        json: serde_json::to_vec(batch).expect("serialisable"),
-                    })
-                    .is_ok()
-                })
-            };
-            let line = |task: &str, (stream, line, time): (String, String, String)| crate::logs::LogLine {
+            let line = |task: &str, (stream, line, time): (String, String, String)| LogLine {
                 task: task.to_owned(),
                 stream,
-                line,
+                line: crate::dispatcher::truncate(&line, MAX_LINE),
                 time,
                 node: String::new(),
             };
@@ -686,18 +674,19 @@ impl Agent {
                 containers.into_iter().filter_map(|(t, c)| Some((t, exec.logs(&c).ok()?))).collect();
             for (t, s) in sources.iter_mut() {
                 let all = s.poll().unwrap_or_default();
-                let skip = r.tail.map_or(0, |n| all.len().saturating_sub(n as usize));
-                if !send(all.into_iter().skip(skip).map(|x| line(t, x)).collect()) {
+                let skip = tail.map_or(0, |n| all.len().saturating_sub(n as usize));
+                let lines: Vec<LogLine> = all.into_iter().skip(skip).map(|x| line(t, x)).collect();
+                if !lines.is_empty() && ptx.blocking_send(lines).is_err() {
                     return;
                 }
             }
-            while r.follow && !tx.is_closed() {
+            while follow && !ptx.is_closed() {
                 std::thread::sleep(std::time::Duration::from_millis(200));
                 let mut any = false;
                 for (t, s) in sources.iter_mut() {
-                    let running = s.running();
-                    any |= running;
-                    if !send(s.poll().unwrap_or_default().into_iter().map(|x| line(t, x)).collect()) {
+                    any |= s.running();
+                    let lines: Vec<LogLine> = s.poll().unwrap_or_default().into_iter().map(|x| line(t, x)).collect();
+                    if !lines.is_empty() && ptx.blocking_send(lines).is_err() {
                         return;
                     }
                 }
@@ -706,10 +695,57 @@ impl Agent {
                 }
             }
         });
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        if let Err(e) = client.logs(stream).await {
-            tracing::debug!(request = r.id, error = %e.message(), "a log stream ended");
+        let payload = |v: &dyn erased::Json| proto::Payload { json: v.json() };
+        let mut finished = false;
+        while !finished {
+            let (tx, rx) = tokio::sync::mpsc::channel::<proto::Payload>(8);
+            if tx.send(payload(&crate::logs::LogHeader { id: r.id })).await.is_err() {
+                break;
+            }
+            let call = {
+                let mut c = client.clone();
+                tokio::spawn(async move { c.logs(tokio_stream::wrappers::ReceiverStream::new(rx)).await })
+            };
+            let deadline = tokio::time::Instant::now() + SEGMENT;
+            'segment: loop {
+                match tokio::time::timeout_at(deadline, prx.recv()).await {
+                    Ok(Some(lines)) => {
+                        // Batches of at most MAX_BATCH lines and about 512 KiB.
+                        let mut batch: Vec<LogLine> = Vec::new();
+                        let mut bytes = 0;
+                        for l in lines {
+                            bytes += l.line.len() + l.task.len() + l.time.len() + 64;
+                            batch.push(l);
+                            if batch.len() >= MAX_BATCH || bytes >= 512 << 10 {
+                                if tx.send(payload(&std::mem::take(&mut batch))).await.is_err() {
+                                    break 'segment;
+                                }
+                                bytes = 0;
+                            }
+                        }
+                        if !batch.is_empty() && tx.send(payload(&batch)).await.is_err() {
+                            break 'segment;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(payload(&Vec::<LogLine>::new())).await;
+                        finished = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            drop(tx);
+            match call.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(request = r.id, error = %e.message(), "a log stream ended");
+                    break;
+                }
+                Err(_) => break,
+            }
         }
+        drop(prx);
         let _ = producer.await;
     }
 
@@ -755,7 +791,7 @@ impl Agent {
     }
 
     /// Checks the containers of running tasks: an exit is reported as complete or failed.
-    pub fn observe(&self) {
+    pub fn observe(self: &Arc<Self>) {
         if self.stacks_dirty.load(std::sync::atomic::Ordering::SeqCst) {
             if let Err(e) = self.sync_stacks() {
                 tracing::warn!(error = %e, "the stacks' networks and rules");
@@ -783,15 +819,26 @@ impl Agent {
                     }),
                     // Unhealthy: stopped and failed, as Swarm does; the orchestrator replaces it
                     // (and an update's new task that fails pauses or rolls the update back).
+                    // The stop (up to its grace period) runs on a thread of its own, as `apply`'s
+                    // do: the session's loop keeps its heartbeats.
                     Some(Health::Unhealthy) => {
-                        if let Err(e) = self.exec.stop(&c) {
-                            tracing::warn!(task = %id, error = %e, "stopping an unhealthy task");
+                        self.set(&id, |l| l.busy = true);
+                        let me = self.clone();
+                        let stop = move || {
+                            if let Err(e) = me.exec.stop(&c) {
+                                tracing::warn!(task = %id, error = %e, "stopping an unhealthy task");
+                            }
+                            me.drop_identity(&id);
+                            me.set(&id, |l| {
+                                l.busy = false;
+                                l.state = TaskState::Failed;
+                                l.message = "its healthcheck failed: stopped".into();
+                            });
+                        };
+                        match &self.handle {
+                            Some(h) => drop(h.spawn_blocking(stop)),
+                            None => stop(),
                         }
-                        self.drop_identity(&id);
-                        self.set(&id, |l| {
-                            l.state = TaskState::Failed;
-                            l.message = "its healthcheck failed: stopped".into();
-                        });
                     }
                     Some(Health::Starting) | None => {}
                 },
@@ -993,6 +1040,18 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
             if all {
                 last_full = Instant::now();
             }
+        }
+    }
+}
+
+/// Any serialisable value as a payload's JSON (for [`Agent::log_job`]'s messages).
+mod erased {
+    pub trait Json {
+        fn json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("serialisable")
         }
     }
 }

@@ -404,7 +404,12 @@ impl Manager {
             let old: Option<TaskStatus> = self.get(&skey);
             // States only move forward; the same state is taken once more only to add the
             // container a task got (a task with a healthcheck is `starting` before and after).
-            let adds_container = |o: &TaskStatus| o.state == item.state && o.container.is_none() && item.container.is_some();
+            let adds_container = |o: &TaskStatus| {
+                matches!(item.state, TaskState::Starting | TaskState::Running)
+                    && o.state == item.state
+                    && o.container.is_none()
+                    && item.container.is_some()
+            };
             if old.as_ref().is_some_and(|o| o.state >= item.state && !adds_container(o)) {
                 continue;
             }
@@ -479,7 +484,9 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         let node = id.node_id.clone();
         self.hub.seen(&node);
         let id = id.clone();
-        let hostname = Some(hello.hostname.clone()).filter(|h| !h.is_empty() && h.len() <= 253);
+        // A host name's characters only: it is printed to users (`service ps`, `service logs`).
+        let hostname = Some(hello.hostname.clone())
+            .filter(|h| !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
         let resources = hello.resources.filter(|r| r.0 <= MAX_RESOURCES.0 && r.1 <= MAX_RESOURCES.1);
         if hostname.is_some() || resources.is_some() {
             let m = self.manager.clone();

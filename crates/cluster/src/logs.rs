@@ -3,9 +3,11 @@
 //! The CLI asks the leader on its control socket. The leader opens a subscription
 //! ([`Hub::open_logs`]) that names, per node, the tasks whose logs it wants. Each node hears of
 //! it in its session's assignments ([`LogRequest`]) and streams the lines back over
-//! `Dispatcher.Logs`: first a [`LogHeader`], then batches of [`LogLine`]s. The leader takes only
-//! lines of the tasks the subscription asked that node for, and passes them to the CLI. When the
-//! CLI goes, the subscription goes; the next assignments no longer carry it, and the node stops.
+//! `Dispatcher.Logs`: first a [`LogHeader`], then batches of [`LogLine`]s, in calls of at most
+//! [`SEGMENT`] each (a call's deadline is short), the last one ending with an empty batch: done.
+//! The leader takes only lines of the tasks the subscription asked that node for, one call of a
+//! node at a time, and passes them on with their control characters escaped. When the CLI goes,
+//! the subscription goes; the next assignments no longer carry it, and the node stops.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,6 +23,10 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub const MAX_LINE: usize = 16 << 10;
 /// Lines in one batch from a node.
 pub const MAX_BATCH: usize = 1000;
+/// The largest message of a node's stream, read before it is parsed.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// How long one `Logs` call of a node lasts at most before the next one carries on.
+pub const SEGMENT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// What a node is asked for: the logs of some of its tasks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,8 +66,10 @@ pub(crate) struct Subscription {
     follow: bool,
     tail: Option<u32>,
     tx: tokio::sync::mpsc::Sender<LogLine>,
-    /// Nodes whose stream has ended (without `follow`, the subscription ends with the last).
+    /// Nodes that said they are done (the subscription ends with the last).
     done: BTreeSet<String>,
+    /// Nodes with a call open now (one each).
+    streaming: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -112,6 +120,7 @@ impl Hub {
                     tail,
                     tx,
                     done: BTreeSet::new(),
+                    streaming: BTreeSet::new(),
                 },
             );
         }
@@ -140,12 +149,22 @@ impl Hub {
         out
     }
 
-    /// Where the lines of subscription `id` go, if `node` was asked for it; and the tasks it
-    /// may send.
+    /// Where the lines of subscription `id` go, if `node` was asked for it, is not done, and
+    /// has no other call open; and the tasks it may send.
     fn log_sink(&self, id: u64, node: &str) -> Option<(tokio::sync::mpsc::Sender<LogLine>, BTreeSet<String>)> {
-        let subs = self.logs.0.lock().expect("not poisoned");
-        let s = subs.get(&id)?;
-        Some((s.tx.clone(), s.nodes.get(node)?.clone()))
+        let mut subs = self.logs.0.lock().expect("not poisoned");
+        let s = subs.get_mut(&id)?;
+        let tasks = s.nodes.get(node)?.clone();
+        if s.done.contains(node) || !s.streaming.insert(node.to_owned()) {
+            return None;
+        }
+        Some((s.tx.clone(), tasks))
+    }
+
+    fn log_release(&self, id: u64, node: &str) {
+        if let Some(s) = self.logs.0.lock().expect("not poisoned").get_mut(&id) {
+            s.streaming.remove(node);
+        }
     }
 
     fn log_done(&self, id: u64, node: &str) {
@@ -172,12 +191,31 @@ impl Hub {
         let header: LogHeader = serde_json::from_slice(&first.json).map_err(|e| Status::invalid_argument(format!("logs: {e}")))?;
         let (tx, tasks) = self
             .log_sink(header.id, node)
-            .ok_or_else(|| Status::not_found("no such log request for this node (it may have ended)"))?;
+            .ok_or_else(|| Status::not_found("no such log request for this node (it may have ended, or a call of it is open)"))?;
+        struct Release<'a>(&'a Hub, u64, &'a str);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.log_release(self.1, self.2);
+            }
+        }
+        let _release = Release(self, header.id, node);
+        let mut done = false;
         while let Some(p) = stream.message().await? {
+            if done {
+                return Err(Status::invalid_argument("logs: nothing after the end"));
+            }
+            if p.json.len() > MAX_MESSAGE {
+                return Err(Status::invalid_argument(format!(
+                    "logs: a message of more than {} KiB",
+                    MAX_MESSAGE >> 10
+                )));
+            }
             let lines: Vec<LogLine> = serde_json::from_slice(&p.json).map_err(|e| Status::invalid_argument(format!("logs: {e}")))?;
             if lines.len() > MAX_BATCH {
                 return Err(Status::invalid_argument(format!("logs: at most {MAX_BATCH} lines at once")));
             }
+            // An empty batch: the node is done.
+            done = lines.is_empty();
             for mut l in lines {
                 if !tasks.contains(&l.task) {
                     return Err(Status::permission_denied(format!(
@@ -188,8 +226,8 @@ impl Hub {
                 if l.stream != "stdout" && l.stream != "stderr" {
                     l.stream = "stdout".into();
                 }
-                l.line = crate::dispatcher::truncate(&l.line, MAX_LINE);
-                l.time = crate::dispatcher::truncate(&l.time, 64);
+                l.line = escape(&crate::dispatcher::truncate(&l.line, MAX_LINE));
+                l.time = escape(&crate::dispatcher::truncate(&l.time, 64));
                 l.node = node.to_owned();
                 if tx.send(l).await.is_err() {
                     return Err(Status::cancelled("the log request ended"));
@@ -197,7 +235,46 @@ impl Hub {
             }
         }
         drop(tx);
-        self.log_done(header.id, node);
+        if done {
+            self.log_done(header.id, node);
+        }
         Ok(())
+    }
+}
+
+/// A line as it may reach a terminal: control characters (escape sequences, carriage returns,
+/// a line break inside that would start a forged line) written out as `\xNN` or `\u{N}`; a tab
+/// and the line's own final break stay.
+pub fn escape(s: &str) -> String {
+    let (body, end) = match s.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (s, ""),
+    };
+    let mut out = String::with_capacity(s.len());
+    for c in body.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x100 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push_str(end);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_never_reach_a_terminal() {
+        use super::escape;
+        assert_eq!(escape("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(escape("\x1b]52;c;aGk=\x07x"), "\\x1b]52;c;aGk=\\x07x");
+        assert_eq!(escape("a\rb"), "a\\x0db");
+        assert_eq!(escape("x\nweb.1.abc@h2    | fake\n"), "x\\x0aweb.1.abc@h2    | fake\n");
+        assert_eq!(escape("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(escape("\u{202e}evil"), "\\u{202e}evil");
     }
 }

@@ -1063,7 +1063,15 @@ async fn control(conn: tokio::net::UnixStream, cfg: &NodeConfig, mgr: Option<&Ma
             Err(_) => serde_json::json!({"error": "no answer within 30 s"}),
         },
     };
-    send(&mut w, out).await
+    send_within(&mut w, out).await
+}
+
+/// A line to the CLI, which must read it within 30 s (a client that never reads holds
+/// nothing of the node's for longer).
+async fn send_within(w: &mut tokio::net::unix::OwnedWriteHalf, v: serde_json::Value) -> std::io::Result<()> {
+    tokio::time::timeout(Duration::from_secs(30), send(w, v))
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read")))
 }
 
 /// The leader's dispatcher hub, for `service logs` on the control socket.
@@ -1103,14 +1111,20 @@ async fn service_logs(
         Ok(x) => x,
         Err(e) => return send(w, fail(e)).await,
     };
+    // Without `follow`, the whole answer within 2 minutes (a node cannot hold it open).
+    let end = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         // Following, a line every 10 s of silence finds out whether the user is still there.
-        let wait = Duration::from_secs(if follow { 10 } else { 30 });
-        match tokio::time::timeout(wait, rx.recv()).await {
-            Ok(Some(line)) => send(w, serde_json::json!({ "log": line })).await?,
-            Ok(None) => return send(w, serde_json::json!({"ok": null})).await,
-            Err(_) if follow => send(w, serde_json::json!({"keepalive": true})).await?,
-            Err(_) => return send(w, fail("a node did not answer within 30 s".into())).await,
+        let wait = if follow {
+            tokio::time::Instant::now() + Duration::from_secs(10)
+        } else {
+            end.min(tokio::time::Instant::now() + Duration::from_secs(30))
+        };
+        match tokio::time::timeout_at(wait, rx.recv()).await {
+            Ok(Some(line)) => send_within(w, serde_json::json!({ "log": line })).await?,
+            Ok(None) => return send_within(w, serde_json::json!({"ok": null})).await,
+            Err(_) if follow => send_within(w, serde_json::json!({"keepalive": true})).await?,
+            Err(_) => return send_within(w, fail("a node did not answer in time".into())).await,
         }
     }
 }

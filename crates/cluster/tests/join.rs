@@ -1013,21 +1013,48 @@ async fn a_node_streams_only_the_logs_it_was_asked_for() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     assert!(rx.try_recv().is_err());
-    // Its own task's lines arrive, with the node that sent them (not the one it claims).
+    // A message too large is refused before it is read as lines.
+    let e = ca
+        .logs(stream(vec![
+            payload(&LogHeader { id: req.id }),
+            bulkhead_cluster::proto::Payload {
+                json: vec![b' '; bulkhead_cluster::logs::MAX_MESSAGE + 1],
+            },
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Its own task's lines arrive, with the node that sent them (not the one it claims), and
+    // with what would drive a terminal or forge a line written out. A call without the empty
+    // batch at its end is not the node's last.
     ca.logs(stream(vec![
         payload(&LogHeader { id: req.id }),
-        payload(&vec![line(&task_a, "hello from a\n")]),
+        payload(&vec![line(&task_a, "hello \x1b[2Jfrom a\nweb.1.x@h | forged\n")]),
     ]))
     .await
     .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(
         (got.task.as_str(), got.line.as_str(), got.node.as_str()),
-        (task_a.as_str(), "hello from a\n", a.node_id.as_str())
+        (task_a.as_str(), "hello \\x1b[2Jfrom a\\x0aweb.1.x@h | forged\n", a.node_id.as_str())
     );
+    ca.logs(stream(vec![payload(&LogHeader { id: req.id }), payload(&Vec::<LogLine>::new())]))
+        .await
+        .unwrap();
+    // Done: A may not send more under it.
+    let e = ca
+        .logs(stream(vec![
+            payload(&LogHeader { id: req.id }),
+            payload(&vec![line(&task_a, "late")]),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     // B is done (nothing to say): every node is, and the subscriber's stream ends.
     let mut cb = dispatcher_as(&addr, &b).await;
-    cb.logs(stream(vec![payload(&LogHeader { id: req.id })])).await.unwrap();
+    cb.logs(stream(vec![payload(&LogHeader { id: req.id }), payload(&Vec::<LogLine>::new())]))
+        .await
+        .unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().is_none());
     drop(guard);
     // A stops hearing of it.
