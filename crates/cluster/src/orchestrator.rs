@@ -268,28 +268,39 @@ pub fn schedule(
         }
     }
     let mut used: BTreeMap<&str, (u64, u64)> = reserved.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let candidates: Vec<&NodeRecord> = nodes.iter().filter(|n| !down.contains(&n.id) && eligible(spec, n)).collect();
+    // The candidates in the order they are chosen in (fewest of this service's tasks, then
+    // fewest tasks, then id): the first that fits is taken, and goes back in with its new
+    // counts. A placement costs a few steps in the order, not a look at every node (150,000
+    // tasks over 5,000 nodes).
+    let mut order: BTreeSet<(usize, usize, &str)> = nodes
+        .iter()
+        .filter(|n| !down.contains(&n.id) && eligible(spec, n))
+        .map(|n| {
+            let id = n.id.as_str();
+            (mine.get(id).copied().unwrap_or(0), total.get(id).copied().unwrap_or(0), id)
+        })
+        .collect();
+    let reserves = spec.reserve_memory > 0 || spec.reserve_cpu > 0;
     let mut out = Vec::new();
     for t in pending.iter().filter(|t| t.node.is_none() && t.desired_running) {
-        let fits = |n: &&NodeRecord, used: &BTreeMap<&str, (u64, u64)>| {
-            let cap = capacity.get(&n.id).copied().unwrap_or_default();
-            let (m, c) = used.get(n.id.as_str()).copied().unwrap_or_default();
+        let fits = |id: &str, used: &BTreeMap<&str, (u64, u64)>| {
+            if !reserves {
+                return true;
+            }
+            let cap = capacity.get(id).copied().unwrap_or_default();
+            let (m, c) = used.get(id).copied().unwrap_or_default();
             cap.memory.is_none_or(|cm| m + spec.reserve_memory <= cm) && cap.cpu.is_none_or(|cc| c + spec.reserve_cpu <= cc)
         };
-        let best = candidates.iter().filter(|n| fits(n, &used)).min_by_key(|n| {
-            (
-                mine.get(n.id.as_str()).copied().unwrap_or(0),
-                total.get(n.id.as_str()).copied().unwrap_or(0),
-                n.id.clone(),
-            )
-        });
-        let Some(n) = best else { continue };
-        *mine.entry(&n.id).or_default() += 1;
-        *total.entry(&n.id).or_default() += 1;
-        let u = used.entry(&n.id).or_default();
+        let Some(&best) = order.iter().find(|(_, _, id)| fits(id, &used)) else {
+            continue;
+        };
+        order.remove(&best);
+        let (m, n, id) = best;
+        order.insert((m + 1, n + 1, id));
+        let u = used.entry(id).or_default();
         u.0 += spec.reserve_memory;
         u.1 += spec.reserve_cpu;
-        out.push((t.id.clone(), n.id.clone()));
+        out.push((t.id.clone(), id.to_owned()));
     }
     out
 }
