@@ -153,6 +153,17 @@ impl Drop for Lan {
                 }
             }
         }
+        // The name servers of the hosts' networks (a node killed, or a network removed while its
+        // server was being told, leaves one; it would keep its namespace alive).
+        for i in 1..=self.hosts {
+            let _ = Command::new("pkill")
+                .args([
+                    "-KILL",
+                    "-f",
+                    &format!("aardvark-dns --config {}/networks/dns ", self.root(i).display()),
+                ])
+                .output();
+        }
         std::thread::sleep(Duration::from_millis(200));
         for i in 1..=self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &self.ns(i)]).output();
