@@ -463,7 +463,7 @@ fn run_args(
         weakening: allow_weakening,
         ..
     } = allow;
-    use bulkhead_compose::types::{Command, Entrypoint, Environment, Labels, Ports, PublishedPort, StringOrList, Tmpfs, Volumes};
+    use bulkhead_compose::types::{Command, Entrypoint, Labels, Ports, PublishedPort, Tmpfs, Volumes};
     let line = |key: &str| bulkhead_compose::line_of(&p.tree, &format!("services.{name}.{key}"));
     let refuse = |key: &str, why: &str| anyhow::anyhow!("{}: line {}: services.{name}.{key}: {why}", p.file.display(), line(key));
     // A limit asked for is never dropped (`up` and `run` alike).
@@ -571,28 +571,8 @@ fn run_args(
         }
         a.push(format!("--label={l}"));
     }
-    match &s.environment {
-        Environment::List(v) => v.iter().for_each(|e| env.push(e.clone())),
-        Environment::KvPair(m) => {
-            for (k, v) in m {
-                match v {
-                    Some(v) => env.push(format!("{k}={v}")),
-                    // `KEY` alone: from the environment of compose, if it has it.
-                    None => {
-                        if let Ok(v) = std::env::var(k) {
-                            env.push(format!("{k}={v}"));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let files: Vec<String> = match &s.env_file {
-        None => Vec::new(),
-        Some(StringOrList::Simple(f)) => vec![f.clone()],
-        Some(StringOrList::List(v)) => v.clone(),
-    };
-    for f in files {
+    env.extend(service_environment(s));
+    for f in env_files(s) {
         a.push(format!("--env-file={}", inside(p, &f, "env_file")?.display()));
     }
     match &s.ports {
@@ -801,6 +781,32 @@ fn run_args(
     a.push(image);
     a.extend(command);
     Ok((a, env))
+}
+
+/// A service's `environment` as `KEY=VALUE` (a `KEY` alone takes compose's own value, if it has
+/// one), as `compose up` and `stack deploy` read it.
+pub(crate) fn service_environment(s: &bulkhead_compose::types::Service) -> Vec<String> {
+    use bulkhead_compose::types::Environment;
+    match &s.environment {
+        Environment::List(v) => v.clone(),
+        Environment::KvPair(m) => m
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Some(v) => Some(format!("{k}={v}")),
+                None => std::env::var(k).ok().map(|v| format!("{k}={v}")),
+            })
+            .collect(),
+    }
+}
+
+/// A service's `env_file` entries, as written.
+pub(crate) fn env_files(s: &bulkhead_compose::types::Service) -> Vec<String> {
+    use bulkhead_compose::types::StringOrList;
+    match &s.env_file {
+        None => Vec::new(),
+        Some(StringOrList::Simple(f)) => vec![f.clone()],
+        Some(StringOrList::List(v)) => v.clone(),
+    }
 }
 
 /// The project's directory, links resolved.

@@ -415,7 +415,7 @@ pub fn health_of(cs: &Containers, r: &bulkhead_runtime::container::ContainerReco
 }
 
 /// An env file: a regular file (not a FIFO to block on, not a device), at most 1 MiB.
-fn read_env_file(p: &std::path::Path) -> std::io::Result<String> {
+pub(crate) fn read_env_file(p: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p)?;

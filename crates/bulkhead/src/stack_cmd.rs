@@ -109,7 +109,7 @@ fn load(file: &std::path::Path, name: &str) -> anyhow::Result<bulkhead_compose::
 
 /// The stack's record and its services' specs, from the file; nothing is sent yet.
 fn plan(p: &bulkhead_compose::Project, stack: &str, allow_external: bool) -> anyhow::Result<Plan> {
-    use bulkhead_compose::types::{Environment, Labels, MapOrEmpty, Ports, PublishedPort};
+    use bulkhead_compose::types::{Labels, MapOrEmpty, Ports, PublishedPort};
     let policy = bulkhead_compose::policy::derive(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.file.display()))?;
     if policy.learn {
         bail!(
@@ -139,32 +139,13 @@ fn plan(p: &bulkhead_compose::Project, stack: &str, allow_external: bool) -> any
         };
         // The environment: env_files first, then `environment` (it wins), read here.
         let mut env: Vec<String> = Vec::new();
-        let env_files: Vec<String> = match &s.env_file {
-            None => Vec::new(),
-            Some(bulkhead_compose::types::StringOrList::Simple(f)) => vec![f.clone()],
-            Some(bulkhead_compose::types::StringOrList::List(v)) => v.clone(),
-        };
-        for f in env_files {
+        for f in crate::compose_cmd::env_files(s) {
             let path = crate::compose_cmd::inside(p, &f, "env_file")?;
-            let text = String::from_utf8(crate::cluster_cmd::read_secret(&path)?).map_err(|_| refuse("env_file", "not UTF-8"))?;
+            let text = crate::container_cmd::read_env_file(&path).map_err(|e| refuse("env_file", &format!("{}: {e}", path.display())))?;
             let pairs = bulkhead_compose::parse_env_file(&text).map_err(|(l, m)| anyhow::anyhow!("{}:{l}: {m}", path.display()))?;
             env.extend(pairs.into_iter().map(|(k, v)| format!("{k}={v}")));
         }
-        match &s.environment {
-            Environment::List(v) => env.extend(v.iter().cloned()),
-            Environment::KvPair(m) => {
-                for (k, v) in m {
-                    match v {
-                        Some(v) => env.push(format!("{k}={v}")),
-                        None => {
-                            if let Ok(v) = std::env::var(k) {
-                                env.push(format!("{k}={v}"));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        env.extend(crate::compose_cmd::service_environment(s));
         // Later wins: one entry per key.
         let mut seen = BTreeSet::new();
         let mut env: Vec<String> = env

@@ -986,9 +986,10 @@ fn holds(dir: &std::path::Path, marker: &[u8]) -> Option<std::path::PathBuf> {
     None
 }
 
-/// A manager (host 1) and two workers, heartbeats every second, and on each a busybox image
-/// `tag` with `applets` and a /www/index.html (imported by name on each node: no registry).
-fn cluster_of_three_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
+/// A manager (host 1) and the other hosts of `lan` as workers, heartbeats every second, and on
+/// each a busybox image `tag` with `applets` and a /www/index.html (imported by name on each
+/// node: no registry).
+fn cluster_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
     // Containers' roots are unprivileged host users: the roots must be searchable.
     std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     lan.ok(
@@ -997,7 +998,7 @@ fn cluster_of_three_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
     );
     let token = lan.ok(1, &["-q", "cluster", "join-token", "worker"]).trim().to_owned();
     let first = format!("{}:2377", lan.addr(1));
-    for i in 2..=3 {
+    for i in 2..=lan.hosts {
         lan.ok(i, &["cluster", "join", "--token", &token, &first]);
     }
     let rootfs = lan.dir.path().join(format!("rootfs-{tag}"));
@@ -1009,7 +1010,7 @@ fn cluster_of_three_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
     std::fs::write(rootfs.join("www/index.html"), "hello\n").unwrap();
-    for i in 1..=3 {
+    for i in 1..=lan.hosts {
         lan.ok(
             i,
             &[
@@ -1029,7 +1030,7 @@ fn cluster_of_three_with_image(lan: &Lan, tag: &str, applets: &[&str]) {
 #[test]
 fn services_run_hardened_on_the_nodes_their_secrets_only_where_needed_and_move_when_nodes_go() {
     let lan = Lan::new(3);
-    cluster_of_three_with_image(&lan, "svcbox", &["sleep", "cat", "grep", "sh"]);
+    cluster_with_image(&lan, "svcbox", &["sleep", "cat", "grep", "sh"]);
     let (h2, h3) = (node_id(&lan, 2), node_id(&lan, 3));
     lan.ok(1, &["node", "update", "--label-add", "disk=ssd", &h2]);
 
@@ -1748,7 +1749,7 @@ secrets:
 #[test]
 fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_nothing() {
     let lan = Lan::new(3);
-    cluster_of_three_with_image(&lan, "stackbox", &["httpd", "nc", "sleep", "timeout", "echo", "wget"]);
+    cluster_with_image(&lan, "stackbox", &["httpd", "nc", "sleep", "timeout", "echo", "wget"]);
     let dir = lan.dir.path().join("shop");
     std::fs::create_dir_all(&dir).unwrap();
     let marker = format!("STACKTOKEN{}", std::process::id());
@@ -1923,30 +1924,7 @@ fn a_stack_runs_across_three_nodes_with_its_derived_policy_on_each_and_leaves_no
 #[test]
 fn tasks_run_once_healthy_and_an_update_that_is_not_rolls_back() {
     let lan = Lan::new(1);
-    std::fs::set_permissions(lan.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    lan.ok(
-        1,
-        &["cluster", "init", "--advertise-addr", &lan.addr(1), "--dispatcher-heartbeat", "1s"],
-    );
-    let rootfs = lan.dir.path().join("rootfs");
-    common::busybox_rootfs(&rootfs);
-    for a in ["sleep", "touch", "test", "false"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
-    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    lan.ok(
-        1,
-        &[
-            "image",
-            "import",
-            "--rootfs",
-            rootfs.to_str().unwrap(),
-            "--tag",
-            "hbox",
-            "--cmd",
-            "/bin/sh",
-        ],
-    );
+    cluster_with_image(&lan, "hbox", &["sleep", "touch", "test", "false"]);
     lan.ok(
         1,
         &[
