@@ -1,18 +1,22 @@
-//! What managers read from each other and from the CLI: Raft's messages (JSON in gRPC
-//! payloads), store requests (forwarded writes), control socket requests, and backup files
-//! (`cluster restore`, a recovery's seed); the dispatcher's messages both ways (a session's
-//! hello, a node's report, the assignments an agent receives, a task's identity asked and
-//! given, its certificate request signed, its log stream), service specs and stacks with their checks. Never a panic.
+//! What managers read from each other and from the CLI: Raft's messages (codec.rs's encoding
+//! or JSON, in gRPC payloads), snapshots' maps, store requests (forwarded writes), control
+//! socket requests, and backup files (`cluster restore`, a recovery's seed); the dispatcher's
+//! messages both ways (a session's hello, a node's report, the assignments an agent receives, a
+//! task's identity asked and given, its certificate request signed, its log stream), service
+//! specs and stacks with their checks. Never a panic.
 #![no_main]
 use bulkhead_cluster::node::ControlRequest;
 use bulkhead_cluster::store::{Request, TypeConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<openraft::raft::AppendEntriesRequest<TypeConfig>>(data);
-    let _ = serde_json::from_slice::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(data);
-    let _ = serde_json::from_slice::<openraft::raft::VoteRequest<u64>>(data);
-    let _ = serde_json::from_slice::<Request>(data);
+    // Raft's messages and forwarded writes: the managers' encoding (codec.rs), or JSON.
+    use bulkhead_cluster::codec::decode;
+    let _ = decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(data);
+    let _ = decode::<openraft::raft::InstallSnapshotRequest<TypeConfig>>(data);
+    let _ = decode::<openraft::raft::VoteRequest<u64>>(data);
+    let _ = decode::<Request>(data);
+    let _ = decode::<std::collections::BTreeMap<String, serde_bytes::ByteBuf>>(data);
     if let Ok(ControlRequest::ServiceCreate { spec } | ControlRequest::ServiceUpdate { spec }) =
         serde_json::from_slice::<ControlRequest>(data)
     {

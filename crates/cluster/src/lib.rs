@@ -11,6 +11,7 @@
 //! docs/cluster.md.
 
 pub mod agent;
+pub mod codec;
 pub mod crypt;
 pub mod dispatcher;
 pub mod identity;

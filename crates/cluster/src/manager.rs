@@ -128,7 +128,7 @@ impl Manager {
         let ch = transport::connect(addr, self.tls.clone())
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let payload = serde_json::to_vec(req).map_err(|e| Error::Invalid(e.to_string()))?;
+        let payload = crate::codec::encode(req).map_err(Error::Invalid)?;
         let r = proto::control_client::ControlClient::new(ch)
             .write(proto::Payload { json: payload })
             .await
@@ -138,7 +138,7 @@ impl Manager {
                 }
                 _ => Error::Pki(pki::Error::Invalid(format!("the leader refused the write: {}", s.message()))),
             })?;
-        serde_json::from_slice(&r.get_ref().json).map_err(|e| Error::Invalid(e.to_string()))
+        crate::codec::decode(&r.get_ref().json).map_err(Error::Invalid)
     }
 
     /// One unconditional put, through the leader.
@@ -966,7 +966,7 @@ pub struct ControlService {
 impl proto::control_server::Control for ControlService {
     async fn write(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
         self.manager.auth.require(&req, Some(Role::Manager))?;
-        let w: Request = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let w: Request = crate::codec::decode(&req.get_ref().json).map_err(Status::invalid_argument)?;
         // Applied here, or refused: never forwarded twice.
         let r = tokio::time::timeout(WRITE, self.manager.raft.client_write(w))
             .await

@@ -3,7 +3,7 @@
 //!
 //! - The log: one redb table keyed by index. Each value is the entry's term and leader in clear
 //!   (16 bytes: they are not secret, and they are what the entry is sealed to), then the entry
-//!   (JSON) sealed with `log ‖ index ‖ term ‖ leader` as associated data.
+//!   (see [`crate::codec`]) sealed with `log ‖ index ‖ term ‖ leader` as associated data.
 //! - The vote, the committed log id and the last purged log id: sealed, each under its own name.
 //! - The state machine: a map of keys to values, in memory (the only place its contents are in
 //!   clear); persisted by snapshots, sealed with the snapshot's id, in the same file. A restart
@@ -42,15 +42,25 @@ pub type NodeId = u64;
 /// One change to the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
 }
 
 /// What must hold for a request to apply (else nothing of it does).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Check {
     /// The key holds exactly this value (`None`: the key is absent).
-    Is { key: String, value: Option<Vec<u8>> },
+    Is {
+        key: String,
+        #[serde(with = "serde_bytes")]
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// A request: every check holds, then every op applies; or nothing happens.
@@ -275,7 +285,7 @@ impl Shared {
         let term = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
         let leader = u64::from_be_bytes(v[8..16].try_into().expect("8 bytes"));
         let plain = key.open(&log_aad(index, term, leader), &v[16..], &what).map_err(any)?;
-        let e: Entry<TypeConfig> = serde_json::from_slice(&plain).map_err(any)?;
+        let e: Entry<TypeConfig> = crate::codec::decode(&plain).map_err(|e| any(format!("{what}: {e}")))?;
         // The clear prefix and the sealed entry agree (a prefix is bound by the seal anyway).
         if e.log_id.index != index || e.log_id.leader_id.term != term {
             return Err(any(format!("{what}: its id does not match its place")));
@@ -285,7 +295,7 @@ impl Shared {
 
     fn seal_entry(&self, key: &Key, e: &Entry<TypeConfig>) -> Result<Vec<u8>, AnyError> {
         let (index, term, leader) = (e.log_id.index, e.log_id.leader_id.term, e.log_id.leader_id.node_id);
-        let plain = zeroize::Zeroizing::new(serde_json::to_vec(e).map_err(any)?);
+        let plain = zeroize::Zeroizing::new(crate::codec::encode(e).map_err(any)?);
         let mut v = Vec::with_capacity(16 + plain.len() + 41);
         v.extend_from_slice(&term.to_be_bytes());
         v.extend_from_slice(&leader.to_be_bytes());
@@ -479,6 +489,7 @@ struct SmState {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
@@ -542,15 +553,17 @@ impl StateMachine {
             let tx = self.shared.db.begin_read().map_err(any)?;
             let t = tx.open_table(SNAPSHOT).map_err(any)?;
             let Some(v) = t.get("current").map_err(any)? else { return Ok(None) };
-            let plain = key.open(b"snapshot", v.value(), "the snapshot").map_err(any)?;
-            serde_json::from_slice(&plain).map(Some).map_err(any)
+            let plain = zeroize::Zeroizing::new(key.open(b"snapshot", v.value(), "the snapshot").map_err(any)?);
+            crate::codec::decode(&plain)
+                .map(Some)
+                .map_err(|e| any(format!("the snapshot: {e}")))
         })();
         read.map_err(|e| StorageIOError::read_snapshot(None, e).into())
     }
 
     fn write_snapshot(&self, snap: &StoredSnapshot) -> Result<(), SError> {
         let write = (|| -> Result<(), AnyError> {
-            let plain = zeroize::Zeroizing::new(serde_json::to_vec(snap).map_err(any)?);
+            let plain = zeroize::Zeroizing::new(crate::codec::encode(snap).map_err(any)?);
             let key = self.shared.key();
             let sealed = key.seal(b"snapshot", &plain).map_err(any)?;
             let tx = self.shared.db.begin_write().map_err(any)?;
@@ -565,8 +578,9 @@ impl StateMachine {
 
     /// Replaces the state machine with a snapshot's contents.
     fn load(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), SError> {
-        let data: BTreeMap<String, Vec<u8>> =
-            serde_json::from_slice(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let data: BTreeMap<String, serde_bytes::ByteBuf> =
+            crate::codec::decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let data = data.into_iter().map(|(k, v)| (k, v.into_vec())).collect();
         let mut s = self.state.lock().expect("not poisoned");
         *s = SmState {
             last_applied: meta.last_log_id,
@@ -575,6 +589,17 @@ impl StateMachine {
         };
         Ok(())
     }
+}
+
+/// The state machine's map as a snapshot holds it (values as bytes, not as sequences).
+fn encode_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, String> {
+    struct AsBytes<'a>(&'a BTreeMap<String, Vec<u8>>);
+    impl Serialize for AsBytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(k, v)| (k, serde_bytes::Bytes::new(v))))
+        }
+    }
+    crate::codec::encode(&AsBytes(data))
 }
 
 fn apply_one(data: &mut BTreeMap<String, Vec<u8>>, req: &Request) -> Response {
@@ -601,7 +626,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
         let (meta, data) = {
             let s = self.state.lock().expect("not poisoned");
-            let data = serde_json::to_vec(&s.data).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
+            let data = encode_data(&s.data).map_err(|e| StorageIOError::write_snapshot(None, any(e)))?;
             let id = match s.last_applied {
                 Some(l) => format!(
                     "{}-{}-{}",

@@ -328,14 +328,14 @@ impl Auth {
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<proto::Payload, Status> {
-    serde_json::to_vec(v)
+fn to_payload<T: Serialize>(v: &T) -> Result<proto::Payload, Status> {
+    crate::codec::encode(v)
         .map(|json| proto::Payload { json })
-        .map_err(|e| Status::internal(e.to_string()))
+        .map_err(Status::internal)
 }
 
-fn from_json<T: DeserializeOwned>(p: &proto::Payload) -> Result<T, Status> {
-    serde_json::from_slice(&p.json).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+fn from_payload<T: DeserializeOwned>(p: &proto::Payload) -> Result<T, Status> {
+    crate::codec::decode(&p.json).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
 }
 
 /// Raft's calls, served to the other managers.
@@ -374,24 +374,24 @@ impl RaftService {
 #[tonic::async_trait]
 impl proto::raft_server::Raft for RaftService {
     async fn append_entries(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = from_json(req.get_ref())?;
+        let rpc: AppendEntriesRequest<TypeConfig> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.append_entries(rpc).await;
-        Ok(Response::new(to_json(&r)?))
+        Ok(Response::new(to_payload(&r)?))
     }
 
     async fn vote(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        let rpc: VoteRequest<NodeId> = from_json(req.get_ref())?;
+        let rpc: VoteRequest<NodeId> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.vote(rpc).await;
-        Ok(Response::new(to_json(&r)?))
+        Ok(Response::new(to_payload(&r)?))
     }
 
     async fn install_snapshot(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = from_json(req.get_ref())?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(to_json(&r)?))
+        Ok(Response::new(to_payload(&r)?))
     }
 }
 
@@ -462,7 +462,7 @@ impl Conn {
             );
         }
         let client = self.client.as_mut().expect("connected");
-        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         let msg = proto::Payload { json: payload };
         let r = match which {
             "append" => client.append_entries(msg).await,
@@ -478,7 +478,8 @@ impl Conn {
                 return Err(unreachable(&format!("{}: {}", self.addr, s.message())));
             }
         };
-        let r: Result<Resp, E> = serde_json::from_slice(&r.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let r: Result<Resp, E> =
+            crate::codec::decode(&r.json).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(0, e)))
     }
 }
