@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_cluster::manager::{self, Manager};
-use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec, TaskState};
+use bulkhead_cluster::orchestrator::{Constraint, Mode, ServiceSpec};
 use bulkhead_cluster::services::{FileRef, TaskTemplate, UpdateConfig};
 use bulkhead_cluster::tls;
 
@@ -119,12 +119,7 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
 async fn until_running(m: &Manager, service: &str, n: usize, version: Option<u64>, limit: Duration) -> Duration {
     let t = Instant::now();
     loop {
-        let views = m.tasks_of(service);
-        let running = views
-            .iter()
-            .filter(|v| v.task.desired == bulkhead_cluster::services::Desired::Running)
-            .filter(|v| v.state == TaskState::Running && version.is_none_or(|ver| v.task.version == ver))
-            .count();
+        let running = m.running(service, version);
         if running == n {
             return t.elapsed();
         }

@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod services;
 pub mod stacks;
 pub mod store;
+pub mod taskindex;
 pub mod tls;
 pub mod transport;
 pub mod workload;

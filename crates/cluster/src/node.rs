@@ -1311,13 +1311,7 @@ async fn answer(req: ControlRequest, cfg: &NodeConfig, mgr: Option<&Manager>) ->
                 .services()
                 .into_iter()
                 .map(|s| {
-                    let tasks = m.tasks_of(&s.spec.name);
-                    let running = tasks
-                        .iter()
-                        .filter(|t| {
-                            t.task.desired == crate::services::Desired::Running && t.state == crate::orchestrator::TaskState::Running
-                        })
-                        .count();
+                    let running = m.running(&s.spec.name, None);
                     serde_json::json!({"service": s, "running": running})
                 })
                 .collect();

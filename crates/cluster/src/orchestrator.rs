@@ -245,26 +245,23 @@ pub fn reconcile(spec: &ServiceSpec, tasks: &[Task], nodes: &[NodeRecord], down:
     out
 }
 
-/// The scheduler: a node for each of `pending` (tasks of `spec` without one), given the tasks
-/// already placed (`placed`: every service's live tasks) and each node's capacity. Tasks that
-/// fit nowhere stay pending (absent from the result).
+/// The scheduler: a node for each of `spec`'s tasks without one (`tasks`: the service's tasks,
+/// placed or not), given how many live tasks of every service each node has (`total`), each
+/// node's capacity and what is reserved on it. Tasks that fit nowhere stay pending (absent from
+/// the result).
 pub fn schedule(
     spec: &ServiceSpec,
-    pending: &[Task],
-    placed: &[Task],
+    tasks: &[Task],
+    total: &BTreeMap<String, usize>,
     nodes: &[NodeRecord],
     down: &BTreeSet<String>,
     capacity: &BTreeMap<String, Capacity>,
     reserved: &BTreeMap<String, (u64, u64)>,
 ) -> Vec<(String, String)> {
-    let mut total: BTreeMap<&str, usize> = BTreeMap::new();
     let mut mine: BTreeMap<&str, usize> = BTreeMap::new();
-    for t in placed.iter().filter(|t| t.desired_running && !t.state.terminal()) {
+    for t in tasks.iter().filter(|t| t.desired_running && !t.state.terminal()) {
         if let Some(n) = &t.node {
-            *total.entry(n).or_default() += 1;
-            if t.service == spec.name {
-                *mine.entry(n).or_default() += 1;
-            }
+            *mine.entry(n).or_default() += 1;
         }
     }
     let mut used: BTreeMap<&str, (u64, u64)> = reserved.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -282,7 +279,7 @@ pub fn schedule(
         .collect();
     let reserves = spec.reserve_memory > 0 || spec.reserve_cpu > 0;
     let mut out = Vec::new();
-    for t in pending.iter().filter(|t| t.node.is_none() && t.desired_running) {
+    for t in tasks.iter().filter(|t| t.node.is_none() && t.desired_running) {
         let fits = |id: &str, used: &BTreeMap<&str, (u64, u64)>| {
             if !reserves {
                 return true;
@@ -364,9 +361,13 @@ mod tests {
                 }
             }
         }
-        let pending: Vec<Task> = tasks.iter().filter(|t| t.node.is_none() && t.desired_running).cloned().collect();
-        let placed = tasks.clone();
-        for (t, n) in schedule(spec, &pending, &placed, nodes, down, &BTreeMap::new(), &BTreeMap::new()) {
+        let mut total = BTreeMap::new();
+        for t in tasks.iter().filter(|t| t.desired_running && !t.state.terminal()) {
+            if let Some(n) = &t.node {
+                *total.entry(n.clone()).or_insert(0) += 1;
+            }
+        }
+        for (t, n) in schedule(spec, tasks, &total, nodes, down, &BTreeMap::new(), &BTreeMap::new()) {
             let t = tasks.iter_mut().find(|x| x.id == t).unwrap();
             t.node = Some(n);
             t.state = TaskState::Assigned;
@@ -461,7 +462,7 @@ mod tests {
                 stays: false,
             })
             .collect();
-        let placed = schedule(&r, &pending, &[], &nodes, &BTreeSet::new(), &cap, &BTreeMap::new());
+        let placed = schedule(&r, &pending, &BTreeMap::new(), &nodes, &BTreeSet::new(), &cap, &BTreeMap::new());
         assert_eq!(placed.len(), 4);
         let on_a = placed.iter().filter(|(_, n)| n == "a").count();
         assert_eq!((on_a, placed.len() - on_a), (2, 2));

@@ -683,6 +683,9 @@ impl Manager {
     /// services that are gone): rolling updates, the orchestrator's changes, the scheduler's
     /// placements and the history's trimming, written in batches. `down`: nodes that missed
     /// their heartbeats. Returns how many operations it wrote.
+    ///
+    /// It reads the tasks from the state machine's index (decoded once per change, not once per
+    /// pass), and a task it changes from the store.
     pub async fn orchestrate(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<usize> {
         let now = now_ms();
         let nodes = self.nodes();
@@ -699,22 +702,7 @@ impl Manager {
             .collect();
         let mut service_writes: Vec<Request> = Vec::new();
         // Every task, for the scheduler's spread and reservations.
-        let mut all: BTreeMap<String, Vec<TaskView>> = BTreeMap::new();
-        {
-            let statuses: BTreeMap<String, TaskStatus> = self
-                .sm
-                .scan("taskstatus/")
-                .into_iter()
-                .filter_map(|(k, v)| Some((k["taskstatus/".len()..].to_owned(), serde_json::from_slice(&v).ok()?)))
-                .collect();
-            for (k, v) in self.sm.scan("tasks/") {
-                let Ok(t) = serde_json::from_slice::<TaskRecord>(&v) else {
-                    continue;
-                };
-                let s = statuses.get(&k["tasks/".len()..]).cloned();
-                all.entry(t.service.clone()).or_default().push(TaskView::new(t, s));
-            }
-        }
+        let all = self.sm.tasks.all();
         let mut ops: Vec<Op> = Vec::new();
         // Services that are gone: their tasks stop, then go.
         for (svc, tasks) in &all {
@@ -722,65 +710,77 @@ impl Manager {
                 continue;
             }
             for v in tasks {
-                let gone_node = v.task.node.as_ref().is_none_or(|n| !node_ids.contains(n.as_str()));
-                if v.state.terminal() || gone_node || v.state == TaskState::Pending {
-                    forget(&mut ops, &v.task);
-                } else if v.task.desired == Desired::Running {
-                    let mut t = v.task.clone();
-                    t.desired = Desired::Shutdown;
-                    put_task(&mut ops, &t);
+                let (h, state) = (&v.head, v.state());
+                let gone_node = h.node.as_ref().is_none_or(|n| !node_ids.contains(n.as_str()));
+                if state.terminal() || gone_node || state == TaskState::Pending {
+                    forget(&mut ops, h);
+                } else if h.desired == Desired::Running {
+                    let mut seen = Seen::new(v);
+                    seen.desired = Desired::Shutdown;
+                    self.rewrite(&mut ops, &seen);
                 }
             }
         }
-        let placed_all: Vec<orchestrator::Task> = all.values().flatten().map(as_orch).collect();
+        // Each node's live tasks and their reservations, kept up to date as this pass places.
+        let mut total: BTreeMap<String, usize> = BTreeMap::new();
         let mut reserved: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for v in all.values().flatten() {
-            if let (Some(n), Some(s)) = (&v.task.node, services.get(&v.task.service)) {
-                if v.task.desired == Desired::Running && !v.state.terminal() {
+            let h = &v.head;
+            if let (Some(n), true) = (&h.node, h.desired == Desired::Running && !v.state().terminal()) {
+                *total.entry(n.clone()).or_default() += 1;
+                if let Some(s) = services.get(&h.service) {
                     let r = reserved.entry(n.clone()).or_default();
                     r.0 += s.spec.reserve_memory;
                     r.1 += s.spec.reserve_cpu;
                 }
             }
         }
+        let capacity: BTreeMap<String, orchestrator::Capacity> = nodes
+            .iter()
+            .filter_map(|n| {
+                let (memory, cpu) = n.resources?;
+                Some((
+                    n.id.clone(),
+                    orchestrator::Capacity {
+                        memory: Some(memory),
+                        cpu: Some(cpu),
+                    },
+                ))
+            })
+            .collect();
         for (name, svc) in &services {
             if only.is_some_and(|o| !o.contains(name)) {
                 continue;
             }
-            let mut tasks: Vec<TaskView> = all.get(name).cloned().unwrap_or_default();
+            let mut tasks: Vec<Seen> = all.get(name).map_or_else(Vec::new, |l| l.iter().map(Seen::new).collect());
             let mut svc = svc.clone();
-            let svc_changed = self.roll(&mut svc, &mut tasks, now, &mut ops);
+            let svc_changed = roll(&mut svc, &mut tasks, now);
             // A task that ended and is replaced is no longer meant to run (as Swarm marks it).
             for v in tasks.iter_mut() {
-                if v.state.terminal() && v.task.desired == Desired::Running && !stays(&svc.spec, v, now) {
-                    v.task.desired = Desired::Shutdown;
-                    put_task(&mut ops, &v.task);
+                if v.state.terminal() && v.desired == Desired::Running && !stays(&svc.spec, v) {
+                    v.desired = Desired::Shutdown;
+                    v.dirty = true;
                 }
             }
             let mut orch: Vec<orchestrator::Task> = tasks
                 .iter()
                 .map(|v| {
-                    let mut t = as_orch(v);
-                    t.stays = stays(&svc.spec, v, now);
+                    let mut t = v.as_orch();
+                    t.stays = stays(&svc.spec, v);
                     t
                 })
                 .collect();
             let mut made: Vec<TaskRecord> = Vec::new();
             // By id, and the slots (or nodes) whose last task ended within the restart delay:
             // looked up per change, not searched (a service of 150,000 tasks).
-            let index: std::collections::HashMap<String, usize> = tasks.iter().enumerate().map(|(i, v)| (v.task.id.clone(), i)).collect();
+            let index: std::collections::HashMap<&str, usize> = tasks.iter().enumerate().map(|(i, v)| (v.head.id.as_str(), i)).collect();
             let waiting = restart_waits(&svc.spec, &tasks, now);
+            let mut shut: Vec<usize> = Vec::new();
             for c in orchestrator::reconcile(&svc.spec, &orch, &nodes, down) {
                 match c {
                     orchestrator::Change::Shutdown { task } => {
-                        if let Some(&i) = index.get(&task) {
-                            let v = &mut tasks[i];
-                            v.task.desired = Desired::Shutdown;
-                            put_task(&mut ops, &v.task);
-                            // (`orch` was made from `tasks`, in the same order.)
-                            if let Some(t) = orch.get_mut(i).filter(|t| t.id == task) {
-                                t.desired_running = false;
-                            }
+                        if let Some(&i) = index.get(task.as_str()) {
+                            shut.push(i);
                         }
                     }
                     orchestrator::Change::Create { slot, node } => {
@@ -825,37 +825,41 @@ impl Manager {
                     }
                 }
             }
+            drop(index);
+            for i in shut {
+                tasks[i].desired = Desired::Shutdown;
+                tasks[i].dirty = true;
+                // (`orch` was made from `tasks`, in the same order.)
+                orch[i].desired_running = false;
+            }
             // Pending tasks (new, or left pending before) get a node.
-            let pending: Vec<orchestrator::Task> = orch.iter().filter(|t| t.node.is_none() && t.desired_running).cloned().collect();
-            let mut placed = placed_all.clone();
-            placed.extend(orch.iter().filter(|t| t.node.is_some()).cloned());
-            let capacity: BTreeMap<String, orchestrator::Capacity> = nodes
-                .iter()
-                .filter_map(|n| {
-                    let (memory, cpu) = n.resources?;
-                    Some((
-                        n.id.clone(),
-                        orchestrator::Capacity {
-                            memory: Some(memory),
-                            cpu: Some(cpu),
-                        },
-                    ))
-                })
-                .collect();
-            let places: BTreeMap<String, String> = orchestrator::schedule(&svc.spec, &pending, &placed, &nodes, down, &capacity, &reserved)
+            let places: BTreeMap<String, String> = orchestrator::schedule(&svc.spec, &orch, &total, &nodes, down, &capacity, &reserved)
                 .into_iter()
                 .collect();
+            let mut placed = |node: &str| {
+                *total.entry(node.to_owned()).or_default() += 1;
+                let r = reserved.entry(node.to_owned()).or_default();
+                r.0 += svc.spec.reserve_memory;
+                r.1 += svc.spec.reserve_cpu;
+            };
             for t in &mut made {
                 if let Some(n) = places.get(&t.id) {
                     t.node = Some(n.clone());
                 }
+                if let Some(n) = &t.node {
+                    placed(n);
+                }
                 put_task(&mut ops, t);
             }
-            for v in tasks.iter_mut().filter(|v| v.task.node.is_none()) {
-                if let Some(n) = places.get(&v.task.id) {
-                    v.task.node = Some(n.clone());
-                    put_task(&mut ops, &v.task);
+            for v in tasks.iter_mut().filter(|v| v.node.is_none()) {
+                if let Some(n) = places.get(&v.head.id) {
+                    v.node = Some(n.clone());
+                    v.dirty = true;
+                    placed(n);
                 }
+            }
+            for v in tasks.iter().filter(|v| v.dirty) {
+                self.rewrite(&mut ops, v);
             }
             trim_history(&tasks, &node_ids, &mut ops);
             if svc_changed {
@@ -889,93 +893,18 @@ impl Manager {
         Ok(n)
     }
 
-    /// A rolling update's step: tasks of an older version are shut down `parallelism` at a time
-    /// once the previous batch has run for the monitor period; a new task that fails pauses the
-    /// update or rolls it back. Returns whether the service's record changed.
-    fn roll(&self, svc: &mut ServiceRecord, tasks: &mut [TaskView], now: i64, ops: &mut Vec<Op>) -> bool {
-        let Some(state) = svc.update.clone() else { return false };
-        if !matches!(state, UpdateState::Updating | UpdateState::RollingBack { .. }) {
-            return false;
-        }
-        let cfg = svc.spec.update;
-        let new: Vec<&TaskView> = tasks.iter().filter(|v| v.task.version == svc.version).collect();
-        let failed = new.iter().find(|v| matches!(v.state, TaskState::Failed | TaskState::Rejected));
-        if let (Some(f), UpdateState::Updating) = (failed, &state) {
-            let why = format!(
-                "task {} failed: {}",
-                &f.task.id,
-                f.status.as_ref().map(|s| s.message.as_str()).unwrap_or("")
-            );
-            match (cfg.failure_action, &svc.previous) {
-                (FailureAction::Rollback, Some(prev)) => {
-                    let cur = svc.spec.clone();
-                    svc.spec = ServiceSpec {
-                        mode: cur.mode.clone(),
-                        ..prev.clone()
-                    };
-                    svc.previous = Some(cur);
-                    svc.version += 1;
-                    svc.update = Some(UpdateState::RollingBack {
-                        message: format!("update rolled back: {why}"),
-                    });
-                    svc.next_batch_ms = 0;
-                }
-                _ => {
-                    svc.update = Some(UpdateState::Paused {
-                        message: format!("update paused: {why}"),
-                    })
-                }
-            }
-            return true;
-        }
-        // The batch in flight: new tasks not yet running for the monitor period.
-        let in_flight = new
-            .iter()
-            .filter(|v| v.task.desired == Desired::Running && !v.state.terminal())
-            .filter(|v| v.state < TaskState::Running || v.status.as_ref().is_some_and(|s| now - s.updated < cfg.monitor_ms as i64))
-            .count();
-        let outdated: Vec<usize> = (0..tasks.len())
-            .filter(|&i| {
-                let v = &tasks[i];
-                v.task.version < svc.version && v.task.desired == Desired::Running && !v.state.terminal()
-            })
-            .collect();
-        if outdated.is_empty() && in_flight == 0 {
-            svc.update = Some(match state {
-                UpdateState::RollingBack { message } => UpdateState::RolledBack { message },
-                _ => UpdateState::Completed,
-            });
-            return true;
-        }
-        if now < svc.next_batch_ms || in_flight >= cfg.parallelism as usize {
-            return false;
-        }
-        if outdated.is_empty() {
-            // Only the last batch's monitor period is left: nothing to write until it ends.
-            return false;
-        }
-        let mut order = outdated;
-        order.sort_by_key(|&i| (tasks[i].task.slot, tasks[i].task.node.clone()));
-        for i in order.into_iter().take(cfg.parallelism as usize - in_flight) {
-            tasks[i].task.desired = Desired::Shutdown;
-            put_task(ops, &tasks[i].task);
-        }
-        svc.next_batch_ms = now + cfg.delay_ms as i64;
-        true
+    /// Writes what a pass changed of a task (whether it should run, its node) over its stored
+    /// record; nothing if the record is gone.
+    fn rewrite(&self, ops: &mut Vec<Op>, v: &Seen) {
+        let Some(mut t) = self.get::<TaskRecord>(&task_key(&v.head.service, &v.head.id)) else {
+            return;
+        };
+        t.desired = v.desired;
+        t.node = v.node.clone();
+        put_task(ops, &t);
     }
 
     fn drop_unpinned(&self, ops: &mut Vec<Op>) {
-        let mut pinned: BTreeSet<String> = BTreeSet::new();
-        for (_, v) in self.sm.scan("tasks/") {
-            if let Ok(t) = serde_json::from_slice::<TaskRecord>(&v) {
-                for f in &t.template.secrets {
-                    pinned.insert(format!("secretdata/{}/{}", f.source, f.version));
-                }
-                for f in &t.template.configs {
-                    pinned.insert(format!("configdata/{}/{}", f.source, f.version));
-                }
-            }
-        }
         for (kind, prefix) in [
             (crate::secrets::Kind::Secret, "secretdata/"),
             (crate::secrets::Kind::Config, "configdata/"),
@@ -986,12 +915,128 @@ impl Manager {
                 };
                 let current = self.secret(kind, name).map(|r| r.version);
                 let ver: u32 = ver.parse().unwrap_or(0);
-                if current != Some(ver) && !pinned.contains(&k) {
+                if current != Some(ver) && !self.sm.tasks.pinned(&k) {
                     ops.push(Op::Delete { key: k });
                 }
             }
         }
     }
+
+    /// How many of `service`'s tasks are meant to run and run (of `version`, if given).
+    pub fn running(&self, service: &str, version: Option<u64>) -> usize {
+        self.sm.tasks.running(service, version)
+    }
+}
+
+/// A task as an orchestration pass sees it: its indexed head and status, and what the pass
+/// decides (whether it should run, its node; `dirty`: to be written).
+struct Seen {
+    head: std::sync::Arc<crate::taskindex::TaskHead>,
+    status: Option<std::sync::Arc<TaskStatus>>,
+    state: TaskState,
+    desired: Desired,
+    node: Option<String>,
+    dirty: bool,
+}
+
+impl Seen {
+    fn new(v: &crate::taskindex::Indexed) -> Seen {
+        Seen {
+            head: v.head.clone(),
+            status: v.status.clone(),
+            state: v.state(),
+            desired: v.head.desired,
+            node: v.head.node.clone(),
+            dirty: false,
+        }
+    }
+
+    fn as_orch(&self) -> orchestrator::Task {
+        orchestrator::Task {
+            id: self.head.id.clone(),
+            service: self.head.service.clone(),
+            slot: self.head.slot,
+            node: self.node.clone(),
+            state: self.state,
+            desired_running: self.desired == Desired::Running,
+            stays: false,
+        }
+    }
+}
+
+/// A rolling update's step: tasks of an older version are shut down `parallelism` at a time
+/// once the previous batch has run for the monitor period; a new task that fails pauses the
+/// update or rolls it back. Returns whether the service's record changed.
+fn roll(svc: &mut ServiceRecord, tasks: &mut [Seen], now: i64) -> bool {
+    let Some(state) = svc.update.clone() else { return false };
+    if !matches!(state, UpdateState::Updating | UpdateState::RollingBack { .. }) {
+        return false;
+    }
+    let cfg = svc.spec.update;
+    let new: Vec<&Seen> = tasks.iter().filter(|v| v.head.version == svc.version).collect();
+    let failed = new.iter().find(|v| matches!(v.state, TaskState::Failed | TaskState::Rejected));
+    if let (Some(f), UpdateState::Updating) = (failed, &state) {
+        let why = format!(
+            "task {} failed: {}",
+            &f.head.id,
+            f.status.as_ref().map(|s| s.message.as_str()).unwrap_or("")
+        );
+        match (cfg.failure_action, &svc.previous) {
+            (FailureAction::Rollback, Some(prev)) => {
+                let cur = svc.spec.clone();
+                svc.spec = ServiceSpec {
+                    mode: cur.mode.clone(),
+                    ..prev.clone()
+                };
+                svc.previous = Some(cur);
+                svc.version += 1;
+                svc.update = Some(UpdateState::RollingBack {
+                    message: format!("update rolled back: {why}"),
+                });
+                svc.next_batch_ms = 0;
+            }
+            _ => {
+                svc.update = Some(UpdateState::Paused {
+                    message: format!("update paused: {why}"),
+                })
+            }
+        }
+        return true;
+    }
+    // The batch in flight: new tasks not yet running for the monitor period.
+    let in_flight = new
+        .iter()
+        .filter(|v| v.desired == Desired::Running && !v.state.terminal())
+        .filter(|v| v.state < TaskState::Running || v.status.as_ref().is_some_and(|s| now - s.updated < cfg.monitor_ms as i64))
+        .count();
+    let outdated: Vec<usize> = (0..tasks.len())
+        .filter(|&i| {
+            let v = &tasks[i];
+            v.head.version < svc.version && v.desired == Desired::Running && !v.state.terminal()
+        })
+        .collect();
+    if outdated.is_empty() && in_flight == 0 {
+        svc.update = Some(match state {
+            UpdateState::RollingBack { message } => UpdateState::RolledBack { message },
+            _ => UpdateState::Completed,
+        });
+        return true;
+    }
+    if now < svc.next_batch_ms || in_flight >= cfg.parallelism as usize {
+        return false;
+    }
+    if outdated.is_empty() {
+        // Only the last batch's monitor period is left: nothing to write until it ends.
+        return false;
+    }
+    let mut order = outdated;
+    order.sort_by(|&a, &b| (tasks[a].head.slot, &tasks[a].node).cmp(&(tasks[b].head.slot, &tasks[b].node)));
+    for i in order.into_iter().take(cfg.parallelism as usize - in_flight) {
+        tasks[i].desired = Desired::Shutdown;
+        tasks[i].dirty = true;
+    }
+    svc.next_batch_ms = now + cfg.delay_ms as i64;
+    true
 }
 
 /// Whether a change from `a` to `b` replaces tasks (what they run, or where they may run), not
@@ -1000,21 +1045,9 @@ fn rolls(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     a.task != b.task || a.constraints != b.constraints || a.reserve_cpu != b.reserve_cpu || a.reserve_memory != b.reserve_memory
 }
 
-fn as_orch(v: &TaskView) -> orchestrator::Task {
-    orchestrator::Task {
-        id: v.task.id.clone(),
-        service: v.task.service.clone(),
-        slot: v.task.slot,
-        node: v.task.node.clone(),
-        state: v.state,
-        desired_running: v.task.desired == Desired::Running,
-        stays: false,
-    }
-}
-
 /// An ended task its restart condition keeps in its slot.
-fn stays(spec: &ServiceSpec, v: &TaskView, _now: i64) -> bool {
-    if !v.state.terminal() || v.task.desired != Desired::Running {
+fn stays(spec: &ServiceSpec, v: &Seen) -> bool {
+    if !v.state.terminal() || v.desired != Desired::Running {
         return false;
     }
     match spec.restart.condition {
@@ -1026,16 +1059,16 @@ fn stays(spec: &ServiceSpec, v: &TaskView, _now: i64) -> bool {
 
 /// The slots (`(slot, None)`) and, for a global service, nodes (`(0, Some(node))`) whose task
 /// ended less than the restart delay ago: a replacement there waits.
-fn restart_waits(spec: &ServiceSpec, tasks: &[TaskView], now: i64) -> BTreeSet<(u32, Option<String>)> {
+fn restart_waits(spec: &ServiceSpec, tasks: &[Seen], now: i64) -> BTreeSet<(u32, Option<String>)> {
     tasks
         .iter()
         .filter(|v| matches!(v.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected))
         .filter(|v| v.status.as_ref().is_some_and(|s| now - s.updated < spec.restart.delay_ms as i64))
         .map(|v| {
-            if v.task.slot == 0 {
-                (0, v.task.node.clone())
+            if v.head.slot == 0 {
+                (0, v.node.clone())
             } else {
-                (v.task.slot, None)
+                (v.head.slot, None)
             }
         })
         .collect()
@@ -1052,7 +1085,7 @@ fn put_task(ops: &mut Vec<Op>, t: &TaskRecord) {
     ops.push(Op::Put { key, value: json(t) });
 }
 
-fn forget(ops: &mut Vec<Op>, t: &TaskRecord) {
+fn forget(ops: &mut Vec<Op>, t: &crate::taskindex::TaskHead) {
     ops.push(Op::Delete {
         key: task_key(&t.service, &t.id),
     });
@@ -1067,28 +1100,28 @@ fn forget(ops: &mut Vec<Op>, t: &TaskRecord) {
 }
 
 /// Ended tasks beyond [`HISTORY`] per slot go, and so do ended tasks whose node is gone.
-fn trim_history(tasks: &[TaskView], nodes: &BTreeSet<&str>, ops: &mut Vec<Op>) {
-    let mut by_slot: BTreeMap<(u32, Option<&str>), Vec<&TaskView>> = BTreeMap::new();
+fn trim_history(tasks: &[Seen], nodes: &BTreeSet<&str>, ops: &mut Vec<Op>) {
+    let mut by_slot: BTreeMap<(u32, Option<&str>), Vec<&Seen>> = BTreeMap::new();
     for v in tasks {
-        let dead = v.task.desired == Desired::Shutdown && (v.state.terminal() || v.state <= TaskState::Assigned && v.status.is_none());
-        let node_gone = v.task.node.as_deref().is_some_and(|n| !nodes.contains(n));
-        if node_gone && (dead || v.task.desired == Desired::Shutdown) {
-            forget(ops, &v.task);
+        let dead = v.desired == Desired::Shutdown && (v.state.terminal() || v.state <= TaskState::Assigned && v.status.is_none());
+        let node_gone = v.node.as_deref().is_some_and(|n| !nodes.contains(n));
+        if node_gone && (dead || v.desired == Desired::Shutdown) {
+            forget(ops, &v.head);
             continue;
         }
         if dead {
-            let key = if v.task.slot == 0 {
-                (0, v.task.node.as_deref())
+            let key = if v.head.slot == 0 {
+                (0, v.node.as_deref())
             } else {
-                (v.task.slot, None)
+                (v.head.slot, None)
             };
             by_slot.entry(key).or_default().push(v);
         }
     }
     for (_, mut dead) in by_slot {
-        dead.sort_by_key(|v| std::cmp::Reverse(v.task.created));
+        dead.sort_by_key(|v| std::cmp::Reverse(v.head.created));
         for v in dead.into_iter().skip(HISTORY) {
-            forget(ops, &v.task);
+            forget(ops, &v.head);
         }
     }
 }

@@ -327,6 +327,7 @@ pub fn open(path: &Path, key: Key) -> Result<(LogStore, StateMachine), SError> {
     let sm = StateMachine {
         shared: shared.clone(),
         state: Arc::new(Mutex::new(SmState::default())),
+        tasks: Default::default(),
         changes: tokio::sync::broadcast::channel(4096).0,
     };
     if let Some(snap) = sm.read_snapshot()? {
@@ -504,6 +505,8 @@ impl Drop for StoredSnapshot {
 pub struct StateMachine {
     shared: Arc<Shared>,
     state: Arc<Mutex<SmState>>,
+    /// The tasks, decoded, as each apply leaves them.
+    pub tasks: crate::taskindex::TaskIndex,
     /// The keys each applied batch of entries changed (a snapshot installed: `*`).
     changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
 }
@@ -582,6 +585,7 @@ impl StateMachine {
             crate::codec::decode(data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         let data = data.into_iter().map(|(k, v)| (k, v.into_vec())).collect();
         let mut s = self.state.lock().expect("not poisoned");
+        self.tasks.reset(&data);
         *s = SmState {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
@@ -678,6 +682,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     let r = apply_one(&mut s.data, &req);
                     if r.applied {
+                        self.tasks.apply(&req.ops);
                         changed.extend(req.ops.iter().map(|op| match op {
                             Op::Put { key, .. } | Op::Delete { key } => key.clone(),
                         }));
