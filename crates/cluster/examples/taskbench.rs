@@ -60,6 +60,11 @@ impl bulkhead_cluster::agent::Executor for Recorder {
 }
 
 fn main() {
+    // Warnings and errors on stderr (TASKBENCH_LOG=info,... for more): a run that stalls says why.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKBENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,5 +1,7 @@
-//! How managers encode what only managers read: the Raft log's entries, snapshots and Raft's
-//! messages. Postcard (compact, binary, no field names) behind a one-byte mark, so that what
+//! How managers encode what only managers read: the Raft log's entries, snapshots, Raft's
+//! requests and forwarded writes (none of whose types nests: postcard has no depth limit, so a
+//! type that nests without bound, such as openraft's errors in Raft's replies, stays JSON, whose
+//! parser stops at 128 levels). Postcard (compact, binary, no field names) behind a one-byte mark, so that what
 //! was written as JSON before (a store of an earlier version, a peer not yet upgraded) still
 //! reads: JSON never starts with [`MARK`], a UTF-8 continuation byte.
 //!

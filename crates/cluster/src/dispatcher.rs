@@ -26,7 +26,7 @@ use crate::orchestrator::TaskState;
 use crate::pki::Role;
 use crate::proto;
 use crate::services::{Desired, TaskStatus, TaskTemplate, UpdateState};
-use crate::store::{Op, Request};
+use crate::store::{Check, Op, Request};
 
 /// The first message of a session.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -100,11 +100,75 @@ pub struct Report {
 
 /// One task's state as its node reports it (the leader sets `updated` itself).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "ReportWire", into = "ReportWire")]
 pub struct ReportItem {
     pub task: String,
-    #[serde(flatten)]
     pub status: TaskStatus,
 }
+
+/// A report item as it travels: the status's fields beside the task's id. Named fields, not
+/// `#[serde(flatten)]`, which keeps every unknown field of the input in memory while it parses.
+#[derive(Clone, Serialize, Deserialize)]
+struct ReportWire {
+    task: String,
+    state: TaskState,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    exit_code: Option<i32>,
+    #[serde(default)]
+    updated: i64,
+}
+
+impl From<ReportWire> for ReportItem {
+    fn from(w: ReportWire) -> Self {
+        ReportItem {
+            task: w.task,
+            status: TaskStatus {
+                state: w.state,
+                message: w.message,
+                container: w.container,
+                digest: w.digest,
+                exit_code: w.exit_code,
+                updated: w.updated,
+            },
+        }
+    }
+}
+
+impl From<ReportItem> for ReportWire {
+    fn from(i: ReportItem) -> Self {
+        ReportWire {
+            task: i.task,
+            state: i.status.state,
+            message: i.status.message,
+            container: i.status.container,
+            digest: i.status.digest,
+            exit_code: i.status.exit_code,
+            updated: i.status.updated,
+        }
+    }
+}
+
+/// The largest report a node may send, checked before it is parsed (10,000 statuses of about
+/// 400 bytes each).
+pub const MAX_REPORT_BYTES: usize = 4 << 20;
+
+/// The largest request for a task's identity (a CSR and a task id), checked before parsing.
+pub const MAX_IDENTITY_BYTES: usize = 64 << 10;
+
+/// How long a session's next message may wait for the node to read the last: a node that
+/// stops reading loses its session, rather than holding the leader's task and buffers.
+pub const SEND_WITHIN: Duration = Duration::from_secs(30);
+
+/// How often a node's hostname and resources are written from its session's hello at most: a
+/// node that reconnects with another name each time cannot make every session cost a Raft
+/// write and a pass over the whole cluster.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReportReply {
@@ -129,6 +193,12 @@ pub struct Hub {
     next_session: std::sync::atomic::AtomicU64,
     /// `service logs` subscriptions.
     pub(crate) logs: crate::logs::Subscriptions,
+    /// When each node's description was last written from a session's hello.
+    described: Mutex<HashMap<String, Instant>>,
+    /// The term in which this manager leads and has applied everything committed before it
+    /// (0: none): until then it neither orchestrates nor dispatches, since its store may lack
+    /// the last leader's final writes.
+    ready_term: std::sync::atomic::AtomicU64,
 }
 
 /// A session's serial, and what ends it when dropped.
@@ -143,6 +213,34 @@ impl Hub {
         let h = Hub::default();
         h.all_dirty.store(true, std::sync::atomic::Ordering::SeqCst);
         Arc::new(h)
+    }
+
+    /// Refuses unless this manager leads and has caught up with its term's start (see
+    /// `ready_term`).
+    pub(crate) fn serving(&self, m: &Manager) -> std::result::Result<(), Status> {
+        m.leading()?;
+        let term = m.raft.metrics().borrow().current_term;
+        if self.ready_term.load(std::sync::atomic::Ordering::SeqCst) != term {
+            return Err(Status::unavailable(
+                "this manager has just been elected and is catching up; try again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this manager dispatches now (it leads, and has caught up with its term's start).
+    pub fn dispatching(&self, m: &Manager) -> bool {
+        self.serving(m).is_ok()
+    }
+
+    /// Whether a session's hello may write the node's description now.
+    fn may_describe(&self, node: &str) -> bool {
+        let mut d = self.described.lock().expect("not poisoned");
+        if d.get(node).is_some_and(|t| t.elapsed() < DESCRIBE_EVERY) {
+            return false;
+        }
+        d.insert(node.to_owned(), Instant::now());
+        true
     }
 
     fn seen(&self, node: &str) {
@@ -264,14 +362,32 @@ impl Hub {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.kick.notified()).await;
             // Changes come in bursts: gather them for a moment.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let leading = {
+            let (leading, term) = {
                 let metrics = m.raft.metrics().borrow().clone();
-                metrics.current_leader == Some(metrics.id)
+                (metrics.current_leader == Some(metrics.id), metrics.current_term)
             };
             if !leading {
                 was_leader = false;
+                self.ready_term.store(0, std::sync::atomic::Ordering::SeqCst);
                 *self.leading_since.lock().expect("not poisoned") = None;
                 continue;
+            }
+            if self.ready_term.load(std::sync::atomic::Ordering::SeqCst) != term {
+                // Elected: the previous leader's last entries may be committed but not yet
+                // applied here. A pass on that store would see a slot empty that is not, and
+                // fill it twice; a session would send a node assignments without its newest
+                // tasks. Wait until everything committed before this term is applied.
+                match tokio::time::timeout(Duration::from_secs(5), m.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "not yet caught up as leader");
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+                self.ready_term.store(term, std::sync::atomic::Ordering::SeqCst);
+                self.mark_all();
+                self.wake_all();
             }
             if !was_leader {
                 was_leader = true;
@@ -363,12 +479,14 @@ impl Manager {
     }
 
     /// A node's report: each task must be the node's; states only move forward. Returns the
-    /// operations that record what changed.
-    pub fn judge_report(&self, node: &str, report: &Report, now_ms: i64) -> std::result::Result<Vec<Op>, Status> {
+    /// write that records what changed, conditioned on the task records and statuses it was
+    /// judged against (a task forgotten, or another report of it, meanwhile: nothing applies).
+    pub fn judge_report(&self, node: &str, report: &Report, now_ms: i64) -> std::result::Result<Request, Status> {
         if report.statuses.len() > MAX_REPORT {
             return Err(Status::invalid_argument(format!("at most {MAX_REPORT} statuses in a report")));
         }
         let mut ops = Vec::new();
+        let mut checks = Vec::new();
         let mut seen = BTreeSet::new();
         for item in &report.statuses {
             if !seen.insert(item.task.as_str()) {
@@ -379,7 +497,8 @@ impl Manager {
                 .get(&crate::services::node_task_key(node, &item.task))
                 .and_then(|k| String::from_utf8(k).ok())
                 .ok_or_else(|| Status::permission_denied(format!("task {} is not assigned to this node", item.task)))?;
-            let Some(task) = self.get::<crate::services::TaskRecord>(&key) else {
+            let Some(raw_task) = self.sm.get(&key) else { continue };
+            let Ok(task) = serde_json::from_slice::<crate::services::TaskRecord>(&raw_task) else {
                 continue;
             };
             if task.node.as_deref() != Some(node) {
@@ -389,9 +508,9 @@ impl Manager {
                 )));
             }
             let (id, item) = (&item.task, &item.status);
-            if item.state < TaskState::Accepted {
+            if item.state < TaskState::Accepted || item.state == TaskState::Orphaned {
                 return Err(Status::invalid_argument(format!(
-                    "task {id}: a node reports accepted and later states"
+                    "task {id}: a node reports accepted and later states, and never orphaned"
                 )));
             }
             let short = |v: &Option<String>| v.as_ref().is_none_or(|s| s.len() <= 256);
@@ -401,7 +520,8 @@ impl Manager {
                 )));
             }
             let skey = crate::services::status_key(&task.service, &task.id);
-            let old: Option<TaskStatus> = self.get(&skey);
+            let raw_old = self.sm.get(&skey);
+            let old: Option<TaskStatus> = raw_old.as_deref().and_then(|r| serde_json::from_slice(r).ok());
             // States only move forward; the same state is taken once more only to add the
             // container a task got (a task with a healthcheck is `starting` before and after).
             let adds_container = |o: &TaskStatus| {
@@ -421,12 +541,20 @@ impl Manager {
                 exit_code: item.exit_code,
                 updated: now_ms,
             };
+            checks.push(Check::Is {
+                key: key.clone(),
+                value: Some(raw_task),
+            });
+            checks.push(Check::Is {
+                key: skey.clone(),
+                value: raw_old,
+            });
             ops.push(Op::Put {
                 key: skey,
                 value: serde_json::to_vec(&status).expect("serialisable"),
             });
         }
-        Ok(ops)
+        Ok(Request { checks, ops })
     }
 
     /// Refuses unless this manager leads, naming the leader's address.
@@ -475,7 +603,7 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn session(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<SessionStream>, Status> {
         let id = self.caller(&req)?;
-        self.manager.leading()?;
+        self.hub.serving(&self.manager)?;
         let hello: SessionHello =
             serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("session: {e}")))?;
         if hello.node.as_ref().is_some_and(|n| *n != id.node_id) {
@@ -488,7 +616,7 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         let hostname = Some(hello.hostname.clone())
             .filter(|h| !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)));
         let resources = hello.resources.filter(|r| r.0 <= MAX_RESOURCES.0 && r.1 <= MAX_RESOURCES.1);
-        if hostname.is_some() || resources.is_some() {
+        if (hostname.is_some() || resources.is_some()) && self.hub.may_describe(&node) {
             let m = self.manager.clone();
             let node = node.clone();
             tokio::spawn(async move {
@@ -513,16 +641,22 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
             loop {
                 // Judged again at every message: a node removed or denied meanwhile gets
                 // nothing more (its stream ends).
-                if let Err(s) = m.leading().and_then(|()| m.auth.record(&id).map(|_| ())) {
-                    let _ = tx.send(Err(s)).await;
+                if let Err(s) = hub.serving(&m).and_then(|()| m.auth.record(&id).map(|_| ())) {
+                    let _ = tx.try_send(Err(s));
                     return;
                 }
                 let mut a = m.assignments(&node);
                 a.logs = hub.log_requests(&node);
                 let bytes = serde_json::to_vec(&a).expect("serialisable");
                 if last.as_ref() != Some(&bytes) {
-                    if tx.send(Ok(proto::Payload { json: bytes.clone() })).await.is_err() {
-                        return;
+                    // A node that does not read within SEND_WITHIN loses its session.
+                    match tokio::time::timeout(SEND_WITHIN, tx.send(Ok(proto::Payload { json: bytes.clone() }))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::info!(%node, "a node did not read its assignments within {SEND_WITHIN:?}: its session ends");
+                            return;
+                        }
                     }
                     if let Some(mut old) = last.replace(bytes) {
                         zeroize::Zeroize::zeroize(&mut old);
@@ -533,7 +667,7 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
                     _ = tokio::time::sleep(m.heartbeat()) => {}
                     _ = tx.closed() => return,
                     _ = &mut ended => {
-                        let _ = tx.send(Err(Status::resource_exhausted("a newer session of this node ended this one"))).await;
+                        let _ = tx.try_send(Err(Status::resource_exhausted("a newer session of this node ended this one")));
                         return;
                     }
                 }
@@ -545,15 +679,19 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn report(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
         let id = self.caller(&req)?;
-        self.manager.leading()?;
+        self.hub.serving(&self.manager)?;
+        if req.get_ref().json.len() > MAX_REPORT_BYTES {
+            return Err(Status::invalid_argument(format!("a report of more than {MAX_REPORT_BYTES} bytes")));
+        }
         let report: Report = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
         self.hub.seen(&id.node_id);
-        let ops = self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())?;
-        if !ops.is_empty() {
-            self.manager
-                .write(Request { checks: vec![], ops })
-                .await
-                .map_err(|e: Error| Status::unavailable(e.to_string()))?;
+        let w = self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())?;
+        if !w.ops.is_empty() {
+            let r = self.manager.write(w).await.map_err(|e: Error| Status::unavailable(e.to_string()))?;
+            if !r.applied {
+                // A task went, or another report of it landed, since this one was judged.
+                return Err(Status::aborted("the tasks changed while this report was judged; report again"));
+            }
         }
         let reply = ReportReply {
             heartbeat_ms: self.manager.heartbeat().as_millis() as u64,
@@ -569,7 +707,7 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
 
     async fn logs(&self, req: GrpcRequest<tonic::Streaming<proto::Payload>>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
         let id = self.caller(&req)?;
-        self.manager.leading()?;
+        self.hub.serving(&self.manager)?;
         self.hub.take_logs(&id.node_id, req.into_inner()).await?;
         Ok(GrpcResponse::new(proto::Payload { json: b"{}".to_vec() }))
     }
@@ -578,7 +716,12 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
 impl DispatcherService {
     async fn identity_of(&self, req: GrpcRequest<proto::Payload>) -> std::result::Result<GrpcResponse<proto::Payload>, Status> {
         let id = self.caller(&req)?;
-        self.manager.leading()?;
+        self.hub.serving(&self.manager)?;
+        if req.get_ref().json.len() > MAX_IDENTITY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "an identity request of more than {MAX_IDENTITY_BYTES} bytes"
+            )));
+        }
         let ask: crate::identity::IdentityRequest =
             serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
         let now = crate::services::now_ms() / 1000;

@@ -147,7 +147,7 @@ impl Manager {
 
     /// A secret's or config's record as stored (its raw value, for a conditional write), or why
     /// there is none.
-    fn existing(&self, kind: Kind, name: &str) -> Result<(String, Vec<u8>, Record)> {
+    pub(crate) fn existing(&self, kind: Kind, name: &str) -> Result<(String, Vec<u8>, Record)> {
         let key = format!("{}{name}", kind.prefix());
         let raw = self
             .sm

@@ -28,6 +28,9 @@ pub const HISTORY: usize = 5;
 pub const MAX_REPLICAS: u32 = 100_000;
 /// Writes of one orchestration pass go in requests of at most this many operations.
 const OPS_PER_WRITE: usize = 2000;
+/// And at most this many bytes of keys and values.
+const BYTES_PER_WRITE: usize = 4 << 20;
+
 /// Capabilities a service may add. Others (CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE,
 /// CAP_BPF, CAP_NET_ADMIN...) would undo the isolation: the cluster refuses them, as it refuses
 /// privileged tasks, host namespaces and an unconfined seccomp filter (no flag exists for them).
@@ -507,6 +510,32 @@ impl Manager {
         Ok(t)
     }
 
+    /// What a write of `spec` must find unchanged: the records of the secrets and configs it
+    /// names (a `secret rm` between the check and the write would leave a service naming
+    /// nothing), and its stack's record (a `stack rm` meanwhile would leave a service of no
+    /// stack).
+    fn spec_checks(&self, spec: &ServiceSpec) -> Result<Vec<Check>> {
+        let mut checks = Vec::new();
+        for (files, kind) in [
+            (&spec.task.secrets, crate::secrets::Kind::Secret),
+            (&spec.task.configs, crate::secrets::Kind::Config),
+        ] {
+            for f in files {
+                let (key, raw, _) = self.existing(kind, &f.source)?;
+                checks.push(Check::Is { key, value: Some(raw) });
+            }
+        }
+        if let Some(stack) = &spec.task.stack {
+            let key = crate::stacks::stack_key(stack);
+            let raw = self
+                .sm
+                .get(&key)
+                .ok_or_else(|| Error::Invalid(format!("no stack named {stack:?}")))?;
+            checks.push(Check::Is { key, value: Some(raw) });
+        }
+        Ok(checks)
+    }
+
     /// A new service; refused if the name is taken or a secret or config it names is missing.
     pub async fn create_service(&self, mut spec: ServiceSpec, now: i64) -> Result<ServiceRecord> {
         validate(&spec)?;
@@ -529,17 +558,28 @@ impl Manager {
             next_batch_ms: 0,
         };
         let key = service_key(&rec.spec.name);
+        let mut checks = vec![Check::Is {
+            key: key.clone(),
+            value: None,
+        }];
+        checks.extend(self.spec_checks(&rec.spec)?);
         let r = self
             .write(Request {
-                checks: vec![Check::Is {
+                checks,
+                ops: vec![Op::Put {
                     key: key.clone(),
-                    value: None,
+                    value: json(&rec),
                 }],
-                ops: vec![Op::Put { key, value: json(&rec) }],
             })
             .await?;
         if !r.applied {
-            return Err(Error::Invalid(format!("a service named {:?} exists already", rec.spec.name)));
+            if self.sm.get(&key).is_some() {
+                return Err(Error::Invalid(format!("a service named {:?} exists already", rec.spec.name)));
+            }
+            return Err(Error::Invalid(format!(
+                "a secret, config or stack that service {:?} names changed meanwhile; try again",
+                rec.spec.name
+            )));
         }
         Ok(rec)
     }
@@ -565,17 +605,21 @@ impl Manager {
         }
         self.pin(&new.spec.task)?;
         new.updated = now;
+        let mut checks = vec![Check::Is {
+            key: key.clone(),
+            value: Some(raw),
+        }];
+        checks.extend(self.spec_checks(&new.spec)?);
         let r = self
             .write(Request {
-                checks: vec![Check::Is {
-                    key: key.clone(),
-                    value: Some(raw),
-                }],
+                checks,
                 ops: vec![Op::Put { key, value: json(&new) }],
             })
             .await?;
         if !r.applied {
-            return Err(Error::Invalid(format!("the service {name:?} changed meanwhile; try again")));
+            return Err(Error::Invalid(format!(
+                "the service {name:?}, or a secret, config or stack it names, changed meanwhile; try again"
+            )));
         }
         Ok(new)
     }
@@ -704,12 +748,14 @@ impl Manager {
         // Every task, for the scheduler's spread and reservations.
         let all = self.sm.tasks.all();
         let mut ops: Vec<Op> = Vec::new();
-        // Services that are gone: their tasks stop, then go.
+        // Services that are gone: their tasks stop, then go. So do the tasks of a service removed
+        // and made again under its name (another id): they must not fill the new one's slots.
+        let ours = |v: &crate::taskindex::Indexed| services.get(&v.head.service).is_some_and(|s| s.id == v.head.service_id);
         for (svc, tasks) in &all {
-            if services.contains_key(svc) || only.is_some_and(|o| !o.contains(svc)) {
+            if only.is_some_and(|o| !o.contains(svc)) {
                 continue;
             }
-            for v in tasks {
+            for v in tasks.iter().filter(|v| !ours(v)) {
                 let (h, state) = (&v.head, v.state());
                 let gone_node = h.node.as_ref().is_none_or(|n| !node_ids.contains(n.as_str()));
                 if state.terminal() || gone_node || state == TaskState::Pending {
@@ -752,7 +798,9 @@ impl Manager {
             if only.is_some_and(|o| !o.contains(name)) {
                 continue;
             }
-            let mut tasks: Vec<Seen> = all.get(name).map_or_else(Vec::new, |l| l.iter().map(Seen::new).collect());
+            let mut tasks: Vec<Seen> = all
+                .get(name)
+                .map_or_else(Vec::new, |l| l.iter().filter(|v| ours(v)).map(Seen::new).collect());
             let mut svc = svc.clone();
             let svc_changed = roll(&mut svc, &mut tasks, now);
             // A task that ended and is replaced is no longer meant to run (as Swarm marks it).
@@ -881,11 +929,32 @@ impl Manager {
             self.drop_unpinned(&mut ops);
         }
         let n = ops.len();
-        let mut rest = ops;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(OPS_PER_WRITE));
-            self.write(Request { checks: vec![], ops: rest }).await?;
-            rest = tail;
+        // In writes of at most OPS_PER_WRITE operations and BYTES_PER_WRITE bytes (templates
+        // differ in size; a Raft message must stay under the transport's limit).
+        let mut batch: Vec<Op> = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = match &op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+            };
+            if !batch.is_empty() && (batch.len() >= OPS_PER_WRITE || bytes + size > BYTES_PER_WRITE) {
+                self.write(Request {
+                    checks: vec![],
+                    ops: std::mem::take(&mut batch),
+                })
+                .await?;
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(op);
+        }
+        if !batch.is_empty() {
+            self.write(Request {
+                checks: vec![],
+                ops: batch,
+            })
+            .await?;
         }
         for w in service_writes {
             self.write(w).await?;

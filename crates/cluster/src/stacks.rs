@@ -298,7 +298,11 @@ impl Manager {
     /// the nodes), then its record; each node takes the stack's rules and networks away once
     /// its last task of the stack has gone.
     pub async fn remove_stack(&self, name: &str) -> Result<Vec<String>> {
-        let rec = self.stack(name).ok_or_else(|| Error::Invalid(format!("no stack named {name:?}")))?;
+        let raw = self.sm.get(&stack_key(name));
+        let rec: StackRecord = raw
+            .as_deref()
+            .and_then(|r| serde_json::from_slice(r).ok())
+            .ok_or_else(|| Error::Invalid(format!("no stack named {name:?}")))?;
         let mut removed = Vec::new();
         for s in self.stack_services(&rec.name) {
             self.remove_service(&s.spec.name).await?;
@@ -315,11 +319,27 @@ impl Manager {
                 }
             }
         }
-        self.write(Request {
-            checks: vec![],
-            ops: vec![Op::Delete { key: stack_key(name) }],
-        })
-        .await?;
+        // Only the record this began with: a deploy meanwhile has changed it, and its services
+        // stay with it. Once the record is gone no service of the stack can be made (their
+        // writes are conditioned on it), so those a deploy made since the list above go now.
+        let r = self
+            .write(Request {
+                checks: vec![Check::Is {
+                    key: stack_key(name),
+                    value: raw,
+                }],
+                ops: vec![Op::Delete { key: stack_key(name) }],
+            })
+            .await?;
+        if !r.applied {
+            return Err(Error::Invalid(format!(
+                "stack {name} was deployed again meanwhile: it stays; run stack rm again"
+            )));
+        }
+        for s in self.stack_services(&rec.name) {
+            self.remove_service(&s.spec.name).await?;
+            removed.push(s.spec.name);
+        }
         Ok(removed)
     }
 

@@ -23,6 +23,9 @@ use crate::store::Op;
 pub struct TaskHead {
     pub id: String,
     pub service: String,
+    /// The id of the service record it was made for (a service removed and made again under
+    /// the same name has another).
+    pub service_id: String,
     pub slot: u32,
     pub node: Option<String>,
     pub desired: Desired,
@@ -77,6 +80,8 @@ pub struct TaskIndex {
 struct RawTask {
     id: String,
     service: String,
+    #[serde(default)]
+    service_id: String,
     slot: u32,
     node: Option<String>,
     desired: Desired,
@@ -139,6 +144,7 @@ impl Inner {
             Arc::new(TaskHead {
                 id: r.id,
                 service: r.service,
+                service_id: r.service_id,
                 slot: r.slot,
                 node: r.node,
                 desired: r.desired,

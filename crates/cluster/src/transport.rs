@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
@@ -328,10 +328,13 @@ impl Auth {
     }
 }
 
-fn to_payload<T: Serialize>(v: &T) -> Result<proto::Payload, Status> {
-    crate::codec::encode(v)
+/// A Raft reply: JSON, whose parser stops at 128 levels of nesting. A reply may carry
+/// openraft's errors, whose sources nest without bound, and postcard has no depth limit: a
+/// peer's reply nested a million deep would overflow the stack of the manager reading it.
+fn reply_payload<T: Serialize>(v: &T) -> Result<proto::Payload, Status> {
+    serde_json::to_vec(v)
         .map(|json| proto::Payload { json })
-        .map_err(Status::internal)
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 fn from_payload<T: DeserializeOwned>(p: &proto::Payload) -> Result<T, Status> {
@@ -377,21 +380,21 @@ impl proto::raft_server::Raft for RaftService {
         let rpc: AppendEntriesRequest<TypeConfig> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.append_entries(rpc).await;
-        Ok(Response::new(to_payload(&r)?))
+        Ok(Response::new(reply_payload(&r)?))
     }
 
     async fn vote(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
         let rpc: VoteRequest<NodeId> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.vote(rpc).await;
-        Ok(Response::new(to_payload(&r)?))
+        Ok(Response::new(reply_payload(&r)?))
     }
 
     async fn install_snapshot(&self, req: Request<proto::Payload>) -> Result<Response<proto::Payload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = from_payload(req.get_ref())?;
         self.speaks_for(&req, rpc.vote.leader_id.node_id)?;
         let r = self.raft.install_snapshot(rpc).await;
-        Ok(Response::new(to_payload(&r)?))
+        Ok(Response::new(reply_payload(&r)?))
     }
 }
 
@@ -447,10 +450,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type Rpc<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
 
 impl Conn {
+    /// `entries`: how many log entries an AppendEntries carries (0 for other calls).
     async fn call<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
         &mut self,
         which: &'static str,
         req: &Req,
+        entries: usize,
     ) -> Rpc<Resp, E> {
         let unreachable = |e: &dyn std::fmt::Display| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())));
         if self.client.is_none() {
@@ -463,6 +468,20 @@ impl Conn {
         }
         let client = self.client.as_mut().expect("connected");
         let payload = crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        // A follower refuses a message over MAX_MESSAGE, and openraft would send the same batch
+        // of entries again for ever: tell it to send fewer (a lagging follower gets up to 300
+        // entries at once, and an orchestration pass's entries are up to 4 MiB each).
+        if payload.len() > MAX_MESSAGE - 64 * 1024 {
+            if entries > 1 {
+                let fit = (entries as u64 * (MAX_MESSAGE as u64 / 2) / payload.len() as u64).max(1);
+                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+            }
+            return Err(unreachable(&format!(
+                "{}: a message of {} bytes is over the limit of {MAX_MESSAGE}",
+                self.addr,
+                payload.len()
+            )));
+        }
         let msg = proto::Payload { json: payload };
         let r = match which {
             "append" => client.append_entries(msg).await,
@@ -478,8 +497,8 @@ impl Conn {
                 return Err(unreachable(&format!("{}: {}", self.addr, s.message())));
             }
         };
-        let r: Result<Resp, E> =
-            crate::codec::decode(&r.json).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
+        // JSON only (see `reply_payload`).
+        let r: Result<Resp, E> = serde_json::from_slice(&r.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(0, e)))
     }
 }
@@ -490,7 +509,8 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         _o: RPCOption,
     ) -> Rpc<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        self.call("append", &rpc).await
+        let n = rpc.entries.len();
+        self.call("append", &rpc, n).await
     }
 
     async fn install_snapshot(
@@ -498,10 +518,10 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _o: RPCOption,
     ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call("snapshot", &rpc).await
+        self.call("snapshot", &rpc, 0).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, _o: RPCOption) -> Rpc<VoteResponse<NodeId>, RaftError<NodeId>> {
-        self.call("vote", &rpc).await
+        self.call("vote", &rpc, 0).await
     }
 }

@@ -258,6 +258,8 @@ async fn form(dir: &std::path::Path, n: usize) -> Formed {
     let ident = pki::identity(cert.as_bytes()).unwrap();
     let first = NodeRecord::new(&ident, Some(raft1), Some(m1.addr.clone()), now());
     let (worker_token, manager_token) = m1.manager.init_state(&ca, &first).await.unwrap();
+    // Its dispatcher serves once it has caught up with its term's start.
+    until("m1 to dispatch", || m1.hub.dispatching(&m1.manager)).await;
     let mut managers = vec![m1];
     let mut joined = Vec::new();
     for k in 0..n - 1 {
@@ -528,6 +530,37 @@ async fn a_node_gets_and_reports_only_its_own_tasks_and_secrets_go_only_where_th
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // Nor is orphaned (the manager's word for a task whose node is gone).
+    let e = ca
+        .report(payload(&Report {
+            statuses: vec![item(&task_a, TaskState::Orphaned)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // A report too big is refused before it is parsed, whatever it holds.
+    let mut big = br#"{"statuses":[{"task":"x","state":"running","junk":""#.to_vec();
+    big.resize(big.len() + (4 << 20), b'a');
+    big.extend_from_slice(br#""}]}"#);
+    let e = ca.report(bulkhead_cluster::proto::Payload { json: big }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("more than"), "{e}");
+    // A report judged, then overtaken by another of the same task: the first no longer applies.
+    let judged = m
+        .judge_report(
+            &a.node_id,
+            &Report {
+                statuses: vec![item(&task_a, TaskState::Starting)],
+            },
+            now(),
+        )
+        .unwrap();
+    ca.report(payload(&Report {
+        statuses: vec![item(&task_a, TaskState::Preparing)],
+    }))
+    .await
+    .unwrap();
+    assert!(!m.write(judged).await.unwrap().applied);
     // Its own task: recorded; an older state afterwards changes nothing.
     ca.report(payload(&Report {
         statuses: vec![item(&task_a, TaskState::Running)],
@@ -552,6 +585,38 @@ async fn a_node_gets_and_reports_only_its_own_tasks_and_secrets_go_only_where_th
         last = serde_json::from_slice(&sa.message().await.unwrap().unwrap().json).unwrap();
     }
     assert!(last.secrets.is_empty(), "{last:?}");
+
+    // web removed and made again under its name in one write (no pass between): its old tasks
+    // are shut down, not adopted by the new one (which would run the old template under it).
+    use bulkhead_cluster::services::Desired;
+    let old = m.service("web").unwrap();
+    let again = bulkhead_cluster::services::ServiceRecord {
+        id: "00000000000000aa".into(),
+        version: 1,
+        ..old.clone()
+    };
+    m.write(Request {
+        checks: vec![],
+        ops: vec![Op::Put {
+            key: "services/web".into(),
+            value: serde_json::to_vec(&again).unwrap(),
+        }],
+    })
+    .await
+    .unwrap();
+    let mm = m.clone();
+    until("web's old tasks shut down and two new ones made", || {
+        let ts = mm.tasks_of("web");
+        ts.iter()
+            .filter(|t| t.task.service_id == old.id)
+            .all(|t| t.task.desired == Desired::Shutdown)
+            && ts
+                .iter()
+                .filter(|t| t.task.service_id == again.id && t.task.desired == Desired::Running)
+                .count()
+                == 2
+    })
+    .await;
     drop(sb);
 }
 
