@@ -123,10 +123,19 @@ fn spec(name: &str, replicas: u32) -> ServiceSpec {
 /// any if None); the time it took.
 async fn until_running(m: &Manager, service: &str, n: usize, version: Option<u64>, limit: Duration) -> Duration {
     let t = Instant::now();
+    let mut told = Instant::now();
     loop {
         let running = m.running(service, version);
         if running == n {
             return t.elapsed();
+        }
+        // Progress, so that a run that does not finish still says how far it got.
+        if told.elapsed() > Duration::from_secs(60) {
+            eprintln!(
+                "taskbench: {service}: {running} of {n} running after {:.0} s",
+                t.elapsed().as_secs_f64()
+            );
+            told = Instant::now();
         }
         assert!(t.elapsed() < limit, "{service}: {running} of {n} running after {limit:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;

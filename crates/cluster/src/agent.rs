@@ -156,6 +156,9 @@ pub struct Agent {
     /// Whether the stacks' networks and rules need making or taking away.
     stacks_dirty: std::sync::atomic::AtomicBool,
     stack_io: Mutex<()>,
+    /// Held through each save of the state file: two saves at once shared one temporary file,
+    /// and an older state could be renamed over a newer one.
+    save_lock: Mutex<()>,
     /// `service logs` streams running from here, by request.
     log_jobs: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     changed: tokio::sync::Notify,
@@ -228,6 +231,7 @@ impl Agent {
             stacks: Mutex::new(None),
             stacks_dirty: std::sync::atomic::AtomicBool::new(false),
             stack_io: Mutex::new(()),
+            save_lock: Mutex::new(()),
             log_jobs: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
             identities: Mutex::new(HashMap::new()),
@@ -367,6 +371,8 @@ impl Agent {
     }
 
     fn save(&self) {
+        // The state is read once this save holds the lock: the last save writes the newest.
+        let _one = self.save_lock.lock().expect("not poisoned");
         let data = serde_json::to_vec(&*self.tasks.lock().expect("not poisoned")).expect("serialisable");
         let p = self.dir.join("agent.json");
         let tmp = self.dir.join("agent.json.new");

@@ -29,7 +29,7 @@ pub const MAX_REPLICAS: u32 = 100_000;
 /// Writes of one orchestration pass go in requests of at most this many operations.
 const OPS_PER_WRITE: usize = 2000;
 /// And at most this many bytes of keys and values.
-const BYTES_PER_WRITE: usize = 4 << 20;
+const BYTES_PER_WRITE: usize = 1 << 20;
 
 /// Capabilities a service may add. Others (CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_PTRACE,
 /// CAP_BPF, CAP_NET_ADMIN...) would undo the isolation: the cluster refuses them, as it refuses

@@ -42,6 +42,9 @@ const BOOTSTRAP_LIFE: Duration = Duration::from_secs(30);
 /// The largest message (a snapshot chunk is 1 MiB; entries are batched below this).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
+/// The most an AppendEntries of more than one entry carries (see `Conn::call`).
+const APPEND_BYTES: usize = 2 << 20;
+
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// Who is calling: what its certificate says (none for a bootstrap caller), and from where.
@@ -468,14 +471,16 @@ impl Conn {
         }
         let client = self.client.as_mut().expect("connected");
         let payload = crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&std::io::Error::other(e))))?;
-        // A follower refuses a message over MAX_MESSAGE, and openraft would send the same batch
-        // of entries again for ever: tell it to send fewer (a lagging follower gets up to 300
-        // entries at once, and an orchestration pass's entries are up to 4 MiB each).
+        // A follower refuses a message over MAX_MESSAGE, and one it cannot take in within
+        // openraft's AppendEntries timeout (the heartbeat interval, 500 ms) times out: either way
+        // openraft would send the same batch again for ever. Tell it to send fewer entries (a
+        // lagging follower is sent up to 300 at once, and an orchestration pass's are up to
+        // 1 MiB each).
+        if entries > 1 && payload.len() > APPEND_BYTES {
+            let fit = (entries as u64 * APPEND_BYTES as u64 / payload.len() as u64).max(1);
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         if payload.len() > MAX_MESSAGE - 64 * 1024 {
-            if entries > 1 {
-                let fit = (entries as u64 * (MAX_MESSAGE as u64 / 2) / payload.len() as u64).max(1);
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
-            }
             return Err(unreachable(&format!(
                 "{}: a message of {} bytes is over the limit of {MAX_MESSAGE}",
                 self.addr,
