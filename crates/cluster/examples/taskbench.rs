@@ -66,6 +66,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().collect();
+    // The managers hold a connection of each node, the agents one each.
+    bulkhead_cluster::transport::raise_open_files();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)

@@ -357,7 +357,10 @@ impl Hub {
     pub async fn orchestrate(self: Arc<Hub>, m: Manager) {
         let mut last_full = Instant::now() - Duration::from_secs(60);
         let mut last_down = BTreeSet::new();
-        let mut was_leader = false;
+        let mut disrupted = false;
+        // The term this manager last led in (0: not leading): a new term is a new leadership,
+        // even if this loop did not see the terms between (a pass can take long).
+        let mut led_term = 0;
         loop {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.kick.notified()).await;
             // Changes come in bursts: gather them for a moment.
@@ -367,7 +370,7 @@ impl Hub {
                 (metrics.current_leader == Some(metrics.id), metrics.current_term)
             };
             if !leading {
-                was_leader = false;
+                led_term = 0;
                 self.ready_term.store(0, std::sync::atomic::Ordering::SeqCst);
                 *self.leading_since.lock().expect("not poisoned") = None;
                 continue;
@@ -386,17 +389,34 @@ impl Hub {
                     Err(_) => continue,
                 }
                 self.ready_term.store(term, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(term, "leading and caught up: orchestrating and dispatching");
                 self.mark_all();
                 self.wake_all();
             }
-            if !was_leader {
-                was_leader = true;
+            if led_term != term {
+                led_term = term;
                 *self.leading_since.lock().expect("not poisoned") = Some(Instant::now());
                 self.seen.lock().expect("not poisoned").clear();
                 self.mark_all();
             }
             let ids: Vec<String> = m.nodes().into_iter().map(|n| n.id).collect();
-            let down = self.down(&ids, m.heartbeat());
+            let mut down = self.down(&ids, m.heartbeat());
+            // More than half the nodes silent at once is more likely this manager's trouble (an
+            // overload, a partition) than theirs: their tasks stay where they are, as
+            // Kubernetes stops evicting in a "full disruption".
+            if ids.len() >= 4 && down.len() * 2 > ids.len() {
+                if !disrupted {
+                    disrupted = true;
+                    tracing::warn!(
+                        down = down.len(),
+                        nodes = ids.len(),
+                        "more than half of the nodes missed their heartbeats: nothing is rescheduled until they are back"
+                    );
+                }
+                down = BTreeSet::new();
+            } else {
+                disrupted = false;
+            }
             if down != last_down {
                 if !down.is_empty() {
                     tracing::warn!(?down, "nodes missed 3 heartbeats: their tasks are rescheduled");
@@ -426,9 +446,20 @@ impl Hub {
                     None => continue,
                 }
             };
-            if let Err(e) = m.orchestrate(only.as_ref(), &down).await {
-                tracing::warn!(error = %e, "orchestrating");
-                self.mark_all();
+            let started = Instant::now();
+            match m.orchestrate(only.as_ref(), &down).await {
+                Ok(n) if started.elapsed() > Duration::from_secs(1) => {
+                    tracing::info!(
+                        operations = n,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "a long orchestration pass"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "orchestrating");
+                    self.mark_all();
+                }
             }
         }
     }

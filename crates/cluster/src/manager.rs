@@ -92,6 +92,22 @@ impl Manager {
         self.sm.get(key).and_then(|v| serde_json::from_slice(&v).ok())
     }
 
+    /// Writes here, as the leader of `term`, within [`WRITE`]; refused if this manager no
+    /// longer leads in that term (what a leader decided is not written by the next one's hand).
+    pub async fn write_as_leader(&self, req: Request, term: u64) -> Result<Response> {
+        if self.raft.metrics().borrow().current_term != term {
+            return Err(Error::Invalid("no longer the leader of the term this was decided in".into()));
+        }
+        match tokio::time::timeout(WRITE, self.raft.client_write(req)).await {
+            Err(_) => Err(Error::NoQuorum),
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(Error::Invalid("no longer the leader of the term this was decided in".into()))
+            }
+            Ok(Err(e)) => Err(Error::Invalid(e.to_string())),
+        }
+    }
+
     /// Writes through the leader (here, or forwarded to it), within [`WRITE`]; a quorum that
     /// does not answer is [`Error::NoQuorum`], never a hang.
     pub async fn write(&self, req: Request) -> Result<Response> {

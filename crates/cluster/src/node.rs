@@ -467,6 +467,7 @@ pub async fn serve_with(
             cfg: cfg.clone(),
             manager: m.clone(),
         };
+        crate::transport::raise_open_files();
         let hub = crate::dispatcher::Hub::new();
         let _ = HUB.set(hub.clone());
         tokio::spawn(hub.clone().follow(m.clone()));

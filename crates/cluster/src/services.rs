@@ -731,6 +731,57 @@ impl Manager {
     /// It reads the tasks from the state machine's index (decoded once per change, not once per
     /// pass), and a task it changes from the store.
     pub async fn orchestrate(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<usize> {
+        // The plan is CPU work over every task (a second or more at 150,000 tasks): it runs on a
+        // blocking thread, so that it holds up none of the runtime's workers, which send Raft's
+        // heartbeats (a leader that held one up for seconds was voted out in the 150k run).
+        // Written only while this manager leads in the term it planned in.
+        let term = self.raft.metrics().borrow().current_term;
+        let (m, only_owned, down_owned) = (self.clone(), only.cloned(), down.clone());
+        let (ops, service_writes) = tokio::task::spawn_blocking(move || m.plan(only_owned.as_ref(), &down_owned))
+            .await
+            .map_err(|e| Error::Invalid(format!("an orchestration pass: {e}")))??;
+        let n = ops.len();
+        // In writes of at most OPS_PER_WRITE operations and BYTES_PER_WRITE bytes (templates
+        // differ in size; a Raft message must stay under the transport's limit).
+        let mut batch: Vec<Op> = Vec::new();
+        let mut bytes = 0;
+        for op in ops {
+            let size = match &op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+            };
+            if !batch.is_empty() && (batch.len() >= OPS_PER_WRITE || bytes + size > BYTES_PER_WRITE) {
+                self.write_as_leader(
+                    Request {
+                        checks: vec![],
+                        ops: std::mem::take(&mut batch),
+                    },
+                    term,
+                )
+                .await?;
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(op);
+        }
+        if !batch.is_empty() {
+            self.write_as_leader(
+                Request {
+                    checks: vec![],
+                    ops: batch,
+                },
+                term,
+            )
+            .await?;
+        }
+        for w in service_writes {
+            self.write_as_leader(w, term).await?;
+        }
+        Ok(n)
+    }
+
+    /// What a pass writes: the tasks' operations, and the services' conditional writes.
+    fn plan(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<(Vec<Op>, Vec<Request>)> {
         let now = now_ms();
         let nodes = self.nodes();
         let node_ids: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
@@ -928,38 +979,7 @@ impl Manager {
         if only.is_none() {
             self.drop_unpinned(&mut ops);
         }
-        let n = ops.len();
-        // In writes of at most OPS_PER_WRITE operations and BYTES_PER_WRITE bytes (templates
-        // differ in size; a Raft message must stay under the transport's limit).
-        let mut batch: Vec<Op> = Vec::new();
-        let mut bytes = 0;
-        for op in ops {
-            let size = match &op {
-                Op::Put { key, value } => key.len() + value.len(),
-                Op::Delete { key } => key.len(),
-            };
-            if !batch.is_empty() && (batch.len() >= OPS_PER_WRITE || bytes + size > BYTES_PER_WRITE) {
-                self.write(Request {
-                    checks: vec![],
-                    ops: std::mem::take(&mut batch),
-                })
-                .await?;
-                bytes = 0;
-            }
-            bytes += size;
-            batch.push(op);
-        }
-        if !batch.is_empty() {
-            self.write(Request {
-                checks: vec![],
-                ops: batch,
-            })
-            .await?;
-        }
-        for w in service_writes {
-            self.write(w).await?;
-        }
-        Ok(n)
+        Ok((ops, service_writes))
     }
 
     /// Writes what a pass changed of a task (whether it should run, its node) over its stored

@@ -9,9 +9,9 @@
 //! - **Handshakes are bounded** (10 s each, done off the accept loop), so a client that connects
 //!   and says nothing holds no one up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable};
@@ -35,8 +35,16 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Calls between nodes: a connection within 5 s, an answer within 15 s.
 const CONNECT: Duration = Duration::from_secs(5);
 const CALL: Duration = Duration::from_secs(15);
-/// Connections a server holds at once (handshakes included).
-const MAX_CONNECTIONS: usize = 1024;
+/// Connections a server holds at once (handshakes included): a leader holds a session of each
+/// node (5,000 is the scale Kubernetes documents). A node process raises its open-file limit
+/// to match (`raise_open_files`).
+pub const MAX_CONNECTIONS: usize = 16_384;
+/// Connections without a certificate (joins, bootstrap calls) held at once.
+const MAX_BOOTSTRAP_CONNECTIONS: usize = 512;
+/// Connections one worker or admin certificate holds at once (an agent needs one or two): one
+/// node cannot take the slots every other node needs. Managers are not counted: they open one
+/// per forwarded write.
+const MAX_CONNECTIONS_PER_NODE: usize = 16;
 /// How long a connection without a client certificate lives.
 const BOOTSTRAP_LIFE: Duration = Duration::from_secs(30);
 /// The largest message (a snapshot chunk is 1 MiB; entries are batched below this).
@@ -60,6 +68,8 @@ pub struct PeerStream {
     peer: Peer,
     /// Its place among the connections a server takes (given back when it closes).
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Its place among its certificate's (or the certificate-less) connections.
+    _held: Option<Held>,
     /// A connection without a certificate (bootstrap calls only) is cut after this.
     deadline: Option<tokio::time::Instant>,
 }
@@ -100,6 +110,54 @@ impl tokio::io::AsyncWrite for PeerStream {
     }
 }
 
+/// One connection counted against its certificate's (or the certificate-less) bound.
+struct Held {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Held {
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, key: String, limit: usize) -> Option<Held> {
+        let mut c = counts.lock().expect("not poisoned");
+        let n = c.entry(key.clone()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("not poisoned");
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (at most
+/// [`MAX_CONNECTIONS`] and some): a leader holds a connection of each node, and Debian's default
+/// soft limit is 1,024.
+pub fn raise_open_files() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    let want = (MAX_CONNECTIONS as u64 + 4096).min(l.maximum.unwrap_or(u64::MAX));
+    if l.current.is_some_and(|c| c < want) {
+        l.current = Some(want);
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "raising the open-file limit");
+        }
+    }
+}
+
 /// Accepts TCP connections on `listener` and hands tonic the ones whose TLS handshake completes
 /// in time, each with the caller's identity (from its certificate, already verified against the
 /// cluster's CA by the handshake).
@@ -110,6 +168,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let held: Arc<Mutex<HashMap<String, usize>>> = Default::default();
     tokio::spawn(async move {
         loop {
             // A connection past the bound waits in the kernel's backlog, not in our memory.
@@ -127,7 +186,7 @@ pub fn incoming(
             }
             // Replies go out at once (Nagle's algorithm against a delayed ACK costs 40 ms).
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, held) = (acceptor.clone(), tx.clone(), held.clone());
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -147,11 +206,27 @@ pub fn incoming(
                     .and_then(|c| c.first())
                     .and_then(|c| pki::identity(c).ok());
                 let deadline = identity.is_none().then(|| tokio::time::Instant::now() + BOOTSTRAP_LIFE);
+                let (key, limit) = match &identity {
+                    None => (String::new(), Some(MAX_BOOTSTRAP_CONNECTIONS)),
+                    Some(i) if i.role == Role::Manager => (String::new(), None),
+                    Some(i) => (i.node_id.clone(), Some(MAX_CONNECTIONS_PER_NODE)),
+                };
+                let held = match limit {
+                    None => None,
+                    Some(limit) => match Held::take(&held, key, limit) {
+                        Some(h) => Some(h),
+                        None => {
+                            tracing::debug!(%addr, "too many connections of one certificate (or of none)");
+                            return;
+                        }
+                    },
+                };
                 let _ = tx
                     .send(Ok(PeerStream {
                         inner: tls,
                         peer: Peer { identity, addr },
                         _permit: permit,
+                        _held: held,
                         deadline,
                     }))
                     .await;
