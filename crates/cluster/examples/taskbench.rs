@@ -157,22 +157,17 @@ fn memory() -> (u64, u64) {
 
 async fn bench(nodes: usize, tasks: u32) {
     let dir = tempfile::Builder::new().prefix("taskbench-").tempdir_in("/var/tmp").unwrap();
-    let (m1, a1, worker_token, manager_token) = benchkit::first_manager(dir.path(), "127.0.0.1", true).await;
+    // Each manager on a runtime of its own, as on a machine of its own.
+    let d = dir.path().to_owned();
+    let (m1, a1, worker_token, manager_token) =
+        benchkit::on_own_runtime(move || async move { benchkit::first_manager(&d, "127.0.0.1", true).await }).await;
     for _ in 0..2 {
         let j = manager::join_cluster(&a1, &manager_token.text()).await.unwrap();
-        let (m, a) = start_manager(
-            dir.path(),
-            j.raft_id.unwrap(),
-            &j.cert_pem,
-            &j.key_pem,
-            &j.ca_pem,
-            "127.0.0.1",
-            true,
-        )
-        .await;
-        manager::request_membership(&a1, m.tls.clone(), j.raft_id.unwrap(), &a)
-            .await
-            .unwrap();
+        let raft_id = j.raft_id.unwrap();
+        let (d, cert, key, ca) = (dir.path().to_owned(), j.cert_pem, j.key_pem, j.ca_pem);
+        let (m, a) =
+            benchkit::on_own_runtime(move || async move { start_manager(&d, raft_id, &cert, &key, &ca, "127.0.0.1", true).await }).await;
+        manager::request_membership(&a1, m.tls.clone(), raft_id, &a).await.unwrap();
     }
     // The agents' process, its state on a tmpfs.
     let adir = tempfile::Builder::new().prefix("taskbench-agents-").tempdir_in("/dev/shm").unwrap();

@@ -56,6 +56,30 @@ pub async fn start_manager(
     (m, addr)
 }
 
+/// Runs `f` on a runtime of its own (two worker threads, as a manager on a machine of its own
+/// would have) that lives until the process ends; its result comes back here. Managers that
+/// share the harness's runtime starve each other's heartbeats under load and hold elections
+/// that a cluster would not.
+pub async fn on_own_runtime<F, T>(f: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let _ = tx.send(f().await);
+            std::future::pending::<()>().await
+        });
+    });
+    rx.await.unwrap()
+}
+
 /// A new cluster's CA, and its first manager's credentials and Raft id.
 pub struct First {
     pub ca: Ca,
