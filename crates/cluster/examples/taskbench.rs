@@ -217,6 +217,12 @@ async fn bench(nodes: usize, tasks: u32) {
         .collect();
     let (lat_p50, lat_p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
     let (hwm_after_tasks, rss_after_tasks) = memory();
+    // Said now, so that a later step's failure does not lose them.
+    eprintln!(
+        "taskbench: create→running p50 {lat_p50:.0} ms, p99 {lat_p99:.0} ms; managers' memory {} MiB (peak {} MiB)",
+        rss_after_tasks / 1024,
+        hwm_after_tasks / 1024
+    );
 
     // Secret delivery: 5 times, a new secret and a service of one task naming it.
     let mut secret_ms = Vec::new();
