@@ -759,6 +759,7 @@ impl DispatcherService {
         let reply = self.manager.issue_identity(&id.node_id, &ask, now).await.map_err(|e| match e {
             Error::Invalid(m) => Status::permission_denied(m),
             Error::Pki(e) => Status::invalid_argument(e.to_string()),
+            Error::Busy(m) => Status::resource_exhausted(m),
             e => Status::unavailable(e.to_string()),
         })?;
         Ok(GrpcResponse::new(proto::Payload {

@@ -15,6 +15,8 @@
 //!   A new CA is made when the root changes (a CA rotation), and ahead of the current one's end
 //!   (see [`Manager::workload_cas`]).
 //! - SVIDs last an hour (`cluster ca --svid-expiry`); the agent renews them at half their life.
+//! - **Signing is rationed per task** ([`IdentityBudget`]): a node that asks again and again for
+//!   its tasks' SVIDs gets a few, then one a quarter-lifetime, not the leader's CPU.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,52 @@ pub const SVID_LIFETIME: i64 = 3600;
 pub const SVID_LIFETIME_RANGE: std::ops::RangeInclusive<i64> = 10..=7 * 86400;
 /// A certificate request is small: at most this many bytes.
 const MAX_CSR: usize = 4096;
+
+/// SVIDs one task may get at once (its start, its agent's restart, a retry or two).
+const IDENTITY_BURST: f64 = 5.0;
+
+/// The leader's ration of SVIDs, by node and task: [`IDENTITY_BURST`] at once, then one more
+/// every quarter of an SVID's lifetime (an agent renews at half), between 1 s and 15 min. Only
+/// tasks the store gives the node are counted, so it holds at most one entry per task; entries
+/// back to a full ration are dropped as it grows.
+#[derive(Default)]
+pub struct IdentityBudget {
+    /// (node, task) → (SVIDs left, when counted, in seconds).
+    left: std::collections::HashMap<(String, String), (f64, i64)>,
+    /// Entries after the last pruning.
+    pruned_to: usize,
+}
+
+impl IdentityBudget {
+    fn every(lifetime: i64) -> i64 {
+        (lifetime / 4).clamp(1, 900)
+    }
+
+    /// Takes one SVID of the ration, if any is left.
+    fn take(&mut self, node: &str, task: &str, now: i64, lifetime: i64) -> bool {
+        let every = Self::every(lifetime);
+        if self.left.len() >= 1024 && self.left.len() >= 2 * self.pruned_to {
+            let full = |(n, at): &(f64, i64)| n + (now - at) as f64 / every as f64 >= IDENTITY_BURST;
+            self.left.retain(|_, v| !full(v));
+            self.pruned_to = self.left.len();
+        }
+        let (n, at) = self.left.entry((node.to_owned(), task.to_owned())).or_insert((IDENTITY_BURST, now));
+        *n = (*n + (now - *at).max(0) as f64 / every as f64).min(IDENTITY_BURST);
+        *at = now;
+        if *n < 1.0 {
+            return false;
+        }
+        *n -= 1.0;
+        true
+    }
+
+    /// Gives back what [`IdentityBudget::take`] took, for an SVID that was not issued.
+    fn give_back(&mut self, node: &str, task: &str) {
+        if let Some((n, _)) = self.left.get_mut(&(node.to_owned(), task.to_owned())) {
+            *n = (*n + 1.0).min(IDENTITY_BURST);
+        }
+    }
+}
 
 /// One workload CA as the store keeps it.
 #[derive(Clone, Serialize, Deserialize)]
@@ -203,15 +251,30 @@ impl Manager {
             return Err(refused());
         }
         let spiffe_id = pki::spiffe_id(&self.auth.cluster_id, task.template.stack.as_deref(), &task.service)?;
-        let cas = self.workload_cas(now).await?;
-        let ca = Ca::from_pem(&cas.current.cert, &cas.current.key)?;
         let lifetime = self.svid_lifetime();
-        let leaf = ca.issue_svid(&req.csr, &spiffe_id, now, lifetime)?;
-        Ok(IdentityReply {
-            spiffe_id,
-            chain: leaf + ca.cert_pem(),
-            bundle: cas.bundle(now),
-            not_after: now + lifetime,
-        })
+        let budget = || self.identity_budget.lock().expect("not poisoned");
+        if !budget().take(node, &req.task, now, lifetime) {
+            return Err(Error::Busy(format!(
+                "task {:?} asked for more SVIDs than it needs: one more in {} s at most",
+                req.task,
+                IdentityBudget::every(lifetime)
+            )));
+        }
+        let issued = async {
+            let cas = self.workload_cas(now).await?;
+            let ca = Ca::from_pem(&cas.current.cert, &cas.current.key)?;
+            let leaf = ca.issue_svid(&req.csr, &spiffe_id, now, lifetime)?;
+            Ok(IdentityReply {
+                spiffe_id,
+                chain: leaf + ca.cert_pem(),
+                bundle: cas.bundle(now),
+                not_after: now + lifetime,
+            })
+        }
+        .await;
+        if issued.is_err() {
+            budget().give_back(node, &req.task);
+        }
+        issued
     }
 }

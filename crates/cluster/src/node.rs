@@ -393,12 +393,7 @@ pub async fn serve_with(
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
         let auth = Auth::new(&cfg.cluster_id).with_store(sm.clone());
-        let m = Manager {
-            raft: raft.clone(),
-            sm,
-            auth,
-            tls: client_tls.clone(),
-        };
+        let m = Manager::new(raft.clone(), sm, auth, client_tls.clone());
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| Error::Invalid(format!("listening on {}: {e}", cfg.listen)))?;

@@ -749,6 +749,7 @@ impl Manager {
             let size = match &op {
                 Op::Put { key, value } => key.len() + value.len(),
                 Op::Delete { key } => key.len(),
+                Op::Part { .. } => 0,
             };
             if !batch.is_empty() && (batch.len() >= OPS_PER_WRITE || bytes + size > BYTES_PER_WRITE) {
                 self.write_as_leader(

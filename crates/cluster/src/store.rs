@@ -50,6 +50,22 @@ pub enum Op {
     Delete {
         key: String,
     },
+    /// Starts one part of a request that carries several (see [`Request::batch`]): the ops
+    /// after it, up to the next part, apply if its checks hold, whatever the other parts do.
+    /// Not recursive, so that no message nests deeper than this.
+    Part {
+        checks: Vec<Check>,
+    },
+}
+
+impl Op {
+    /// The key an op changes (none for a part's start).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => Some(key),
+            Op::Part { .. } => None,
+        }
+    }
 }
 
 /// What must hold for a request to apply (else nothing of it does).
@@ -63,7 +79,8 @@ pub enum Check {
     },
 }
 
-/// A request: every check holds, then every op applies; or nothing happens.
+/// A request: every check holds, then every op applies; or nothing happens. Ops after an
+/// [`Op::Part`] apply only if that part's checks hold too.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     #[serde(default)]
@@ -71,10 +88,52 @@ pub struct Request {
     pub ops: Vec<Op>,
 }
 
-/// Whether the request applied (its checks held).
+impl Request {
+    /// Several requests as one entry of the log, each applied or not on its own checks, in
+    /// order (one append, one fsync and one round of replication for all of them). Requests
+    /// that carry parts of their own are not taken: a part cannot hold parts.
+    pub fn batch(reqs: Vec<Request>) -> Option<Request> {
+        if reqs.iter().any(Request::has_parts) {
+            return None;
+        }
+        let ops = reqs
+            .into_iter()
+            .flat_map(|r| std::iter::once(Op::Part { checks: r.checks }).chain(r.ops))
+            .collect();
+        Some(Request { checks: vec![], ops })
+    }
+
+    pub fn has_parts(&self) -> bool {
+        self.ops.iter().any(|o| matches!(o, Op::Part { .. }))
+    }
+
+    /// Roughly how many bytes it takes in the log.
+    pub fn size(&self) -> usize {
+        let checks = |c: &[Check]| -> usize {
+            c.iter()
+                .map(|Check::Is { key, value }| key.len() + value.as_ref().map_or(0, Vec::len) + 8)
+                .sum()
+        };
+        checks(&self.checks)
+            + self
+                .ops
+                .iter()
+                .map(|o| match o {
+                    Op::Put { key, value } => key.len() + value.len() + 8,
+                    Op::Delete { key } => key.len() + 8,
+                    Op::Part { checks: c } => checks(c) + 8,
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Whether the request applied (its checks held), and each of its parts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub applied: bool,
+    /// For each [`Op::Part`], in order: whether its checks held (and its ops applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<bool>,
 }
 
 openraft::declare_raft_types!(
@@ -606,24 +665,39 @@ fn encode_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, String> {
     crate::codec::encode(&AsBytes(data))
 }
 
-fn apply_one(data: &mut BTreeMap<String, Vec<u8>>, req: &Request) -> Response {
-    let holds = req.checks.iter().all(|c| match c {
-        Check::Is { key, value } => data.get(key) == value.as_ref(),
-    });
-    if !holds {
-        return Response { applied: false };
+/// Applies `req` to `data`; returns its response and the ops that applied, in order.
+fn apply_one<'a>(data: &mut BTreeMap<String, Vec<u8>>, req: &'a Request) -> (Response, Vec<&'a Op>) {
+    let holds = |data: &BTreeMap<String, Vec<u8>>, checks: &[Check]| {
+        checks.iter().all(|c| match c {
+            Check::Is { key, value } => data.get(key) == value.as_ref(),
+        })
+    };
+    let mut r = Response::default();
+    let mut applied = Vec::new();
+    if !holds(data, &req.checks) {
+        return (r, applied);
     }
+    r.applied = true;
+    // Whether the ops of the current part apply (before any part: those of the request).
+    let mut on = true;
     for op in &req.ops {
         match op {
+            Op::Part { checks } => {
+                on = holds(data, checks);
+                r.parts.push(on);
+            }
+            _ if !on => {}
             Op::Put { key, value } => {
                 data.insert(key.clone(), value.clone());
+                applied.push(op);
             }
             Op::Delete { key } => {
                 data.remove(key);
+                applied.push(op);
             }
         }
     }
-    Response { applied: true }
+    (r, applied)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -680,13 +754,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => out.push(Response::default()),
                 EntryPayload::Normal(req) => {
-                    let r = apply_one(&mut s.data, &req);
-                    if r.applied {
-                        self.tasks.apply(&req.ops);
-                        changed.extend(req.ops.iter().map(|op| match op {
-                            Op::Put { key, .. } | Op::Delete { key } => key.clone(),
-                        }));
-                    }
+                    let (r, applied) = apply_one(&mut s.data, &req);
+                    self.tasks.apply(applied.iter().copied());
+                    changed.extend(applied.iter().filter_map(|op| op.key()).map(str::to_owned));
                     out.push(r)
                 }
                 EntryPayload::Membership(m) => {
@@ -744,4 +814,82 @@ pub fn raft_config(cluster: &str) -> Result<std::sync::Arc<openraft::Config>, op
         ..Default::default()
     };
     c.validate().map(std::sync::Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    fn is(k: &str, v: Option<&str>) -> Check {
+        Check::Is {
+            key: k.into(),
+            value: v.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn each_part_applies_on_its_own_checks_in_order() {
+        let mut data = BTreeMap::new();
+        let batch = Request::batch(vec![
+            Request {
+                checks: vec![is("a", None)],
+                ops: vec![put("a", "1")],
+            },
+            // Sees the part before it: "a" is now 1.
+            Request {
+                checks: vec![is("a", None)],
+                ops: vec![put("b", "lost")],
+            },
+            Request {
+                checks: vec![is("a", Some("1"))],
+                ops: vec![put("c", "3"), Op::Delete { key: "a".into() }],
+            },
+        ])
+        .unwrap();
+        let (r, applied) = apply_one(&mut data, &batch);
+        assert!(r.applied);
+        assert_eq!(r.parts, vec![true, false, true]);
+        assert_eq!(applied.len(), 3, "the ops of parts that held, and no part's start");
+        assert_eq!(data.get("b"), None);
+        assert_eq!(data.get("c").map(Vec::as_slice), Some(&b"3"[..]));
+        assert_eq!(data.get("a"), None);
+        // A request whose own checks fail applies none of its parts.
+        let gated = Request {
+            checks: vec![is("z", Some("never"))],
+            ops: vec![Op::Part { checks: vec![] }, put("d", "4")],
+        };
+        let (r, applied) = apply_one(&mut data, &gated);
+        assert!(!r.applied && r.parts.is_empty() && applied.is_empty());
+        assert_eq!(data.get("d"), None);
+        // A part cannot carry parts of its own.
+        assert!(Request::batch(vec![gated]).is_none());
+    }
+
+    #[test]
+    fn a_plain_request_answers_without_parts() {
+        let mut data = BTreeMap::new();
+        let plain = Request {
+            checks: vec![],
+            ops: vec![put("a", "1")],
+        };
+        let (r, applied) = apply_one(&mut data, &plain);
+        assert_eq!(
+            r,
+            Response {
+                applied: true,
+                parts: vec![]
+            }
+        );
+        assert_eq!(applied.len(), 1);
+        // What an earlier version sent still reads: a response without parts.
+        let old: Response = serde_json::from_slice(br#"{"applied":true}"#).unwrap();
+        assert!(old.applied && old.parts.is_empty());
+    }
 }

@@ -200,12 +200,10 @@ impl TaskIndex {
     }
 
     /// Follows one applied request's operations (the state machine's lock held).
-    pub(crate) fn apply(&self, ops: &[Op]) {
+    pub(crate) fn apply<'a>(&self, ops: impl IntoIterator<Item = &'a Op>) {
         let mut inner = None;
         for op in ops {
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key } => key,
-            };
+            let Some(key) = op.key() else { continue };
             if !(key.starts_with("tasks/") || key.starts_with("taskstatus/")) {
                 continue;
             }
@@ -213,6 +211,7 @@ impl TaskIndex {
             match op {
                 Op::Put { key, value } => i.put(key, value),
                 Op::Delete { key } => i.delete(key),
+                Op::Part { .. } => {}
             }
         }
     }

@@ -51,12 +51,7 @@ async fn serve(dir: &std::path::Path, raft_id: u64, cert: &str, key: &str, ca: &
     let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
         .await
         .unwrap();
-    let manager = Manager {
-        raft: raft.clone(),
-        sm: sm.clone(),
-        auth: Auth::new("c1").with_store(sm),
-        tls: client_tls,
-    };
+    let manager = Manager::new(raft.clone(), sm.clone(), Auth::new("c1").with_store(sm), client_tls);
     let hub = bulkhead_cluster::dispatcher::Hub::new();
     tokio::spawn(hub.clone().follow(manager.clone()));
     tokio::spawn(hub.clone().orchestrate(manager.clone()));
@@ -744,6 +739,20 @@ async fn tasks_get_their_own_svids_through_files_and_the_workload_api_and_nothin
     )
     .unwrap();
     assert_eq!(r.spiffe_id, "spiffe://c1/ns/default/svc/other");
+    // Asking again and again: four more (a burst of five), then refused for a while; another
+    // task's ration is its own.
+    let ask = |task: String| {
+        let mut cb = cb.clone();
+        async move {
+            let (_, csr) = pki::key_and_request().unwrap();
+            cb.identity(payload(&IdentityRequest { task, csr })).await
+        }
+    };
+    for _ in 0..4 {
+        ask(task_of("other")).await.unwrap();
+    }
+    let e = ask(task_of("other")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     let chain = tls::certs(&r.chain).unwrap();
     assert_eq!(bulkhead_cluster::pki::uri_names(&chain[0]), std::slice::from_ref(&r.spiffe_id));
     // An SVID presented to a manager is not a node's certificate.

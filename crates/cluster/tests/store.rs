@@ -308,3 +308,79 @@ async fn a_snapshot_chunk_out_of_order_is_refused_not_allocated() {
     assert!(b.seek(std::io::SeekFrom::Start(1 << 45)).await.is_err(), "a far offset was taken");
     assert_eq!(b.into_inner(), b"chunk onetwo");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_proposed_at_once_share_entries_and_each_applies_on_its_own_checks() {
+    use bulkhead_cluster::manager::Proposer;
+    use bulkhead_cluster::store::Check;
+    let dir = tempfile::tempdir().unwrap();
+    let router = net::Router::default();
+    let config = std::sync::Arc::new(
+        openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap(),
+    );
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        nodes.insert(id, start(&router, dir.path(), id, &Key::generate().unwrap(), config.clone()).await);
+    }
+    let members: BTreeMap<u64, openraft::BasicNode> = (1..=3).map(|i| (i, openraft::BasicNode { addr: format!("n{i}") })).collect();
+    nodes[&1].0.initialize(members).await.unwrap();
+    until("a leader", || nodes[&1].0.metrics().borrow().current_leader.is_some()).await;
+    let leader = nodes[&1].0.metrics().borrow().current_leader.unwrap();
+    let raft = nodes[&leader].0.clone();
+    raft.client_write(put("gate", b"open")).await.unwrap();
+    let before = raft.metrics().borrow().last_log_index.unwrap();
+    let proposer = Proposer::start(raft.clone());
+    // 400 writes at once: the even ones hold, the odd ones check a value "gate" does not have.
+    let n = 400;
+    let writes = (0..n).map(|i| {
+        let p = proposer.clone();
+        let gate = if i % 2 == 0 { b"open".to_vec() } else { b"shut".to_vec() };
+        tokio::spawn(async move {
+            p.propose(Request {
+                checks: vec![Check::Is {
+                    key: "gate".into(),
+                    value: Some(gate),
+                }],
+                ops: vec![Op::Put {
+                    key: format!("k{i}"),
+                    value: vec![b'v'; 64],
+                }],
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        })
+    });
+    let answers = futures_util::future::join_all(writes).await;
+    for (i, a) in answers.into_iter().enumerate() {
+        let r = a.unwrap();
+        assert_eq!(r.applied, i % 2 == 0, "write {i}");
+        assert!(r.parts.is_empty(), "a caller sees its own answer, not the batch's");
+    }
+    let entries = raft.metrics().borrow().last_log_index.unwrap() - before;
+    assert!(entries < n as u64 / 4, "{n} writes at once took {entries} entries");
+    for id in 1..=3u64 {
+        let sm = nodes[&id].1.clone();
+        until("replication", || sm.get(&format!("k{}", n - 2)).is_some()).await;
+        for i in 0..n {
+            assert_eq!(sm.get(&format!("k{i}")).is_some(), i % 2 == 0, "n{id} k{i}");
+        }
+    }
+    // A write that brings parts of its own is refused, not merged.
+    let forged = Request {
+        checks: vec![],
+        ops: vec![Op::Part { checks: vec![] }, Op::Delete { key: "gate".into() }],
+    };
+    assert!(proposer.propose(forged).await.is_err());
+    assert_eq!(nodes[&leader].1.get("gate").as_deref(), Some(&b"open"[..]));
+    for (_, (r, _)) in nodes {
+        r.shutdown().await.unwrap();
+    }
+}

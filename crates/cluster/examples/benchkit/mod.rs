@@ -40,12 +40,7 @@ pub async fn start_manager(
     let raft = transport::Raft::new(raft_id, config, Network { tls: client_tls.clone() }, log, sm.clone())
         .await
         .unwrap();
-    let m = Manager {
-        raft,
-        sm: sm.clone(),
-        auth: Auth::new("bench").with_store(sm),
-        tls: client_tls,
-    };
+    let m = Manager::new(raft, sm.clone(), Auth::new("bench").with_store(sm), client_tls);
     let hub = dispatch.then(|| {
         let hub = bulkhead_cluster::dispatcher::Hub::new();
         tokio::spawn(hub.clone().follow(m.clone()));
