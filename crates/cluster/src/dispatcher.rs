@@ -404,7 +404,7 @@ impl Hub {
             // More than half the nodes silent at once is more likely this manager's trouble (an
             // overload, a partition) than theirs: their tasks stay where they are, as
             // Kubernetes stops evicting in a "full disruption".
-            if ids.len() >= 4 && down.len() * 2 > ids.len() {
+            if full_disruption(ids.len(), down.len()) {
                 if !disrupted {
                     disrupted = true;
                     tracing::warn!(
@@ -768,6 +768,12 @@ impl DispatcherService {
     }
 }
 
+/// Whether `down` of `nodes` missing their heartbeats at once is a "full disruption" in which
+/// nothing is rescheduled: more than half of four or more.
+fn full_disruption(nodes: usize, down: usize) -> bool {
+    nodes >= 4 && down * 2 > nodes
+}
+
 /// What a node says of its host, into its record (written only if it changed).
 async fn record_description(
     m: &Manager,
@@ -809,4 +815,21 @@ pub fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn more_than_half_of_four_or_more_nodes_down_reschedules_nothing() {
+        use super::full_disruption;
+        // Small clusters: a node down is a node down.
+        assert!(!full_disruption(1, 1));
+        assert!(!full_disruption(3, 2));
+        // Half is not more than half.
+        assert!(!full_disruption(4, 2));
+        assert!(full_disruption(4, 3));
+        assert!(!full_disruption(5000, 2500));
+        assert!(full_disruption(5000, 2501));
+        assert!(!full_disruption(5000, 0));
+    }
 }

@@ -193,3 +193,57 @@ async fn managers_replicate_over_mutual_tls_and_strangers_are_refused() {
         n.raft.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_certificate_holds_at_most_sixteen_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::create("c1", now(), 10).unwrap();
+    let node = manager(dir.path(), &ca, 1).await;
+    let worker = |id: &str| {
+        let (c, k) = creds(&ca, id, Role::Worker, "c1");
+        tls::client_config(ca.cert_pem(), Some(tls::Identity::new(&c, &k).unwrap())).unwrap()
+    };
+    // A call over a connection of its own, kept open: the server answers it (a worker may not
+    // vote), or drops the connection unanswered.
+    let call = |client: Arc<rustls::ClientConfig>| {
+        let addr = node.addr.clone();
+        async move {
+            let ch = transport::connect(&addr, client).await.map_err(|e| format!("connect: {e}"))?;
+            let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1, 99), None);
+            let payload = bulkhead_cluster::proto::Payload {
+                json: serde_json::to_vec(&vote).unwrap(),
+            };
+            let e = RaftClient::new(ch.clone()).vote(payload).await.unwrap_err();
+            Ok::<_, String>((ch, e))
+        }
+    };
+    let w1 = worker("w1");
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let (ch, e) = call(w1.clone()).await.unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "connection {i}: {e}");
+        held.push(ch);
+    }
+    // The seventeenth is dropped once its certificate is known, unanswered.
+    match call(w1.clone()).await {
+        Ok((_, e)) => assert_ne!(e.code(), tonic::Code::PermissionDenied, "a 17th connection was served: {e}"),
+        Err(e) => assert!(e.starts_with("connect:"), "{e}"),
+    }
+    // Another certificate has slots of its own.
+    let (_, e) = call(worker("w2")).await.unwrap();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // Closed connections give their slots back.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok((_, e)) = call(w1.clone()).await {
+            if e.code() == tonic::Code::PermissionDenied {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "w1's slots did not come back");
+    node.raft.shutdown().await.unwrap();
+}
