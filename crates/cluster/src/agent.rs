@@ -25,6 +25,9 @@ use crate::orchestrator::TaskState;
 use crate::proto;
 use crate::services::Desired;
 
+/// Statuses in one report (the leader takes at most `dispatcher::MAX_REPORT` in one).
+const REPORT_CHUNK: usize = 1000;
+
 /// A file handed to a task's container: read at its start from `path` (on the agent's tmpfs).
 #[derive(Clone, Debug)]
 pub struct TaskFile {
@@ -1037,12 +1040,22 @@ async fn session(agent: &Arc<Agent>, tls: &Arc<rustls::ClientConfig>, target: &s
         let all = last_full.elapsed() >= heartbeat;
         let r = agent.report(all);
         if all || !r.statuses.is_empty() {
-            client
-                .report(proto::Payload {
-                    json: serde_json::to_vec(&r).expect("serialisable"),
-                })
-                .await?;
-            agent.reported(&r);
+            // In parts: the leader takes a bounded write per report (the first part, even
+            // empty, is the heartbeat).
+            let mut parts = r.statuses.chunks(REPORT_CHUNK).peekable();
+            let mut first = true;
+            while first || parts.peek().is_some() {
+                first = false;
+                let part = Report {
+                    statuses: parts.next().unwrap_or_default().to_vec(),
+                };
+                client
+                    .report(proto::Payload {
+                        json: serde_json::to_vec(&part).expect("serialisable"),
+                    })
+                    .await?;
+                agent.reported(&part);
+            }
             if all {
                 last_full = Instant::now();
             }

@@ -199,6 +199,8 @@ pub struct Hub {
     /// (0: none): until then it neither orchestrates nor dispatches, since its store may lack
     /// the last leader's final writes.
     ready_term: std::sync::atomic::AtomicU64,
+    /// Each node's reports being judged and written.
+    reporting: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 /// A session's serial, and what ends it when dropped.
@@ -207,6 +209,14 @@ type OpenSession = (u64, tokio::sync::oneshot::Sender<()>);
 /// Sessions one node may hold at once: a reconnect may overlap the session it replaces, and a
 /// third ends the oldest (a node cannot multiply the leader's work by opening more).
 pub const MAX_SESSIONS_PER_NODE: usize = 2;
+
+/// Reports of one node judged and written at once (an agent sends one at a time): a node
+/// cannot fill the leader's queue of writes with reports that will not apply.
+const MAX_REPORTS_PER_NODE: usize = 2;
+
+/// The largest write of a report (its checks hold each task's record): a report of many tasks
+/// is written in several.
+pub const MAX_REPORT_WRITE: usize = 2 << 20;
 
 impl Hub {
     pub fn new() -> Arc<Hub> {
@@ -510,14 +520,17 @@ impl Manager {
     }
 
     /// A node's report: each task must be the node's; states only move forward. Returns the
-    /// write that records what changed, conditioned on the task records and statuses it was
-    /// judged against (a task forgotten, or another report of it, meanwhile: nothing applies).
-    pub fn judge_report(&self, node: &str, report: &Report, now_ms: i64) -> std::result::Result<Request, Status> {
+    /// writes that record what changed, conditioned on the task records and statuses it was
+    /// judged against (a task forgotten, or another report of it, meanwhile: nothing of that
+    /// write applies), each of at most [`MAX_REPORT_WRITE`] bytes (the checks hold each task's
+    /// whole record).
+    pub fn judge_report(&self, node: &str, report: &Report, now_ms: i64) -> std::result::Result<Vec<Request>, Status> {
         if report.statuses.len() > MAX_REPORT {
             return Err(Status::invalid_argument(format!("at most {MAX_REPORT} statuses in a report")));
         }
-        let mut ops = Vec::new();
-        let mut checks = Vec::new();
+        let mut writes = Vec::new();
+        let mut w = Request::default();
+        let mut size = 0;
         let mut seen = BTreeSet::new();
         for item in &report.statuses {
             if !seen.insert(item.task.as_str()) {
@@ -572,20 +585,27 @@ impl Manager {
                 exit_code: item.exit_code,
                 updated: now_ms,
             };
-            checks.push(Check::Is {
+            let value = serde_json::to_vec(&status).expect("serialisable");
+            let item_size = key.len() + raw_task.len() + 2 * skey.len() + raw_old.as_ref().map_or(0, Vec::len) + value.len() + 32;
+            if !w.ops.is_empty() && size + item_size > MAX_REPORT_WRITE {
+                writes.push(std::mem::take(&mut w));
+                size = 0;
+            }
+            size += item_size;
+            w.checks.push(Check::Is {
                 key: key.clone(),
                 value: Some(raw_task),
             });
-            checks.push(Check::Is {
+            w.checks.push(Check::Is {
                 key: skey.clone(),
                 value: raw_old,
             });
-            ops.push(Op::Put {
-                key: skey,
-                value: serde_json::to_vec(&status).expect("serialisable"),
-            });
+            w.ops.push(Op::Put { key: skey, value });
         }
-        Ok(Request { checks, ops })
+        if !w.ops.is_empty() {
+            writes.push(w);
+        }
+        Ok(writes)
     }
 
     /// Refuses unless this manager leads, naming the leader's address.
@@ -716,8 +736,12 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         }
         let report: Report = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
         self.hub.seen(&id.node_id);
-        let w = self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())?;
-        if !w.ops.is_empty() {
+        let Some(_reporting) = crate::transport::Held::take(&self.hub.reporting, id.node_id.clone(), MAX_REPORTS_PER_NODE) else {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_REPORTS_PER_NODE} reports of this node are being written: send the next one after them"
+            )));
+        };
+        for w in self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())? {
             let r = self.manager.write(w).await.map_err(|e: Error| Status::unavailable(e.to_string()))?;
             if !r.applied {
                 // A task went, or another report of it landed, since this one was judged.

@@ -63,8 +63,9 @@ impl IdentityBudget {
             self.pruned_to = self.left.len();
         }
         let (n, at) = self.left.entry((node.to_owned(), task.to_owned())).or_insert((IDENTITY_BURST, now));
+        // A clock set back credits nothing, now or when it comes forward again.
         *n = (*n + (now - *at).max(0) as f64 / every as f64).min(IDENTITY_BURST);
-        *at = now;
+        *at = (*at).max(now);
         if *n < 1.0 {
             return false;
         }
@@ -72,7 +73,8 @@ impl IdentityBudget {
         true
     }
 
-    /// Gives back what [`IdentityBudget::take`] took, for an SVID that was not issued.
+    /// Gives back what [`IdentityBudget::take`] took, for an SVID not issued through no fault
+    /// of the caller's.
     fn give_back(&mut self, node: &str, task: &str) {
         if let Some((n, _)) = self.left.get_mut(&(node.to_owned(), task.to_owned())) {
             *n = (*n + 1.0).min(IDENTITY_BURST);
@@ -260,21 +262,23 @@ impl Manager {
                 IdentityBudget::every(lifetime)
             )));
         }
-        let issued = async {
-            let cas = self.workload_cas(now).await?;
-            let ca = Ca::from_pem(&cas.current.cert, &cas.current.key)?;
-            let leaf = ca.issue_svid(&req.csr, &spiffe_id, now, lifetime)?;
-            Ok(IdentityReply {
-                spiffe_id,
-                chain: leaf + ca.cert_pem(),
-                bundle: cas.bundle(now),
-                not_after: now + lifetime,
-            })
-        }
-        .await;
-        if issued.is_err() {
-            budget().give_back(node, &req.task);
-        }
-        issued
+        // The workload CA failing (no quorum to write a new one) is the cluster's fault: the
+        // ration is given back. A request that does not sign (a bad CSR, another curve) is
+        // the caller's, and costs what a good one does: parsing it is most of the work.
+        let cas = match self.workload_cas(now).await {
+            Ok(c) => c,
+            Err(e) => {
+                budget().give_back(node, &req.task);
+                return Err(e);
+            }
+        };
+        let ca = Ca::from_pem(&cas.current.cert, &cas.current.key)?;
+        let leaf = ca.issue_svid(&req.csr, &spiffe_id, now, lifetime)?;
+        Ok(IdentityReply {
+            spiffe_id,
+            chain: leaf + ca.cert_pem(),
+            bundle: cas.bundle(now),
+            not_after: now + lifetime,
+        })
     }
 }

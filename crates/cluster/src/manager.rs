@@ -94,14 +94,28 @@ pub struct Manager {
     pub(crate) identity_budget: Arc<std::sync::Mutex<crate::identity::IdentityBudget>>,
 }
 
-/// A write waiting for its entry.
-type Proposal = (Request, tokio::sync::oneshot::Sender<ProposeResult>);
+/// A write waiting for its entry: the request, its size, who waits, until when.
+struct Proposal {
+    req: Request,
+    size: usize,
+    tx: tokio::sync::oneshot::Sender<ProposeResult>,
+    deadline: tokio::time::Instant,
+}
+
+impl Proposal {
+    /// Its caller has given up: proposing it now could land it after the caller's retry.
+    fn abandoned(&self) -> bool {
+        self.tx.is_closed() || tokio::time::Instant::now() >= self.deadline
+    }
+}
+
 pub type ProposeResult = std::result::Result<Response, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>;
 
-/// Requests in one entry of the log, and their bytes (a soft bound: the request that crosses
-/// it is the last one taken).
+/// Requests in one entry of the log, and their bytes.
 const BATCH_REQUESTS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
+/// The largest request proposed (a Raft message must stay under the transport's limit).
+const MAX_WRITE_BYTES: usize = 8 << 20;
 /// Entries of batched writes in flight at once: while they are, new writes gather.
 const BATCHES_IN_FLIGHT: usize = 2;
 
@@ -110,6 +124,9 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// had its own entry. openraft 0.9 appends, fsyncs and replicates each `client_write` as an
 /// entry of its own; at 5,000 nodes reporting, one entry per report held the log to the disk's
 /// fsync rate and a user's write waited behind thousands of them.
+///
+/// Entries are proposed from one loop, in the order their writes came; only the waits for
+/// their commits run beside it. A write whose caller has given up is dropped unproposed.
 #[derive(Clone)]
 pub struct Proposer {
     tx: tokio::sync::mpsc::Sender<Proposal>,
@@ -121,23 +138,38 @@ impl Proposer {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Proposal>(4 * BATCH_REQUESTS);
         tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-            while let Some(first) = rx.recv().await {
+            // A write that would have taken its entry past BATCH_BYTES: the next entry's first.
+            let mut held: Option<Proposal> = None;
+            loop {
+                let first = match held.take() {
+                    Some(p) => p,
+                    None => match rx.recv().await {
+                        Some(p) => p,
+                        None => return,
+                    },
+                };
                 // Waiting for a slot is when writes gather.
                 let Ok(slot) = slots.clone().acquire_owned().await else { return };
-                let mut bytes = first.0.size();
-                let mut batch = vec![first];
-                while batch.len() < BATCH_REQUESTS && bytes < BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(p) => {
-                            bytes += p.0.size();
-                            batch.push(p);
+                let mut batch: Vec<Proposal> = Vec::new();
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(p) = next.take() {
+                    if !p.abandoned() {
+                        if !batch.is_empty() && (batch.len() >= BATCH_REQUESTS || bytes + p.size > BATCH_BYTES) {
+                            held = Some(p);
+                            break;
                         }
-                        Err(_) => break,
+                        bytes += p.size;
+                        batch.push(p);
                     }
+                    next = rx.try_recv().ok();
                 }
-                let raft = raft.clone();
+                if batch.is_empty() {
+                    continue;
+                }
+                let answer = Proposer::propose_entry(&raft, batch).await;
                 tokio::spawn(async move {
-                    Proposer::write(&raft, batch).await;
+                    answer.await;
                     drop(slot);
                 });
             }
@@ -145,52 +177,72 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Writes one entry. An entry not committed within [`WRITE`] answers nobody (its callers
-    /// have given up by then): its slot is free for what comes after.
-    async fn write(raft: &Raft, mut batch: Vec<Proposal>) {
-        if batch.len() == 1 {
-            let (req, tx) = batch.pop().expect("one");
-            if let Ok(r) = tokio::time::timeout(WRITE, raft.client_write(req)).await {
-                let _ = tx.send(r.map(|r| r.data));
-            }
-            return;
-        }
-        let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
-        let Some(req) = Request::batch(reqs) else {
-            // Callers are refused parts of their own in `propose`.
-            return;
+    /// Proposes one entry for `batch` (here, so that entries keep the writes' order), and
+    /// returns what answers its callers once it is committed. An entry not committed within
+    /// [`WRITE`] answers nobody (its callers have given up by then), and frees its slot.
+    async fn propose_entry(raft: &Raft, batch: Vec<Proposal>) -> impl std::future::Future<Output = ()> {
+        let single = batch.len() == 1;
+        let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.tx)).unzip();
+        let req = if single {
+            reqs.into_iter().next().expect("one")
+        } else {
+            // Callers are refused parts of their own in `propose`: a batch always forms.
+            Request::batch(reqs).expect("no parts")
         };
-        let Ok(written) = tokio::time::timeout(WRITE, raft.client_write(req)).await else {
-            return;
-        };
-        match written {
-            Ok(r) if r.data.parts.len() == txs.len() => {
-                for (tx, applied) in txs.into_iter().zip(r.data.parts) {
-                    let _ = tx.send(Ok(Response { applied, parts: vec![] }));
+        let proposed = raft.client_write_ff(req).await;
+        async move {
+            let written: ProposeResult = match proposed {
+                Err(fatal) => Err(RaftError::Fatal(fatal)),
+                Ok(rx) => match tokio::time::timeout(WRITE, rx).await {
+                    Err(_) => return,
+                    Ok(Err(_)) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+                    Ok(Ok(r)) => r.map(|r| r.data).map_err(RaftError::APIError),
+                },
+            };
+            match written {
+                Ok(r) if single => {
+                    let _ = txs.into_iter().next().expect("one").send(Ok(r));
                 }
-            }
-            // Not what was proposed: none of these is known to have applied or not.
-            Ok(_) => {}
-            Err(e) => {
-                for tx in txs {
-                    let _ = tx.send(Err(e.clone()));
+                Ok(r) if r.parts.len() == txs.len() => {
+                    for (tx, applied) in txs.into_iter().zip(r.parts) {
+                        let _ = tx.send(Ok(Response { applied, parts: vec![] }));
+                    }
+                }
+                // Not what was proposed: none of these is known to have applied or not.
+                Ok(_) => {}
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
                 }
             }
         }
     }
 
-    /// Proposes `req` here, with others that come at the same time; as `Raft::client_write`.
-    pub async fn propose(&self, req: Request) -> Result<ProposeResult> {
+    /// Proposes `req` here, with others that come at the same time, unless `deadline` passes
+    /// first; as `Raft::client_write`.
+    pub async fn propose(&self, req: Request, deadline: tokio::time::Instant) -> Result<ProposeResult> {
         if req.has_parts() {
             return Err(Error::Invalid("a write of parts is made here, not asked for".into()));
         }
+        let size = req.size();
+        if size > MAX_WRITE_BYTES {
+            return Err(Error::Invalid(format!(
+                "a write of {size} bytes: at most {MAX_WRITE_BYTES} go into the log at once"
+            )));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((req, tx))
-            .await
-            .map_err(|_| Error::Invalid("this manager is stopping".into()))?;
-        // A dropped answer: this manager is stopping, or the entry came back unlike it went.
-        rx.await.map_err(|_| Error::NoQuorum)
+        let p = Proposal { req, size, tx, deadline };
+        match tokio::time::timeout_at(deadline, self.tx.send(p)).await {
+            Err(_) => return Err(Error::NoQuorum),
+            Ok(Err(_)) => return Err(Error::Busy("this manager is stopping".into())),
+            Ok(Ok(())) => {}
+        }
+        // No answer: its entry was not committed in time, or this manager is stopping.
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            _ => Err(Error::NoQuorum),
+        }
     }
 }
 
@@ -235,18 +287,17 @@ impl Manager {
         let deadline = tokio::time::Instant::now() + WRITE;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = match tokio::time::timeout(left, self.writes.propose(req.clone())).await {
-                Err(_) => return Err(Error::NoQuorum),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(Ok(r))) => return Ok(r),
-                Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+            let attempt = match self.writes.propose(req.clone(), deadline).await {
+                Err(e) => return Err(e),
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
                     leader_node: Some(leader), ..
-                }))))) => tokio::time::timeout(left, self.forward(&leader.addr, &req))
+                })))) => tokio::time::timeout(left, self.forward(&leader.addr, &req))
                     .await
                     .unwrap_or(Err(Error::NoQuorum)),
                 // No leader known: an election is on, or there is no majority.
-                Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))))) => Err(Error::NoQuorum),
-                Ok(Ok(Err(e))) => return Err(Error::Invalid(e.to_string())),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Error::NoQuorum),
+                Ok(Err(e)) => return Err(Error::Invalid(e.to_string())),
             };
             match attempt {
                 Ok(r) => return Ok(r),
@@ -1106,10 +1157,13 @@ impl proto::control_server::Control for ControlService {
         self.manager.auth.require(&req, Some(Role::Manager))?;
         let w: Request = crate::codec::decode(&req.get_ref().json).map_err(Status::invalid_argument)?;
         // Applied here, or refused: never forwarded twice.
-        let r = tokio::time::timeout(WRITE, self.manager.writes.propose(w))
-            .await
-            .map_err(|_| Status::unavailable(Error::NoQuorum.to_string()))??
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // Refused here (too big, parts of its own) is final for the follower; not taken in
+        // time, or this manager stopping, is not.
+        let r = match self.manager.writes.propose(w, tokio::time::Instant::now() + WRITE).await {
+            Err(e @ Error::Invalid(_)) => return Err(Status::invalid_argument(e.to_string())),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+            Ok(r) => r.map_err(|e| Status::failed_precondition(e.to_string()))?,
+        };
         Ok(GrpcResponse::new(proto::Payload {
             json: serde_json::to_vec(&r).map_err(|e| Status::internal(e.to_string()))?,
         }))

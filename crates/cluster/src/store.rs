@@ -132,7 +132,7 @@ impl Request {
 pub struct Response {
     pub applied: bool,
     /// For each [`Op::Part`], in order: whether its checks held (and its ops applied).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub parts: Vec<bool>,
 }
 

@@ -110,14 +110,14 @@ impl tokio::io::AsyncWrite for PeerStream {
     }
 }
 
-/// One connection counted against its certificate's (or the certificate-less) bound.
-struct Held {
+/// One of something (a connection, a report being written) counted against its key's bound.
+pub(crate) struct Held {
     counts: Arc<Mutex<HashMap<String, usize>>>,
     key: String,
 }
 
 impl Held {
-    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, key: String, limit: usize) -> Option<Held> {
+    pub(crate) fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, key: String, limit: usize) -> Option<Held> {
         let mut c = counts.lock().expect("not poisoned");
         let n = c.entry(key.clone()).or_default();
         if *n >= limit {

@@ -309,6 +309,10 @@ async fn a_snapshot_chunk_out_of_order_is_refused_not_allocated() {
     assert_eq!(b.into_inner(), b"chunk onetwo");
 }
 
+fn soon() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(10)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_proposed_at_once_share_entries_and_each_applies_on_its_own_checks() {
     use bulkhead_cluster::manager::Proposer;
@@ -343,16 +347,19 @@ async fn writes_proposed_at_once_share_entries_and_each_applies_on_its_own_check
         let p = proposer.clone();
         let gate = if i % 2 == 0 { b"open".to_vec() } else { b"shut".to_vec() };
         tokio::spawn(async move {
-            p.propose(Request {
-                checks: vec![Check::Is {
-                    key: "gate".into(),
-                    value: Some(gate),
-                }],
-                ops: vec![Op::Put {
-                    key: format!("k{i}"),
-                    value: vec![b'v'; 64],
-                }],
-            })
+            p.propose(
+                Request {
+                    checks: vec![Check::Is {
+                        key: "gate".into(),
+                        value: Some(gate),
+                    }],
+                    ops: vec![Op::Put {
+                        key: format!("k{i}"),
+                        value: vec![b'v'; 64],
+                    }],
+                },
+                soon(),
+            )
             .await
             .unwrap()
             .unwrap()
@@ -378,8 +385,38 @@ async fn writes_proposed_at_once_share_entries_and_each_applies_on_its_own_check
         checks: vec![],
         ops: vec![Op::Part { checks: vec![] }, Op::Delete { key: "gate".into() }],
     };
-    assert!(proposer.propose(forged).await.is_err());
+    assert!(proposer.propose(forged, soon()).await.is_err());
     assert_eq!(nodes[&leader].1.get("gate").as_deref(), Some(&b"open"[..]));
+    // A write whose caller gave up before it was proposed is dropped, not proposed late (it
+    // could land after the caller's retry).
+    let at = raft.metrics().borrow().last_log_index.unwrap();
+    let late = proposer
+        .propose(put("late", b"x"), tokio::time::Instant::now() - Duration::from_millis(1))
+        .await;
+    assert!(late.is_err(), "a write past its deadline was answered");
+    proposer.propose(put("after", b"y"), soon()).await.unwrap().unwrap();
+    assert_eq!(
+        raft.metrics().borrow().last_log_index.unwrap(),
+        at + 1,
+        "only the write in time was proposed"
+    );
+    assert!(nodes[&leader].1.get("late").is_none());
+    // On a follower, every write of a batch learns where the leader is.
+    let follower = (1..=3u64).find(|i| *i != leader).unwrap();
+    let on_follower = Proposer::start(nodes[&follower].0.clone());
+    let answers = futures_util::future::join_all((0..50).map(|i| {
+        let p = on_follower.clone();
+        async move { p.propose(put(&format!("f{i}"), b"z"), soon()).await.unwrap() }
+    }))
+    .await;
+    for a in answers {
+        match a {
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                assert_eq!(f.leader_id, Some(leader))
+            }
+            other => panic!("a follower took a write: {other:?}"),
+        }
+    }
     for (_, (r, _)) in nodes {
         r.shutdown().await.unwrap();
     }
