@@ -201,6 +201,8 @@ pub struct Hub {
     ready_term: std::sync::atomic::AtomicU64,
     /// Each node's reports being judged and written.
     reporting: Arc<Mutex<HashMap<String, usize>>>,
+    /// The services in a rolling update or rollback, as the leader's loop last saw them.
+    updating: Mutex<BTreeSet<String>>,
 }
 
 /// A session's serial, and what ends it when dropped.
@@ -345,13 +347,23 @@ impl Hub {
                 let mut parts = k.splitn(3, '/');
                 match (parts.next(), parts.next(), parts.next()) {
                     (Some("nodetasks"), Some(node), _) => self.wake(node),
-                    (Some("tasks"), Some(svc), Some(_)) => {
-                        self.mark(svc);
+                    // Only a pass writes task records: what it wrote asks for no other pass (at
+                    // 75,000 tasks a service, each such pass was a second of CPU that found
+                    // nothing to do). A pass cut short marks everything; a new leader does too.
+                    (Some("tasks"), Some(_), Some(_)) => {
                         if let Some(node) = m.get::<crate::services::TaskRecord>(k).and_then(|t| t.node) {
                             self.wake(&node);
                         }
                     }
-                    (Some("taskstatus"), Some(svc), _) | (Some("services"), Some(svc), _) => self.mark(svc),
+                    // A task that ended (or whose status went) may need a replacement; one that
+                    // moved on towards running matters only to a rolling update.
+                    (Some("taskstatus"), Some(svc), _) => {
+                        let ended = m.get::<crate::services::TaskStatus>(k).is_none_or(|s| s.state.terminal());
+                        if ended || self.updating.lock().expect("not poisoned").contains(svc) {
+                            self.mark(svc);
+                        }
+                    }
+                    (Some("services"), Some(svc), _) => self.mark(svc),
                     (Some("nodes"), _, _) | (Some("*"), _, _) => {
                         self.mark_all();
                         self.wake_all();
@@ -437,16 +449,19 @@ impl Hub {
             let full = self.all_dirty.swap(false, std::sync::atomic::Ordering::SeqCst) || last_full.elapsed() > Duration::from_secs(5);
             let mut marked = self.dirty.lock().expect("not poisoned").take();
             // A rolling update waits on time (its monitor period, its delay), which no store
-            // change announces: its service is looked at again every second.
-            if !full {
-                for (_, v) in m.sm.scan("services/") {
-                    if let Ok(r) = serde_json::from_slice::<crate::services::ServiceRecord>(&v) {
-                        if matches!(r.update, Some(UpdateState::Updating | UpdateState::RollingBack { .. })) {
-                            marked.get_or_insert_with(BTreeSet::new).insert(r.spec.name);
-                        }
-                    }
-                }
+            // change announces: its service is looked at again every second, and at every
+            // status of its tasks (`follow`).
+            let updating: BTreeSet<String> =
+                m.sm.scan("services/")
+                    .into_iter()
+                    .filter_map(|(_, v)| serde_json::from_slice::<crate::services::ServiceRecord>(&v).ok())
+                    .filter(|r| matches!(r.update, Some(UpdateState::Updating | UpdateState::RollingBack { .. })))
+                    .map(|r| r.spec.name)
+                    .collect();
+            if !full && !updating.is_empty() {
+                marked.get_or_insert_with(BTreeSet::new).extend(updating.iter().cloned());
             }
+            *self.updating.lock().expect("not poisoned") = updating;
             let only = if full {
                 last_full = Instant::now();
                 None
