@@ -176,7 +176,7 @@ pub struct ReportReply {
 }
 
 /// At most this many statuses in one report.
-pub const MAX_REPORT: usize = 10_000;
+pub const MAX_REPORT: usize = 1_000;
 
 /// What the leader keeps in memory: heartbeats, sessions to wake, services to orchestrate.
 #[derive(Default)]
@@ -355,10 +355,11 @@ impl Hub {
                             self.wake(&node);
                         }
                     }
-                    // A task that ended (or whose status went) may need a replacement; one that
-                    // moved on towards running matters only to a rolling update.
+                    // A task that ended may need a replacement; one that moved on towards
+                    // running matters only to a rolling update. (A status goes only with its
+                    // task, forgotten by a pass.)
                     (Some("taskstatus"), Some(svc), _) => {
-                        let ended = m.get::<crate::services::TaskStatus>(k).is_none_or(|s| s.state.terminal());
+                        let ended = m.get::<crate::services::TaskStatus>(k).is_some_and(|s| s.state.terminal());
                         if ended || self.updating.lock().expect("not poisoned").contains(svc) {
                             self.mark(svc);
                         }
@@ -749,20 +750,28 @@ impl proto::dispatcher_server::Dispatcher for DispatcherService {
         if req.get_ref().json.len() > MAX_REPORT_BYTES {
             return Err(Status::invalid_argument(format!("a report of more than {MAX_REPORT_BYTES} bytes")));
         }
-        let report: Report = serde_json::from_slice(&req.get_ref().json).map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
-        self.hub.seen(&id.node_id);
-        let Some(_reporting) = crate::transport::Held::take(&self.hub.reporting, id.node_id.clone(), MAX_REPORTS_PER_NODE) else {
+        // Counted before it is parsed, and until its writes are settled: the work goes on in a
+        // task of its own, so a caller that cancels does not give its slot back early.
+        let Some(reporting) = crate::transport::Held::take(&self.hub.reporting, id.node_id.clone(), MAX_REPORTS_PER_NODE) else {
             return Err(Status::resource_exhausted(format!(
                 "{MAX_REPORTS_PER_NODE} reports of this node are being written: send the next one after them"
             )));
         };
-        for w in self.manager.judge_report(&id.node_id, &report, crate::services::now_ms())? {
-            let r = self.manager.write(w).await.map_err(|e: Error| Status::unavailable(e.to_string()))?;
-            if !r.applied {
-                // A task went, or another report of it landed, since this one was judged.
-                return Err(Status::aborted("the tasks changed while this report was judged; report again"));
+        let (m, hub, node, json) = (self.manager.clone(), self.hub.clone(), id.node_id.clone(), req.into_inner().json);
+        let written = tokio::spawn(async move {
+            let _reporting = reporting;
+            let report: Report = serde_json::from_slice(&json).map_err(|e| Status::invalid_argument(format!("report: {e}")))?;
+            hub.seen(&node);
+            for w in m.judge_report(&node, &report, crate::services::now_ms())? {
+                let r = m.write(w).await.map_err(|e: Error| Status::unavailable(e.to_string()))?;
+                if !r.applied {
+                    // A task went, or another report of it landed, since this one was judged.
+                    return Err(Status::aborted("the tasks changed while this report was judged; report again"));
+                }
             }
-        }
+            Ok(())
+        });
+        written.await.map_err(|e| Status::internal(format!("a report: {e}")))??;
         let reply = ReportReply {
             heartbeat_ms: self.manager.heartbeat().as_millis() as u64,
         };

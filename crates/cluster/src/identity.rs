@@ -43,8 +43,9 @@ const IDENTITY_BURST: f64 = 5.0;
 /// back to a full ration are dropped as it grows.
 #[derive(Default)]
 pub struct IdentityBudget {
-    /// (node, task) → (SVIDs left, when counted, in seconds).
-    left: std::collections::HashMap<(String, String), (f64, i64)>,
+    /// (node, task) → (SVIDs left, when counted). On the monotonic clock: a wall clock set
+    /// back, or forward and back, neither credits nor withholds a ration.
+    left: std::collections::HashMap<(String, String), (f64, std::time::Instant)>,
     /// Entries after the last pruning.
     pruned_to: usize,
 }
@@ -55,17 +56,17 @@ impl IdentityBudget {
     }
 
     /// Takes one SVID of the ration, if any is left.
-    fn take(&mut self, node: &str, task: &str, now: i64, lifetime: i64) -> bool {
-        let every = Self::every(lifetime);
+    fn take(&mut self, node: &str, task: &str, lifetime: i64) -> bool {
+        let every = Self::every(lifetime) as f64;
+        let now = std::time::Instant::now();
+        let credit = |n: f64, at: std::time::Instant| n + now.saturating_duration_since(at).as_secs_f64() / every;
         if self.left.len() >= 1024 && self.left.len() >= 2 * self.pruned_to {
-            let full = |(n, at): &(f64, i64)| n + (now - at) as f64 / every as f64 >= IDENTITY_BURST;
-            self.left.retain(|_, v| !full(v));
+            self.left.retain(|_, (n, at)| credit(*n, *at) < IDENTITY_BURST);
             self.pruned_to = self.left.len();
         }
         let (n, at) = self.left.entry((node.to_owned(), task.to_owned())).or_insert((IDENTITY_BURST, now));
-        // A clock set back credits nothing, now or when it comes forward again.
-        *n = (*n + (now - *at).max(0) as f64 / every as f64).min(IDENTITY_BURST);
-        *at = (*at).max(now);
+        *n = credit(*n, *at).min(IDENTITY_BURST);
+        *at = now;
         if *n < 1.0 {
             return false;
         }
@@ -255,7 +256,7 @@ impl Manager {
         let spiffe_id = pki::spiffe_id(&self.auth.cluster_id, task.template.stack.as_deref(), &task.service)?;
         let lifetime = self.svid_lifetime();
         let budget = || self.identity_budget.lock().expect("not poisoned");
-        if !budget().take(node, &req.task, now, lifetime) {
+        if !budget().take(node, &req.task, lifetime) {
             return Err(Error::Busy(format!(
                 "task {:?} asked for more SVIDs than it needs: one more in {} s at most",
                 req.task,

@@ -114,8 +114,10 @@ pub type ProposeResult = std::result::Result<Response, RaftError<NodeId, ClientW
 /// Requests in one entry of the log, and their bytes.
 const BATCH_REQUESTS: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
-/// The largest request proposed (a Raft message must stay under the transport's limit).
-const MAX_WRITE_BYTES: usize = 8 << 20;
+/// The largest request proposed: an entry goes to a follower alone however big it is, and must
+/// be taken in within openraft's AppendEntries timeout (the 500 ms heartbeat). No write of the
+/// cluster's comes near (a secret is at most 500 KiB, a report's write 2 MiB).
+pub const MAX_WRITE_BYTES: usize = 4 << 20;
 /// Entries of batched writes in flight at once: while they are, new writes gather.
 const BATCHES_IN_FLIGHT: usize = 2;
 
