@@ -14,7 +14,7 @@
 //! - **Changes, not polling**: the state machine announces the keys each apply changed; the hub
 //!   wakes the sessions of the nodes concerned and marks the services to orchestrate.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,8 @@ pub struct Hub {
     reporting: Arc<Mutex<HashMap<String, usize>>>,
     /// The services in a rolling update or rollback, as the leader's loop last saw them.
     updating: Mutex<BTreeSet<String>>,
+    /// When a service's replacements held back for their restart delay are due (unix ms).
+    due: Mutex<BTreeMap<String, i64>>,
 }
 
 /// A session's serial, and what ends it when dropped.
@@ -462,6 +464,18 @@ impl Hub {
             if !full && !updating.is_empty() {
                 marked.get_or_insert_with(BTreeSet::new).extend(updating.iter().cloned());
             }
+            // Replacements whose restart delay has ended.
+            {
+                let now = crate::services::now_ms();
+                let mut due = self.due.lock().expect("not poisoned");
+                let ready: Vec<String> = due.iter().filter(|(_, &at)| at <= now).map(|(s, _)| s.clone()).collect();
+                for s in ready {
+                    due.remove(&s);
+                    if !full {
+                        marked.get_or_insert_with(BTreeSet::new).insert(s);
+                    }
+                }
+            }
             *self.updating.lock().expect("not poisoned") = updating;
             let only = if full {
                 last_full = Instant::now();
@@ -474,14 +488,20 @@ impl Hub {
             };
             let started = Instant::now();
             match m.orchestrate(only.as_ref(), &down).await {
-                Ok(n) if started.elapsed() > Duration::from_secs(1) => {
-                    tracing::info!(
-                        operations = n,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "a long orchestration pass"
-                    )
+                Ok(pass) => {
+                    if started.elapsed() > Duration::from_secs(1) {
+                        tracing::info!(
+                            operations = pass.operations,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "a long orchestration pass"
+                        )
+                    }
+                    let mut due = self.due.lock().expect("not poisoned");
+                    for (s, at) in pass.due {
+                        let d = due.entry(s).or_insert(at);
+                        *d = (*d).min(at);
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "orchestrating");
                     self.mark_all();

@@ -730,14 +730,14 @@ impl Manager {
     ///
     /// It reads the tasks from the state machine's index (decoded once per change, not once per
     /// pass), and a task it changes from the store.
-    pub async fn orchestrate(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<usize> {
+    pub async fn orchestrate(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<Pass> {
         // The plan is CPU work over every task (a second or more at 150,000 tasks): it runs on a
         // blocking thread, so that it holds up none of the runtime's workers, which send Raft's
         // heartbeats (a leader that held one up for seconds was voted out in the 150k run).
         // Written only while this manager leads in the term it planned in.
         let term = self.raft.metrics().borrow().current_term;
         let (m, only_owned, down_owned) = (self.clone(), only.cloned(), down.clone());
-        let (ops, service_writes) = tokio::task::spawn_blocking(move || m.plan(only_owned.as_ref(), &down_owned))
+        let Plan { ops, service_writes, due } = tokio::task::spawn_blocking(move || m.plan(only_owned.as_ref(), &down_owned))
             .await
             .map_err(|e| Error::Invalid(format!("an orchestration pass: {e}")))??;
         let n = ops.len();
@@ -778,11 +778,12 @@ impl Manager {
         for w in service_writes {
             self.write_as_leader(w, term).await?;
         }
-        Ok(n)
+        Ok(Pass { operations: n, due })
     }
 
-    /// What a pass writes: the tasks' operations, and the services' conditional writes.
-    fn plan(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<(Vec<Op>, Vec<Request>)> {
+    /// What a pass writes: the tasks' operations, and the services' conditional writes; and
+    /// when replacements it held back for their restart delay are due, by service (unix ms).
+    fn plan(&self, only: Option<&BTreeSet<String>>, down: &BTreeSet<String>) -> Result<Plan> {
         let now = now_ms();
         let nodes = self.nodes();
         let node_ids: BTreeSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
@@ -797,6 +798,7 @@ impl Manager {
             .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v).ok()?)))
             .collect();
         let mut service_writes: Vec<Request> = Vec::new();
+        let mut due: BTreeMap<String, i64> = BTreeMap::new();
         // Every task, for the scheduler's spread and reservations.
         let all = self.sm.tasks.all();
         let mut ops: Vec<Op> = Vec::new();
@@ -893,7 +895,9 @@ impl Manager {
                         // A replacement waits out the restart delay after the slot's last task
                         // ended (not after a scale, an update or a node's loss).
                         let key = if slot == 0 { (0, node.clone()) } else { (slot, None) };
-                        if waiting.contains(&key) {
+                        if let Some(&end) = waiting.get(&key) {
+                            let d = due.entry(name.clone()).or_insert(end);
+                            *d = (*d).min(end);
                             continue;
                         }
                         let template = match self.pin(&svc.spec.task) {
@@ -987,7 +991,7 @@ impl Manager {
             self.drop_unpinned(&mut ops);
         }
         ops.append(&mut creations);
-        Ok((ops, service_writes))
+        Ok(Plan { ops, service_writes, due })
     }
 
     /// Writes what a pass changed of a task (whether it should run, its node) over its stored
@@ -1154,21 +1158,45 @@ fn stays(spec: &ServiceSpec, v: &Seen) -> bool {
     }
 }
 
+/// What a pass means to write, planned on a blocking thread.
+struct Plan {
+    ops: Vec<Op>,
+    service_writes: Vec<Request>,
+    due: BTreeMap<String, i64>,
+}
+
+/// What a pass did: the operations it wrote, and when replacements it held back for their
+/// restart delay are due, by service (unix ms): the leader's loop looks at those services
+/// again then, not at its next full pass.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub operations: usize,
+    pub due: BTreeMap<String, i64>,
+}
+
 /// The slots (`(slot, None)`) and, for a global service, nodes (`(0, Some(node))`) whose task
 /// ended less than the restart delay ago: a replacement there waits.
-fn restart_waits(spec: &ServiceSpec, tasks: &[Seen], now: i64) -> BTreeSet<(u32, Option<String>)> {
-    tasks
+fn restart_waits(spec: &ServiceSpec, tasks: &[Seen], now: i64) -> BTreeMap<(u32, Option<String>), i64> {
+    let mut waits = BTreeMap::new();
+    for v in tasks
         .iter()
         .filter(|v| matches!(v.state, TaskState::Complete | TaskState::Failed | TaskState::Rejected))
-        .filter(|v| v.status.as_ref().is_some_and(|s| now - s.updated < spec.restart.delay_ms as i64))
-        .map(|v| {
-            if v.head.slot == 0 {
-                (0, v.node.clone())
-            } else {
-                (v.head.slot, None)
-            }
-        })
-        .collect()
+    {
+        let Some(end) = v.status.as_ref().map(|s| s.updated + spec.restart.delay_ms as i64) else {
+            continue;
+        };
+        if now >= end {
+            continue;
+        }
+        let key = if v.head.slot == 0 {
+            (0, v.node.clone())
+        } else {
+            (v.head.slot, None)
+        };
+        let e = waits.entry(key).or_insert(end);
+        *e = (*e).max(end);
+    }
+    waits
 }
 
 fn put_task(ops: &mut Vec<Op>, t: &TaskRecord) {
@@ -1226,6 +1254,61 @@ fn trim_history(tasks: &[Seen], nodes: &BTreeSet<&str>, ops: &mut Vec<Op>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot waits out the restart delay after its latest ended task, until then only; the
+    /// pass says when, so that the leader looks again at that moment.
+    #[test]
+    fn a_slot_waits_until_its_last_ended_task_plus_the_delay() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            mode: Mode::Replicated { replicas: 3 },
+            constraints: vec![],
+            reserve_memory: 0,
+            reserve_cpu: 0,
+            task: Default::default(),
+            restart: Default::default(),
+            update: Default::default(),
+        };
+        spec.restart.delay_ms = 5000;
+        let seen = |slot: u32, node: &str, state: TaskState, updated: i64| Seen {
+            head: std::sync::Arc::new(crate::taskindex::TaskHead {
+                id: format!("{slot}-{updated}"),
+                service: "web".into(),
+                service_id: "s".into(),
+                slot,
+                node: Some(node.into()),
+                desired: Desired::Running,
+                version: 1,
+                created: 0,
+                pins: vec![],
+            }),
+            status: Some(std::sync::Arc::new(TaskStatus {
+                state,
+                message: String::new(),
+                container: None,
+                digest: None,
+                exit_code: None,
+                updated,
+            })),
+            state,
+            desired: Desired::Running,
+            node: Some(node.into()),
+            dirty: false,
+        };
+        let tasks = [
+            seen(1, "a", TaskState::Failed, 500),
+            seen(1, "a", TaskState::Failed, 1000),
+            seen(2, "a", TaskState::Running, 0),
+            seen(3, "b", TaskState::Complete, 100),
+            seen(0, "c", TaskState::Rejected, 2000),
+        ];
+        let w = restart_waits(&spec, &tasks, 5500);
+        assert_eq!(w.get(&(1, None)), Some(&6000), "the latest end counts");
+        assert_eq!(w.get(&(2, None)), None, "a running task makes no wait");
+        assert_eq!(w.get(&(3, None)), None, "a wait that is over");
+        assert_eq!(w.get(&(0, Some("c".into()))), Some(&7000), "a global task waits on its node");
+        assert!(restart_waits(&spec, &tasks, 7000).is_empty());
+    }
 
     fn spec(f: impl FnOnce(&mut ServiceSpec)) -> Result<()> {
         let mut s = ServiceSpec {
