@@ -621,22 +621,28 @@ impl Manager {
                 exit_code: item.exit_code,
                 updated: now_ms,
             };
-            let value = serde_json::to_vec(&status).expect("serialisable");
-            let item_size = key.len() + raw_task.len() + 2 * skey.len() + raw_old.as_ref().map_or(0, Vec::len) + value.len() + 32;
+            let checks = [
+                Check::Is {
+                    key: key.clone(),
+                    value: Some(raw_task),
+                },
+                Check::Is {
+                    key: skey.clone(),
+                    value: raw_old,
+                },
+            ];
+            let op = Op::Put {
+                key: skey,
+                value: serde_json::to_vec(&status).expect("serialisable"),
+            };
+            let item_size = checks.iter().map(Check::size).sum::<usize>() + op.size();
             if !w.ops.is_empty() && size + item_size > MAX_REPORT_WRITE {
                 writes.push(std::mem::take(&mut w));
                 size = 0;
             }
             size += item_size;
-            w.checks.push(Check::Is {
-                key: key.clone(),
-                value: Some(raw_task),
-            });
-            w.checks.push(Check::Is {
-                key: skey.clone(),
-                value: raw_old,
-            });
-            w.ops.push(Op::Put { key: skey, value });
+            w.checks.extend(checks);
+            w.ops.push(op);
         }
         if !w.ops.is_empty() {
             writes.push(w);

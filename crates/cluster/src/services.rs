@@ -746,11 +746,7 @@ impl Manager {
         let mut batch: Vec<Op> = Vec::new();
         let mut bytes = 0;
         for op in ops {
-            let size = match &op {
-                Op::Put { key, value } => key.len() + value.len(),
-                Op::Delete { key } => key.len(),
-                Op::Part { .. } => 0,
-            };
+            let size = op.size();
             if !batch.is_empty() && (batch.len() >= OPS_PER_WRITE || bytes + size > BYTES_PER_WRITE) {
                 self.write_as_leader(
                     Request {

@@ -59,6 +59,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// Roughly how many bytes it takes in the log.
+    pub fn size(&self) -> usize {
+        match self {
+            Op::Put { key, value } => key.len() + value.len() + 8,
+            Op::Delete { key } => key.len() + 8,
+            Op::Part { checks } => checks.iter().map(Check::size).sum::<usize>() + 8,
+        }
+    }
+
     /// The key an op changes (none for a part's start).
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -109,21 +118,15 @@ impl Request {
 
     /// Roughly how many bytes it takes in the log.
     pub fn size(&self) -> usize {
-        let checks = |c: &[Check]| -> usize {
-            c.iter()
-                .map(|Check::Is { key, value }| key.len() + value.as_ref().map_or(0, Vec::len) + 8)
-                .sum()
-        };
-        checks(&self.checks)
-            + self
-                .ops
-                .iter()
-                .map(|o| match o {
-                    Op::Put { key, value } => key.len() + value.len() + 8,
-                    Op::Delete { key } => key.len() + 8,
-                    Op::Part { checks: c } => checks(c) + 8,
-                })
-                .sum::<usize>()
+        self.checks.iter().map(Check::size).sum::<usize>() + self.ops.iter().map(Op::size).sum::<usize>()
+    }
+}
+
+impl Check {
+    /// Roughly how many bytes it takes in the log.
+    pub fn size(&self) -> usize {
+        let Check::Is { key, value } = self;
+        key.len() + value.as_ref().map_or(0, Vec::len) + 8
     }
 }
 

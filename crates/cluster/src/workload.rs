@@ -225,23 +225,11 @@ const MAX_CONNECTIONS: usize = 512;
 /// Connections at most from one container (or from all callers that are no task, together).
 const MAX_PER_CALLER: usize = 8;
 
-/// A caller's count of open connections, given back when the connection closes.
+/// A connection's place: among all connections, and among its caller's (both given back when
+/// the connection closes).
 struct Slot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
-    key: String,
+    _held: crate::transport::Held,
     _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().expect("not poisoned");
-        if let Some(n) = c.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                c.remove(&self.key);
-            }
-        }
-    }
 }
 
 impl tonic::transport::server::Connected for CallerStream {
@@ -353,17 +341,11 @@ pub async fn serve(agent: Arc<Agent>, socket: PathBuf) -> std::io::Result<()> {
             };
             let caller = identify(&a, &sock);
             let key = caller.container.clone().unwrap_or_default();
-            {
-                let mut c = counts.lock().expect("not poisoned");
-                let n = c.entry(key.clone()).or_default();
-                if *n >= MAX_PER_CALLER {
-                    continue;
-                }
-                *n += 1;
-            }
+            let Some(held) = crate::transport::Held::take(&counts, key, MAX_PER_CALLER) else {
+                continue;
+            };
             let slot = Slot {
-                counts: counts.clone(),
-                key,
+                _held: held,
                 _permit: permit,
             };
             if tx
